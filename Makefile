@@ -1,0 +1,53 @@
+# packdist: every target creates .venv and installs what it needs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: test demo lint typecheck unit integration lab bench clean system-deps
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# System tools the tests and benchmarks use (iproute2 for lab tests, rsync as an anchor).
+system-deps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  missing=""; \
+	  command -v ip >/dev/null || missing="$$missing iproute2"; \
+	  command -v rsync >/dev/null || missing="$$missing rsync"; \
+	  command -v zstd >/dev/null || missing="$$missing zstd"; \
+	  if [ -n "$$missing" ]; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null; \
+	  fi; \
+	fi
+
+lint: $(STAMP)
+	$(BIN)/ruff check packdist tests bench
+	$(BIN)/ruff format --check packdist tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit
+
+integration: $(STAMP)
+	$(BIN)/pytest -q tests/integration
+
+lab: $(STAMP) system-deps
+	$(BIN)/pytest -q tests/lab
+
+test: $(STAMP) system-deps lint typecheck
+	$(BIN)/pytest -q tests
+
+demo: $(STAMP)
+	$(BIN)/python -m packdist.demo
+
+bench: $(STAMP) system-deps
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

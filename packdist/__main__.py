@@ -1,0 +1,3 @@
+from packdist.cli import main
+
+main()

@@ -1,0 +1,76 @@
+"""Options and output helpers shared by every command."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_HOME_KEY = "packdist_home"
+
+
+def _remember_home(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value:
+        ctx.ensure_object(dict)[_HOME_KEY] = value
+
+
+def home_option(f: F) -> F:
+    """``--home DIR``, accepted on the root command and on every sub-command."""
+    return click.option(
+        "--home",
+        type=click.Path(file_okay=False),
+        expose_value=False,
+        callback=_remember_home,
+        is_eager=True,
+        help="Home directory (default: $PACKDIST_HOME, else ~/.packdist).",
+    )(f)
+
+
+def json_option(f: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")(f)
+
+
+def resolve_home() -> Path:
+    ctx = click.get_current_context()
+    chosen = None
+    c: click.Context | None = ctx
+    while c is not None:  # the innermost --home wins
+        if isinstance(c.obj, dict) and c.obj.get(_HOME_KEY):
+            chosen = c.obj[_HOME_KEY]
+            break
+        c = c.parent
+    raw = chosen or os.environ.get("PACKDIST_HOME") or "~/.packdist"
+    return Path(raw).expanduser().resolve()
+
+
+def print_json(doc: Any) -> None:
+    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=False) + "\n")
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return (
+        dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    )
+
+
+def ago(ts: float | None, now: float) -> str:
+    if ts is None:
+        return "never"
+    d = now - ts
+    if d < 0:
+        return f"in {-d:.0f}s"
+    if d < 120:
+        return f"{d:.0f}s ago"
+    if d < 7200:
+        return f"{d / 60:.0f}m ago"
+    return f"{d / 3600:.1f}h ago"

@@ -1,0 +1,122 @@
+"""``packdist server …``"""
+
+from __future__ import annotations
+
+import time
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from packdist.auth import hash_token, new_token
+from packdist.cli.common import ago, home_option, iso, json_option, print_json, resolve_home
+from packdist.core.fsutil import human_bytes
+from packdist.core.names import check_group_name, check_server_name
+from packdist.errors import UserError
+from packdist.site.home import SiteHome
+
+ONLINE_AFTER = 10.0  # a server heard from within this many seconds is online
+
+
+def _check_url(url: str) -> str:
+    if not (url.startswith("http://") or url.startswith("https://")) or len(url) < 10:
+        raise UserError(f"server URL {url!r} must start with http:// or https://")
+    return url.rstrip("/")
+
+
+@click.group()
+@home_option
+def server() -> None:
+    """Enroll and manage distribution servers."""
+
+
+@server.command("add")
+@home_option
+@click.argument("name")
+@click.option("--url", required=True, help="Where the site reaches the server's agent.")
+@click.option("--group", "groups", multiple=True, help="Group to join (repeatable).")
+@json_option
+def server_add(name: str, url: str, groups: tuple[str, ...], as_json: bool) -> None:
+    """Register a distribution server and print its enrollment token."""
+    check_server_name(name)
+    url = _check_url(url)
+    for g in groups:
+        check_group_name(g)
+    home = SiteHome.open(resolve_home())
+    token = new_token()
+    store = home.store()
+    try:
+        store.add_server(name, url, hash_token(token), list(groups))
+    finally:
+        store.close()
+    if as_json:
+        print_json({"name": name, "token": token, "url": url, "groups": list(groups)})
+    else:
+        click.echo(f"server {name} added. Its enrollment token (shown once):")
+        click.echo(token)
+        click.echo(
+            f"run on {name}: packdist agent serve --listen HOST:PORT --site SITE_URL --token {token}"
+        )
+
+
+@server.command("list")
+@home_option
+@json_option
+def server_list(as_json: bool) -> None:
+    """List distribution servers."""
+    home = SiteHome.open(resolve_home())
+    store = home.store()
+    try:
+        servers = store.list_servers()
+    finally:
+        store.close()
+    now = time.time()
+    if as_json:
+        print_json(
+            {
+                "servers": [
+                    {
+                        "name": s.name,
+                        "url": s.url,
+                        "groups": list(s.groups),
+                        "online": s.last_seen is not None and now - s.last_seen < ONLINE_AFTER,
+                        "last_seen": iso(s.last_seen),
+                        "disk_free": s.disk_free,
+                    }
+                    for s in servers
+                ]
+            }
+        )
+        return
+    if not servers:
+        click.echo("no servers yet (add one with 'packdist server add NAME --url URL')")
+        return
+    table = Table(box=None)
+    for col in ("server", "url", "groups", "online", "last heartbeat", "free disk"):
+        table.add_column(col)
+    for s in servers:
+        online = s.last_seen is not None and now - s.last_seen < ONLINE_AFTER
+        table.add_row(
+            s.name,
+            s.url,
+            ",".join(s.groups),
+            "yes" if online else "no",
+            ago(s.last_seen, now),
+            human_bytes(s.disk_free) if s.disk_free is not None else "-",
+        )
+    Console().print(table)
+
+
+@server.command("remove")
+@home_option
+@click.argument("name")
+def server_remove(name: str) -> None:
+    """Remove a server; its unfinished instructions are cancelled."""
+    home = SiteHome.open(resolve_home())
+    store = home.store()
+    try:
+        cancelled = store.remove_server(name)
+    finally:
+        store.close()
+    extra = f"; {cancelled} unfinished instruction(s) cancelled" if cancelled else ""
+    click.echo(f"server {name} removed{extra}")

@@ -1,0 +1,1 @@
+"""Value types shared by every component: digests, names, manifests, chunking, signing."""

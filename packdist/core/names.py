@@ -1,0 +1,49 @@
+"""Validation of package names, versions and server names."""
+
+from __future__ import annotations
+
+import re
+
+from packdist.errors import InvalidName
+
+MAX_LEN = 128
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+def _check(kind: str, value: str) -> str:
+    if not value:
+        raise InvalidName(f"{kind} must not be empty")
+    if len(value) > MAX_LEN:
+        raise InvalidName(f"{kind} {value[:40]!r}… is longer than {MAX_LEN} characters")
+    if value in (".", "..") or ".." in value:
+        raise InvalidName(f"{kind} {value!r} must not contain '..'")
+    if not _NAME.match(value):
+        raise InvalidName(
+            f"{kind} {value!r} may only use letters, digits and . _ + - "
+            "(and must start with a letter or digit)"
+        )
+    return value
+
+
+def check_package_name(value: str) -> str:
+    return _check("package name", value)
+
+
+def check_version(value: str) -> str:
+    return _check("version", value)
+
+
+def check_server_name(value: str) -> str:
+    return _check("server name", value)
+
+
+def check_group_name(value: str) -> str:
+    return _check("group name", value)
+
+
+def parse_ref(ref: str) -> tuple[str, str]:
+    """Split ``NAME@VERSION`` into its validated parts."""
+    name, sep, version = ref.partition("@")
+    if not sep:
+        raise InvalidName(f"package reference {ref!r} must be NAME@VERSION")
+    return check_package_name(name), check_version(version)

@@ -1,0 +1,1 @@
+"""The site: its home, content library, importer and HTTP server."""

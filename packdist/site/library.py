@@ -1,0 +1,79 @@
+"""The content library: chunks stored once each, by BLAKE3 digest, in sharded folders.
+
+A chunk is written to a temporary name in its shard and renamed into place, so a reader
+never sees a partial chunk under a digest name. Durability comes in batches: the importer
+calls :meth:`ContentLibrary.sync` (one ``syncfs``) before the database records any chunk, and
+only chunks recorded in the database are ever referenced or served.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from packdist.core.digest import Digest
+from packdist.core.fsutil import syncfs
+from packdist.errors import HashMismatch, NotFound
+
+
+class ContentLibrary:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def create(self) -> None:
+        self.root.mkdir(mode=0o755)
+        for i in range(256):
+            (self.root / f"{i:02x}").mkdir()
+
+    def path(self, digest: Digest) -> Path:
+        return self.root / digest.shard / digest.hex
+
+    def exists(self, digest: Digest) -> bool:
+        return self.path(digest).exists()
+
+    def write(self, digest: Digest, data: bytes | memoryview) -> None:
+        """Store ``data`` (already hashed to ``digest``) under its digest."""
+        final = self.path(digest)
+        tmp = final.with_name(f".{digest.hex}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.rename(tmp, final)
+
+    def discard(self, digest: Digest) -> None:
+        try:
+            self.path(digest).unlink()
+        except FileNotFoundError:
+            pass
+
+    def read(self, digest: Digest) -> bytes:
+        try:
+            return self.path(digest).read_bytes()
+        except FileNotFoundError as exc:
+            raise NotFound(f"chunk {digest.short}… is missing from the library") from exc
+
+    def read_verified(self, digest: Digest) -> bytes:
+        data = self.read(digest)
+        digest.verify(data)
+        return data
+
+    def check(self, digest: Digest, size: int) -> str | None:
+        """Return what is wrong with a stored chunk (``None`` if it is sound)."""
+        try:
+            data = self.read(digest)
+        except NotFound:
+            return "missing"
+        if len(data) != size:
+            return f"size {len(data)}, expected {size}"
+        try:
+            digest.verify(data)
+        except HashMismatch:
+            return "corrupt (hash mismatch)"
+        return None
+
+    def sync(self) -> None:
+        syncfs(self.root)

@@ -1,0 +1,106 @@
+"""Walks a source tree and refuses anything packdist cannot reproduce faithfully.
+
+The walk only reads metadata; it runs to the end before a single chunk is written, so a
+refused tree leaves the library and the database untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from packdist.core.manifest import EntryType, symlink_stays_inside
+from packdist.errors import TreeRefused
+
+
+@dataclass(frozen=True, slots=True)
+class SourceEntry:
+    path: str  # relative, '/'-separated, valid UTF-8
+    type: EntryType
+    abspath: Path
+    size: int = 0
+    executable: bool = False
+    mtime_ns: int = 0
+    target: str = ""
+
+
+def _display(path: Path) -> str:
+    return os.fsdecode(path).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def walk(root: Path) -> list[SourceEntry]:
+    """Return every entry below ``root`` (not ``root`` itself), parents before children."""
+    try:
+        st = root.lstat()
+    except FileNotFoundError:
+        raise TreeRefused(f"{_display(root)}: no such directory") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise TreeRefused(f"{_display(root)}: not a directory")
+    entries: list[SourceEntry] = []
+    stack: list[tuple[Path, str]] = [(root, "")]
+    while stack:
+        folder, prefix = stack.pop()
+        try:
+            children = sorted(os.scandir(folder), key=lambda d: d.name)
+        except PermissionError as exc:
+            raise TreeRefused(
+                f"{_display(folder)}: cannot read directory ({exc.strerror})"
+            ) from None
+        for child in children:
+            abspath = Path(child.path)
+            try:
+                child.name.encode("utf-8")
+            except UnicodeEncodeError:
+                raise TreeRefused(f"{_display(abspath)}: file name is not valid UTF-8") from None
+            rel = f"{prefix}{child.name}"
+            st = child.stat(follow_symlinks=False)
+            mode = st.st_mode
+            if stat.S_ISDIR(mode):
+                entries.append(SourceEntry(rel, EntryType.DIR, abspath))
+                stack.append((abspath, rel + "/"))
+            elif stat.S_ISREG(mode):
+                if not os.access(abspath, os.R_OK):
+                    raise TreeRefused(f"{_display(abspath)}: file is not readable")
+                entries.append(
+                    SourceEntry(
+                        rel,
+                        EntryType.FILE,
+                        abspath,
+                        size=st.st_size,
+                        executable=bool(mode & stat.S_IXUSR),
+                        mtime_ns=st.st_mtime_ns,
+                    )
+                )
+            elif stat.S_ISLNK(mode):
+                target = os.readlink(abspath)
+                try:
+                    target.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise TreeRefused(
+                        f"{_display(abspath)}: symlink target is not valid UTF-8"
+                    ) from None
+                if target.startswith("/"):
+                    raise TreeRefused(
+                        f"{_display(abspath)}: symlink to absolute path {target!r} is not allowed"
+                    )
+                if not symlink_stays_inside(rel, target):
+                    raise TreeRefused(
+                        f"{_display(abspath)}: symlink target {target!r} escapes the package"
+                    )
+                entries.append(SourceEntry(rel, EntryType.SYMLINK, abspath, target=target))
+            else:
+                kind = (
+                    "device file"
+                    if stat.S_ISBLK(mode) or stat.S_ISCHR(mode)
+                    else "socket"
+                    if stat.S_ISSOCK(mode)
+                    else "FIFO"
+                    if stat.S_ISFIFO(mode)
+                    else "special file"
+                )
+                raise TreeRefused(f"{_display(abspath)}: {kind} cannot be packaged")
+    if not entries:
+        raise TreeRefused(f"{_display(root)}: directory is empty")
+    return entries

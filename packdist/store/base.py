@@ -1,0 +1,223 @@
+"""The store interface, named by intent. SQLite implements it today; PostgreSQL joins later
+(claims with ``FOR UPDATE SKIP LOCKED``) and must pass the same conformance suite."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any
+
+from packdist.core.digest import Digest
+from packdist.core.manifest import Manifest
+from packdist.states import InstructionState, JobState, job_state
+
+
+@dataclass(frozen=True)
+class PackageRecord:
+    id: str
+    name: str
+    version: str
+    size: int
+    file_count: int
+    chunk_count: int
+    created_at: float
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+@dataclass(frozen=True)
+class ServerRecord:
+    name: str
+    url: str
+    groups: tuple[str, ...]
+    created_at: float
+    last_seen: float | None
+    disk_free: int | None
+
+
+@dataclass(frozen=True)
+class InstructionRecord:
+    id: int
+    job_id: str
+    server: str
+    state: InstructionState
+    attempts: int
+    last_error: str | None
+    next_attempt_at: float
+    bytes_sent: int
+    bytes_total: int
+    updated_at: float
+    finished_at: float | None
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    id: str
+    package_id: str
+    package_ref: str
+    created_at: float
+    max_attempts: int | None
+    deadline: float | None
+    options: dict[str, Any]
+    instructions: tuple[InstructionRecord, ...] = field(default=())
+
+    @property
+    def state(self) -> JobState:
+        return job_state(i.state for i in self.instructions)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """An instruction a despooler worker holds under a lease, with what it needs to act."""
+
+    instruction_id: int
+    job_id: str
+    server: str
+    server_url: str
+    package_id: str
+    package_ref: str
+    attempts: int  # including this one
+    attempts_base: int
+    job_created_at: float
+    max_attempts: int | None
+    deadline: float | None
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    id: int
+    at: float
+    job_id: str | None
+    server: str | None
+    kind: str
+    message: str
+
+
+class Store(abc.ABC):
+    """Everything packdist keeps, behind intent-named operations."""
+
+    # --- site -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def init_site(self, name: str) -> None: ...
+
+    @abc.abstractmethod
+    def site_name(self) -> str: ...
+
+    # --- packages and chunks --------------------------------------------------------------
+    @abc.abstractmethod
+    def known_chunks(self, digests: list[Digest]) -> set[Digest]: ...
+
+    @abc.abstractmethod
+    def add_package(
+        self, manifest: Manifest, signature: bytes, new_chunks: dict[Digest, int]
+    ) -> PackageRecord: ...
+
+    @abc.abstractmethod
+    def find_package(self, name: str, version: str) -> PackageRecord | None: ...
+
+    @abc.abstractmethod
+    def package_by_id(self, package_id: str) -> PackageRecord | None: ...
+
+    @abc.abstractmethod
+    def package_manifest(self, package_id: str) -> tuple[bytes, bytes]:
+        """The canonical manifest and its signature."""
+
+    @abc.abstractmethod
+    def list_packages(self) -> list[PackageRecord]: ...
+
+    # --- servers --------------------------------------------------------------------------
+    @abc.abstractmethod
+    def add_server(self, name: str, url: str, token_hash: str, groups: list[str]) -> None: ...
+
+    @abc.abstractmethod
+    def remove_server(self, name: str) -> int:
+        """Remove a server, cancelling its unfinished instructions; returns how many."""
+
+    @abc.abstractmethod
+    def list_servers(self) -> list[ServerRecord]: ...
+
+    @abc.abstractmethod
+    def server_by_token_hash(self, token_hash: str) -> ServerRecord | None: ...
+
+    @abc.abstractmethod
+    def servers_in_group(self, group: str) -> list[str]: ...
+
+    @abc.abstractmethod
+    def record_heartbeat(
+        self,
+        server: str,
+        boot_id: str,
+        disk_free: int | None,
+        installed: list[str],
+        now: float,
+        offline_after: float,
+    ) -> int:
+        """Record a heartbeat. If the server was silent (or restarted), wake its retrying
+        instructions so they are due now; returns how many were woken."""
+
+    # --- jobs -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def add_job(
+        self,
+        package_id: str,
+        servers: list[str],
+        max_attempts: int | None,
+        deadline: float | None,
+        options: dict[str, Any],
+        now: float,
+    ) -> str: ...
+
+    @abc.abstractmethod
+    def get_job(self, job_id: str) -> JobRecord: ...
+
+    @abc.abstractmethod
+    def list_jobs(self, limit: int = 100) -> list[JobRecord]: ...
+
+    @abc.abstractmethod
+    def cancel_job(self, job_id: str, now: float) -> int: ...
+
+    @abc.abstractmethod
+    def retry_job(self, job_id: str, now: float) -> int: ...
+
+    # --- despooler ------------------------------------------------------------------------
+    @abc.abstractmethod
+    def claim_ready(
+        self, owner: str, lease_seconds: float, limit: int, now: float
+    ) -> list[Claim]: ...
+
+    @abc.abstractmethod
+    def renew_lease(
+        self, instruction_id: int, owner: str, until: float, bytes_sent: int, bytes_total: int
+    ) -> bool:
+        """Extend a held lease; False if the worker lost it (cancelled, expired)."""
+
+    @abc.abstractmethod
+    def mark_installed(self, instruction_id: int, owner: str, now: float) -> None: ...
+
+    @abc.abstractmethod
+    def schedule_retry(
+        self, instruction_id: int, owner: str, error: str, retry_at: float, now: float
+    ) -> None: ...
+
+    @abc.abstractmethod
+    def mark_failed(self, instruction_id: int, owner: str, error: str, now: float) -> None: ...
+
+    @abc.abstractmethod
+    def recover_expired_leases(self, now: float) -> int:
+        """Return instructions whose worker died (lease expired) to the queue."""
+
+    @abc.abstractmethod
+    def next_due_at(self) -> float | None: ...
+
+    # --- views ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def status_matrix(self) -> dict[str, dict[str, str]]:
+        """package ref -> server -> state word."""
+
+    @abc.abstractmethod
+    def events(self, job_id: str | None = None, after_id: int = 0) -> list[EventRecord]: ...
+
+    @abc.abstractmethod
+    def close(self) -> None: ...

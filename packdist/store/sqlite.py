@@ -1,0 +1,678 @@
+"""The embedded store: SQLite in WAL mode, schema migrations from version 1.
+
+Every state change of an instruction is a guarded update built from
+:data:`packdist.states.TRANSITIONS`; zero rows changed raises ``InvalidTransition``.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from packdist import states
+from packdist.core.digest import Digest
+from packdist.core.manifest import Manifest
+from packdist.errors import (
+    AlreadyExists,
+    InvalidTransition,
+    NoTargets,
+    NotFound,
+    StoreError,
+)
+from packdist.states import InstructionState
+from packdist.store.base import (
+    Claim,
+    EventRecord,
+    InstructionRecord,
+    JobRecord,
+    PackageRecord,
+    ServerRecord,
+    Store,
+)
+
+S = InstructionState
+
+
+def _migrations() -> list[tuple[int, str]]:
+    folder = resources.files("packdist.store") / "sql"
+    out = []
+    for item in folder.iterdir():
+        if item.name.endswith(".sql"):
+            out.append((int(item.name.split("_", 1)[0]), item.read_text()))
+    return sorted(out)
+
+
+def _in(event: str) -> str:
+    return ",".join(f"'{s.value}'" for s in sorted(states.sources(event)))
+
+
+class SQLiteStore(Store):
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._db = sqlite3.connect(
+                path, timeout=30, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open database {path}: {exc}") from exc
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        with self._tx():
+            current = self._db.execute("PRAGMA user_version").fetchone()[0]
+            for version, sql in _migrations():
+                if version > current:
+                    for statement in sql.split(";\n"):
+                        if statement.strip():
+                            self._db.execute(statement)
+                    self._db.execute(f"PRAGMA user_version={version}")
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreError(f"database busy or unavailable: {exc}") from exc
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        else:
+            self._db.execute("COMMIT")
+
+    def _event(
+        self,
+        kind: str,
+        message: str,
+        job_id: str | None = None,
+        server: str | None = None,
+        now: float | None = None,
+    ) -> None:
+        self._db.execute(
+            "INSERT INTO events (at, job_id, server, kind, message) VALUES (?,?,?,?,?)",
+            (now or time.time(), job_id, server, kind, message),
+        )
+
+    def _transition(
+        self,
+        instruction_id: int,
+        event: str,
+        owner: str | None,
+        now: float,
+        sets: dict[str, Any],
+    ) -> sqlite3.Row:
+        cols = {"state": states.target(event).value, "updated_at": now, **sets}
+        assignments = ", ".join(f"{c} = :{c}" for c in cols)
+        where = f"id = :id AND state IN ({_in(event)})"
+        if owner is not None:
+            where += " AND lease_owner = :owner"
+        row = self._db.execute(
+            f"UPDATE instructions SET {assignments} WHERE {where} RETURNING job_id, server",
+            {**cols, "id": instruction_id, "owner": owner},
+        ).fetchone()
+        if row is None:
+            current = self._db.execute(
+                "SELECT state, lease_owner FROM instructions WHERE id = ?", (instruction_id,)
+            ).fetchone()
+            state = current["state"] if current else "missing"
+            raise InvalidTransition(
+                f"instruction {instruction_id}: cannot {event} from state {state}"
+            )
+        result: sqlite3.Row = row
+        return result
+
+    # --- site -----------------------------------------------------------------------------
+
+    def init_site(self, name: str) -> None:
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM site").fetchone():
+                raise AlreadyExists("the database already holds a site")
+            db.execute("INSERT INTO site VALUES (1, ?, ?)", (name, time.time()))
+
+    def site_name(self) -> str:
+        row = self._db.execute("SELECT name FROM site").fetchone()
+        if row is None:
+            raise StoreError("the database holds no site")
+        return str(row[0])
+
+    # --- packages and chunks --------------------------------------------------------------
+
+    def known_chunks(self, digests: list[Digest]) -> set[Digest]:
+        found: set[Digest] = set()
+        for i in range(0, len(digests), 500):
+            batch = digests[i : i + 500]
+            rows = self._db.execute(
+                f"SELECT digest FROM chunks WHERE digest IN ({','.join('?' * len(batch))})",
+                [d.raw for d in batch],
+            )
+            found.update(Digest(bytes(r[0])) for r in rows)
+        return found
+
+    def add_package(
+        self, manifest: Manifest, signature: bytes, new_chunks: dict[Digest, int]
+    ) -> PackageRecord:
+        now = time.time()
+        chunk_count = len(manifest.chunk_sizes())
+        with self._tx() as db:
+            if db.execute(
+                "SELECT 1 FROM packages WHERE name = ? AND version = ?",
+                (manifest.name, manifest.version),
+            ).fetchone():
+                raise AlreadyExists(f"{manifest.ref} already exists")
+            db.executemany(
+                "INSERT OR IGNORE INTO chunks (digest, size) VALUES (?, ?)",
+                [(d.raw, s) for d, s in new_chunks.items()],
+            )
+            db.execute(
+                "INSERT INTO packages VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    manifest.id.hex,
+                    manifest.name,
+                    manifest.version,
+                    manifest.canonical(),
+                    signature,
+                    manifest.total_size,
+                    manifest.file_count,
+                    chunk_count,
+                    now,
+                ),
+            )
+            self._event("package", f"package {manifest.ref} created ({manifest.id.short}…)")
+        return PackageRecord(
+            manifest.id.hex,
+            manifest.name,
+            manifest.version,
+            manifest.total_size,
+            manifest.file_count,
+            chunk_count,
+            now,
+        )
+
+    _PKG_COLS = "id, name, version, size, file_count, chunk_count, created_at"
+
+    @staticmethod
+    def _package(row: sqlite3.Row) -> PackageRecord:
+        return PackageRecord(*tuple(row))
+
+    def find_package(self, name: str, version: str) -> PackageRecord | None:
+        row = self._db.execute(
+            f"SELECT {self._PKG_COLS} FROM packages WHERE name = ? AND version = ?",
+            (name, version),
+        ).fetchone()
+        return self._package(row) if row else None
+
+    def package_by_id(self, package_id: str) -> PackageRecord | None:
+        row = self._db.execute(
+            f"SELECT {self._PKG_COLS} FROM packages WHERE id = ?", (package_id,)
+        ).fetchone()
+        return self._package(row) if row else None
+
+    def package_manifest(self, package_id: str) -> tuple[bytes, bytes]:
+        row = self._db.execute(
+            "SELECT manifest, signature FROM packages WHERE id = ?", (package_id,)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no package with id {package_id[:12]}…")
+        return bytes(row[0]), bytes(row[1])
+
+    def list_packages(self) -> list[PackageRecord]:
+        rows = self._db.execute(
+            f"SELECT {self._PKG_COLS} FROM packages ORDER BY name, created_at"
+        ).fetchall()
+        return [self._package(r) for r in rows]
+
+    # --- servers --------------------------------------------------------------------------
+
+    def add_server(self, name: str, url: str, token_hash: str, groups: list[str]) -> None:
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute("SELECT removed FROM servers WHERE name = ?", (name,)).fetchone()
+            if row is not None and not row[0]:
+                raise AlreadyExists(f"server {name} already exists")
+            if row is None:
+                db.execute(
+                    "INSERT INTO servers (name, url, token_hash, created_at) VALUES (?,?,?,?)",
+                    (name, url, token_hash, now),
+                )
+            else:  # a removed server enrolled again: new URL, new token, no old state
+                db.execute(
+                    "UPDATE servers SET url = ?, token_hash = ?, created_at = ?, removed = 0,"
+                    " last_seen = NULL, boot_id = NULL, disk_free = NULL WHERE name = ?",
+                    (url, token_hash, now, name),
+                )
+                db.execute("DELETE FROM server_groups WHERE server = ?", (name,))
+                db.execute("DELETE FROM server_packages WHERE server = ?", (name,))
+            db.executemany(
+                "INSERT OR IGNORE INTO server_groups VALUES (?, ?)", [(name, g) for g in groups]
+            )
+            self._event("server", f"server {name} added ({url})", server=name, now=now)
+
+    def remove_server(self, name: str) -> int:
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute(
+                "UPDATE servers SET removed = 1, token_hash = 'removed:' || name"
+                " WHERE name = ? AND removed = 0 RETURNING name",
+                (name,),
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"no server named {name}")
+            cancelled = db.execute(
+                f"UPDATE instructions SET state = 'cancelled', updated_at = ?, finished_at = ?,"
+                f" last_error = 'server removed', lease_owner = NULL"
+                f" WHERE server = ? AND state IN ({_in('cancel')})",
+                (now, now, name),
+            ).rowcount
+            self._event("server", f"server {name} removed", server=name, now=now)
+        return cancelled
+
+    def _servers(self, where: str = "", params: tuple[Any, ...] = ()) -> list[ServerRecord]:
+        rows = self._db.execute(
+            "SELECT s.name, s.url, s.created_at, s.last_seen, s.disk_free,"
+            " (SELECT group_concat(grp, ',') FROM"
+            "   (SELECT grp FROM server_groups g WHERE g.server = s.name ORDER BY grp)) AS groups"
+            f" FROM servers s WHERE s.removed = 0 {where} ORDER BY s.name",
+            params,
+        ).fetchall()
+        return [
+            ServerRecord(
+                r["name"],
+                r["url"],
+                tuple(r["groups"].split(",")) if r["groups"] else (),
+                r["created_at"],
+                r["last_seen"],
+                r["disk_free"],
+            )
+            for r in rows
+        ]
+
+    def list_servers(self) -> list[ServerRecord]:
+        return self._servers()
+
+    def server_by_token_hash(self, token_hash: str) -> ServerRecord | None:
+        found = self._servers("AND s.token_hash = ?", (token_hash,))
+        return found[0] if found else None
+
+    def servers_in_group(self, group: str) -> list[str]:
+        rows = self._db.execute(
+            "SELECT g.server FROM server_groups g JOIN servers s ON s.name = g.server"
+            " WHERE g.grp = ? AND s.removed = 0 ORDER BY g.server",
+            (group,),
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def record_heartbeat(
+        self,
+        server: str,
+        boot_id: str,
+        disk_free: int | None,
+        installed: list[str],
+        now: float,
+        offline_after: float,
+    ) -> int:
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT last_seen, boot_id FROM servers WHERE name = ? AND removed = 0", (server,)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"no server named {server}")
+            came_back = (
+                row["last_seen"] is None
+                or now - row["last_seen"] > offline_after
+                or row["boot_id"] != boot_id
+            )
+            db.execute(
+                "UPDATE servers SET last_seen = ?, boot_id = ?, disk_free = ? WHERE name = ?",
+                (now, boot_id, disk_free, server),
+            )
+            known = (
+                {
+                    r[0]
+                    for r in db.execute(
+                        f"SELECT id FROM packages WHERE id IN ({','.join('?' * len(installed))})",
+                        installed,
+                    )
+                }
+                if installed
+                else set()
+            )
+            db.execute(
+                "DELETE FROM server_packages WHERE server = ? AND package_id NOT IN"
+                f" ({','.join('?' * len(known))})",
+                (server, *known),
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO server_packages VALUES (?, ?, ?)",
+                [(server, p, now) for p in known],
+            )
+            if not came_back:
+                return 0
+            woken = db.execute(
+                "UPDATE instructions SET next_attempt_at = ?, updated_at = ?"
+                f" WHERE server = ? AND state IN ({_in('wake')}) AND next_attempt_at > ?",
+                (now, now, server, now),
+            ).rowcount
+            why = (
+                "restarted"
+                if row["last_seen"] is not None and row["boot_id"] != boot_id
+                else "online"
+            )
+            self._event(
+                "server",
+                f"server {server} is {why}"
+                + (f"; {woken} retrying instruction(s) woken" if woken else ""),
+                server=server,
+                now=now,
+            )
+            return woken
+
+    # --- jobs -----------------------------------------------------------------------------
+
+    def add_job(
+        self,
+        package_id: str,
+        servers: list[str],
+        max_attempts: int | None,
+        deadline: float | None,
+        options: dict[str, Any],
+        now: float,
+    ) -> str:
+        targets = list(dict.fromkeys(servers))
+        if not targets:
+            raise NoTargets("a job needs at least one target server")
+        job_id = secrets.token_hex(6)
+        with self._tx() as db:
+            pkg = self.package_by_id(package_id)
+            if pkg is None:
+                raise NotFound(f"no package with id {package_id[:12]}…")
+            known = {s.name for s in self._servers()}
+            unknown = [s for s in targets if s not in known]
+            if unknown:
+                raise NotFound(f"unknown server(s): {', '.join(unknown)}")
+            db.execute(
+                "INSERT INTO jobs VALUES (?,?,?,?,?,?)",
+                (job_id, package_id, now, max_attempts, deadline, json.dumps(options)),
+            )
+            db.executemany(
+                "INSERT INTO instructions (job_id, server, state, next_attempt_at, updated_at,"
+                " bytes_total) VALUES (?, ?, 'pending', ?, ?, ?)",
+                [(job_id, s, now, now, pkg.size) for s in targets],
+            )
+            self._event(
+                "created", f"job created: {pkg.ref} to {', '.join(targets)}", job_id, now=now
+            )
+        return job_id
+
+    def _instructions(self, job_id: str) -> tuple[InstructionRecord, ...]:
+        rows = self._db.execute(
+            "SELECT id, job_id, server, state, attempts, last_error, next_attempt_at,"
+            " bytes_sent, bytes_total, updated_at, finished_at"
+            " FROM instructions WHERE job_id = ? ORDER BY server",
+            (job_id,),
+        ).fetchall()
+        return tuple(
+            InstructionRecord(
+                r["id"],
+                r["job_id"],
+                r["server"],
+                S(r["state"]),
+                r["attempts"],
+                r["last_error"],
+                r["next_attempt_at"],
+                r["bytes_sent"],
+                r["bytes_total"],
+                r["updated_at"],
+                r["finished_at"],
+            )
+            for r in rows
+        )
+
+    def _job(self, row: sqlite3.Row) -> JobRecord:
+        return JobRecord(
+            row["id"],
+            row["package_id"],
+            f"{row['name']}@{row['version']}",
+            row["created_at"],
+            row["max_attempts"],
+            row["deadline"],
+            json.loads(row["options"]),
+            self._instructions(row["id"]),
+        )
+
+    _JOB_SELECT = "SELECT j.*, p.name, p.version FROM jobs j JOIN packages p ON p.id = j.package_id"
+
+    def get_job(self, job_id: str) -> JobRecord:
+        row = self._db.execute(f"{self._JOB_SELECT} WHERE j.id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no job {job_id}")
+        return self._job(row)
+
+    def list_jobs(self, limit: int = 100) -> list[JobRecord]:
+        rows = self._db.execute(
+            f"{self._JOB_SELECT} ORDER BY j.created_at DESC LIMIT ?", (limit,)
+        ).fetchall()
+        return [self._job(r) for r in rows]
+
+    def cancel_job(self, job_id: str, now: float) -> int:
+        with self._tx() as db:
+            self.get_job(job_id)
+            n = db.execute(
+                "UPDATE instructions SET state = 'cancelled', updated_at = ?, finished_at = ?,"
+                f" lease_owner = NULL WHERE job_id = ? AND state IN ({_in('cancel')})",
+                (now, now, job_id),
+            ).rowcount
+            self._event("cancelled", f"job cancelled ({n} instruction(s))", job_id, now=now)
+        return n
+
+    def retry_job(self, job_id: str, now: float) -> int:
+        with self._tx() as db:
+            self.get_job(job_id)
+            n = db.execute(
+                "UPDATE instructions SET state = 'pending', next_attempt_at = ?, updated_at = ?,"
+                " finished_at = NULL, attempts_base = attempts"
+                f" WHERE job_id = ? AND state IN ({_in('operator_retry')})",
+                (now, now, job_id),
+            ).rowcount
+            # Instructions still waiting for their backoff are made due now as well.
+            n += db.execute(
+                "UPDATE instructions SET next_attempt_at = ?, updated_at = ?"
+                f" WHERE job_id = ? AND state IN ({_in('wake')})",
+                (now, now, job_id),
+            ).rowcount
+            self._event("retry", f"operator retry ({n} instruction(s))", job_id, now=now)
+        return n
+
+    # --- despooler ------------------------------------------------------------------------
+
+    def claim_ready(self, owner: str, lease_seconds: float, limit: int, now: float) -> list[Claim]:
+        with self._tx() as db:
+            rows = db.execute(
+                "UPDATE instructions SET state = 'sending', attempts = attempts + 1,"
+                " lease_owner = :owner, lease_expires_at = :until, updated_at = :now"
+                " WHERE id IN (SELECT i.id FROM instructions i JOIN servers s ON s.name = i.server"
+                f"   WHERE i.state IN ({_in('claim')}) AND i.next_attempt_at <= :now"
+                "    AND s.removed = 0 ORDER BY i.next_attempt_at LIMIT :limit)"
+                " RETURNING id",
+                {"owner": owner, "until": now + lease_seconds, "now": now, "limit": limit},
+            ).fetchall()
+            ids = [r[0] for r in rows]
+            claims = []
+            for iid in ids:
+                r = db.execute(
+                    "SELECT i.id, i.job_id, i.server, s.url, j.package_id, p.name, p.version,"
+                    " i.attempts, i.attempts_base, j.created_at, j.max_attempts, j.deadline"
+                    " FROM instructions i JOIN jobs j ON j.id = i.job_id"
+                    " JOIN servers s ON s.name = i.server JOIN packages p ON p.id = j.package_id"
+                    " WHERE i.id = ?",
+                    (iid,),
+                ).fetchone()
+                claims.append(
+                    Claim(
+                        r[0],
+                        r[1],
+                        r[2],
+                        r[3],
+                        r[4],
+                        f"{r[5]}@{r[6]}",
+                        r[7],
+                        r[8],
+                        r[9],
+                        r[10],
+                        r[11],
+                    )
+                )
+                self._event("attempt", f"attempt {r[7]} to {r[2]}", r[1], r[2], now=now)
+        return claims
+
+    def renew_lease(
+        self, instruction_id: int, owner: str, until: float, bytes_sent: int, bytes_total: int
+    ) -> bool:
+        with self._tx() as db:
+            n = db.execute(
+                "UPDATE instructions SET lease_expires_at = ?, bytes_sent = ?, bytes_total = ?"
+                " WHERE id = ? AND state = 'sending' AND lease_owner = ?",
+                (until, bytes_sent, bytes_total, instruction_id, owner),
+            ).rowcount
+        return n == 1
+
+    def mark_installed(self, instruction_id: int, owner: str, now: float) -> None:
+        with self._tx() as db:
+            row = self._transition(
+                instruction_id,
+                "installed",
+                owner,
+                now,
+                {
+                    "lease_owner": None,
+                    "lease_expires_at": None,
+                    "finished_at": now,
+                    "last_error": None,
+                },
+            )
+            pkg = db.execute(
+                "SELECT package_id FROM jobs WHERE id = ?", (row["job_id"],)
+            ).fetchone()[0]
+            db.execute(
+                "INSERT OR REPLACE INTO server_packages VALUES (?, ?, ?)",
+                (row["server"], pkg, now),
+            )
+            self._event(
+                "installed",
+                f"installed on {row['server']} (verified)",
+                row["job_id"],
+                row["server"],
+                now=now,
+            )
+
+    def schedule_retry(
+        self, instruction_id: int, owner: str, error: str, retry_at: float, now: float
+    ) -> None:
+        with self._tx():
+            row = self._transition(
+                instruction_id,
+                "retry",
+                owner,
+                now,
+                {
+                    "lease_owner": None,
+                    "lease_expires_at": None,
+                    "last_error": error,
+                    "next_attempt_at": retry_at,
+                },
+            )
+            self._event(
+                "failure",
+                f"{error}; retry in {max(0.0, retry_at - now):.1f}s",
+                row["job_id"],
+                row["server"],
+                now=now,
+            )
+
+    def mark_failed(self, instruction_id: int, owner: str, error: str, now: float) -> None:
+        with self._tx():
+            row = self._transition(
+                instruction_id,
+                "fail",
+                owner,
+                now,
+                {
+                    "lease_owner": None,
+                    "lease_expires_at": None,
+                    "last_error": error,
+                    "finished_at": now,
+                },
+            )
+            self._event("failed", error, row["job_id"], row["server"], now=now)
+
+    def recover_expired_leases(self, now: float) -> int:
+        with self._tx() as db:
+            rows = db.execute(
+                "UPDATE instructions SET state = 'retrying', lease_owner = NULL,"
+                " lease_expires_at = NULL, next_attempt_at = :now, updated_at = :now,"
+                " last_error = coalesce(last_error, 'despooler worker stopped mid-attempt')"
+                f" WHERE state IN ({_in('lease_expired')}) AND lease_expires_at < :now"
+                " RETURNING job_id, server",
+                {"now": now},
+            ).fetchall()
+            for r in rows:
+                self._event(
+                    "recovered",
+                    "lease expired; returned to the queue",
+                    r["job_id"],
+                    r["server"],
+                    now=now,
+                )
+        return len(rows)
+
+    def next_due_at(self) -> float | None:
+        row = self._db.execute(
+            f"SELECT min(next_attempt_at) FROM instructions WHERE state IN ({_in('claim')})"
+        ).fetchone()
+        return float(row[0]) if row and row[0] is not None else None
+
+    # --- views ----------------------------------------------------------------------------
+
+    def status_matrix(self) -> dict[str, dict[str, str]]:
+        matrix: dict[str, dict[str, str]] = {}
+        for r in self._db.execute(
+            "SELECT p.name || '@' || p.version AS ref, sp.server FROM server_packages sp"
+            " JOIN packages p ON p.id = sp.package_id JOIN servers s ON s.name = sp.server"
+            " WHERE s.removed = 0"
+        ):
+            matrix.setdefault(r["ref"], {})[r["server"]] = "installed"
+        # Unfinished work shows where nothing is installed yet; the newest job wins.
+        for r in self._db.execute(
+            "SELECT p.name || '@' || p.version AS ref, i.server, i.state FROM instructions i"
+            " JOIN jobs j ON j.id = i.job_id JOIN packages p ON p.id = j.package_id"
+            " JOIN servers s ON s.name = i.server WHERE s.removed = 0"
+            " ORDER BY j.created_at"
+        ):
+            cell = matrix.setdefault(r["ref"], {})
+            if cell.get(r["server"]) != "installed" and r["state"] != "installed":
+                cell[r["server"]] = r["state"]
+        return matrix
+
+    def events(self, job_id: str | None = None, after_id: int = 0) -> list[EventRecord]:
+        sql = "SELECT id, at, job_id, server, kind, message FROM events WHERE id > ?"
+        params: list[Any] = [after_id]
+        if job_id is not None:
+            sql += " AND job_id = ?"
+            params.append(job_id)
+        return [EventRecord(*r) for r in self._db.execute(sql + " ORDER BY id", params)]
+
+    def close(self) -> None:
+        self._db.close()
