@@ -101,6 +101,10 @@ class AuthError(TransferError):
 class RemoteError(TransferError):
     """The remote side reported an error."""
 
+    def __init__(self, message: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
 
 class DiskFull(PackdistError):
     """Disk full."""

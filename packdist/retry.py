@@ -34,7 +34,11 @@ class RetryPolicy:
 
     def delay(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        base = min(self.cap, self.initial * self.factor ** max(0, attempt - 1))
+        try:
+            grown = self.initial * self.factor ** max(0, attempt - 1)
+        except OverflowError:  # retried forever: past ~1024 attempts factor**n overflows
+            grown = self.cap
+        base = min(self.cap, grown)
         spread = base * self.jitter * (2 * rand() - 1)
         return max(0.0, min(self.cap, base + spread))
 

@@ -181,7 +181,9 @@ class Manifest:
 
     @classmethod
     def _from_doc(cls, doc: dict[str, Any]) -> Manifest:
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        if not isinstance(doc, dict):
+            raise ValueError("manifest is not a JSON object")
+        if doc.get("format") != FORMAT:
             raise ValueError(f"unknown manifest format {doc.get('format')!r}")
         entries: list[Entry] = []
         seen_dirs: set[str] = set()

@@ -209,6 +209,10 @@ class Store(abc.ABC):
         """Return instructions whose worker died (lease expired) to the queue."""
 
     @abc.abstractmethod
+    def release_leases(self, owner: str, now: float) -> int:
+        """A worker stopping cleanly hands its instructions back, due at once."""
+
+    @abc.abstractmethod
     def next_due_at(self) -> float | None: ...
 
     # --- views ----------------------------------------------------------------------------

@@ -543,7 +543,7 @@ class SQLiteStore(Store):
     ) -> bool:
         with self._tx() as db:
             n = db.execute(
-                "UPDATE instructions SET lease_expires_at = ?, bytes_sent = ?, bytes_total = ?"
+                "UPDATE instructions SET lease_expires_at = ?, bytes_sent = max(bytes_sent, ?), bytes_total = ?"
                 " WHERE id = ? AND state = 'sending' AND lease_owner = ?",
                 (until, bytes_sent, bytes_total, instruction_id, owner),
             ).rowcount
@@ -632,6 +632,25 @@ class SQLiteStore(Store):
                 self._event(
                     "recovered",
                     "lease expired; returned to the queue",
+                    r["job_id"],
+                    r["server"],
+                    now=now,
+                )
+        return len(rows)
+
+    def release_leases(self, owner: str, now: float) -> int:
+        with self._tx() as db:
+            rows = db.execute(
+                "UPDATE instructions SET state = 'retrying', lease_owner = NULL,"
+                " lease_expires_at = NULL, next_attempt_at = :now, updated_at = :now"
+                f" WHERE state IN ({_in('lease_expired')}) AND lease_owner = :owner"
+                " RETURNING job_id, server",
+                {"now": now, "owner": owner},
+            ).fetchall()
+            for r in rows:
+                self._event(
+                    "recovered",
+                    "site stopping; attempt handed back to the queue",
                     r["job_id"],
                     r["server"],
                     now=now,

@@ -1,0 +1,1 @@
+"""The agent of a distribution server: installs signed packages from its site."""

@@ -1,0 +1,56 @@
+"""The site's client of an agent: "install this signed manifest", "how far are you?"."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import aiohttp
+
+from packdist.auth import site_assertion
+from packdist.core.signing import SigningKey
+from packdist.errors import RemoteError
+from packdist.http import CONTROL, request
+
+
+class AgentClient:
+    def __init__(
+        self, server: str, base_url: str, key: SigningKey, session: aiohttp.ClientSession
+    ) -> None:
+        self.server = server
+        self.base_url = base_url.rstrip("/")
+        self._key = key
+        self._session = session
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {site_assertion(self._key, self.server)}"}
+
+    async def install(self, manifest: bytes, signature: bytes) -> dict[str, Any]:
+        body = {
+            "manifest": base64.b64encode(manifest).decode(),
+            "signature": base64.b64encode(signature).decode(),
+        }
+        async with request(
+            self._session,
+            "POST",
+            f"{self.base_url}/v1/install",
+            json=body,
+            headers=self._headers(),
+            timeouts=CONTROL,
+        ) as resp:
+            data: dict[str, Any] = await resp.json()
+            return data
+
+    async def status(self, package_id: str) -> dict[str, Any] | None:
+        """The agent's view of an install; None if it does not know it (it restarted)."""
+        url = f"{self.base_url}/v1/installs/{package_id}"
+        try:
+            async with request(
+                self._session, "GET", url, headers=self._headers(), timeouts=CONTROL
+            ) as resp:
+                data: dict[str, Any] = await resp.json()
+                return data
+        except RemoteError as exc:
+            if exc.status == 404:
+                return None
+            raise

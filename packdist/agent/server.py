@@ -1,0 +1,200 @@
+"""The agent's HTTP server, its enrollment and its heartbeat to the site.
+
+``GET /healthz`` answers anyone; every other route needs a credential signed by the site
+key learned at enrollment and addressed to this server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import signal
+import uuid
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from packdist.agent.home import AgentHome
+from packdist.agent.installer import Installer
+from packdist.auth import bearer, check_site_assertion
+from packdist.core.signing import VerifyKey
+from packdist.errors import AuthError, PackdistError, UserError
+from packdist.http import error_middleware, error_response, new_session
+from packdist.site.client import SiteClient
+
+log = logging.getLogger("packdist.agent")
+
+HEARTBEAT_INTERVAL = 2.0
+ENROLL_RETRY = 2.0
+
+
+class Agent:
+    def __init__(self, home: AgentHome, site_url: str, token: str) -> None:
+        self.home = home
+        self.site_url = site_url
+        self.token = token
+        self.boot_id = uuid.uuid4().hex
+        self.session: aiohttp.ClientSession | None = None
+        self.site: SiteClient | None = None
+        self.server_name: str | None = None
+        self.site_key: VerifyKey | None = None
+        self.installer = Installer(home, self._fetch)
+        self._background: list[asyncio.Task[None]] = []
+        enrolled = home.load_enrollment()
+        if enrolled and enrolled.get("site_url") == site_url:
+            self.server_name = enrolled["server"]
+            self.site_key = VerifyKey.from_hex(enrolled["site_public_key"])
+
+    def _fetch(self, digests: Any) -> Any:
+        assert self.site is not None
+        return self.site.chunks(digests)
+
+    # --- life cycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.home.prepare()
+        self.installer.clean_staging()
+        self.session = new_session()
+        self.site = SiteClient(self.site_url, self.token, self.session)
+        self._background.append(asyncio.create_task(self._heartbeat_loop(), name="heartbeat"))
+
+    async def stop(self) -> None:
+        for t in self._background:
+            t.cancel()
+        for inst in self.installer.installs.values():
+            if inst.task is not None:
+                inst.task.cancel()
+        if self.session is not None:
+            await self.session.close()
+
+    async def _enroll(self) -> None:
+        assert self.site is not None
+        answer = await self.site.hello()
+        key_hex = answer["site_public_key"]
+        if self.site_key is not None and self.site_key.hex != key_hex:
+            raise AuthError(
+                "the site's key differs from the one this agent enrolled with; refusing it "
+                f"(remove {self.home.root / 'agent.json'} to enroll again)"
+            )
+        self.server_name = answer["server"]
+        self.site_key = VerifyKey.from_hex(key_hex)
+        self.home.save_enrollment(
+            {
+                "site_url": self.site_url,
+                "server": self.server_name,
+                "site": answer["site"],
+                "site_public_key": key_hex,
+            }
+        )
+        log.info("enrolled as %s with site %s", self.server_name, answer["site"])
+
+    async def _heartbeat_loop(self) -> None:
+        enrolled_now = False
+        while True:
+            try:
+                if not enrolled_now:
+                    await self._enroll()
+                    enrolled_now = True
+                assert self.site is not None
+                await self.site.heartbeat(
+                    {
+                        "boot_id": self.boot_id,
+                        "disk_free": self.home.free_bytes(),
+                        "installed": sorted(set(self.home.installed().values())),
+                    }
+                )
+            except PackdistError as exc:
+                log.warning("site unreachable: %s", exc.message)
+            except Exception:
+                log.exception("heartbeat failed")
+            await asyncio.sleep(HEARTBEAT_INTERVAL if enrolled_now else ENROLL_RETRY)
+
+    # --- HTTP -----------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(
+            middlewares=[self._auth_middleware, error_middleware], client_max_size=256 * 1024 * 1024
+        )
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_post("/v1/install", self.install)
+        app.router.add_get("/v1/installs/{package_id}", self.install_status)
+        return app
+
+    @web.middleware
+    async def _auth_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path == "/healthz":
+            response: web.StreamResponse = await handler(request)
+            return response
+        if self.site_key is None or self.server_name is None:
+            return error_response(503, "agent is not enrolled with its site yet")
+        try:
+            check_site_assertion(
+                bearer(request.headers.get("Authorization")), self.site_key, self.server_name
+            )
+        except AuthError as exc:
+            return error_response(401, exc.message)
+        response = await handler(request)
+        return response
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "enrolled": self.server_name is not None})
+
+    async def install(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        try:
+            data = base64.b64decode(body["manifest"], validate=True)
+            signature = base64.b64decode(body["signature"], validate=True)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise UserError(f"malformed install request: {exc}") from exc
+        assert self.site_key is not None
+        inst = self.installer.start(data, signature, self.site_key)
+        return web.json_response(inst.to_json(), status=202)
+
+    async def install_status(self, request: web.Request) -> web.Response:
+        inst = self.installer.status(request.match_info["package_id"])
+        if inst is None:
+            return error_response(404, "no such install on this agent")
+        return web.json_response(inst.to_json())
+
+
+def _split_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise UserError(f"--listen {listen!r} must be HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+async def serve_until_stopped(app: web.Application, listen: str) -> None:
+    host, port = _split_listen(listen)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port, reuse_address=True).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise UserError(f"cannot listen on {listen}: {exc.strerror or exc}") from exc
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("listening on %s", listen)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def run_agent(root: Any, listen: str, site_url: str, token: str) -> None:
+    logging.getLogger("packdist").setLevel(logging.INFO)
+    agent = Agent(AgentHome(root), site_url, token)
+
+    async def main() -> None:
+        await agent.start()
+        try:
+            await serve_until_stopped(agent.app(), listen)
+        finally:
+            await agent.stop()
+
+    asyncio.run(main())

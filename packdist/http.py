@@ -1,0 +1,206 @@
+"""HTTP plumbing shared by the site and the agents: timeouts, error translation, framing.
+
+Every outgoing call has a timeout. Driver errors are translated here, at the boundary, into
+:mod:`packdist.errors` types whose message says the real cause in words ("connect timeout to
+http://10.0.0.12:8700"), the original kept as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp import web
+
+from packdist.core.digest import DIGEST_SIZE, Digest
+from packdist.errors import (
+    AuthError,
+    ConnectError,
+    PackdistError,
+    RemoteError,
+    RemoteTimeout,
+    TransferError,
+)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds allowed for each phase of a call."""
+
+    connect: float = 3.0
+    read: float = 10.0  # between two reads of a response
+    total: float | None = 30.0  # a whole request/response; None for long streams
+
+    def client(self) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(
+            total=self.total, sock_connect=self.connect, connect=self.connect, sock_read=self.read
+        )
+
+
+CONTROL = Timeouts()
+STREAM = Timeouts(connect=3.0, read=15.0, total=None)
+
+
+def new_session() -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, enable_cleanup_closed=True),
+        raise_for_status=False,
+    )
+
+
+_ERRNO_WORDS = {
+    errno.ECONNREFUSED: "connection refused by {peer}",
+    errno.EHOSTUNREACH: "host unreachable: {peer}",
+    errno.ENETUNREACH: "network unreachable: {peer}",
+    errno.ECONNRESET: "connection reset by {peer}",
+    errno.ETIMEDOUT: "connect timeout to {peer}",
+}
+
+
+def peer(url: str) -> str:
+    """``scheme://host:port`` of a URL, the way operators name a server."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.netloc else url
+
+
+def translate(exc: BaseException, url: str) -> PackdistError:
+    """A driver/OS error as a packdist error naming the cause and the peer."""
+    if isinstance(exc, PackdistError):
+        return exc
+    url = peer(url)
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return RemoteTimeout(f"connect timeout to {url}")
+    if isinstance(exc, aiohttp.SocketTimeoutError):
+        return RemoteTimeout(f"read timeout from {url} (no answer)")
+    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
+        return RemoteTimeout(f"timeout talking to {url}")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        code = exc.os_error.errno if exc.os_error else None
+        if code in _ERRNO_WORDS:
+            return ConnectError(_ERRNO_WORDS[code].format(peer=url))
+        reason = exc.os_error.strerror if exc.os_error and exc.os_error.strerror else str(exc)
+        return ConnectError(f"cannot connect to {url}: {reason}")
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+        return TransferError(f"connection to {url} dropped mid-transfer")
+    if isinstance(exc, aiohttp.ClientError):
+        return TransferError(f"transfer with {url} failed: {exc}")
+    if isinstance(exc, OSError) and exc.errno in _ERRNO_WORDS:
+        return ConnectError(_ERRNO_WORDS[exc.errno].format(peer=url))
+    if isinstance(exc, OSError):
+        return TransferError(f"network error with {url}: {exc.strerror or exc}")
+    return TransferError(f"transfer with {url} failed: {exc!r}")
+
+
+async def guarded(url: str, call: Awaitable[T]) -> T:
+    """Await ``call``, translating any network failure."""
+    try:
+        return await call
+    except PackdistError:
+        raise
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        raise translate(exc, url) from exc
+
+
+async def raise_for_answer(resp: aiohttp.ClientResponse, url: str) -> None:
+    if resp.status < 400:
+        return
+    try:
+        body = await resp.json(content_type=None)
+        detail = str(body.get("error", body))
+    except Exception:  # a non-JSON error page
+        detail = (await resp.text())[:200]
+    url = peer(url)
+    if resp.status in (401, 403):
+        raise AuthError(f"{url} refused the credential: {detail}")
+    if resp.status == 503:
+        raise RemoteError(f"{url} not ready: {detail}", status=503)
+    raise RemoteError(f"{url} answered {resp.status}: {detail}", status=resp.status)
+
+
+@asynccontextmanager
+async def request(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    timeouts: Timeouts = CONTROL,
+    **kwargs: Any,
+) -> AsyncIterator[aiohttp.ClientResponse]:
+    """An HTTP request whose failures are packdist errors; non-2xx answers raise."""
+    try:
+        async with session.request(method, url, timeout=timeouts.client(), **kwargs) as resp:
+            await raise_for_answer(resp, url)
+            yield resp
+    except PackdistError:
+        raise
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        raise translate(exc, url) from exc
+
+
+def error_response(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn packdist errors raised by handlers into JSON error answers."""
+    try:
+        return await handler(request)
+    except AuthError as exc:
+        return error_response(401, exc.message)
+    except PackdistError as exc:
+        from packdist.errors import NotFound, UserError
+
+        status = 404 if isinstance(exc, NotFound) else 400 if isinstance(exc, UserError) else 500
+        return error_response(status, exc.message)
+
+
+# --- chunk stream framing ----------------------------------------------------------------
+# A batch of chunks travels as frames: 32-byte digest, 4-byte big-endian length, the bytes.
+# A length of 0xFFFFFFFF announces an error: a 4-byte length and a UTF-8 message follow.
+
+_LEN = struct.Struct(">I")
+ERROR_MARK = 0xFFFFFFFF
+
+
+def frame_header(digest: Digest, size: int) -> bytes:
+    return digest.raw + _LEN.pack(size)
+
+
+def error_frame(message: str) -> bytes:
+    data = message.encode()
+    return b"\0" * DIGEST_SIZE + _LEN.pack(ERROR_MARK) + _LEN.pack(len(data)) + data
+
+
+async def read_frames(
+    content: aiohttp.StreamReader, url: str
+) -> AsyncIterator[tuple[Digest, bytes]]:
+    """Yield ``(digest, bytes)`` frames until the stream ends (bytes not yet verified)."""
+    while True:
+        try:
+            head = await content.readexactly(DIGEST_SIZE + 4)
+        except asyncio.IncompleteReadError as exc:
+            if not exc.partial:
+                return
+            raise TransferError(f"stream from {url} cut mid-frame") from exc
+        (size,) = _LEN.unpack_from(head, DIGEST_SIZE)
+        if size == ERROR_MARK:
+            (n,) = _LEN.unpack(await content.readexactly(4))
+            raise RemoteError((await content.readexactly(n)).decode(errors="replace"))
+        try:
+            data = await content.readexactly(size)
+        except asyncio.IncompleteReadError as exc:
+            raise TransferError(f"stream from {url} cut mid-chunk") from exc
+        yield Digest(head[:DIGEST_SIZE]), data

@@ -1,0 +1,43 @@
+"""The agent's client of the site API: enrollment, heartbeats, chunk fetches."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+
+from packdist.core.digest import Digest
+from packdist.http import CONTROL, STREAM, read_frames, request
+
+
+class SiteClient:
+    def __init__(self, base_url: str, token: str, session: aiohttp.ClientSession) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._auth = {"Authorization": f"Bearer {token}"}
+        self._session = session
+
+    async def hello(self) -> dict[str, Any]:
+        """Enroll: learn our server name and the site's public key."""
+        url = f"{self.base_url}/v1/agent/hello"
+        async with request(self._session, "POST", url, headers=self._auth) as resp:
+            data: dict[str, Any] = await resp.json()
+            return data
+
+    async def heartbeat(self, payload: dict[str, Any]) -> dict[str, Any]:
+        url = f"{self.base_url}/v1/agent/heartbeat"
+        async with request(
+            self._session, "POST", url, headers=self._auth, json=payload, timeouts=CONTROL
+        ) as resp:
+            data: dict[str, Any] = await resp.json()
+            return data
+
+    async def chunks(self, digests: list[Digest]) -> AsyncIterator[tuple[Digest, bytes]]:
+        """Stream the requested chunks (unverified: the caller checks every digest)."""
+        url = f"{self.base_url}/v1/chunks"
+        body = {"digests": [d.hex for d in digests]}
+        async with request(
+            self._session, "POST", url, headers=self._auth, json=body, timeouts=STREAM
+        ) as resp:
+            async for frame in read_frames(resp.content, url):
+                yield frame

@@ -1,0 +1,185 @@
+"""The site server: the API agents talk to, and the despooler, in one process.
+
+Routes (JSON unless noted):
+
+* ``GET /healthz`` — anyone; 200 once the site is ready.
+* ``POST /v1/agent/hello`` — enrollment token: the server's name and the site public key.
+* ``POST /v1/agent/heartbeat`` — enrollment token: liveness, free disk, installed ids.
+* ``POST /v1/chunks`` — enrollment token: a framed stream of the requested chunks.
+* ``GET /v1/chunks/{digest}`` — enrollment token: one chunk, raw.
+* ``GET /v1/packages/{id}/manifest`` — enrollment token: canonical manifest, signature in
+  the ``X-Packdist-Signature`` header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections import deque
+from typing import Any
+
+from aiohttp import web
+
+from packdist.agent.server import serve_until_stopped
+from packdist.auth import bearer, hash_token
+from packdist.core.digest import Digest
+from packdist.despooler import Despooler, StoreRunner
+from packdist.errors import AuthError, NotFound, PackdistError, UserError
+from packdist.http import error_frame, error_middleware, frame_header, new_session
+from packdist.site.home import SiteHome
+from packdist.store.base import ServerRecord
+
+log = logging.getLogger("packdist.site")
+
+HEARTBEAT_INTERVAL = 2.0  # what agents use; a server silent for 3 intervals is offline
+OFFLINE_AFTER = 3 * HEARTBEAT_INTERVAL + 1.0
+MAX_BATCH = 4096
+READ_AHEAD = 8
+
+
+class SiteServer:
+    def __init__(self, home: SiteHome, max_in_flight: int = 64) -> None:
+        self.home = home
+        self.library = home.library
+        self.key = home.signing_key()
+        self.db = StoreRunner(home.store())
+        self.max_in_flight = max_in_flight
+        self.site_name = ""
+        self._despooler: Despooler | None = None
+
+    @property
+    def despooler(self) -> Despooler:
+        assert self._despooler is not None, "the site is not running"
+        return self._despooler
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[error_middleware], client_max_size=64 * 1024 * 1024)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_post("/v1/agent/hello", self.hello)
+        app.router.add_post("/v1/agent/heartbeat", self.heartbeat)
+        app.router.add_post("/v1/chunks", self.chunks)
+        app.router.add_get("/v1/chunks/{digest}", self.chunk)
+        app.router.add_get("/v1/packages/{package_id}/manifest", self.manifest)
+        return app
+
+    async def _agent(self, request: web.Request) -> ServerRecord:
+        token = bearer(request.headers.get("Authorization"))
+        server = await self.db(lambda s: s.server_by_token_hash(hash_token(token)))
+        if server is None:
+            raise AuthError("unknown or revoked enrollment token")
+        return server
+
+    # --- routes ---------------------------------------------------------------------------
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "site": self.site_name})
+
+    async def hello(self, request: web.Request) -> web.Response:
+        server = await self._agent(request)
+        return web.json_response(
+            {"server": server.name, "site": self.site_name, "site_public_key": self.key.public.hex}
+        )
+
+    async def heartbeat(self, request: web.Request) -> web.Response:
+        server = await self._agent(request)
+        body = await request.json()
+        installed = [str(x) for x in body.get("installed", [])][:100_000]
+        disk_free = body.get("disk_free")
+        woken = await self.db(
+            lambda s: s.record_heartbeat(
+                server.name,
+                str(body.get("boot_id", "")),
+                int(disk_free) if disk_free is not None else None,
+                installed,
+                time.time(),
+                OFFLINE_AFTER,
+            )
+        )
+        if woken:
+            log.info("%s is back: %d instruction(s) woken", server.name, woken)
+            self.despooler.wake.set()
+        return web.json_response({"ok": True, "woken": woken})
+
+    async def manifest(self, request: web.Request) -> web.Response:
+        await self._agent(request)
+        pid = request.match_info["package_id"]
+        data, sig = await self.db(lambda s: s.package_manifest(pid))
+        return web.Response(
+            body=data,
+            content_type="application/json",
+            headers={"X-Packdist-Signature": base64.b64encode(sig).decode()},
+        )
+
+    async def chunk(self, request: web.Request) -> web.Response:
+        await self._agent(request)
+        digest = Digest.parse(request.match_info["digest"])
+        if not await self.db(lambda s: s.known_chunks([digest])):
+            raise NotFound(f"no chunk {digest.short}… on this site")
+        data = await asyncio.to_thread(self.library.read, digest)
+        return web.Response(body=data, content_type="application/octet-stream")
+
+    async def chunks(self, request: web.Request) -> web.StreamResponse:
+        await self._agent(request)
+        body = await request.json()
+        try:
+            digests = [Digest.parse(str(x)) for x in body["digests"]]
+        except (KeyError, TypeError) as exc:
+            raise UserError('body must be {"digests": [hex, ...]}') from exc
+        if len(digests) > MAX_BATCH:
+            raise UserError(f"at most {MAX_BATCH} chunks per request")
+        known = await self.db(lambda s: s.known_chunks(digests))
+        unknown = [d for d in digests if d not in known]
+        if unknown:
+            raise NotFound(f"{len(unknown)} chunk(s) not on this site, e.g. {unknown[0].short}…")
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-packdist-chunks"})
+        await resp.prepare(request)
+        loop = asyncio.get_running_loop()
+        reads: deque[tuple[Digest, asyncio.Future[bytes]]] = deque()
+        queue = iter(digests)
+        while True:  # keep READ_AHEAD file reads under way while we write
+            while len(reads) < READ_AHEAD and (d := next(queue, None)) is not None:
+                reads.append((d, loop.run_in_executor(None, self.library.read, d)))
+            if not reads:
+                break
+            d, pending = reads.popleft()
+            try:
+                data = await pending
+            except PackdistError as exc:
+                await resp.write(error_frame(exc.message))
+                break
+            await resp.write(frame_header(d, len(data)) + data)
+        await resp.write_eof()
+        return resp
+
+    # --- life cycle -----------------------------------------------------------------------
+
+    async def run(self, listen: str) -> None:
+        self.site_name = await self.db(lambda s: s.site_name())
+        session = new_session()
+        self._despooler = Despooler(self.db, self.key, session, max_in_flight=self.max_in_flight)
+        despooler = asyncio.create_task(self.despooler.run(), name="despooler")
+        try:
+            await serve_until_stopped(self.app(), listen)
+        finally:
+            despooler.cancel()
+            await asyncio.gather(despooler, return_exceptions=True)
+            await self.despooler.shutdown()
+            await session.close()
+            self.db.close()
+
+
+def run_site(home: SiteHome, listen: str, max_in_flight: int) -> None:
+    logging.getLogger("packdist").setLevel(logging.INFO)
+    if max_in_flight < 1:
+        raise UserError("--workers must be at least 1")
+    server = SiteServer(home, max_in_flight)
+
+    async def main() -> None:
+        await server.run(listen)
+
+    asyncio.run(main())
+
+
+__all__: list[Any] = ["SiteServer", "run_site"]
