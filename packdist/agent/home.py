@@ -5,8 +5,10 @@
     HOME/agent.json                  enrollment: site URL, server name, site public key
     HOME/packages/NAME/VERSION/      installed trees (exactly the source tree)
     HOME/state/installed.json        NAME@VERSION -> package id, for what is installed
-    HOME/cache/chunks/ab/ab12…       verified chunks, kept for resume and deltas
-    HOME/staging/                    trees being built (same file system as packages/)
+    HOME/state/manifests/<id>        canonical manifests of installed versions (local chunk
+                                     sources for later versions)
+    HOME/staging/<id>/               a version being built (same file system as packages/);
+                                     kept across restarts so an install resumes
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from packdist.core.digest import Digest
 from packdist.core.fsutil import write_atomic
 from packdist.errors import AlreadyExists
 
@@ -34,8 +35,8 @@ class AgentHome:
         return self.root / "packages"
 
     @property
-    def chunks(self) -> Path:
-        return self.root / "cache" / "chunks"
+    def manifests(self) -> Path:
+        return self.root / "state" / "manifests"
 
     @property
     def staging(self) -> Path:
@@ -50,13 +51,8 @@ class AgentHome:
             raise AlreadyExists(
                 f"{self.root} is a site's home; a site and an agent never share one"
             )
-        for d in (self.packages, self.chunks, self.staging, self.installed_file.parent):
+        for d in (self.packages, self.staging, self.installed_file.parent, self.manifests):
             d.mkdir(parents=True, exist_ok=True)
-        for i in range(256):
-            (self.chunks / f"{i:02x}").mkdir(exist_ok=True)
-
-    def chunk_path(self, digest: Digest) -> Path:
-        return self.chunks / digest.shard / digest.hex
 
     def package_dir(self, name: str, version: str) -> Path:
         return self.packages / name / version
@@ -89,6 +85,15 @@ class AgentHome:
         data = self.installed()
         data[ref] = package_id
         write_atomic(self.installed_file, json.dumps(data, indent=2, sort_keys=True).encode())
+
+    def save_manifest(self, package_id: str, canonical: bytes) -> None:
+        write_atomic(self.manifests / package_id, canonical)
+
+    def load_manifest(self, package_id: str) -> bytes | None:
+        try:
+            return (self.manifests / package_id).read_bytes()
+        except FileNotFoundError:
+            return None
 
     def free_bytes(self) -> int:
         st = os.statvfs(self.root)

@@ -55,7 +55,7 @@ class Agent:
 
     async def start(self) -> None:
         self.home.prepare()
-        self.installer.clean_staging()
+        self.installer.recover()
         self.session = new_session()
         self.site = SiteClient(self.site_url, self.token, self.session)
         self._background.append(asyncio.create_task(self._heartbeat_loop(), name="heartbeat"))

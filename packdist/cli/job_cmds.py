@@ -60,7 +60,9 @@ def _job_table(job: JobRecord, now: float) -> Table:
         total = max(i.bytes_total, 1)
         done = i.bytes_total if i.state.value == "installed" else min(i.bytes_sent, total)
         bar = Group(ProgressBar(total=total, completed=done, width=20))
-        nxt = ago(i.next_attempt_at, now) if i.state.value == "retrying" else ""
+        nxt = ""
+        if i.state.value == "retrying":
+            nxt = "due now" if i.next_attempt_at <= now else ago(i.next_attempt_at, now)
         table.add_row(i.server, i.state.value, str(i.attempts), bar, nxt, i.last_error or "")
     return table
 

@@ -27,7 +27,8 @@ class SourceEntry:
 
 
 def _display(path: Path) -> str:
-    return os.fsdecode(path).encode("utf-8", "backslashreplace").decode("utf-8")
+    """The path for messages; bytes that are not UTF-8 are shown as ``\\xff``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def walk(root: Path) -> list[SourceEntry]:

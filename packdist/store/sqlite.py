@@ -104,7 +104,7 @@ class SQLiteStore(Store):
     ) -> None:
         self._db.execute(
             "INSERT INTO events (at, job_id, server, kind, message) VALUES (?,?,?,?,?)",
-            (now or time.time(), job_id, server, kind, message),
+            (time.time() if now is None else now, job_id, server, kind, message),
         )
 
     def _transition(
@@ -484,7 +484,9 @@ class SQLiteStore(Store):
             n = db.execute(
                 "UPDATE instructions SET state = 'pending', next_attempt_at = ?, updated_at = ?,"
                 " finished_at = NULL, attempts_base = attempts"
-                f" WHERE job_id = ? AND state IN ({_in('operator_retry')})",
+                f" WHERE job_id = ? AND state IN ({_in('operator_retry')})"
+                # a removed server's instruction would stay pending forever: leave it cancelled
+                " AND server IN (SELECT name FROM servers WHERE removed = 0)",
                 (now, now, job_id),
             ).rowcount
             # Instructions still waiting for their backoff are made due now as well.

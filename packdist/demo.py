@@ -1,0 +1,198 @@
+"""``make demo``: a site, three agents and a real distribution on loopback, one server
+unplugged while the job runs and plugged back in. Every step is the real ``packdist``
+command in its own process; nothing is mocked. Exits 0 when every server holds the package.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+PACKDIST = [sys.executable, "-m", "packdist"]
+
+
+def say(text: str) -> None:
+    print(f"\n\033[1m== {text}\033[0m" if sys.stdout.isatty() else f"\n== {text}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Demo:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.site_home = root / "site"
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.site_url = f"http://127.0.0.1:{free_port()}"
+        self.servers: dict[str, dict[str, Any]] = {}
+
+    def run(self, *args: str, show: bool = True) -> str:
+        if show:
+            print(f"$ packdist {' '.join(args)}", flush=True)
+        out = subprocess.run(
+            [*PACKDIST, "--home", str(self.site_home), *args],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        if show and args[-1] != "--json":
+            print(out.rstrip(), flush=True)
+        return out
+
+    def start(self, name: str, args: list[str], health_url: str) -> None:
+        log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
+        self.procs[name] = subprocess.Popen(
+            [*PACKDIST, *args], stdout=log, stderr=log, start_new_session=True
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{health_url}/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise SystemExit(f"{name} did not start; see {self.root / (name + '.log')}")
+
+    def start_agent(self, name: str) -> None:
+        s = self.servers[name]
+        self.start(
+            name,
+            [
+                "--home",
+                str(self.root / name),
+                "agent",
+                "serve",
+                "--listen",
+                f"127.0.0.1:{s['port']}",
+                "--site",
+                self.site_url,
+                "--token",
+                s["token"],
+            ],
+            s["url"],
+        )
+
+    def stop(self, name: str) -> None:
+        proc = self.procs.pop(name)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+    def stop_all(self) -> None:
+        for name in list(self.procs):
+            self.stop(name)
+
+
+def make_sample(src: Path) -> None:
+    (src / "bin").mkdir(parents=True)
+    (src / "share" / "doc").mkdir(parents=True)
+    (src / "var" / "empty").mkdir(parents=True)
+    tool = src / "bin" / "hello"
+    tool.write_text("#!/bin/sh\necho hello from packdist\n")
+    tool.chmod(0o755)
+    (src / "share" / "doc" / "README.txt").write_text("packdist demo package\n" * 200)
+    (src / "share" / "data.bin").write_bytes(os.urandom(24 * 1024 * 1024))
+    (src / "current").symlink_to("bin/hello")
+
+
+def main() -> int:
+    started = time.monotonic()
+    root = Path(tempfile.mkdtemp(prefix="packdist-demo-"))
+    demo = Demo(root)
+    try:
+        say(f"A site in {root}")
+        demo.run("site", "init", "--name", "demo-site")
+        src = root / "src"
+        make_sample(src)
+        demo.run("package", "create", str(src), "--name", "app", "--version", "1.0")
+
+        say("Three distribution servers enrolled, each with its own token")
+        for name in ("dp1", "dp2", "dp3"):
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            doc = json.loads(demo.run("server", "add", name, "--url", url, "--json", show=False))
+            print(f"$ packdist server add {name} --url {url}   (token {doc['token'][:10]}…)")
+            demo.servers[name] = {"port": port, "url": url, "token": doc["token"]}
+
+        say("The site server and the agents of dp1 and dp2 start; dp3 is unplugged")
+        demo.start(
+            "site",
+            [
+                "--home",
+                str(demo.site_home),
+                "site",
+                "serve",
+                "--listen",
+                demo.site_url.removeprefix("http://"),
+            ],
+            demo.site_url,
+        )
+        demo.start_agent("dp1")
+        demo.start_agent("dp2")
+
+        say("Distribute app@1.0 to every server")
+        job = json.loads(demo.run("distribute", "app@1.0", "--all", "--json", show=False))["job"]
+        print(f"$ packdist distribute app@1.0 --all\njob {job}")
+        seen: dict[str, str] = {}
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            shown = json.loads(demo.run("job", "show", job, "--json", show=False))
+            for i in shown["instructions"]:
+                line = f"{i['state']} (attempts {i['attempts']}" + (
+                    f", last error: {i['last_error']})" if i["last_error"] else ")"
+                )
+                if seen.get(i["server"]) != line:
+                    seen[i["server"]] = line
+                    print(f"  {i['server']}: {line}", flush=True)
+            time.sleep(0.5)
+        say("The job stays active: dp3's instruction keeps its target and retries")
+        demo.run("job", "show", job)
+
+        say("dp3 is plugged back in: its heartbeat wakes the retry at once")
+        plugged = time.monotonic()
+        demo.start_agent("dp3")
+        subprocess.run(
+            [*PACKDIST, "--home", str(demo.site_home), "job", "wait", job, "--timeout", "40"],
+            check=True,
+        )
+        print(f"dp3 received the package {time.monotonic() - plugged:.1f}s after it came back")
+
+        say("Every server holds the exact tree")
+        for name in demo.servers:
+            tree = root / name / "packages" / "app" / "1.0"
+            cmp = filecmp.dircmp(src, tree)
+            same = not (cmp.diff_files or cmp.left_only or cmp.right_only)
+            data = (tree / "share" / "data.bin").read_bytes() == (
+                src / "share" / "data.bin"
+            ).read_bytes()
+            if not (same and data):
+                print(f"  {name}: MISMATCH")
+                return 1
+            print(f"  {name}: {tree} matches the source")
+        demo.run("status")
+        print(f"\ndemo finished in {time.monotonic() - started:.0f}s")
+        return 0
+    finally:
+        demo.stop_all()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
