@@ -27,8 +27,8 @@ system-deps:
 	fi
 
 lint: $(STAMP)
-	$(BIN)/ruff check packdist tests bench
-	$(BIN)/ruff format --check packdist tests bench
+	$(BIN)/ruff check packdist tests $(wildcard bench)
+	$(BIN)/ruff format --check packdist tests $(wildcard bench)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
