@@ -15,14 +15,21 @@ PACKDIST = [sys.executable, "-m", "packdist"]
 
 
 def run_packdist(
-    home: Path, *args: str, check: bool = True, timeout: float = 120, env: dict[str, str] | None = None
+    home: Path,
+    *args: str,
+    check: bool = True,
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run the real ``packdist`` command in a subprocess with ``--home``."""
     full_env = {**os.environ, **(env or {})}
     full_env.pop("PACKDIST_HOME", None)
     proc = subprocess.run(
         [*PACKDIST, "--home", str(home), *args],
-        capture_output=True, text=True, timeout=timeout, env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
     )
     if check and proc.returncode != 0:
         raise AssertionError(
