@@ -31,7 +31,7 @@ from packdist.store.base import Claim, Store
 log = logging.getLogger("packdist.despooler")
 T = TypeVar("T")
 
-POLL_AGENT = 0.5  # seconds between two status questions to an agent
+LONG_POLL = 2.0  # an agent answers a status question at the latest after this long
 RENEW_EVERY = 2.0  # seconds between two lease renewals (and progress writes)
 STALL_LIMIT = 120.0  # an install that makes no progress this long is given up (and retried)
 
@@ -62,7 +62,7 @@ class Despooler:
         policy: RetryPolicy | None = None,
         max_in_flight: int = 64,
         lease: float = 10.0,
-        poll: float = 0.5,
+        poll: float = 0.2,
     ) -> None:
         self.db = db
         self.key = key
@@ -161,8 +161,7 @@ class Despooler:
                     log.info("lost the lease on instruction %d (cancelled?)", c.instruction_id)
                     return
                 last_renew = time.monotonic()
-            await asyncio.sleep(POLL_AGENT)
-            status = await client.status(c.package_id)
+            status = await client.status(c.package_id, wait=LONG_POLL)
             if status is None:  # the agent restarted and forgot: ask again, it resumes
                 status = await client.install(manifest, signature)
 

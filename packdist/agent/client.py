@@ -41,9 +41,12 @@ class AgentClient:
             data: dict[str, Any] = await resp.json()
             return data
 
-    async def status(self, package_id: str) -> dict[str, Any] | None:
-        """The agent's view of an install; None if it does not know it (it restarted)."""
-        url = f"{self.base_url}/v1/installs/{package_id}"
+    async def status(self, package_id: str, wait: float = 0.0) -> dict[str, Any] | None:
+        """The agent's view of an install; None if it does not know it (it restarted).
+
+        With ``wait``, the agent answers as soon as the install ends, or after that long.
+        """
+        url = f"{self.base_url}/v1/installs/{package_id}?wait={wait:g}"
         try:
             async with request(
                 self._session, "GET", url, headers=self._headers(), timeouts=CONTROL

@@ -69,6 +69,18 @@ class Install:
     bytes_present: int = 0
     started_at: float = field(default_factory=time.time)
     task: asyncio.Task[None] | None = None
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def end(self, state: InstallState, error: str | None = None) -> None:
+        self.state, self.error = state, error
+        self.finished.set()
+
+    async def wait(self, seconds: float) -> None:
+        """Return when the install ends, or after ``seconds`` (for long polls)."""
+        try:
+            await asyncio.wait_for(self.finished.wait(), timeout=seconds)
+        except TimeoutError:
+            pass
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -116,8 +128,8 @@ class Installer:
         inst = Install(pid, manifest.ref, manifest.total_size)
         self.installs[pid] = inst
         if self.home.installed().get(manifest.ref) == pid:
-            inst.state = InstallState.INSTALLED
             inst.bytes_present = manifest.total_size
+            inst.end(InstallState.INSTALLED)
             return inst
         inst.task = asyncio.create_task(self._run(inst, manifest), name=f"install {pid[:12]}")
         return inst
@@ -138,19 +150,20 @@ class Installer:
     async def _run(self, inst: Install, manifest: Manifest) -> None:
         try:
             await self._install(inst, manifest)
-            inst.state = InstallState.INSTALLED
+            inst.end(InstallState.INSTALLED)
             log.info("installed %s (%s)", inst.ref, inst.package_id[:12])
         except PackdistError as exc:
-            inst.state, inst.error = InstallState.FAILED, exc.message
+            inst.end(InstallState.FAILED, exc.message)
             log.warning("install of %s failed: %s", inst.ref, exc.message)
         except OSError as exc:
-            inst.state, inst.error = InstallState.FAILED, _os_error_words(exc)
+            inst.end(InstallState.FAILED, _os_error_words(exc))
             log.warning("install of %s failed: %s", inst.ref, inst.error)
         except Exception as exc:  # a bug: say so, never hang
-            inst.state, inst.error = InstallState.FAILED, f"internal error in agent: {exc!r}"
+            inst.end(InstallState.FAILED, f"internal error in agent: {exc!r}")
             log.exception("install of %s failed", inst.ref)
 
     async def _install(self, inst: Install, manifest: Manifest) -> None:
+        t0 = time.monotonic()
         plan = _Plan(manifest)
         staging = self.home.staging / manifest.id.hex
         resumed = await asyncio.to_thread(self._lay_out, manifest, staging)
@@ -158,9 +171,20 @@ class Installer:
         inst.bytes_present = manifest.total_size - sum(
             plan.sizes[d] * len(plan.locations[d]) for d in missing
         )
+        t1 = time.monotonic()
         if missing:
             await self._fetch_all(inst, plan, staging, missing)
+        t2 = time.monotonic()
         await asyncio.to_thread(self._finish, manifest, staging)
+        log.info(
+            "%s: prepared in %.2fs (%s local), fetched %s in %.2fs, finished in %.2fs",
+            inst.ref,
+            t1 - t0,
+            human_bytes(inst.bytes_present),
+            human_bytes(inst.bytes_received),
+            t2 - t1,
+            time.monotonic() - t2,
+        )
 
     def _lay_out(self, manifest: Manifest, staging: Path) -> bool:
         """Create the staging tree with every file preallocated; True if it existed (an

@@ -27,6 +27,7 @@ from packdist.site.client import SiteClient
 log = logging.getLogger("packdist.agent")
 
 HEARTBEAT_INTERVAL = 2.0
+MAX_LONG_POLL = 5.0
 ENROLL_RETRY = 2.0
 
 
@@ -156,6 +157,12 @@ class Agent:
         inst = self.installer.status(request.match_info["package_id"])
         if inst is None:
             return error_response(404, "no such install on this agent")
+        try:  # long poll: answer as soon as the install ends, or after ?wait= seconds
+            wait = min(max(float(request.query.get("wait", "0")), 0.0), MAX_LONG_POLL)
+        except ValueError as exc:
+            raise UserError("wait must be a number of seconds") from exc
+        if wait:
+            await inst.wait(wait)
         return web.json_response(inst.to_json())
 
 

@@ -71,6 +71,9 @@ class SQLiteStore(Store):
     # --- plumbing -------------------------------------------------------------------------
 
     def _migrate(self) -> None:
+        latest = _migrations()[-1][0]
+        if self._db.execute("PRAGMA user_version").fetchone()[0] >= latest:
+            return  # up to date: no write lock for read-only users
         with self._tx():
             current = self._db.execute("PRAGMA user_version").fetchone()[0]
             for version, sql in _migrations():
