@@ -47,6 +47,7 @@ BATCH_CHUNKS = 1024
 PARALLEL_BATCHES = 3
 WRITE_BATCH = 8 * 1024 * 1024
 RESERVE = 16 * 1024 * 1024  # head room kept free beyond the package itself
+STAGING_TTL = 7 * 24 * 3600  # an unfinished staging tree untouched this long is dropped
 
 #: streams the requested chunks as (digest, bytes) frames, not yet verified
 FetchChunks = Callable[[list[Digest]], AsyncIterator[tuple[Digest, bytes]]]
@@ -122,12 +123,16 @@ class Installer:
         """Begin (or join) the install of a signed manifest; never blocks on the network."""
         manifest = SignedManifest.verify(data, signature, key).manifest
         pid = manifest.id.hex
+        installed = self.home.installed().get(manifest.ref) == pid
         current = self.installs.get(pid)
-        if current is not None and current.state is not InstallState.FAILED:
+        if current is not None and (
+            current.state is InstallState.INSTALLING
+            or (current.state is InstallState.INSTALLED and installed)
+        ):
             return current
         inst = Install(pid, manifest.ref, manifest.total_size)
         self.installs[pid] = inst
-        if self.home.installed().get(manifest.ref) == pid:
+        if installed:
             inst.bytes_present = manifest.total_size
             inst.end(InstallState.INSTALLED)
             return inst
@@ -138,11 +143,18 @@ class Installer:
         return self.installs.get(package_id)
 
     def recover(self) -> None:
-        """Start-up recovery: drop staging trees of versions installed since, and swaps
-        left by a crash; keep the others so their installs resume."""
+        """Start-up recovery: drop staging trees of versions installed since, swaps and
+        layouts left by a crash, and trees abandoned for a week; keep the others so their
+        installs resume."""
         installed = set(self.home.installed().values())
+        too_old = time.time() - STAGING_TTL
         for leftover in self.home.staging.iterdir():
-            if leftover.name.startswith("old-") or leftover.name in installed:
+            if (
+                leftover.name.startswith("old-")
+                or ".layout-" in leftover.name
+                or leftover.name in installed
+                or leftover.stat().st_mtime < too_old
+            ):
                 shutil.rmtree(leftover, ignore_errors=True)
 
     # --- the install ----------------------------------------------------------------------
