@@ -50,9 +50,18 @@ CONTROL = Timeouts()
 STREAM = Timeouts(connect=3.0, read=15.0, total=None)
 
 
-def new_session() -> aiohttp.ClientSession:
+CONTROL = Timeouts()
+STREAM = Timeouts(connect=3.0, read=15.0, total=None)
+HEARTBEAT = Timeouts(connect=2.0, read=3.0, total=4.0)
+
+
+def new_session(fresh_connections: bool = False) -> aiohttp.ClientSession:
+    """A client session. ``fresh_connections``: a new TCP connection per request, for
+    liveness calls that must not wait on a pooled connection that died with a cable."""
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, enable_cleanup_closed=True),
+        connector=aiohttp.TCPConnector(
+            limit=0, ttl_dns_cache=60, enable_cleanup_closed=True, force_close=fresh_connections
+        ),
         raise_for_status=False,
     )
 

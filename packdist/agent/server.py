@@ -38,6 +38,7 @@ class Agent:
         self.token = token
         self.boot_id = uuid.uuid4().hex
         self.session: aiohttp.ClientSession | None = None
+        self.liveness: aiohttp.ClientSession | None = None
         self.site: SiteClient | None = None
         self.server_name: str | None = None
         self.site_key: VerifyKey | None = None
@@ -58,7 +59,8 @@ class Agent:
         self.home.prepare()
         self.installer.recover()
         self.session = new_session()
-        self.site = SiteClient(self.site_url, self.token, self.session)
+        self.liveness = new_session(fresh_connections=True)
+        self.site = SiteClient(self.site_url, self.token, self.session, self.liveness)
         self._background.append(asyncio.create_task(self._heartbeat_loop(), name="heartbeat"))
 
     async def stop(self) -> None:
@@ -67,8 +69,9 @@ class Agent:
         for inst in self.installer.installs.values():
             if inst.task is not None:
                 inst.task.cancel()
-        if self.session is not None:
-            await self.session.close()
+        for session in (self.session, self.liveness):
+            if session is not None:
+                await session.close()
 
     async def _enroll(self) -> None:
         assert self.site is not None

@@ -8,26 +8,35 @@ from typing import Any
 import aiohttp
 
 from packdist.core.digest import Digest
-from packdist.http import CONTROL, STREAM, read_frames, request
+from packdist.http import HEARTBEAT, STREAM, read_frames, request
 
 
 class SiteClient:
-    def __init__(self, base_url: str, token: str, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        session: aiohttp.ClientSession,
+        liveness: aiohttp.ClientSession,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self._auth = {"Authorization": f"Bearer {token}"}
         self._session = session
+        self._liveness = liveness  # fresh connection per call: hello and heartbeats
 
     async def hello(self) -> dict[str, Any]:
         """Enroll: learn our server name and the site's public key."""
         url = f"{self.base_url}/v1/agent/hello"
-        async with request(self._session, "POST", url, headers=self._auth) as resp:
+        async with request(
+            self._liveness, "POST", url, headers=self._auth, timeouts=HEARTBEAT
+        ) as resp:
             data: dict[str, Any] = await resp.json()
             return data
 
     async def heartbeat(self, payload: dict[str, Any]) -> dict[str, Any]:
         url = f"{self.base_url}/v1/agent/heartbeat"
         async with request(
-            self._session, "POST", url, headers=self._auth, json=payload, timeouts=CONTROL
+            self._liveness, "POST", url, headers=self._auth, json=payload, timeouts=HEARTBEAT
         ) as resp:
             data: dict[str, Any] = await resp.json()
             return data
