@@ -70,7 +70,7 @@ class ManifestError(IntegrityError):
 
 def check_relative_path(path: str) -> str:
     """A package path: relative, normalised, no ``..``, no empty or ``.`` components."""
-    if not path or path.startswith("/") or "\\" in path or "\0" in path:
+    if not path or path.startswith("/") or "\0" in path:
         raise ManifestError(f"invalid path in manifest: {path!r}")
     parts = path.split("/")
     if any(p in ("", ".", "..") for p in parts):
