@@ -298,7 +298,6 @@ BAD_PATHS = [
     "a/.",
     "a//b",
     "a/",
-    "a\\b",
     "a\0b",
 ]
 
@@ -309,7 +308,9 @@ def test_check_relative_path_refuses(path: str) -> None:
         check_relative_path(path)
 
 
-@pytest.mark.parametrize("path", ["a", "a/b", "a/b/c.txt", "..a", "a..", ".hidden", "a b/é"])
+@pytest.mark.parametrize(
+    "path", ["a", "a/b", "a/b/c.txt", "..a", "a..", ".hidden", "a b/é", "a\\b"]
+)
 def test_check_relative_path_accepts(path: str) -> None:
     assert check_relative_path(path) == path
 

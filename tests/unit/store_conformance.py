@@ -1,0 +1,737 @@
+"""The conformance suite every :class:`~packdist.store.base.Store` implementation must pass.
+
+Written against the interface only. A test module subclasses :class:`StoreConformance` and
+provides a ``backend`` fixture: an object whose ``open()`` returns a store on one fresh
+database, the same database on every call (so closing and opening again is a site restart).
+``tests/unit/test_store.py`` runs it against SQLite; PostgreSQL runs the same class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol
+
+import pytest
+
+from packdist.core.chunking import DEFAULT_PARAMS
+from packdist.core.digest import Digest
+from packdist.core.manifest import ChunkRef, Entry, EntryType, Manifest
+from packdist.errors import AlreadyExists, InvalidTransition, NoTargets, NotFound
+from packdist.states import InstructionState, JobState
+from packdist.store.base import Claim, InstructionRecord, JobRecord, PackageRecord, Store
+
+S = InstructionState
+
+T0 = 1_000.0  # the fake clock's start; every store call gets an explicit ``now``
+LEASE = 30.0
+OFFLINE_AFTER = 60.0
+
+
+class Backend(Protocol):
+    def open(self) -> Store:
+        """A store on this backend's database (the same one on every call)."""
+
+
+# --- builders -----------------------------------------------------------------------------
+
+
+def make_manifest(name: str, version: str = "1.0", content: bytes = b"hello") -> Manifest:
+    digest = Digest.of(content)
+    entries = [
+        Entry("bin", EntryType.DIR),
+        Entry(
+            "bin/run",
+            EntryType.FILE,
+            size=len(content),
+            executable=True,
+            chunks=(ChunkRef(digest, len(content)),),
+        ),
+    ]
+    return Manifest.build(name, version, entries, DEFAULT_PARAMS)
+
+
+def add_package(
+    store: Store, name: str, version: str = "1.0", content: bytes | None = None
+) -> PackageRecord:
+    data = content if content is not None else f"{name}@{version}".encode()
+    manifest = make_manifest(name, version, data)
+    return store.add_package(manifest, b"signature:" + name.encode(), manifest.chunk_sizes())
+
+
+def add_server(store: Store, name: str, groups: tuple[str, ...] = ()) -> None:
+    store.add_server(name, f"http://{name}.test:8700", f"hash-of-{name}", list(groups))
+
+
+def instruction(job: JobRecord, server: str) -> InstructionRecord:
+    (found,) = [i for i in job.instructions if i.server == server]
+    return found
+
+
+def claim_one(store: Store, owner: str, now: float, lease: float = LEASE) -> Claim:
+    claims = store.claim_ready(owner, lease, 1, now)
+    assert len(claims) == 1, claims
+    return claims[0]
+
+
+class StoreConformance:
+    """Every store passes these. Subclass with a ``backend`` fixture."""
+
+    # --- fixtures -------------------------------------------------------------------------
+
+    @pytest.fixture
+    def store(self, backend: Backend) -> Iterator[Store]:
+        store = backend.open()
+        store.init_site("s")
+        yield store
+        store.close()
+
+    @pytest.fixture
+    def pkg(self, store: Store) -> PackageRecord:
+        return add_package(store, "app", "1.0")
+
+    @pytest.fixture
+    def servers(self, store: Store) -> list[str]:
+        names = ["dp1", "dp2", "dp3"]
+        for n, name in enumerate(names):
+            add_server(store, name, ("all", f"g{n % 2}"))
+        return names
+
+    @pytest.fixture
+    def job_id(self, store: Store, pkg: PackageRecord, servers: list[str]) -> str:
+        return store.add_job(pkg.id, ["dp1"], None, None, {}, T0)
+
+    # --- site -----------------------------------------------------------------------------
+
+    def test_site_name(self, store: Store) -> None:
+        assert store.site_name() == "s"
+
+    def test_a_database_holds_one_site(self, store: Store) -> None:
+        with pytest.raises(AlreadyExists):
+            store.init_site("other")
+        assert store.site_name() == "s"
+
+    # --- packages -------------------------------------------------------------------------
+
+    def test_add_and_find_package(self, store: Store) -> None:
+        manifest = make_manifest("app", "2.0", b"some bytes")
+        rec = store.add_package(manifest, b"sig", manifest.chunk_sizes())
+        assert rec.id == manifest.id.hex
+        assert rec.ref == "app@2.0"
+        assert (rec.size, rec.file_count, rec.chunk_count) == (10, 1, 1)
+        assert store.find_package("app", "2.0") == rec
+        assert store.package_by_id(rec.id) == rec
+        assert store.find_package("app", "9.9") is None
+        assert store.package_by_id("0" * 64) is None
+        assert store.package_manifest(rec.id) == (manifest.canonical(), b"sig")
+        assert store.list_packages() == [rec]
+        with pytest.raises(NotFound):
+            store.package_manifest("0" * 64)
+
+    def test_package_version_exists_once(self, store: Store) -> None:
+        add_package(store, "app", "1.0")
+        with pytest.raises(AlreadyExists):
+            add_package(store, "app", "1.0", b"other content")
+        assert len(store.list_packages()) == 1
+
+    def test_known_chunks(self, store: Store) -> None:
+        kept = Digest.of(b"app@1.0")
+        add_package(store, "app", "1.0")
+        unknown = Digest.of(b"never stored")
+        assert store.known_chunks([kept, unknown]) == {kept}
+        assert store.known_chunks([]) == set()
+
+    # --- servers --------------------------------------------------------------------------
+
+    def test_servers_and_groups(self, store: Store, servers: list[str]) -> None:
+        assert [s.name for s in store.list_servers()] == servers
+        dp1 = store.list_servers()[0]
+        assert dp1.url == "http://dp1.test:8700"
+        assert dp1.groups == ("all", "g0")
+        assert dp1.last_seen is None
+        assert store.servers_in_group("g0") == ["dp1", "dp3"]
+        assert store.servers_in_group("all") == servers
+        assert store.servers_in_group("nope") == []
+        found = store.server_by_token_hash("hash-of-dp2")
+        assert found is not None
+        assert found.name == "dp2"
+        assert store.server_by_token_hash("hash-of-nobody") is None
+
+    def test_server_name_exists_once(self, store: Store, servers: list[str]) -> None:
+        with pytest.raises(AlreadyExists):
+            store.add_server("dp1", "http://elsewhere", "another-hash", [])
+
+    def test_removed_server_is_gone_and_can_enrol_again(
+        self, store: Store, servers: list[str]
+    ) -> None:
+        assert store.remove_server("dp2") == 0
+        assert [s.name for s in store.list_servers()] == ["dp1", "dp3"]
+        assert store.server_by_token_hash("hash-of-dp2") is None
+        assert "dp2" not in store.servers_in_group("all")
+        with pytest.raises(NotFound):
+            store.remove_server("dp2")
+        with pytest.raises(NotFound):
+            store.remove_server("nobody")
+        store.add_server("dp2", "http://new", "new-hash", ["fresh"])
+        found = store.server_by_token_hash("new-hash")
+        assert found is not None
+        assert (found.name, found.url, found.groups) == ("dp2", "http://new", ("fresh",))
+
+    # --- add_job --------------------------------------------------------------------------
+
+    def test_add_job_creates_one_pending_instruction_per_target(
+        self, store: Store, pkg: PackageRecord, servers: list[str]
+    ) -> None:
+        job_id = store.add_job(pkg.id, ["dp3", "dp1", "dp3"], 5, 600.0, {"force": True}, T0)
+        job = store.get_job(job_id)
+        assert job.id == job_id
+        assert job.package_id == pkg.id
+        assert job.package_ref == "app@1.0"
+        assert job.created_at == T0
+        assert (job.max_attempts, job.deadline, job.options) == (5, 600.0, {"force": True})
+        assert job.state is JobState.ACTIVE
+        assert [i.server for i in job.instructions] == ["dp1", "dp3"]
+        for i in job.instructions:
+            assert i.job_id == job_id
+            assert i.state is S.PENDING
+            assert i.attempts == 0
+            assert i.last_error is None
+            assert i.next_attempt_at == T0
+            assert (i.bytes_sent, i.bytes_total) == (0, pkg.size)
+            assert i.finished_at is None
+
+    def test_add_job_refuses_no_targets(
+        self, store: Store, pkg: PackageRecord, servers: list[str]
+    ) -> None:
+        with pytest.raises(NoTargets):
+            store.add_job(pkg.id, [], None, None, {}, T0)
+        self._assert_no_job(store)
+
+    def test_add_job_refuses_unknown_server(
+        self, store: Store, pkg: PackageRecord, servers: list[str]
+    ) -> None:
+        with pytest.raises(NotFound, match="nobody"):
+            store.add_job(pkg.id, ["dp1", "nobody"], None, None, {}, T0)
+        self._assert_no_job(store)
+
+    def test_add_job_refuses_removed_server(
+        self, store: Store, pkg: PackageRecord, servers: list[str]
+    ) -> None:
+        store.remove_server("dp2")
+        with pytest.raises(NotFound, match="dp2"):
+            store.add_job(pkg.id, ["dp1", "dp2"], None, None, {}, T0)
+        self._assert_no_job(store)
+
+    def test_add_job_refuses_unknown_package(self, store: Store, servers: list[str]) -> None:
+        with pytest.raises(NotFound):
+            store.add_job("f" * 64, ["dp1"], None, None, {}, T0)
+        self._assert_no_job(store)
+
+    @staticmethod
+    def _assert_no_job(store: Store) -> None:
+        assert store.list_jobs() == []
+        assert store.claim_ready("w1", LEASE, 10, T0 + 1e6) == []
+        assert store.next_due_at() is None
+        assert [e for e in store.events() if e.job_id is not None] == []
+
+    def test_unknown_job(self, store: Store) -> None:
+        with pytest.raises(NotFound):
+            store.get_job("nope")
+        with pytest.raises(NotFound):
+            store.cancel_job("nope", T0)
+        with pytest.raises(NotFound):
+            store.retry_job("nope", T0)
+
+    def test_list_jobs_newest_first(
+        self, store: Store, pkg: PackageRecord, servers: list[str]
+    ) -> None:
+        first = store.add_job(pkg.id, ["dp1"], None, None, {}, T0)
+        second = store.add_job(pkg.id, ["dp2"], None, None, {}, T0 + 1)
+        assert [j.id for j in store.list_jobs()] == [second, first]
+        assert [j.id for j in store.list_jobs(limit=1)] == [second]
+        assert first != second
+
+    # --- claims ---------------------------------------------------------------------------
+
+    def test_claim_leases_and_counts_the_attempt(
+        self, store: Store, pkg: PackageRecord, servers: list[str]
+    ) -> None:
+        job_id = store.add_job(pkg.id, ["dp2"], 3, 100.0, {}, T0)
+        claim = claim_one(store, "w1", T0 + 1)
+        assert claim == Claim(
+            instruction_id=instruction(store.get_job(job_id), "dp2").id,
+            job_id=job_id,
+            server="dp2",
+            server_url="http://dp2.test:8700",
+            package_id=pkg.id,
+            package_ref="app@1.0",
+            attempts=1,
+            attempts_base=0,
+            job_created_at=T0,
+            max_attempts=3,
+            deadline=100.0,
+        )
+        i = instruction(store.get_job(job_id), "dp2")
+        assert (i.state, i.attempts) == (S.SENDING, 1)
+        # Held: nobody else gets it, not even after a while (the lease is not recovered).
+        assert store.claim_ready("w2", LEASE, 10, T0 + 2) == []
+        assert store.claim_ready("w1", LEASE, 10, T0 + 2) == []
+
+    def test_claim_takes_only_due_work_up_to_the_limit(
+        self, store: Store, pkg: PackageRecord, servers: list[str]
+    ) -> None:
+        store.add_job(pkg.id, servers, None, None, {}, T0 + 10)
+        assert store.claim_ready("w1", LEASE, 10, T0) == []
+        assert store.next_due_at() == T0 + 10
+        first = store.claim_ready("w1", LEASE, 2, T0 + 10)
+        second = store.claim_ready("w2", LEASE, 2, T0 + 10)
+        assert len(first) == 2
+        assert len(second) == 1
+        assert {c.server for c in first + second} == set(servers)
+        assert store.next_due_at() is None
+
+    def test_claim_skips_not_yet_due_retries(self, store: Store, job_id: str) -> None:
+        claim = claim_one(store, "w1", T0)
+        store.schedule_retry(claim.instruction_id, "w1", "connect timeout", T0 + 50, T0 + 1)
+        assert store.next_due_at() == T0 + 50
+        assert store.claim_ready("w1", LEASE, 1, T0 + 49) == []
+        again = claim_one(store, "w2", T0 + 50)
+        assert again.instruction_id == claim.instruction_id
+        assert again.attempts == 2
+
+    # --- outcomes -------------------------------------------------------------------------
+
+    def test_mark_installed(self, store: Store, job_id: str, pkg: PackageRecord) -> None:
+        claim = claim_one(store, "w1", T0)
+        store.mark_installed(claim.instruction_id, "w1", T0 + 5)
+        job = store.get_job(job_id)
+        i = instruction(job, "dp1")
+        assert (i.state, i.attempts, i.finished_at, i.last_error) == (
+            S.INSTALLED,
+            1,
+            T0 + 5,
+            None,
+        )
+        assert job.state is JobState.SUCCEEDED
+        assert store.status_matrix() == {"app@1.0": {"dp1": "installed"}}
+        with pytest.raises(InvalidTransition):
+            store.mark_installed(claim.instruction_id, "w1", T0 + 6)
+
+    def test_schedule_retry(self, store: Store, job_id: str) -> None:
+        claim = claim_one(store, "w1", T0)
+        store.schedule_retry(claim.instruction_id, "w1", "connect refused", T0 + 8, T0 + 2)
+        job = store.get_job(job_id)
+        i = instruction(job, "dp1")
+        assert (i.state, i.attempts, i.last_error, i.next_attempt_at) == (
+            S.RETRYING,
+            1,
+            "connect refused",
+            T0 + 8,
+        )
+        assert i.finished_at is None
+        assert job.state is JobState.ACTIVE
+
+    def test_mark_failed(self, store: Store, job_id: str) -> None:
+        claim = claim_one(store, "w1", T0)
+        store.mark_failed(claim.instruction_id, "w1", "gave up after 1 attempts", T0 + 3)
+        job = store.get_job(job_id)
+        i = instruction(job, "dp1")
+        assert (i.state, i.last_error, i.finished_at) == (
+            S.FAILED,
+            "gave up after 1 attempts",
+            T0 + 3,
+        )
+        assert job.state is JobState.FAILED
+        assert store.claim_ready("w1", LEASE, 1, T0 + 1e6) == []
+
+    def test_outcomes_require_the_lease_owner(self, store: Store, job_id: str) -> None:
+        claim = claim_one(store, "w1", T0)
+        iid = claim.instruction_id
+        with pytest.raises(InvalidTransition):
+            store.mark_installed(iid, "w2", T0 + 1)
+        with pytest.raises(InvalidTransition):
+            store.schedule_retry(iid, "w2", "boom", T0 + 10, T0 + 1)
+        with pytest.raises(InvalidTransition):
+            store.mark_failed(iid, "w2", "boom", T0 + 1)
+        i = instruction(store.get_job(job_id), "dp1")
+        assert (i.state, i.attempts, i.last_error) == (S.SENDING, 1, None)
+        assert not store.renew_lease(iid, "w2", T0 + 100, 1, 2)
+        store.mark_installed(iid, "w1", T0 + 2)
+
+    def test_outcomes_require_a_sending_instruction(self, store: Store, job_id: str) -> None:
+        iid = instruction(store.get_job(job_id), "dp1").id
+        for owner in ("w1", ""):
+            with pytest.raises(InvalidTransition):
+                store.mark_installed(iid, owner, T0)
+            with pytest.raises(InvalidTransition):
+                store.schedule_retry(iid, owner, "x", T0, T0)
+            with pytest.raises(InvalidTransition):
+                store.mark_failed(iid, owner, "x", T0)
+        assert instruction(store.get_job(job_id), "dp1").state is S.PENDING
+        with pytest.raises(InvalidTransition):
+            store.mark_installed(987_654, "w1", T0)
+
+    def test_renew_lease(self, store: Store, job_id: str) -> None:
+        claim = claim_one(store, "w1", T0)
+        assert store.renew_lease(claim.instruction_id, "w1", T0 + 100, 40, 50)
+        i = instruction(store.get_job(job_id), "dp1")
+        assert (i.bytes_sent, i.bytes_total) == (40, 50)
+        # The renewed lease is not expired at the old expiry time.
+        assert store.recover_expired_leases(T0 + LEASE + 1) == 0
+        assert store.recover_expired_leases(T0 + 101) == 1
+        assert not store.renew_lease(claim.instruction_id, "w1", T0 + 200, 50, 50)
+
+    # --- recovery -------------------------------------------------------------------------
+
+    def test_dead_workers_instruction_returns_to_the_queue(self, store: Store, job_id: str) -> None:
+        first = claim_one(store, "w1", T0)
+        store.schedule_retry(first.instruction_id, "w1", "remote timeout", T0 + 5, T0 + 1)
+        claim = claim_one(store, "w1", T0 + 5)  # attempt 2; then w1 dies
+        assert store.recover_expired_leases(T0 + 5 + LEASE - 1) == 0
+        assert store.recover_expired_leases(T0 + 5 + LEASE + 1) == 1
+        i = instruction(store.get_job(job_id), "dp1")
+        assert (i.state, i.attempts, i.last_error) == (S.RETRYING, 2, "remote timeout")
+        assert i.next_attempt_at <= T0 + 5 + LEASE + 1
+        # The dead worker's lease is gone: anything it says now is refused.
+        with pytest.raises(InvalidTransition):
+            store.mark_installed(claim.instruction_id, "w1", T0 + 40)
+        assert store.recover_expired_leases(T0 + 1000) == 0
+        again = claim_one(store, "w2", T0 + 5 + LEASE + 1)
+        assert (again.instruction_id, again.attempts) == (claim.instruction_id, 3)
+
+    def test_recovery_without_an_earlier_error_says_why(self, store: Store, job_id: str) -> None:
+        claim_one(store, "w1", T0)
+        assert store.recover_expired_leases(T0 + LEASE + 1) == 1
+        i = instruction(store.get_job(job_id), "dp1")
+        assert i.state is S.RETRYING
+        assert i.last_error
+        assert store.get_job(job_id).state is JobState.ACTIVE
+
+    def test_recovery_leaves_live_leases_alone(
+        self, store: Store, pkg: PackageRecord, servers: list[str]
+    ) -> None:
+        job_id = store.add_job(pkg.id, ["dp1", "dp2"], None, None, {}, T0)
+        claim_one(store, "w1", T0)
+        live = claim_one(store, "w2", T0 + 20)
+        assert store.recover_expired_leases(T0 + LEASE + 1) == 1
+        states = {i.server: i.state for i in store.get_job(job_id).instructions}
+        assert states[live.server] is S.SENDING
+        assert sorted(states.values()) == sorted([S.SENDING, S.RETRYING])
+        store.mark_installed(live.instruction_id, "w2", T0 + LEASE + 2)
+
+    def test_release_leases_hands_a_stopping_workers_instructions_back(
+        self, store: Store, pkg: PackageRecord, servers: list[str]
+    ) -> None:
+        job_id = store.add_job(pkg.id, ["dp1"], None, None, {}, T0)
+        first = claim_one(store, "w1", T0)
+        store.schedule_retry(first.instruction_id, "w1", "remote timeout", T0 + 1, T0)
+        mine = claim_one(store, "w1", T0 + 1)
+        assert (mine.instruction_id, mine.attempts) == (first.instruction_id, 2)
+        other_job = store.add_job(pkg.id, ["dp2"], None, None, {}, T0 + 1)
+        theirs = claim_one(store, "w2", T0 + 1)
+        assert theirs.job_id == other_job
+
+        assert store.release_leases("w1", T0 + 2) == 1
+        job = store.get_job(job_id)
+        i = instruction(job, "dp1")
+        assert (i.state, i.attempts, i.last_error, i.next_attempt_at) == (
+            S.RETRYING,
+            2,
+            "remote timeout",
+            T0 + 2,
+        )
+        assert job.state is JobState.ACTIVE
+        assert instruction(store.get_job(other_job), "dp2").state is S.SENDING
+        with pytest.raises(InvalidTransition):
+            store.mark_installed(mine.instruction_id, "w1", T0 + 3)
+        assert store.release_leases("w1", T0 + 3) == 0
+        assert store.recover_expired_leases(T0 + LEASE) == 0
+        assert [e.kind for e in store.events(job_id)][-1] == "recovered"
+        again = claim_one(store, "w3", T0 + 2)
+        assert (again.instruction_id, again.attempts) == (mine.instruction_id, 3)
+        store.mark_installed(theirs.instruction_id, "w2", T0 + 4)
+
+    # --- restart --------------------------------------------------------------------------
+
+    def test_retry_state_survives_a_restart(self, backend: Backend, store: Store) -> None:
+        pkg = add_package(store, "app")
+        add_server(store, "dp1")
+        add_server(store, "dp2")
+        job_id = store.add_job(pkg.id, ["dp1", "dp2"], 4, None, {"k": 1}, T0)
+        c1 = claim_one(store, "w1", T0)
+        c2 = claim_one(store, "w1", T0)
+        store.schedule_retry(c1.instruction_id, "w1", "connect refused", T0 + 30, T0 + 1)
+        before = store.get_job(job_id)
+        store.close()
+
+        reopened = backend.open()
+        try:
+            after = reopened.get_job(job_id)
+            assert after == before
+            assert reopened.site_name() == "s"
+            assert reopened.next_due_at() == T0 + 30
+            # The lease held before the restart is still honoured and still expires.
+            assert reopened.claim_ready("w2", LEASE, 5, T0 + 29) == []
+            again = claim_one(reopened, "w2", T0 + 30)
+            assert (again.instruction_id, again.attempts) == (c1.instruction_id, 2)
+            assert reopened.recover_expired_leases(T0 + LEASE + 1) == 1
+            i = instruction(reopened.get_job(job_id), c2.server)
+            assert (i.state, i.attempts) == (S.RETRYING, 1)
+        finally:
+            reopened.close()
+
+    # --- heartbeats -----------------------------------------------------------------------
+
+    def _retrying(self, store: Store, job_id: str, server: str, retry_at: float) -> int:
+        claims = store.claim_ready("w1", LEASE, 10, T0)
+        (claim,) = [c for c in claims if c.server == server]
+        store.schedule_retry(claim.instruction_id, "w1", "unreachable", retry_at, T0)
+        for other in claims:
+            if other is not claim:
+                store.mark_installed(other.instruction_id, "w1", T0)
+        return claim.instruction_id
+
+    def test_heartbeat_after_silence_wakes_retrying_instructions(
+        self, store: Store, pkg: PackageRecord, servers: list[str]
+    ) -> None:
+        other_pkg = add_package(store, "tool")
+        job_id = store.add_job(pkg.id, ["dp1", "dp2"], None, None, {}, T0)
+        other_job = store.add_job(other_pkg.id, ["dp1"], None, None, {}, T0)
+        store.record_heartbeat("dp1", "boot-a", 10, [], T0, OFFLINE_AFTER)
+        claims = store.claim_ready("w1", LEASE, 10, T0)
+        assert len(claims) == 3
+        for c in claims:
+            store.schedule_retry(c.instruction_id, "w1", "unreachable", T0 + 500, T0)
+
+        # A regular heartbeat: nothing changes.
+        assert store.record_heartbeat("dp1", "boot-a", 10, [], T0 + 30, OFFLINE_AFTER) == 0
+        assert instruction(store.get_job(job_id), "dp1").next_attempt_at == T0 + 500
+
+        # Silent for longer than offline_after: both of dp1's retrying instructions wake.
+        now = T0 + 30 + OFFLINE_AFTER + 1
+        assert store.record_heartbeat("dp1", "boot-a", 10, [], now, OFFLINE_AFTER) == 2
+        assert instruction(store.get_job(job_id), "dp1").next_attempt_at == now
+        assert instruction(store.get_job(other_job), "dp1").next_attempt_at == now
+        assert instruction(store.get_job(job_id), "dp2").next_attempt_at == T0 + 500
+        assert instruction(store.get_job(job_id), "dp1").state is S.RETRYING
+        assert {c.server for c in store.claim_ready("w1", LEASE, 10, now)} == {"dp1"}
+
+        servers_now = {s.name: s for s in store.list_servers()}
+        assert servers_now["dp1"].last_seen == now
+        assert servers_now["dp1"].disk_free == 10
+        assert servers_now["dp2"].last_seen is None
+
+    def test_heartbeat_with_a_new_boot_id_wakes_retrying_instructions(
+        self, store: Store, job_id: str
+    ) -> None:
+        store.record_heartbeat("dp1", "boot-a", None, [], T0, OFFLINE_AFTER)
+        iid = self._retrying(store, job_id, "dp1", T0 + 500)
+        assert store.record_heartbeat("dp1", "boot-a", None, [], T0 + 1, OFFLINE_AFTER) == 0
+        assert store.record_heartbeat("dp1", "boot-b", None, [], T0 + 2, OFFLINE_AFTER) == 1
+        i = instruction(store.get_job(job_id), "dp1")
+        assert (i.id, i.state, i.next_attempt_at) == (iid, S.RETRYING, T0 + 2)
+        assert store.record_heartbeat("dp1", "boot-b", None, [], T0 + 3, OFFLINE_AFTER) == 0
+
+    def test_first_heartbeat_wakes_retrying_instructions(self, store: Store, job_id: str) -> None:
+        self._retrying(store, job_id, "dp1", T0 + 500)
+        assert store.record_heartbeat("dp1", "boot-a", None, [], T0 + 5, OFFLINE_AFTER) == 1
+        assert instruction(store.get_job(job_id), "dp1").next_attempt_at == T0 + 5
+
+    def test_heartbeat_does_not_delay_due_work_or_touch_other_states(
+        self, store: Store, pkg: PackageRecord, servers: list[str]
+    ) -> None:
+        job_id = store.add_job(pkg.id, ["dp1"], None, None, {}, T0)
+        claim = claim_one(store, "w1", T0)
+        store.schedule_retry(claim.instruction_id, "w1", "unreachable", T0 + 1, T0)
+        assert store.record_heartbeat("dp1", "b", None, [], T0 + 100, OFFLINE_AFTER) == 0
+        assert instruction(store.get_job(job_id), "dp1").next_attempt_at == T0 + 1
+        pending = store.add_job(pkg.id, ["dp2"], None, None, {}, T0 + 200)
+        assert store.record_heartbeat("dp2", "b", None, [], T0 + 100, OFFLINE_AFTER) == 0
+        assert instruction(store.get_job(pending), "dp2").state is S.PENDING
+
+    def test_heartbeat_reports_what_the_server_holds(
+        self, store: Store, pkg: PackageRecord, servers: list[str]
+    ) -> None:
+        store.record_heartbeat("dp2", "b", None, [pkg.id, "0" * 64], T0, OFFLINE_AFTER)
+        assert store.status_matrix() == {"app@1.0": {"dp2": "installed"}}
+        store.record_heartbeat("dp2", "b", None, [], T0 + 1, OFFLINE_AFTER)
+        assert store.status_matrix() == {}
+
+    def test_heartbeat_from_unknown_server(self, store: Store, servers: list[str]) -> None:
+        with pytest.raises(NotFound):
+            store.record_heartbeat("nobody", "b", None, [], T0, OFFLINE_AFTER)
+        store.remove_server("dp1")
+        with pytest.raises(NotFound):
+            store.record_heartbeat("dp1", "b", None, [], T0, OFFLINE_AFTER)
+
+    # --- operator actions -----------------------------------------------------------------
+
+    def test_cancel_job(self, store: Store, pkg: PackageRecord, servers: list[str]) -> None:
+        job_id = store.add_job(pkg.id, servers, None, None, {}, T0)
+        c1, c2, c3 = sorted(store.claim_ready("w1", LEASE, 3, T0), key=lambda c: c.server)
+        store.mark_installed(c1.instruction_id, "w1", T0 + 1)
+        store.schedule_retry(c2.instruction_id, "w1", "x", T0 + 50, T0 + 1)
+        # dp3 is still sending
+        assert store.cancel_job(job_id, T0 + 2) == 2
+        job = store.get_job(job_id)
+        assert [i.state for i in job.instructions] == [S.INSTALLED, S.CANCELLED, S.CANCELLED]
+        assert job.state is JobState.CANCELLED
+        assert instruction(job, "dp3").finished_at == T0 + 2
+        # The worker still sending to dp3 lost its lease.
+        assert not store.renew_lease(c3.instruction_id, "w1", T0 + 100, 1, 1)
+        with pytest.raises(InvalidTransition):
+            store.mark_installed(c3.instruction_id, "w1", T0 + 3)
+        assert store.recover_expired_leases(T0 + 1000) == 0
+        assert store.claim_ready("w1", LEASE, 10, T0 + 1000) == []
+        assert store.cancel_job(job_id, T0 + 4) == 0
+
+    def test_retry_job(self, store: Store, pkg: PackageRecord, servers: list[str]) -> None:
+        job_id = store.add_job(pkg.id, servers, 1, None, {}, T0)
+        c1, c2, c3 = sorted(store.claim_ready("w1", LEASE, 3, T0), key=lambda c: c.server)
+        store.mark_installed(c1.instruction_id, "w1", T0 + 1)
+        store.mark_failed(c2.instruction_id, "w1", "gave up after 1 attempts", T0 + 1)
+        store.schedule_retry(c3.instruction_id, "w1", "x", T0 + 500, T0 + 1)
+        assert store.retry_job(job_id, T0 + 10) == 2
+        job = store.get_job(job_id)
+        assert job.state is JobState.ACTIVE
+        dp1, dp2, dp3 = job.instructions
+        assert dp1.state is S.INSTALLED
+        assert (dp2.state, dp2.attempts, dp2.next_attempt_at, dp2.finished_at) == (
+            S.PENDING,
+            1,
+            T0 + 10,
+            None,
+        )
+        assert (dp3.state, dp3.next_attempt_at) == (S.RETRYING, T0 + 10)
+        claims = {c.server: c for c in store.claim_ready("w2", LEASE, 10, T0 + 10)}
+        assert set(claims) == {"dp2", "dp3"}
+        # Attempts keep counting; the operator retry starts a new allowance.
+        assert (claims["dp2"].attempts, claims["dp2"].attempts_base) == (2, 1)
+        assert (claims["dp3"].attempts, claims["dp3"].attempts_base) == (2, 0)
+
+    def test_retry_job_after_cancel(self, store: Store, job_id: str) -> None:
+        store.cancel_job(job_id, T0)
+        assert store.get_job(job_id).state is JobState.CANCELLED
+        assert store.retry_job(job_id, T0 + 1) == 1
+        assert store.get_job(job_id).state is JobState.ACTIVE
+        assert claim_one(store, "w1", T0 + 1).attempts == 1
+
+    def test_remove_server_cancels_its_unfinished_instructions(
+        self, store: Store, pkg: PackageRecord, servers: list[str]
+    ) -> None:
+        other = add_package(store, "tool")
+        job_a = store.add_job(pkg.id, ["dp1", "dp2"], None, None, {}, T0)
+        job_b = store.add_job(other.id, ["dp2"], None, None, {}, T0)
+        job_c = store.add_job(other.id, ["dp2", "dp3"], None, None, {}, T0 + 100)
+        claims = store.claim_ready("w1", LEASE, 10, T0)
+        assert len(claims) == 3
+        (sending,) = [cl for cl in claims if cl.job_id == job_a and cl.server == "dp2"]
+        for cl in claims:
+            if cl.job_id == job_b:
+                store.mark_installed(cl.instruction_id, "w1", T0 + 1)
+            elif cl.server == "dp1":
+                store.schedule_retry(cl.instruction_id, "w1", "x", T0 + 50, T0 + 1)
+        # dp2 of job_a stays sending
+        assert store.remove_server("dp2") == 2  # job_a (sending) and job_c (pending)
+        a, b, c = store.get_job(job_a), store.get_job(job_b), store.get_job(job_c)
+        assert instruction(a, "dp2").state is S.CANCELLED
+        assert instruction(a, "dp2").last_error
+        assert instruction(a, "dp1").state is S.RETRYING
+        assert instruction(b, "dp2").state is S.INSTALLED
+        assert instruction(c, "dp2").state is S.CANCELLED
+        assert instruction(c, "dp3").state is S.PENDING
+        assert a.state is JobState.ACTIVE
+        assert b.state is JobState.SUCCEEDED
+        with pytest.raises(InvalidTransition):
+            store.mark_installed(sending.instruction_id, "w1", T0 + 2)
+        assert {cl.server for cl in store.claim_ready("w1", LEASE, 10, T0 + 1000)} == {
+            "dp1",
+            "dp3",
+        }
+
+    def test_retry_job_does_not_revive_a_removed_servers_instruction(
+        self, store: Store, pkg: PackageRecord, servers: list[str]
+    ) -> None:
+        job_id = store.add_job(pkg.id, ["dp1", "dp2"], 1, None, {}, T0)
+        for c in store.claim_ready("w1", LEASE, 10, T0):
+            store.mark_failed(c.instruction_id, "w1", "gave up", T0 + 1)
+        store.remove_server("dp2")
+        assert store.retry_job(job_id, T0 + 2) == 1
+        job = store.get_job(job_id)
+        assert instruction(job, "dp2").state is S.FAILED
+        (claim,) = store.claim_ready("w1", LEASE, 10, T0 + 2)
+        store.mark_installed(claim.instruction_id, "w1", T0 + 3)
+        # Nothing is left that no worker would ever claim: the job finishes.
+        assert store.get_job(job_id).state is JobState.FAILED
+        assert store.next_due_at() is None
+
+    def test_retry_job_leaves_a_removed_servers_cancelled_instruction(
+        self, store: Store, pkg: PackageRecord, servers: list[str]
+    ) -> None:
+        job_id = store.add_job(pkg.id, ["dp1", "dp2"], None, None, {}, T0)
+        store.remove_server("dp2")
+        assert store.retry_job(job_id, T0 + 1) == 0
+        assert instruction(store.get_job(job_id), "dp2").state is S.CANCELLED
+        (claim,) = store.claim_ready("w1", LEASE, 10, T0 + 1)
+        store.mark_installed(claim.instruction_id, "w1", T0 + 2)
+        assert store.get_job(job_id).state is JobState.CANCELLED
+        assert store.next_due_at() is None
+
+    # --- views ----------------------------------------------------------------------------
+
+    def test_status_matrix(self, store: Store, pkg: PackageRecord, servers: list[str]) -> None:
+        assert store.status_matrix() == {}
+        tool = add_package(store, "tool", "2.1")
+        store.add_job(pkg.id, ["dp1", "dp2"], 1, None, {}, T0)
+        store.add_job(tool.id, ["dp3"], None, None, {}, T0 + 1)
+        assert store.status_matrix() == {
+            "app@1.0": {"dp1": "pending", "dp2": "pending"},
+            "tool@2.1": {"dp3": "pending"},
+        }
+        for c in store.claim_ready("w1", LEASE, 10, T0 + 1):
+            if c.server == "dp1":
+                store.mark_installed(c.instruction_id, "w1", T0 + 2)
+            elif c.server == "dp2":
+                store.mark_failed(c.instruction_id, "w1", "x", T0 + 2)
+        assert store.status_matrix() == {
+            "app@1.0": {"dp1": "installed", "dp2": "failed"},
+            "tool@2.1": {"dp3": "sending"},
+        }
+        # A newer job to a server that holds the package does not hide it.
+        store.add_job(pkg.id, ["dp1", "dp2"], None, None, {}, T0 + 3)
+        assert store.status_matrix()["app@1.0"] == {"dp1": "installed", "dp2": "pending"}
+        store.remove_server("dp1")
+        assert store.status_matrix()["app@1.0"] == {"dp2": "pending"}
+
+    def test_events_are_written(self, store: Store, job_id: str) -> None:
+        claim = claim_one(store, "w1", T0 + 1)
+        store.schedule_retry(claim.instruction_id, "w1", "connect timeout", T0 + 5, T0 + 2)
+        claim = claim_one(store, "w1", T0 + 5)
+        store.mark_installed(claim.instruction_id, "w1", T0 + 6)
+        events = store.events(job_id)
+        assert [e.kind for e in events] == ["created", "attempt", "failure", "attempt", "installed"]
+        assert [e.at for e in events] == [T0, T0 + 1, T0 + 2, T0 + 5, T0 + 6]
+        assert all(e.job_id == job_id for e in events)
+        assert [e.server for e in events[1:]] == ["dp1"] * 4
+        assert "connect timeout" in events[2].message
+        assert "app@1.0" in events[0].message
+        assert [e.id for e in events] == sorted(e.id for e in events)
+        assert store.events(job_id, after_id=events[2].id) == events[3:]
+        assert store.events("other-job") == []
+        everything = store.events()
+        assert {e.kind for e in everything} >= {"package", "server", "created", "installed"}
+
+    def test_events_of_operator_actions_and_recovery(self, store: Store, job_id: str) -> None:
+        claim_one(store, "w1", T0)
+        store.recover_expired_leases(T0 + LEASE + 1)
+        store.cancel_job(job_id, T0 + 40)
+        store.retry_job(job_id, T0 + 41)
+        kinds = [e.kind for e in store.events(job_id)]
+        assert kinds == ["created", "attempt", "recovered", "cancelled", "retry"]
+
+    def test_events_keep_the_given_time_even_zero(
+        self, store: Store, pkg: PackageRecord, servers: list[str]
+    ) -> None:
+        job_id = store.add_job(pkg.id, ["dp1"], None, None, {}, 0.0)
+        claim = claim_one(store, "w1", 0.0)
+        store.mark_installed(claim.instruction_id, "w1", 0.0)
+        assert [e.at for e in store.events(job_id)] == [0.0, 0.0, 0.0]

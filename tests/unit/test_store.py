@@ -1,0 +1,450 @@
+"""The store: the conformance suite run against SQLite, and a stateful property test.
+
+The state machine drives a real SQLite store the way the despooler, agents and operators do
+(distribute, claim, install, fail, worker crash, site restart, heartbeat, cancel, retry) with
+a fake clock, and checks it against a model after every step. Its headline invariant: no
+job is reported succeeded while a target does not hold the package.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, event, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from packdist.errors import InvalidTransition
+from packdist.retry import RetryPolicy
+from packdist.states import TERMINAL, InstructionState, JobState
+from packdist.store import Store, open_store
+from packdist.store.base import Claim
+from packdist.store.sqlite import SQLiteStore
+
+if "tests.unit.store_conformance" not in sys.modules:  # else pytest warns: too late to rewrite
+    pytest.register_assert_rewrite("tests.unit.store_conformance")
+
+from tests.unit.store_conformance import (
+    T0,
+    Backend,
+    StoreConformance,
+    add_package,
+    add_server,
+)
+
+S = InstructionState
+
+
+# --- backends -----------------------------------------------------------------------------
+
+
+class SQLiteBackend:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.opened: list[Store] = []
+
+    def open(self) -> Store:
+        store = open_store(self.path)
+        self.opened.append(store)
+        return store
+
+    def close_all(self) -> None:
+        for store in self.opened:
+            store.close()
+
+
+BACKENDS: dict[str, Callable[[Path], SQLiteBackend]] = {"sqlite": SQLiteBackend}
+
+
+# Thousands of committed transactions per run: on tmpfs when there is one, fsync is free.
+SCRATCH = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    folder = Path(tempfile.mkdtemp(prefix="packdist-store-", dir=SCRATCH))
+    made = BACKENDS[request.param](folder / "site.db")
+    yield made
+    made.close_all()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+class TestStoreConformance(StoreConformance):
+    """The whole suite, once per backend in ``BACKENDS``."""
+
+
+def test_open_store_is_sqlite(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "site.db")
+    try:
+        assert isinstance(store, SQLiteStore)
+        assert isinstance(store, Store)
+    finally:
+        store.close()
+
+
+def test_reopening_does_not_migrate_twice(tmp_path: Path) -> None:
+    first = open_store(tmp_path / "site.db")
+    first.init_site("s")
+    first.close()
+    second = open_store(tmp_path / "site.db")
+    try:
+        assert second.site_name() == "s"
+    finally:
+        second.close()
+
+
+# --- the state machine --------------------------------------------------------------------
+
+LEASE = 30.0
+OFFLINE_AFTER = 20.0
+SERVERS = ("dp1", "dp2", "dp3")
+WORKERS = ("w1", "w2")
+NON_TERMINAL = frozenset(S) - TERMINAL
+CLAIMABLE = frozenset({S.PENDING, S.RETRYING})
+POLICY = RetryPolicy(initial=30.0, factor=2.0, cap=600.0)  # slow enough for heartbeats to wake
+
+
+def no_jitter() -> float:
+    return 0.5
+
+
+@dataclass
+class JobModel:
+    package_id: str
+    targets: frozenset[str]
+    max_attempts: int | None
+
+
+@dataclass
+class InstructionModel:
+    job_id: str
+    server: str
+    state: InstructionState = S.PENDING
+    attempts: int = 0
+    attempts_base: int = 0
+    owner: str | None = None
+    lease_until: float | None = None
+    next_at: float = 0.0
+    last_error: str | None = None
+
+
+class StoreMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tmp = Path(tempfile.mkdtemp(prefix="packdist-store-", dir=SCRATCH))
+        self.path = self.tmp / "site.db"
+        self.store = open_store(self.path)
+        self.store.init_site("s")
+        self.packages = [add_package(self.store, "app"), add_package(self.store, "tool")]
+        for name in SERVERS:
+            add_server(self.store, name)
+        self.clock = T0
+        self.jobs: dict[str, JobModel] = {}
+        self.job_order: list[str] = []  # creation order: job ids are random
+        self.instructions: dict[int, InstructionModel] = {}
+        self.held: dict[str, dict[int, Claim]] = {w: {} for w in WORKERS}  # what workers believe
+        self.holds: dict[str, set[str]] = {s: set() for s in SERVERS}  # what agents really hold
+        self.boot: dict[str, str] = {s: f"{s}-boot-0" for s in SERVERS}
+        self.boots = 0
+        self.site_knows: dict[str, tuple[float, str] | None] = {s: None for s in SERVERS}
+        self.seen_attempts: dict[int, int] = {}
+
+    def teardown(self) -> None:
+        self.store.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _owns(self, worker: str, instruction_id: int) -> bool:
+        m = self.instructions[instruction_id]
+        return m.state is S.SENDING and m.owner == worker
+
+    def _held(self) -> list[tuple[str, int]]:
+        return [(w, i) for w in WORKERS for i in self.held[w]]
+
+    def _release(self, m: InstructionModel, state: InstructionState) -> None:
+        m.state = state
+        m.owner = None
+        m.lease_until = None
+
+    # --- rules ----------------------------------------------------------------------------
+
+    @rule(
+        package=st.integers(0, 1),
+        servers=st.lists(st.sampled_from(SERVERS), min_size=1, max_size=4),
+        max_attempts=st.sampled_from([None, None, 1, 2, 3]),
+    )
+    def distribute(self, package: int, servers: list[str], max_attempts: int | None) -> None:
+        pkg = self.packages[package]
+        job_id = self.store.add_job(pkg.id, servers, max_attempts, None, {}, self.clock)
+        assert job_id not in self.jobs
+        self.jobs[job_id] = JobModel(pkg.id, frozenset(servers), max_attempts)
+        self.job_order.append(job_id)
+        for i in self.store.get_job(job_id).instructions:
+            assert i.id not in self.instructions
+            self.instructions[i.id] = InstructionModel(job_id, i.server, next_at=self.clock)
+
+    def _claim(self, worker: str, limit: int) -> list[Claim]:
+        claimable = {
+            iid: m
+            for iid, m in self.instructions.items()
+            if m.state in CLAIMABLE and m.next_at <= self.clock
+        }
+        claims = self.store.claim_ready(worker, LEASE, limit, self.clock)
+        got = [c.instruction_id for c in claims]
+        assert len(set(got)) == len(got)
+        assert set(got) <= set(claimable)
+        assert len(got) == min(limit, len(claimable))
+        left = [m.next_at for iid, m in claimable.items() if iid not in got]
+        if got and left:  # the most overdue first
+            assert max(claimable[iid].next_at for iid in got) <= min(left)
+        for c in claims:
+            m = self.instructions[c.instruction_id]
+            job = self.jobs[m.job_id]
+            m.state = S.SENDING
+            m.attempts += 1
+            m.owner = worker
+            m.lease_until = self.clock + LEASE
+            assert (c.job_id, c.server, c.package_id) == (m.job_id, m.server, job.package_id)
+            assert (c.attempts, c.attempts_base) == (m.attempts, m.attempts_base)
+            assert c.max_attempts == job.max_attempts
+            self.held[worker][c.instruction_id] = c
+        return claims
+
+    def _succeeded(self, worker: str, iid: int) -> None:
+        claim = self.held[worker].pop(iid)
+        self.holds[claim.server].add(claim.package_id)  # the agent installed it
+        if self._owns(worker, iid):
+            self.store.mark_installed(iid, worker, self.clock)
+            m = self.instructions[iid]
+            self._release(m, S.INSTALLED)
+            m.last_error = None
+        else:  # cancelled, or recovered after its lease expired
+            event("a stale worker's success is refused")
+            with pytest.raises(InvalidTransition):
+                self.store.mark_installed(iid, worker, self.clock)
+
+    def _failed(self, worker: str, iid: int) -> None:
+        claim = self.held[worker].pop(iid)
+        policy = POLICY.with_limits(claim.max_attempts, claim.deadline)
+        decision = policy.decide(
+            claim.attempts - claim.attempts_base, claim.job_created_at, self.clock, no_jitter
+        )
+        error = f"connect timeout to {claim.server_url} (attempt {claim.attempts})"
+        m = self.instructions[iid]
+        owns = self._owns(worker, iid)
+        if not owns:
+            event("a stale worker's failure is refused")
+        if decision.retry_at is None:
+            if owns:
+                self.store.mark_failed(iid, worker, decision.reason, self.clock)
+                self._release(m, S.FAILED)
+                m.last_error = decision.reason
+            else:
+                with pytest.raises(InvalidTransition):
+                    self.store.mark_failed(iid, worker, decision.reason, self.clock)
+        else:
+            assert self.clock <= decision.retry_at <= self.clock + policy.cap
+            if owns:
+                self.store.schedule_retry(iid, worker, error, decision.retry_at, self.clock)
+                self._release(m, S.RETRYING)
+                m.last_error = error
+                m.next_at = decision.retry_at
+            else:
+                with pytest.raises(InvalidTransition):
+                    self.store.schedule_retry(iid, worker, error, decision.retry_at, self.clock)
+
+    @rule(worker=st.sampled_from(WORKERS), limit=st.integers(1, 3))
+    def claim(self, worker: str, limit: int) -> None:
+        self._claim(worker, limit)
+
+    @rule(
+        worker=st.sampled_from(WORKERS),
+        outcomes=st.lists(
+            st.sampled_from(["installed", "failed", "hangs"]), min_size=3, max_size=3
+        ),
+    )
+    def despooler_round(self, worker: str, outcomes: list[str]) -> None:
+        """Claim up to three instructions and carry each attempt out at once."""
+        for claim, outcome in zip(self._claim(worker, 3), outcomes, strict=False):
+            if outcome == "installed":
+                self._succeeded(worker, claim.instruction_id)
+            elif outcome == "failed":
+                self._failed(worker, claim.instruction_id)
+
+    @precondition(lambda self: any(self.held.values()))
+    @rule(data=st.data())
+    def attempt_succeeded(self, data: st.DataObject) -> None:
+        worker, iid = data.draw(st.sampled_from(self._held()), label="claim")
+        self._succeeded(worker, iid)
+
+    @precondition(lambda self: any(self.held.values()))
+    @rule(data=st.data())
+    def attempt_failed(self, data: st.DataObject) -> None:
+        worker, iid = data.draw(st.sampled_from(self._held()), label="claim")
+        self._failed(worker, iid)
+
+    @rule(worker=st.sampled_from(WORKERS), zombie=st.booleans())
+    def worker_crash(self, worker: str, zombie: bool) -> None:
+        """``worker`` dies (or, a zombie, freezes and wakes up later still believing in its
+        claims); time passes beyond its leases while the other worker renews its own."""
+        if not zombie:
+            self.held[worker].clear()
+        self.clock += LEASE + 1
+        for survivor in WORKERS:
+            if survivor == worker:
+                continue
+            for iid in list(self.held[survivor]):
+                renewed = self.store.renew_lease(iid, survivor, self.clock + LEASE, 1, 1)
+                assert renewed == self._owns(survivor, iid), (survivor, iid)
+                if renewed:
+                    self.instructions[iid].lease_until = self.clock + LEASE
+                else:  # the worker learns it lost the instruction and drops it
+                    del self.held[survivor][iid]
+        expired = [
+            m
+            for m in self.instructions.values()
+            if m.state is S.SENDING and m.lease_until is not None and m.lease_until < self.clock
+        ]
+        assert self.store.recover_expired_leases(self.clock) == len(expired)
+        event(f"a crash recovered {'some' if expired else 'no'} instruction(s)")
+        for m in expired:
+            self._release(m, S.RETRYING)
+            m.next_at = self.clock
+            m.last_error = m.last_error or "recovered"  # the store's own words; see below
+
+    @rule(how=st.sampled_from(["stopped", "killed", "reconnected"]))
+    def site_restart(self, how: str) -> None:
+        """Close and reopen the store on the same file. ``stopped``: the despooler hands its
+        instructions back first; ``killed``: its leases are left to expire; ``reconnected``:
+        the workers outlive the store connection and keep their leases."""
+        if how == "stopped":
+            for worker in WORKERS:
+                mine = [
+                    m
+                    for m in self.instructions.values()
+                    if m.state is S.SENDING and m.owner == worker
+                ]
+                assert self.store.release_leases(worker, self.clock) == len(mine)
+                for m in mine:
+                    self._release(m, S.RETRYING)
+                    m.next_at = self.clock
+        self.store.close()
+        self.store = open_store(self.path)
+        if how != "reconnected":
+            for worker in WORKERS:
+                self.held[worker].clear()
+
+    @rule(server=st.sampled_from(SERVERS), silence=st.booleans(), reboot=st.booleans())
+    def heartbeat(self, server: str, silence: bool, reboot: bool) -> None:
+        if silence:
+            self.clock += OFFLINE_AFTER + 1
+        if reboot:
+            self.boots += 1
+            self.boot[server] = f"{server}-boot-{self.boots}"
+        known = self.site_knows[server]
+        came_back = (
+            known is None or self.clock - known[0] > OFFLINE_AFTER or known[1] != self.boot[server]
+        )
+        due_later = [
+            m
+            for m in self.instructions.values()
+            if m.server == server and m.state is S.RETRYING and m.next_at > self.clock
+        ]
+        woken = self.store.record_heartbeat(
+            server,
+            self.boot[server],
+            1 << 30,
+            sorted(self.holds[server]),
+            self.clock,
+            OFFLINE_AFTER,
+        )
+        if came_back:
+            event(f"a heartbeat after silence or restart woke {'some' if woken else 'no'} retry")
+            assert woken == len(due_later)
+            for m in due_later:
+                m.next_at = self.clock
+        else:
+            assert woken == 0
+        self.site_knows[server] = (self.clock, self.boot[server])
+
+    @rule(seconds=st.sampled_from([0.5, 1.0, 4.0, 30.0, 120.0]))
+    def time_passes(self, seconds: float) -> None:
+        self.clock += seconds
+
+    @precondition(lambda self: self.jobs)
+    @rule(data=st.data(), action=st.sampled_from(["cancel", "retry"]))
+    def operator(self, data: st.DataObject, action: str) -> None:
+        job_id = data.draw(st.sampled_from(self.job_order), label="job")
+        mine = [m for m in self.instructions.values() if m.job_id == job_id]
+        if action == "cancel":
+            unfinished = [m for m in mine if m.state in NON_TERMINAL]
+            assert self.store.cancel_job(job_id, self.clock) == len(unfinished)
+            for m in unfinished:
+                self._release(m, S.CANCELLED)
+        else:
+            revived = [m for m in mine if m.state in (S.FAILED, S.CANCELLED)]
+            woken = [m for m in mine if m.state is S.RETRYING]
+            assert self.store.retry_job(job_id, self.clock) == len(revived) + len(woken)
+            for m in revived:
+                m.state = S.PENDING
+                m.attempts_base = m.attempts
+            for m in revived + woken:
+                m.next_at = self.clock
+
+    # --- invariants -----------------------------------------------------------------------
+
+    @invariant()
+    def store_matches_model(self) -> None:
+        for job_id in self.job_order:
+            model = self.jobs[job_id]
+            job = self.store.get_job(job_id)
+            assert len(job.instructions) == len(model.targets)
+            assert {i.server for i in job.instructions} == model.targets
+            for i in job.instructions:
+                m = self.instructions[i.id]
+                assert (i.job_id, i.server) == (m.job_id, m.server) == (job_id, i.server)
+                assert i.state is m.state, (i, m)
+                assert i.attempts == m.attempts
+                assert i.attempts >= self.seen_attempts.get(i.id, 0)
+                self.seen_attempts[i.id] = i.attempts
+                if m.last_error == "recovered":
+                    assert i.last_error  # recovery names a reason of the store's choosing
+                    m.last_error = i.last_error
+                assert i.last_error == m.last_error
+                if i.state in CLAIMABLE:
+                    assert i.next_attempt_at == m.next_at
+            unfinished = any(i.state not in TERMINAL for i in job.instructions)
+            assert (job.state is JobState.ACTIVE) == unfinished
+            event(f"a job ended {job.state.value}" if not unfinished else "a job is active")
+            if job.state is JobState.SUCCEEDED:
+                assert all(model.package_id in self.holds[s] for s in model.targets)
+
+    @invariant()
+    def next_due_matches_model(self) -> None:
+        due = [m.next_at for m in self.instructions.values() if m.state in CLAIMABLE]
+        assert self.store.next_due_at() == (min(due) if due else None)
+
+    @invariant()
+    def installed_shows_in_the_status_matrix(self) -> None:
+        matrix = self.store.status_matrix()
+        refs = {p.id: p.ref for p in self.packages}
+        for m in self.instructions.values():
+            if m.state is S.INSTALLED:
+                assert matrix[refs[self.jobs[m.job_id].package_id]][m.server] == "installed"
+
+
+StoreMachine.TestCase.settings = settings(
+    max_examples=100,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestStoreMachine = StoreMachine.TestCase
