@@ -131,12 +131,11 @@ class Agent:
         if request.path == "/healthz":
             response: web.StreamResponse = await handler(request)
             return response
-        if self.site_key is None or self.server_name is None:
-            return error_response(503, "agent is not enrolled with its site yet")
         try:
-            check_site_assertion(
-                bearer(request.headers.get("Authorization")), self.site_key, self.server_name
-            )
+            credential = bearer(request.headers.get("Authorization"))
+            if self.site_key is None or self.server_name is None:
+                return error_response(503, "agent is not enrolled with its site yet")
+            check_site_assertion(credential, self.site_key, self.server_name)
         except AuthError as exc:
             return error_response(401, exc.message)
         response = await handler(request)

@@ -149,7 +149,13 @@ class SiteServer:
             except PackdistError as exc:
                 await resp.write(error_frame(exc.message))
                 break
-            await resp.write(frame_header(d, len(data)) + data)
+            try:
+                await resp.write(frame_header(d, len(data)) + data)
+            except ConnectionError:  # the agent went away mid-stream; it will ask again
+                log.info("chunk stream to %s cut by the agent", request.remote)
+                for _, rest in reads:
+                    rest.cancel()
+                return resp
         await resp.write_eof()
         return resp
 
