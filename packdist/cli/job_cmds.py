@@ -9,10 +9,12 @@ from typing import Any
 import click
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from packdist.cli.common import ago, home_option, iso, json_option, print_json, resolve_home
+from packdist.core.fsutil import human_bytes
 from packdist.core.names import check_server_name, parse_ref
 from packdist.errors import NoTargets, NotFound, UserError
 from packdist.site.home import SiteHome
@@ -51,10 +53,10 @@ def job_json(job: JobRecord) -> dict[str, Any]:
 def _job_table(job: JobRecord, now: float) -> Table:
     table = Table(
         box=None,
-        title=f"job {job.id}  {job.package_ref}  [{job.state.value}]",
+        title=escape(f"job {job.id}  {job.package_ref}  [{job.state.value}]"),
         title_justify="left",
     )
-    for col in ("server", "state", "attempts", "progress", "next attempt", "last error"):
+    for col in ("server", "state", "attempts", "progress", "bytes", "next attempt", "last error"):
         table.add_column(col)
     for i in job.instructions:
         total = max(i.bytes_total, 1)
@@ -63,7 +65,10 @@ def _job_table(job: JobRecord, now: float) -> Table:
         nxt = ""
         if i.state.value == "retrying":
             nxt = "due now" if i.next_attempt_at <= now else ago(i.next_attempt_at, now)
-        table.add_row(i.server, i.state.value, str(i.attempts), bar, nxt, i.last_error or "")
+        size = f"{human_bytes(done)} / {human_bytes(i.bytes_total)}"
+        table.add_row(
+            i.server, i.state.value, str(i.attempts), bar, size, nxt, escape(i.last_error or "")
+        )
     return table
 
 
