@@ -18,6 +18,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aiohttp
@@ -74,35 +75,56 @@ class Despooler:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.wake = asyncio.Event()
         self.in_flight: dict[int, asyncio.Task[None]] = {}
+        self._claims = 0
 
     async def run(self) -> None:
-        recovered = await self.db(lambda s: s.recover_expired_leases(time.time()))
-        if recovered:
-            log.info("recovered %d instruction(s) from a stopped worker", recovered)
-        last_recovery = time.monotonic()
+        """Claim and start ready instructions until cancelled. A failing pass (the database
+        busy or gone) is logged and retried; it never ends the despooler."""
+        last_recovery = 0.0
         while True:
-            free = self.max_in_flight - len(self.in_flight)
-            if free > 0:
-                for c in await self.db(functools.partial(self._claim, free)):
-                    self._spawn(c)
-            if time.monotonic() - last_recovery > self.lease / 2:
-                await self.db(lambda s: s.recover_expired_leases(time.time()))
-                last_recovery = time.monotonic()
+            try:
+                if time.monotonic() - last_recovery > self.lease / 2:
+                    recovered = await self.db(lambda s: s.recover_expired_leases(time.time()))
+                    if recovered:
+                        log.info("returned %d instruction(s) of a stopped worker", recovered)
+                    last_recovery = time.monotonic()
+                await self._claim_and_start()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("despooler pass failed; trying again in 1s")
+                await asyncio.sleep(1.0)
             try:
                 await asyncio.wait_for(self.wake.wait(), timeout=self.poll)
             except TimeoutError:
                 pass
             self.wake.clear()
 
-    def _claim(self, limit: int, store: Store) -> list[Claim]:
-        return store.claim_ready(self.owner, self.lease, limit, time.time())
+    async def _claim_and_start(self) -> None:
+        """Claim one instruction at a time, each under a lease name of its own, so a stale
+        attempt can never act on a later claim of the same instruction."""
+        while len(self.in_flight) < self.max_in_flight:
+            self._claims += 1
+            lease = f"{self.owner}:{self._claims}"
+            claims = await self.db(functools.partial(self._claim, lease))
+            if not claims:
+                return
+            for c in claims:
+                self._spawn(c)
+
+    def _claim(self, lease: str, store: Store) -> list[Claim]:
+        return store.claim_ready(lease, self.lease, 1, time.time())
 
     def _spawn(self, c: Claim) -> None:
+        if c.instruction_id in self.in_flight:  # cannot happen with leases; never run twice
+            log.error("instruction %d is already under way here", c.instruction_id)
+            return
         task = asyncio.create_task(self._attempt(c), name=f"instruction {c.instruction_id}")
         self.in_flight[c.instruction_id] = task
 
-        def done(_: asyncio.Task[None]) -> None:
-            self.in_flight.pop(c.instruction_id, None)
+        def done(t: asyncio.Task[None]) -> None:
+            if self.in_flight.get(c.instruction_id) is t:
+                del self.in_flight[c.instruction_id]
 
         task.add_done_callback(done)
 
@@ -117,61 +139,88 @@ class Despooler:
     # --- one attempt ----------------------------------------------------------------------
 
     async def _attempt(self, c: Claim) -> None:
+        progress = _Progress()
+        keeper = asyncio.create_task(self._keep_lease(c, progress))
         try:
-            await self._install(c)
+            await self._install(c, progress)
         except InvalidTransition:
-            log.info("instruction %d changed under us (cancelled?); dropping it", c.instruction_id)
+            log.info(
+                "instruction %d: our lease is gone (cancelled or taken over)", c.instruction_id
+            )
         except PackdistError as exc:
-            await self._failed(c, exc.message)
+            if not progress.lost:
+                await self._failed(c, exc.message)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug must still leave a visible, retried instruction
             log.exception("attempt for instruction %d crashed", c.instruction_id)
             await self._failed(c, f"internal error in despooler: {exc!r}")
+        finally:
+            keeper.cancel()
 
-    async def _install(self, c: Claim) -> None:
+    async def _keep_lease(self, c: Claim, progress: _Progress) -> None:
+        """Renew the lease (and write progress) on its own clock, whatever the agent calls
+        are doing; a lost lease (cancelled, or expired and taken over) stops the attempt."""
+        while True:
+            await asyncio.sleep(RENEW_EVERY)
+            try:
+                held = await self.db(
+                    lambda s: s.renew_lease(
+                        c.instruction_id,
+                        c.lease,
+                        time.time() + self.lease,
+                        progress.received,
+                        progress.total,
+                    )
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("renewing the lease of instruction %d failed", c.instruction_id)
+                continue
+            if not held:
+                log.info("instruction %d: lease lost (cancelled or taken over)", c.instruction_id)
+                progress.lost = True
+                return
+
+    async def _install(self, c: Claim, progress: _Progress) -> None:
         manifest, signature = await self.db(lambda s: s.package_manifest(c.package_id))
         client = AgentClient(c.server, c.server_url, self.key, self.session)
         status: dict[str, Any] | None = await client.install(manifest, signature)
-        last_renew = time.monotonic()
-        progress_at, progress = time.monotonic(), -1
-        while True:
+        moved_at, last_mark = time.monotonic(), None
+        while not progress.lost:
             assert status is not None
+            progress.received = int(status.get("bytes_received", 0))
+            progress.total = int(status.get("bytes_total", 0))
             state = status.get("state")
-            received = int(status.get("bytes_received", 0))
             if state == "installed":
                 if status.get("package_id") != c.package_id:
                     raise IntegrityError(
                         f"{c.server} reported package id {str(status.get('package_id'))[:12]}…,"
                         f" expected {c.package_id[:12]}…"
                     )
-                await self._renew(c, received, status)
-                await self.db(lambda s: s.mark_installed(c.instruction_id, self.owner, time.time()))
+                await self.db(
+                    lambda s: s.renew_lease(
+                        c.instruction_id,
+                        c.lease,
+                        time.time() + self.lease,
+                        progress.received,
+                        progress.total,
+                    )
+                )
+                await self.db(lambda s: s.mark_installed(c.instruction_id, c.lease, time.time()))
                 log.info("%s installed on %s", c.package_ref, c.server)
                 return
             if state == "failed":
                 raise RemoteError(str(status.get("error") or "install failed on the agent"))
-            done = int(status.get("bytes_done", 0))
-            if done != progress:
-                progress_at, progress = time.monotonic(), done
-            elif time.monotonic() - progress_at > STALL_LIMIT:
+            mark = (status.get("progress"), status.get("phase"), status.get("bytes_done"))
+            if mark != last_mark:
+                moved_at, last_mark = time.monotonic(), mark
+            elif time.monotonic() - moved_at > STALL_LIMIT:
                 raise RemoteError(f"install on {c.server} made no progress for {STALL_LIMIT:.0f}s")
-            if time.monotonic() - last_renew >= RENEW_EVERY:
-                if not await self._renew(c, received, status):
-                    log.info("lost the lease on instruction %d (cancelled?)", c.instruction_id)
-                    return
-                last_renew = time.monotonic()
             status = await client.status(c.package_id, wait=LONG_POLL)
             if status is None:  # the agent restarted and forgot: ask again, it resumes
                 status = await client.install(manifest, signature)
-
-    async def _renew(self, c: Claim, received: int, status: dict[str, Any]) -> bool:
-        total = int(status.get("bytes_total", 0))
-        return await self.db(
-            lambda s: s.renew_lease(
-                c.instruction_id, self.owner, time.time() + self.lease, received, total
-            )
-        )
 
     async def _failed(self, c: Claim, error: str) -> None:
         policy = self.policy.with_limits(c.max_attempts, c.deadline)
@@ -181,7 +230,7 @@ class Despooler:
             if decision.give_up:
                 await self.db(
                     lambda s: s.mark_failed(
-                        c.instruction_id, self.owner, f"{error} ({decision.reason})", now
+                        c.instruction_id, c.lease, f"{error} ({decision.reason})", now
                     )
                 )
                 log.warning("%s to %s failed for good: %s", c.package_ref, c.server, error)
@@ -189,10 +238,21 @@ class Despooler:
                 retry_at = decision.retry_at
                 assert retry_at is not None
                 await self.db(
-                    lambda s: s.schedule_retry(c.instruction_id, self.owner, error, retry_at, now)
+                    lambda s: s.schedule_retry(c.instruction_id, c.lease, error, retry_at, now)
                 )
-                log.info(
-                    "%s to %s: %s; retry in %.1fs", c.package_ref, c.server, error, retry_at - now
-                )
+                log.info("%s to %s: %s", c.package_ref, c.server, error)
         except InvalidTransition:
-            log.info("instruction %d was cancelled meanwhile", c.instruction_id)
+            log.info(
+                "instruction %d: our lease is gone (cancelled or taken over)", c.instruction_id
+            )
+        except Exception:  # the lease runs out and the instruction returns to the queue
+            log.exception("recording the failure of instruction %d failed", c.instruction_id)
+
+
+@dataclass
+class _Progress:
+    """What an attempt has learnt from its agent, shared with its lease keeper."""
+
+    received: int = 0
+    total: int = 0
+    lost: bool = False

@@ -83,6 +83,7 @@ class Claim:
     job_created_at: float
     max_attempts: int | None
     deadline: float | None
+    lease: str = ""  # the lease owner this claim was made under
 
 
 @dataclass(frozen=True)
@@ -199,7 +200,9 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def schedule_retry(
         self, instruction_id: int, owner: str, error: str, retry_at: float, now: float
-    ) -> None: ...
+    ) -> None:
+        """Back to ``retrying``, due at ``retry_at`` — or at once if the server came back
+        (a heartbeat after silence) while this attempt was under way."""
 
     @abc.abstractmethod
     def mark_failed(self, instruction_id: int, owner: str, error: str, now: float) -> None: ...
@@ -210,7 +213,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def release_leases(self, owner: str, now: float) -> int:
-        """A worker stopping cleanly hands its instructions back, due at once."""
+        """A worker stopping cleanly hands its instructions back, due at once. Releases the
+        leases held as ``owner`` and as ``owner:<anything>`` (one lease name per claim)."""
 
     @abc.abstractmethod
     def next_due_at(self) -> float | None: ...

@@ -49,6 +49,11 @@ def _migrations() -> list[tuple[int, str]]:
     return sorted(out)
 
 
+def _like_prefix(owner: str) -> str:
+    """A LIKE pattern for ``owner:<anything>`` (``!`` escapes the wildcards)."""
+    return owner.replace("!", "!!").replace("%", "!%").replace("_", "!_") + ":%"
+
+
 def _in(event: str) -> str:
     return ",".join(f"'{s.value}'" for s in sorted(states.sources(event)))
 
@@ -339,8 +344,9 @@ class SQLiteStore(Store):
                 or row["boot_id"] != boot_id
             )
             db.execute(
-                "UPDATE servers SET last_seen = ?, boot_id = ?, disk_free = ? WHERE name = ?",
-                (now, boot_id, disk_free, server),
+                "UPDATE servers SET last_seen = ?, boot_id = ?, disk_free = ?,"
+                " back_at = CASE WHEN ? THEN ? ELSE back_at END WHERE name = ?",
+                (now, boot_id, disk_free, came_back, now, server),
             )
             known = (
                 {
@@ -507,8 +513,8 @@ class SQLiteStore(Store):
         with self._tx() as db:
             rows = db.execute(
                 "UPDATE instructions SET state = 'sending', attempts = attempts + 1,"
-                " lease_owner = :owner, lease_expires_at = :until, updated_at = :now"
-                " WHERE id IN (SELECT i.id FROM instructions i JOIN servers s ON s.name = i.server"
+                " lease_owner = :owner, lease_expires_at = :until, updated_at = :now,"
+                " claimed_at = :now WHERE id IN (SELECT i.id FROM instructions i JOIN servers s ON s.name = i.server"
                 f"   WHERE i.state IN ({_in('claim')}) AND i.next_attempt_at <= :now"
                 "    AND s.removed = 0 ORDER BY i.next_attempt_at LIMIT :limit)"
                 " RETURNING id",
@@ -538,6 +544,7 @@ class SQLiteStore(Store):
                         r[9],
                         r[10],
                         r[11],
+                        owner,
                     )
                 )
                 self._event("attempt", f"attempt {r[7]} to {r[2]}", r[1], r[2], now=now)
@@ -586,7 +593,7 @@ class SQLiteStore(Store):
     def schedule_retry(
         self, instruction_id: int, owner: str, error: str, retry_at: float, now: float
     ) -> None:
-        with self._tx():
+        with self._tx() as db:
             row = self._transition(
                 instruction_id,
                 "retry",
@@ -599,9 +606,19 @@ class SQLiteStore(Store):
                     "next_attempt_at": retry_at,
                 },
             )
+            came_back = db.execute(
+                "UPDATE instructions SET next_attempt_at = :now WHERE id = :id AND claimed_at <"
+                " (SELECT back_at FROM servers s WHERE s.name = instructions.server)",
+                {"now": now, "id": instruction_id},
+            ).rowcount
+            when = (
+                "server came back during the attempt: retry now"
+                if came_back
+                else f"retry in {max(0.0, retry_at - now):.1f}s"
+            )
             self._event(
                 "failure",
-                f"{error}; retry in {max(0.0, retry_at - now):.1f}s",
+                f"{error}; {when}",
                 row["job_id"],
                 row["server"],
                 now=now,
@@ -628,7 +645,8 @@ class SQLiteStore(Store):
             rows = db.execute(
                 "UPDATE instructions SET state = 'retrying', lease_owner = NULL,"
                 " lease_expires_at = NULL, next_attempt_at = :now, updated_at = :now,"
-                " last_error = coalesce(last_error, 'despooler worker stopped mid-attempt')"
+                " last_error = 'attempt interrupted: its despooler worker stopped or stalled"
+                " (lease expired)'"
                 f" WHERE state IN ({_in('lease_expired')}) AND lease_expires_at < :now"
                 " RETURNING job_id, server",
                 {"now": now},
@@ -648,9 +666,10 @@ class SQLiteStore(Store):
             rows = db.execute(
                 "UPDATE instructions SET state = 'retrying', lease_owner = NULL,"
                 " lease_expires_at = NULL, next_attempt_at = :now, updated_at = :now"
-                f" WHERE state IN ({_in('lease_expired')}) AND lease_owner = :owner"
+                f" WHERE state IN ({_in('lease_expired')})"
+                " AND (lease_owner = :owner OR lease_owner LIKE :prefix ESCAPE '!')"
                 " RETURNING job_id, server",
-                {"now": now, "owner": owner},
+                {"now": now, "owner": owner, "prefix": _like_prefix(owner)},
             ).fetchall()
             for r in rows:
                 self._event(

@@ -35,6 +35,7 @@ from tests.unit.store_conformance import (
     T0,
     Backend,
     StoreConformance,
+    WakeupConformance,
     add_package,
     add_server,
 )
@@ -76,7 +77,7 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-class TestStoreConformance(StoreConformance):
+class TestStoreConformance(StoreConformance, WakeupConformance):
     """The whole suite, once per backend in ``BACKENDS``."""
 
 
@@ -133,6 +134,7 @@ class InstructionModel:
     lease_until: float | None = None
     next_at: float = 0.0
     last_error: str | None = None
+    claimed_at: float | None = None
 
 
 class StoreMachine(RuleBasedStateMachine):
@@ -154,6 +156,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.boot: dict[str, str] = {s: f"{s}-boot-0" for s in SERVERS}
         self.boots = 0
         self.site_knows: dict[str, tuple[float, str] | None] = {s: None for s in SERVERS}
+        self.back_at: dict[str, float | None] = {s: None for s in SERVERS}
         self.seen_attempts: dict[int, int] = {}
 
     def teardown(self) -> None:
@@ -212,6 +215,7 @@ class StoreMachine(RuleBasedStateMachine):
             m.attempts += 1
             m.owner = worker
             m.lease_until = self.clock + LEASE
+            m.claimed_at = self.clock
             assert (c.job_id, c.server, c.package_id) == (m.job_id, m.server, job.package_id)
             assert (c.attempts, c.attempts_base) == (m.attempts, m.attempts_base)
             assert c.max_attempts == job.max_attempts
@@ -256,7 +260,11 @@ class StoreMachine(RuleBasedStateMachine):
                 self.store.schedule_retry(iid, worker, error, decision.retry_at, self.clock)
                 self._release(m, S.RETRYING)
                 m.last_error = error
-                m.next_at = decision.retry_at
+                back = self.back_at[m.server]
+                came_back = back is not None and m.claimed_at is not None and back > m.claimed_at
+                if came_back:
+                    event("the server came back during the attempt: retry due at once")
+                m.next_at = self.clock if came_back else decision.retry_at
             else:
                 with pytest.raises(InvalidTransition):
                     self.store.schedule_retry(iid, worker, error, decision.retry_at, self.clock)
@@ -318,7 +326,7 @@ class StoreMachine(RuleBasedStateMachine):
         for m in expired:
             self._release(m, S.RETRYING)
             m.next_at = self.clock
-            m.last_error = m.last_error or "recovered"  # the store's own words; see below
+            m.last_error = "recovered"  # the store's own words; see below
 
     @rule(how=st.sampled_from(["stopped", "killed", "reconnected"]))
     def site_restart(self, how: str) -> None:
@@ -367,6 +375,7 @@ class StoreMachine(RuleBasedStateMachine):
             OFFLINE_AFTER,
         )
         if came_back:
+            self.back_at[server] = self.clock
             event(f"a heartbeat after silence or restart woke {'some' if woken else 'no'} retry")
             assert woken == len(due_later)
             for m in due_later:
