@@ -348,25 +348,23 @@ class SQLiteStore(Store):
                 " back_at = CASE WHEN ? THEN ? ELSE back_at END WHERE name = ?",
                 (now, boot_id, disk_free, came_back, now, server),
             )
-            known = (
-                {
-                    r[0]
-                    for r in db.execute(
-                        f"SELECT id FROM packages WHERE id IN ({','.join('?' * len(installed))})",
-                        installed,
-                    )
-                }
-                if installed
-                else set()
-            )
-            db.execute(
-                "DELETE FROM server_packages WHERE server = ? AND package_id NOT IN"
-                f" ({','.join('?' * len(known))})",
-                (server, *known),
+            # What the server holds, as it reports it: only changes are written.
+            recorded = {
+                r[0]
+                for r in db.execute(
+                    "SELECT package_id FROM server_packages WHERE server = ?", (server,)
+                )
+            }
+            reported = set(installed)
+            gone = recorded - reported
+            new = [p for p in reported - recorded if self.package_by_id(p) is not None]
+            db.executemany(
+                "DELETE FROM server_packages WHERE server = ? AND package_id = ?",
+                [(server, p) for p in gone],
             )
             db.executemany(
                 "INSERT OR IGNORE INTO server_packages VALUES (?, ?, ?)",
-                [(server, p, now) for p in known],
+                [(server, p, now) for p in new],
             )
             if not came_back:
                 return 0
