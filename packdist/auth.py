@@ -4,8 +4,11 @@
   the site only as a SHA-256 hash. An agent presents it to the site (``Authorization:
   Bearer``) for heartbeats and chunk fetches.
 * Site credentials: short-lived assertions signed with the site's Ed25519 key, naming the
-  server they are meant for. An agent accepts requests only with one it can verify against
-  the site key it learned at enrollment; nobody else's key, no expired or misdirected ones.
+  server they are meant for (``aud``) and the one request they allow: its method (``htm``)
+  and path without the query (``htu``). An agent accepts a request only with one it can
+  verify against the site key it learned at enrollment and whose claims match the request
+  it came with: nobody else's key, no expired or misdirected ones, and a credential seen in
+  one request cannot be replayed on another route.
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ import hmac
 import json
 import secrets
 import time
+from urllib.parse import urlsplit
 
 from packdist.core.signing import SigningKey, VerifyKey
 from packdist.errors import AuthError, BadSignature
 
 TOKEN_PREFIX = "pdt_"
-ASSERTION_TTL = 120.0
+ASSERTION_TTL = 30.0  # seconds a site credential lives
+CLOCK_SKEW = 60.0  # how far ahead of the agent's clock the site's may be
 
 
 def new_token() -> str:
@@ -46,26 +51,56 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def site_assertion(key: SigningKey, audience: str, now: float | None = None) -> str:
-    """A credential the site presents to the agent of server ``audience``."""
+def request_path(url_or_path: str) -> str:
+    """The path a credential is bound to: a path as given, or a URL's path; without query or
+    fragment either way."""
+    if url_or_path.startswith("/"):
+        return url_or_path.split("?", 1)[0].split("#", 1)[0]
+    return urlsplit(url_or_path).path or "/"
+
+
+def site_assertion(
+    key: SigningKey, audience: str, method: str, path: str, now: float | None = None
+) -> str:
+    """A credential the site presents to the agent of server ``audience`` for one request:
+    ``method`` on ``path`` (a URL or a path; any query is left out)."""
     now = time.time() if now is None else now
-    claims = {"aud": audience, "iat": int(now), "exp": int(now + ASSERTION_TTL)}
+    claims = {
+        "aud": audience,
+        "htm": method.upper(),
+        "htu": request_path(path),
+        "iat": int(now),
+        "exp": int(now + ASSERTION_TTL),
+    }
     payload = json.dumps(claims, sort_keys=True, separators=(",", ":")).encode()
     return f"{_b64(payload)}.{_b64(key.sign(payload))}"
 
 
 def check_site_assertion(
-    token: str, key: VerifyKey, audience: str, now: float | None = None
+    token: str,
+    key: VerifyKey,
+    audience: str,
+    method: str,
+    path: str,
+    now: float | None = None,
 ) -> None:
+    """Accept the credential for ``method`` on ``path`` (query ignored), or raise AuthError."""
     now = time.time() if now is None else now
     try:
         payload_b64, sig_b64 = token.split(".")
         payload, sig = _unb64(payload_b64), _unb64(sig_b64)
         key.verify(sig, payload, "credential")
         claims = json.loads(payload)
-    except (ValueError, BadSignature) as exc:
+        if not isinstance(claims, dict):
+            raise ValueError("claims are not an object")
+        iat, exp = float(claims["iat"]), float(claims["exp"])
+    except (ValueError, KeyError, TypeError, BadSignature) as exc:
         raise AuthError("credential refused") from exc
     if not hmac.compare_digest(str(claims.get("aud", "")), audience):
         raise AuthError("credential is for another server")
-    if not (claims.get("iat", 0) - 60 <= now <= claims.get("exp", 0)):
+    if not hmac.compare_digest(str(claims.get("htm", "")), method.upper()):
+        raise AuthError(f"credential is not for a {method.upper()} request")
+    if not hmac.compare_digest(str(claims.get("htu", "")), request_path(path)):
+        raise AuthError("credential is for another path")
+    if not (iat - CLOCK_SKEW <= now <= exp):
         raise AuthError("credential expired")

@@ -48,10 +48,6 @@ class Timeouts:
 
 CONTROL = Timeouts()
 STREAM = Timeouts(connect=3.0, read=15.0, total=None)
-
-
-CONTROL = Timeouts()
-STREAM = Timeouts(connect=3.0, read=15.0, total=None)
 HEARTBEAT = Timeouts(connect=2.0, read=3.0, total=4.0)
 
 

@@ -22,20 +22,23 @@ class AgentClient:
         self._key = key
         self._session = session
 
-    def _headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {site_assertion(self._key, self.server)}"}
+    def _headers(self, method: str, url: str) -> dict[str, str]:
+        """A credential for this one request: the agent checks method and path."""
+        token = site_assertion(self._key, self.server, method, url)
+        return {"Authorization": f"Bearer {token}"}
 
     async def install(self, manifest: bytes, signature: bytes) -> dict[str, Any]:
         body = {
             "manifest": base64.b64encode(manifest).decode(),
             "signature": base64.b64encode(signature).decode(),
         }
+        url = f"{self.base_url}/v1/install"
         async with request(
             self._session,
             "POST",
-            f"{self.base_url}/v1/install",
+            url,
             json=body,
-            headers=self._headers(),
+            headers=self._headers("POST", url),
             timeouts=CONTROL,
         ) as resp:
             data: dict[str, Any] = await resp.json()
@@ -49,7 +52,7 @@ class AgentClient:
         url = f"{self.base_url}/v1/installs/{package_id}?wait={wait:g}"
         try:
             async with request(
-                self._session, "GET", url, headers=self._headers(), timeouts=CONTROL
+                self._session, "GET", url, headers=self._headers("GET", url), timeouts=CONTROL
             ) as resp:
                 data: dict[str, Any] = await resp.json()
                 return data

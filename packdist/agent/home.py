@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from packdist.core.fsutil import write_atomic
-from packdist.errors import AlreadyExists
+from packdist.errors import AlreadyExists, UserError
 
 ENROLLMENT = "agent.json"
 SITE_MARKER = "site.db"
@@ -29,6 +30,10 @@ SITE_MARKER = "site.db"
 @dataclass
 class AgentHome:
     root: Path
+    #: serialises read-modify-write of ``installed.json`` (installs finish in worker threads)
+    _lock: threading.Lock = field(
+        default_factory=threading.Lock, init=False, repr=False, compare=False
+    )
 
     @property
     def packages(self) -> Path:
@@ -60,11 +65,28 @@ class AgentHome:
     # --- enrollment -----------------------------------------------------------------------
 
     def load_enrollment(self) -> dict[str, Any] | None:
+        """What ``agent.json`` says (None before the first enrollment).
+
+        A file that cannot be read as enrollment facts is a :class:`UserError` naming it: the
+        agent must not silently forget the site key it pinned.
+        """
+        path = self.root / ENROLLMENT
         try:
-            data: dict[str, Any] = json.loads((self.root / ENROLLMENT).read_text())
-            return data
+            data = json.loads(path.read_bytes())
         except FileNotFoundError:
             return None
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise UserError(
+                f"{path}: corrupt enrollment file ({exc}); remove it to enroll again"
+            ) from exc
+        if not isinstance(data, dict) or not all(
+            isinstance(data.get(k), str) for k in ("site_url", "server", "site_public_key")
+        ):
+            raise UserError(
+                f"{path}: corrupt enrollment file (site_url, server and site_public_key are "
+                "required); remove it to enroll again"
+            )
+        return data
 
     def save_enrollment(self, data: dict[str, Any]) -> None:
         write_atomic(self.root / ENROLLMENT, json.dumps(data, indent=2).encode(), 0o600)
@@ -82,9 +104,11 @@ class AgentHome:
         }
 
     def record_installed(self, ref: str, package_id: str) -> None:
-        data = self.installed()
-        data[ref] = package_id
-        write_atomic(self.installed_file, json.dumps(data, indent=2, sort_keys=True).encode())
+        """Record ``ref`` as installed with ``package_id`` (safe from several threads)."""
+        with self._lock:
+            data = self.installed()
+            data[ref] = package_id
+            write_atomic(self.installed_file, json.dumps(data, indent=2, sort_keys=True).encode())
 
     def save_manifest(self, package_id: str, canonical: bytes) -> None:
         write_atomic(self.manifests / package_id, canonical)

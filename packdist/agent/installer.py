@@ -12,30 +12,40 @@ Steps, so that a server holds the whole version or none of it:
 5. fetch the rest in streamed batches; every chunk is verified against its digest before
    it is written at its offsets;
 6. set modes and times, create symlinks, ``syncfs``, then one ``rename`` into
-   ``packages/NAME/VERSION``.
+   ``packages/NAME/VERSION`` -- or, if a tree is already there, one atomic exchange of the
+   two names (``renameat2(RENAME_EXCHANGE)``), journalled so a crash at any point leaves a
+   whole version in place and :meth:`Installer.recover` can tell which one (see there).
 
 Bytes are written once, straight into the staging tree. The staging tree of an unfinished
 install is kept across agent restarts, so chunks received before a crash are not fetched
 again.
+
+Every install reports ``phase`` (``layout``, ``local``, ``fetch``, ``finish``) and
+``progress``, a counter that grows whenever the install does anything (a phase begins, an
+entry is laid out or finished, a chunk is verified, received or written): the site watches
+it to tell a slow install from a stalled one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import json
 import logging
 import os
 import secrets
 import shutil
+import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
 from packdist.agent.home import AgentHome
 from packdist.core.digest import Digest
-from packdist.core.fsutil import fsync_dir, human_bytes, syncfs
+from packdist.core.fsutil import exchange, fsync_dir, human_bytes, syncfs, write_atomic
 from packdist.core.manifest import EntryType, Manifest, SignedManifest
 from packdist.core.signing import VerifyKey
 from packdist.errors import DiskFull, HashMismatch, PackdistError, RemoteError, TransferError
@@ -49,14 +59,24 @@ WRITE_BATCH = 8 * 1024 * 1024
 RESERVE = 16 * 1024 * 1024  # head room kept free beyond the package itself
 STAGING_TTL = 7 * 24 * 3600  # an unfinished staging tree untouched this long is dropped
 
+SWAP_SUFFIX = ".swap"  # staging/<id>.swap: the journal of a rename or exchange into place
+FETCH_ERROR_PREFIX = "agent could not fetch chunks from the site: "
+
 #: streams the requested chunks as (digest, bytes) frames, not yet verified
-FetchChunks = Callable[[list[Digest]], AsyncIterator[tuple[Digest, bytes]]]
+FetchChunks = Callable[[list[Digest]], AsyncGenerator[tuple[Digest, bytes], None]]
 
 
 class InstallState(StrEnum):
     INSTALLING = "installing"  # laying out, fetching or building
     INSTALLED = "installed"  # the tree is in place, verified
     FAILED = "failed"  # this attempt failed; ``error`` says why
+
+
+class Phase(StrEnum):
+    LAYOUT = "layout"  # creating the staging tree, every file preallocated
+    LOCAL = "local"  # finding chunks in the staging tree and installed versions
+    FETCH = "fetch"  # fetching the missing chunks from the site
+    FINISH = "finish"  # modes, times, symlinks, sync, rename into place
 
 
 @dataclass
@@ -69,11 +89,25 @@ class Install:
     bytes_received: int = 0
     bytes_present: int = 0
     started_at: float = field(default_factory=time.time)
+    ended_at: float | None = None  # time.monotonic() when the install ended
+    phase: Phase = Phase.LAYOUT
+    progress: int = 0  # grows whenever the install does anything (see the module docstring)
     task: asyncio.Task[None] | None = None
     finished: asyncio.Event = field(default_factory=asyncio.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def tick(self, n: int = 1) -> None:
+        """Count ``n`` steps of work (called from the loop and from worker threads)."""
+        with self._lock:
+            self.progress += n
+
+    def enter(self, phase: Phase) -> None:
+        self.phase = phase
+        self.tick()
 
     def end(self, state: InstallState, error: str | None = None) -> None:
         self.state, self.error = state, error
+        self.ended_at = time.monotonic()
         self.finished.set()
 
     async def wait(self, seconds: float) -> None:
@@ -92,6 +126,8 @@ class Install:
             "bytes_received": self.bytes_received,
             "bytes_done": min(self.bytes_total, self.bytes_present + self.bytes_received),
             "bytes_total": self.bytes_total,
+            "phase": self.phase.value,
+            "progress": self.progress,
         }
 
 
@@ -119,21 +155,37 @@ class Installer:
 
     # --- entry points ---------------------------------------------------------------------
 
-    def start(self, data: bytes, signature: bytes, key: VerifyKey) -> Install:
-        """Begin (or join) the install of a signed manifest; never blocks on the network."""
-        manifest = SignedManifest.verify(data, signature, key).manifest
+    async def start(self, data: bytes, signature: bytes, key: VerifyKey) -> Install:
+        """Begin (or join) the install of a signed manifest; never blocks on the network.
+
+        The signature check, the parse and the look at ``installed.json`` run in a thread,
+        off the event loop. Everything after the last ``await`` runs without yielding, so two
+        concurrent requests for one package still make a single install: the second sees the
+        first's entry in ``self.installs`` and joins it.
+        """
+
+        def check() -> tuple[Manifest, bool]:
+            manifest = SignedManifest.verify(data, signature, key).manifest
+            return manifest, self.home.installed().get(manifest.ref) == manifest.id.hex
+
+        checked_at = time.monotonic()
+        manifest, installed = await asyncio.to_thread(check)
         pid = manifest.id.hex
-        installed = self.home.installed().get(manifest.ref) == pid
-        current = self.installs.get(pid)
+        current = self.installs.get(pid)  # looked up again, after the await
         if current is not None and (
             current.state is InstallState.INSTALLING
-            or (current.state is InstallState.INSTALLED and installed)
+            or (
+                current.state is InstallState.INSTALLED
+                # our look at installed.json may predate the end of that very install
+                and (installed or (current.ended_at or 0.0) >= checked_at)
+            )
         ):
             return current
         inst = Install(pid, manifest.ref, manifest.total_size)
         self.installs[pid] = inst
         if installed:
             inst.bytes_present = manifest.total_size
+            inst.phase = Phase.FINISH
             inst.end(InstallState.INSTALLED)
             return inst
         inst.task = asyncio.create_task(self._run(inst, manifest), name=f"install {pid[:12]}")
@@ -143,19 +195,77 @@ class Installer:
         return self.installs.get(package_id)
 
     def recover(self) -> None:
-        """Start-up recovery: drop staging trees of versions installed since, swaps and
-        layouts left by a crash, and trees abandoned for a week; keep the others so their
-        installs resume."""
+        """Start-up recovery: settle renames a crash interrupted, then drop staging trees of
+        versions installed since, layouts left by a crash and trees abandoned for a week;
+        keep the others so their installs resume.
+
+        Putting a version in place is journalled. Before ``staging/<id>`` is renamed to
+        ``packages/NAME/VERSION`` (or, when a tree is already there, exchanged with it in one
+        atomic ``renameat2(RENAME_EXCHANGE)``), ``staging/<id>.swap`` records the staged
+        tree's device and inode; it is removed once the new version is recorded in
+        ``installed.json``. A journal found here means a crash (or a failure) came between
+        the two, and the inode settles which way round the trees are:
+
+        * the installed path carries the staged inode: the rename or exchange happened, so
+          the new version is in place and is recorded now; ``staging/<id>`` then holds the
+          version it replaced and is dropped -- only now that its successor is recorded;
+        * otherwise nothing moved: ``staging/<id>`` is still the complete new tree and is
+          kept, so the install resumes and finishes without fetching anything.
+
+        Nothing dropped is ever the only copy of an installed version: the exchange keeps a
+        whole tree at ``packages/NAME/VERSION`` at every instant (there is no moment without
+        one, as there was with two renames), a layout or abandoned staging tree is not
+        installed anywhere, and ``staging/<id>`` with ``<id>`` recorded is a replaced tree.
+        """
+        for journal in sorted(self.home.staging.glob(f"*{SWAP_SUFFIX}")):
+            self._settle(journal)
         installed = set(self.home.installed().values())
         too_old = time.time() - STAGING_TTL
         for leftover in self.home.staging.iterdir():
+            name = leftover.name
             if (
-                leftover.name.startswith("old-")
-                or ".layout-" in leftover.name
-                or leftover.name in installed
-                or leftover.stat().st_mtime < too_old
+                name.startswith(".")  # a journal's temporary (write_atomic)
+                or name.startswith("old-")  # a swap left by earlier versions of the agent
+                or ".layout-" in name
+                or name in installed
+                or leftover.lstat().st_mtime < too_old
             ):
-                shutil.rmtree(leftover, ignore_errors=True)
+                _remove(leftover)
+
+    def _journal(self, package_id: str) -> Path:
+        return self.home.staging / f"{package_id}{SWAP_SUFFIX}"
+
+    def _settle(self, journal: Path) -> bool:
+        """Settle an interrupted rename into place (see :meth:`recover`); True if the new
+        version turned out to be in place (and is now recorded)."""
+        package_id = journal.name.removesuffix(SWAP_SUFFIX)
+        staged = self.home.staging / package_id
+        try:
+            info = json.loads(journal.read_bytes())
+            ref, dev, ino = str(info["ref"]), int(info["dev"]), int(info["ino"])
+            name, version = ref.split("@", 1)
+        except FileNotFoundError:
+            return False
+        except (ValueError, KeyError, TypeError):
+            # write_atomic never leaves half a journal; if one is unreadable anyway, which
+            # side holds what cannot be told, and the staged side is never the only copy of
+            # an installed version (one whole tree is always in place): drop it.
+            log.warning("unreadable journal %s: dropping %s", journal, staged)
+            _remove(staged)
+            journal.unlink(missing_ok=True)
+            return False
+        try:
+            st = os.lstat(self.home.package_dir(name, version))
+            moved = (st.st_dev, st.st_ino) == (dev, ino)
+        except FileNotFoundError:
+            moved = False
+        if moved:
+            self.home.record_installed(ref, package_id)
+            log.info("%s: finished putting %s in place after a crash", ref, package_id[:12])
+        journal.unlink(missing_ok=True)
+        if moved:
+            _remove(staged)  # the replaced version, now that its successor is recorded
+        return moved
 
     # --- the install ----------------------------------------------------------------------
 
@@ -178,16 +288,23 @@ class Installer:
         t0 = time.monotonic()
         plan = _Plan(manifest)
         staging = self.home.staging / manifest.id.hex
-        resumed = await asyncio.to_thread(self._lay_out, manifest, staging)
-        missing = await asyncio.to_thread(self._fill_locally, plan, staging, resumed)
+        inst.enter(Phase.LAYOUT)
+        if await asyncio.to_thread(self._settle, self._journal(manifest.id.hex)):
+            inst.bytes_present = manifest.total_size  # an earlier attempt got it in place
+            return
+        resumed = await asyncio.to_thread(self._lay_out, inst, manifest, staging)
+        inst.enter(Phase.LOCAL)
+        missing = await asyncio.to_thread(self._fill_locally, inst, plan, staging, resumed)
         inst.bytes_present = manifest.total_size - sum(
             plan.sizes[d] * len(plan.locations[d]) for d in missing
         )
         t1 = time.monotonic()
         if missing:
+            inst.enter(Phase.FETCH)
             await self._fetch_all(inst, plan, staging, missing)
         t2 = time.monotonic()
-        await asyncio.to_thread(self._finish, manifest, staging)
+        inst.enter(Phase.FINISH)
+        await asyncio.to_thread(self._finish, inst, manifest, staging)
         log.info(
             "%s: prepared in %.2fs (%s local), fetched %s in %.2fs, finished in %.2fs",
             inst.ref,
@@ -198,7 +315,7 @@ class Installer:
             time.monotonic() - t2,
         )
 
-    def _lay_out(self, manifest: Manifest, staging: Path) -> bool:
+    def _lay_out(self, inst: Install, manifest: Manifest, staging: Path) -> bool:
         """Create the staging tree with every file preallocated; True if it existed (an
         interrupted install to resume)."""
         if staging.exists():
@@ -221,6 +338,7 @@ class Installer:
                             os.posix_fallocate(fd, 0, e.size)
                     finally:
                         os.close(fd)
+                inst.tick()
             os.rename(tmp, staging)
             return False
         except OSError as exc:
@@ -232,12 +350,15 @@ class Installer:
                 ) from exc
             raise
 
-    def _fill_locally(self, plan: _Plan, staging: Path, resumed: bool) -> list[Digest]:
+    def _fill_locally(
+        self, inst: Install, plan: _Plan, staging: Path, resumed: bool
+    ) -> list[Digest]:
         """Verify what a resumed staging tree already holds, copy what an installed version
         has; return the digests that must be fetched."""
         local = self._installed_sources()
         missing: list[Digest] = []
         for digest, locations in plan.locations.items():
+            inst.tick()
             size = plan.sizes[digest]
             good: bytes | None = None
             absent: list[Location] = []
@@ -310,6 +431,8 @@ class Installer:
         finally:
             for w in workers:
                 w.cancel()
+            # let the cancelled ones unwind (close their streams, finish their writes)
+            await asyncio.gather(*workers, return_exceptions=True)
 
     async def _fetch_batch(
         self, inst: Install, plan: _Plan, staging: Path, batch: list[Digest]
@@ -317,22 +440,31 @@ class Installer:
         wanted = set(batch)
         pending: list[tuple[Digest, bytes]] = []
         pending_bytes = 0
-        async for digest, data in self._fetch(batch):
-            if digest not in wanted:
-                raise RemoteError(f"site sent chunk {digest.short}… that was not asked for")
-            wanted.discard(digest)
-            pending.append((digest, data))
-            pending_bytes += len(data)
-            inst.bytes_received += len(data)
-            if pending_bytes >= WRITE_BATCH:
-                await asyncio.to_thread(self._write_chunks, plan, staging, pending)
-                pending, pending_bytes = [], 0
-        if pending:
-            await asyncio.to_thread(self._write_chunks, plan, staging, pending)
-        if wanted:
-            raise TransferError(f"site stream ended with {len(wanted)} chunk(s) missing")
+        try:
+            async with contextlib.aclosing(self._fetch(batch)) as frames:
+                async for digest, data in frames:
+                    if digest not in wanted:
+                        raise RemoteError(f"site sent chunk {digest.short}… that was not asked for")
+                    wanted.discard(digest)
+                    pending.append((digest, data))
+                    pending_bytes += len(data)
+                    inst.bytes_received += len(data)
+                    inst.tick()
+                    if pending_bytes >= WRITE_BATCH:
+                        await asyncio.to_thread(self._write_chunks, inst, plan, staging, pending)
+                        pending, pending_bytes = [], 0
+            if pending:
+                await asyncio.to_thread(self._write_chunks, inst, plan, staging, pending)
+            if wanted:
+                raise TransferError(f"site stream ended with {len(wanted)} chunk(s) missing")
+        except TransferError as exc:
+            if exc.message.startswith(FETCH_ERROR_PREFIX):
+                raise
+            raise _fetch_error(exc) from exc
 
-    def _write_chunks(self, plan: _Plan, staging: Path, frames: list[tuple[Digest, bytes]]) -> None:
+    def _write_chunks(
+        self, inst: Install, plan: _Plan, staging: Path, frames: list[tuple[Digest, bytes]]
+    ) -> None:
         """Verify each chunk against its digest, then write it wherever the tree needs it."""
         for digest, data in frames:
             digest.verify(data, "chunk")
@@ -340,8 +472,9 @@ class Installer:
                 raise HashMismatch(f"hash mismatch in chunk {digest.short}…: wrong size")
             for path, offset in plan.locations[digest]:
                 _pwrite(staging / path, offset, data)
+            inst.tick()
 
-    def _finish(self, manifest: Manifest, staging: Path) -> None:
+    def _finish(self, inst: Install, manifest: Manifest, staging: Path) -> None:
         for e in manifest.entries:
             path = staging / e.path
             if e.type is EntryType.SYMLINK:
@@ -350,19 +483,51 @@ class Installer:
             elif e.type is EntryType.FILE:
                 os.chmod(path, 0o755 if e.executable else 0o644)
                 os.utime(path, ns=(e.mtime_ns, e.mtime_ns))
+            inst.tick()
         syncfs(self.home.root)
         final = self.home.package_dir(manifest.name, manifest.version)
         final.parent.mkdir(parents=True, exist_ok=True)
         self.home.save_manifest(manifest.id.hex, manifest.canonical())
-        if final.exists():  # an unrecorded or different tree: swap, never mix
-            old = self.home.staging / f"old-{secrets.token_hex(4)}"
-            os.rename(final, old)
-            os.rename(staging, final)
-            shutil.rmtree(old, ignore_errors=True)
+        # Journal first (see recover): which inode is the new tree, in case we die midway.
+        st = os.lstat(staging)
+        journal = self._journal(manifest.id.hex)
+        write_atomic(
+            journal,
+            json.dumps({"ref": manifest.ref, "dev": st.st_dev, "ino": st.st_ino}).encode(),
+        )
+        replacing = os.path.lexists(final)
+        if replacing:  # an unrecorded or different tree: exchange, never mix nor leave a gap
+            exchange(staging, final)
         else:
             os.rename(staging, final)
         fsync_dir(final.parent)
+        fsync_dir(staging.parent)
+        inst.tick()
         self.home.record_installed(manifest.ref, manifest.id.hex)
+        journal.unlink()
+        if replacing:
+            _remove(staging)  # the replaced tree, dropped once its successor is recorded
+
+
+def _fetch_error(exc: TransferError) -> TransferError:
+    """The same kind of error, saying it was this agent fetching from the site: the words
+    travel to the operator's ``last_error``, where "connection refused by http://SITE" alone
+    reads as if the site could not reach the agent."""
+    message = FETCH_ERROR_PREFIX + exc.message
+    if isinstance(exc, RemoteError):
+        return RemoteError(message, status=exc.status)
+    try:
+        return type(exc)(message)
+    except TypeError:  # a subclass with another constructor: keep the words, lose the kind
+        return TransferError(message)
+
+
+def _remove(path: Path) -> None:
+    """Remove a tree, a file or a symlink (never following it); quietly if already gone."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _pread(path: Path | str, offset: int, size: int) -> bytes | None:

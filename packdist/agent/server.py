@@ -1,7 +1,11 @@
 """The agent's HTTP server, its enrollment and its heartbeat to the site.
 
 ``GET /healthz`` answers anyone; every other route needs a credential signed by the site
-key learned at enrollment and addressed to this server.
+key learned at enrollment, addressed to this server and bound to the request's method and
+path.
+
+The site key is pinned: once ``agent.json`` holds it, it is loaded at every start, whatever
+spelling of the site's URL ``--site`` uses, and a site answering with another key is refused.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from packdist.agent.home import AgentHome
+from packdist.agent.home import ENROLLMENT, AgentHome
 from packdist.agent.installer import Installer
 from packdist.auth import bearer, check_site_assertion
 from packdist.core.signing import VerifyKey
@@ -29,6 +33,10 @@ log = logging.getLogger("packdist.agent")
 HEARTBEAT_INTERVAL = 2.0
 MAX_LONG_POLL = 5.0
 ENROLL_RETRY = 2.0
+
+
+class SiteKeyChanged(AuthError):
+    """The site answered with a key other than the one this agent pinned at enrollment."""
 
 
 class Agent:
@@ -45,9 +53,22 @@ class Agent:
         self.installer = Installer(home, self._fetch)
         self._background: list[asyncio.Task[None]] = []
         enrolled = home.load_enrollment()
-        if enrolled and enrolled.get("site_url") == site_url:
+        if enrolled is not None:
+            if enrolled["site_url"].rstrip("/") != site_url.rstrip("/"):
+                log.warning(
+                    "--site %s differs from the site this agent enrolled with (%s); keeping "
+                    "the site key pinned then: a site with another key will be refused",
+                    site_url,
+                    enrolled["site_url"],
+                )
+            try:
+                self.site_key = VerifyKey.from_hex(enrolled["site_public_key"])
+            except ValueError as exc:
+                raise UserError(
+                    f"{home.root / ENROLLMENT}: corrupt enrollment file (bad site key); remove "
+                    "it to enroll again"
+                ) from exc
             self.server_name = enrolled["server"]
-            self.site_key = VerifyKey.from_hex(enrolled["site_public_key"])
 
     def _fetch(self, digests: Any) -> Any:
         assert self.site is not None
@@ -78,7 +99,7 @@ class Agent:
         answer = await self.site.hello()
         key_hex = answer["site_public_key"]
         if self.site_key is not None and self.site_key.hex != key_hex:
-            raise AuthError(
+            raise SiteKeyChanged(
                 "the site's key differs from the one this agent enrolled with; refusing it "
                 f"(remove {self.home.root / 'agent.json'} to enroll again)"
             )
@@ -94,6 +115,14 @@ class Agent:
         )
         log.info("enrolled as %s with site %s", self.server_name, answer["site"])
 
+    def _heartbeat_payload(self) -> dict[str, Any]:
+        """What a heartbeat says (reads the disk: run it in a thread)."""
+        return {
+            "boot_id": self.boot_id,
+            "disk_free": self.home.free_bytes(),
+            "installed": sorted(set(self.home.installed().values())),
+        }
+
     async def _heartbeat_loop(self) -> None:
         enrolled_now = False
         while True:
@@ -102,13 +131,12 @@ class Agent:
                     await self._enroll()
                     enrolled_now = True
                 assert self.site is not None
-                await self.site.heartbeat(
-                    {
-                        "boot_id": self.boot_id,
-                        "disk_free": self.home.free_bytes(),
-                        "installed": sorted(set(self.home.installed().values())),
-                    }
-                )
+                payload = await asyncio.to_thread(self._heartbeat_payload)
+                await self.site.heartbeat(payload)
+            except SiteKeyChanged as exc:
+                log.error("%s", exc.message)
+            except AuthError as exc:
+                log.warning("site refused this agent: %s", exc.message)
             except PackdistError as exc:
                 log.warning("site unreachable: %s", exc.message)
             except Exception:
@@ -135,7 +163,13 @@ class Agent:
             credential = bearer(request.headers.get("Authorization"))
             if self.site_key is None or self.server_name is None:
                 return error_response(503, "agent is not enrolled with its site yet")
-            check_site_assertion(credential, self.site_key, self.server_name)
+            check_site_assertion(
+                credential,
+                self.site_key,
+                self.server_name,
+                method=request.method,
+                path=request.rel_url.raw_path,
+            )
         except AuthError as exc:
             return error_response(401, exc.message)
         response = await handler(request)
@@ -145,14 +179,14 @@ class Agent:
         return web.json_response({"ok": True, "enrolled": self.server_name is not None})
 
     async def install(self, request: web.Request) -> web.Response:
-        body = await request.json()
         try:
+            body = await request.json()
             data = base64.b64decode(body["manifest"], validate=True)
             signature = base64.b64decode(body["signature"], validate=True)
         except (KeyError, ValueError, TypeError) as exc:
             raise UserError(f"malformed install request: {exc}") from exc
         assert self.site_key is not None
-        inst = self.installer.start(data, signature, self.site_key)
+        inst = await self.installer.start(data, signature, self.site_key)
         return web.json_response(inst.to_json(), status=202)
 
     async def install_status(self, request: web.Request) -> web.Response:

@@ -53,6 +53,16 @@ def main(argv: list[str] | None = None) -> Any:
     except PackdistError as exc:
         click.echo(f"packdist: {exc.message}", err=True)
         sys.exit(1)
+    except OSError as exc:  # the file system said no (a home under a file, no permission...)
+        click.echo(f"packdist: {_os_error_line(exc)}", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         click.echo("packdist: interrupted", err=True)
         sys.exit(130)
+
+
+def _os_error_line(exc: OSError) -> str:
+    """``<strerror>: <filename>``, one line, as the shell's tools say it."""
+    words = exc.strerror or str(exc)
+    names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
+    return ": ".join([words, *names]) if names else words

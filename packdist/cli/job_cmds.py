@@ -155,6 +155,8 @@ def distribute(
     as_json: bool,
 ) -> None:
     """Distribute NAME@VERSION to servers: one instruction per target."""
+    if timeout is not None and not wait:
+        raise UserError("--timeout needs --wait")
     chosen = [x for x in (to, group, all_servers or None) if x]
     if len(chosen) != 1:
         raise UserError("choose the targets with exactly one of --to, --group or --all")

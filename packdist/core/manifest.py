@@ -6,14 +6,15 @@ white space; the BLAKE3 digest of that form is the package id, and the site sign
 
 Parsing validates everything an agent relies on before it writes a byte: paths are relative,
 normalised and never escape the package, every parent is a directory entry, symlinks resolve
-inside the tree, file sizes equal the sum of their chunks.
+inside the tree (followed through the package's own symlinks, as the kernel would), file sizes
+equal the sum of their chunks.
 """
 
 from __future__ import annotations
 
 import json
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -25,6 +26,7 @@ from packdist.core.signing import SigningKey, VerifyKey
 from packdist.errors import IntegrityError, UserError
 
 FORMAT = "packdist-manifest/1"
+MAX_SYMLINK_HOPS = 40  # the kernel's limit (MAXSYMLINKS) on links followed in one lookup
 
 
 class EntryType(StrEnum):
@@ -84,6 +86,75 @@ def symlink_stays_inside(link_path: str, target: str) -> bool:
         return False
     resolved = posixpath.normpath(posixpath.join(posixpath.dirname(link_path), target))
     return not (resolved == ".." or resolved.startswith("../") or resolved.startswith("/"))
+
+
+class SymlinkEscape(ManifestError):
+    """A symlink does not resolve inside the package."""
+
+
+def resolve_symlink(link_path: str, links: Mapping[str, str]) -> str | None:
+    """Resolve the symlink at ``link_path`` the way Linux would, inside the package.
+
+    ``links`` maps the path of every symlink of the package to its target. The target is
+    walked component by component from the link's directory; a component naming another
+    link of the package is replaced by that link's target (relative to that link's
+    directory), so ``d/e/y -> x/../../..`` is seen to climb from wherever ``d/e/x`` really
+    points, not from ``d/e/x`` as text. Returns the package path the link ends at (``""`` for
+    the package root; it may not exist: a dangling link inside the package is allowed), or
+    None if the walk does not end within :data:`MAX_SYMLINK_HOPS` links (a loop, such as
+    ``a -> a``): the kernel gives up on such a lookup too (``ELOOP``), so, having stayed
+    inside for all the hops it would follow, the link cannot lead out.
+
+    Raises :class:`SymlinkEscape`, its message a phrase to follow the link's name, if the
+    walk meets an absolute target or climbs above the package root at any step. Checking
+    every link this way guarantees a lookup that enters a link inside the installed tree
+    stays inside while it follows it: it passes through the states of that link's own walk.
+    """
+    target = links[link_path]
+    resolved: list[str] = link_path.split("/")[:-1]  # parents are real directories
+    pending: list[str] = []
+    hops = 1
+    via = ""  # the last link followed, to name it in messages
+
+    def push(text: str) -> None:
+        if not text or text.startswith("/") or "\0" in text:
+            where = f" (through symlink {via!r})" if via else ""
+            raise SymlinkEscape(f"has an absolute or empty target{where}")
+        pending[:0] = text.split("/")
+
+    push(target)
+    while pending:
+        part = pending.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not resolved:
+                where = f" through symlink {via!r}" if via else ""
+                raise SymlinkEscape(f"escapes the package{where}")
+            resolved.pop()
+            continue
+        candidate = "/".join([*resolved, part])
+        if candidate in links:
+            hops += 1
+            if hops > MAX_SYMLINK_HOPS:
+                return None  # ELOOP for the kernel: inside for every hop it would follow
+            via = candidate
+            push(links[candidate])
+        else:
+            resolved.append(part)
+    return "/".join(resolved)
+
+
+def check_symlinks(links: Mapping[str, str]) -> None:
+    """Refuse the first symlink (in path order) that leads out of the package.
+
+    Raises :class:`SymlinkEscape` naming the link and its target.
+    """
+    for path in sorted(links, key=str.encode):
+        try:
+            resolve_symlink(path, links)
+        except SymlinkEscape as exc:
+            raise SymlinkEscape(f"symlink {path!r} -> {links[path]!r} {exc.message}") from None
 
 
 @dataclass(frozen=True)
@@ -187,6 +258,7 @@ class Manifest:
             raise ValueError(f"unknown manifest format {doc.get('format')!r}")
         entries: list[Entry] = []
         seen_dirs: set[str] = set()
+        links: dict[str, str] = {}
         previous = b""
         for raw in doc["entries"]:
             path = check_relative_path(str(raw["path"]))
@@ -206,6 +278,7 @@ class Manifest:
                 if not symlink_stays_inside(path, target):
                     raise ValueError(f"symlink {path!r} -> {target!r} leaves the package")
                 entries.append(Entry(path, kind, target=target))
+                links[path] = target
             else:
                 chunks = tuple(ChunkRef(Digest.parse(d), int(s)) for d, s in raw["chunks"])
                 size = int(raw["size"])
@@ -223,6 +296,8 @@ class Manifest:
                         chunks=chunks,
                     )
                 )
+        # Second pass, once every link is known: follow each through the others.
+        check_symlinks(links)
         return cls(
             check_package_name(str(doc["name"])),
             check_version(str(doc["version"])),

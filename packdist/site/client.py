@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import aiohttp
@@ -41,8 +41,12 @@ class SiteClient:
             data: dict[str, Any] = await resp.json()
             return data
 
-    async def chunks(self, digests: list[Digest]) -> AsyncIterator[tuple[Digest, bytes]]:
-        """Stream the requested chunks (unverified: the caller checks every digest)."""
+    async def chunks(self, digests: list[Digest]) -> AsyncGenerator[tuple[Digest, bytes], None]:
+        """Stream the requested chunks (unverified: the caller checks every digest).
+
+        An async generator: close it (``contextlib.aclosing``) when stopping early, so the
+        connection is released at once rather than whenever the generator is collected.
+        """
         url = f"{self.base_url}/v1/chunks"
         body = {"digests": [d.hex for d in digests]}
         async with request(

@@ -37,6 +37,8 @@ HEARTBEAT_INTERVAL = 2.0  # what agents use; a server silent for 3 intervals is 
 OFFLINE_AFTER = 3 * HEARTBEAT_INTERVAL + 1.0
 MAX_BATCH = 4096
 READ_AHEAD = 8
+WRITE_TIMEOUT = 15.0  # an agent that takes no bytes of a chunk stream this long is dropped
+MAX_INSTALLED = 100_000  # package ids a heartbeat may list
 
 
 class SiteServer:
@@ -84,17 +86,10 @@ class SiteServer:
 
     async def heartbeat(self, request: web.Request) -> web.Response:
         server = await self._agent(request)
-        body = await request.json()
-        installed = [str(x) for x in body.get("installed", [])][:100_000]
-        disk_free = body.get("disk_free")
+        boot_id, disk_free, installed = _heartbeat_body(await _json_body(request))
         woken = await self.db(
             lambda s: s.record_heartbeat(
-                server.name,
-                str(body.get("boot_id", "")),
-                int(disk_free) if disk_free is not None else None,
-                installed,
-                time.time(),
-                OFFLINE_AFTER,
+                server.name, boot_id, disk_free, installed, time.time(), OFFLINE_AFTER
             )
         )
         if woken:
@@ -138,24 +133,42 @@ class SiteServer:
         loop = asyncio.get_running_loop()
         reads: deque[tuple[Digest, asyncio.Future[bytes]]] = deque()
         queue = iter(digests)
-        while True:  # keep READ_AHEAD file reads under way while we write
-            while len(reads) < READ_AHEAD and (d := next(queue, None)) is not None:
-                reads.append((d, loop.run_in_executor(None, self.library.read, d)))
-            if not reads:
-                break
-            d, pending = reads.popleft()
-            try:
-                data = await pending
-            except PackdistError as exc:
-                await resp.write(error_frame(exc.message))
-                break
-            try:
-                await resp.write(frame_header(d, len(data)) + data)
-            except ConnectionError:  # the agent went away mid-stream; it will ask again
-                log.info("chunk stream to %s cut by the agent", request.remote)
-                for _, rest in reads:
-                    rest.cancel()
-                return resp
+
+        async def send(data: bytes) -> None:
+            # Bounded: an agent that stops reading must not hold this handler forever.
+            # (asyncio.timeout rather than wait_for: the same bound without a task per write,
+            # a quarter of the cost at two writes per chunk.)
+            async with asyncio.timeout(WRITE_TIMEOUT):
+                await resp.write(data)
+
+        try:
+            while True:  # keep READ_AHEAD file reads under way while we write
+                while len(reads) < READ_AHEAD and (d := next(queue, None)) is not None:
+                    reads.append((d, loop.run_in_executor(None, self.library.read, d)))
+                if not reads:
+                    break
+                d, pending = reads.popleft()
+                try:
+                    data = await pending
+                except PackdistError as exc:
+                    await send(error_frame(exc.message))
+                    break
+                await send(frame_header(d, len(data)))  # two writes: no copy of the chunk
+                await send(data)
+        except (ConnectionError, TimeoutError) as exc:  # the agent will ask again
+            stalled = isinstance(exc, TimeoutError)
+            log.info(
+                "chunk stream to %s %s",
+                request.remote,
+                f"dropped: the agent read nothing for {WRITE_TIMEOUT:g}s"
+                if stalled
+                else "cut by the agent",
+            )
+            for _, rest in reads:
+                rest.cancel()
+            if stalled and request.transport is not None:
+                request.transport.abort()  # or write_eof would wait on the agent again
+            return resp
         await resp.write_eof()
         return resp
 
@@ -174,6 +187,32 @@ class SiteServer:
             await self.despooler.shutdown()
             await session.close()
             self.db.close()
+
+
+async def _json_body(request: web.Request) -> Any:
+    try:
+        return await request.json()
+    except ValueError as exc:  # includes JSONDecodeError and bad UTF-8
+        raise UserError(f"body is not JSON: {exc}") from exc
+
+
+def _heartbeat_body(body: Any) -> tuple[str, int | None, list[str]]:
+    """``(boot_id, disk_free, installed)`` of a heartbeat, or UserError (a 400) saying what
+    is wrong with it."""
+    if not isinstance(body, dict):
+        raise UserError("heartbeat body must be a JSON object")
+    boot_id = body.get("boot_id", "")
+    if not isinstance(boot_id, str):
+        raise UserError("heartbeat boot_id must be a string")
+    disk_free = body.get("disk_free")
+    if disk_free is not None and (
+        isinstance(disk_free, bool) or not isinstance(disk_free, int) or disk_free < 0
+    ):
+        raise UserError("heartbeat disk_free must be a non-negative integer or null")
+    installed = body.get("installed", [])
+    if not isinstance(installed, list) or not all(isinstance(x, str) for x in installed):
+        raise UserError("heartbeat installed must be a list of strings")
+    return boot_id, disk_free, installed[:MAX_INSTALLED]
 
 
 def run_site(home: SiteHome, listen: str, max_in_flight: int) -> None:

@@ -1,7 +1,10 @@
 """Walks a source tree and refuses anything packdist cannot reproduce faithfully.
 
 The walk only reads metadata; it runs to the end before a single chunk is written, so a
-refused tree leaves the library and the database untouched.
+refused tree leaves the library and the database untouched. Symlinks are checked twice: each
+target as text while walking, then, once every link is known, each followed through the
+tree's other links the way the kernel would (``d/e/x -> ../..`` is harmless, but then
+``d/e/y -> x/../../..`` climbs out of the tree from where ``x`` points).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from packdist.core.manifest import EntryType, symlink_stays_inside
+from packdist.core.manifest import EntryType, SymlinkEscape, resolve_symlink, symlink_stays_inside
 from packdist.errors import TreeRefused
 
 
@@ -104,4 +107,19 @@ def walk(root: Path) -> list[SourceEntry]:
                 raise TreeRefused(f"{_display(abspath)}: {kind} cannot be packaged")
     if not entries:
         raise TreeRefused(f"{_display(root)}: directory is empty")
+    _check_links(entries)
     return entries
+
+
+def _check_links(entries: list[SourceEntry]) -> None:
+    """Refuse the first symlink (in path order) that leaves the tree through other links."""
+    links = {e.path: e for e in entries if e.type is EntryType.SYMLINK}
+    targets = {path: e.target for path, e in links.items()}
+    for path in sorted(links, key=str.encode):
+        try:
+            resolve_symlink(path, targets)
+        except SymlinkEscape as exc:
+            link = links[path]
+            raise TreeRefused(
+                f"{_display(link.abspath)}: symlink target {link.target!r} {exc.message}"
+            ) from None

@@ -577,3 +577,43 @@ def test_import_killed_part_way_leaves_no_package_and_a_fresh_import_succeeds(
     run_packdist(site_home, "package", "verify", "big@1")
     listed = json.loads(run_packdist(site_home, "package", "list", "--json").stdout)
     assert [p["ref"] for p in listed["packages"]] == ["big@1"]
+
+
+# --- symlinks followed through other symlinks ---------------------------------------------
+
+
+def test_create_refuses_a_symlink_escaping_through_another_symlink(
+    shared: Shared, bad_tree: Path
+) -> None:
+    # x points at the tree's root, harmless; y stays inside as text, but the kernel follows
+    # x first and climbs out of the tree from there.
+    (bad_tree / "d" / "e").mkdir(parents=True)
+    os.symlink("../..", bad_tree / "d" / "e" / "x")
+    os.symlink("x/../../..", bad_tree / "d" / "e" / "y")
+    line = _create(shared.home, bad_tree, str(bad_tree / "d" / "e" / "y"), "escapes")
+    assert line.startswith(f"packdist: {bad_tree / 'd' / 'e' / 'y'}: ")  # y named, not x
+
+
+# --- command-line robustness --------------------------------------------------------------
+
+
+def test_an_os_error_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_bytes(b"not a directory")
+    home = blocker / "site"
+    proc = run_packdist(home, "site", "init", check=False)
+    assert proc.returncode == 1
+    line = assert_one_line_error(proc, "Not a directory", str(home))
+    assert line == f"packdist: Not a directory: {home}"
+    assert proc.stdout == ""
+    assert blocker.read_bytes() == b"not a directory"
+
+
+def test_distribute_refuses_timeout_without_wait_and_makes_no_job(site_home: Path) -> None:
+    before = snapshot(site_home)
+    proc = run_packdist(site_home, "distribute", "app@1", "--all", "--timeout", "5", check=False)
+    assert_one_line_error(proc, "--timeout needs --wait")
+    assert proc.stdout == ""
+    assert snapshot(site_home) == before
+    jobs = json.loads(run_packdist(site_home, "job", "list", "--json").stdout)
+    assert jobs["jobs"] == []
