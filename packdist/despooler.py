@@ -164,15 +164,7 @@ class Despooler:
         while True:
             await asyncio.sleep(RENEW_EVERY)
             try:
-                held = await self.db(
-                    lambda s: s.renew_lease(
-                        c.instruction_id,
-                        c.lease,
-                        time.time() + self.lease,
-                        progress.received,
-                        progress.total,
-                    )
-                )
+                held = await self._renew(c, progress)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -182,6 +174,18 @@ class Despooler:
                 log.info("instruction %d: lease lost (cancelled or taken over)", c.instruction_id)
                 progress.lost = True
                 return
+
+    async def _renew(self, c: Claim, progress: _Progress) -> bool:
+        """Extend the lease and record progress; False if the lease is gone."""
+        return await self.db(
+            lambda s: s.renew_lease(
+                c.instruction_id,
+                c.lease,
+                time.time() + self.lease,
+                progress.received,
+                progress.total,
+            )
+        )
 
     async def _install(self, c: Claim, progress: _Progress) -> None:
         manifest, signature = await self.db(lambda s: s.package_manifest(c.package_id))
@@ -199,15 +203,7 @@ class Despooler:
                         f"{c.server} reported package id {str(status.get('package_id'))[:12]}…,"
                         f" expected {c.package_id[:12]}…"
                     )
-                await self.db(
-                    lambda s: s.renew_lease(
-                        c.instruction_id,
-                        c.lease,
-                        time.time() + self.lease,
-                        progress.received,
-                        progress.total,
-                    )
-                )
+                await self._renew(c, progress)  # the final byte count
                 await self.db(lambda s: s.mark_installed(c.instruction_id, c.lease, time.time()))
                 log.info("%s installed on %s", c.package_ref, c.server)
                 return
