@@ -45,7 +45,14 @@ from pathlib import Path
 
 from packdist.agent.home import AgentHome
 from packdist.core.digest import Digest
-from packdist.core.fsutil import exchange, fsync_dir, human_bytes, syncfs, write_atomic
+from packdist.core.fsutil import (
+    exchange,
+    fsync_dir,
+    human_bytes,
+    start_writeback,
+    syncfs,
+    write_atomic,
+)
 from packdist.core.manifest import EntryType, Manifest, SignedManifest
 from packdist.core.signing import VerifyKey
 from packdist.errors import DiskFull, HashMismatch, PackdistError, RemoteError, TransferError
@@ -145,6 +152,22 @@ class _Plan:
             for c in e.chunks:
                 self.locations.setdefault(c.digest, []).append((e.path, offset))
                 offset += c.size
+        self._fds: dict[Path, int] = {}
+        self._lock = threading.Lock()
+
+    def fd(self, path: Path) -> int:
+        """A write descriptor for a staging file, opened once per fetch (not per chunk)."""
+        with self._lock:
+            fd = self._fds.get(path)
+            if fd is None:
+                fd = self._fds[path] = os.open(path, os.O_WRONLY)
+            return fd
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
 
 
 class Installer:
@@ -301,7 +324,10 @@ class Installer:
         t1 = time.monotonic()
         if missing:
             inst.enter(Phase.FETCH)
-            await self._fetch_all(inst, plan, staging, missing)
+            try:
+                await self._fetch_all(inst, plan, staging, missing)
+            finally:
+                plan.close()
         t2 = time.monotonic()
         inst.enter(Phase.FINISH)
         await asyncio.to_thread(self._finish, inst, manifest, staging)
@@ -466,13 +492,18 @@ class Installer:
         self, inst: Install, plan: _Plan, staging: Path, frames: list[tuple[Digest, bytes]]
     ) -> None:
         """Verify each chunk against its digest, then write it wherever the tree needs it."""
+        touched: set[int] = set()
         for digest, data in frames:
             digest.verify(data, "chunk")
             if len(data) != plan.sizes[digest]:
                 raise HashMismatch(f"hash mismatch in chunk {digest.short}…: wrong size")
             for path, offset in plan.locations[digest]:
-                _pwrite(staging / path, offset, data)
+                fd = plan.fd(staging / path)
+                _pwrite_fd(fd, offset, data)
+                touched.add(fd)
             inst.tick()
+        for fd in touched:  # the final syncfs then finds little left to write
+            start_writeback(fd)
 
     def _finish(self, inst: Install, manifest: Manifest, staging: Path) -> None:
         for e in manifest.entries:
@@ -545,12 +576,16 @@ def _pread(path: Path | str, offset: int, size: int) -> bytes | None:
 def _pwrite(path: Path, offset: int, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY)
     try:
-        view = memoryview(data)
-        while view:
-            n = os.pwrite(fd, view, offset)
-            view, offset = view[n:], offset + n
+        _pwrite_fd(fd, offset, data)
     finally:
         os.close(fd)
+
+
+def _pwrite_fd(fd: int, offset: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
 
 
 def _os_error_words(exc: OSError) -> str:

@@ -8,32 +8,14 @@ only chunks recorded in the database are ever referenced or served.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import threading
 from pathlib import Path
 
+from packdist.core import fsutil
 from packdist.core.digest import Digest
 from packdist.core.fsutil import syncfs
 from packdist.errors import HashMismatch, NotFound
-
-_SYNC_FILE_RANGE_WRITE = 2
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_sync_file_range = getattr(_libc, "sync_file_range", None)
-if _sync_file_range is not None:
-    _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    _sync_file_range.restype = ctypes.c_int
-
-
-def _start_writeback(fd: int) -> None:
-    """Ask the kernel to start writing ``fd``'s dirty pages now, without waiting for them.
-
-    A hint that spreads the disk work over the import; durability still comes from
-    :meth:`ContentLibrary.sync`.
-    """
-    if _sync_file_range is not None:
-        _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
 
 class ContentLibrary:
@@ -72,7 +54,7 @@ class ContentLibrary:
                 while view:
                     view = view[os.write(fd, view) :]
                 if start_writeback:
-                    _start_writeback(fd)
+                    fsutil.start_writeback(fd)
             finally:
                 os.close(fd)
             os.rename(tmp, final)

@@ -9,6 +9,8 @@ Routes (JSON unless noted):
 * ``GET /v1/chunks/{digest}`` — enrollment token: one chunk, raw.
 * ``GET /v1/packages/{id}/manifest`` — enrollment token: canonical manifest, signature in
   the ``X-Packdist-Signature`` header.
+* the dashboard, its JSON API and ``/metrics`` — operator credential; see
+  :mod:`packdist.site.dashboard`.
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ from aiohttp import web
 
 from packdist.agent.server import serve_until_stopped
 from packdist.auth import bearer, hash_token
+from packdist.config import Settings
 from packdist.core.digest import Digest
 from packdist.despooler import Despooler, StoreRunner
 from packdist.errors import AuthError, NotFound, PackdistError, UserError
 from packdist.http import error_frame, error_middleware, frame_header, new_session
+from packdist.site import dashboard
 from packdist.site.home import SiteHome
 from packdist.store.base import ServerRecord
 
@@ -36,14 +40,18 @@ log = logging.getLogger("packdist.site")
 HEARTBEAT_INTERVAL = 2.0  # what agents use; a server silent for 3 intervals is offline
 OFFLINE_AFTER = 3 * HEARTBEAT_INTERVAL + 1.0
 MAX_BATCH = 4096
-READ_AHEAD = 8
+READ_AHEAD = 3  # groups of chunks read ahead of the network
+GROUP_CHUNKS = 32  # chunks framed into one write
 WRITE_TIMEOUT = 15.0  # an agent that takes no bytes of a chunk stream this long is dropped
 MAX_INSTALLED = 100_000  # package ids a heartbeat may list
 
 
 class SiteServer:
-    def __init__(self, home: SiteHome, max_in_flight: int = 64) -> None:
+    def __init__(
+        self, home: SiteHome, max_in_flight: int = 64, settings: Settings | None = None
+    ) -> None:
         self.home = home
+        self.settings = settings or Settings()
         self.library = home.library
         self.key = home.signing_key()
         self.db = StoreRunner(home.store())
@@ -64,6 +72,7 @@ class SiteServer:
         app.router.add_post("/v1/chunks", self.chunks)
         app.router.add_get("/v1/chunks/{digest}", self.chunk)
         app.router.add_get("/v1/packages/{package_id}/manifest", self.manifest)
+        dashboard.setup(app, self)
         return app
 
     async def _agent(self, request: web.Request) -> ServerRecord:
@@ -131,30 +140,26 @@ class SiteServer:
         resp = web.StreamResponse(headers={"Content-Type": "application/x-packdist-chunks"})
         await resp.prepare(request)
         loop = asyncio.get_running_loop()
-        reads: deque[tuple[Digest, asyncio.Future[bytes]]] = deque()
-        queue = iter(digests)
+        groups = [digests[i : i + GROUP_CHUNKS] for i in range(0, len(digests), GROUP_CHUNKS)]
+        reads: deque[asyncio.Future[tuple[bytes, str | None]]] = deque()
+        queue = iter(groups)
 
         async def send(data: bytes) -> None:
             # Bounded: an agent that stops reading must not hold this handler forever.
-            # (asyncio.timeout rather than wait_for: the same bound without a task per write,
-            # a quarter of the cost at two writes per chunk.)
             async with asyncio.timeout(WRITE_TIMEOUT):
                 await resp.write(data)
 
         try:
-            while True:  # keep READ_AHEAD file reads under way while we write
-                while len(reads) < READ_AHEAD and (d := next(queue, None)) is not None:
-                    reads.append((d, loop.run_in_executor(None, self.library.read, d)))
+            while True:  # keep READ_AHEAD groups of file reads under way while we write
+                while len(reads) < READ_AHEAD and (g := next(queue, None)) is not None:
+                    reads.append(loop.run_in_executor(None, self._read_frames, g))
                 if not reads:
                     break
-                d, pending = reads.popleft()
-                try:
-                    data = await pending
-                except PackdistError as exc:
-                    await send(error_frame(exc.message))
+                frames, error = await reads.popleft()
+                await send(frames)
+                if error is not None:
+                    await send(error_frame(error))
                     break
-                await send(frame_header(d, len(data)))  # two writes: no copy of the chunk
-                await send(data)
         except (ConnectionError, TimeoutError) as exc:  # the agent will ask again
             stalled = isinstance(exc, TimeoutError)
             log.info(
@@ -164,7 +169,7 @@ class SiteServer:
                 if stalled
                 else "cut by the agent",
             )
-            for _, rest in reads:
+            for rest in reads:
                 rest.cancel()
             if stalled and request.transport is not None:
                 request.transport.abort()  # or write_eof would wait on the agent again
@@ -172,12 +177,31 @@ class SiteServer:
         await resp.write_eof()
         return resp
 
+    def _read_frames(self, group: list[Digest]) -> tuple[bytes, str | None]:
+        """A group of chunks read from the library and framed as one buffer (one write per
+        group, not two per chunk); the error that stopped it, if any."""
+        parts: list[bytes] = []
+        for d in group:
+            try:
+                data = self.library.read(d)
+            except PackdistError as exc:
+                return b"".join(parts), exc.message
+            parts.append(frame_header(d, len(data)))
+            parts.append(data)
+        return b"".join(parts), None
+
     # --- life cycle -----------------------------------------------------------------------
 
     async def run(self, listen: str) -> None:
         self.site_name = await self.db(lambda s: s.site_name())
         session = new_session()
-        self._despooler = Despooler(self.db, self.key, session, max_in_flight=self.max_in_flight)
+        self._despooler = Despooler(
+            self.db,
+            self.key,
+            session,
+            policy=self.settings.retry_policy(),
+            max_in_flight=self.max_in_flight,
+        )
         despooler = asyncio.create_task(self.despooler.run(), name="despooler")
         try:
             await serve_until_stopped(self.app(), listen)
@@ -215,11 +239,13 @@ def _heartbeat_body(body: Any) -> tuple[str, int | None, list[str]]:
     return boot_id, disk_free, installed[:MAX_INSTALLED]
 
 
-def run_site(home: SiteHome, listen: str, max_in_flight: int) -> None:
+def run_site(
+    home: SiteHome, listen: str, max_in_flight: int, settings: Settings | None = None
+) -> None:
     logging.getLogger("packdist").setLevel(logging.INFO)
     if max_in_flight < 1:
         raise UserError("--workers must be at least 1")
-    server = SiteServer(home, max_in_flight)
+    server = SiteServer(home, max_in_flight, settings)
 
     async def main() -> None:
         await server.run(listen)
