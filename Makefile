@@ -14,13 +14,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# System tools the tests and benchmarks use (iproute2 for lab tests, rsync as an anchor).
+# System tools the tests and benchmarks use (iproute2 for lab tests, rsync as an anchor,
+# chromium for the dashboard's browser test: Playwright drives /usr/bin/chromium, it never
+# downloads a browser of its own).
 system-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  missing=""; \
 	  command -v ip >/dev/null || missing="$$missing iproute2"; \
 	  command -v rsync >/dev/null || missing="$$missing rsync"; \
 	  command -v zstd >/dev/null || missing="$$missing zstd"; \
+	  [ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	  if [ -n "$$missing" ]; then \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null; \
 	  fi; \
@@ -36,7 +39,7 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
-integration: $(STAMP)
+integration: $(STAMP) system-deps
 	$(BIN)/pytest -q tests/integration
 
 lab: $(STAMP) system-deps

@@ -187,6 +187,8 @@ def main() -> int:
                 return 1
             print(f"  {name}: {tree} matches the source")
         demo.run("status")
+        say("The job's timeline, as the dashboard shows it")
+        demo.run("events", "--job", job)
         print(f"\ndemo finished in {time.monotonic() - started:.0f}s")
         return 0
     finally:

@@ -315,13 +315,20 @@ class Site(Component):
     def __init__(self, *args: Any, site_name: str = "testsite", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.site_name = site_name
+        self.operator_password = ""  # printed once by ``site init``
 
     def command(self) -> list[str]:
         return [*PACKDIST, "--home", str(self.home), "site", "serve", "--listen", self.listen]
 
     def init(self) -> Site:
-        self.cli("site", "init", "--name", self.site_name)
+        doc = self.json("site", "init", "--name", self.site_name)
+        self.operator_password = str(doc.get("operator_password") or "")
         return self
+
+    def operator_get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+        """``GET path`` on the running site with the operator credential (bearer)."""
+        auth = {"Authorization": f"Bearer {self.operator_password}"}
+        return http_get(f"{self.url}{path}", headers=auth, timeout=timeout)
 
     def wipe(self) -> None:
         raise RuntimeError("wiping a site loses every job; build a new Site instead")

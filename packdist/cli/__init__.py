@@ -9,7 +9,14 @@ from typing import Any
 import click
 
 from packdist import __version__
-from packdist.cli import agent_cmds, job_cmds, package_cmds, server_cmds, site_cmds
+from packdist.cli import (
+    agent_cmds,
+    event_cmds,
+    job_cmds,
+    package_cmds,
+    server_cmds,
+    site_cmds,
+)
 from packdist.cli.common import home_option
 from packdist.errors import PackdistError, UserError
 
@@ -34,6 +41,7 @@ cli.add_command(package_cmds.package)
 cli.add_command(job_cmds.distribute)
 cli.add_command(job_cmds.job)
 cli.add_command(job_cmds.status)
+cli.add_command(event_cmds.events)
 
 
 def main(argv: list[str] | None = None) -> Any:

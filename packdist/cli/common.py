@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import sys
@@ -11,6 +10,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+
+from packdist.core.timefmt import ago, iso
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -55,22 +56,4 @@ def print_json(doc: Any) -> None:
     sys.stdout.write(json.dumps(doc, indent=2, sort_keys=False) + "\n")
 
 
-def iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return (
-        dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    )
-
-
-def ago(ts: float | None, now: float) -> str:
-    if ts is None:
-        return "never"
-    d = now - ts
-    if d < 0:
-        return f"in {-d:.0f}s"
-    if d < 120:
-        return f"{d:.0f}s ago"
-    if d < 7200:
-        return f"{d / 60:.0f}m ago"
-    return f"{d / 3600:.1f}h ago"
+__all__ = ["ago", "home_option", "iso", "json_option", "print_json", "resolve_home"]

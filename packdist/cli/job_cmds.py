@@ -4,72 +4,146 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
+from collections import deque
 
 import click
-from rich.console import Console, Group
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.markup import escape
 from rich.progress_bar import ProgressBar
 from rich.table import Table
+from rich.text import Text
 
 from packdist.cli.common import ago, home_option, iso, json_option, print_json, resolve_home
 from packdist.core.fsutil import human_bytes
 from packdist.core.names import check_server_name, parse_ref
 from packdist.errors import NoTargets, NotFound, UserError
+from packdist.site import views
 from packdist.site.home import SiteHome
+from packdist.site.views import job_json
 from packdist.states import TERMINAL, JobState
-from packdist.store.base import JobRecord
+from packdist.store.base import InstructionRecord, JobRecord
 
 EXIT_OK, EXIT_FAILED, EXIT_TIMEOUT = 0, 1, 75
 
 
-def job_json(job: JobRecord) -> dict[str, Any]:
-    return {
-        "id": job.id,
-        "package": job.package_ref,
-        "package_id": job.package_id,
-        "state": job.state.value,
-        "created_at": iso(job.created_at),
-        "max_attempts": job.max_attempts,
-        "deadline": job.deadline,
-        "instructions": [
-            {
-                "server": i.server,
-                "state": i.state.value,
-                "attempts": i.attempts,
-                "last_error": i.last_error,
-                "next_attempt_at": iso(i.next_attempt_at) if i.state.value == "retrying" else None,
-                "bytes_sent": i.bytes_sent,
-                "bytes_total": i.bytes_total,
-                "updated_at": iso(i.updated_at),
-                "finished_at": iso(i.finished_at),
-            }
-            for i in job.instructions
-        ],
-    }
+class RateMeter:
+    """Bytes per second of each server from successive samples of its
+    ``bytes_sent``, over a sliding window: the site writes progress every ~2 s, so a rate
+    from two neighbouring samples would jump between zero and twice the truth."""
+
+    def __init__(self, window: float = 6.0) -> None:
+        self.window = window
+        self.samples: dict[str, deque[tuple[float, int]]] = {}
+
+    def add(self, job: JobRecord, at: float) -> None:
+        for i in job.instructions:
+            key, value = i.server, _shown(i)
+            q = self.samples.setdefault(key, deque())
+            q.append((at, value))
+            while len(q) > 2 and at - q[1][0] >= self.window:
+                q.popleft()
+
+    def rate(self, key: str) -> float | None:
+        q = self.samples.get(key)
+        if not q or len(q) < 2:
+            return None
+        (t0, b0), (t1, b1) = q[0], q[-1]
+        if t1 - t0 < 1.0:
+            return None
+        return max(0, b1 - b0) / (t1 - t0)
 
 
-def _job_table(job: JobRecord, now: float) -> Table:
-    table = Table(
-        box=None,
-        title=escape(f"job {job.id}  {job.package_ref}  [{job.state.value}]"),
-        title_justify="left",
+def _shown(i: InstructionRecord) -> int:
+    """Bytes to show as delivered: all of them once installed (verified)."""
+    if i.state.value == "installed":
+        return i.bytes_total
+    return min(i.bytes_sent, i.bytes_total) if i.bytes_total else i.bytes_sent
+
+
+def _rate_text(rate: float | None) -> str:
+    return f"{human_bytes(rate)}/s" if rate else "-"
+
+
+def _job_table(job: JobRecord, now: float, meter: RateMeter | None = None) -> Group:
+    """The job as operators follow it: a title, one row per server and a total (progress,
+    bytes, rate when ``meter`` is given, next attempt), then the last error of each server
+    in words, on lines of their own so they are never cut at 80 columns."""
+    done_count = sum(1 for i in job.instructions if i.state.value == "installed")
+    title = Text(
+        f"job {job.id}  {job.package_ref}  [{job.state.value}]"
+        f"  {done_count}/{len(job.instructions)} installed",
+        style="bold",
     )
-    for col in ("server", "state", "attempts", "progress", "bytes", "next attempt", "last error"):
-        table.add_column(col)
+    table = Table(box=None, pad_edge=False)
+    cols = ["server", "state", "tries", "progress", "bytes"]
+    cols += ["rate"] if meter is not None else []
+    cols += ["next"]
+    for col in cols:
+        table.add_column(col, no_wrap=True, justify="right" if col == "tries" else "left")
+
+    def progress(done: int, total: int) -> Table:
+        grid = Table.grid(padding=(0, 0, 0, 1))
+        grid.add_row(
+            ProgressBar(total=max(total, 1), completed=done, width=10),
+            f"{100 * done // total if total else 0:>3}%",
+        )
+        return grid
+
+    def size(done: int, total: int) -> str:
+        a, b = human_bytes(done), human_bytes(total)
+        if a.split()[-1] == b.split()[-1]:  # "2.2/2.8 GiB"
+            return f"{a.split()[0]}/{b}"
+        return f"{a}/{b}"
+
     for i in job.instructions:
-        total = max(i.bytes_total, 1)
-        done = i.bytes_total if i.state.value == "installed" else min(i.bytes_sent, total)
-        bar = Group(ProgressBar(total=total, completed=done, width=20))
+        done = _shown(i)
         nxt = ""
         if i.state.value == "retrying":
             nxt = "due now" if i.next_attempt_at <= now else ago(i.next_attempt_at, now)
-        size = f"{human_bytes(done)} / {human_bytes(i.bytes_total)}"
-        table.add_row(
-            i.server, i.state.value, str(i.attempts), bar, size, nxt, escape(i.last_error or "")
-        )
-    return table
+        row: list[RenderableType] = [i.server, _styled(i.state.value), str(i.attempts)]
+        row += [progress(done, i.bytes_total), size(done, i.bytes_total)]
+        if meter is not None:  # a rate only while bytes are moving
+            row += [_rate_text(meter.rate(i.server) if i.state.value == "sending" else None)]
+        row += [nxt]
+        table.add_row(*row)
+    if len(job.instructions) > 1:
+        done = sum(_shown(i) for i in job.instructions)
+        total = sum(i.bytes_total for i in job.instructions)
+        row = ["[bold]total[/bold]", "", str(sum(i.attempts for i in job.instructions))]
+        row += [progress(done, total), size(done, total)]
+        if meter is not None:
+            rates = [meter.rate(i.server) for i in job.instructions if i.state.value == "sending"]
+            row += [_rate_text(sum(r for r in rates if r) or None)]
+        row += [""]
+        table.add_row(*row)
+    parts: list[RenderableType] = [title, table]
+    errors = [i for i in job.instructions if i.last_error]
+    if errors:
+        parts.append(Text("last error", style="bold"))
+        width = max(len(i.server) for i in errors)
+        for i in errors:
+            line = Text(f"  {i.server:<{width}}  ")
+            line.append(i.last_error or "", style="red" if i.state.value != "installed" else "")
+            parts.append(line)
+    return Group(*parts)
+
+
+_STYLES = {
+    "installed": "green",
+    "succeeded": "green",
+    "failed": "red",
+    "corrupt": "red",
+    "retrying": "yellow",
+    "sending": "cyan",
+    "in progress": "cyan",
+    "pending": "cyan",
+}
+
+
+def _styled(word: str) -> str:
+    style = _STYLES.get(word)
+    return f"[{style}]{escape(word)}[/{style}]" if style else escape(word)
 
 
 def _load(job_id: str) -> JobRecord:
@@ -107,13 +181,19 @@ def wait_for(job_id: str, timeout: float | None, quiet: bool = False) -> int:
         return job.state is not JobState.ACTIVE
 
     if live:
-        with Live(_job_table(job, time.time()), console=console, refresh_per_second=4) as view:
+        meter = RateMeter()
+        meter.add(job, time.monotonic())
+        with Live(
+            _job_table(job, time.time(), meter), console=console, refresh_per_second=4
+        ) as view:
             while not step():
-                view.update(_job_table(job, time.time()))
+                meter.add(job, time.monotonic())
+                view.update(_job_table(job, time.time(), meter))
                 if deadline is not None and time.monotonic() >= deadline:
                     break
                 time.sleep(0.25)
-            view.update(_job_table(job, time.time()))
+            meter.add(job, time.monotonic())
+            view.update(_job_table(job, time.time(), meter))
     else:
         while not step():
             if deadline is not None and time.monotonic() >= deadline:
@@ -219,12 +299,20 @@ def job_show(job_id: str, as_json: bool) -> None:
 @home_option
 @click.argument("job_id")
 @click.option("--timeout", type=click.FloatRange(min=0), help="Seconds to wait at most.")
-def job_wait(job_id: str, timeout: float | None) -> None:
-    """Wait until every instruction is terminal (exit 0 installed, 1 failed, 75 timeout)."""
+@json_option
+def job_wait(job_id: str, timeout: float | None, as_json: bool) -> None:
+    """Wait until every instruction is terminal (exit 0 installed, 1 failed, 75 timeout).
+
+    On a terminal: a live table (per server and total: progress, bytes, rate, last error);
+    otherwise a plain line whenever something changes. --json: no progress, the job's
+    document at the end."""
     _load(job_id)
-    code = wait_for(job_id, timeout)
+    code = wait_for(job_id, timeout, quiet=as_json)
     j = _load(job_id)
-    click.echo(_plain_line(j))
+    if as_json:
+        print_json(job_json(j))
+    else:
+        click.echo(_plain_line(j))
     sys.exit(code)
 
 
@@ -262,58 +350,85 @@ def job_list(as_json: bool) -> None:
 @job.command("cancel")
 @home_option
 @click.argument("job_id")
-def job_cancel(job_id: str) -> None:
+@json_option
+def job_cancel(job_id: str, as_json: bool) -> None:
     """Cancel every unfinished instruction of the job."""
     store = SiteHome.open(resolve_home()).store()
     try:
         n = store.cancel_job(job_id, time.time())
     finally:
         store.close()
-    click.echo(f"job {job_id}: {n} instruction(s) cancelled")
+    if as_json:
+        print_json({"job": job_id, "cancelled": n})
+    else:
+        click.echo(f"job {job_id}: {n} instruction(s) cancelled")
 
 
 @job.command("retry")
 @home_option
 @click.argument("job_id")
-def job_retry(job_id: str) -> None:
+@json_option
+def job_retry(job_id: str, as_json: bool) -> None:
     """Retry failed and cancelled instructions now (and wake those waiting to retry)."""
     store = SiteHome.open(resolve_home()).store()
     try:
         n = store.retry_job(job_id, time.time())
     finally:
         store.close()
-    click.echo(f"job {job_id}: {n} instruction(s) queued again")
+    if as_json:
+        print_json({"job": job_id, "queued": n})
+    else:
+        click.echo(f"job {job_id}: {n} instruction(s) queued again")
 
 
 @click.command()
 @home_option
 @json_option
 def status(as_json: bool) -> None:
-    """The package x server matrix: what is installed where."""
+    """The package x server matrix: what is installed where, and why not elsewhere."""
     store = SiteHome.open(resolve_home()).store()
+    now = time.time()
     try:
         matrix = store.status_matrix()
-        servers = [s.name for s in store.list_servers()]
-        packages = [p.ref for p in store.list_packages()]
+        doc = views.status(store, now)
     finally:
         store.close()
+    servers = [s["name"] for s in doc["servers"]]
+    packages = doc["packages"]
     if as_json:
-        print_json({"servers": servers, "packages": {p: matrix.get(p, {}) for p in packages}})
+        print_json(
+            {
+                "servers": servers,
+                "packages": {p: matrix.get(p, {}) for p in packages},
+                "cells": doc["matrix"],
+                "server_details": doc["servers"],
+            }
+        )
         return
     if not packages or not servers:
         click.echo("nothing to show yet: " + ("no packages" if not packages else "no servers"))
         return
-    table = Table(box=None)
+    table = Table(box=None, title="package x server", title_justify="left")
     table.add_column("package")
-    for s in servers:
-        table.add_column(s)
-    styles = {"installed": "green", "failed": "red", "retrying": "yellow", "sending": "cyan"}
+    for s in doc["servers"]:
+        table.add_column(escape(s["name"] if s["online"] else f"{s['name']} (offline)"))
+    attention = []
     for p in packages:
-        row = matrix.get(p, {})
-        cells = []
+        row = doc["matrix"][p]
+        table.add_row(escape(p), *[_styled(row[s]["word"]) for s in servers])
         for s in servers:
-            word = row.get(s, "-")
-            style = styles.get(word)
-            cells.append(f"[{style}]{word}[/{style}]" if style else word)
-        table.add_row(p, *cells)
-    Console().print(table)
+            c = row[s]
+            troubled = c["word"] != "in progress" or c.get("last_error")
+            if c["word"] not in ("installed", "-") and troubled and c["detail"]:
+                attention.append((p, s, c))
+    console = Console()
+    console.print(table)
+    if attention:
+        console.print()
+        console.print("[bold]not installed, and why[/bold]")
+        for p, s, c in attention:
+            job = f" (job {c['job']})" if c.get("job") else ""
+            console.print(
+                f"  {escape(p)} on {escape(s)}: {_styled(c['word'])}{escape(job)}: "
+                f"{escape(c['detail'])}"
+            )

@@ -110,7 +110,8 @@ def server_list(as_json: bool) -> None:
 @server.command("remove")
 @home_option
 @click.argument("name")
-def server_remove(name: str) -> None:
+@json_option
+def server_remove(name: str, as_json: bool) -> None:
     """Remove a server; its unfinished instructions are cancelled."""
     home = SiteHome.open(resolve_home())
     store = home.store()
@@ -118,5 +119,8 @@ def server_remove(name: str) -> None:
         cancelled = store.remove_server(name)
     finally:
         store.close()
+    if as_json:
+        print_json({"name": name, "removed": True, "cancelled": cancelled})
+        return
     extra = f"; {cancelled} unfinished instruction(s) cancelled" if cancelled else ""
     click.echo(f"server {name} removed{extra}")

@@ -2,10 +2,43 @@
 
 from __future__ import annotations
 
-import click
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from packdist import config
 from packdist.cli.common import home_option, json_option, print_json, resolve_home
+from packdist.site import operator
 from packdist.site.home import SiteHome
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_METAVARS = {"text": "HOST:PORT", "int": "N", "number": "X", "duration": "DURATION"}
+
+
+def setting_options(f: F) -> F:
+    """One flag per setting (``--retry-cap``, ...); a flag not given leaves the value to the
+    environment, the config file or the default (see docs/configuration.md)."""
+    for spec in reversed(config.SPECS):
+        help_text = f"{spec.help[:1].upper()}{spec.help[1:]} (env {spec.env})."
+        if spec.kind == "bool":
+            opt = click.option(
+                f"{spec.flag}/--no-{spec.flag[2:]}", spec.name, default=None, help=help_text
+            )
+        else:
+            opt = click.option(
+                spec.flag, spec.name, default=None, metavar=_METAVARS[spec.kind], help=help_text
+            )
+        f = opt(f)
+    return f
+
+
+def _flags(values: dict[str, Any]) -> dict[str, Any]:
+    return {name: values.get(name) for name in config.BY_NAME}
 
 
 @click.group()
@@ -19,7 +52,8 @@ def site() -> None:
 @click.option("--name", help="Site name (default: the host name).")
 @json_option
 def site_init(name: str | None, as_json: bool) -> None:
-    """Create a site in the home: database, content library, signing key."""
+    """Create a site in the home: database, content library, signing key, operator
+    password (printed once) and a commented packdist.toml."""
     root = resolve_home()
     home = SiteHome.init(root, name)
     store = home.store()
@@ -27,19 +61,112 @@ def site_init(name: str | None, as_json: bool) -> None:
         site_name = store.site_name()
     finally:
         store.close()
+    config_path = config.write_default(root)
+    password = operator.create(root)
+    listen = config.Settings().listen
     if as_json:
-        print_json({"site": site_name, "home": str(root)})
+        print_json(
+            {
+                "site": site_name,
+                "home": str(root),
+                "operator_password": password,
+                "config": str(config_path),
+            }
+        )
     else:
         click.echo(f"site {site_name} created in {root}")
+        click.echo(f"operator password (shown once; the dashboard's login): {password}")
+        click.echo(f"configuration: {config_path} (every setting commented at its default)")
+        click.echo(
+            "dashboard: once 'packdist site serve' runs, open http://HOST:PORT/ of its listen"
+            f" address (default http://{listen}/) and log in with this password"
+        )
 
 
 @site.command("serve")
 @home_option
-@click.option("--listen", default="127.0.0.1:8700", show_default=True, help="HOST:PORT")
-@click.option("--workers", default=64, show_default=True, help="Instructions in flight at once.")
-def site_serve(listen: str, workers: int) -> None:
-    """Run the site server (API, despooler) until SIGTERM/SIGINT."""
+@setting_options
+def site_serve(**values: Any) -> None:
+    """Run the site server (API, despooler, dashboard) until SIGTERM/SIGINT.
+
+    Settings come from the flags, else PACKDIST_* variables, else HOME/packdist.toml, else
+    the defaults ('packdist site config' shows them)."""
     from packdist.site.server import run_site
 
-    home = SiteHome.open(resolve_home())
-    run_site(home, listen, workers)
+    root = resolve_home()
+    home = SiteHome.open(root)
+    settings = config.load(root, _flags(values)).settings
+    click.echo(
+        f"packdist site: listening on {settings.listen}; dashboard at"
+        f" http://{settings.listen}/ (operator password from 'site init')",
+        err=True,
+    )
+    run_site(home, settings.listen, settings.workers, settings)
+
+
+@site.command("config")
+@home_option
+@setting_options
+@json_option
+def site_config(as_json: bool, **values: Any) -> None:
+    """Show the effective settings and where each came from (flag, env, file, default).
+
+    Takes the same flags as 'site serve', so it shows what that command line would use."""
+    root = resolve_home()
+    SiteHome.open(root)
+    loaded = config.load(root, _flags(values))
+    s = loaded.settings
+    if as_json:
+        print_json(
+            {
+                "file": str(loaded.path),
+                "file_exists": loaded.file_exists,
+                "settings": {
+                    spec.name: {
+                        "value": getattr(s, spec.name),
+                        "source": loaded.sources[spec.name],
+                        "file_key": spec.toml_path,
+                        "env": spec.env,
+                        "flag": spec.flag,
+                    }
+                    for spec in config.SPECS
+                },
+            }
+        )
+        return
+    table = Table(box=None)
+    for col in ("setting", "value", "from"):
+        table.add_column(col)
+    for spec in config.SPECS:
+        source = loaded.sources[spec.name]
+        table.add_row(
+            escape(spec.toml_path),
+            escape(s.display(spec.name)),
+            source if source == "default" else f"[bold]{source}[/bold]",
+        )
+    console = Console()
+    state = "" if loaded.file_exists else " (absent: defaults, environment and flags only)"
+    console.print(f"config file: {escape(str(loaded.path))}{state}")
+    console.print(table)
+    console.print(
+        "from: flag > env > file > default. Each setting section.key is also the variable"
+        " PACKDIST_SECTION_KEY and the flag --section-key (e.g. retry.cap: PACKDIST_RETRY_CAP,"
+        " --retry-cap; listen: PACKDIST_LISTEN, --listen)."
+    )
+
+
+@site.command("operator-password")
+@home_option
+@json_option
+def site_operator_password(as_json: bool) -> None:
+    """Create or replace the operator password (dashboard login, /metrics bearer).
+
+    The new password is printed once; the old one and every dashboard session stop working,
+    also on a running site."""
+    root = resolve_home()
+    SiteHome.open(root)
+    password = operator.create(root)
+    if as_json:
+        print_json({"operator_password": password})
+    else:
+        click.echo(f"operator password (shown once): {password}")

@@ -96,6 +96,41 @@ class EventRecord:
     message: str
 
 
+@dataclass(frozen=True)
+class StatusCell:
+    """One cell of the package x server matrix, in detail: what the server holds and the
+    newest instruction of that package for it (None when it never had one)."""
+
+    package_ref: str
+    package_id: str
+    server: str
+    installed: bool  # the server holds the package, verified (as last reported)
+    state: InstructionState | None  # state of the newest instruction
+    job_id: str | None
+    attempts: int
+    last_error: str | None
+    next_attempt_at: float | None
+    bytes_sent: int
+    bytes_total: int
+    updated_at: float | None
+
+
+@dataclass(frozen=True)
+class MetricsTotals:
+    """What ``/metrics`` reports from the store: every figure only grows, except the gauges
+    (instructions and jobs by state)."""
+
+    instructions: dict[str, int]  # state -> count (every state present)
+    jobs: dict[str, int]  # job state -> count (every state present)
+    attempts: int  # sum of attempts of every instruction ever
+    bytes_sent: int  # sum of bytes sent to agents
+    events: dict[str, int]  # event kind -> count
+    transfer_bounds: tuple[float, ...]  # histogram upper bounds (seconds)
+    transfer_buckets: tuple[int, ...]  # cumulative count per bound
+    transfer_count: int  # installs with a known duration (claim to verified)
+    transfer_sum: float  # their total duration (seconds)
+
+
 class Store(abc.ABC):
     """Everything packdist keeps, behind intent-named operations."""
 
@@ -229,3 +264,16 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def close(self) -> None: ...
+
+    # --- operator views (dashboard, metrics, events) ---------------------------------------
+    @abc.abstractmethod
+    def status_cells(self) -> list[StatusCell]:
+        """Every (package, server) pair that has an instruction or an installed copy, for
+        servers not removed; ordered by package ref, then server."""
+
+    @abc.abstractmethod
+    def recent_events(self, limit: int, job_id: str | None = None) -> list[EventRecord]:
+        """The newest ``limit`` events (of one job if given), oldest first."""
+
+    @abc.abstractmethod
+    def metrics_totals(self, transfer_bounds: tuple[float, ...]) -> MetricsTotals: ...

@@ -32,8 +32,10 @@ from packdist.store.base import (
     EventRecord,
     InstructionRecord,
     JobRecord,
+    MetricsTotals,
     PackageRecord,
     ServerRecord,
+    StatusCell,
     Store,
 )
 
@@ -717,3 +719,91 @@ class SQLiteStore(Store):
 
     def close(self) -> None:
         self._db.close()
+
+    # --- operator views (dashboard, metrics, events) ---------------------------------------
+
+    def status_cells(self) -> list[StatusCell]:
+        installed = {
+            (r["server"], r["package_id"])
+            for r in self._db.execute(
+                "SELECT sp.server, sp.package_id FROM server_packages sp"
+                " JOIN servers s ON s.name = sp.server WHERE s.removed = 0"
+            )
+        }
+        refs = {
+            r["id"]: f"{r['name']}@{r['version']}"
+            for r in self._db.execute("SELECT id, name, version FROM packages")
+        }
+        newest: dict[tuple[str, str], sqlite3.Row] = {}
+        for r in self._db.execute(  # oldest first: the newest job of a pair wins
+            "SELECT j.package_id, i.server, i.state, i.job_id, i.attempts, i.last_error,"
+            " i.next_attempt_at, i.bytes_sent, i.bytes_total, i.updated_at"
+            " FROM instructions i JOIN jobs j ON j.id = i.job_id"
+            " JOIN servers s ON s.name = i.server WHERE s.removed = 0"
+            " ORDER BY j.created_at, i.id"
+        ):
+            newest[(r["server"], r["package_id"])] = r
+        cells = []
+        for server, pid in installed | newest.keys():
+            r = newest.get((server, pid))
+            cells.append(
+                StatusCell(
+                    refs.get(pid, pid[:12]),
+                    pid,
+                    server,
+                    (server, pid) in installed,
+                    S(r["state"]) if r else None,
+                    r["job_id"] if r else None,
+                    r["attempts"] if r else 0,
+                    r["last_error"] if r else None,
+                    r["next_attempt_at"] if r else None,
+                    r["bytes_sent"] if r else 0,
+                    r["bytes_total"] if r else 0,
+                    r["updated_at"] if r else None,
+                )
+            )
+        return sorted(cells, key=lambda c: (c.package_ref, c.server))
+
+    def recent_events(self, limit: int, job_id: str | None = None) -> list[EventRecord]:
+        sql = "SELECT id, at, job_id, server, kind, message FROM events"
+        params: list[Any] = []
+        if job_id is not None:
+            sql += " WHERE job_id = ?"
+            params.append(job_id)
+        sql += " ORDER BY id DESC LIMIT ?"
+        params.append(limit)
+        rows = self._db.execute(sql, params).fetchall()
+        return [EventRecord(*r) for r in reversed(rows)]
+
+    def metrics_totals(self, transfer_bounds: tuple[float, ...]) -> MetricsTotals:
+        db = self._db
+        instructions = {s.value: 0 for s in S}
+        for r in db.execute("SELECT state, count(*) FROM instructions GROUP BY state"):
+            instructions[r[0]] = r[1]
+        attempts, bytes_sent = db.execute(
+            "SELECT coalesce(sum(attempts), 0), coalesce(sum(bytes_sent), 0) FROM instructions"
+        ).fetchone()
+        per_job: dict[str, list[InstructionState]] = {}
+        for r in db.execute("SELECT job_id, state FROM instructions"):
+            per_job.setdefault(r[0], []).append(S(r[1]))
+        jobs = {s.value: 0 for s in states.JobState}
+        for job_states in per_job.values():
+            jobs[states.job_state(job_states).value] += 1
+        events = {r[0]: r[1] for r in db.execute("SELECT kind, count(*) FROM events GROUP BY kind")}
+        buckets = ", ".join(f"coalesce(sum(d <= {float(b)!r}), 0)" for b in transfer_bounds)
+        row = db.execute(
+            f"SELECT count(*), coalesce(sum(d), 0.0){', ' + buckets if buckets else ''}"
+            " FROM (SELECT max(0.0, finished_at - claimed_at) AS d FROM instructions"
+            "  WHERE state = 'installed' AND claimed_at IS NOT NULL AND finished_at IS NOT NULL)"
+        ).fetchone()
+        return MetricsTotals(
+            instructions,
+            jobs,
+            int(attempts),
+            int(bytes_sent),
+            events,
+            tuple(transfer_bounds),
+            tuple(int(x) for x in row[2:]),
+            int(row[0]),
+            float(row[1]),
+        )

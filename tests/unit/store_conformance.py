@@ -738,6 +738,72 @@ class StoreConformance:
         store.mark_installed(claim.instruction_id, "w1", 0.0)
         assert [e.at for e in store.events(job_id)] == [0.0, 0.0, 0.0]
 
+    # --- operator views ---------------------------------------------------------------------
+
+    def test_status_cells_say_what_and_why(
+        self, store: Store, pkg: PackageRecord, servers: list[str]
+    ) -> None:
+        assert store.status_cells() == []
+        job = store.add_job(pkg.id, ["dp1", "dp2", "dp3"], None, None, {}, T0)
+        by_server = {c.server: c for c in store.claim_ready("w1", LEASE, 10, T0 + 1)}
+        store.mark_installed(by_server["dp1"].instruction_id, "w1", T0 + 2)
+        store.schedule_retry(
+            by_server["dp2"].instruction_id, "w1", "connection refused", T0 + 9, T0 + 2
+        )
+        cells = {c.server: c for c in store.status_cells()}
+        assert sorted(cells) == ["dp1", "dp2", "dp3"]
+        assert all(c.package_ref == "app@1.0" and c.package_id == pkg.id for c in cells.values())
+        assert cells["dp1"].installed and cells["dp1"].state is S.INSTALLED
+        dp2 = cells["dp2"]
+        assert not dp2.installed and dp2.state is S.RETRYING and dp2.job_id == job
+        assert dp2.last_error == "connection refused" and dp2.next_attempt_at == T0 + 9
+        assert dp2.attempts == 1
+        assert cells["dp3"].state is S.SENDING
+        # the newest job of a pair speaks for it; a removed server is not shown
+        newer = store.add_job(pkg.id, ["dp2"], None, None, {}, T0 + 3)
+        cells = {c.server: c for c in store.status_cells()}
+        assert cells["dp2"].job_id == newer and cells["dp2"].state is S.PENDING
+        store.remove_server("dp3")
+        assert "dp3" not in {c.server for c in store.status_cells()}
+
+    def test_recent_events_are_the_newest_oldest_first(self, store: Store, job_id: str) -> None:
+        claim = claim_one(store, "w1", T0 + 1)
+        store.schedule_retry(claim.instruction_id, "w1", "boom", T0 + 5, T0 + 2)
+        every = store.events()
+        assert store.recent_events(1000) == every
+        assert store.recent_events(2) == every[-2:]
+        mine = store.events(job_id)
+        assert store.recent_events(2, job_id) == mine[-2:]
+        assert store.recent_events(10, "no-such-job") == []
+
+    def test_metrics_totals_add_up(
+        self, store: Store, pkg: PackageRecord, servers: list[str]
+    ) -> None:
+        bounds = (1.0, 10.0)
+        empty = store.metrics_totals(bounds)
+        assert set(empty.instructions) == {s.value for s in S}
+        assert sum(empty.instructions.values()) == 0 and sum(empty.jobs.values()) == 0
+        assert (empty.attempts, empty.bytes_sent, empty.transfer_count) == (0, 0, 0)
+        assert empty.transfer_buckets == (0, 0)
+
+        store.add_job(pkg.id, ["dp1", "dp2"], None, None, {}, T0)
+        claims = {c.server: c for c in store.claim_ready("w1", LEASE, 10, T0 + 1)}
+        store.renew_lease(claims["dp1"].instruction_id, "w1", T0 + 30, 500, 500)
+        store.mark_installed(claims["dp1"].instruction_id, "w1", T0 + 6)  # 5 s transfer
+        store.schedule_retry(claims["dp2"].instruction_id, "w1", "refused", T0 + 2, T0 + 2)
+        dp2 = claim_one(store, "w1", T0 + 2)
+        store.renew_lease(dp2.instruction_id, "w1", T0 + 30, 200, 500)
+        store.mark_installed(dp2.instruction_id, "w1", T0 + 2.5)  # 0.5 s transfer
+        t = store.metrics_totals(bounds)
+        assert t.instructions["installed"] == 2 and t.instructions["retrying"] == 0
+        assert t.jobs["succeeded"] == 1 and t.jobs["active"] == 0
+        assert t.attempts == 3
+        assert t.bytes_sent == 700
+        assert t.events["failure"] == 1 and t.events["installed"] == 2
+        assert t.transfer_bounds == bounds
+        assert t.transfer_buckets == (1, 2)  # cumulative: <= 1 s, <= 10 s
+        assert t.transfer_count == 2 and t.transfer_sum == pytest.approx(5.5)
+
 
 class WakeupConformance:
     """Extra guarantees of a store, run by test_store.py against every backend."""

@@ -1,0 +1,260 @@
+"""The operator dashboard, its JSON API and ``/metrics``, served by ``site serve``.
+
+Routes (all but the login page need the operator credential: the session cookie set by the
+login form, or ``Authorization: Bearer <operator password>``):
+
+* ``GET /`` — the overview: package x server matrix, jobs, servers, events (HTML).
+* ``GET /jobs/{id}`` — one job with its per-server progress and whole timeline (HTML).
+* ``GET /login``, ``POST /login``, ``POST /logout`` — the session.
+* ``GET /api/overview``, ``GET /api/jobs/{id}`` — the same pages as JSON data, with the
+  rendered live part in ``"html"`` (what the page's script swaps in every 1.5 s).
+* ``GET /api/events?job=J&after=ID&limit=N`` — the timeline as JSON.
+* ``GET /metrics`` — Prometheus text; open to anyone if ``metrics.auth = false``.
+* ``GET /static/dashboard.{css,js}`` — open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from importlib import resources
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+from aiohttp import web
+
+from packdist.config import Settings
+from packdist.errors import NotFound
+from packdist.site import metrics, pages, views
+from packdist.site.operator import CredentialCache
+from packdist.store.base import Store
+
+if TYPE_CHECKING:
+    from packdist.site.server import SiteServer
+
+FAILED_LOGIN_DELAY = 1.0  # seconds; the password is random, this only slows a guesser more
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self';"
+        " connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+_STATIC_TYPES = {"dashboard.css": "text/css", "dashboard.js": "text/javascript"}
+
+
+def _static(name: str) -> bytes:
+    return (resources.files("packdist.site") / "static" / name).read_bytes()
+
+
+class Dashboard:
+    def __init__(self, site: SiteServer) -> None:
+        self.site = site
+        self.credentials = CredentialCache(site.home.root)
+        self.static = {name: _static(name) for name in _STATIC_TYPES}
+
+    @property
+    def settings(self) -> Settings:
+        found = getattr(self.site, "settings", None)
+        return found if isinstance(found, Settings) else Settings()
+
+    @property
+    def cookie_name(self) -> str:
+        name = self.site.site_name or "site"
+        return "packdist_" + re.sub(r"[^A-Za-z0-9_-]", "_", name)
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_get("/", self.overview_page)
+        app.router.add_get("/jobs/{job_id}", self.job_page)
+        app.router.add_get("/login", self.login_form)
+        app.router.add_post("/login", self.login)
+        app.router.add_post("/logout", self.logout)
+        app.router.add_get("/api/overview", self.overview_api)
+        app.router.add_get("/api/jobs/{job_id}", self.job_api)
+        app.router.add_get("/api/events", self.events_api)
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/static/{name}", self.static_file)
+        app.router.add_get("/favicon.ico", self.no_icon)
+
+    # --- who is asking ----------------------------------------------------------------------
+
+    async def _authorized(self, request: web.Request) -> bool:
+        cred = await asyncio.to_thread(self.credentials.get)
+        if cred is None:
+            return False
+        cookie = request.cookies.get(self.cookie_name)
+        if cookie and cred.check_session(cookie):
+            return True
+        header = request.headers.get("Authorization", "")
+        if header.startswith("Bearer "):
+            token = header[len("Bearer ") :].strip()
+            return await asyncio.to_thread(self.credentials.check_bearer, token)
+        return False
+
+    async def _page_guard(self, request: web.Request) -> None:
+        """HTML pages: not logged in goes to the login form, and back here after."""
+        if not await self._authorized(request):
+            raise web.HTTPSeeOther(f"/login?next={quote(request.rel_url.path)}")
+
+    async def _api_guard(self, request: web.Request) -> None:
+        if not await self._authorized(request):
+            raise web.HTTPUnauthorized(
+                text='{"error": "operator credential required (log in, or send'
+                ' Authorization: Bearer <operator password>)"}',
+                content_type="application/json",
+                headers={"WWW-Authenticate": 'Bearer realm="packdist"'},
+            )
+
+    # --- pages ------------------------------------------------------------------------------
+
+    def _html(self, text: str, status: int = 200) -> web.Response:
+        return web.Response(
+            text=text, status=status, content_type="text/html", headers=_SECURITY_HEADERS
+        )
+
+    async def overview_page(self, request: web.Request) -> web.Response:
+        await self._page_guard(request)
+        now = time.time()
+        doc = await self.site.db(lambda s: views.overview(s, now))
+        body = pages.live("/api/overview", pages.overview_content(doc, now))
+        return self._html(pages.page(f"packdist {doc['site']}", doc["site"], body, refresh=True))
+
+    async def job_page(self, request: web.Request) -> web.Response:
+        await self._page_guard(request)
+        job_id = request.match_info["job_id"]
+        now = time.time()
+        try:
+            doc = await self.site.db(lambda s: views.job_page(s, job_id, now))
+        except NotFound as exc:
+            return self._html(pages.not_found_page(self.site.site_name, exc.message), 404)
+        body = pages.live(f"/api/jobs/{job_id}", pages.job_content(doc, now))
+        title = f"packdist {doc['site']}: job {job_id}"
+        return self._html(pages.page(title, doc["site"], body, refresh=True))
+
+    # --- session ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _next(raw: str | None) -> str:
+        """Only a path on this site (no ``//host`` or scheme): no open redirect."""
+        if raw and raw.startswith("/") and not raw.startswith("//") and "\\" not in raw:
+            return raw
+        return "/"
+
+    async def login_form(self, request: web.Request) -> web.Response:
+        configured = await asyncio.to_thread(self.credentials.get) is not None
+        nxt = self._next(request.query.get("next"))
+        return self._html(pages.login_page(self.site.site_name, nxt, configured=configured))
+
+    async def login(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        password = str(form.get("password", ""))
+        nxt = self._next(str(form.get("next", "/")))
+        cred = await asyncio.to_thread(self.credentials.get)
+        if cred is None:
+            return self._html(
+                pages.login_page(self.site.site_name, nxt, configured=False), status=401
+            )
+        ok = bool(password) and await asyncio.to_thread(cred.check_password, password)
+        if not ok:
+            await asyncio.sleep(FAILED_LOGIN_DELAY)
+            page = pages.login_page(self.site.site_name, nxt, error="Wrong password.")
+            return self._html(page, status=401)
+        ttl = self.settings.dashboard_session_ttl
+        resp = _see_other(nxt)
+        resp.set_cookie(
+            self.cookie_name,
+            cred.new_session(ttl),
+            max_age=int(ttl),
+            path="/",
+            httponly=True,
+            samesite="Strict",
+            secure=request.secure,
+        )
+        return resp
+
+    async def logout(self, request: web.Request) -> web.Response:
+        resp = _see_other("/login")
+        resp.del_cookie(self.cookie_name, path="/")
+        return resp
+
+    # --- JSON API ---------------------------------------------------------------------------
+
+    async def overview_api(self, request: web.Request) -> web.Response:
+        await self._api_guard(request)
+        now = time.time()
+        doc = await self.site.db(lambda s: views.overview(s, now))
+        doc["html"] = pages.overview_content(doc, now)
+        return web.json_response(doc, headers={"Cache-Control": "no-store"})
+
+    async def job_api(self, request: web.Request) -> web.Response:
+        await self._api_guard(request)
+        job_id = request.match_info["job_id"]
+        now = time.time()
+        doc = await self.site.db(lambda s: views.job_page(s, job_id, now))
+        doc["html"] = pages.job_content(doc, now)
+        return web.json_response(doc, headers={"Cache-Control": "no-store"})
+
+    async def events_api(self, request: web.Request) -> web.Response:
+        await self._api_guard(request)
+        job = request.query.get("job") or None
+        try:
+            after = int(request.query.get("after", "0"))
+            limit = min(max(int(request.query.get("limit", "500")), 1), 10_000)
+        except ValueError:
+            raise web.HTTPBadRequest(
+                text='{"error": "after and limit must be integers"}',
+                content_type="application/json",
+            ) from None
+        if after:
+            events = await self.site.db(lambda s: s.events(job, after)[:limit])
+        else:
+            events = await self.site.db(lambda s: s.recent_events(limit, job))
+        return web.json_response(
+            {"events": [views.event_json(e) for e in events]},
+            headers={"Cache-Control": "no-store"},
+        )
+
+    # --- metrics and assets -----------------------------------------------------------------
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        if self.settings.metrics_auth:
+            await self._api_guard(request)
+        now = time.time()
+
+        def collect(store: Store) -> str:
+            totals = store.metrics_totals(metrics.TRANSFER_BOUNDS)
+            return metrics.render(totals, store.list_servers(), now)
+
+        text = await self.site.db(collect)
+        return web.Response(
+            body=text.encode(),
+            headers={"Content-Type": metrics.CONTENT_TYPE, "Cache-Control": "no-store"},
+        )
+
+    async def no_icon(self, request: web.Request) -> web.Response:
+        return web.Response(status=204, headers={"Cache-Control": "max-age=86400"})
+
+    async def static_file(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in self.static:
+            raise web.HTTPNotFound()
+        return web.Response(
+            body=self.static[name],
+            content_type=_STATIC_TYPES[name],
+            headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+        )
+
+
+def _see_other(location: str) -> web.Response:
+    return web.Response(status=303, headers={**_SECURITY_HEADERS, "Location": location})
+
+
+def setup(app: web.Application, site: SiteServer) -> Dashboard:
+    """Add the dashboard, its API and ``/metrics`` to the site's application."""
+    dashboard = Dashboard(site)
+    dashboard.routes(app)
+    return dashboard

@@ -1,0 +1,165 @@
+"""The operator credential: one random password per site, for the dashboard and its API.
+
+``site init`` creates it and prints it once; ``site operator-password`` replaces it. The site
+home keeps only an scrypt hash of it and a random secret that signs dashboard sessions, in
+``operator.json`` (mode 0600, beside ``site.key``). Replacing the password replaces the
+secret too, so every dashboard session signed before is refused from then on.
+
+The password is accepted in the login form and as ``Authorization: Bearer <password>``
+(``/metrics`` for Prometheus, the JSON API for scripts).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from packdist.errors import UserError
+
+FILE_NAME = "operator.json"
+PASSWORD_PREFIX = "pdo_"
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+
+
+def new_password() -> str:
+    return PASSWORD_PREFIX + secrets.token_urlsafe(18)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _scrypt(password: str, salt: bytes) -> bytes:
+    return hashlib.scrypt(
+        password.encode(), salt=salt, dklen=32, maxmem=64 * 1024 * 1024, **_SCRYPT
+    )
+
+
+@dataclass(frozen=True)
+class OperatorCredential:
+    salt: bytes
+    password_hash: bytes
+    session_secret: bytes
+    created_at: float
+
+    def check_password(self, password: str) -> bool:
+        return hmac.compare_digest(_scrypt(password, self.salt), self.password_hash)
+
+    # --- sessions: "v1.<expires>.<nonce>.<mac>" signed with the session secret -----------------
+
+    def new_session(self, ttl: float, now: float | None = None) -> str:
+        expires = int((time.time() if now is None else now) + ttl)
+        body = f"v1.{expires}.{secrets.token_urlsafe(9)}"
+        return f"{body}.{self._mac(body)}"
+
+    def check_session(self, cookie: str, now: float | None = None) -> bool:
+        body, _, mac = cookie.rpartition(".")
+        if not body or not hmac.compare_digest(mac, self._mac(body)):
+            return False
+        parts = body.split(".")
+        if len(parts) != 3 or parts[0] != "v1" or not parts[1].isdigit():
+            return False
+        return (time.time() if now is None else now) < int(parts[1])
+
+    def _mac(self, body: str) -> str:
+        return _b64(hmac.new(self.session_secret, body.encode(), hashlib.sha256).digest())
+
+
+def path_in(home: Path) -> Path:
+    return home / FILE_NAME
+
+
+def create(home: Path) -> str:
+    """Create (or replace) the operator credential of the site in ``home``; returns the new
+    password, which is stored nowhere in clear."""
+    password = new_password()
+    salt = secrets.token_bytes(16)
+    doc = {
+        "version": 1,
+        "kdf": "scrypt",
+        "kdf_params": _SCRYPT,
+        "salt": _b64(salt),
+        "password_hash": _b64(_scrypt(password, salt)),
+        "session_secret": _b64(secrets.token_bytes(32)),
+        "created_at": time.time(),
+    }
+    path = path_in(home)
+    tmp = path.with_name(f".{FILE_NAME}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(doc, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return password
+
+
+def load(home: Path) -> OperatorCredential | None:
+    """The site's operator credential, or None if it has none yet."""
+    try:
+        doc = json.loads(path_in(home).read_text(encoding="utf-8"))
+        return OperatorCredential(
+            _unb64(doc["salt"]),
+            _unb64(doc["password_hash"]),
+            _unb64(doc["session_secret"]),
+            float(doc["created_at"]),
+        )
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(
+            f"{path_in(home)} is damaged ({exc}); replace it with 'packdist site operator-password'"
+        ) from exc
+
+
+class CredentialCache:
+    """The credential as the running site sees it: re-read when the file changes (a password
+    reset takes effect without a restart); bearer checks remembered so a scraper polling
+    every few seconds costs one scrypt, not one per request."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self._stamp: tuple[int, int] | None = None
+        self._cred: OperatorCredential | None = None
+        self._good_bearers: set[bytes] = set()
+
+    def get(self) -> OperatorCredential | None:
+        try:
+            st = path_in(self.home).stat()
+            stamp: tuple[int, int] | None = (st.st_mtime_ns, st.st_ino)
+        except FileNotFoundError:
+            stamp = None
+        if stamp != self._stamp:
+            self._cred = load(self.home) if stamp is not None else None
+            self._stamp = stamp
+            self._good_bearers.clear()
+        return self._cred
+
+    def check_bearer(self, token: str) -> bool:
+        cred = self.get()
+        if cred is None:
+            return False
+        key = hmac.new(cred.session_secret, token.encode(), hashlib.sha256).digest()
+        if key in self._good_bearers:
+            return True
+        if cred.check_password(token):
+            if len(self._good_bearers) > 16:
+                self._good_bearers.clear()
+            self._good_bearers.add(key)
+            return True
+        return False

@@ -1,0 +1,285 @@
+"""The dashboard's HTML, rendered on the site from the documents of :mod:`packdist.site.views`.
+
+Plain server-rendered pages: they work without JavaScript (a ``<noscript>`` refresh), and
+``static/dashboard.js`` re-renders the live part from the JSON API every 1.5 s. Every value
+from the store goes through :func:`h` (``html.escape``); nothing here ever sees a secret
+(enrollment tokens and the operator password exist on the site only as hashes).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import string
+from typing import Any
+
+from packdist.core.fsutil import human_bytes
+from packdist.core.timefmt import ago
+from packdist.site.views import EVENT_TITLES
+
+REFRESH_WITHOUT_JS = 10  # seconds
+
+
+def h(value: Any) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _epoch(stamp: str | None) -> float | None:
+    if not stamp:
+        return None
+    return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def _when(stamp: str | None, now: float) -> str:
+    """``<time>`` with the ISO stamp as tooltip and "12s ago" as text."""
+    if not stamp:
+        return '<span class="muted">never</span>'
+    return f'<time datetime="{h(stamp)}" title="{h(stamp)}">{h(ago(_epoch(stamp), now))}</time>'
+
+
+def _badge(word: str) -> str:
+    cls = word.replace(" ", "-")
+    return f'<span class="badge s-{h(cls)}">{h(word)}</span>'
+
+
+_PAGE = string.Template(
+    """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>$title</title>
+<link rel="stylesheet" href="/static/dashboard.css">
+$noscript
+</head>
+<body>
+<header>
+  <a class="brand" href="/">packdist <span class="site">$site</span></a>
+  $nav
+</header>
+$body
+<script src="/static/dashboard.js"></script>
+</body>
+</html>
+"""
+)
+
+
+def page(title: str, site: str, body: str, logged_in: bool = True, refresh: bool = False) -> str:
+    nav = ""
+    if logged_in:
+        nav = (
+            '<span id="conn" class="conn" role="status">live updates start in a moment</span>'
+            '<form method="post" action="/logout" class="logout">'
+            '<button type="submit">Log out</button></form>'
+        )
+    noscript = (
+        f'<noscript><meta http-equiv="refresh" content="{REFRESH_WITHOUT_JS}"></noscript>'
+        if refresh
+        else ""
+    )
+    return _PAGE.substitute(title=h(title), site=h(site), nav=nav, body=body, noscript=noscript)
+
+
+def live(src: str, content: str) -> str:
+    """The part of a page the script replaces with fresh HTML from ``src``."""
+    return f'<main id="live" data-src="{h(src)}">{content}</main>'
+
+
+# --- login ----------------------------------------------------------------------------------
+
+
+def login_page(site: str, next_path: str, error: str = "", configured: bool = True) -> str:
+    if not configured:
+        form = (
+            '<p class="error">This site has no operator password yet. On the site host run'
+            " <code>packdist site operator-password</code> and log in with the password it"
+            " prints.</p>"
+        )
+    else:
+        err = f'<p class="error" role="alert">{h(error)}</p>' if error else ""
+        form = (
+            f'{err}<form method="post" action="/login" class="login">'
+            f'<input type="hidden" name="next" value="{h(next_path)}">'
+            '<input type="text" name="username" value="operator" autocomplete="username"'
+            " hidden readonly>"
+            '<label for="password">Operator password</label>'
+            '<input id="password" name="password" type="password" autocomplete="current-password"'
+            " required autofocus>"
+            '<button type="submit">Log in</button></form>'
+            '<p class="muted">The password was printed once by <code>packdist site init</code>;'
+            " <code>packdist site operator-password</code> replaces it.</p>"
+        )
+    body = f'<main class="narrow"><h1>Log in to {h(site)}</h1>{form}</main>'
+    return page(f"packdist {site}: log in", site, body, logged_in=False)
+
+
+# --- sections ---------------------------------------------------------------------------------
+
+
+def _summary(s: dict[str, int]) -> str:
+    tiles = [
+        ("active jobs", s["jobs_active"], "active" if s["jobs_active"] else ""),
+        ("retrying", s["retrying"], "warn" if s["retrying"] else ""),
+        ("failed or corrupt", s["failed"], "bad" if s["failed"] else ""),
+        ("installed", s["installed"], ""),
+        (
+            "servers online",
+            f"{s['servers_online']} / {s['servers']}",
+            "bad" if s["servers_online"] < s["servers"] else "",
+        ),
+    ]
+    inner = "".join(
+        f'<div class="tile {cls}"><div class="n">{h(n)}</div><div class="l">{h(label)}</div></div>'
+        for label, n, cls in tiles
+    )
+    return f'<section class="tiles" aria-label="summary">{inner}</section>'
+
+
+def _matrix(doc: dict[str, Any]) -> str:
+    servers = [s["name"] for s in doc["servers"]]
+    if not doc["packages"] or not servers:
+        missing = "no packages yet" if not doc["packages"] else "no servers yet"
+        return f'<section><h2>Packages &times; servers</h2><p class="muted">{missing}</p></section>'
+    head = "".join(f'<th scope="col">{h(s)}</th>' for s in servers)
+    rows = []
+    for ref in doc["packages"]:
+        cells = []
+        for s in servers:
+            c = doc["matrix"][ref][s]
+            word = c["word"]
+            label = _badge(word)
+            if c.get("job"):
+                label = f'<a href="/jobs/{h(c["job"])}">{label}</a>'
+            shown = c["detail"] and word != "installed"
+            why = f'<div class="why">{h(c["detail"])}</div>' if shown else ""
+            cells.append(
+                f'<td class="cell" data-server="{h(s)}" data-word="{h(word)}"'
+                f' title="{h(c["detail"])}">{label}{why}</td>'
+            )
+        rows.append(
+            f'<tr data-package="{h(ref)}"><th scope="row">{h(ref)}</th>{"".join(cells)}</tr>'
+        )
+    return (
+        '<section><h2>Packages &times; servers</h2><div class="scroll"><table class="matrix">'
+        f'<thead><tr><th scope="col">package</th>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div></section>"
+    )
+
+
+def job_block(job: dict[str, Any], now: float, link: bool = True) -> str:
+    done = sum(1 for i in job["instructions"] if i["state"] == "installed")
+    total = len(job["instructions"])
+    sent = sum(_shown_bytes(i) for i in job["instructions"])
+    size = sum(i["bytes_total"] for i in job["instructions"])
+    title = (
+        f'<a href="/jobs/{h(job["id"])}">job {h(job["id"])}</a>' if link else f"job {h(job['id'])}"
+    )
+    rows = []
+    for i in job["instructions"]:
+        shown = _shown_bytes(i)
+        nxt = ""
+        if i["state"] == "retrying" and i["next_attempt_at"]:
+            due = _epoch(i["next_attempt_at"]) or now
+            nxt = "due now" if due <= now else f"next attempt {ago(due, now)}"
+        err = i["last_error"] or ""
+        rows.append(
+            f'<tr data-server="{h(i["server"])}" data-state="{h(i["state"])}">'
+            f'<th scope="row">{h(i["server"])}</th>'
+            f'<td class="state">{_badge(i["state"])}</td>'
+            f'<td class="bar"><progress max="{max(i["bytes_total"], 1)}" value="{shown}">'
+            f"{_pct(shown, i['bytes_total'])}</progress> {_pct(shown, i['bytes_total'])}</td>"
+            f'<td class="num">{h(human_bytes(shown))} / {h(human_bytes(i["bytes_total"]))}</td>'
+            f'<td class="num">{h(i["attempts"])}</td>'
+            f'<td class="next">{h(nxt)}</td>'
+            f'<td class="error">{h(err)}</td></tr>'
+        )
+    return (
+        f'<article class="job" id="job-{h(job["id"])}" data-state="{h(job["state"])}">'
+        f'<h3>{title} <span class="pkg">{h(job["package"])}</span> {_badge(job["state"])}'
+        f' <span class="muted">{done}/{total} installed · {h(human_bytes(sent))} of'
+        f" {h(human_bytes(size))} · created {_when(job['created_at'], now)}</span></h3>"
+        '<table class="instructions"><thead><tr><th scope="col">server</th>'
+        '<th scope="col">state</th><th scope="col">progress</th><th scope="col">bytes</th>'
+        '<th scope="col">attempts</th><th scope="col">next</th><th scope="col">last error</th>'
+        f"</tr></thead><tbody>{''.join(rows)}</tbody></table></article>"
+    )
+
+
+def _shown_bytes(i: dict[str, Any]) -> int:
+    total = int(i["bytes_total"])
+    return total if i["state"] == "installed" else min(int(i["bytes_sent"]), total)
+
+
+def _pct(done: int, total: int) -> str:
+    return f"{100 * done // total}%" if total else "0%"
+
+
+def _jobs(jobs: list[dict[str, Any]], now: float) -> str:
+    if not jobs:
+        return '<section><h2>Jobs</h2><p class="muted">no jobs yet</p></section>'
+    return "<section><h2>Jobs</h2>" + "".join(job_block(j, now) for j in jobs) + "</section>"
+
+
+def _servers(servers: list[dict[str, Any]]) -> str:
+    if not servers:
+        return '<section><h2>Servers</h2><p class="muted">no servers yet</p></section>'
+    rows = []
+    for s in servers:
+        disk = human_bytes(s["disk_free"]) if s["disk_free"] is not None else "-"
+        pkgs = ", ".join(s["installed"]) or "none"
+        rows.append(
+            f'<tr data-server="{h(s["name"])}"><th scope="row">{h(s["name"])}</th>'
+            f"<td>{_badge('online' if s['online'] else 'offline')}</td>"
+            f'<td title="{h(s["last_seen"] or "never")}">{h(s["last_seen_ago"])}</td>'
+            f'<td class="num">{h(disk)}</td><td>{h(pkgs)}</td>'
+            f'<td>{h(", ".join(s["groups"]))}</td><td class="muted">{h(s["url"])}</td></tr>'
+        )
+    return (
+        '<section><h2>Servers</h2><div class="scroll"><table class="servers"><thead><tr>'
+        '<th scope="col">server</th><th scope="col">agent</th>'
+        '<th scope="col">last heartbeat</th><th scope="col">free disk</th>'
+        '<th scope="col">installed packages</th><th scope="col">groups</th>'
+        f'<th scope="col">url</th></tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+        "</section>"
+    )
+
+
+def events_block(events: list[dict[str, Any]], now: float, title: str = "Events") -> str:
+    if not events:
+        return f'<section><h2>{h(title)}</h2><p class="muted">nothing yet</p></section>'
+    items = []
+    for e in reversed(events):  # newest first
+        job = f'<a href="/jobs/{h(e["job"])}">job {h(e["job"])}</a>' if e["job"] else ""
+        server = f'<span class="server">{h(e["server"])}</span>' if e["server"] else ""
+        kind = EVENT_TITLES.get(e["kind"], e["kind"])
+        items.append(
+            f'<li class="event k-{h(e["kind"])}" data-kind="{h(e["kind"])}">'
+            f'{_when(e["at"], now)} <span class="kind">{h(kind)}</span> {job} {server}'
+            f' <span class="msg">{h(e["message"])}</span></li>'
+        )
+    return f'<section><h2>{h(title)}</h2><ol class="events">{"".join(items)}</ol></section>'
+
+
+# --- pages ------------------------------------------------------------------------------------
+
+
+def overview_content(doc: dict[str, Any], now: float) -> str:
+    return (
+        _summary(doc["summary"])
+        + _matrix(doc)
+        + _jobs(doc["jobs"], now)
+        + _servers(doc["servers"])
+        + events_block(doc["events"], now)
+    )
+
+
+def job_content(doc: dict[str, Any], now: float) -> str:
+    return job_block(doc["job"], now, link=False) + events_block(doc["events"], now, "Timeline")
+
+
+def not_found_page(site: str, what: str) -> str:
+    body = (
+        f'<main class="narrow"><h1>Not found</h1><p>{h(what)}</p><p><a href="/">back</a></p></main>'
+    )
+    return page("packdist: not found", site, body)

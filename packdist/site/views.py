@@ -1,0 +1,200 @@
+"""What operators see, as plain data: the same documents feed the dashboard, its JSON API and
+the CLI (``job show --json``, ``status --json``, ``events --json``).
+
+Each view is a function of a :class:`~packdist.store.base.Store` and the current time, run on
+the store's thread; nothing here renders or talks HTTP.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from packdist.core.timefmt import ago, iso
+from packdist.states import InstructionState
+from packdist.store.base import EventRecord, JobRecord, ServerRecord, StatusCell, Store
+
+S = InstructionState
+ONLINE_AFTER = 10.0  # a server heard from within this many seconds is online
+RECENT_JOBS = 20
+RECENT_EVENTS = 60
+
+#: words for the matrix, best news first
+CELL_WORDS = ("installed", "in progress", "retrying", "corrupt", "failed", "cancelled", "-")
+
+_CORRUPTION_MARKS = ("hash mismatch", "signature does not verify", "reported package id")
+
+#: how each event kind reads on a timeline
+EVENT_TITLES = {
+    "created": "job created",
+    "attempt": "attempt",
+    "failure": "failure, retry scheduled",
+    "installed": "installed",
+    "failed": "failed for good",
+    "cancelled": "cancelled",
+    "retry": "operator retry",
+    "recovered": "recovered",
+    "server": "server",
+    "package": "package",
+}
+
+
+def is_corruption(error: str | None) -> bool:
+    """True when an error says content did not match its digest or signature."""
+    text = (error or "").lower()
+    return any(mark in text for mark in _CORRUPTION_MARKS)
+
+
+def online(server: ServerRecord, now: float) -> bool:
+    return server.last_seen is not None and now - server.last_seen < ONLINE_AFTER
+
+
+def cell_view(cell: StatusCell | None, now: float) -> dict[str, Any]:
+    """``{"word", "detail", "state", "job", ...}`` of one matrix cell (None: never sent)."""
+    if cell is None:
+        return {"word": "-", "detail": "", "state": None, "job": None}
+    state = cell.state
+    base = {
+        "state": state.value if state else None,
+        "job": cell.job_id,
+        "attempts": cell.attempts,
+        "last_error": cell.last_error,
+        "bytes_sent": cell.bytes_sent,
+        "bytes_total": cell.bytes_total,
+    }
+    if cell.installed:
+        return {**base, "word": "installed", "detail": "verified"}
+    earlier = f"; last error: {cell.last_error}" if cell.last_error else ""
+    if state is S.PENDING:
+        return {**base, "word": "in progress", "detail": f"waiting for a worker{earlier}"}
+    if state is S.SENDING:
+        pct = 100 * cell.bytes_sent // cell.bytes_total if cell.bytes_total else 0
+        detail = f"sending, {pct}%, attempt {cell.attempts}{earlier}"
+        return {**base, "word": "in progress", "detail": detail}
+    if state is S.RETRYING:
+        when = ""
+        if cell.next_attempt_at is not None:
+            when = (
+                "retry due now"
+                if cell.next_attempt_at <= now
+                else f"next attempt {ago(cell.next_attempt_at, now)}"
+            )
+        word = "corrupt" if is_corruption(cell.last_error) else "retrying"
+        detail = "; ".join(x for x in (cell.last_error or "", when) if x)
+        return {**base, "word": word, "detail": detail}
+    if state is S.FAILED:
+        word = "corrupt" if is_corruption(cell.last_error) else "failed"
+        return {**base, "word": word, "detail": cell.last_error or ""}
+    if state is S.CANCELLED:
+        return {**base, "word": "cancelled", "detail": cell.last_error or ""}
+    return {**base, "word": "installed", "detail": "verified"}  # S.INSTALLED, since removed
+
+
+def instruction_json(i: Any, now: float | None = None) -> dict[str, Any]:
+    return {
+        "server": i.server,
+        "state": i.state.value,
+        "attempts": i.attempts,
+        "last_error": i.last_error,
+        "next_attempt_at": iso(i.next_attempt_at) if i.state is S.RETRYING else None,
+        "bytes_sent": i.bytes_sent,
+        "bytes_total": i.bytes_total,
+        "updated_at": iso(i.updated_at),
+        "finished_at": iso(i.finished_at),
+    }
+
+
+def job_json(job: JobRecord) -> dict[str, Any]:
+    """The document of ``job show --json`` (CONTRACT.md)."""
+    return {
+        "id": job.id,
+        "package": job.package_ref,
+        "package_id": job.package_id,
+        "state": job.state.value,
+        "created_at": iso(job.created_at),
+        "max_attempts": job.max_attempts,
+        "deadline": job.deadline,
+        "instructions": [instruction_json(i) for i in job.instructions],
+    }
+
+
+def event_json(e: EventRecord) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "at": iso(e.at),
+        "time": e.at,
+        "kind": e.kind,
+        "job": e.job_id,
+        "server": e.server,
+        "message": e.message,
+    }
+
+
+def server_json(s: ServerRecord, now: float, installed: list[str]) -> dict[str, Any]:
+    return {
+        "name": s.name,
+        "url": s.url,
+        "groups": list(s.groups),
+        "online": online(s, now),
+        "last_seen": iso(s.last_seen),
+        "last_seen_ago": ago(s.last_seen, now),
+        "disk_free": s.disk_free,
+        "installed": installed,
+    }
+
+
+def status(store: Store, now: float) -> dict[str, Any]:
+    """The package x server matrix with a word and a reason per cell."""
+    servers = store.list_servers()
+    packages = [p.ref for p in store.list_packages()]
+    cells = {(c.package_ref, c.server): c for c in store.status_cells()}
+    matrix = {
+        p: {s.name: cell_view(cells.get((p, s.name)), now) for s in servers} for p in packages
+    }
+    installed: dict[str, list[str]] = {s.name: [] for s in servers}
+    for (ref, server), c in sorted(cells.items()):
+        if c.installed and server in installed:
+            installed[server].append(ref)
+    return {
+        "servers": [server_json(s, now, installed[s.name]) for s in servers],
+        "packages": packages,
+        "matrix": matrix,
+    }
+
+
+def summary(
+    jobs: list[JobRecord], servers: list[dict[str, Any]], matrix: dict[str, Any]
+) -> dict[str, int]:
+    words = [c["word"] for row in matrix.values() for c in row.values()]
+    return {
+        "jobs_active": sum(1 for j in jobs if j.state.value == "active"),
+        "retrying": words.count("retrying"),
+        "failed": words.count("failed") + words.count("corrupt"),
+        "installed": words.count("installed"),
+        "servers": len(servers),
+        "servers_online": sum(1 for s in servers if s["online"]),
+    }
+
+
+def overview(store: Store, now: float) -> dict[str, Any]:
+    """Everything the dashboard's front page shows, in one store call."""
+    st = status(store, now)
+    jobs = store.list_jobs(RECENT_JOBS)
+    return {
+        "site": store.site_name(),
+        "generated_at": iso(now),
+        "summary": summary(jobs, st["servers"], st["matrix"]),
+        **st,
+        "jobs": [job_json(j) for j in jobs],
+        "events": [event_json(e) for e in store.recent_events(RECENT_EVENTS)],
+    }
+
+
+def job_page(store: Store, job_id: str, now: float) -> dict[str, Any]:
+    """One job, its instructions and its whole timeline."""
+    job = store.get_job(job_id)
+    return {
+        "site": store.site_name(),
+        "generated_at": iso(now),
+        "job": job_json(job),
+        "events": [event_json(e) for e in store.recent_events(1000, job_id)],
+    }
