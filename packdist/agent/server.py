@@ -31,6 +31,7 @@ from packdist.site.client import SiteClient
 log = logging.getLogger("packdist.agent")
 
 HEARTBEAT_INTERVAL = 2.0
+FIRST_ENROLL_WAIT = 3.0  # at start-up, how long to wait for the site before serving anyway
 MAX_LONG_POLL = 5.0
 ENROLL_RETRY = 2.0
 
@@ -82,7 +83,16 @@ class Agent:
         self.session = new_session()
         self.liveness = new_session(fresh_connections=True)
         self.site = SiteClient(self.site_url, self.token, self.session, self.liveness)
-        self._background.append(asyncio.create_task(self._heartbeat_loop(), name="heartbeat"))
+        enrolled = False
+        try:  # enroll before serving when the site answers, so no install finds us unready
+            await asyncio.wait_for(self._enroll(), timeout=FIRST_ENROLL_WAIT)
+            enrolled = True
+        except (PackdistError, TimeoutError) as exc:
+            why = exc.message if isinstance(exc, PackdistError) else "no answer"
+            log.warning("not enrolled yet (%s); serving and retrying in the background", why)
+        self._background.append(
+            asyncio.create_task(self._heartbeat_loop(enrolled), name="heartbeat")
+        )
 
     async def stop(self) -> None:
         for t in self._background:
@@ -123,8 +133,7 @@ class Agent:
             "installed": sorted(set(self.home.installed().values())),
         }
 
-    async def _heartbeat_loop(self) -> None:
-        enrolled_now = False
+    async def _heartbeat_loop(self, enrolled_now: bool) -> None:
         while True:
             try:
                 if not enrolled_now:
