@@ -25,6 +25,7 @@ system-deps:
 	  command -v zstd >/dev/null || missing="$$missing zstd"; \
 	  [ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	  if [ -n "$$missing" ]; then \
+	    echo "installing system packages:$$missing"; \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null; \
 	  fi; \
 	fi
