@@ -177,7 +177,7 @@ SPECS: tuple[Spec, ...] = (
         "validation",
         "interval",
         parse_duration,
-        "how often installed packages are re-verified (0: never; recorded, not yet acted on)",
+        "how often the site re-verifies installed packages on every server (0: never)",
         "duration",
     ),
     Spec(

@@ -190,7 +190,8 @@ class Despooler:
     async def _install(self, c: Claim, progress: _Progress) -> None:
         manifest, signature = await self.db(lambda s: s.package_manifest(c.package_id))
         client = AgentClient(c.server, c.server_url, self.key, self.session)
-        status: dict[str, Any] | None = await client.install(manifest, signature)
+        repair = bool(c.options.get("repair"))  # a flag of the job: every attempt reads it
+        status: dict[str, Any] | None = await client.install(manifest, signature, repair)
         moved_at, last_mark = time.monotonic(), None
         while not progress.lost:
             assert status is not None
@@ -216,7 +217,7 @@ class Despooler:
                 raise RemoteError(f"install on {c.server} made no progress for {STALL_LIMIT:.0f}s")
             status = await client.status(c.package_id, wait=LONG_POLL)
             if status is None:  # the agent restarted and forgot: ask again, it resumes
-                status = await client.install(manifest, signature)
+                status = await client.install(manifest, signature, repair)
 
     async def _failed(self, c: Claim, error: str) -> None:
         policy = self.policy.with_limits(c.max_attempts, c.deadline)

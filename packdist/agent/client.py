@@ -10,7 +10,10 @@ import aiohttp
 from packdist.auth import site_assertion
 from packdist.core.signing import SigningKey
 from packdist.errors import RemoteError
-from packdist.http import CONTROL, request
+from packdist.http import CONTROL, Timeouts, request
+
+#: a validation answers once every byte is re-hashed: allow it time
+VALIDATE = Timeouts(connect=3.0, read=3600.0, total=3600.0)
 
 
 class AgentClient:
@@ -27,11 +30,15 @@ class AgentClient:
         token = site_assertion(self._key, self.server, method, url)
         return {"Authorization": f"Bearer {token}"}
 
-    async def install(self, manifest: bytes, signature: bytes) -> dict[str, Any]:
-        body = {
+    async def install(
+        self, manifest: bytes, signature: bytes, repair: bool = False
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
             "manifest": base64.b64encode(manifest).decode(),
             "signature": base64.b64encode(signature).decode(),
         }
+        if repair:  # rebuild an installed version, fetching only its damaged chunks
+            body["repair"] = True
         url = f"{self.base_url}/v1/install"
         async with request(
             self._session,
@@ -60,3 +67,18 @@ class AgentClient:
             if exc.status == 404:
                 return None
             raise
+
+    async def validate(self, package_ids: list[str] | None = None) -> list[dict[str, Any]]:
+        """Have the agent re-hash its installed trees (``package_ids``: only those)."""
+        url = f"{self.base_url}/v1/validate"
+        async with request(
+            self._session,
+            "POST",
+            url,
+            json={"package_ids": package_ids or []},
+            headers=self._headers("POST", url),
+            timeouts=VALIDATE,
+        ) as resp:
+            data: dict[str, Any] = await resp.json()
+            results: list[dict[str, Any]] = data.get("results", [])
+            return results

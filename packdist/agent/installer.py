@@ -3,7 +3,8 @@
 Steps, so that a server holds the whole version or none of it:
 
 1. check the site's signature, then parse the manifest (which validates every path);
-2. a version already installed with the same package id is done at once;
+2. a version already installed with the same package id is done at once (unless it is a
+   repair: then it is rebuilt, taking from the damaged tree every chunk that still verifies);
 3. lay out ``staging/<package id>/`` (same file system as ``packages/``) with every file
    preallocated: a disk that cannot hold the version fails here, before any transfer,
    with "disk full: need N, have M", and nothing is left behind;
@@ -178,8 +179,14 @@ class Installer:
 
     # --- entry points ---------------------------------------------------------------------
 
-    async def start(self, data: bytes, signature: bytes, key: VerifyKey) -> Install:
+    async def start(
+        self, data: bytes, signature: bytes, key: VerifyKey, repair: bool = False
+    ) -> Install:
         """Begin (or join) the install of a signed manifest; never blocks on the network.
+
+        ``repair``: rebuild the version even if it is installed (validation found it damaged):
+        a fresh staging tree takes every chunk that still verifies from the installed tree,
+        only the damaged chunks are fetched, and the exchange replaces the damaged tree.
 
         The signature check, the parse and the look at ``installed.json`` run in a thread,
         off the event loop. Everything after the last ``await`` runs without yielding, so two
@@ -200,13 +207,13 @@ class Installer:
             or (
                 current.state is InstallState.INSTALLED
                 # our look at installed.json may predate the end of that very install
-                and (installed or (current.ended_at or 0.0) >= checked_at)
+                and ((installed and not repair) or (current.ended_at or 0.0) >= checked_at)
             )
         ):
             return current
         inst = Install(pid, manifest.ref, manifest.total_size)
         self.installs[pid] = inst
-        if installed:
+        if installed and not repair:
             inst.bytes_present = manifest.total_size
             inst.phase = Phase.FINISH
             inst.end(InstallState.INSTALLED)
@@ -396,11 +403,11 @@ class Installer:
                     absent.append((path, offset))
             if not absent:
                 continue
-            if good is None and digest in local:
-                src_path, src_offset = local[digest]
+            for src_path, src_offset in local.get(digest, ()) if good is None else ():
                 data = _pread(src_path, src_offset, size)
                 if data is not None and Digest.of(data) == digest:
                     good = data
+                    break
             if good is None:
                 missing.append(digest)
             else:
@@ -408,9 +415,10 @@ class Installer:
                     _pwrite(staging / path, offset, good)
         return missing
 
-    def _installed_sources(self) -> dict[Digest, Location]:
-        """Chunks of installed versions: digest -> (absolute path, offset)."""
-        out: dict[Digest, Location] = {}
+    def _installed_sources(self) -> dict[Digest, list[Location]]:
+        """Chunks of installed versions: digest -> [(absolute path, offset)], every place
+        each is found (a repair takes a chunk from wherever it still verifies)."""
+        out: dict[Digest, list[Location]] = {}
         for ref, pid in self.home.installed().items():
             data = self.home.load_manifest(pid)
             if data is None:
@@ -423,7 +431,7 @@ class Installer:
             for e in m.files():
                 offset = 0
                 for c in e.chunks:
-                    out.setdefault(c.digest, (str(root / e.path), offset))
+                    out.setdefault(c.digest, []).append((str(root / e.path), offset))
                     offset += c.size
             del ref
         return out

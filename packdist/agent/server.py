@@ -21,7 +21,8 @@ import aiohttp
 from aiohttp import web
 
 from packdist.agent.home import ENROLLMENT, AgentHome
-from packdist.agent.installer import Installer
+from packdist.agent.installer import Installer, InstallState
+from packdist.agent.validation import validate_installed
 from packdist.auth import bearer, check_site_assertion
 from packdist.core.signing import VerifyKey
 from packdist.errors import AuthError, PackdistError, UserError
@@ -161,6 +162,7 @@ class Agent:
         app.router.add_get("/healthz", self.healthz)
         app.router.add_post("/v1/install", self.install)
         app.router.add_get("/v1/installs/{package_id}", self.install_status)
+        app.router.add_post("/v1/validate", self.validate)
         return app
 
     @web.middleware
@@ -192,11 +194,36 @@ class Agent:
             body = await request.json()
             data = base64.b64decode(body["manifest"], validate=True)
             signature = base64.b64decode(body["signature"], validate=True)
-        except (KeyError, ValueError, TypeError) as exc:
+            repair = body.get("repair", False)
+            if not isinstance(repair, bool):
+                raise TypeError("repair must be true or false")
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
             raise UserError(f"malformed install request: {exc}") from exc
         assert self.site_key is not None
-        inst = await self.installer.start(data, signature, self.site_key)
+        inst = await self.installer.start(data, signature, self.site_key, repair=repair)
         return web.json_response(inst.to_json(), status=202)
+
+    async def validate(self, request: web.Request) -> web.Response:
+        """Re-hash installed trees against their manifests: ``{"package_ids": [...]}`` (all
+        installed versions when absent or empty). Versions being installed are skipped."""
+        body: Any = {}
+        if request.can_read_body:
+            try:
+                body = await request.json()
+            except ValueError as exc:
+                raise UserError(f"body is not JSON: {exc}") from exc
+        ids = body.get("package_ids") if isinstance(body, dict) else None
+        if ids is not None and (
+            not isinstance(ids, list) or not all(isinstance(x, str) for x in ids)
+        ):
+            raise UserError('body must be {"package_ids": [id, ...]}')
+        busy = {
+            pid
+            for pid, inst in self.installer.installs.items()
+            if inst.state is InstallState.INSTALLING
+        }
+        results = await asyncio.to_thread(validate_installed, self.home, ids or None, busy)
+        return web.json_response({"server": self.server_name, "results": results})
 
     async def install_status(self, request: web.Request) -> web.Response:
         inst = self.installer.status(request.match_info["package_id"])

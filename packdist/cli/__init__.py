@@ -16,6 +16,7 @@ from packdist.cli import (
     package_cmds,
     server_cmds,
     site_cmds,
+    validate_cmds,
 )
 from packdist.cli.common import home_option
 from packdist.errors import PackdistError, UserError
@@ -42,6 +43,7 @@ cli.add_command(job_cmds.distribute)
 cli.add_command(job_cmds.job)
 cli.add_command(job_cmds.status)
 cli.add_command(event_cmds.events)
+cli.add_command(validate_cmds.validate)
 
 
 def main(argv: list[str] | None = None) -> Any:

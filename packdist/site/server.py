@@ -33,6 +33,7 @@ from packdist.errors import AuthError, NotFound, PackdistError, UserError
 from packdist.http import error_frame, error_middleware, frame_header, new_session
 from packdist.site import dashboard
 from packdist.site.home import SiteHome
+from packdist.site.validation import validation_loop
 from packdist.store.base import ServerRecord
 
 log = logging.getLogger("packdist.site")
@@ -203,11 +204,21 @@ class SiteServer:
             max_in_flight=self.max_in_flight,
         )
         despooler = asyncio.create_task(self.despooler.run(), name="despooler")
+        background = [despooler]
+        interval = self.settings.validation_interval
+        if interval > 0:  # scheduled validation, in the background: never blocks other work
+            background.append(
+                asyncio.create_task(
+                    validation_loop(self.db, self.key, session, interval, self.despooler.wake.set),
+                    name="validation",
+                )
+            )
         try:
             await serve_until_stopped(self.app(), listen)
         finally:
-            despooler.cancel()
-            await asyncio.gather(despooler, return_exceptions=True)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             await self.despooler.shutdown()
             await session.close()
             self.db.close()

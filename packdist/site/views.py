@@ -35,6 +35,8 @@ EVENT_TITLES = {
     "recovered": "recovered",
     "server": "server",
     "package": "package",
+    "corrupt": "corrupt, repair queued",
+    "validated": "validated",
 }
 
 
@@ -61,6 +63,9 @@ def cell_view(cell: StatusCell | None, now: float) -> dict[str, Any]:
         "bytes_sent": cell.bytes_sent,
         "bytes_total": cell.bytes_total,
     }
+    if cell.corrupt is not None:  # validation found the copy damaged; a repair mends it
+        repair = f"; repair {state.value}" if state is not None and state is not S.INSTALLED else ""
+        return {**base, "word": "corrupt", "detail": f"{cell.corrupt}{repair}"}
     if cell.installed:
         return {**base, "word": "installed", "detail": "verified"}
     earlier = f"; last error: {cell.last_error}" if cell.last_error else ""

@@ -84,6 +84,7 @@ class Claim:
     max_attempts: int | None
     deadline: float | None
     lease: str = ""  # the lease owner this claim was made under
+    options: dict[str, Any] = field(default_factory=dict)  # the job's flags ("repair")
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,7 @@ class StatusCell:
     bytes_sent: int
     bytes_total: int
     updated_at: float | None
+    corrupt: str | None = None  # what the last validation found wrong with the copy, in words
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,14 @@ class MetricsTotals:
     transfer_buckets: tuple[int, ...]  # cumulative count per bound
     transfer_count: int  # installs with a known duration (claim to verified)
     transfer_sum: float  # their total duration (seconds)
+
+
+def describe_problems(problems: list[dict[str, str]], limit: int = 10) -> str:
+    """``bin/tool altered, lib/x missing`` (at most ``limit`` paths named)."""
+    words = [f"{p.get('path', '?')} {p.get('problem', 'altered')}" for p in problems[:limit]]
+    if len(problems) > limit:
+        words.append(f"and {len(problems) - limit} more")
+    return ", ".join(words)
 
 
 class Store(abc.ABC):
@@ -253,6 +263,17 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def next_due_at(self) -> float | None: ...
+
+    # --- validation -----------------------------------------------------------------------
+    @abc.abstractmethod
+    def record_validation(
+        self, server: str, package_id: str, problems: list[dict[str, str]], now: float
+    ) -> str | None:
+        """Record what a validation found for one copy. With problems: mark the copy
+        corrupt (the matrix shows it until a verified install clears it), write a
+        ``corrupt`` event naming the paths and queue a repair job (options
+        ``{"repair": true}``) unless one is unfinished; returns the new job's id. Without:
+        clear an earlier mark. Unknown packages and removed servers are ignored (None)."""
 
     # --- views ----------------------------------------------------------------------------
     @abc.abstractmethod

@@ -37,6 +37,7 @@ from packdist.store.base import (
     ServerRecord,
     StatusCell,
     Store,
+    describe_problems,
 )
 
 S = InstructionState
@@ -365,7 +366,8 @@ class SQLiteStore(Store):
                 [(server, p) for p in gone],
             )
             db.executemany(
-                "INSERT OR IGNORE INTO server_packages VALUES (?, ?, ?)",
+                "INSERT OR IGNORE INTO server_packages (server, package_id, installed_at)"
+                " VALUES (?, ?, ?)",
                 [(server, p, now) for p in new],
             )
             if not came_back:
@@ -400,30 +402,41 @@ class SQLiteStore(Store):
         options: dict[str, Any],
         now: float,
     ) -> str:
+        with self._tx():
+            return self._add_job(package_id, servers, max_attempts, deadline, options, now)
+
+    def _add_job(
+        self,
+        package_id: str,
+        servers: list[str],
+        max_attempts: int | None,
+        deadline: float | None,
+        options: dict[str, Any],
+        now: float,
+    ) -> str:
+        """The job and its instructions (inside the caller's transaction)."""
+        db = self._db
         targets = list(dict.fromkeys(servers))
         if not targets:
             raise NoTargets("a job needs at least one target server")
         job_id = secrets.token_hex(6)
-        with self._tx() as db:
-            pkg = self.package_by_id(package_id)
-            if pkg is None:
-                raise NotFound(f"no package with id {package_id[:12]}…")
-            known = {s.name for s in self._servers()}
-            unknown = [s for s in targets if s not in known]
-            if unknown:
-                raise NotFound(f"unknown server(s): {', '.join(unknown)}")
-            db.execute(
-                "INSERT INTO jobs VALUES (?,?,?,?,?,?)",
-                (job_id, package_id, now, max_attempts, deadline, json.dumps(options)),
-            )
-            db.executemany(
-                "INSERT INTO instructions (job_id, server, state, next_attempt_at, updated_at,"
-                " bytes_total) VALUES (?, ?, 'pending', ?, ?, ?)",
-                [(job_id, s, now, now, pkg.size) for s in targets],
-            )
-            self._event(
-                "created", f"job created: {pkg.ref} to {', '.join(targets)}", job_id, now=now
-            )
+        pkg = self.package_by_id(package_id)
+        if pkg is None:
+            raise NotFound(f"no package with id {package_id[:12]}…")
+        known = {s.name for s in self._servers()}
+        unknown = [s for s in targets if s not in known]
+        if unknown:
+            raise NotFound(f"unknown server(s): {', '.join(unknown)}")
+        db.execute(
+            "INSERT INTO jobs VALUES (?,?,?,?,?,?)",
+            (job_id, package_id, now, max_attempts, deadline, json.dumps(options)),
+        )
+        db.executemany(
+            "INSERT INTO instructions (job_id, server, state, next_attempt_at, updated_at,"
+            " bytes_total) VALUES (?, ?, 'pending', ?, ?, ?)",
+            [(job_id, s, now, now, pkg.size) for s in targets],
+        )
+        self._event("created", f"job created: {pkg.ref} to {', '.join(targets)}", job_id, now=now)
         return job_id
 
     def _instructions(self, job_id: str) -> tuple[InstructionRecord, ...]:
@@ -525,9 +538,12 @@ class SQLiteStore(Store):
             for iid in ids:
                 r = db.execute(
                     "SELECT i.id, i.job_id, i.server, s.url, j.package_id, p.name, p.version,"
-                    " i.attempts, i.attempts_base, j.created_at, j.max_attempts, j.deadline"
+                    " i.attempts, i.attempts_base, j.created_at, j.max_attempts, j.deadline,"
+                    " j.options, sp.corrupt"
                     " FROM instructions i JOIN jobs j ON j.id = i.job_id"
                     " JOIN servers s ON s.name = i.server JOIN packages p ON p.id = j.package_id"
+                    " LEFT JOIN server_packages sp"
+                    "   ON sp.server = i.server AND sp.package_id = j.package_id"
                     " WHERE i.id = ?",
                     (iid,),
                 ).fetchone()
@@ -545,6 +561,8 @@ class SQLiteStore(Store):
                         r[10],
                         r[11],
                         owner,
+                        # a copy known corrupt is repaired by any job, not taken as installed
+                        {**json.loads(r[12] or "{}"), **({"repair": True} if r[13] else {})},
                     )
                 )
                 self._event("attempt", f"attempt {r[7]} to {r[2]}", r[1], r[2], now=now)
@@ -578,8 +596,9 @@ class SQLiteStore(Store):
             pkg = db.execute(
                 "SELECT package_id FROM jobs WHERE id = ?", (row["job_id"],)
             ).fetchone()[0]
-            db.execute(
-                "INSERT OR REPLACE INTO server_packages VALUES (?, ?, ?)",
+            db.execute(  # a verified install: whatever validation found before is mended
+                "INSERT OR REPLACE INTO server_packages (server, package_id, installed_at,"
+                " corrupt) VALUES (?, ?, ?, NULL)",
                 (row["server"], pkg, now),
             )
             self._event(
@@ -687,17 +706,77 @@ class SQLiteStore(Store):
         ).fetchone()
         return float(row[0]) if row and row[0] is not None else None
 
+    # --- validation -----------------------------------------------------------------------
+
+    def record_validation(
+        self, server: str, package_id: str, problems: list[dict[str, str]], now: float
+    ) -> str | None:
+        with self._tx() as db:
+            pkg = self.package_by_id(package_id)
+            if pkg is None or not self._servers("AND s.name = ?", (server,)):
+                return None  # not a package of this site, or a server since removed
+            if not problems:
+                healed = db.execute(
+                    "UPDATE server_packages SET corrupt = NULL"
+                    " WHERE server = ? AND package_id = ? AND corrupt IS NOT NULL",
+                    (server, package_id),
+                ).rowcount
+                if healed:
+                    self._event(
+                        "validated",
+                        f"{pkg.ref} on {server} verifies again",
+                        server=server,
+                        now=now,
+                    )
+                return None
+            words = describe_problems(problems)
+            db.execute(
+                "INSERT INTO server_packages (server, package_id, installed_at, corrupt)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (server, package_id)"
+                " DO UPDATE SET corrupt = excluded.corrupt",
+                (server, package_id, now, words),
+            )
+            pending = db.execute(
+                "SELECT i.job_id FROM instructions i JOIN jobs j ON j.id = i.job_id"
+                " WHERE i.server = ? AND j.package_id = ?"
+                f" AND i.state IN ({_in('cancel')})"
+                " AND json_extract(j.options, '$.repair') = 1",
+                (server, package_id),
+            ).fetchone()
+            if pending is not None:  # a repair is already queued or under way
+                self._event(
+                    "corrupt",
+                    f"{pkg.ref} corrupt on {server}: {words}; repair job {pending[0]} under way",
+                    pending[0],
+                    server,
+                    now=now,
+                )
+                return None
+            job_id = self._add_job(package_id, [server], None, None, {"repair": True}, now)
+            self._event(
+                "corrupt",
+                f"{pkg.ref} corrupt on {server}: {words}; repair queued (job {job_id})",
+                job_id,
+                server,
+                now=now,
+            )
+            return job_id
+
     # --- views ----------------------------------------------------------------------------
 
     def status_matrix(self) -> dict[str, dict[str, str]]:
         matrix: dict[str, dict[str, str]] = {}
         for r in self._db.execute(
-            "SELECT p.name || '@' || p.version AS ref, sp.server FROM server_packages sp"
+            "SELECT p.name || '@' || p.version AS ref, sp.server, sp.corrupt"
+            " FROM server_packages sp"
             " JOIN packages p ON p.id = sp.package_id JOIN servers s ON s.name = sp.server"
             " WHERE s.removed = 0"
         ):
-            matrix.setdefault(r["ref"], {})[r["server"]] = "installed"
-        # Unfinished work shows where nothing is installed yet; the newest job wins.
+            matrix.setdefault(r["ref"], {})[r["server"]] = (
+                "corrupt" if r["corrupt"] is not None else "installed"
+            )
+        # Unfinished work shows where nothing is installed yet; the newest job wins. A copy
+        # found corrupt stays "corrupt" until its repair is installed (verified).
         for r in self._db.execute(
             "SELECT p.name || '@' || p.version AS ref, i.server, i.state FROM instructions i"
             " JOIN jobs j ON j.id = i.job_id JOIN packages p ON p.id = j.package_id"
@@ -705,7 +784,7 @@ class SQLiteStore(Store):
             " ORDER BY j.created_at"
         ):
             cell = matrix.setdefault(r["ref"], {})
-            if cell.get(r["server"]) != "installed" and r["state"] != "installed":
+            if cell.get(r["server"]) not in ("installed", "corrupt") and r["state"] != "installed":
                 cell[r["server"]] = r["state"]
         return matrix
 
@@ -724,9 +803,9 @@ class SQLiteStore(Store):
 
     def status_cells(self) -> list[StatusCell]:
         installed = {
-            (r["server"], r["package_id"])
+            (r["server"], r["package_id"]): r["corrupt"]
             for r in self._db.execute(
-                "SELECT sp.server, sp.package_id FROM server_packages sp"
+                "SELECT sp.server, sp.package_id, sp.corrupt FROM server_packages sp"
                 " JOIN servers s ON s.name = sp.server WHERE s.removed = 0"
             )
         }
@@ -744,7 +823,7 @@ class SQLiteStore(Store):
         ):
             newest[(r["server"], r["package_id"])] = r
         cells = []
-        for server, pid in installed | newest.keys():
+        for server, pid in installed.keys() | newest.keys():
             r = newest.get((server, pid))
             cells.append(
                 StatusCell(
@@ -760,6 +839,7 @@ class SQLiteStore(Store):
                     r["bytes_sent"] if r else 0,
                     r["bytes_total"] if r else 0,
                     r["updated_at"] if r else None,
+                    installed.get((server, pid)),
                 )
             )
         return sorted(cells, key=lambda c: (c.package_ref, c.server))

@@ -704,6 +704,49 @@ class StoreConformance:
         store.remove_server("dp1")
         assert store.status_matrix()["app@1.0"] == {"dp2": "pending"}
 
+    def test_a_corrupt_copy_queues_one_repair_and_shows_until_it_is_installed(
+        self, store: Store, pkg: PackageRecord, servers: list[str]
+    ) -> None:
+        store.add_job(pkg.id, ["dp1"], None, None, {}, T0)
+        claim = claim_one(store, "w1", T0)
+        assert claim.options == {}
+        store.mark_installed(claim.instruction_id, "w1", T0 + 1)
+        problems = [
+            {"path": "bin/run", "problem": "altered"},
+            {"path": "lib/x", "problem": "missing"},
+        ]
+        job_id = store.record_validation("dp1", pkg.id, problems, T0 + 2)
+        assert job_id is not None
+        assert store.get_job(job_id).options == {"repair": True}
+        assert store.status_matrix()["app@1.0"] == {"dp1": "corrupt"}
+        [cell] = [c for c in store.status_cells() if c.server == "dp1"]
+        assert cell.corrupt == "bin/run altered, lib/x missing" and cell.job_id == job_id
+        [event] = [e for e in store.events(job_id) if e.kind == "corrupt"]
+        assert "bin/run altered, lib/x missing" in event.message and event.server == "dp1"
+        # found again while the repair is queued: no second repair
+        assert store.record_validation("dp1", pkg.id, problems, T0 + 3) is None
+        assert len(store.list_jobs()) == 2
+        repair = claim_one(store, "w1", T0 + 4)
+        assert repair.job_id == job_id and repair.options == {"repair": True}
+        # any job to a copy known corrupt repairs it (never taken as already installed)
+        plain = store.add_job(pkg.id, ["dp1"], None, None, {}, T0 + 4)
+        assert claim_one(store, "w2", T0 + 4).options == {"repair": True}
+        store.cancel_job(plain, T0 + 4)
+        assert store.status_matrix()["app@1.0"] == {"dp1": "corrupt"}
+        store.mark_installed(repair.instruction_id, "w1", T0 + 5)
+        assert store.status_matrix()["app@1.0"] == {"dp1": "installed"}
+        [cell] = [c for c in store.status_cells() if c.server == "dp1"]
+        assert cell.corrupt is None and cell.installed
+        # damaged again later: a new repair; healed by other means: the mark goes
+        again = store.record_validation("dp1", pkg.id, problems[:1], T0 + 6)
+        assert again is not None and again != job_id
+        assert store.record_validation("dp1", pkg.id, [], T0 + 7) is None
+        assert store.status_matrix()["app@1.0"]["dp1"] != "corrupt"
+        # unknown packages and removed servers are ignored
+        assert store.record_validation("dp1", "0" * 64, problems, T0 + 8) is None
+        store.remove_server("dp2")
+        assert store.record_validation("dp2", pkg.id, problems, T0 + 8) is None
+
     def test_events_are_written(self, store: Store, job_id: str) -> None:
         claim = claim_one(store, "w1", T0 + 1)
         store.schedule_retry(claim.instruction_id, "w1", "connect timeout", T0 + 5, T0 + 2)
