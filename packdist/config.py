@@ -23,6 +23,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from packdist.core.names import split_listen
 from packdist.errors import UserError
 from packdist.retry import RetryPolicy
 
@@ -40,9 +41,7 @@ class ConfigError(UserError):
 def _listen(v: Any) -> str:
     if not isinstance(v, str):
         raise ValueError("must be a string HOST:PORT")
-    _host, sep, port = v.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError("must be HOST:PORT with a port between 1 and 65535")
+    split_listen(v)
     return v
 
 

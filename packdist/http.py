@@ -105,16 +105,6 @@ def translate(exc: BaseException, url: str) -> PackdistError:
     return TransferError(f"transfer with {url} failed: {exc!r}")
 
 
-async def guarded(url: str, call: Awaitable[T]) -> T:
-    """Await ``call``, translating any network failure."""
-    try:
-        return await call
-    except PackdistError:
-        raise
-    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        raise translate(exc, url) from exc
-
-
 async def raise_for_answer(resp: aiohttp.ClientResponse, url: str) -> None:
     if resp.status < 400:
         return

@@ -14,12 +14,12 @@
 from __future__ import annotations
 
 import json
-import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from packdist.core import fsutil
 from packdist.core.fsutil import write_atomic
 from packdist.errors import AlreadyExists, UserError
 
@@ -120,5 +120,4 @@ class AgentHome:
             return None
 
     def free_bytes(self) -> int:
-        st = os.statvfs(self.root)
-        return st.f_bavail * st.f_frsize
+        return fsutil.free_bytes(self.root)

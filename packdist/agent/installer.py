@@ -96,7 +96,6 @@ class Install:
     error: str | None = None
     bytes_received: int = 0
     bytes_present: int = 0
-    started_at: float = field(default_factory=time.time)
     ended_at: float | None = None  # time.monotonic() when the install ended
     phase: Phase = Phase.LAYOUT
     progress: int = 0  # grows whenever the install does anything (see the module docstring)
@@ -324,17 +323,17 @@ class Installer:
             return
         resumed = await asyncio.to_thread(self._lay_out, inst, manifest, staging)
         inst.enter(Phase.LOCAL)
-        missing = await asyncio.to_thread(self._fill_locally, inst, plan, staging, resumed)
-        inst.bytes_present = manifest.total_size - sum(
-            plan.sizes[d] * len(plan.locations[d]) for d in missing
-        )
-        t1 = time.monotonic()
-        if missing:
-            inst.enter(Phase.FETCH)
-            try:
+        try:
+            missing = await asyncio.to_thread(self._fill_locally, inst, plan, staging, resumed)
+            inst.bytes_present = manifest.total_size - sum(
+                plan.sizes[d] * len(plan.locations[d]) for d in missing
+            )
+            t1 = time.monotonic()
+            if missing:
+                inst.enter(Phase.FETCH)
                 await self._fetch_all(inst, plan, staging, missing)
-            finally:
-                plan.close()
+        finally:
+            plan.close()
         t2 = time.monotonic()
         inst.enter(Phase.FINISH)
         await asyncio.to_thread(self._finish, inst, manifest, staging)
@@ -412,7 +411,7 @@ class Installer:
                 missing.append(digest)
             else:
                 for path, offset in absent:
-                    _pwrite(staging / path, offset, good)
+                    _pwrite_fd(plan.fd(staging / path), offset, good)
         return missing
 
     def _installed_sources(self) -> dict[Digest, list[Location]]:
@@ -579,14 +578,6 @@ def _pread(path: Path | str, offset: int, size: int) -> bytes | None:
     finally:
         os.close(fd)
     return data if len(data) == size else None
-
-
-def _pwrite(path: Path, offset: int, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        _pwrite_fd(fd, offset, data)
-    finally:
-        os.close(fd)
 
 
 def _pwrite_fd(fd: int, offset: int, data: bytes) -> None:

@@ -24,6 +24,7 @@ from packdist.agent.home import ENROLLMENT, AgentHome
 from packdist.agent.installer import Installer, InstallState
 from packdist.agent.validation import validate_installed
 from packdist.auth import bearer, check_site_assertion
+from packdist.core.names import split_listen
 from packdist.core.signing import VerifyKey
 from packdist.errors import AuthError, PackdistError, UserError
 from packdist.http import error_middleware, error_response, new_session
@@ -238,15 +239,11 @@ class Agent:
         return web.json_response(inst.to_json())
 
 
-def _split_listen(listen: str) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit():
-        raise UserError(f"--listen {listen!r} must be HOST:PORT")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
 async def serve_until_stopped(app: web.Application, listen: str) -> None:
-    host, port = _split_listen(listen)
+    try:
+        host, port = split_listen(listen)
+    except ValueError as exc:
+        raise UserError(f"--listen {listen!r}: {exc}") from exc
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:

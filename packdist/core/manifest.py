@@ -12,6 +12,7 @@ equal the sum of their chunks.
 
 from __future__ import annotations
 
+import functools
 import json
 import posixpath
 from collections.abc import Iterator, Mapping
@@ -192,7 +193,7 @@ class Manifest:
             self.to_json(), sort_keys=True, separators=(",", ":"), ensure_ascii=False
         ).encode("utf-8")
 
-    @property
+    @functools.cached_property
     def id(self) -> Digest:
         """The package id: the digest of the canonical form."""
         return Digest.of(self.canonical())
@@ -206,7 +207,7 @@ class Manifest:
     def files(self) -> Iterator[Entry]:
         return (e for e in self.entries if e.type is EntryType.FILE)
 
-    @property
+    @functools.cached_property
     def total_size(self) -> int:
         return sum(e.size for e in self.files())
 

@@ -47,3 +47,12 @@ def parse_ref(ref: str) -> tuple[str, str]:
     if not sep:
         raise InvalidName(f"package reference {ref!r} must be NAME@VERSION")
     return check_package_name(name), check_version(version)
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` too) as (host, port); an empty host means every address.
+    Raises ``ValueError`` naming the problem."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("must be HOST:PORT with a port between 1 and 65535")
+    return host.strip("[]") or "0.0.0.0", int(port)

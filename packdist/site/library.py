@@ -77,11 +77,6 @@ class ContentLibrary:
         except FileNotFoundError as exc:
             raise NotFound(f"chunk {digest.short}… is missing from the library") from exc
 
-    def read_verified(self, digest: Digest) -> bytes:
-        data = self.read(digest)
-        digest.verify(data)
-        return data
-
     def check(self, digest: Digest, size: int) -> str | None:
         """Return what is wrong with a stored chunk (``None`` if it is sound)."""
         try:

@@ -19,7 +19,6 @@ RECENT_JOBS = 20
 RECENT_EVENTS = 60
 
 #: words for the matrix, best news first
-CELL_WORDS = ("installed", "in progress", "retrying", "corrupt", "failed", "cancelled", "-")
 
 _CORRUPTION_MARKS = ("hash mismatch", "signature does not verify", "reported package id")
 
