@@ -62,6 +62,11 @@ class AgentHome:
     def package_dir(self, name: str, version: str) -> Path:
         return self.packages / name / version
 
+    def ref_dir(self, ref: str) -> Path:
+        """The folder of ``NAME@VERSION`` (a ref this agent recorded itself)."""
+        name, _, version = ref.partition("@")
+        return self.package_dir(name, version)
+
     # --- enrollment -----------------------------------------------------------------------
 
     def load_enrollment(self) -> dict[str, Any] | None:
@@ -99,9 +104,7 @@ class AgentHome:
             data: dict[str, str] = json.loads(self.installed_file.read_text())
         except FileNotFoundError:
             return {}
-        return {
-            ref: pid for ref, pid in data.items() if self.package_dir(*ref.split("@", 1)).is_dir()
-        }
+        return {ref: pid for ref, pid in data.items() if self.ref_dir(ref).is_dir()}
 
     def record_installed(self, ref: str, package_id: str) -> None:
         """Record ``ref`` as installed with ``package_id`` (safe from several threads)."""

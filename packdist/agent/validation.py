@@ -56,7 +56,7 @@ def validate_tree(home: AgentHome, ref: str, package_id: str) -> list[Problem]:
         return [{"path": ".", "problem": "manifest unreadable"}]
     if manifest.id.hex != package_id:
         return [{"path": ".", "problem": "manifest altered"}]
-    root = home.package_dir(*ref.split("@", 1))
+    root = home.package_dir(manifest.name, manifest.version)
     problems: list[Problem] = []
     for entry in manifest.entries:
         problem = check_entry(root, entry)

@@ -15,12 +15,12 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from packdist.core.fsutil import write_atomic
 from packdist.errors import UserError
 
 FILE_NAME = "operator.json"
@@ -94,18 +94,7 @@ def create(home: Path) -> str:
         "session_secret": _b64(secrets.token_bytes(32)),
         "created_at": time.time(),
     }
-    path = path_in(home)
-    tmp = path.with_name(f".{FILE_NAME}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(path_in(home), json.dumps(doc).encode(), 0o600)
     return password
 
 
