@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import ipaddress
+import json
 import os
 import signal
 import subprocess
@@ -205,6 +206,25 @@ class Lab:
 
     def replug(self, host: str) -> None:
         ip("-n", self.ns(host), "link", "set", self.host_veth(host), "up")
+
+    def shape(self, host: str, rate: str = "100mbit", burst: str = "128kb") -> None:
+        """Cap ``host``'s cable at ``rate`` both ways with ``tc tbf`` (egress of each veth
+        end: the host side limits what it sends, the bridge port what it receives)."""
+        for ns, dev in ((self.ns(host), self.host_veth(host)), (SWITCH_NS, self.bridge_port(host))):
+            proc = subprocess.run(
+                ["tc", "-n", ns, "qdisc", "replace", "dev", dev, "root", "tbf", "rate", rate,
+                 "burst", burst, "latency", "50ms"],
+                capture_output=True, text=True, timeout=30,
+            )  # fmt: skip
+            if proc.returncode != 0:
+                raise LabError(f"tc tbf on {dev} failed: {proc.stderr.strip()}")
+
+    def link_bytes(self, host: str) -> tuple[int, int]:
+        """``(received, sent)`` bytes on ``host``'s cable, from the kernel's interface
+        counters (every byte of every frame: payload, TCP/IP headers, retransmissions)."""
+        out = ip("-n", self.ns(host), "-j", "-s", "link", "show", self.host_veth(host)).stdout
+        stats = json.loads(out)[0]["stats64"]
+        return int(stats["rx"]["bytes"]), int(stats["tx"]["bytes"])
 
     def link_is_up(self, host: str) -> bool:
         out = ip("-n", self.ns(host), "-o", "link", "show", self.host_veth(host)).stdout
