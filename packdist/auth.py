@@ -9,6 +9,11 @@
   verify against the site key it learned at enrollment and whose claims match the request
   it came with: nobody else's key, no expired or misdirected ones, and a credential seen in
   one request cannot be replayed on another route.
+* Peer credentials: the same kind of assertion, handed by the site to an agent for each
+  peer it may fetch from. It names the fetching server (``sub``) and the one package it
+  may ask for (``pkg``) and lives long enough for a transfer (``PEER_TTL``). Agents serve
+  chunks to each other only with one of these, so a peer is exactly as authorized as the
+  site made it.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from packdist.errors import AuthError, BadSignature
 
 TOKEN_PREFIX = "pdt_"
 ASSERTION_TTL = 30.0  # seconds a site credential lives
+PEER_TTL = 3600.0  # seconds a peer credential lives: long enough for one transfer
+PEER_CHUNKS_PATH = "/v1/peer/chunks"
 CLOCK_SKEW = 60.0  # how far ahead of the agent's clock the site's may be
 
 
@@ -60,17 +67,24 @@ def request_path(url_or_path: str) -> str:
 
 
 def site_assertion(
-    key: SigningKey, audience: str, method: str, path: str, now: float | None = None
+    key: SigningKey,
+    audience: str,
+    method: str,
+    path: str,
+    now: float | None = None,
+    ttl: float = ASSERTION_TTL,
+    **extra: str,
 ) -> str:
     """A credential the site presents to the agent of server ``audience`` for one request:
     ``method`` on ``path`` (a URL or a path; any query is left out)."""
     now = time.time() if now is None else now
-    claims = {
+    claims: dict[str, object] = {
+        **extra,
         "aud": audience,
         "htm": method.upper(),
         "htu": request_path(path),
         "iat": int(now),
-        "exp": int(now + ASSERTION_TTL),
+        "exp": int(now + ttl),
     }
     payload = json.dumps(claims, sort_keys=True, separators=(",", ":")).encode()
     return f"{_b64(payload)}.{_b64(key.sign(payload))}"
@@ -83,8 +97,9 @@ def check_site_assertion(
     method: str,
     path: str,
     now: float | None = None,
-) -> None:
-    """Accept the credential for ``method`` on ``path`` (query ignored), or raise AuthError."""
+) -> dict[str, object]:
+    """Accept the credential for ``method`` on ``path`` (query ignored) and return its
+    claims, or raise AuthError."""
     now = time.time() if now is None else now
     try:
         payload_b64, sig_b64 = token.split(".")
@@ -104,3 +119,14 @@ def check_site_assertion(
         raise AuthError("credential is for another path")
     if not (iat - CLOCK_SKEW <= now <= exp):
         raise AuthError("credential expired")
+    return claims
+
+
+def peer_assertion(
+    key: SigningKey, audience: str, subject: str, package_id: str, now: float | None = None
+) -> str:
+    """A credential for server ``subject`` to fetch chunks of one package from its peer
+    ``audience``."""
+    return site_assertion(
+        key, audience, "POST", PEER_CHUNKS_PATH, now, ttl=PEER_TTL, sub=subject, pkg=package_id
+    )

@@ -23,8 +23,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from packdist.core.names import split_listen
+from packdist.core.fsutil import human_bytes
+from packdist.core.names import check_label_key, split_listen
 from packdist.errors import UserError
+from packdist.ratelimit import parse_rate
 from packdist.retry import RetryPolicy
 
 CONFIG_NAME = "packdist.toml"
@@ -84,6 +86,28 @@ def _float(minimum: float, maximum: float = math.inf) -> Callable[[Any], float]:
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_size(v: Any) -> int:
+    """Bytes from ``1000``, ``"500MiB"``, ``"10G"``, ``"2GiB"`` (units are binary: K, M, G,
+    T, optionally followed by ``iB`` or ``B``)."""
+    if isinstance(v, bool):
+        raise ValueError("must be a size such as 500MiB or 2GiB")
+    if isinstance(v, int):
+        n = float(v)
+    elif isinstance(v, str):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", v.lower())
+        if not m:
+            raise ValueError("must be a size such as 500MiB or 2GiB")
+        n = float(m.group(1)) * _SIZE_UNITS[m.group(2)]
+    else:
+        raise ValueError("must be a size such as 500MiB or 2GiB")
+    if n < 0:
+        raise ValueError("must be a size of 0 or more")
+    return int(n)
+
+
 def parse_duration(v: Any) -> float:
     """Seconds from ``30``, ``1.5``, ``"90s"``, ``"5m"``, ``"24h"``, ``"7d"``."""
     if isinstance(v, bool):
@@ -100,6 +124,28 @@ def parse_duration(v: Any) -> float:
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError("must be a duration of 0 or more")
     return seconds
+
+
+def _rate(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float | str):
+        raise ValueError("must be a rate such as 100mbit, 12MB or 0")
+    try:
+        return parse_rate(v)
+    except UserError:
+        raise ValueError("must be a rate such as 100mbit, 12MB or 0") from None
+
+
+def _label_key(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError("must be a label key such as site")
+    try:
+        return check_label_key(v)
+    except UserError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def format_rate(rate: float) -> str:
+    return f"{human_bytes(int(rate))}/s ({rate * 8 / 1e6:g} Mbit/s)"
 
 
 def _bool(v: Any) -> bool:
@@ -133,7 +179,8 @@ class Spec:
     key: str
     parse: Callable[[Any], Any]
     help: str
-    kind: str  # what the flag takes: "text", "int", "number", "duration", "bool"
+    kind: str  # what the flag takes: "text", "int", "number", "duration", "bool", "rate",
+    # "label"
 
     @property
     def toml_path(self) -> str:
@@ -180,6 +227,30 @@ SPECS: tuple[Spec, ...] = (
         "duration",
     ),
     Spec(
+        "peers_enabled",
+        "peers",
+        "enabled",
+        _bool,
+        "whether agents fetch chunks from peers that hold or receive the same package",
+        "bool",
+    ),
+    Spec(
+        "peers_location_label",
+        "peers",
+        "location_label",
+        _label_key,
+        "server label that names a location: peers must share its value",
+        "label",
+    ),
+    Spec(
+        "transfer_upload_limit",
+        "transfer",
+        "upload_limit",
+        _rate,
+        "the most the site sends to agents per second, e.g. 100mbit or 12MB (0: no limit)",
+        "rate",
+    ),
+    Spec(
         "metrics_auth",
         "metrics",
         "auth",
@@ -202,6 +273,7 @@ _ZERO_MEANS = {
     "retry_max_attempts": "no limit",
     "retry_deadline": "none",
     "validation_interval": "never",
+    "transfer_upload_limit": "no limit",
 }
 
 
@@ -218,6 +290,9 @@ class Settings:
     retry_max_attempts: int = 0
     retry_deadline: float = 0.0
     validation_interval: float = 86400.0
+    peers_enabled: bool = True
+    peers_location_label: str = "site"
+    transfer_upload_limit: float = 0.0
     metrics_auth: bool = True
     dashboard_session_ttl: float = 12 * 3600.0
 
@@ -237,6 +312,8 @@ class Settings:
             return f"0 ({_ZERO_MEANS[name]})"
         if BY_NAME[name].kind == "duration":
             return format_duration(float(value))
+        if BY_NAME[name].kind == "rate":
+            return format_rate(float(value))
         if isinstance(value, bool):
             return "true" if value else "false"
         return str(value)
@@ -347,7 +424,9 @@ def default_file_text() -> str:
         value = getattr(d, spec.name)
         if spec.kind == "duration":
             shown = f'"{format_duration(float(value))}"'
-        elif spec.kind == "text":
+        elif spec.kind == "rate":
+            shown = str(int(value))
+        elif spec.kind in ("text", "label"):
             shown = f'"{value}"'
         elif isinstance(value, bool):
             shown = "true" if value else "false"

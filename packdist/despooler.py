@@ -1,7 +1,8 @@
 """The despooler: workers that carry out instructions, one per target server.
 
 A worker claims ready instructions under a lease, tells each agent to install the signed
-manifest, follows the install until the agent reports it verified, and records the result.
+manifest (or, for a removal job, to remove the version), follows the install until the agent
+reports it verified, and records the result.
 Each instruction runs as its own task with timeouts on every call, so a dead or hung server
 holds only its own instruction. Failures go through the one :class:`RetryPolicy`; attempts,
 last error and next attempt time live in the store, so they survive a restart. A worker
@@ -27,6 +28,7 @@ from packdist.agent.client import AgentClient
 from packdist.core.signing import SigningKey
 from packdist.errors import IntegrityError, InvalidTransition, PackdistError, RemoteError
 from packdist.retry import RetryPolicy
+from packdist.site.tracker import DEFAULT_LOCATION_LABEL, choose_peers
 from packdist.store.base import Claim, Store
 
 log = logging.getLogger("packdist.despooler")
@@ -54,6 +56,14 @@ class StoreRunner:
         self._pool.shutdown()
 
 
+@dataclass(frozen=True)
+class PeerSettings:
+    """Whether agents are told about peers, and which server label names a location."""
+
+    enabled: bool = True
+    location_label: str = DEFAULT_LOCATION_LABEL
+
+
 class Despooler:
     def __init__(
         self,
@@ -64,8 +74,10 @@ class Despooler:
         max_in_flight: int = 64,
         lease: float = 10.0,
         poll: float = 0.2,
+        peers: PeerSettings | None = None,
     ) -> None:
         self.db = db
+        self.peers = peers or PeerSettings()
         self.key = key
         self.session = session
         self.policy = policy or RetryPolicy()
@@ -142,7 +154,10 @@ class Despooler:
         progress = _Progress()
         keeper = asyncio.create_task(self._keep_lease(c, progress))
         try:
-            await self._install(c, progress)
+            if c.action == "remove":
+                await self._remove(c)
+            else:
+                await self._install(c, progress)
         except InvalidTransition:
             log.info(
                 "instruction %d: our lease is gone (cancelled or taken over)", c.instruction_id
@@ -184,19 +199,37 @@ class Despooler:
                 time.time() + self.lease,
                 progress.received,
                 progress.total,
+                progress.from_peers,
+                progress.done,
             )
         )
+
+    async def _peers(self, c: Claim) -> list[dict[str, Any]]:
+        """The peers this server may fetch the package from (the tracker's choice), unless
+        peers are off for the site or for this job (``--no-peers``)."""
+        if not self.peers.enabled or c.options.get("peers") is False:
+            return []
+        now = time.time()
+        members = await self.db(lambda s: s.swarm(c.package_id, now))
+        offers = choose_peers(
+            members, c.server, c.package_id, self.key, now, self.peers.location_label
+        )
+        return [o.to_json() for o in offers]
 
     async def _install(self, c: Claim, progress: _Progress) -> None:
         manifest, signature = await self.db(lambda s: s.package_manifest(c.package_id))
         client = AgentClient(c.server, c.server_url, self.key, self.session)
         repair = bool(c.options.get("repair"))  # a flag of the job: every attempt reads it
-        status: dict[str, Any] | None = await client.install(manifest, signature, repair)
+        peers = await self._peers(c)
+        status: dict[str, Any] | None = await client.install(manifest, signature, repair, peers)
         moved_at, last_mark = time.monotonic(), None
         while not progress.lost:
             assert status is not None
-            progress.received = int(status.get("bytes_received", 0))
+            # what crossed the wire (compressed); agents before wire counting: chunk bytes
+            progress.received = int(status.get("bytes_wire", status.get("bytes_received", 0)))
             progress.total = int(status.get("bytes_total", 0))
+            progress.from_peers = int(status.get("bytes_from_peers", 0))
+            progress.done = int(status.get("bytes_done", 0))
             state = status.get("state")
             if state == "installed":
                 if status.get("package_id") != c.package_id:
@@ -217,7 +250,17 @@ class Despooler:
                 raise RemoteError(f"install on {c.server} made no progress for {STALL_LIMIT:.0f}s")
             status = await client.status(c.package_id, wait=LONG_POLL)
             if status is None:  # the agent restarted and forgot: ask again, it resumes
-                status = await client.install(manifest, signature, repair)
+                status = await client.install(manifest, signature, repair, await self._peers(c))
+
+    async def _remove(self, c: Claim) -> None:
+        """A removal: one call; the agent answers once the version is out of ``packages/``
+        (or refuses while it is installing that version: retried like any failure)."""
+        client = AgentClient(c.server, c.server_url, self.key, self.session)
+        answer = await client.remove(c.package_id, c.package_ref)
+        if answer.get("state") != "removed":
+            raise RemoteError(str(answer.get("error") or f"{c.server} did not confirm the removal"))
+        await self.db(lambda s: s.mark_removed(c.instruction_id, c.lease, time.time()))
+        log.info("%s removed from %s", c.package_ref, c.server)
 
     async def _failed(self, c: Claim, error: str) -> None:
         policy = self.policy.with_limits(c.max_attempts, c.deadline)
@@ -250,6 +293,8 @@ class Despooler:
 class _Progress:
     """What an attempt has learnt from its agent, shared with its lease keeper."""
 
-    received: int = 0
+    received: int = 0  # bytes on the wire to the agent (``bytes_sent`` in the store)
     total: int = 0
+    from_peers: int = 0  # of ``received``, what came from peers
+    done: int = 0  # of ``total``, what the agent holds so far
     lost: bool = False

@@ -13,6 +13,7 @@ as ``__cause__``::
     │   └── NoTargets             a job with no target servers
     ├── IntegrityError            content does not match its digest or signature
     │   ├── HashMismatch          a chunk's bytes do not hash to its digest
+    │   ├── DecodeError           a chunk's encoded bytes (zstd, delta) do not decode
     │   └── BadSignature          a manifest's signature does not verify
     ├── StoreError                the database refused or failed
     │   └── InvalidTransition     a state change the transition table forbids
@@ -68,6 +69,10 @@ class IntegrityError(PackdistError):
 
 class HashMismatch(IntegrityError):
     """Hash mismatch."""
+
+
+class DecodeError(IntegrityError):
+    """A chunk's encoded bytes cannot be decoded."""
 
 
 class BadSignature(IntegrityError):

@@ -3,6 +3,28 @@
 Every outgoing call has a timeout. Driver errors are translated here, at the boundary, into
 :mod:`packdist.errors` types whose message says the real cause in words ("connect timeout to
 http://10.0.0.12:8700"), the original kept as ``__cause__``.
+
+Chunk streams
+-------------
+
+``POST /v1/chunks`` asks the site for a batch of chunks::
+
+    {"digests": [hex, ...],                 the chunks, in the order they should come
+     "accept": ["raw", "zstd", "zstd-base"], the encodings the agent decodes (raw always)
+     "bases": {hex: [hex, hex], ...}}        optional: for a chunk, up to 6 chunks the
+                                            agent holds (an earlier version's) to encode
+                                            it against, in that order
+
+The answer (``application/x-packdist-chunks``) is a sequence of frames, one per chunk, in
+the order asked::
+
+    digest (32 bytes) | encoding (1) | size (4, big-endian) | length (4) | payload (length)
+
+``encoding`` is 0 raw, 1 zstd, 2 zstd against the bases named for that chunk (see
+:mod:`packdist.core.codec`); ``size`` is the chunk's own size, ``length`` the payload's.
+The site picks per chunk: against a base if it holds the bases and that pays, else zstd if
+it pays, else raw. An error frame (encoding ``0xFF``, zero digest, ``size`` 0) carries a
+UTF-8 message as its payload and ends the stream: the agent raises it as a RemoteError.
 """
 
 from __future__ import annotations
@@ -163,39 +185,54 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 # --- chunk stream framing ----------------------------------------------------------------
-# A batch of chunks travels as frames: 32-byte digest, 4-byte big-endian length, the bytes.
-# A length of 0xFFFFFFFF announces an error: a 4-byte length and a UTF-8 message follow.
+# See the module docstring ("Chunk streams").
 
-_LEN = struct.Struct(">I")
-ERROR_MARK = 0xFFFFFFFF
+_HEAD = struct.Struct(">BII")  # encoding, chunk size, payload length; after the digest
+HEADER_SIZE = DIGEST_SIZE + _HEAD.size
+ERROR_MARK = 0xFF  # in the encoding byte: an error frame, its payload a UTF-8 message
+MAX_PAYLOAD = 64 * 1024 * 1024  # no frame is larger (chunks are at most a few MiB)
 
 
-def frame_header(digest: Digest, size: int) -> bytes:
-    return digest.raw + _LEN.pack(size)
+@dataclass(frozen=True)
+class Frame:
+    """One chunk as received: not yet decoded nor verified."""
+
+    digest: Digest
+    encoding: int  # a :class:`packdist.core.codec.Encoding` value
+    size: int  # the chunk's size, decoded
+    payload: bytes
+
+    @property
+    def wire_bytes(self) -> int:
+        """What this frame took on the wire, header included."""
+        return HEADER_SIZE + len(self.payload)
+
+
+def frame_header(digest: Digest, encoding: int, size: int, length: int) -> bytes:
+    return digest.raw + _HEAD.pack(encoding, size, length)
 
 
 def error_frame(message: str) -> bytes:
     data = message.encode()
-    return b"\0" * DIGEST_SIZE + _LEN.pack(ERROR_MARK) + _LEN.pack(len(data)) + data
+    return b"\0" * DIGEST_SIZE + _HEAD.pack(ERROR_MARK, 0, len(data)) + data
 
 
-async def read_frames(
-    content: aiohttp.StreamReader, url: str
-) -> AsyncIterator[tuple[Digest, bytes]]:
-    """Yield ``(digest, bytes)`` frames until the stream ends (bytes not yet verified)."""
+async def read_frames(content: aiohttp.StreamReader, url: str) -> AsyncIterator[Frame]:
+    """Yield the frames of a chunk stream until it ends; an error frame raises RemoteError."""
     while True:
         try:
-            head = await content.readexactly(DIGEST_SIZE + 4)
+            head = await content.readexactly(HEADER_SIZE)
         except asyncio.IncompleteReadError as exc:
             if not exc.partial:
                 return
             raise TransferError(f"stream from {url} cut mid-frame") from exc
-        (size,) = _LEN.unpack_from(head, DIGEST_SIZE)
-        if size == ERROR_MARK:
-            (n,) = _LEN.unpack(await content.readexactly(4))
-            raise RemoteError((await content.readexactly(n)).decode(errors="replace"))
+        encoding, size, length = _HEAD.unpack_from(head, DIGEST_SIZE)
+        if length > MAX_PAYLOAD:
+            raise TransferError(f"stream from {url} announced a frame of {length} bytes")
         try:
-            data = await content.readexactly(size)
+            data = await content.readexactly(length)
         except asyncio.IncompleteReadError as exc:
             raise TransferError(f"stream from {url} cut mid-chunk") from exc
-        yield Digest(head[:DIGEST_SIZE]), data
+        if encoding == ERROR_MARK:
+            raise RemoteError(data.decode(errors="replace"))
+        yield Frame(Digest(head[:DIGEST_SIZE]), encoding, size, data)

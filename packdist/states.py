@@ -16,7 +16,8 @@ class InstructionState(StrEnum):
     INSTALLED = "installed"  # the agent holds the whole version, verified (terminal)
     RETRYING = "retrying"  # an attempt failed; the next one is due at next_attempt_at
     FAILED = "failed"  # gave up: attempt limit or deadline reached (terminal)
-    CANCELLED = "cancelled"  # an operator cancelled it (terminal)
+    CANCELLED = "cancelled"  # an operator cancelled it, or a later job superseded it (terminal)
+    REMOVED = "removed"  # a removal instruction: the agent no longer holds the version (terminal)
 
 
 S = InstructionState
@@ -25,6 +26,7 @@ S = InstructionState
 TRANSITIONS: dict[str, tuple[frozenset[InstructionState], InstructionState]] = {
     "claim": (frozenset({S.PENDING, S.RETRYING}), S.SENDING),
     "installed": (frozenset({S.SENDING}), S.INSTALLED),
+    "removed": (frozenset({S.SENDING}), S.REMOVED),
     "retry": (frozenset({S.SENDING}), S.RETRYING),
     "fail": (frozenset({S.SENDING}), S.FAILED),
     "lease_expired": (frozenset({S.SENDING}), S.RETRYING),
@@ -33,7 +35,10 @@ TRANSITIONS: dict[str, tuple[frozenset[InstructionState], InstructionState]] = {
     "wake": (frozenset({S.RETRYING}), S.RETRYING),
 }
 
-TERMINAL: frozenset[InstructionState] = frozenset({S.INSTALLED, S.FAILED, S.CANCELLED})
+TERMINAL: frozenset[InstructionState] = frozenset({S.INSTALLED, S.REMOVED, S.FAILED, S.CANCELLED})
+
+#: the terminal state that means "done" for each job action
+DONE: dict[str, InstructionState] = {"install": S.INSTALLED, "remove": S.REMOVED}
 
 
 def sources(event: str) -> frozenset[InstructionState]:
@@ -50,23 +55,25 @@ def can(event: str, state: InstructionState) -> bool:
 
 class JobState(StrEnum):
     ACTIVE = "active"  # some instruction is not terminal yet
-    SUCCEEDED = "succeeded"  # every target holds the package, verified
+    SUCCEEDED = "succeeded"  # every target holds the package, verified (a removal job: none does)
     FAILED = "failed"  # every instruction is terminal and at least one failed
     CANCELLED = "cancelled"  # every instruction is terminal, none failed, some cancelled
 
 
-def job_state(states: Iterable[InstructionState]) -> JobState:
+def job_state(states: Iterable[InstructionState], action: str = "install") -> JobState:
     """Derive a job's state from its instructions' states.
 
     A job with no instruction is not a succeeded job: it cannot exist, and if it is ever
-    seen it is reported as failed, never as success.
+    seen it is reported as failed, never as success. A job succeeds only when every
+    instruction reached the state its action requires (``installed`` for an install job,
+    ``removed`` for a removal job).
     """
     states = list(states)
     if not states:
         return JobState.FAILED
     if any(s not in TERMINAL for s in states):
         return JobState.ACTIVE
-    if all(s is S.INSTALLED for s in states):
+    if all(s is DONE[action] for s in states):
         return JobState.SUCCEEDED
     if any(s is S.FAILED for s in states):
         return JobState.FAILED

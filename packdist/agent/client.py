@@ -1,4 +1,5 @@
-"""The site's client of an agent: "install this signed manifest", "how far are you?"."""
+"""The site's client of an agent: "install this signed manifest", "how far are you?",
+"remove this version"."""
 
 from __future__ import annotations
 
@@ -31,7 +32,11 @@ class AgentClient:
         return {"Authorization": f"Bearer {token}"}
 
     async def install(
-        self, manifest: bytes, signature: bytes, repair: bool = False
+        self,
+        manifest: bytes,
+        signature: bytes,
+        repair: bool = False,
+        peers: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "manifest": base64.b64encode(manifest).decode(),
@@ -39,12 +44,29 @@ class AgentClient:
         }
         if repair:  # rebuild an installed version, fetching only its damaged chunks
             body["repair"] = True
+        if peers:  # where else the agent may fetch chunks (each with its credential)
+            body["peers"] = peers
         url = f"{self.base_url}/v1/install"
         async with request(
             self._session,
             "POST",
             url,
             json=body,
+            headers=self._headers("POST", url),
+            timeouts=CONTROL,
+        ) as resp:
+            data: dict[str, Any] = await resp.json()
+            return data
+
+    async def remove(self, package_id: str, ref: str) -> dict[str, Any]:
+        """Have the agent remove ``ref`` (NAME@VERSION, package ``package_id``); it answers
+        once the version is out of ``packages/`` (absent already: success too)."""
+        url = f"{self.base_url}/v1/remove"
+        async with request(
+            self._session,
+            "POST",
+            url,
+            json={"package_id": package_id, "package": ref},
             headers=self._headers("POST", url),
             timeouts=CONTROL,
         ) as resp:

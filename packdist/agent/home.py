@@ -9,29 +9,91 @@
                                      sources for later versions)
     HOME/staging/<id>/               a version being built (same file system as packages/);
                                      kept across restarts so an install resumes
+    HOME/cache/<id>/                 a removed version's tree (its manifest stays in
+                                     state/manifests/<id>): a local chunk source for later
+                                     installs, and re-installed by a rename
+
+The chunk cache is the staging trees of unfinished installs plus the removed versions in
+``cache/``. It is bounded by ``cache_limit`` bytes (``agent.cache_limit``): when it holds
+more, the entries used least recently go first (``cache/<id>`` and ``staging/<id>`` carry
+their last use as the folder's mtime). The staging tree of an install that is running is
+not cache: it is neither counted nor evicted. An install that would not fit on the disk
+evicts entries first if that makes it fit.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import secrets
+import shutil
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from packdist.core import fsutil
-from packdist.core.fsutil import write_atomic
-from packdist.errors import AlreadyExists, UserError
+from packdist.core.fsutil import fsync_dir, human_bytes, write_atomic
+from packdist.core.manifest import Manifest
+from packdist.errors import AlreadyExists, PackdistError, UserError
+
+log = logging.getLogger("packdist.agent")
 
 ENROLLMENT = "agent.json"
 SITE_MARKER = "site.db"
+DEFAULT_CACHE_LIMIT = 2 * 1024**3  # bytes (agent.cache_limit)
+TRASH_PREFIX = ".trash-"  # cache/.trash-*: a tree renamed away, being deleted
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One tree of the chunk cache."""
+
+    path: Path
+    package_id: str
+    kind: str  # "cached" (a removed version) or "staging" (an unfinished install)
+    size: int  # bytes on disk (allocated blocks)
+    last_used: float  # the folder's mtime
+
+
+def is_package_id(name: str) -> bool:
+    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
+
+
+def tree_bytes(path: Path) -> int:
+    """Bytes a tree takes on disk (allocated blocks: a preallocated file counts whole)."""
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(path):
+        for n in dirnames + filenames:
+            try:
+                total += os.lstat(os.path.join(dirpath, n)).st_blocks * 512
+            except OSError:
+                pass
+    return total
+
+
+def _delete_tree(path: Path) -> None:
+    """Rename a tree out of the way (one step), then delete it."""
+    trash = path.with_name(f"{TRASH_PREFIX}{path.name}-{secrets.token_hex(4)}")
+    try:
+        os.rename(path, trash)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 @dataclass
 class AgentHome:
     root: Path
+    cache_limit: int = DEFAULT_CACHE_LIMIT  # bytes the chunk cache may hold (see above)
     #: serialises read-modify-write of ``installed.json`` (installs finish in worker threads)
     _lock: threading.Lock = field(
+        default_factory=threading.Lock, init=False, repr=False, compare=False
+    )
+    #: serialises eviction (one pass at a time adds up sizes)
+    _cache_lock: threading.Lock = field(
         default_factory=threading.Lock, init=False, repr=False, compare=False
     )
 
@@ -48,6 +110,10 @@ class AgentHome:
         return self.root / "staging"
 
     @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+    @property
     def installed_file(self) -> Path:
         return self.root / "state" / "installed.json"
 
@@ -56,8 +122,16 @@ class AgentHome:
             raise AlreadyExists(
                 f"{self.root} is a site's home; a site and an agent never share one"
             )
-        for d in (self.packages, self.staging, self.installed_file.parent, self.manifests):
+        for d in (
+            self.packages,
+            self.staging,
+            self.cache,
+            self.installed_file.parent,
+            self.manifests,
+        ):
             d.mkdir(parents=True, exist_ok=True)
+        for trash in self.cache.glob(f"{TRASH_PREFIX}*"):  # a deletion a crash interrupted
+            shutil.rmtree(trash, ignore_errors=True)
 
     def package_dir(self, name: str, version: str) -> Path:
         return self.packages / name / version
@@ -124,3 +198,154 @@ class AgentHome:
 
     def free_bytes(self) -> int:
         return fsutil.free_bytes(self.root)
+
+    # --- local chunk sources --------------------------------------------------------------
+
+    def local_sources(self) -> Iterator[tuple[Manifest, Path]]:
+        """``(manifest, root)`` of every tree whose chunks an install may copy: installed
+        versions (``packages/NAME/VERSION``), then removed ones kept in ``cache/<id>``.
+        Trees without a readable manifest are left out."""
+        trees = [(pid, self.ref_dir(ref)) for ref, pid in self.installed().items()]
+        trees += [(e.package_id, e.path) for e in self.cache_entries(kinds=("cached",))]
+        for pid, root in trees:
+            data = self.load_manifest(pid)
+            if data is None:
+                continue
+            try:
+                yield Manifest.parse(data), root
+            except PackdistError:
+                continue
+
+    def touch(self, tree: Path) -> None:
+        """Stamp a cache tree as used now (eviction takes the least recently used first)."""
+        try:
+            os.utime(tree)
+        except FileNotFoundError:
+            pass
+
+    def take_cached(self, package_id: str, staging: Path) -> bool:
+        """Move ``cache/<id>`` to ``staging`` (a re-install resumes from it: every chunk is
+        re-verified); False if it is not cached."""
+        try:
+            os.rename(self.cache / package_id, staging)
+        except (FileNotFoundError, OSError):
+            return False
+        self.touch(staging)
+        log.info("re-installing %s from the cache", package_id[:12])
+        return True
+
+    # --- removal --------------------------------------------------------------------------
+
+    def remove_version(self, ref: str, package_id: str | None = None) -> str:
+        """Take ``ref`` (NAME@VERSION) out of ``packages/``, atomically: one rename moves the
+        tree to ``cache/<id>`` (or out of the way, when its manifest is unknown), then
+        ``installed.json`` forgets it. Returns ``removed``, or ``absent`` if the agent did not
+        hold it. The caller then trims the cache (:meth:`trim_cache`: with a limit of 0 the
+        tree is deleted at once) and never calls this while that version is being
+        installed."""
+        tree = self.ref_dir(ref)
+        with self._lock:
+            data = self._recorded()
+            pid = data.get(ref) or package_id
+            if not os.path.lexists(tree):
+                if ref in data:
+                    del data[ref]
+                    self._write_installed(data)
+                return "absent"
+            known = pid is not None and self.load_manifest(pid) is not None
+            if known:
+                assert pid is not None
+                kept = self.cache / pid
+                if os.path.lexists(kept):  # an older copy of the same version
+                    _delete_tree(kept)
+                os.rename(tree, kept)
+                self.touch(kept)  # last used: now
+            else:
+                kept = self.cache / f"{TRASH_PREFIX}{secrets.token_hex(8)}"
+                os.rename(tree, kept)
+            fsync_dir(tree.parent)
+            data.pop(ref, None)
+            self._write_installed(data)
+            try:
+                tree.parent.rmdir()  # packages/NAME, if that was its last version
+            except OSError:
+                pass
+        if not known:
+            shutil.rmtree(kept, ignore_errors=True)
+        log.info("removed %s (%s)", ref, "kept in the cache" if known else "deleted")
+        return "removed"
+
+    def _recorded(self) -> dict[str, str]:
+        try:
+            data: dict[str, str] = json.loads(self.installed_file.read_text())
+        except FileNotFoundError:
+            return {}
+        return data
+
+    def _write_installed(self, data: dict[str, str]) -> None:
+        write_atomic(self.installed_file, json.dumps(data, indent=2, sort_keys=True).encode())
+
+    # --- the chunk cache ------------------------------------------------------------------
+
+    def cache_entries(self, kinds: tuple[str, ...] = ("cached", "staging")) -> list[CacheEntry]:
+        """The trees of the cache, least recently used first (sizes only when asked for
+        both kinds, as eviction does)."""
+        places = {"cached": self.cache, "staging": self.staging}
+        measure = len(kinds) > 1
+        out = []
+        for kind in kinds:
+            try:
+                children = list(places[kind].iterdir())
+            except FileNotFoundError:
+                continue
+            for path in children:
+                if not is_package_id(path.name):
+                    continue  # journals, layouts, trash
+                try:
+                    st = path.lstat()
+                except FileNotFoundError:
+                    continue
+                if not path.is_dir() or path.is_symlink():
+                    continue
+                size = tree_bytes(path) if measure else 0
+                out.append(CacheEntry(path, path.name, kind, size, st.st_mtime))
+        return sorted(out, key=lambda e: (e.last_used, e.path.name))
+
+    def trim_cache(self, busy: frozenset[str] = frozenset(), need: int = 0) -> int:
+        """Evict cache trees, least recently used first, until the cache holds at most
+        ``cache_limit`` bytes -- and, with ``need``, until the disk has ``need`` bytes free,
+        but only if evicting everything evictable would get there (otherwise nothing extra
+        goes). Never a staging tree whose id is in ``busy`` (installs running) or that has a
+        rename journal. Returns the bytes freed."""
+        with self._cache_lock:
+            entries = [
+                e
+                for e in self.cache_entries()
+                if not (e.kind == "staging" and (e.package_id in busy or self._journalled(e)))
+            ]
+            total = sum(e.size for e in entries)
+            short = max(0, need - self.free_bytes()) if need else 0
+            if short and short > total:
+                short = 0  # freeing all of it would not make the install fit: keep it
+            freed = 0
+            for e in entries:
+                if total - freed <= self.cache_limit and freed >= short:
+                    break
+                self._evict(e)
+                freed += e.size
+            if freed:
+                log.info(
+                    "cache: evicted %s (limit %s)",
+                    human_bytes(freed),
+                    human_bytes(self.cache_limit),
+                )
+            return freed
+
+    def _journalled(self, e: CacheEntry) -> bool:
+        return os.path.lexists(self.staging / f"{e.package_id}.swap")
+
+    def _evict(self, e: CacheEntry) -> None:
+        _delete_tree(e.path)
+        if e.kind == "cached" and e.package_id not in set(self.installed().values()):
+            (self.manifests / e.package_id).unlink(missing_ok=True)
+        log.info("cache: evicted %s %s (%s)", e.kind, e.package_id[:12], human_bytes(e.size))

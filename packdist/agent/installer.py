@@ -10,8 +10,10 @@ Steps, so that a server holds the whole version or none of it:
    with "disk full: need N, have M", and nothing is left behind;
 4. find each chunk locally if possible: already in the staging tree from an interrupted
    attempt (re-verified), or in an installed version that shares it (verified on read);
-5. fetch the rest in streamed batches; every chunk is verified against its digest before
-   it is written at its offsets;
+5. fetch the rest in streamed batches, naming for each chunk the chunks of an installed
+   version it probably resembles (:mod:`packdist.agent.bases`) so the site can send it
+   compressed against them; every chunk is decoded (:mod:`packdist.core.codec`) and
+   verified against its digest before it is written at its offsets;
 6. set modes and times, create symlinks, ``syncfs``, then one ``rename`` into
    ``packages/NAME/VERSION`` -- or, if a tree is already there, one atomic exchange of the
    two names (``renameat2(RENAME_EXCHANGE)``), journalled so a crash at any point leaves a
@@ -39,12 +41,17 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections import deque
+from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from packdist.agent.bases import BaseChunk, choose_bases, read_base
 from packdist.agent.home import AgentHome
+from packdist.agent.peering import ChunkView
+from packdist.agent.sources import MISSING, PEER_BATCH, Peer, Pulse, split_work
+from packdist.core.codec import Encoding, decode
 from packdist.core.digest import Digest
 from packdist.core.fsutil import (
     exchange,
@@ -56,22 +63,30 @@ from packdist.core.fsutil import (
 )
 from packdist.core.manifest import EntryType, Manifest, SignedManifest
 from packdist.core.signing import VerifyKey
-from packdist.errors import DiskFull, HashMismatch, PackdistError, RemoteError, TransferError
+from packdist.errors import DecodeError, DiskFull, PackdistError, RemoteError, TransferError
+from packdist.http import Frame
+from packdist.ratelimit import Bucket
 
 log = logging.getLogger("packdist.agent")
 
 BATCH_BYTES = 32 * 1024 * 1024
 BATCH_CHUNKS = 1024
 PARALLEL_BATCHES = 3
-WRITE_BATCH = 8 * 1024 * 1024
+WRITE_BATCH = 1024 * 1024  # received chunks held in memory before they are written: what a
+# SIGKILL can lose (a cut stream loses nothing: what arrived whole is written first)
 RESERVE = 16 * 1024 * 1024  # head room kept free beyond the package itself
 STAGING_TTL = 7 * 24 * 3600  # an unfinished staging tree untouched this long is dropped
 
 SWAP_SUFFIX = ".swap"  # staging/<id>.swap: the journal of a rename or exchange into place
 FETCH_ERROR_PREFIX = "agent could not fetch chunks from the site: "
 
-#: streams the requested chunks as (digest, bytes) frames, not yet verified
-FetchChunks = Callable[[list[Digest]], AsyncGenerator[tuple[Digest, bytes], None]]
+#: streams the requested chunks as frames (not yet decoded nor verified), each encoded raw,
+#: zstd, or against the base chunks named for it (digest -> base digests, in order)
+FetchChunks = Callable[[list[Digest], dict[Digest, list[Digest]]], AsyncGenerator[Frame, None]]
+
+
+#: streams a peer's frames for chunks of a package (raw, or MISSING), not yet verified
+PeerFetch = Callable[[Peer, str, list[Digest]], AsyncGenerator[Frame, None]]
 
 
 class InstallState(StrEnum):
@@ -94,12 +109,17 @@ class Install:
     bytes_total: int
     state: InstallState = InstallState.INSTALLING
     error: str | None = None
-    bytes_received: int = 0
+    bytes_received: int = 0  # chunk bytes received (decoded sizes)
+    bytes_wire: int = 0  # what they took on the wire: frames, compressed or not
     bytes_present: int = 0
     ended_at: float | None = None  # time.monotonic() when the install ended
     phase: Phase = Phase.LAYOUT
     progress: int = 0  # grows whenever the install does anything (see the module docstring)
     task: asyncio.Task[None] | None = None
+    view: ChunkView | None = None  # the chunks that landed so far, once laid out (peers)
+    peers: list[Peer] = field(default_factory=list)  # where else chunks may come from
+    me: str = ""  # this server's name, as the site and the peers know it
+    bytes_from_peers: int = 0  # of bytes_wire, what came from peers
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -131,6 +151,8 @@ class Install:
             "state": self.state.value,
             "error": self.error,
             "bytes_received": self.bytes_received,
+            "bytes_wire": self.bytes_wire,
+            "bytes_from_peers": self.bytes_from_peers,
             "bytes_done": min(self.bytes_total, self.bytes_present + self.bytes_received),
             "bytes_total": self.bytes_total,
             "phase": self.phase.value,
@@ -152,6 +174,7 @@ class _Plan:
             for c in e.chunks:
                 self.locations.setdefault(c.digest, []).append((e.path, offset))
                 offset += c.size
+        self.bases: dict[Digest, list[BaseChunk]] = {}  # see packdist.agent.bases
         self._fds: dict[Path, int] = {}
         self._lock = threading.Lock()
 
@@ -171,15 +194,40 @@ class _Plan:
 
 
 class Installer:
-    def __init__(self, home: AgentHome, fetch: FetchChunks) -> None:
+    def __init__(
+        self,
+        home: AgentHome,
+        fetch: FetchChunks,
+        source: str = "the site",
+        peer_fetch: PeerFetch | None = None,
+        download: Bucket | None = None,
+    ) -> None:
         self.home = home
         self._fetch = fetch
+        self._peer_fetch = peer_fetch
+        self.source = source  # where fetched chunks come from, for messages
         self.installs: dict[str, Install] = {}
+        self.pulse = Pulse()  # fires when an install starts or chunks land (peers wait on it)
+        self.download = download or Bucket()  # the agent's download limit, all sources
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def chunk_view(self, package_id: str) -> ChunkView | None:
+        """Where the chunks of a package being received here can be read, for peers."""
+        inst = self.installs.get(package_id)
+        if inst is None or inst.state is not InstallState.INSTALLING:
+            return None
+        return inst.view
 
     # --- entry points ---------------------------------------------------------------------
 
     async def start(
-        self, data: bytes, signature: bytes, key: VerifyKey, repair: bool = False
+        self,
+        data: bytes,
+        signature: bytes,
+        key: VerifyKey,
+        repair: bool = False,
+        peers: list[Peer] | None = None,
+        me: str = "",
     ) -> Install:
         """Begin (or join) the install of a signed manifest; never blocks on the network.
 
@@ -197,6 +245,7 @@ class Installer:
             manifest = SignedManifest.verify(data, signature, key).manifest
             return manifest, self.home.installed().get(manifest.ref) == manifest.id.hex
 
+        self._loop = asyncio.get_running_loop()
         checked_at = time.monotonic()
         manifest, installed = await asyncio.to_thread(check)
         pid = manifest.id.hex
@@ -210,7 +259,7 @@ class Installer:
             )
         ):
             return current
-        inst = Install(pid, manifest.ref, manifest.total_size)
+        inst = Install(pid, manifest.ref, manifest.total_size, peers=peers or [], me=me)
         self.installs[pid] = inst
         if installed and not repair:
             inst.bytes_present = manifest.total_size
@@ -312,6 +361,20 @@ class Installer:
         except Exception as exc:  # a bug: say so, never hang
             inst.end(InstallState.FAILED, f"internal error in agent: {exc!r}")
             log.exception("install of %s failed", inst.ref)
+        await asyncio.to_thread(self.trim_cache)  # a staging tree left behind counts
+
+    def _running(self) -> frozenset[str]:
+        """Ids of the installs under way (their staging trees are never evicted)."""
+        installs = list(self.installs.items())  # a copy: also read from worker threads
+        return frozenset(pid for pid, i in installs if i.state is InstallState.INSTALLING)
+
+    def trim_cache(self, need: int = 0) -> None:
+        """Bring the chunk cache within its limit (see :class:`AgentHome`), sparing the
+        staging trees of installs under way; ``need``: also make that much room if it can."""
+        try:
+            self.home.trim_cache(self._running(), need)
+        except OSError as exc:
+            log.warning("trimming the chunk cache failed: %s", _os_error_words(exc))
 
     async def _install(self, inst: Install, manifest: Manifest) -> None:
         t0 = time.monotonic()
@@ -328,9 +391,13 @@ class Installer:
             inst.bytes_present = manifest.total_size - sum(
                 plan.sizes[d] * len(plan.locations[d]) for d in missing
             )
+            inst.view = ChunkView.of(manifest, staging, set(plan.locations) - set(missing))
+            self.pulse.fire()
             t1 = time.monotonic()
             if missing:
                 inst.enter(Phase.FETCH)
+                wanted = {d: (*plan.locations[d][0], plan.sizes[d]) for d in missing}
+                plan.bases = await asyncio.to_thread(choose_bases, self.home, manifest, wanted)
                 await self._fetch_all(inst, plan, staging, missing)
         finally:
             plan.close()
@@ -338,11 +405,13 @@ class Installer:
         inst.enter(Phase.FINISH)
         await asyncio.to_thread(self._finish, inst, manifest, staging)
         log.info(
-            "%s: prepared in %.2fs (%s local), fetched %s in %.2fs, finished in %.2fs",
+            "%s: prepared in %.2fs (%s local), fetched %s (%s on the wire) in %.2fs,"
+            " finished in %.2fs",
             inst.ref,
             t1 - t0,
             human_bytes(inst.bytes_present),
             human_bytes(inst.bytes_received),
+            human_bytes(inst.bytes_wire),
             t2 - t1,
             time.monotonic() - t2,
         )
@@ -352,8 +421,13 @@ class Installer:
         interrupted install to resume)."""
         if staging.exists():
             return True
+        if self.home.take_cached(manifest.id.hex, staging):  # removed earlier, still cached
+            return True
         need = manifest.total_size + RESERVE
         have = self.home.free_bytes()
+        if need > have:  # the chunk cache gives way first, if that makes the version fit
+            self.trim_cache(need)
+            have = self.home.free_bytes()
         if need > have:
             raise DiskFull(f"disk full: need {human_bytes(need)}, have {human_bytes(have)}")
         tmp = staging.with_name(f"{staging.name}.layout-{secrets.token_hex(4)}")
@@ -388,6 +462,7 @@ class Installer:
         """Verify what a resumed staging tree already holds, copy what an installed version
         has; return the digests that must be fetched."""
         local = self._installed_sources()
+        used: set[str] = set()  # source files chunks were copied from
         missing: list[Digest] = []
         for digest, locations in plan.locations.items():
             inst.tick()
@@ -406,38 +481,41 @@ class Installer:
                 data = _pread(src_path, src_offset, size)
                 if data is not None and Digest.of(data) == digest:
                     good = data
+                    used.add(src_path)
                     break
             if good is None:
                 missing.append(digest)
             else:
                 for path, offset in absent:
                     _pwrite_fd(plan.fd(staging / path), offset, good)
+        cache = self.home.cache
+        for tree in {
+            cache / Path(p).relative_to(cache).parts[0]
+            for p in used
+            if Path(p).is_relative_to(cache)
+        }:
+            self.home.touch(tree)  # a cached version was useful: evicted last
         return missing
 
     def _installed_sources(self) -> dict[Digest, list[Location]]:
-        """Chunks of installed versions: digest -> [(absolute path, offset)], every place
-        each is found (a repair takes a chunk from wherever it still verifies)."""
+        """Chunks of installed versions and of removed versions kept in the cache: digest ->
+        [(absolute path, offset)], every place each is found (a repair takes a chunk from
+        wherever it still verifies)."""
         out: dict[Digest, list[Location]] = {}
-        for ref, pid in self.home.installed().items():
-            data = self.home.load_manifest(pid)
-            if data is None:
-                continue
-            try:
-                m = Manifest.parse(data)
-            except PackdistError:
-                continue
-            root = self.home.package_dir(m.name, m.version)
+        for m, root in self.home.local_sources():
             for e in m.files():
                 offset = 0
                 for c in e.chunks:
                     out.setdefault(c.digest, []).append((str(root / e.path), offset))
                     offset += c.size
-            del ref
         return out
 
     async def _fetch_all(
         self, inst: Install, plan: _Plan, staging: Path, missing: list[Digest]
     ) -> None:
+        if inst.peers and self._peer_fetch is not None:
+            await self._fetch_with_peers(inst, plan, staging, missing)
+            return
         batches: list[list[Digest]] = [[]]
         size = 0
         for d in missing:
@@ -471,39 +549,177 @@ class Installer:
         self, inst: Install, plan: _Plan, staging: Path, batch: list[Digest]
     ) -> None:
         wanted = set(batch)
-        pending: list[tuple[Digest, bytes]] = []
+        bases = {d: [b.digest for b in plan.bases[d]] for d in batch if d in plan.bases}
+        pending: list[Frame] = []
         pending_bytes = 0
         try:
-            async with contextlib.aclosing(self._fetch(batch)) as frames:
-                async for digest, data in frames:
+            async with contextlib.aclosing(self._fetch(batch, bases)) as frames:
+                async for frame in frames:
+                    digest = frame.digest
                     if digest not in wanted:
                         raise RemoteError(f"site sent chunk {digest.short}… that was not asked for")
                     wanted.discard(digest)
-                    pending.append((digest, data))
-                    pending_bytes += len(data)
-                    inst.bytes_received += len(data)
+                    await self.download.take(frame.wire_bytes)
+                    pending.append(frame)
+                    pending_bytes += plan.sizes[digest]  # decoded, in memory when written
+                    inst.bytes_received += plan.sizes[digest]
+                    inst.bytes_wire += frame.wire_bytes
                     inst.tick()
                     if pending_bytes >= WRITE_BATCH:
                         await asyncio.to_thread(self._write_chunks, inst, plan, staging, pending)
                         pending, pending_bytes = [], 0
             if pending:
                 await asyncio.to_thread(self._write_chunks, inst, plan, staging, pending)
+            pending = []
             if wanted:
                 raise TransferError(f"site stream ended with {len(wanted)} chunk(s) missing")
-        except TransferError as exc:
-            if exc.message.startswith(FETCH_ERROR_PREFIX):
+        except PackdistError as exc:
+            if pending:  # the stream broke: keep the chunks that arrived whole (resume)
+                await self._salvage(inst, plan, staging, pending)
+            if not isinstance(exc, TransferError) or exc.message.startswith(FETCH_ERROR_PREFIX):
                 raise
             raise _fetch_error(exc) from exc
 
-    def _write_chunks(
-        self, inst: Install, plan: _Plan, staging: Path, frames: list[tuple[Digest, bytes]]
+    async def _salvage(
+        self, inst: Install, plan: _Plan, staging: Path, frames: list[Frame]
     ) -> None:
-        """Verify each chunk against its digest, then write it wherever the tree needs it."""
+        """Write what verifies of the frames a broken stream delivered; ignore the rest (the
+        next attempt fetches it)."""
+        try:
+            await asyncio.to_thread(self._write_chunks, inst, plan, staging, frames)
+        except PackdistError as exc:
+            log.info("%s: kept part of a broken stream only: %s", inst.ref, exc.message)
+
+    async def _fetch_with_peers(
+        self, inst: Install, plan: _Plan, staging: Path, missing: list[Digest]
+    ) -> None:
+        """Fetch from the site and from peers at once (see :mod:`packdist.agent.sources`).
+
+        One task per peer asks it for the chunks it owns, in order. What a peer lacks in
+        time, or everything it still owed when it fails, moves to the site's queue, which
+        ``PARALLEL_BATCHES`` tasks drain until no peer task is left.
+        """
+        assert inst.view is not None and inst.view.have is not None
+        have = inst.view.have
+        site_first, by_peer = split_work(missing, inst.me, inst.peers)
+        site_queue: deque[Digest] = deque(site_first)
+        more = asyncio.Event()  # work for the site, or a peer task ended
+        peers_left = 0
+
+        def to_site(digests: Iterable[Digest]) -> None:
+            site_queue.extend(d for d in digests if d not in have)
+            more.set()
+
+        async def peer_worker(peer: Peer, work: deque[Digest]) -> None:
+            nonlocal peers_left
+            try:
+                while work:
+                    batch = [work.popleft() for _ in range(min(PEER_BATCH, len(work)))]
+                    try:
+                        got, lacking = await self._fetch_from_peer(inst, plan, staging, peer, batch)
+                    except DiskFull:
+                        raise
+                    except PackdistError as exc:
+                        log.info("%s: peer %s dropped for this transfer: %s", inst.ref, peer.name,
+                                 exc.message)  # fmt: skip
+                        to_site([*batch, *work])
+                        return
+                    if lacking:
+                        to_site(lacking)
+                        if not got:  # it has none of them: stop asking it
+                            to_site(work)
+                            return
+            finally:
+                peers_left -= 1
+                more.set()
+
+        async def site_worker() -> None:
+            while True:
+                if site_queue:
+                    batch: list[Digest] = []
+                    size = 0
+                    while site_queue and len(batch) < BATCH_CHUNKS:
+                        d = site_queue[0]
+                        if batch and size + plan.sizes[d] > BATCH_BYTES:
+                            break
+                        site_queue.popleft()
+                        if d not in have and d not in batch:
+                            batch.append(d)
+                            size += plan.sizes[d]
+                    if batch:
+                        await self._fetch_batch(inst, plan, staging, batch)
+                    continue
+                if peers_left == 0:
+                    return
+                more.clear()
+                await more.wait()
+
+        tasks = []
+        for peer in inst.peers:
+            work = deque(by_peer.get(peer.name, ()))
+            if work:
+                peers_left += 1
+                tasks.append(asyncio.create_task(peer_worker(peer, work)))
+        tasks += [asyncio.create_task(site_worker()) for _ in range(PARALLEL_BATCHES)]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        left = [d for d in missing if d not in have]
+        if left:
+            raise TransferError(f"{len(left)} chunk(s) still missing after the transfer")
+
+    async def _fetch_from_peer(
+        self, inst: Install, plan: _Plan, staging: Path, peer: Peer, batch: list[Digest]
+    ) -> tuple[int, list[Digest]]:
+        """Ask ``peer`` for ``batch``; returns (chunks received, chunks it lacked). A wrong
+        or undecodable chunk raises: the caller drops that peer."""
+        assert self._peer_fetch is not None
+        wanted = set(batch)
+        lacking: list[Digest] = []
+        frames: list[Frame] = []
+        got = 0
+        async with contextlib.aclosing(self._peer_fetch(peer, inst.package_id, batch)) as stream:
+            async for frame in stream:
+                if frame.digest not in wanted:
+                    raise RemoteError(f"peer {peer.name} sent chunk {frame.digest.short}… unasked")
+                wanted.discard(frame.digest)
+                if frame.encoding == MISSING:
+                    lacking.append(frame.digest)
+                    continue
+                if frame.encoding != Encoding.RAW:
+                    raise RemoteError(f"peer {peer.name} sent an encoding it may not use")
+                frames.append(frame)
+                got += 1
+                inst.bytes_received += plan.sizes[frame.digest]
+                inst.bytes_wire += frame.wire_bytes
+                inst.bytes_from_peers += frame.wire_bytes
+                inst.tick()
+                if len(frames) >= 4:
+                    await asyncio.to_thread(self._write_chunks, inst, plan, staging, frames)
+                    frames = []
+        if frames:
+            await asyncio.to_thread(self._write_chunks, inst, plan, staging, frames)
+        return got, [*lacking, *wanted]
+
+    def _write_chunks(self, inst: Install, plan: _Plan, staging: Path, frames: list[Frame]) -> None:
+        """Decode each chunk (never beyond its size in the manifest), verify it against its
+        digest, then write it wherever the tree needs it."""
         touched: set[int] = set()
-        for digest, data in frames:
+        for frame in frames:
+            digest, size = frame.digest, plan.sizes[frame.digest]
+            base = None
+            if frame.encoding == Encoding.ZSTD_BASE:
+                base = read_base(plan.bases.get(digest, ()))
+                if base is None:
+                    raise DecodeError(
+                        f"cannot decode chunk {digest.short}… from {self.source}: its base"
+                        " chunks are no longer intact here"
+                    )
+            data = decode(frame.encoding, frame.payload, size, digest, base, self.source)
             digest.verify(data, "chunk")
-            if len(data) != plan.sizes[digest]:
-                raise HashMismatch(f"hash mismatch in chunk {digest.short}…: wrong size")
             for path, offset in plan.locations[digest]:
                 fd = plan.fd(staging / path)
                 _pwrite_fd(fd, offset, data)
@@ -511,6 +727,15 @@ class Installer:
             inst.tick()
         for fd in touched:  # the final syncfs then finds little left to write
             start_writeback(fd)
+        self._landed(inst, [f.digest for f in frames])
+
+    def _landed(self, inst: Install, digests: list[Digest]) -> None:
+        """Chunks verified and written: peers may have them now (called from threads)."""
+        view = inst.view
+        if view is not None and view.have is not None:
+            view.have.update(digests)
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self.pulse.fire)
 
     def _finish(self, inst: Install, manifest: Manifest, staging: Path) -> None:
         for e in manifest.entries:
@@ -538,6 +763,8 @@ class Installer:
             exchange(staging, final)
         else:
             os.rename(staging, final)
+        if inst.view is not None:  # peers read the chunks from where the tree is now
+            inst.view.root = final
         fsync_dir(final.parent)
         fsync_dir(staging.parent)
         inst.tick()

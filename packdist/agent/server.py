@@ -15,19 +15,24 @@ import base64
 import logging
 import signal
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from packdist.agent.home import ENROLLMENT, AgentHome
+from packdist.agent.home import DEFAULT_CACHE_LIMIT, ENROLLMENT, AgentHome, is_package_id
 from packdist.agent.installer import Installer, InstallState
+from packdist.agent.peering import PeerService
+from packdist.agent.sources import Peer, peer_chunks
 from packdist.agent.validation import validate_installed
-from packdist.auth import bearer, check_site_assertion
-from packdist.core.names import split_listen
+from packdist.auth import PEER_CHUNKS_PATH, bearer, check_site_assertion
+from packdist.core.digest import Digest
+from packdist.core.names import parse_ref, split_listen
 from packdist.core.signing import VerifyKey
 from packdist.errors import AuthError, PackdistError, UserError
-from packdist.http import error_middleware, error_response, new_session
+from packdist.http import error_middleware, error_response, new_session, peer
+from packdist.ratelimit import Bucket
 from packdist.site.client import SiteClient
 
 log = logging.getLogger("packdist.agent")
@@ -38,13 +43,25 @@ MAX_LONG_POLL = 5.0
 ENROLL_RETRY = 2.0
 
 
+@dataclass(frozen=True)
+class Limits:
+    """An agent's bandwidth limits in bytes per second (0: none)."""
+
+    download: float = 0.0  # from the site and peers together
+    upload: float = 0.0  # to peers
+
+
 class SiteKeyChanged(AuthError):
     """The site answered with a key other than the one this agent pinned at enrollment."""
 
 
 class Agent:
-    def __init__(self, home: AgentHome, site_url: str, token: str) -> None:
+    def __init__(
+        self, home: AgentHome, site_url: str, token: str, limits: Limits | None = None
+    ) -> None:
         self.home = home
+        self.limits = limits or Limits()
+        self.download = Bucket(self.limits.download)
         self.site_url = site_url
         self.token = token
         self.boot_id = uuid.uuid4().hex
@@ -53,7 +70,16 @@ class Agent:
         self.site: SiteClient | None = None
         self.server_name: str | None = None
         self.site_key: VerifyKey | None = None
-        self.installer = Installer(home, self._fetch)
+        self.installer = Installer(
+            home,
+            self._fetch,
+            source=peer(site_url),
+            peer_fetch=self._fetch_from_peer,
+            download=self.download,
+        )
+        self.peers = PeerService(
+            home, self.installer.chunk_view, self.installer.pulse, Bucket(self.limits.upload)
+        )
         self._background: list[asyncio.Task[None]] = []
         enrolled = home.load_enrollment()
         if enrolled is not None:
@@ -73,15 +99,20 @@ class Agent:
                 ) from exc
             self.server_name = enrolled["server"]
 
-    def _fetch(self, digests: Any) -> Any:
+    def _fetch(self, digests: Any, bases: Any) -> Any:
         assert self.site is not None
-        return self.site.chunks(digests)
+        return self.site.chunks(digests, bases)
+
+    def _fetch_from_peer(self, p: Peer, package_id: str, digests: list[Digest]) -> Any:
+        assert self.session is not None
+        return peer_chunks(self.session, p, package_id, digests, self.download)
 
     # --- life cycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
         self.home.prepare()
         self.installer.recover()
+        self.installer.trim_cache()  # the limit may have changed since the last run
         self.session = new_session()
         self.liveness = new_session(fresh_connections=True)
         self.site = SiteClient(self.site_url, self.token, self.session, self.liveness)
@@ -164,6 +195,8 @@ class Agent:
         app.router.add_post("/v1/install", self.install)
         app.router.add_get("/v1/installs/{package_id}", self.install_status)
         app.router.add_post("/v1/validate", self.validate)
+        app.router.add_post("/v1/remove", self.remove)
+        app.router.add_post(PEER_CHUNKS_PATH, self.peer_chunks)
         return app
 
     @web.middleware
@@ -198,11 +231,48 @@ class Agent:
             repair = body.get("repair", False)
             if not isinstance(repair, bool):
                 raise TypeError("repair must be true or false")
+            peers = Peer.parse_list(body.get("peers"))
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
             raise UserError(f"malformed install request: {exc}") from exc
         assert self.site_key is not None
-        inst = await self.installer.start(data, signature, self.site_key, repair=repair)
+        inst = await self.installer.start(
+            data, signature, self.site_key, repair=repair, peers=peers, me=self.server_name or ""
+        )
         return web.json_response(inst.to_json(), status=202)
+
+    async def remove(self, request: web.Request) -> web.Response:
+        """Remove an installed version: ``{"package_id": ID, "package": "NAME@VERSION"}``.
+
+        Answers ``{"state": "removed"}`` once the tree is out of ``packages/`` (moved to the
+        chunk cache, which is then trimmed to its limit); also when the agent did not hold
+        it (``"was": "absent"``). Refused (409) while that version is being installed: the
+        site retries."""
+        try:
+            body = await request.json()
+            pid, ref = body["package_id"], body["package"]
+            if not isinstance(pid, str) or not is_package_id(pid):
+                raise ValueError("package_id must be a package id (64 hex digits)")
+            if not isinstance(ref, str):
+                raise TypeError("package must be NAME@VERSION")
+            name, version = parse_ref(ref)
+        except (KeyError, ValueError, TypeError, AttributeError, PackdistError) as exc:
+            words = exc.message if isinstance(exc, PackdistError) else str(exc)
+            raise UserError(f"malformed remove request: {words}") from exc
+        ref = f"{name}@{version}"
+        for inst in list(self.installer.installs.values()):
+            if inst.state is InstallState.INSTALLING and (
+                inst.package_id == pid or inst.ref == ref
+            ):
+                return error_response(
+                    409, f"{ref} is being installed on this agent; removal refused until it ends"
+                )
+        was = await asyncio.to_thread(self.home.remove_version, ref, pid)
+        for key in [k for k, i in self.installer.installs.items() if i.ref == ref]:
+            del self.installer.installs[key]  # a finished install's record: not current now
+        await asyncio.to_thread(self.installer.trim_cache)
+        return web.json_response(
+            {"package_id": pid, "package": ref, "state": "removed", "was": was}
+        )
 
     async def validate(self, request: web.Request) -> web.Response:
         """Re-hash installed trees against their manifests: ``{"package_ids": [...]}`` (all
@@ -225,6 +295,21 @@ class Agent:
         }
         results = await asyncio.to_thread(validate_installed, self.home, ids or None, busy)
         return web.json_response({"server": self.server_name, "results": results})
+
+    async def peer_chunks(self, request: web.Request) -> web.StreamResponse:
+        """Chunks of one package for a peer holding the site's credential for it."""
+        assert self.site_key is not None and self.server_name is not None  # the middleware
+        try:  # checked there already; read again for the package and the fetching server
+            claims = check_site_assertion(
+                bearer(request.headers.get("Authorization")),
+                self.site_key,
+                self.server_name,
+                method=request.method,
+                path=request.rel_url.raw_path,
+            )
+            return await self.peers.handle(request, claims)
+        except AuthError as exc:
+            return error_response(401, exc.message)
 
     async def install_status(self, request: web.Request) -> web.Response:
         inst = self.installer.status(request.match_info["package_id"])
@@ -262,9 +347,16 @@ async def serve_until_stopped(app: web.Application, listen: str) -> None:
         await runner.cleanup()
 
 
-def run_agent(root: Any, listen: str, site_url: str, token: str) -> None:
+def run_agent(
+    root: Any,
+    listen: str,
+    site_url: str,
+    token: str,
+    limits: Limits | None = None,
+    cache_limit: int = DEFAULT_CACHE_LIMIT,
+) -> None:
     logging.getLogger("packdist").setLevel(logging.INFO)
-    agent = Agent(AgentHome(root), site_url, token)
+    agent = Agent(AgentHome(root, cache_limit=cache_limit), site_url, token, limits)
 
     async def main() -> None:
         await agent.start()

@@ -14,6 +14,7 @@ from packdist.cli import (
     event_cmds,
     job_cmds,
     package_cmds,
+    remove_cmds,
     server_cmds,
     site_cmds,
     validate_cmds,
@@ -39,6 +40,7 @@ cli.add_command(site_cmds.site)
 cli.add_command(server_cmds.server)
 cli.add_command(agent_cmds.agent)
 cli.add_command(package_cmds.package)
+package_cmds.package.add_command(remove_cmds.package_remove)
 cli.add_command(job_cmds.distribute)
 cli.add_command(job_cmds.job)
 cli.add_command(job_cmds.status)

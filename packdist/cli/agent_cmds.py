@@ -5,6 +5,9 @@ from __future__ import annotations
 import click
 
 from packdist.cli.common import home_option, resolve_home
+from packdist.config import parse_size
+from packdist.errors import UserError
+from packdist.ratelimit import parse_rate
 
 
 @click.group()
@@ -20,8 +23,46 @@ def agent() -> None:
 @click.option(
     "--token", required=True, envvar="PACKDIST_TOKEN", help="Enrollment token from 'server add'."
 )
-def agent_serve(listen: str, site_url: str, token: str) -> None:
+@click.option(
+    "--download-limit",
+    default="0",
+    envvar="PACKDIST_AGENT_DOWNLOAD_LIMIT",
+    metavar="RATE",
+    help="Most bytes per second fetched from the site and peers together, e.g. 100mbit or "
+    "12MB (0: no limit).",
+)
+@click.option(
+    "--upload-limit",
+    default="0",
+    envvar="PACKDIST_AGENT_UPLOAD_LIMIT",
+    metavar="RATE",
+    help="Most bytes per second served to peers (0: no limit).",
+)
+@click.option(
+    "--cache-limit",
+    default="2GiB",
+    show_default=True,
+    envvar="PACKDIST_AGENT_CACHE_LIMIT",
+    metavar="SIZE",
+    help="Most bytes the chunk cache (removed versions, unfinished installs) keeps, e.g. "
+    "500MiB or 10G; the least recently used go first (0: removed versions are deleted).",
+)
+def agent_serve(
+    listen: str,
+    site_url: str,
+    token: str,
+    download_limit: str,
+    upload_limit: str,
+    cache_limit: str,
+) -> None:
     """Serve installs for the site until SIGTERM/SIGINT."""
-    from packdist.agent.server import run_agent
+    from packdist.agent.server import Limits, run_agent
 
-    run_agent(resolve_home(), listen, site_url.rstrip("/"), token)
+    limits = Limits(download=parse_rate(download_limit), upload=parse_rate(upload_limit))
+    try:
+        cache_bytes = parse_size(cache_limit)
+    except ValueError as exc:
+        raise UserError(
+            f"--cache-limit / PACKDIST_AGENT_CACHE_LIMIT {exc} (got {cache_limit!r})"
+        ) from None
+    run_agent(resolve_home(), listen, site_url.rstrip("/"), token, limits, cache_bytes)

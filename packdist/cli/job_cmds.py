@@ -21,7 +21,7 @@ from packdist.errors import NoTargets, NotFound, UserError
 from packdist.site import views
 from packdist.site.home import SiteHome
 from packdist.site.views import job_json
-from packdist.states import TERMINAL, JobState
+from packdist.states import DONE, TERMINAL, JobState
 from packdist.store.base import InstructionRecord, JobRecord
 
 EXIT_OK, EXIT_FAILED, EXIT_TIMEOUT = 0, 1, 75
@@ -55,10 +55,16 @@ class RateMeter:
 
 
 def _shown(i: InstructionRecord) -> int:
-    """Bytes to show as delivered: all of them once installed (verified)."""
+    """Bytes to show as done: all of them once installed (verified), else what the server
+    holds so far (found locally or received; not what crossed the wire, which may be
+    compressed)."""
     if i.state.value == "installed":
         return i.bytes_total
-    return min(i.bytes_sent, i.bytes_total) if i.bytes_total else i.bytes_sent
+    return min(i.bytes_done, i.bytes_total) if i.bytes_total else i.bytes_done
+
+
+def _sources(sent: int, from_peers: int) -> str:
+    return f"{human_bytes(max(0, sent - from_peers))} / {human_bytes(from_peers)}"
 
 
 def _rate_text(rate: float | None) -> str:
@@ -69,15 +75,22 @@ def _job_table(job: JobRecord, now: float, meter: RateMeter | None = None) -> Gr
     """The job as operators follow it: a title, one row per server and a total (progress,
     bytes, rate when ``meter`` is given, next attempt), then the last error of each server
     in words, on lines of their own so they are never cut at 80 columns."""
-    done_count = sum(1 for i in job.instructions if i.state.value == "installed")
+    removal = job.action == "remove"
+    goal = DONE[job.action].value
+    done_count = sum(1 for i in job.instructions if i.state.value == goal)
     title = Text(
-        f"job {job.id}  {job.package_ref}  [{job.state.value}]"
-        f"  {done_count}/{len(job.instructions)} installed",
+        f"job {job.id}  {'remove ' if removal else ''}{job.package_ref}  [{job.state.value}]"
+        f"  {done_count}/{len(job.instructions)} {goal}",
         style="bold",
     )
     table = Table(box=None, pad_edge=False)
-    cols = ["server", "state", "tries", "progress", "bytes"]
-    cols += ["rate"] if meter is not None else []
+    cols = ["server", "state", "tries"]
+    cols += [] if removal else ["progress", "bytes"]  # a removal moves no bytes
+    # what crossed the wire, from the site and from peers (compressed, deltas)
+    # (in ``job show``; the live table of ``job wait`` shows rates instead, within 80 columns)
+    wire = meter is None and not removal and any(i.bytes_sent for i in job.instructions)
+    cols += ["from site / peers"] if wire else []
+    cols += ["rate"] if meter is not None and not removal else []
     cols += ["next"]
     for col in cols:
         table.add_column(col, no_wrap=True, justify="right" if col == "tries" else "left")
@@ -102,16 +115,28 @@ def _job_table(job: JobRecord, now: float, meter: RateMeter | None = None) -> Gr
         if i.state.value == "retrying":
             nxt = "due now" if i.next_attempt_at <= now else ago(i.next_attempt_at, now)
         row: list[RenderableType] = [i.server, _styled(i.state.value), str(i.attempts)]
+        if removal:
+            table.add_row(*row, nxt)
+            continue
         row += [progress(done, i.bytes_total), size(done, i.bytes_total)]
+        if wire:
+            row += [_sources(i.bytes_sent, i.bytes_from_peers)]
         if meter is not None:  # a rate only while bytes are moving
             row += [_rate_text(meter.rate(i.server) if i.state.value == "sending" else None)]
         row += [nxt]
         table.add_row(*row)
-    if len(job.instructions) > 1:
+    if len(job.instructions) > 1 and not removal:
         done = sum(_shown(i) for i in job.instructions)
         total = sum(i.bytes_total for i in job.instructions)
         row = ["[bold]total[/bold]", "", str(sum(i.attempts for i in job.instructions))]
         row += [progress(done, total), size(done, total)]
+        if wire:
+            row += [
+                _sources(
+                    sum(i.bytes_sent for i in job.instructions),
+                    sum(i.bytes_from_peers for i in job.instructions),
+                )
+            ]
         if meter is not None:
             rates = [meter.rate(i.server) for i in job.instructions if i.state.value == "sending"]
             row += [_rate_text(sum(r for r in rates if r) or None)]
@@ -124,19 +149,21 @@ def _job_table(job: JobRecord, now: float, meter: RateMeter | None = None) -> Gr
         width = max(len(i.server) for i in errors)
         for i in errors:
             line = Text(f"  {i.server:<{width}}  ")
-            line.append(i.last_error or "", style="red" if i.state.value != "installed" else "")
+            line.append(i.last_error or "", style="red" if i.state.value != goal else "")
             parts.append(line)
     return Group(*parts)
 
 
 _STYLES = {
     "installed": "green",
+    "removed": "green",
     "succeeded": "green",
     "failed": "red",
     "corrupt": "red",
     "retrying": "yellow",
     "sending": "cyan",
     "in progress": "cyan",
+    "removing": "cyan",
     "pending": "cyan",
 }
 
@@ -159,7 +186,8 @@ def _plain_line(job: JobRecord) -> str:
     for i in job.instructions:
         extra = f" ({i.last_error})" if i.state.value == "retrying" and i.last_error else ""
         parts.append(f"{i.server}={i.state.value}{extra}")
-    return f"job {job.id} {job.state.value}: " + ", ".join(parts)
+    what = "removal " if job.action == "remove" else ""
+    return f"{what}job {job.id} {job.state.value}: " + ", ".join(parts)
 
 
 def wait_for(job_id: str, timeout: float | None, quiet: bool = False) -> int:
@@ -218,6 +246,11 @@ def wait_for(job_id: str, timeout: float | None, quiet: bool = False) -> int:
     type=click.FloatRange(min=1),
     help="Give targets up N seconds after the job was created.",
 )
+@click.option(
+    "--no-peers",
+    is_flag=True,
+    help="Servers fetch only from the site, not from peers that hold the package.",
+)
 @click.option("--wait", is_flag=True, help="Wait until the job is finished (exit as 'job wait').")
 @click.option(
     "--timeout", type=click.FloatRange(min=0), help="With --wait: seconds to wait at most."
@@ -230,6 +263,7 @@ def distribute(
     all_servers: bool,
     max_attempts: int | None,
     deadline: float | None,
+    no_peers: bool,
     wait: bool,
     timeout: float | None,
     as_json: bool,
@@ -258,7 +292,8 @@ def distribute(
             targets = [s.name for s in store.list_servers()]
             if not targets:
                 raise NoTargets("there are no servers (add one with 'packdist server add')")
-        job_id = store.add_job(pkg.id, targets, max_attempts, deadline, {}, time.time())
+        options = {"peers": False} if no_peers else {}
+        job_id = store.add_job(pkg.id, targets, max_attempts, deadline, options, time.time())
         job = store.get_job(job_id)
     finally:
         store.close()
@@ -301,7 +336,7 @@ def job_show(job_id: str, as_json: bool) -> None:
 @click.option("--timeout", type=click.FloatRange(min=0), help="Seconds to wait at most.")
 @json_option
 def job_wait(job_id: str, timeout: float | None, as_json: bool) -> None:
-    """Wait until every instruction is terminal (exit 0 installed, 1 failed, 75 timeout).
+    """Wait until every instruction is terminal (exit 0 done, 1 failed, 75 timeout).
 
     On a terminal: a live table (per server and total: progress, bytes, rate, last error);
     otherwise a plain line whenever something changes. --json: no progress, the job's
@@ -333,12 +368,13 @@ def job_list(as_json: bool) -> None:
         click.echo("no jobs yet")
         return
     table = Table(box=None)
-    for col in ("job", "package", "state", "servers", "created"):
+    for col in ("job", "action", "package", "state", "servers", "created"):
         table.add_column(col)
     for j in jobs:
         done = sum(1 for i in j.instructions if i.state in TERMINAL)
         table.add_row(
             j.id,
+            j.action,
             j.package_ref,
             j.state.value,
             f"{done}/{len(j.instructions)} done",

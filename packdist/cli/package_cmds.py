@@ -22,7 +22,7 @@ from packdist.store.base import PackageRecord
 @click.group()
 @home_option
 def package() -> None:
-    """Import, list, show and verify packages."""
+    """Import, list, show, verify and remove packages."""
 
 
 def _record_json(p: PackageRecord) -> dict[str, object]:

@@ -11,7 +11,7 @@ from rich.table import Table
 from packdist.auth import hash_token, new_token
 from packdist.cli.common import ago, home_option, iso, json_option, print_json, resolve_home
 from packdist.core.fsutil import human_bytes
-from packdist.core.names import check_group_name, check_server_name
+from packdist.core.names import check_group_name, check_server_name, parse_label
 from packdist.errors import UserError
 from packdist.site.home import SiteHome
 
@@ -35,22 +35,35 @@ def server() -> None:
 @click.argument("name")
 @click.option("--url", required=True, help="Where the site reaches the server's agent.")
 @click.option("--group", "groups", multiple=True, help="Group to join (repeatable).")
+@click.option(
+    "--label",
+    "label_args",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Location label, e.g. site=berlin (repeatable). Peers with the same location label "
+    "(key peers.location_label, default 'site') are preferred as chunk sources.",
+)
 @json_option
-def server_add(name: str, url: str, groups: tuple[str, ...], as_json: bool) -> None:
+def server_add(
+    name: str, url: str, groups: tuple[str, ...], label_args: tuple[str, ...], as_json: bool
+) -> None:
     """Register a distribution server and print its enrollment token."""
     check_server_name(name)
     url = _check_url(url)
     for g in groups:
         check_group_name(g)
+    labels = dict(parse_label(x) for x in label_args)
     home = SiteHome.open(resolve_home())
     token = new_token()
     store = home.store()
     try:
-        store.add_server(name, url, hash_token(token), list(groups))
+        store.add_server(name, url, hash_token(token), list(groups), labels)
     finally:
         store.close()
     if as_json:
-        print_json({"name": name, "token": token, "url": url, "groups": list(groups)})
+        print_json(
+            {"name": name, "token": token, "url": url, "groups": list(groups), "labels": labels}
+        )
     else:
         click.echo(f"server {name} added. Its enrollment token (shown once):")
         click.echo(token)
@@ -79,6 +92,7 @@ def server_list(as_json: bool) -> None:
                         "name": s.name,
                         "url": s.url,
                         "groups": list(s.groups),
+                        "labels": dict(s.labels),
                         "online": s.last_seen is not None and now - s.last_seen < ONLINE_AFTER,
                         "last_seen": iso(s.last_seen),
                         "disk_free": s.disk_free,
@@ -92,7 +106,7 @@ def server_list(as_json: bool) -> None:
         click.echo("no servers yet (add one with 'packdist server add NAME --url URL')")
         return
     table = Table(box=None)
-    for col in ("server", "url", "groups", "online", "last heartbeat", "free disk"):
+    for col in ("server", "url", "groups", "labels", "online", "last heartbeat", "free disk"):
         table.add_column(col)
     for s in servers:
         online = s.last_seen is not None and now - s.last_seen < ONLINE_AFTER
@@ -100,6 +114,7 @@ def server_list(as_json: bool) -> None:
             s.name,
             s.url,
             ",".join(s.groups),
+            ",".join(f"{k}={v}" for k, v in s.labels),
             "yes" if online else "no",
             ago(s.last_seen, now),
             human_bytes(s.disk_free) if s.disk_free is not None else "-",

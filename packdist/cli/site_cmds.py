@@ -17,7 +17,14 @@ from packdist.site.home import SiteHome
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_METAVARS = {"text": "HOST:PORT", "int": "N", "number": "X", "duration": "DURATION"}
+_METAVARS = {
+    "text": "HOST:PORT",
+    "int": "N",
+    "number": "X",
+    "duration": "DURATION",
+    "rate": "RATE",
+    "label": "KEY",
+}
 
 
 def setting_options(f: F) -> F:

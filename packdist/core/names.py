@@ -41,6 +41,18 @@ def check_group_name(value: str) -> str:
     return _check("group name", value)
 
 
+def check_label_key(value: str) -> str:
+    return _check("label key", value)
+
+
+def parse_label(text: str) -> tuple[str, str]:
+    """Split a server label ``KEY=VALUE`` (e.g. ``site=berlin``) into its validated parts."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise InvalidName(f"label {text!r} must be KEY=VALUE, e.g. site=berlin")
+    return check_label_key(key), _check("label value", value)
+
+
 def parse_ref(ref: str) -> tuple[str, str]:
     """Split ``NAME@VERSION`` into its validated parts."""
     name, sep, version = ref.partition("@")

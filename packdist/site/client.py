@@ -7,8 +7,9 @@ from typing import Any
 
 import aiohttp
 
+from packdist.core.codec import Encoding
 from packdist.core.digest import Digest
-from packdist.http import HEARTBEAT, STREAM, read_frames, request
+from packdist.http import HEARTBEAT, STREAM, Frame, read_frames, request
 
 
 class SiteClient:
@@ -41,14 +42,22 @@ class SiteClient:
             data: dict[str, Any] = await resp.json()
             return data
 
-    async def chunks(self, digests: list[Digest]) -> AsyncGenerator[tuple[Digest, bytes], None]:
-        """Stream the requested chunks (unverified: the caller checks every digest).
+    async def chunks(
+        self, digests: list[Digest], bases: dict[Digest, list[Digest]] | None = None
+    ) -> AsyncGenerator[Frame, None]:
+        """Stream the requested chunks as frames (not decoded nor verified: the caller
+        decodes each, against the ``bases`` it offered, and checks every digest).
 
         An async generator: close it (``contextlib.aclosing``) when stopping early, so the
         connection is released at once rather than whenever the generator is collected.
         """
         url = f"{self.base_url}/v1/chunks"
-        body = {"digests": [d.hex for d in digests]}
+        body: dict[str, Any] = {
+            "digests": [d.hex for d in digests],
+            "accept": [e.label for e in Encoding],
+        }
+        if bases:
+            body["bases"] = {d.hex: [b.hex for b in bs] for d, bs in bases.items()}
         async with request(
             self._session, "POST", url, headers=self._auth, json=body, timeouts=STREAM
         ) as resp:

@@ -61,7 +61,11 @@ def render(totals: MetricsTotals, servers: list[ServerRecord], now: float) -> st
         out.sample("packdist_jobs", n, state=state)
     out.family("packdist_attempts_total", "counter", "Attempts made, over every instruction.")
     out.sample("packdist_attempts_total", totals.attempts)
-    out.family("packdist_bytes_sent_total", "counter", "Package bytes delivered to agents.")
+    out.family(
+        "packdist_bytes_sent_total",
+        "counter",
+        "Bytes sent to agents on the wire (chunk frames, compressed where it pays).",
+    )
     out.sample("packdist_bytes_sent_total", totals.bytes_sent)
     out.family(
         "packdist_retries_scheduled_total", "counter", "Failed attempts scheduled to be retried."

@@ -168,7 +168,9 @@ def _matrix(doc: dict[str, Any]) -> str:
 
 
 def job_block(job: dict[str, Any], now: float, link: bool = True) -> str:
-    done = sum(1 for i in job["instructions"] if i["state"] == "installed")
+    removal = job.get("action") == "remove"
+    goal = "removed" if removal else "installed"
+    done = sum(1 for i in job["instructions"] if i["state"] == goal)
     total = len(job["instructions"])
     sent = sum(_shown_bytes(i) for i in job["instructions"])
     size = sum(i["bytes_total"] for i in job["instructions"])
@@ -183,22 +185,32 @@ def job_block(job: dict[str, Any], now: float, link: bool = True) -> str:
             due = _epoch(i["next_attempt_at"]) or now
             nxt = "due now" if due <= now else f"next attempt {ago(due, now)}"
         err = i["last_error"] or ""
+        if removal:  # no bytes travel: the bar says done or not
+            bar = f'<td class="bar">{"done" if i["state"] == goal else "-"}</td><td class="num">-</td>'
+        else:
+            bar = (
+                f'<td class="bar"><progress max="{max(i["bytes_total"], 1)}" value="{shown}">'
+                f"{_pct(shown, i['bytes_total'])}</progress> {_pct(shown, i['bytes_total'])}</td>"
+                f'<td class="num">{h(human_bytes(shown))} /'
+                f" {h(human_bytes(i['bytes_total']))}</td>"
+            )
         rows.append(
             f'<tr data-server="{h(i["server"])}" data-state="{h(i["state"])}">'
             f'<th scope="row">{h(i["server"])}</th>'
             f'<td class="state">{_badge(i["state"])}</td>'
-            f'<td class="bar"><progress max="{max(i["bytes_total"], 1)}" value="{shown}">'
-            f"{_pct(shown, i['bytes_total'])}</progress> {_pct(shown, i['bytes_total'])}</td>"
-            f'<td class="num">{h(human_bytes(shown))} / {h(human_bytes(i["bytes_total"]))}</td>'
+            f"{bar}"
             f'<td class="num">{h(i["attempts"])}</td>'
             f'<td class="next">{h(nxt)}</td>'
             f'<td class="error">{h(err)}</td></tr>'
         )
+    what = f"remove {job['package']}" if removal else job["package"]
+    moved = "" if removal else f" · {h(human_bytes(sent))} of {h(human_bytes(size))}"
     return (
-        f'<article class="job" id="job-{h(job["id"])}" data-state="{h(job["state"])}">'
-        f'<h3>{title} <span class="pkg">{h(job["package"])}</span> {_badge(job["state"])}'
-        f' <span class="muted">{done}/{total} installed · {h(human_bytes(sent))} of'
-        f" {h(human_bytes(size))} · created {_when(job['created_at'], now)}</span></h3>"
+        f'<article class="job" id="job-{h(job["id"])}" data-state="{h(job["state"])}"'
+        f' data-action="{h(job.get("action", "install"))}">'
+        f'<h3>{title} <span class="pkg">{h(what)}</span> {_badge(job["state"])}'
+        f' <span class="muted">{done}/{total} {goal}{moved}'
+        f" · created {_when(job['created_at'], now)}</span></h3>"
         '<table class="instructions"><thead><tr><th scope="col">server</th>'
         '<th scope="col">state</th><th scope="col">progress</th><th scope="col">bytes</th>'
         '<th scope="col">attempts</th><th scope="col">next</th><th scope="col">last error</th>'
@@ -208,7 +220,7 @@ def job_block(job: dict[str, Any], now: float, link: bool = True) -> str:
 
 def _shown_bytes(i: dict[str, Any]) -> int:
     total = int(i["bytes_total"])
-    return total if i["state"] == "installed" else min(int(i["bytes_sent"]), total)
+    return total if i["state"] == "installed" else min(int(i.get("bytes_done", 0)), total)
 
 
 def _pct(done: int, total: int) -> str:

@@ -5,7 +5,8 @@ Routes (JSON unless noted):
 * ``GET /healthz`` — anyone; 200 once the site is ready.
 * ``POST /v1/agent/hello`` — enrollment token: the server's name and the site public key.
 * ``POST /v1/agent/heartbeat`` — enrollment token: liveness, free disk, installed ids.
-* ``POST /v1/chunks`` — enrollment token: a framed stream of the requested chunks.
+* ``POST /v1/chunks`` — enrollment token: a framed stream of the requested chunks, each
+  raw, zstd or zstd against a base the agent holds (see :mod:`packdist.http`).
 * ``GET /v1/chunks/{digest}`` — enrollment token: one chunk, raw.
 * ``GET /v1/packages/{id}/manifest`` — enrollment token: canonical manifest, signature in
   the ``X-Packdist-Signature`` header.
@@ -20,6 +21,7 @@ import base64
 import logging
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
@@ -27,10 +29,13 @@ from aiohttp import web
 from packdist.agent.server import serve_until_stopped
 from packdist.auth import bearer, hash_token
 from packdist.config import Settings
+from packdist.core import codec
+from packdist.core.codec import Encoding
 from packdist.core.digest import Digest
-from packdist.despooler import Despooler, StoreRunner
+from packdist.despooler import Despooler, PeerSettings, StoreRunner
 from packdist.errors import AuthError, NotFound, PackdistError, UserError
 from packdist.http import error_frame, error_middleware, frame_header, new_session
+from packdist.ratelimit import Bucket
 from packdist.site import dashboard
 from packdist.site.home import SiteHome
 from packdist.site.validation import validation_loop
@@ -53,6 +58,7 @@ class SiteServer:
     ) -> None:
         self.home = home
         self.settings = settings or Settings()
+        self.upload = Bucket(self.settings.transfer_upload_limit)
         self.library = home.library
         self.key = home.signing_key()
         self.db = StoreRunner(home.store())
@@ -127,13 +133,7 @@ class SiteServer:
 
     async def chunks(self, request: web.Request) -> web.StreamResponse:
         await self._agent(request)
-        body = await request.json()
-        try:
-            digests = [Digest.parse(str(x)) for x in body["digests"]]
-        except (KeyError, TypeError) as exc:
-            raise UserError('body must be {"digests": [hex, ...]}') from exc
-        if len(digests) > MAX_BATCH:
-            raise UserError(f"at most {MAX_BATCH} chunks per request")
+        digests, accept, bases = _chunks_body(await _json_body(request))
         known = await self.db(lambda s: s.known_chunks(digests))
         unknown = [d for d in digests if d not in known]
         if unknown:
@@ -146,6 +146,7 @@ class SiteServer:
         queue = iter(groups)
 
         async def send(data: bytes) -> None:
+            await self.upload.take(len(data))  # the site's upload limit, shared by all
             # Bounded: an agent that stops reading must not hold this handler forever.
             async with asyncio.timeout(WRITE_TIMEOUT):
                 await resp.write(data)
@@ -153,7 +154,7 @@ class SiteServer:
         try:
             while True:  # keep READ_AHEAD groups of file reads under way while we write
                 while len(reads) < READ_AHEAD and (g := next(queue, None)) is not None:
-                    reads.append(loop.run_in_executor(None, self._read_frames, g))
+                    reads.append(loop.run_in_executor(None, self._read_frames, g, accept, bases))
                 if not reads:
                     break
                 frames, error = await reads.popleft()
@@ -178,18 +179,38 @@ class SiteServer:
         await resp.write_eof()
         return resp
 
-    def _read_frames(self, group: list[Digest]) -> tuple[bytes, str | None]:
-        """A group of chunks read from the library and framed as one buffer (one write per
-        group, not two per chunk); the error that stopped it, if any."""
+    def _read_frames(
+        self, group: list[Digest], accept: frozenset[Encoding], bases: dict[Digest, list[Digest]]
+    ) -> tuple[bytes, str | None]:
+        """A group of chunks read from the library, each encoded as it pays (see
+        :mod:`packdist.core.codec`) and framed, as one buffer (one write per group, not two
+        per chunk); the error that stopped it, if any."""
         parts: list[bytes] = []
         for d in group:
             try:
                 data = self.library.read(d)
             except PackdistError as exc:
                 return b"".join(parts), exc.message
-            parts.append(frame_header(d, len(data)))
-            parts.append(data)
+            base = self._base(bases.get(d, ()))
+            encoding, payload = codec.encode(data, accept, base)
+            parts.append(frame_header(d, encoding, len(data), len(payload)))
+            parts.append(payload)
         return b"".join(parts), None
+
+    def _base(self, digests: Sequence[Digest]) -> bytes | None:
+        """The bytes of an agent's base chunks, if the library holds every one intact."""
+        if not digests:
+            return None
+        parts = []
+        for d in digests:
+            try:
+                data = self.library.read(d)
+                d.verify(data)  # a damaged base would only make a chunk that fails to verify
+            except PackdistError:
+                return None
+            parts.append(data)
+        joined = b"".join(parts)
+        return joined if len(joined) <= codec.MAX_BASE_BYTES else None
 
     # --- life cycle -----------------------------------------------------------------------
 
@@ -202,6 +223,7 @@ class SiteServer:
             session,
             policy=self.settings.retry_policy(),
             max_in_flight=self.max_in_flight,
+            peers=PeerSettings(self.settings.peers_enabled, self.settings.peers_location_label),
         )
         despooler = asyncio.create_task(self.despooler.run(), name="despooler")
         background = [despooler]
@@ -229,6 +251,33 @@ async def _json_body(request: web.Request) -> Any:
         return await request.json()
     except ValueError as exc:  # includes JSONDecodeError and bad UTF-8
         raise UserError(f"body is not JSON: {exc}") from exc
+
+
+def _chunks_body(
+    body: Any,
+) -> tuple[list[Digest], frozenset[Encoding], dict[Digest, list[Digest]]]:
+    """``(digests, accepted encodings, bases)`` of a chunk request (see
+    :mod:`packdist.http`), or UserError (a 400) saying what is wrong with it."""
+    if not isinstance(body, dict) or not isinstance(body.get("digests"), list):
+        raise UserError('body must be {"digests": [hex, ...], "accept": [...], "bases": {...}}')
+    digests = [Digest.parse(str(x)) for x in body["digests"]]  # UserError if not a digest
+    if len(digests) > MAX_BATCH:
+        raise UserError(f"at most {MAX_BATCH} chunks per request")
+    accept = body.get("accept", [])
+    if not isinstance(accept, list):
+        raise UserError("chunk request accept must be a list of encodings")
+    raw_bases = body.get("bases", {})
+    if not isinstance(raw_bases, dict) or len(raw_bases) > len(digests):
+        raise UserError("chunk request bases must map a requested chunk to its base chunks")
+    wanted = set(digests)
+    bases: dict[Digest, list[Digest]] = {}
+    for key, value in raw_bases.items():
+        if not isinstance(value, list) or len(value) > codec.MAX_BASES:
+            raise UserError(f"at most {codec.MAX_BASES} base chunks per chunk")
+        d = Digest.parse(str(key))
+        if d in wanted:
+            bases[d] = [Digest.parse(str(b)) for b in value]
+    return digests, codec.parse_accept(accept), bases
 
 
 def _heartbeat_body(body: Any) -> tuple[str, int | None, list[str]]:

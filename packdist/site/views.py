@@ -7,6 +7,7 @@ the store's thread; nothing here renders or talks HTTP.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from packdist.core.timefmt import ago, iso
@@ -28,6 +29,7 @@ EVENT_TITLES = {
     "attempt": "attempt",
     "failure": "failure, retry scheduled",
     "installed": "installed",
+    "removed": "removed",
     "failed": "failed for good",
     "cancelled": "cancelled",
     "retry": "operator retry",
@@ -62,6 +64,8 @@ def cell_view(cell: StatusCell | None, now: float) -> dict[str, Any]:
         "bytes_sent": cell.bytes_sent,
         "bytes_total": cell.bytes_total,
     }
+    if cell.action == "remove":
+        return _removal_view(cell, base, now)
     if cell.corrupt is not None:  # validation found the copy damaged; a repair mends it
         repair = f"; repair {state.value}" if state is not None and state is not S.INSTALLED else ""
         return {**base, "word": "corrupt", "detail": f"{cell.corrupt}{repair}"}
@@ -93,6 +97,29 @@ def cell_view(cell: StatusCell | None, now: float) -> dict[str, Any]:
     return {**base, "word": "installed", "detail": "verified"}  # S.INSTALLED, since removed
 
 
+def _removal_view(cell: StatusCell, base: dict[str, Any], now: float) -> dict[str, Any]:
+    """A cell whose newest job is a removal: ``removing`` while it is under way, ``-`` once
+    the server no longer holds the version, the copy's own word if the removal ended
+    otherwise (failed, cancelled)."""
+    state = cell.state
+    if state is S.REMOVED or (state is S.CANCELLED and not cell.installed):
+        return {**base, "word": "-", "detail": "removed" if state is S.REMOVED else ""}
+    if state in (S.PENDING, S.SENDING, S.RETRYING):
+        when = ""
+        if state is S.RETRYING and cell.next_attempt_at is not None:
+            when = (
+                "retry due now"
+                if cell.next_attempt_at <= now
+                else f"next attempt {ago(cell.next_attempt_at, now)}"
+            )
+        detail = "; ".join(x for x in (f"removal {state.value}", cell.last_error or "", when) if x)
+        return {**base, "word": "removing", "detail": detail}
+    if state is S.FAILED:
+        return {**base, "word": "failed", "detail": f"removal failed: {cell.last_error or ''}"}
+    # a cancelled removal: the copy stays, and reads as it would without the removal
+    return cell_view(replace(cell, action="install"), now)
+
+
 def instruction_json(i: Any, now: float | None = None) -> dict[str, Any]:
     return {
         "server": i.server,
@@ -101,6 +128,9 @@ def instruction_json(i: Any, now: float | None = None) -> dict[str, Any]:
         "last_error": i.last_error,
         "next_attempt_at": iso(i.next_attempt_at) if i.state is S.RETRYING else None,
         "bytes_sent": i.bytes_sent,
+        "bytes_from_site": max(0, i.bytes_sent - i.bytes_from_peers),
+        "bytes_from_peers": i.bytes_from_peers,
+        "bytes_done": i.bytes_total if i.state is S.INSTALLED else i.bytes_done,
         "bytes_total": i.bytes_total,
         "updated_at": iso(i.updated_at),
         "finished_at": iso(i.finished_at),
@@ -111,6 +141,7 @@ def job_json(job: JobRecord) -> dict[str, Any]:
     """The document of ``job show --json`` (CONTRACT.md)."""
     return {
         "id": job.id,
+        "action": job.action,
         "package": job.package_ref,
         "package_id": job.package_id,
         "state": job.state.value,

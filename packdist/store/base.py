@@ -35,6 +35,22 @@ class ServerRecord:
     created_at: float
     last_seen: float | None
     disk_free: int | None
+    labels: tuple[tuple[str, str], ...] = ()  # location labels, sorted by key
+
+    def label(self, key: str) -> str | None:
+        return dict(self.labels).get(key)
+
+
+@dataclass(frozen=True)
+class SwarmMember:
+    """A server that holds a package (``holder``) or is due to receive it: a possible source
+    of that package's chunks for the others."""
+
+    server: str
+    url: str
+    labels: tuple[tuple[str, str], ...]
+    last_seen: float | None
+    holder: bool
 
 
 @dataclass(frozen=True)
@@ -50,6 +66,8 @@ class InstructionRecord:
     bytes_total: int
     updated_at: float
     finished_at: float | None
+    bytes_from_peers: int = 0  # of bytes_sent, what came from peers (the rest: the site)
+    bytes_done: int = 0  # of bytes_total, what the server holds so far (the progress)
 
 
 @dataclass(frozen=True)
@@ -62,10 +80,11 @@ class JobRecord:
     deadline: float | None
     options: dict[str, Any]
     instructions: tuple[InstructionRecord, ...] = field(default=())
+    action: str = "install"  # what every instruction does: "install" or "remove"
 
     @property
     def state(self) -> JobState:
-        return job_state(i.state for i in self.instructions)
+        return job_state((i.state for i in self.instructions), self.action)
 
 
 @dataclass(frozen=True)
@@ -85,6 +104,7 @@ class Claim:
     deadline: float | None
     lease: str = ""  # the lease owner this claim was made under
     options: dict[str, Any] = field(default_factory=dict)  # the job's flags ("repair")
+    action: str = "install"  # "install" the package on the server, or "remove" it
 
 
 @dataclass(frozen=True)
@@ -115,6 +135,7 @@ class StatusCell:
     bytes_total: int
     updated_at: float | None
     corrupt: str | None = None  # what the last validation found wrong with the copy, in words
+    action: str = "install"  # the action of the newest job ("remove": a removal job)
 
 
 @dataclass(frozen=True)
@@ -175,7 +196,14 @@ class Store(abc.ABC):
 
     # --- servers --------------------------------------------------------------------------
     @abc.abstractmethod
-    def add_server(self, name: str, url: str, token_hash: str, groups: list[str]) -> None: ...
+    def add_server(
+        self,
+        name: str,
+        url: str,
+        token_hash: str,
+        groups: list[str],
+        labels: dict[str, str] | None = None,
+    ) -> None: ...
 
     @abc.abstractmethod
     def remove_server(self, name: str) -> int:
@@ -189,6 +217,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def servers_in_group(self, group: str) -> list[str]: ...
+
+    @abc.abstractmethod
+    def swarm(self, package_id: str, now: float | None = None) -> list[SwarmMember]:
+        """Servers that hold ``package_id`` (installed and not known corrupt) or are about
+        to receive it (an instruction pending, sending, or retrying and due), by name."""
 
     @abc.abstractmethod
     def record_heartbeat(
@@ -213,7 +246,21 @@ class Store(abc.ABC):
         deadline: float | None,
         options: dict[str, Any],
         now: float,
-    ) -> str: ...
+        action: str = "install",
+    ) -> str:
+        """Create a job and its instructions (one per server) in one transaction.
+
+        ``action``: ``install`` (the default) or ``remove``. A new job supersedes the
+        opposite unfinished work for the same package on the same servers: a removal job
+        cancels their unfinished install instructions, an install job their unfinished
+        removal instructions (``last_error``: "superseded by removal job J" / "... by
+        install job J"), in the same transaction. Refuses an empty target list
+        (``NoTargets``), an unknown package or server (``NotFound``)."""
+
+    @abc.abstractmethod
+    def package_holders(self, package_id: str) -> list[str]:
+        """Servers (not removed) that hold the package, as last reported, or have an
+        unfinished install instruction for it: the targets of ``remove --everywhere``."""
 
     @abc.abstractmethod
     def get_job(self, job_id: str) -> JobRecord: ...
@@ -235,12 +282,27 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def renew_lease(
-        self, instruction_id: int, owner: str, until: float, bytes_sent: int, bytes_total: int
+        self,
+        instruction_id: int,
+        owner: str,
+        until: float,
+        bytes_sent: int,
+        bytes_total: int,
+        bytes_from_peers: int = 0,
+        bytes_done: int = 0,
     ) -> bool:
-        """Extend a held lease; False if the worker lost it (cancelled, expired)."""
+        """Extend a held lease and record progress (``bytes_sent``: all bytes the server
+        received on the wire, ``bytes_from_peers`` of them from peers; ``bytes_done``: how
+        much of the package it holds so far); False if the worker lost the lease
+        (cancelled, expired)."""
 
     @abc.abstractmethod
     def mark_installed(self, instruction_id: int, owner: str, now: float) -> None: ...
+
+    @abc.abstractmethod
+    def mark_removed(self, instruction_id: int, owner: str, now: float) -> None:
+        """A removal instruction is done: the agent no longer holds the version (the
+        server's copy leaves the matrix at once)."""
 
     @abc.abstractmethod
     def schedule_retry(

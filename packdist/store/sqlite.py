@@ -37,6 +37,7 @@ from packdist.store.base import (
     ServerRecord,
     StatusCell,
     Store,
+    SwarmMember,
     describe_problems,
 )
 
@@ -50,6 +51,16 @@ def _migrations() -> list[tuple[int, str]]:
         if item.name.endswith(".sql"):
             out.append((int(item.name.split("_", 1)[0]), item.read_text()))
     return sorted(out)
+
+
+def _labels(text: str | None) -> tuple[tuple[str, str], ...]:
+    try:
+        data = json.loads(text or "{}")
+    except ValueError:
+        return ()
+    if not isinstance(data, dict):
+        return ()
+    return tuple(sorted((str(k), str(v)) for k, v in data.items()))
 
 
 def _like_prefix(owner: str) -> str:
@@ -125,15 +136,18 @@ class SQLiteStore(Store):
         owner: str | None,
         now: float,
         sets: dict[str, Any],
+        action: str | None = None,
     ) -> sqlite3.Row:
         cols = {"state": states.target(event).value, "updated_at": now, **sets}
         assignments = ", ".join(f"{c} = :{c}" for c in cols)
         where = f"id = :id AND state IN ({_in(event)})"
         if owner is not None:
             where += " AND lease_owner = :owner"
+        if action is not None:  # "installed" only ends an install, "removed" a removal
+            where += " AND job_id IN (SELECT id FROM jobs WHERE action = :action)"
         row = self._db.execute(
             f"UPDATE instructions SET {assignments} WHERE {where} RETURNING job_id, server",
-            {**cols, "id": instruction_id, "owner": owner},
+            {**cols, "id": instruction_id, "owner": owner, "action": action},
         ).fetchone()
         if row is None:
             current = self._db.execute(
@@ -248,7 +262,14 @@ class SQLiteStore(Store):
 
     # --- servers --------------------------------------------------------------------------
 
-    def add_server(self, name: str, url: str, token_hash: str, groups: list[str]) -> None:
+    def add_server(
+        self,
+        name: str,
+        url: str,
+        token_hash: str,
+        groups: list[str],
+        labels: dict[str, str] | None = None,
+    ) -> None:
         now = time.time()
         with self._tx() as db:
             row = db.execute("SELECT removed FROM servers WHERE name = ?", (name,)).fetchone()
@@ -267,6 +288,10 @@ class SQLiteStore(Store):
                 )
                 db.execute("DELETE FROM server_groups WHERE server = ?", (name,))
                 db.execute("DELETE FROM server_packages WHERE server = ?", (name,))
+            db.execute(
+                "UPDATE servers SET labels = ? WHERE name = ?",
+                (json.dumps(labels or {}, sort_keys=True), name),
+            )
             db.executemany(
                 "INSERT OR IGNORE INTO server_groups VALUES (?, ?)", [(name, g) for g in groups]
             )
@@ -293,7 +318,7 @@ class SQLiteStore(Store):
 
     def _servers(self, where: str = "", params: tuple[Any, ...] = ()) -> list[ServerRecord]:
         rows = self._db.execute(
-            "SELECT s.name, s.url, s.created_at, s.last_seen, s.disk_free,"
+            "SELECT s.name, s.url, s.created_at, s.last_seen, s.disk_free, s.labels,"
             " (SELECT group_concat(grp, ',') FROM"
             "   (SELECT grp FROM server_groups g WHERE g.server = s.name ORDER BY grp)) AS groups"
             f" FROM servers s WHERE s.removed = 0 {where} ORDER BY s.name",
@@ -307,6 +332,7 @@ class SQLiteStore(Store):
                 r["created_at"],
                 r["last_seen"],
                 r["disk_free"],
+                _labels(r["labels"]),
             )
             for r in rows
         ]
@@ -325,6 +351,26 @@ class SQLiteStore(Store):
             (group,),
         ).fetchall()
         return [r[0] for r in rows]
+
+    def swarm(self, package_id: str, now: float | None = None) -> list[SwarmMember]:
+        # receiving: an instruction under way, or one whose retry is due (not one that
+        # waits out a back-off: it would not fetch its share now)
+        now = time.time() if now is None else now
+        rows = self._db.execute(
+            "SELECT s.name, s.url, s.labels, s.last_seen,"
+            " EXISTS (SELECT 1 FROM server_packages p WHERE p.server = s.name"
+            "         AND p.package_id = :pkg AND p.corrupt IS NULL) AS holder"
+            " FROM servers s WHERE s.removed = 0 AND ("
+            "   EXISTS (SELECT 1 FROM server_packages p WHERE p.server = s.name"
+            "           AND p.package_id = :pkg AND p.corrupt IS NULL)"
+            "   OR EXISTS (SELECT 1 FROM instructions i JOIN jobs j ON j.id = i.job_id"
+            "              WHERE i.server = s.name AND j.package_id = :pkg"
+            "              AND j.action = 'install' AND (i.state IN ('pending', 'sending')"
+            "                   OR (i.state = 'retrying' AND i.next_attempt_at <= :now))))"
+            " ORDER BY s.name",
+            {"pkg": package_id, "now": now},
+        ).fetchall()
+        return [SwarmMember(r[0], r[1], _labels(r[2]), r[3], bool(r[4])) for r in rows]
 
     def record_heartbeat(
         self,
@@ -401,9 +447,22 @@ class SQLiteStore(Store):
         deadline: float | None,
         options: dict[str, Any],
         now: float,
+        action: str = "install",
     ) -> str:
         with self._tx():
-            return self._add_job(package_id, servers, max_attempts, deadline, options, now)
+            return self._add_job(package_id, servers, max_attempts, deadline, options, now, action)
+
+    def package_holders(self, package_id: str) -> list[str]:
+        rows = self._db.execute(
+            "SELECT sp.server FROM server_packages sp JOIN servers s ON s.name = sp.server"
+            " WHERE sp.package_id = :pkg AND s.removed = 0"
+            " UNION SELECT i.server FROM instructions i JOIN jobs j ON j.id = i.job_id"
+            " JOIN servers s ON s.name = i.server"
+            " WHERE j.package_id = :pkg AND j.action = 'install' AND s.removed = 0"
+            f" AND i.state IN ({_in('cancel')}) ORDER BY 1",
+            {"pkg": package_id},
+        ).fetchall()
+        return [r[0] for r in rows]
 
     def _add_job(
         self,
@@ -413,9 +472,12 @@ class SQLiteStore(Store):
         deadline: float | None,
         options: dict[str, Any],
         now: float,
+        action: str = "install",
     ) -> str:
         """The job and its instructions (inside the caller's transaction)."""
         db = self._db
+        if action not in states.DONE:
+            raise ValueError(f"unknown job action {action!r}")
         targets = list(dict.fromkeys(servers))
         if not targets:
             raise NoTargets("a job needs at least one target server")
@@ -427,22 +489,45 @@ class SQLiteStore(Store):
         unknown = [s for s in targets if s not in known]
         if unknown:
             raise NotFound(f"unknown server(s): {', '.join(unknown)}")
+        self._supersede(package_id, targets, action, job_id, now)
         db.execute(
-            "INSERT INTO jobs VALUES (?,?,?,?,?,?)",
-            (job_id, package_id, now, max_attempts, deadline, json.dumps(options)),
+            "INSERT INTO jobs (id, package_id, created_at, max_attempts, deadline, options,"
+            " action) VALUES (?,?,?,?,?,?,?)",
+            (job_id, package_id, now, max_attempts, deadline, json.dumps(options), action),
         )
+        size = pkg.size if action == "install" else 0  # a removal moves no package bytes
         db.executemany(
             "INSERT INTO instructions (job_id, server, state, next_attempt_at, updated_at,"
             " bytes_total) VALUES (?, ?, 'pending', ?, ?, ?)",
-            [(job_id, s, now, now, pkg.size) for s in targets],
+            [(job_id, s, now, now, size) for s in targets],
         )
-        self._event("created", f"job created: {pkg.ref} to {', '.join(targets)}", job_id, now=now)
+        what = f"{pkg.ref} to" if action == "install" else f"remove {pkg.ref} from"
+        self._event("created", f"job created: {what} {', '.join(targets)}", job_id, now=now)
         return job_id
+
+    def _supersede(
+        self, package_id: str, servers: list[str], action: str, job_id: str, now: float
+    ) -> None:
+        """Cancel the opposite unfinished work for this package on these servers (inside the
+        caller's transaction): the newest intent wins, the older one never runs after it."""
+        opposite = "install" if action == "remove" else "remove"
+        why = f"superseded by {'removal' if action == 'remove' else 'install'} job {job_id}"
+        marks = ",".join("?" * len(servers))
+        rows = self._db.execute(
+            "UPDATE instructions SET state = 'cancelled', updated_at = ?, finished_at = ?,"
+            " last_error = ?, lease_owner = NULL, lease_expires_at = NULL"
+            f" WHERE state IN ({_in('cancel')}) AND server IN ({marks})"
+            " AND job_id IN (SELECT id FROM jobs WHERE package_id = ? AND action = ?)"
+            " RETURNING job_id, server",
+            (now, now, why, *servers, package_id, opposite),
+        ).fetchall()
+        for r in rows:
+            self._event("cancelled", why, r["job_id"], r["server"], now=now)
 
     def _instructions(self, job_id: str) -> tuple[InstructionRecord, ...]:
         rows = self._db.execute(
             "SELECT id, job_id, server, state, attempts, last_error, next_attempt_at,"
-            " bytes_sent, bytes_total, updated_at, finished_at"
+            " bytes_sent, bytes_total, updated_at, finished_at, bytes_from_peers, bytes_done"
             " FROM instructions WHERE job_id = ? ORDER BY server",
             (job_id,),
         ).fetchall()
@@ -459,6 +544,8 @@ class SQLiteStore(Store):
                 r["bytes_total"],
                 r["updated_at"],
                 r["finished_at"],
+                r["bytes_from_peers"],
+                r["bytes_done"],
             )
             for r in rows
         )
@@ -473,6 +560,7 @@ class SQLiteStore(Store):
             row["deadline"],
             json.loads(row["options"]),
             self._instructions(row["id"]),
+            row["action"],
         )
 
     _JOB_SELECT = "SELECT j.*, p.name, p.version FROM jobs j JOIN packages p ON p.id = j.package_id"
@@ -539,7 +627,7 @@ class SQLiteStore(Store):
                 r = db.execute(
                     "SELECT i.id, i.job_id, i.server, s.url, j.package_id, p.name, p.version,"
                     " i.attempts, i.attempts_base, j.created_at, j.max_attempts, j.deadline,"
-                    " j.options, sp.corrupt"
+                    " j.options, sp.corrupt, j.action"
                     " FROM instructions i JOIN jobs j ON j.id = i.job_id"
                     " JOIN servers s ON s.name = i.server JOIN packages p ON p.id = j.package_id"
                     " LEFT JOIN server_packages sp"
@@ -561,21 +649,43 @@ class SQLiteStore(Store):
                         r[10],
                         r[11],
                         owner,
-                        # a copy known corrupt is repaired by any job, not taken as installed
-                        {**json.loads(r[12] or "{}"), **({"repair": True} if r[13] else {})},
+                        # a copy known corrupt is repaired by any install job, not taken as
+                        # installed
+                        {
+                            **json.loads(r[12] or "{}"),
+                            **({"repair": True} if r[13] and r[14] == "install" else {}),
+                        },
+                        r[14],
                     )
                 )
                 self._event("attempt", f"attempt {r[7]} to {r[2]}", r[1], r[2], now=now)
         return claims
 
     def renew_lease(
-        self, instruction_id: int, owner: str, until: float, bytes_sent: int, bytes_total: int
+        self,
+        instruction_id: int,
+        owner: str,
+        until: float,
+        bytes_sent: int,
+        bytes_total: int,
+        bytes_from_peers: int = 0,
+        bytes_done: int = 0,
     ) -> bool:
         with self._tx() as db:
             n = db.execute(
-                "UPDATE instructions SET lease_expires_at = ?, bytes_sent = max(bytes_sent, ?), bytes_total = ?"
+                "UPDATE instructions SET lease_expires_at = ?, bytes_sent = max(bytes_sent, ?),"
+                " bytes_total = ?, bytes_from_peers = max(bytes_from_peers, ?),"
+                " bytes_done = max(bytes_done, ?)"
                 " WHERE id = ? AND state = 'sending' AND lease_owner = ?",
-                (until, bytes_sent, bytes_total, instruction_id, owner),
+                (
+                    until,
+                    bytes_sent,
+                    bytes_total,
+                    bytes_from_peers,
+                    bytes_done,
+                    instruction_id,
+                    owner,
+                ),
             ).rowcount
         return n == 1
 
@@ -592,6 +702,7 @@ class SQLiteStore(Store):
                     "finished_at": now,
                     "last_error": None,
                 },
+                action="install",
             )
             pkg = db.execute(
                 "SELECT package_id FROM jobs WHERE id = ?", (row["job_id"],)
@@ -604,6 +715,36 @@ class SQLiteStore(Store):
             self._event(
                 "installed",
                 f"installed on {row['server']} (verified)",
+                row["job_id"],
+                row["server"],
+                now=now,
+            )
+
+    def mark_removed(self, instruction_id: int, owner: str, now: float) -> None:
+        with self._tx() as db:
+            row = self._transition(
+                instruction_id,
+                "removed",
+                owner,
+                now,
+                {
+                    "lease_owner": None,
+                    "lease_expires_at": None,
+                    "finished_at": now,
+                    "last_error": None,
+                },
+                action="remove",
+            )
+            pkg = db.execute(
+                "SELECT package_id FROM jobs WHERE id = ?", (row["job_id"],)
+            ).fetchone()[0]
+            db.execute(  # the agent confirmed: the copy is gone (its next heartbeat agrees)
+                "DELETE FROM server_packages WHERE server = ? AND package_id = ?",
+                (row["server"], pkg),
+            )
+            self._event(
+                "removed",
+                f"removed from {row['server']}",
                 row["job_id"],
                 row["server"],
                 now=now,
@@ -730,6 +871,22 @@ class SQLiteStore(Store):
                     )
                 return None
             words = describe_problems(problems)
+            removing = db.execute(
+                "SELECT i.job_id FROM instructions i JOIN jobs j ON j.id = i.job_id"
+                " WHERE i.server = ? AND j.package_id = ? AND j.action = 'remove'"
+                f" AND i.state IN ({_in('cancel')})",
+                (server, package_id),
+            ).fetchone()
+            if removing is not None:  # the copy is on its way out: nothing to repair
+                self._event(
+                    "corrupt",
+                    f"{pkg.ref} corrupt on {server}: {words}; removal job {removing[0]}"
+                    " under way, no repair",
+                    removing[0],
+                    server,
+                    now=now,
+                )
+                return None
             db.execute(
                 "INSERT INTO server_packages (server, package_id, installed_at, corrupt)"
                 " VALUES (?, ?, ?, ?) ON CONFLICT (server, package_id)"
@@ -738,7 +895,7 @@ class SQLiteStore(Store):
             )
             pending = db.execute(
                 "SELECT i.job_id FROM instructions i JOIN jobs j ON j.id = i.job_id"
-                " WHERE i.server = ? AND j.package_id = ?"
+                " WHERE i.server = ? AND j.package_id = ? AND j.action = 'install'"
                 f" AND i.state IN ({_in('cancel')})"
                 " AND json_extract(j.options, '$.repair') = 1",
                 (server, package_id),
@@ -776,17 +933,24 @@ class SQLiteStore(Store):
                 "corrupt" if r["corrupt"] is not None else "installed"
             )
         # Unfinished work shows where nothing is installed yet; the newest job wins. A copy
-        # found corrupt stays "corrupt" until its repair is installed (verified).
+        # found corrupt stays "corrupt" until its repair is installed (verified). After a
+        # removal job (the newest), nothing shows where nothing is installed.
+        newest: dict[tuple[str, str], sqlite3.Row] = {}
         for r in self._db.execute(
-            "SELECT p.name || '@' || p.version AS ref, i.server, i.state FROM instructions i"
+            "SELECT p.name || '@' || p.version AS ref, i.server, i.state, j.action"
+            " FROM instructions i"
             " JOIN jobs j ON j.id = i.job_id JOIN packages p ON p.id = j.package_id"
             " JOIN servers s ON s.name = i.server WHERE s.removed = 0"
-            " ORDER BY j.created_at"
+            " ORDER BY j.created_at, i.id"
         ):
-            cell = matrix.setdefault(r["ref"], {})
-            if cell.get(r["server"]) not in ("installed", "corrupt") and r["state"] != "installed":
-                cell[r["server"]] = r["state"]
-        return matrix
+            newest[(r["ref"], r["server"])] = r
+        for (ref, server), r in newest.items():
+            if r["action"] == "remove" or r["state"] == "installed":
+                continue
+            cell = matrix.setdefault(ref, {})
+            if cell.get(server) not in ("installed", "corrupt"):
+                cell[server] = r["state"]
+        return {ref: cells for ref, cells in matrix.items() if cells}
 
     def events(self, job_id: str | None = None, after_id: int = 0) -> list[EventRecord]:
         sql = "SELECT id, at, job_id, server, kind, message FROM events WHERE id > ?"
@@ -816,7 +980,7 @@ class SQLiteStore(Store):
         newest: dict[tuple[str, str], sqlite3.Row] = {}
         for r in self._db.execute(  # oldest first: the newest job of a pair wins
             "SELECT j.package_id, i.server, i.state, i.job_id, i.attempts, i.last_error,"
-            " i.next_attempt_at, i.bytes_sent, i.bytes_total, i.updated_at"
+            " i.next_attempt_at, i.bytes_sent, i.bytes_total, i.updated_at, j.action"
             " FROM instructions i JOIN jobs j ON j.id = i.job_id"
             " JOIN servers s ON s.name = i.server WHERE s.removed = 0"
             " ORDER BY j.created_at, i.id"
@@ -840,6 +1004,7 @@ class SQLiteStore(Store):
                     r["bytes_total"] if r else 0,
                     r["updated_at"] if r else None,
                     installed.get((server, pid)),
+                    r["action"] if r else "install",
                 )
             )
         return sorted(cells, key=lambda c: (c.package_ref, c.server))
@@ -864,11 +1029,15 @@ class SQLiteStore(Store):
             "SELECT coalesce(sum(attempts), 0), coalesce(sum(bytes_sent), 0) FROM instructions"
         ).fetchone()
         per_job: dict[str, list[InstructionState]] = {}
-        for r in db.execute("SELECT job_id, state FROM instructions"):
+        actions: dict[str, str] = {}
+        for r in db.execute(
+            "SELECT i.job_id, i.state, j.action FROM instructions i JOIN jobs j ON j.id = i.job_id"
+        ):
             per_job.setdefault(r[0], []).append(S(r[1]))
+            actions[r[0]] = r[2]
         jobs = {s.value: 0 for s in states.JobState}
-        for job_states in per_job.values():
-            jobs[states.job_state(job_states).value] += 1
+        for job_id, job_states in per_job.items():
+            jobs[states.job_state(job_states, actions[job_id]).value] += 1
         events = {r[0]: r[1] for r in db.execute("SELECT kind, count(*) FROM events GROUP BY kind")}
         buckets = ", ".join(f"coalesce(sum(d <= {float(b)!r}), 0)" for b in transfer_bounds)
         row = db.execute(

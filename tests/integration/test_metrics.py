@@ -111,7 +111,8 @@ def test_metrics_match_a_job_with_one_failure_then_success(cluster: Make, tree: 
     assert value(m, "packdist_attempts_total") == attempts
     assert attempts >= 3  # dp1 once at least, dp2 twice at least
     assert value(m, "packdist_bytes_sent_total") == sum(i["bytes_sent"] for i in instructions)
-    assert all(0 < i["bytes_sent"] <= i["bytes_total"] for i in instructions), doc
+    # bytes on the wire: random content goes raw, plus 41 bytes of framing per chunk
+    assert all(0 < i["bytes_sent"] <= i["bytes_total"] * 1.01 for i in instructions), doc
     failures = [e for e in events if e["kind"] == "failure"]
     assert value(m, "packdist_retries_scheduled_total") == len(failures)
     assert len(failures) == attempts - 2  # every attempt but the two that installed

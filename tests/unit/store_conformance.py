@@ -847,6 +847,101 @@ class StoreConformance:
         assert t.transfer_buckets == (1, 2)  # cumulative: <= 1 s, <= 10 s
         assert t.transfer_count == 2 and t.transfer_sum == pytest.approx(5.5)
 
+    # --- removal jobs ---------------------------------------------------------------------
+
+    def test_a_removal_job_supersedes_unfinished_installs_and_ends_removed(
+        self, store: Store, pkg: PackageRecord, servers: list[str]
+    ) -> None:
+        install = store.add_job(pkg.id, ["dp1", "dp2"], None, None, {}, T0)
+        first = claim_one(store, "w1", T0)
+        store.mark_installed(first.instruction_id, "w1", T0 + 1)
+        holder = first.server
+        waiting = "dp2" if holder == "dp1" else "dp1"
+        assert store.package_holders(pkg.id) == ["dp1", "dp2"]  # one holds, one is on the way
+        removal = store.add_job(pkg.id, ["dp1", "dp2"], None, None, {}, T0 + 2, action="remove")
+        job = store.get_job(removal)
+        assert job.action == "remove" and job.state is JobState.ACTIVE
+        assert [(i.state, i.bytes_total) for i in job.instructions] == [(S.PENDING, 0)] * 2
+        old = store.get_job(install)
+        assert old.action == "install"
+        i = instruction(old, waiting)
+        assert i.state is S.CANCELLED
+        assert i.last_error == f"superseded by removal job {removal}"
+        assert instruction(old, holder).state is S.INSTALLED  # done work is not rewritten
+        assert store.package_holders(pkg.id) == [holder]
+        claims = store.claim_ready("w2", LEASE, 10, T0 + 3)
+        assert sorted(c.server for c in claims) == ["dp1", "dp2"]
+        assert {(c.action, c.job_id) for c in claims} == {("remove", removal)}
+        for c in claims:
+            with pytest.raises(InvalidTransition):  # a removal never ends "installed"
+                store.mark_installed(c.instruction_id, "w2", T0 + 4)
+            store.mark_removed(c.instruction_id, "w2", T0 + 4)
+        job = store.get_job(removal)
+        assert [i.state for i in job.instructions] == [S.REMOVED, S.REMOVED]
+        assert job.state is JobState.SUCCEEDED
+        assert all(i.finished_at == T0 + 4 and i.last_error is None for i in job.instructions)
+        assert "app@1.0" not in store.status_matrix()
+        assert store.package_holders(pkg.id) == []
+        cells = [c for c in store.status_cells() if c.package_ref == "app@1.0"]
+        assert {(c.server, c.action, c.state, c.installed) for c in cells} == {
+            ("dp1", "remove", S.REMOVED, False),
+            ("dp2", "remove", S.REMOVED, False),
+        }
+        kinds = [e.kind for e in store.events(removal)]
+        assert kinds.count("removed") == 2 and kinds[0] == "created"
+        assert "remove app@1.0 from dp1, dp2" in store.events(removal)[0].message
+        [cancel] = [e for e in store.events(install) if e.kind == "cancelled"]
+        assert cancel.server == waiting and removal in cancel.message
+        t = store.metrics_totals((1.0,))
+        assert t.instructions["removed"] == 2 and t.jobs["succeeded"] == 1
+        assert t.transfer_count == 1  # a removal is no transfer
+        # an install instruction never ends "removed"
+        again = store.add_job(pkg.id, ["dp3"], None, None, {}, T0 + 5)
+        c = claim_one(store, "w3", T0 + 5)
+        assert c.action == "install" and c.job_id == again
+        with pytest.raises(InvalidTransition):
+            store.mark_removed(c.instruction_id, "w3", T0 + 6)
+
+    def test_an_install_job_supersedes_an_unfinished_removal(
+        self, store: Store, pkg: PackageRecord, servers: list[str]
+    ) -> None:
+        removal = store.add_job(pkg.id, ["dp1", "dp2"], None, None, {}, T0, action="remove")
+        c = claim_one(store, "w1", T0)
+        store.schedule_retry(c.instruction_id, "w1", "connection refused", T0 + 60, T0 + 1)
+        install = store.add_job(pkg.id, [c.server], None, None, {}, T0 + 2)
+        i = instruction(store.get_job(removal), c.server)
+        assert i.state is S.CANCELLED
+        assert i.last_error == f"superseded by install job {install}"
+        other = "dp2" if c.server == "dp1" else "dp1"
+        assert instruction(store.get_job(removal), other).state is S.PENDING  # not a target
+        assert store.status_matrix()["app@1.0"] == {c.server: "pending"}
+        # a removal that fails for good leaves what the server holds as it is
+        store.cancel_job(install, T0 + 3)
+
+    def test_a_removal_is_refused_without_targets_or_package(
+        self, store: Store, pkg: PackageRecord, servers: list[str]
+    ) -> None:
+        with pytest.raises(NoTargets):
+            store.add_job(pkg.id, [], None, None, {}, T0, action="remove")
+        with pytest.raises(NotFound):
+            store.add_job(pkg.id, ["nobody"], None, None, {}, T0, action="remove")
+        with pytest.raises(NotFound):
+            store.add_job("0" * 64, ["dp1"], None, None, {}, T0, action="remove")
+        with pytest.raises(ValueError):
+            store.add_job(pkg.id, ["dp1"], None, None, {}, T0, action="upgrade")
+        assert store.list_jobs() == []
+
+    def test_no_repair_is_queued_for_a_copy_being_removed(
+        self, store: Store, pkg: PackageRecord, servers: list[str]
+    ) -> None:
+        store.add_job(pkg.id, ["dp1"], None, None, {}, T0)
+        store.mark_installed(claim_one(store, "w1", T0).instruction_id, "w1", T0 + 1)
+        removal = store.add_job(pkg.id, ["dp1"], None, None, {}, T0 + 2, action="remove")
+        problems = [{"path": "bin/run", "problem": "altered"}]
+        assert store.record_validation("dp1", pkg.id, problems, T0 + 3) is None
+        assert len(store.list_jobs()) == 2
+        assert instruction(store.get_job(removal), "dp1").state is S.PENDING
+
 
 class WakeupConformance:
     """Extra guarantees of a store, run by test_store.py against every backend."""
@@ -879,3 +974,37 @@ class WakeupConformance:
         claim_one(store, "w1:1", T0 + 1)
         claim_one(store, "w10:1", T0 + 1)
         assert store.release_leases("w1", T0 + 2) == 1
+
+
+class PeersConformance:
+    """Labels and the swarm of a package (peer fan-out). Mixed into the conformance suite."""
+
+    def test_labels_round_trip(self, store: Store) -> None:
+        store.add_server("dp9", "http://dp9.test:8700", "h9", [], {"site": "berlin", "rack": "4"})
+        (s,) = [s for s in store.list_servers() if s.name == "dp9"]
+        assert s.labels == (("rack", "4"), ("site", "berlin"))
+        assert s.label("site") == "berlin"
+
+    def test_swarm_holds_holders_and_receivers_only(
+        self, store: Store, pkg: PackageRecord, servers: list[str]
+    ) -> None:
+        other = add_package(store, "other", "1.0")
+        store.add_job(other.id, ["dp3"], None, None, {}, T0)  # another package: not in
+        store.add_job(pkg.id, ["dp1", "dp2"], None, None, {}, T0)
+        assert [(m.server, m.holder) for m in store.swarm(pkg.id, T0)] == [
+            ("dp1", False),
+            ("dp2", False),
+        ]
+        for c in store.claim_ready("w", LEASE, 10, T0 + 1):
+            if c.server == "dp1":
+                store.mark_installed(c.instruction_id, c.lease, T0 + 2)
+            elif c.server == "dp2":  # backing off: not fetching now, so not a source
+                store.schedule_retry(c.instruction_id, c.lease, "connect timeout", T0 + 60, T0 + 2)
+        assert [(m.server, m.holder) for m in store.swarm(pkg.id, T0 + 3)] == [("dp1", True)]
+        # Its retry is due: a receiver again.
+        assert [(m.server, m.holder) for m in store.swarm(pkg.id, T0 + 61)] == [
+            ("dp1", True),
+            ("dp2", False),
+        ]
+        (dp1,) = [m for m in store.swarm(pkg.id, T0 + 61) if m.server == "dp1"]
+        assert dp1.url == "http://dp1.test:8700"

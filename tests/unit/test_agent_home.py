@@ -19,11 +19,13 @@ from packdist.agent.home import ENROLLMENT, AgentHome
 from packdist.agent.installer import FETCH_ERROR_PREFIX, Install, Installer, InstallState
 from packdist.agent.server import Agent
 from packdist.core.chunking import DEFAULT_PARAMS
+from packdist.core.codec import Encoding
 from packdist.core.digest import Digest
 from packdist.core.fsutil import exchange, write_atomic
 from packdist.core.manifest import ChunkRef, Entry, EntryType, Manifest, SignedManifest
 from packdist.core.signing import SigningKey
 from packdist.errors import ConnectError, UserError
+from packdist.http import Frame
 
 KEY = SigningKey.generate()
 PIECE = 1000  # bytes per chunk in these manifests
@@ -85,21 +87,25 @@ def v(n: int) -> Package:
     )
 
 
+def raw_frame(digest: Digest, data: bytes) -> Frame:
+    return Frame(digest, Encoding.RAW, len(data), data)
+
+
 def serve(pkg: Package, delay: float = 0.0, calls: list[int] | None = None) -> Any:
     """A fetch function handing out ``pkg``'s chunks (``calls`` counts requests)."""
 
-    async def fetch(digests: list[Digest]) -> AsyncGenerator[tuple[Digest, bytes], None]:
+    async def fetch(digests: list[Digest], bases: object = None) -> AsyncGenerator[Frame, None]:
         if calls is not None:
             calls.append(len(digests))
         for d in digests:
             if delay:
                 await asyncio.sleep(delay)
-            yield d, pkg.chunks[d]
+            yield raw_frame(d, pkg.chunks[d])
 
     return fetch
 
 
-async def no_fetch(digests: list[Digest]) -> AsyncGenerator[tuple[Digest, bytes], None]:
+async def no_fetch(digests: list[Digest], bases: object = None) -> AsyncGenerator[Frame, None]:
     raise AssertionError(f"nothing should be fetched, asked for {len(digests)} chunk(s)")
     yield  # an async generator
 
@@ -244,6 +250,8 @@ def test_install_puts_the_tree_in_place_and_reports_progress(home: AgentHome) ->
         "state",
         "error",
         "bytes_received",
+        "bytes_wire",
+        "bytes_from_peers",
         "bytes_done",
         "bytes_total",
         "phase",
@@ -396,7 +404,7 @@ def test_two_requests_at_once_make_one_install(home: AgentHome) -> None:
 def test_a_fetch_failure_says_the_agent_could_not_reach_the_site(home: AgentHome) -> None:
     pkg = v(4)
 
-    async def refused(digests: list[Digest]) -> AsyncGenerator[tuple[Digest, bytes], None]:
+    async def refused(digests: list[Digest], bases: object = None) -> AsyncGenerator[Frame, None]:
         raise ConnectError("connection refused by http://site:8700")
         yield  # an async generator
 
@@ -409,9 +417,9 @@ def test_a_fetch_failure_says_the_agent_could_not_reach_the_site(home: AgentHome
 def test_a_corrupt_chunk_is_reported_as_such_not_as_a_fetch_failure(home: AgentHome) -> None:
     pkg = v(5)
 
-    async def corrupt(digests: list[Digest]) -> AsyncGenerator[tuple[Digest, bytes], None]:
+    async def corrupt(digests: list[Digest], bases: object = None) -> AsyncGenerator[Frame, None]:
         for d in digests:
-            yield d, b"x" * len(pkg.chunks[d])
+            yield raw_frame(d, b"x" * len(pkg.chunks[d]))
 
     inst = asyncio.run(install(Installer(home, corrupt), pkg))
     assert inst.state is InstallState.FAILED
@@ -422,10 +430,10 @@ def test_a_stream_is_closed_as_soon_as_the_install_gives_it_up(home: AgentHome) 
     pkg = v(6)
     closed: list[bool] = []
 
-    async def stray(digests: list[Digest]) -> AsyncGenerator[tuple[Digest, bytes], None]:
+    async def stray(digests: list[Digest], bases: object = None) -> AsyncGenerator[Frame, None]:
         try:
-            yield Digest.of(b"not asked for"), b"not asked for"
-            yield digests[0], pkg.chunks[digests[0]]
+            yield raw_frame(Digest.of(b"not asked for"), b"not asked for")
+            yield raw_frame(digests[0], pkg.chunks[digests[0]])
         finally:
             closed.append(True)
 

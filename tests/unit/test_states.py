@@ -25,6 +25,7 @@ ALL = frozenset(S)
 EXPECTED: dict[str, tuple[frozenset[InstructionState], InstructionState]] = {
     "claim": (frozenset({S.PENDING, S.RETRYING}), S.SENDING),
     "installed": (frozenset({S.SENDING}), S.INSTALLED),
+    "removed": (frozenset({S.SENDING}), S.REMOVED),
     "retry": (frozenset({S.SENDING}), S.RETRYING),
     "fail": (frozenset({S.SENDING}), S.FAILED),
     "lease_expired": (frozenset({S.SENDING}), S.RETRYING),
@@ -39,6 +40,7 @@ def test_state_values_are_the_contract_words() -> None:
         "pending",
         "sending",
         "installed",
+        "removed",
         "retrying",
         "failed",
         "cancelled",
@@ -47,7 +49,7 @@ def test_state_values_are_the_contract_words() -> None:
 
 
 def test_terminal_states() -> None:
-    assert frozenset({S.INSTALLED, S.FAILED, S.CANCELLED}) == TERMINAL
+    assert frozenset({S.INSTALLED, S.REMOVED, S.FAILED, S.CANCELLED}) == TERMINAL
 
 
 def test_the_table_is_exactly_the_designed_one() -> None:
@@ -93,6 +95,12 @@ def test_installed_is_reachable_only_from_sending() -> None:
         event: froms for event, (froms, to) in TRANSITIONS.items() if to is S.INSTALLED
     }
     assert into_installed == {"installed": frozenset({S.SENDING})}
+
+
+def test_removed_is_final_and_reachable_only_from_sending() -> None:
+    assert not [event for event in TRANSITIONS if can(event, S.REMOVED)]
+    into_removed = {event: froms for event, (froms, to) in TRANSITIONS.items() if to is S.REMOVED}
+    assert into_removed == {"removed": frozenset({S.SENDING})}
 
 
 def test_only_claim_leads_to_sending() -> None:
@@ -149,6 +157,39 @@ def test_any_failure_among_terminal_states_is_failed() -> None:
     assert job_state([S.CANCELLED, S.FAILED, S.INSTALLED]) is JobState.FAILED
 
 
+def test_a_removal_job_succeeds_only_when_every_instruction_is_removed() -> None:
+    assert job_state([S.REMOVED], "remove") is JobState.SUCCEEDED
+    assert job_state([S.REMOVED] * 3, "remove") is JobState.SUCCEEDED
+    # what an install job needs is not what a removal job needs, and the reverse
+    assert job_state([S.INSTALLED], "remove") is not JobState.SUCCEEDED
+    assert job_state([S.REMOVED], "install") is not JobState.SUCCEEDED
+    assert job_state([S.REMOVED, S.RETRYING], "remove") is JobState.ACTIVE
+    assert job_state([S.REMOVED, S.FAILED], "remove") is JobState.FAILED
+    assert job_state([S.REMOVED, S.CANCELLED], "remove") is JobState.CANCELLED
+    assert job_state([], "remove") is JobState.FAILED
+
+
+@given(
+    st.lists(st.sampled_from(list(S)), min_size=1, max_size=6),
+    st.lists(st.sampled_from(sorted(TRANSITIONS)), max_size=30),
+)
+def test_no_event_sequence_succeeds_a_removal_job_with_a_target_left(
+    start: list[InstructionState], events: list[str]
+) -> None:
+    """A removal job is succeeded only when every instruction left ``sending`` as
+    ``removed`` (the agent confirmed the version gone)."""
+    current = [S.PENDING for _ in start]
+    confirmed = [False for _ in start]
+    for n, event in enumerate(events):
+        i = n % len(current)
+        if can(event, current[i]):
+            current[i] = target(event)
+            if event == "removed":
+                confirmed[i] = True
+    if job_state(current, "remove") is JobState.SUCCEEDED:
+        assert all(confirmed)
+
+
 def test_cancelled_without_failure_is_cancelled() -> None:
     assert job_state([S.CANCELLED]) is JobState.CANCELLED
     assert job_state([S.INSTALLED, S.CANCELLED]) is JobState.CANCELLED
@@ -167,6 +208,8 @@ def test_job_state_matches_its_definition(instruction_states: list[InstructionSt
         assert got is JobState.ACTIVE
     elif all(s is S.INSTALLED for s in instruction_states):
         assert got is JobState.SUCCEEDED
+    elif S.FAILED not in instruction_states and S.CANCELLED not in instruction_states:
+        assert got is JobState.CANCELLED  # terminal, some removed: not what an install needs
     elif S.FAILED in instruction_states:
         assert got is JobState.FAILED
     else:

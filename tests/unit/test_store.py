@@ -34,6 +34,7 @@ if "tests.unit.store_conformance" not in sys.modules:  # else pytest warns: too 
 from tests.unit.store_conformance import (
     T0,
     Backend,
+    PeersConformance,
     StoreConformance,
     WakeupConformance,
     add_package,
@@ -77,7 +78,7 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-class TestStoreConformance(StoreConformance, WakeupConformance):
+class TestStoreConformance(StoreConformance, WakeupConformance, PeersConformance):
     """The whole suite, once per backend in ``BACKENDS``."""
 
 

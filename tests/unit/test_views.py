@@ -102,7 +102,9 @@ def test_prometheus_text_escapes_labels_and_lists_every_bucket() -> None:
 
 
 def _job(sent: int, state: S = S.SENDING) -> JobRecord:
-    i = InstructionRecord(1, "j", "dp1", state, 1, None, 0.0, sent, 1000, 0.0, None)
+    i = InstructionRecord(
+        1, "j", "dp1", state, 1, None, 0.0, sent, 1000, 0.0, None, bytes_done=sent
+    )
     return JobRecord("j", "p", "app@1.0", 0.0, None, None, {}, (i,))
 
 
@@ -129,7 +131,20 @@ def test_job_table_fits_80_columns_and_keeps_the_whole_error() -> None:
 
     error = "connection refused by http://127.0.0.1:18702"
     ins = (
-        InstructionRecord(1, "j", "dp1", S.SENDING, 1, None, 0.0, 2_400_000, 3_000_000, 0.0, None),
+        InstructionRecord(
+            1,
+            "j",
+            "dp1",
+            S.SENDING,
+            1,
+            None,
+            0.0,
+            2_400_000,
+            3_000_000,
+            0.0,
+            None,
+            bytes_done=2_400_000,
+        ),
         InstructionRecord(2, "j", "dp2", S.RETRYING, 4, error, NOW + 25, 0, 3_000_000, 0.0, None),
     )
     job = JobRecord("48f03d2b1b20", "p", "app@1.0", 0.0, None, None, {}, ins)

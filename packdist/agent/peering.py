@@ -1,0 +1,199 @@
+"""Serving chunks to peers: ``POST /v1/peer/chunks``.
+
+A peer asks for chunks of one package (``{"package": id, "digests": [hex, ...], "wait":
+seconds}``) with a peer credential the site signed for it and for that package
+(:func:`packdist.auth.peer_assertion`). The agent answers with a chunk stream
+(:mod:`packdist.http` framing): each chunk raw, in the order asked, read from the installed
+tree or, while the package is still being received here, from its staging tree once the
+chunk has landed and been verified. A chunk that does not land within ``wait`` seconds is
+answered ``MISSING`` (see :mod:`packdist.agent.sources`) once no chunk of that package has
+landed here for ``wait`` seconds, and so are chunks whose bytes no longer verify: a peer
+never passes on rot.
+
+The agent's upload limit applies to these streams (:class:`packdist.ratelimit.Bucket`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from packdist.agent.home import AgentHome
+from packdist.agent.sources import MISSING, Pulse
+from packdist.core.codec import Encoding
+from packdist.core.digest import Digest
+from packdist.core.manifest import Manifest
+from packdist.errors import AuthError, PackdistError, UserError
+from packdist.http import frame_header
+from packdist.ratelimit import Bucket
+
+MAX_WAIT = 30.0  # the longest a peer may ask us to hold its request
+MAX_DIGESTS = 256
+WRITE_TIMEOUT = 15.0  # a peer that takes none of our bytes this long is dropped
+
+
+@dataclass
+class ChunkView:
+    """Where one package's chunks can be read on this agent."""
+
+    root: Path  # the staging tree while receiving, the installed tree after
+    places: dict[Digest, tuple[str, int, int]]  # digest -> (relative path, offset, size)
+    have: set[Digest] | None = None  # while receiving: the chunks that landed; None: all
+    _fds: dict[str, int] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def of(cls, manifest: Manifest, root: Path, have: set[Digest] | None = None) -> ChunkView:
+        places: dict[Digest, tuple[str, int, int]] = {}
+        for e in manifest.files():
+            offset = 0
+            for c in e.chunks:
+                places.setdefault(c.digest, (e.path, offset, c.size))
+                offset += c.size
+        return cls(root, places, have)
+
+    def available(self, digest: Digest) -> bool:
+        return digest in self.places and (self.have is None or digest in self.have)
+
+    def read(self, digest: Digest) -> bytes | None:
+        """The chunk's bytes if they are here and verify (runs in a worker thread)."""
+        path, offset, size = self.places[digest]
+        try:
+            with open(self.root / path, "rb", buffering=0) as f:
+                data = os.pread(f.fileno(), size, offset)
+        except OSError:
+            return None
+        return data if len(data) == size and Digest.of(data) == digest else None
+
+
+class PeerService:
+    """The agent's peer endpoint. ``views(package_id)`` gives the current view of a package
+    (None when the agent neither holds nor receives it); ``pulse`` fires whenever that may
+    have changed."""
+
+    def __init__(
+        self,
+        home: AgentHome,
+        active_view: Callable[[str], ChunkView | None],
+        pulse: Pulse,
+        upload: Bucket,
+    ) -> None:
+        self.home = home
+        self.active_view = active_view
+        self.pulse = pulse
+        self.upload = upload
+        self._installed: OrderedDict[str, ChunkView] = OrderedDict()
+        self.bytes_served = 0
+
+    def view(self, package_id: str) -> ChunkView | None:
+        active = self.active_view(package_id)
+        if active is not None:
+            return active
+        cached = self._installed.get(package_id)
+        if cached is not None and cached.root.is_dir():
+            self._installed.move_to_end(package_id)
+            return cached
+        ref = next((r for r, pid in self.home.installed().items() if pid == package_id), None)
+        data = self.home.load_manifest(package_id) if ref is not None else None
+        if ref is None or data is None:
+            return None
+        try:
+            manifest = Manifest.parse(data)
+        except PackdistError:
+            return None
+        view = ChunkView.of(manifest, self.home.ref_dir(ref))
+        self._installed[package_id] = view
+        while len(self._installed) > 8:
+            self._installed.popitem(last=False)
+        return view
+
+    async def handle(self, request: web.Request, claims: dict[str, object]) -> web.StreamResponse:
+        package_id, digests, wait = _parse(await _json(request))
+        if claims.get("pkg") != package_id or not claims.get("sub"):
+            raise AuthError("credential is for another package")
+        stall = _Stall(wait)
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-packdist-chunks"})
+        await resp.prepare(request)
+        try:
+            for digest in digests:
+                data = await self._chunk(package_id, digest, stall)
+                if data is None:
+                    frame = frame_header(digest, MISSING, 0, 0)
+                else:
+                    frame = frame_header(digest, Encoding.RAW, len(data), len(data)) + data
+                    self.bytes_served += len(data)
+                await self.upload.take(len(frame))
+                async with asyncio.timeout(WRITE_TIMEOUT):
+                    await resp.write(frame)
+            await resp.write_eof()
+        except (ConnectionError, TimeoutError):  # the peer went away: its loss, not ours
+            if request.transport is not None:
+                request.transport.abort()
+        return resp
+
+    async def _chunk(self, package_id: str, digest: Digest, stall: _Stall) -> bytes | None:
+        """The chunk, once it is here: waits while the package is still arriving here, up to
+        ``stall.wait`` seconds without any chunk of it landing."""
+        while True:
+            view = self.view(package_id)
+            if view is not None and view.available(digest):
+                data = await asyncio.to_thread(view.read, digest)
+                if data is not None:
+                    return data
+                fresh = self.view(package_id)  # moved into place meanwhile? one more look
+                if fresh is not None and fresh.root != view.root and fresh.available(digest):
+                    return await asyncio.to_thread(fresh.read, digest)
+                return None
+            if view is not None and digest not in view.places:
+                return None  # not a chunk of this package: no use waiting
+            stall.observe(-1 if view is None or view.have is None else len(view.have))
+            left = stall.left()
+            if left <= 0:
+                return None
+            await self.pulse.wait(left)
+
+
+class _Stall:
+    """A deadline that moves on whenever the awaited install makes progress."""
+
+    def __init__(self, wait: float) -> None:
+        self.wait = wait
+        self.deadline = time.monotonic() + wait
+        self.seen: int | None = None  # chunks landed at the last look (-1: not started)
+
+    def observe(self, landed: int) -> None:
+        if self.seen is None or landed > self.seen:
+            if self.seen is not None:
+                self.deadline = time.monotonic() + self.wait
+            self.seen = landed
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+
+async def _json(request: web.Request) -> Any:
+    try:
+        return await request.json()
+    except ValueError as exc:
+        raise UserError(f"body is not JSON: {exc}") from exc
+
+
+def _parse(body: Any) -> tuple[str, list[Digest], float]:
+    try:
+        package_id = str(body["package"])
+        digests = [Digest.parse(str(x)) for x in body["digests"]]
+        wait = min(max(float(body.get("wait", 0.0)), 0.0), MAX_WAIT)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(
+            'body must be {"package": id, "digests": [hex, ...], "wait": seconds}'
+        ) from exc
+    if len(digests) > MAX_DIGESTS:
+        raise UserError(f"at most {MAX_DIGESTS} chunks per request")
+    return package_id, digests, wait

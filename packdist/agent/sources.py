@@ -1,0 +1,142 @@
+"""Where an agent gets the chunks it lacks: the site, and peers.
+
+The site sends each install with a list of peers (see :mod:`packdist.site.tracker`):
+*holders*, which have the whole package, and the *swarm*, the other servers receiving it
+now. The agents split the work without talking to each other, by rendezvous hashing: every
+chunk has one *owner* among the agent and its peers (the highest ``score(chunk, name)``).
+
+* A chunk the agent owns itself comes from a holder (the highest-scoring one) if there is
+  any, else from the site.
+* A chunk another peer owns comes from that peer. A receiving peer fetches the chunks it
+  owns itself, so sooner or later it has them; it holds a request for a chunk it has not got
+  yet for up to ``PEER_WAIT`` seconds.
+
+Every server in a swarm computes the same owners, so the site sends each chunk about once
+per location and every peer uploads about one package's worth. When a peer fails (connect
+timeout, error, wrong bytes) or answers "missing", the agent drops it for this transfer and
+fetches what it owned from the site: a dead peer costs a short stall, never the transfer.
+Every chunk is verified against the signed manifest whatever its source.
+
+Peer streams use the site's framing (:mod:`packdist.http`), raw chunks only, plus one more
+kind of frame: ``MISSING`` (empty payload) for a chunk the peer does not have in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from packdist.auth import PEER_CHUNKS_PATH
+from packdist.core.digest import Digest
+from packdist.errors import UserError
+from packdist.http import Frame, Timeouts, read_frames, request
+from packdist.ratelimit import Bucket
+
+#: the encoding byte of a frame that says "not here (yet)"
+MISSING = 0xFE
+#: how long a peer holds a request for chunks it is still receiving
+PEER_WAIT = 3.0
+#: chunks per peer request (raw chunks average ~150 KiB)
+PEER_BATCH = 16
+PEER_TIMEOUTS = Timeouts(connect=2.0, read=PEER_WAIT + 2.0, total=None)
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A server this agent may fetch a package's chunks from, with the site's credential."""
+
+    name: str
+    url: str
+    token: str
+    holder: bool  # has the whole package
+
+    @classmethod
+    def parse_list(cls, data: Any) -> list[Peer]:
+        if data is None:
+            return []
+        if not isinstance(data, list):
+            raise UserError("peers must be a list")
+        out = []
+        for item in data:
+            try:
+                name, url, token = str(item["name"]), str(item["url"]), str(item["token"])
+                holder = bool(item.get("holder", False))
+            except (KeyError, TypeError) as exc:
+                raise UserError(f"malformed peer entry: {exc}") from exc
+            if not url.startswith(("http://", "https://")):
+                raise UserError(f"peer {name}: URL {url!r} is not http(s)")
+            out.append(cls(name, url.rstrip("/"), token, holder))
+        return out
+
+
+def score(digest: Digest, name: str) -> int:
+    return int.from_bytes(hashlib.blake2b(digest.raw + name.encode(), digest_size=8).digest())
+
+
+def split_work(
+    missing: Sequence[Digest], me: str, peers: Sequence[Peer]
+) -> tuple[list[Digest], dict[str, list[Digest]]]:
+    """``(from the site, {peer: from that peer})``, each in the order of ``missing``."""
+    site: list[Digest] = []
+    by_peer: dict[str, list[Digest]] = {p.name: [] for p in peers}
+    if not peers:
+        return list(missing), by_peer
+    members = [me, *by_peer]
+    holders = [p.name for p in peers if p.holder]
+    for d in missing:
+        owner = max(members, key=lambda n: score(d, n))
+        if owner == me:
+            if not holders:
+                site.append(d)
+                continue
+            owner = max(holders, key=lambda n: score(d, n))
+        by_peer[owner].append(d)
+    return site, by_peer
+
+
+class Pulse:
+    """Wakes everyone waiting for "something changed" (a chunk landed, an install began)."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def fire(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, timeout: float) -> None:
+        if timeout <= 0:
+            return
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout)
+        except TimeoutError:
+            pass
+
+
+async def peer_chunks(
+    session: aiohttp.ClientSession,
+    peer: Peer,
+    package_id: str,
+    digests: list[Digest],
+    download: Bucket,
+    wait: float = PEER_WAIT,
+) -> AsyncIterator[Frame]:
+    """The frames a peer sends for ``digests`` (raw or ``MISSING``), in the order asked."""
+    url = f"{peer.url}{PEER_CHUNKS_PATH}"
+    body = {"package": package_id, "digests": [d.hex for d in digests], "wait": wait}
+    async with request(
+        session,
+        "POST",
+        url,
+        json=body,
+        headers={"Authorization": f"Bearer {peer.token}"},
+        timeouts=PEER_TIMEOUTS,
+    ) as resp:
+        async for frame in read_frames(resp.content, url):
+            await download.take(frame.wire_bytes)
+            yield frame

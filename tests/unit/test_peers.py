@@ -1,0 +1,255 @@
+"""Peer fan-out, the parts without a network: who owns which chunk, which peers the tracker
+offers, their credentials, and bandwidth limits."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from packdist.agent.home import AgentHome
+from packdist.agent.installer import Install, Installer, InstallState
+from packdist.agent.sources import MISSING, Peer, split_work
+from packdist.auth import PEER_CHUNKS_PATH, PEER_TTL, check_site_assertion, peer_assertion
+from packdist.core.digest import Digest
+from packdist.core.signing import SigningKey
+from packdist.errors import AuthError, UserError
+from packdist.http import Frame
+from packdist.ratelimit import Bucket, parse_rate
+from packdist.site.tracker import ALIVE_WITHIN, MAX_HOLDERS, choose_peers
+from packdist.store.base import SwarmMember
+from tests.unit.test_agent_home import KEY as AGENT_KEY
+from tests.unit.test_agent_home import PIECE, Package, raw_frame, serve, tree_of, v
+
+KEY = SigningKey.generate()
+NOW = 1_700_000_000.0
+PKG = "ab" * 32
+
+
+def digests(n: int, seed: int = 0) -> list[Digest]:
+    return [Digest.of(f"{seed}:{i}".encode()) for i in range(n)]
+
+
+def peer(name: str, holder: bool = False) -> Peer:
+    return Peer(name, f"http://{name}:8701", "token", holder)
+
+
+# --- split_work ---------------------------------------------------------------------------
+
+names = st.lists(
+    st.text("abcdefgh0123456789", min_size=1, max_size=6), min_size=1, max_size=12, unique=True
+)
+
+
+@settings(deadline=None)
+@given(names, st.integers(0, 200), st.integers(0, 3))
+def test_every_chunk_has_exactly_one_source(members: list[str], n: int, holders: int) -> None:
+    me, others = members[0], members[1:]
+    peers = [peer(x, holder=i < holders) for i, x in enumerate(others)]
+    missing = digests(n)
+    site, by_peer = split_work(missing, me, peers)
+    assigned = site + [d for ds in by_peer.values() for d in ds]
+    assert sorted(assigned, key=lambda d: d.raw) == sorted(missing, key=lambda d: d.raw)
+    if any(p.holder for p in peers):
+        assert site == [], "with a holder about, the site is not needed"
+    if not peers:
+        assert site == missing
+
+
+@settings(deadline=None, max_examples=30)
+@given(names.filter(lambda m: len(m) >= 2))
+def test_receivers_agree_on_owners(members: list[str]) -> None:
+    """Every member of a swarm computes the same owner for each chunk, so each one fetches
+    its own share from the site and the others' shares from them."""
+    missing = digests(300, seed=len(members))
+    fetched_from_site: list[Digest] = []
+    for me in members:
+        site, by_peer = split_work(missing, me, [peer(x) for x in members if x != me])
+        fetched_from_site += site
+        for owner, ds in by_peer.items():
+            owner_site, _ = split_work(ds, owner, [peer(x) for x in members if x != owner])
+            assert owner_site == ds, f"{owner} does not fetch what {me} expects it to own"
+    # Each chunk leaves the site once.
+    assert sorted(fetched_from_site, key=lambda d: d.raw) == sorted(missing, key=lambda d: d.raw)
+
+
+def test_work_spreads_over_the_swarm() -> None:
+    members = [f"dp{i}" for i in range(1, 13)]
+    site, by_peer = split_work(digests(1200), "dp1", [peer(x) for x in members[1:]])
+    shares = [len(site), *(len(v) for v in by_peer.values())]
+    assert min(shares) > 50 and max(shares) < 150, shares  # ~100 each
+
+
+def test_peer_list_is_validated() -> None:
+    assert Peer.parse_list(None) == []
+    parsed = Peer.parse_list([{"name": "dp2", "url": "http://x:1/", "token": "t", "holder": 1}])
+    assert parsed == [Peer("dp2", "http://x:1", "t", True)]
+    with pytest.raises(UserError, match="not http"):
+        Peer.parse_list([{"name": "dp2", "url": "file:///etc", "token": "t"}])
+    with pytest.raises(UserError, match="malformed peer"):
+        Peer.parse_list([{"name": "dp2"}])
+
+
+# --- the tracker --------------------------------------------------------------------------
+
+
+def member(name: str, holder: bool = False, seen: float | None = NOW, **labels: str) -> SwarmMember:
+    return SwarmMember(name, f"http://{name}:8701", tuple(sorted(labels.items())), seen, holder)
+
+
+def test_tracker_offers_live_peers_of_the_same_location_with_credentials() -> None:
+    members = [
+        member("dp1", site="berlin"),
+        member("dp2", site="berlin"),
+        member("dp3", holder=True, site="berlin"),
+        member("dp4", site="paris"),  # elsewhere
+        member("dp5", site="berlin", seen=NOW - ALIVE_WITHIN - 1),  # silent
+        member("dp6", site="berlin", seen=None),  # never heard from
+    ]
+    offers = choose_peers(members, "dp1", PKG, KEY, NOW)
+    assert [(o.name, o.holder) for o in offers] == [("dp2", False), ("dp3", True)]
+    for o in offers:
+        claims = check_site_assertion(
+            o.token, KEY.public, o.name, "POST", PEER_CHUNKS_PATH, now=NOW + PEER_TTL - 1
+        )
+        assert (claims["sub"], claims["pkg"]) == ("dp1", PKG)
+
+
+def test_tracker_caps_holders_but_not_the_swarm() -> None:
+    members = [member("me")] + [member(f"h{i}", holder=True) for i in range(20)]
+    members += [member(f"r{i}") for i in range(20)]
+    offers = choose_peers(members, "me", PKG, KEY, NOW)
+    assert sum(o.holder for o in offers) == MAX_HOLDERS
+    assert sum(not o.holder for o in offers) == 20
+
+
+def test_peer_credential_is_for_one_peer_one_package_one_route() -> None:
+    token = peer_assertion(KEY, "dp2", "dp1", PKG, now=NOW)
+    with pytest.raises(AuthError, match="another server"):
+        check_site_assertion(token, KEY.public, "dp3", "POST", PEER_CHUNKS_PATH, now=NOW)
+    with pytest.raises(AuthError, match="another path"):
+        check_site_assertion(token, KEY.public, "dp2", "POST", "/v1/install", now=NOW)
+    with pytest.raises(AuthError, match="expired"):
+        check_site_assertion(
+            token, KEY.public, "dp2", "POST", PEER_CHUNKS_PATH, now=NOW + PEER_TTL + 1
+        )
+
+
+# --- bandwidth limits ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "rate"),
+    [
+        ("0", 0.0),
+        ("100mbit", 12_500_000.0),
+        ("12.5MB", 12_500_000.0),
+        ("2MiB/s", 2 * 1024 * 1024.0),
+        ("1000", 1000.0),
+        (500, 500.0),
+    ],
+)
+def test_rates_parse(text: str | int, rate: float) -> None:
+    assert parse_rate(text) == rate
+
+
+@pytest.mark.parametrize("text", ["fast", "10 parsecs", "-5", "1e9x"])
+def test_bad_rates_are_refused_with_an_example(text: str) -> None:
+    with pytest.raises(UserError, match="100mbit"):
+        parse_rate(text)
+
+
+def test_a_bucket_holds_the_average_rate() -> None:
+    """Sending 5x the burst through a 1 MB/s bucket takes about the time the rate implies."""
+    rate = 1_000_000.0
+    bucket = Bucket(rate)
+
+    async def send() -> float:
+        started = time.monotonic()
+        for _ in range(50):
+            await bucket.take(25_000)  # 1.25 MB in all
+        return time.monotonic() - started
+
+    took = asyncio.run(send())
+    # 1.25 MB at 1 MB/s, less the first burst (0.25 s worth): at least ~1 s.
+    assert took >= 0.9, took
+
+
+def test_an_unlimited_bucket_never_waits() -> None:
+    bucket = Bucket(0)
+    assert not bucket.limited
+    asyncio.run(bucket.take(10**12))
+
+
+# --- the installer with peers that lie or lack ----------------------------------------------
+
+
+def _install_with_peer(
+    tmp_path: Path, peer_fetch: Any, pkg: Package | None = None
+) -> tuple[Install, list[int], Package]:
+    home = AgentHome(tmp_path / "agent")
+    home.prepare()
+    pkg = pkg or v(3)
+    calls: list[int] = []
+    installer = Installer(home, serve(pkg, calls=calls), peer_fetch=peer_fetch)
+
+    async def main() -> Install:
+        inst = await installer.start(
+            pkg.manifest.canonical(),
+            pkg.signed.signature,
+            AGENT_KEY.public,
+            peers=[Peer("evil", "http://evil:8701", "token", holder=True)],
+            me="dp1",
+        )
+        await inst.finished.wait()
+        return inst
+
+    inst = asyncio.run(main())
+    assert tree_of(home.package_dir("app", "1")) == pkg.files, inst.error
+    return inst, calls, pkg
+
+
+def test_a_peer_that_sends_wrong_bytes_is_dropped_and_the_site_fills_in(tmp_path: Path) -> None:
+    asked: list[int] = []
+
+    async def liar(p: Peer, package_id: str, ds: list[Digest]) -> AsyncGenerator[Frame, None]:
+        asked.append(len(ds))
+        for d in ds:
+            yield raw_frame(d, b"\0" * PIECE)
+
+    inst, calls, pkg = _install_with_peer(tmp_path, liar)
+    assert inst.state is InstallState.INSTALLED
+    assert len(asked) == 1, "a peer caught lying is asked no more"
+    assert sum(calls) == len(pkg.chunks), "the site sent every chunk"
+
+
+def test_a_peer_that_lacks_the_chunks_is_asked_once(tmp_path: Path) -> None:
+    asked: list[int] = []
+
+    async def empty(p: Peer, package_id: str, ds: list[Digest]) -> AsyncGenerator[Frame, None]:
+        asked.append(len(ds))
+        for d in ds:
+            yield Frame(d, MISSING, 0, b"")
+
+    inst, calls, pkg = _install_with_peer(tmp_path, empty)
+    assert inst.state is InstallState.INSTALLED and inst.bytes_from_peers == 0
+    assert len(asked) == 1
+    assert sum(calls) == len(pkg.chunks)
+
+
+def test_an_honest_peer_supplies_everything(tmp_path: Path) -> None:
+    pkg = v(3)
+
+    async def honest(p: Peer, package_id: str, ds: list[Digest]) -> AsyncGenerator[Frame, None]:
+        for d in ds:
+            yield raw_frame(d, pkg.chunks[d])
+
+    inst, calls, _ = _install_with_peer(tmp_path, honest, pkg)
+    assert calls == [], "nothing from the site"
+    assert inst.bytes_from_peers > 0
