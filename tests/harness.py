@@ -175,6 +175,7 @@ class Component:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.env: dict[str, str] = {}  # extra environment (PACKDIST_* settings)
 
     # What subclasses provide.
     def command(self) -> list[str]:
@@ -210,6 +211,7 @@ class Component:
         self.starts += 1
         env = {k: v for k, v in os.environ.items() if k != "PACKDIST_HOME"}
         env["PYTHONUNBUFFERED"] = "1"
+        env.update(self.env)
         with self.log_path.open("ab") as log:
             log.write(f"\n==== start #{self.starts} at {time.strftime('%X')} ====\n".encode())
             log.flush()

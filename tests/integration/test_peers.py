@@ -8,6 +8,7 @@ servers, 100 Mbit/s cables) is in tests/lab/test_fanout.py.
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -142,5 +143,44 @@ def test_peers_are_served_only_with_the_sites_credential_for_that_package(
         assert status == 401 and b"another package" in body, body
         status, _ = _peer_request(url, peer_assertion(site_key, "dp1", "dp9", pkg), pkg)
         assert status == 200
+    finally:
+        c.close()
+
+
+def _rate_over(counter: Any, seconds: float) -> float:
+    """Bytes per second ``counter()`` grew by over ``seconds``."""
+    b0, t0 = counter(), time.monotonic()
+    time.sleep(seconds)
+    return (counter() - b0) / (time.monotonic() - t0)
+
+
+LIMIT = 2_000_000  # bytes/s
+SLACK = 1.3  # token-bucket burst and TCP buffers
+
+
+@pytest.mark.parametrize("where", ["agent download", "site upload"])
+def test_bandwidth_limits_hold(tmp_path: Path, tree: Path, where: str) -> None:
+    """With a 2 MB/s limit (the agent's download, or the site's upload), no 2-second window
+    of the transfer moves more than the limit allows, and the package still arrives whole."""
+    site = h.make_site(tmp_path)
+    proxy = h.ThrottledProxy(site.host, site.port).start()  # counts what the site sends
+    agents = h.add_agents(site, tmp_path, ["dp1"], site_urls={"dp1": proxy.url})
+    if where == "agent download":
+        agents["dp1"].env = {"PACKDIST_AGENT_DOWNLOAD_LIMIT": str(LIMIT)}
+    else:
+        site.env = {"PACKDIST_TRANSFER_UPLOAD_LIMIT": "16mbit"}  # = 2 MB/s
+    c = h.Cluster(site, agents, {"dp1": proxy})
+    try:
+        h.start_all([site, agents["dp1"]])
+        c.site.create_package(tree, "app", "1.0")
+        job_id = c.site.distribute("app@1.0", ["dp1"])
+        h.wait_until(lambda: proxy.down_bytes > 1_000_000, 30, message="the transfer to start")
+        rate = _rate_over(lambda: proxy.down_bytes, 2.0)
+        assert rate <= LIMIT * SLACK, f"{rate / 1e6:.2f} MB/s through a {LIMIT / 1e6:g} MB/s limit"
+        _installed(c.site, job_id)
+        h.assert_same_tree(tree, agents["dp1"].package_dir("app", "1.0"))
+    except BaseException:
+        print(c.dump_logs())
+        raise
     finally:
         c.close()
