@@ -186,13 +186,17 @@ def job_block(job: dict[str, Any], now: float, link: bool = True) -> str:
             nxt = "due now" if due <= now else f"next attempt {ago(due, now)}"
         err = i["last_error"] or ""
         if removal:  # no bytes travel: the bar says done or not
-            bar = f'<td class="bar">{"done" if i["state"] == goal else "-"}</td><td class="num">-</td>'
+            bar = (
+                f'<td class="bar">{"done" if i["state"] == goal else "-"}</td>'
+                '<td class="num">-</td><td class="num">-</td>'
+            )
         else:
             bar = (
                 f'<td class="bar"><progress max="{max(i["bytes_total"], 1)}" value="{shown}">'
                 f"{_pct(shown, i['bytes_total'])}</progress> {_pct(shown, i['bytes_total'])}</td>"
                 f'<td class="num">{h(human_bytes(shown))} /'
                 f" {h(human_bytes(i['bytes_total']))}</td>"
+                f'<td class="num wire">{h(_wire(i))}</td>'
             )
         rows.append(
             f'<tr data-server="{h(i["server"])}" data-state="{h(i["state"])}">'
@@ -213,9 +217,18 @@ def job_block(job: dict[str, Any], now: float, link: bool = True) -> str:
         f" · created {_when(job['created_at'], now)}</span></h3>"
         '<table class="instructions"><thead><tr><th scope="col">server</th>'
         '<th scope="col">state</th><th scope="col">progress</th><th scope="col">bytes</th>'
+        '<th scope="col" title="bytes received on the wire from the site / from peers">'
+        "from site / peers</th>"
         '<th scope="col">attempts</th><th scope="col">next</th><th scope="col">last error</th>'
         f"</tr></thead><tbody>{''.join(rows)}</tbody></table></article>"
     )
+
+
+def _wire(i: dict[str, Any]) -> str:
+    """What crossed the wire to the server: from the site / from peers."""
+    peers = int(i.get("bytes_from_peers", 0))
+    site = int(i.get("bytes_from_site", max(0, int(i["bytes_sent"]) - peers)))
+    return f"{human_bytes(site)} / {human_bytes(peers)}"
 
 
 def _shown_bytes(i: dict[str, Any]) -> int:
