@@ -72,6 +72,10 @@ log = logging.getLogger("packdist.agent")
 BATCH_BYTES = 32 * 1024 * 1024
 BATCH_CHUNKS = 1024
 PARALLEL_BATCHES = 3
+#: a peer is dropped as slow when one request takes longer than this many seconds plus its
+#: bytes at PEER_MIN_RATE (waiting for chunks it is still receiving included)
+PEER_SLOW_AFTER = 10.0
+PEER_MIN_RATE = 1_000_000.0  # bytes/s
 WRITE_BATCH = 1024 * 1024  # received chunks held in memory before they are written: what a
 # SIGKILL can lose (a cut stream loses nothing: what arrived whole is written first)
 RESERVE = 16 * 1024 * 1024  # head room kept free beyond the package itself
@@ -615,8 +619,17 @@ class Installer:
             try:
                 while work:
                     batch = [work.popleft() for _ in range(min(PEER_BATCH, len(work)))]
+                    budget = PEER_SLOW_AFTER + sum(plan.sizes[d] for d in batch) / PEER_MIN_RATE
                     try:
-                        got, lacking = await self._fetch_from_peer(inst, plan, staging, peer, batch)
+                        async with asyncio.timeout(budget):
+                            got, lacking = await self._fetch_from_peer(
+                                inst, plan, staging, peer, batch
+                            )
+                    except TimeoutError:  # a slow source: the site (or another) does better
+                        log.info("%s: peer %s dropped for this transfer: too slow (%d chunks"
+                                 " not in %.0fs)", inst.ref, peer.name, len(batch), budget)  # fmt: skip
+                        to_site([*batch, *work])
+                        return
                     except DiskFull:
                         raise
                     except PackdistError as exc:
@@ -681,25 +694,34 @@ class Installer:
         lacking: list[Digest] = []
         frames: list[Frame] = []
         got = 0
-        async with contextlib.aclosing(self._peer_fetch(peer, inst.package_id, batch)) as stream:
-            async for frame in stream:
-                if frame.digest not in wanted:
-                    raise RemoteError(f"peer {peer.name} sent chunk {frame.digest.short}… unasked")
-                wanted.discard(frame.digest)
-                if frame.encoding == MISSING:
-                    lacking.append(frame.digest)
-                    continue
-                if frame.encoding != Encoding.RAW:
-                    raise RemoteError(f"peer {peer.name} sent an encoding it may not use")
-                frames.append(frame)
-                got += 1
-                inst.bytes_received += plan.sizes[frame.digest]
-                inst.bytes_wire += frame.wire_bytes
-                inst.bytes_from_peers += frame.wire_bytes
-                inst.tick()
-                if len(frames) >= 4:
-                    await asyncio.to_thread(self._write_chunks, inst, plan, staging, frames)
-                    frames = []
+        try:
+            async with contextlib.aclosing(
+                self._peer_fetch(peer, inst.package_id, batch)
+            ) as stream:
+                async for frame in stream:
+                    if frame.digest not in wanted:
+                        raise RemoteError(
+                            f"peer {peer.name} sent chunk {frame.digest.short}… unasked"
+                        )
+                    wanted.discard(frame.digest)
+                    if frame.encoding == MISSING:
+                        lacking.append(frame.digest)
+                        continue
+                    if frame.encoding != Encoding.RAW:
+                        raise RemoteError(f"peer {peer.name} sent an encoding it may not use")
+                    frames.append(frame)
+                    got += 1
+                    inst.bytes_received += plan.sizes[frame.digest]
+                    inst.bytes_wire += frame.wire_bytes
+                    inst.bytes_from_peers += frame.wire_bytes
+                    inst.tick()
+                    if len(frames) >= 4:
+                        await asyncio.to_thread(self._write_chunks, inst, plan, staging, frames)
+                        frames = []
+        except BaseException:  # failed, too slow, cut: keep the chunks that arrived whole
+            if frames:
+                await self._salvage(inst, plan, staging, frames)
+            raise
         if frames:
             await asyncio.to_thread(self._write_chunks, inst, plan, staging, frames)
         return got, [*lacking, *wanted]

@@ -253,3 +253,23 @@ def test_an_honest_peer_supplies_everything(tmp_path: Path) -> None:
     inst, calls, _ = _install_with_peer(tmp_path, honest, pkg)
     assert calls == [], "nothing from the site"
     assert inst.bytes_from_peers > 0
+
+
+def test_a_peer_too_slow_is_dropped_and_the_site_fills_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import packdist.agent.installer as installer_module
+
+    monkeypatch.setattr(installer_module, "PEER_SLOW_AFTER", 0.5)
+    pkg = v(3)
+    asked: list[int] = []
+
+    async def trickle(p: Peer, package_id: str, ds: list[Digest]) -> AsyncGenerator[Frame, None]:
+        asked.append(len(ds))
+        yield raw_frame(ds[0], pkg.chunks[ds[0]])
+        await asyncio.sleep(3600)  # then nothing: alive, but useless
+
+    inst, calls, _ = _install_with_peer(tmp_path, trickle, pkg)
+    assert inst.state is InstallState.INSTALLED
+    assert len(asked) == 1, "a slow peer is asked no more"
+    assert sum(calls) == len(pkg.chunks) - 1, "the site sent all but what the peer managed"
