@@ -590,15 +590,22 @@ class SQLiteStore(Store):
 
     def retry_job(self, job_id: str, now: float) -> int:
         with self._tx() as db:
-            self.get_job(job_id)
-            n = db.execute(
-                "UPDATE instructions SET state = 'pending', next_attempt_at = ?, updated_at = ?,"
-                " finished_at = NULL, attempts_base = attempts"
-                f" WHERE job_id = ? AND state IN ({_in('operator_retry')})"
-                # a removed server's instruction would stay pending forever: leave it cancelled
-                " AND server IN (SELECT name FROM servers WHERE removed = 0)",
-                (now, now, job_id),
-            ).rowcount
+            job = self.get_job(job_id)
+            revived = [
+                r[0]
+                for r in db.execute(
+                    "UPDATE instructions SET state = 'pending', next_attempt_at = ?,"
+                    " updated_at = ?, finished_at = NULL, attempts_base = attempts"
+                    f" WHERE job_id = ? AND state IN ({_in('operator_retry')})"
+                    # a removed server's instruction would stay pending forever: leave it
+                    " AND server IN (SELECT name FROM servers WHERE removed = 0)"
+                    " RETURNING server",
+                    (now, now, job_id),
+                ).fetchall()
+            ]
+            if revived:  # the retried intent is now the newest: it supersedes the opposite
+                self._supersede(job.package_id, revived, job.action, job_id, now)
+            n = len(revived)
             # Instructions still waiting for their backoff are made due now as well.
             n += db.execute(
                 "UPDATE instructions SET next_attempt_at = ?, updated_at = ?"

@@ -918,6 +918,18 @@ class StoreConformance:
         # a removal that fails for good leaves what the server holds as it is
         store.cancel_job(install, T0 + 3)
 
+    def test_retrying_a_superseded_job_supersedes_the_newer_one(
+        self, store: Store, pkg: PackageRecord, servers: list[str]
+    ) -> None:
+        install = store.add_job(pkg.id, ["dp1"], None, None, {}, T0)
+        removal = store.add_job(pkg.id, ["dp1"], None, None, {}, T0 + 1, action="remove")
+        assert instruction(store.get_job(install), "dp1").state is S.CANCELLED
+        assert store.retry_job(install, T0 + 2) == 1
+        assert instruction(store.get_job(install), "dp1").state is S.PENDING
+        i = instruction(store.get_job(removal), "dp1")
+        assert i.state is S.CANCELLED, "both intents may not run: the retried one wins"
+        assert i.last_error == f"superseded by install job {install}"
+
     def test_a_removal_is_refused_without_targets_or_package(
         self, store: Store, pkg: PackageRecord, servers: list[str]
     ) -> None:
