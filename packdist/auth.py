@@ -31,7 +31,8 @@ from packdist.errors import AuthError, BadSignature
 
 TOKEN_PREFIX = "pdt_"
 ASSERTION_TTL = 30.0  # seconds a site credential lives
-PEER_TTL = 3600.0  # seconds a peer credential lives: long enough for one transfer
+PEER_TTL = 4 * 3600.0  # seconds a peer credential lives: long enough for one transfer (a
+# longer one falls back to the site for what is left; its next attempt gets new ones)
 PEER_CHUNKS_PATH = "/v1/peer/chunks"
 CLOCK_SKEW = 60.0  # how far ahead of the agent's clock the site's may be
 

@@ -191,6 +191,7 @@ _HEAD = struct.Struct(">BII")  # encoding, chunk size, payload length; after the
 HEADER_SIZE = DIGEST_SIZE + _HEAD.size
 ERROR_MARK = 0xFF  # in the encoding byte: an error frame, its payload a UTF-8 message
 MAX_PAYLOAD = 64 * 1024 * 1024  # no frame is larger (chunks are at most a few MiB)
+MAX_ERROR_BYTES = 2000  # of an error frame's message, what is kept
 
 
 @dataclass(frozen=True)
@@ -217,8 +218,11 @@ def error_frame(message: str) -> bytes:
     return b"\0" * DIGEST_SIZE + _HEAD.pack(ERROR_MARK, 0, len(data)) + data
 
 
-async def read_frames(content: aiohttp.StreamReader, url: str) -> AsyncIterator[Frame]:
-    """Yield the frames of a chunk stream until it ends; an error frame raises RemoteError."""
+async def read_frames(
+    content: aiohttp.StreamReader, url: str, max_payload: int = MAX_PAYLOAD
+) -> AsyncIterator[Frame]:
+    """Yield the frames of a chunk stream until it ends; an error frame raises RemoteError.
+    A frame announcing more than ``max_payload`` bytes ends the stream before it is read."""
     while True:
         try:
             head = await content.readexactly(HEADER_SIZE)
@@ -227,12 +231,12 @@ async def read_frames(content: aiohttp.StreamReader, url: str) -> AsyncIterator[
                 return
             raise TransferError(f"stream from {url} cut mid-frame") from exc
         encoding, size, length = _HEAD.unpack_from(head, DIGEST_SIZE)
-        if length > MAX_PAYLOAD:
+        if length > max_payload:
             raise TransferError(f"stream from {url} announced a frame of {length} bytes")
         try:
             data = await content.readexactly(length)
         except asyncio.IncompleteReadError as exc:
             raise TransferError(f"stream from {url} cut mid-chunk") from exc
         if encoding == ERROR_MARK:
-            raise RemoteError(data.decode(errors="replace"))
+            raise RemoteError(data[:MAX_ERROR_BYTES].decode(errors="replace"))
         yield Frame(Digest(head[:DIGEST_SIZE]), encoding, size, data)

@@ -312,27 +312,44 @@ class AgentHome:
         return sorted(out, key=lambda e: (e.last_used, e.path.name))
 
     def trim_cache(self, busy: frozenset[str] = frozenset(), need: int = 0) -> int:
-        """Evict cache trees, least recently used first, until the cache holds at most
-        ``cache_limit`` bytes -- and, with ``need``, until the disk has ``need`` bytes free,
-        but only if evicting everything evictable would get there (otherwise nothing extra
-        goes). Never a staging tree whose id is in ``busy`` (installs running) or that has a
-        rename journal. Returns the bytes freed."""
+        """Evict removed versions (``cache/``), least recently used first, until they hold
+        at most ``cache_limit`` bytes; with ``need``, then evict more (removed versions
+        first, then staging trees of unfinished installs, least recently used first) until
+        the disk has ``need`` bytes free -- but only if evicting everything evictable would
+        get there (otherwise nothing extra goes).
+
+        The limit alone never evicts a staging tree: an unfinished install is work the site
+        still wants done, and its next attempt resumes from it (abandoned ones go after
+        ``STAGING_TTL``, see :meth:`Installer.recover`). Never a staging tree whose id is in
+        ``busy`` (installs running) or that has a rename journal. Returns the bytes freed.
+        """
         with self._cache_lock:
             entries = [
                 e
                 for e in self.cache_entries()
                 if not (e.kind == "staging" and (e.package_id in busy or self._journalled(e)))
             ]
-            total = sum(e.size for e in entries)
-            short = max(0, need - self.free_bytes()) if need else 0
-            if short and short > total:
-                short = 0  # freeing all of it would not make the install fit: keep it
             freed = 0
-            for e in entries:
-                if total - freed <= self.cache_limit and freed >= short:
+            cached = [e for e in entries if e.kind == "cached"]
+            over = sum(e.size for e in cached) - self.cache_limit
+            evicted: set[Path] = set()
+            for e in cached:
+                if freed >= over:
                     break
                 self._evict(e)
+                evicted.add(e.path)
                 freed += e.size
+            rest = [e for e in entries if e.path not in evicted]
+            rest.sort(key=lambda e: (e.kind != "cached", e.last_used, e.path.name))
+            short = max(0, need - self.free_bytes()) if need else 0
+            if short and short <= sum(e.size for e in rest):
+                made = 0
+                for e in rest:
+                    if made >= short:
+                        break
+                    self._evict(e)
+                    made += e.size
+                freed += made
             if freed:
                 log.info(
                     "cache: evicted %s (limit %s)",

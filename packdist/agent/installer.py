@@ -42,7 +42,7 @@ import shutil
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -63,7 +63,14 @@ from packdist.core.fsutil import (
 )
 from packdist.core.manifest import EntryType, Manifest, SignedManifest
 from packdist.core.signing import VerifyKey
-from packdist.errors import DecodeError, DiskFull, PackdistError, RemoteError, TransferError
+from packdist.errors import (
+    DecodeError,
+    DiskFull,
+    PackdistError,
+    RemoteError,
+    TransferError,
+    UserError,
+)
 from packdist.http import Frame
 from packdist.ratelimit import Bucket
 
@@ -76,6 +83,7 @@ PARALLEL_BATCHES = 3
 #: bytes at PEER_MIN_RATE (waiting for chunks it is still receiving included)
 PEER_SLOW_AFTER = 10.0
 PEER_MIN_RATE = 1_000_000.0  # bytes/s
+CLOSE_WAIT = 30.0  # seconds to wait for a write left running by a cancelled task
 WRITE_BATCH = 1024 * 1024  # received chunks held in memory before they are written: what a
 # SIGKILL can lose (a cut stream loses nothing: what arrived whole is written first)
 RESERVE = 16 * 1024 * 1024  # head room kept free beyond the package itself
@@ -181,17 +189,44 @@ class _Plan:
         self.bases: dict[Digest, list[BaseChunk]] = {}  # see packdist.agent.bases
         self._fds: dict[Path, int] = {}
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._writers = 0  # worker threads using the descriptors now
+        self._closed = False
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Held by a worker thread while it writes: :meth:`close` waits for it. (Cancelling
+        the task that awaits a thread does not stop the thread.)"""
+        with self._lock:
+            if self._closed:
+                raise TransferError("the install ended while chunks were being written")
+            self._writers += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._writers -= 1
+                self._idle.notify_all()
 
     def fd(self, path: Path) -> int:
         """A write descriptor for a staging file, opened once per fetch (not per chunk)."""
         with self._lock:
+            if self._closed:
+                raise TransferError("the install ended while chunks were being written")
             fd = self._fds.get(path)
             if fd is None:
                 fd = self._fds[path] = os.open(path, os.O_WRONLY)
             return fd
 
     def close(self) -> None:
+        """Close the descriptors once no thread writes through them any more."""
         with self._lock:
+            self._closed = True
+            if not self._idle.wait_for(lambda: self._writers == 0, timeout=CLOSE_WAIT):
+                log.warning(
+                    "a write to staging did not end in %ss: descriptors left open", CLOSE_WAIT
+                )
+                return  # never close a descriptor a thread may still write through
             for fd in self._fds.values():
                 os.close(fd)
             self._fds.clear()
@@ -212,6 +247,7 @@ class Installer:
         self.source = source  # where fetched chunks come from, for messages
         self.installs: dict[str, Install] = {}
         self.pulse = Pulse()  # fires when an install starts or chunks land (peers wait on it)
+        self.removing: set[str] = set()  # NAME@VERSION being removed now: no install starts
         self.download = download or Bucket()  # the agent's download limit, all sources
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -253,6 +289,10 @@ class Installer:
         checked_at = time.monotonic()
         manifest, installed = await asyncio.to_thread(check)
         pid = manifest.id.hex
+        if manifest.ref in self.removing:  # looked at after the await, like the rest
+            raise UserError(
+                f"{manifest.ref} is being removed on this agent; install refused until it ends"
+            )
         current = self.installs.get(pid)  # looked up again, after the await
         if current is not None and (
             current.state is InstallState.INSTALLING
@@ -465,6 +505,12 @@ class Installer:
     ) -> list[Digest]:
         """Verify what a resumed staging tree already holds, copy what an installed version
         has; return the digests that must be fetched."""
+        with plan.writing():
+            return self._fill_locally_writing(inst, plan, staging, resumed)
+
+    def _fill_locally_writing(
+        self, inst: Install, plan: _Plan, staging: Path, resumed: bool
+    ) -> list[Digest]:
         local = self._installed_sources()
         used: set[str] = set()  # source files chunks were copied from
         missing: list[Digest] = []
@@ -609,6 +655,9 @@ class Installer:
         site_queue: deque[Digest] = deque(site_first)
         more = asyncio.Event()  # work for the site, or a peer task ended
         peers_left = 0
+        # a peer is too slow below PEER_MIN_RATE, or below its fair part of our own limit
+        streams = len(inst.peers) + PARALLEL_BATCHES
+        min_rate = min(PEER_MIN_RATE, self.download.rate / streams or PEER_MIN_RATE) / 2
 
         def to_site(digests: Iterable[Digest]) -> None:
             site_queue.extend(d for d in digests if d not in have)
@@ -619,7 +668,7 @@ class Installer:
             try:
                 while work:
                     batch = [work.popleft() for _ in range(min(PEER_BATCH, len(work)))]
-                    budget = PEER_SLOW_AFTER + sum(plan.sizes[d] for d in batch) / PEER_MIN_RATE
+                    budget = PEER_SLOW_AFTER + sum(plan.sizes[d] for d in batch) / min_rate
                     try:
                         async with asyncio.timeout(budget):
                             got, lacking = await self._fetch_from_peer(
@@ -650,14 +699,16 @@ class Installer:
             while True:
                 if site_queue:
                     batch: list[Digest] = []
+                    taken: set[Digest] = set()
                     size = 0
                     while site_queue and len(batch) < BATCH_CHUNKS:
                         d = site_queue[0]
                         if batch and size + plan.sizes[d] > BATCH_BYTES:
                             break
                         site_queue.popleft()
-                        if d not in have and d not in batch:
+                        if d not in have and d not in taken:
                             batch.append(d)
+                            taken.add(d)
                             size += plan.sizes[d]
                     if batch:
                         await self._fetch_batch(inst, plan, staging, batch)
@@ -730,26 +781,31 @@ class Installer:
         """Decode each chunk (never beyond its size in the manifest), verify it against its
         digest, then write it wherever the tree needs it."""
         touched: set[int] = set()
-        for frame in frames:
-            digest, size = frame.digest, plan.sizes[frame.digest]
-            base = None
-            if frame.encoding == Encoding.ZSTD_BASE:
-                base = read_base(plan.bases.get(digest, ()))
-                if base is None:
-                    raise DecodeError(
-                        f"cannot decode chunk {digest.short}… from {self.source}: its base"
-                        " chunks are no longer intact here"
-                    )
-            data = decode(frame.encoding, frame.payload, size, digest, base, self.source)
-            digest.verify(data, "chunk")
-            for path, offset in plan.locations[digest]:
-                fd = plan.fd(staging / path)
-                _pwrite_fd(fd, offset, data)
-                touched.add(fd)
-            inst.tick()
-        for fd in touched:  # the final syncfs then finds little left to write
-            start_writeback(fd)
-        self._landed(inst, [f.digest for f in frames])
+        written: list[Digest] = []
+        try:
+            with plan.writing():
+                for frame in frames:
+                    digest, size = frame.digest, plan.sizes[frame.digest]
+                    base = None
+                    if frame.encoding == Encoding.ZSTD_BASE:
+                        base = read_base(plan.bases.get(digest, ()))
+                        if base is None:
+                            raise DecodeError(
+                                f"cannot decode chunk {digest.short}… from {self.source}: its"
+                                " base chunks are no longer intact here"
+                            )
+                    data = decode(frame.encoding, frame.payload, size, digest, base, self.source)
+                    digest.verify(data, "chunk")
+                    for path, offset in plan.locations[digest]:
+                        fd = plan.fd(staging / path)
+                        _pwrite_fd(fd, offset, data)
+                        touched.add(fd)
+                    written.append(digest)
+                    inst.tick()
+                for fd in touched:  # the final syncfs then finds little left to write
+                    start_writeback(fd)
+        finally:
+            self._landed(inst, written)  # the ones before a bad frame count too
 
     def _landed(self, inst: Install, digests: list[Digest]) -> None:
         """Chunks verified and written: peers may have them now (called from threads)."""

@@ -27,7 +27,7 @@ from typing import Any
 from aiohttp import web
 
 from packdist.agent.home import AgentHome
-from packdist.agent.sources import MISSING, Pulse
+from packdist.agent.sources import MISSING, PEER_CHUNK_MAX, Pulse
 from packdist.core.codec import Encoding
 from packdist.core.digest import Digest
 from packdist.core.manifest import Manifest
@@ -140,7 +140,9 @@ class PeerService:
 
     async def _chunk(self, package_id: str, digest: Digest, stall: _Stall) -> bytes | None:
         """The chunk, once it is here: waits while the package is still arriving here, up to
-        ``stall.wait`` seconds without any chunk of it landing."""
+        ``stall.wait`` seconds without any chunk of it landing, and at most ``PEER_CHUNK_MAX``
+        for this one."""
+        give_up = time.monotonic() + PEER_CHUNK_MAX
         while True:
             view = self.view(package_id)
             if view is not None and view.available(digest):
@@ -154,7 +156,7 @@ class PeerService:
             if view is not None and digest not in view.places:
                 return None  # not a chunk of this package: no use waiting
             stall.observe(-1 if view is None or view.have is None else len(view.have))
-            left = stall.left()
+            left = min(stall.left(), give_up - time.monotonic())
             if left <= 0:
                 return None
             await self.pulse.wait(left)

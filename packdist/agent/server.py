@@ -266,9 +266,19 @@ class Agent:
                 return error_response(
                     409, f"{ref} is being installed on this agent; removal refused until it ends"
                 )
-        was = await asyncio.to_thread(self.home.remove_version, ref, pid)
-        for key in [k for k, i in self.installer.installs.items() if i.ref == ref]:
-            del self.installer.installs[key]  # a finished install's record: not current now
+        self.installer.removing.add(ref)  # no install of it starts until this ends
+        try:
+            was = await asyncio.to_thread(self.home.remove_version, ref, pid)
+        except OSError as exc:
+            raise PackdistError(
+                f"cannot remove {ref} on this agent: {exc.strerror or exc}"
+                + (f" ({exc.filename})" if exc.filename else "")
+            ) from exc
+        finally:
+            self.installer.removing.discard(ref)
+        for key, i in list(self.installer.installs.items()):
+            if i.ref == ref and i.state is not InstallState.INSTALLING:
+                del self.installer.installs[key]  # a finished install's record: not current now
         await asyncio.to_thread(self.installer.trim_cache)
         return web.json_response(
             {"package_id": pid, "package": ref, "state": "removed", "was": was}

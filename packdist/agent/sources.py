@@ -39,11 +39,16 @@ from packdist.ratelimit import Bucket
 
 #: the encoding byte of a frame that says "not here (yet)"
 MISSING = 0xFE
-#: how long a peer holds a request for chunks it is still receiving
+#: how long a peer holds a request while its own transfer of the package makes no progress
 PEER_WAIT = 3.0
+#: the longest a peer holds a request for any one chunk (under the requester's read timeout,
+#: so a peer that waits is never mistaken for a dead one)
+PEER_CHUNK_MAX = 4.0
 #: chunks per peer request (raw chunks average ~150 KiB)
 PEER_BATCH = 16
-PEER_TIMEOUTS = Timeouts(connect=2.0, read=PEER_WAIT + 2.0, total=None)
+#: a peer sends chunks raw: none is larger than a chunking maximum (512 KiB by default)
+PEER_MAX_PAYLOAD = 16 * 1024 * 1024
+PEER_TIMEOUTS = Timeouts(connect=2.0, read=PEER_CHUNK_MAX + 2.0, total=None)
 
 
 @dataclass(frozen=True)
@@ -137,6 +142,6 @@ async def peer_chunks(
         headers={"Authorization": f"Bearer {peer.token}"},
         timeouts=PEER_TIMEOUTS,
     ) as resp:
-        async for frame in read_frames(resp.content, url):
+        async for frame in read_frames(resp.content, url, PEER_MAX_PAYLOAD):
             await download.take(frame.wire_bytes)
             yield frame

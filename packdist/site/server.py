@@ -49,6 +49,7 @@ MAX_BATCH = 4096
 READ_AHEAD = 3  # groups of chunks read ahead of the network
 GROUP_CHUNKS = 32  # chunks framed into one write
 WRITE_TIMEOUT = 15.0  # an agent that takes no bytes of a chunk stream this long is dropped
+SEND_SLICE = 256 * 1024  # bytes written (and taken from the upload limit) at a time
 MAX_INSTALLED = 100_000  # package ids a heartbeat may list
 
 
@@ -146,10 +147,15 @@ class SiteServer:
         queue = iter(groups)
 
         async def send(data: bytes) -> None:
-            await self.upload.take(len(data))  # the site's upload limit, shared by all
-            # Bounded: an agent that stops reading must not hold this handler forever.
-            async with asyncio.timeout(WRITE_TIMEOUT):
-                await resp.write(data)
+            # In slices: the upload limit (shared by every stream) takes turns at a fine grain,
+            # and the write timeout bounds one slice, however slow the limit makes the whole.
+            view = memoryview(data)
+            for i in range(0, len(view), SEND_SLICE):
+                piece = view[i : i + SEND_SLICE]
+                await self.upload.take(len(piece))
+                # Bounded: an agent that stops reading must not hold this handler forever.
+                async with asyncio.timeout(WRITE_TIMEOUT):
+                    await resp.write(piece)
 
         try:
             while True:  # keep READ_AHEAD groups of file reads under way while we write
