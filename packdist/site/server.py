@@ -49,6 +49,12 @@ MAX_BATCH = 4096
 READ_AHEAD = 3  # groups of chunks read ahead of the network
 GROUP_CHUNKS = 32  # chunks framed into one write
 WRITE_TIMEOUT = 15.0  # an agent that takes no bytes of a chunk stream this long is dropped
+#: above this rate (bytes/s at which an agent takes a stream) plain zstd costs more time than
+#: it saves, and chunks go raw (deltas against bases still go encoded); below half of it,
+#: compression comes back. zstd level 1 runs at ~200-300 MB/s per core on text.
+FAST_LINK = 250e6
+RATE_SAMPLE = 8 * 1024 * 1024  # bytes written before the rate is trusted (socket buffers
+# take the first few MiB at once, whatever the link)
 SEND_SLICE = 256 * 1024  # bytes written (and taken from the upload limit) at a time
 MAX_INSTALLED = 100_000  # package ids a heartbeat may list
 
@@ -157,14 +163,28 @@ class SiteServer:
                 async with asyncio.timeout(WRITE_TIMEOUT):
                     await resp.write(piece)
 
+        # Plain zstd pays only on a link slower than the compressor. Measured on this very
+        # stream: the bytes written over the time spent waiting for the agent to take them
+        # (deltas always pay; until enough is measured, assume a slow link).
+        encodings = accept
+        written, waited = 0, 0.0
         try:
             while True:  # keep READ_AHEAD groups of file reads under way while we write
                 while len(reads) < READ_AHEAD and (g := next(queue, None)) is not None:
-                    reads.append(loop.run_in_executor(None, self._read_frames, g, accept, bases))
+                    reads.append(loop.run_in_executor(None, self._read_frames, g, encodings, bases))
                 if not reads:
                     break
                 frames, error = await reads.popleft()
+                started = time.monotonic()
                 await send(frames)
+                written += len(frames)
+                waited += time.monotonic() - started
+                if written >= RATE_SAMPLE:
+                    rate = written / max(waited, 1e-6)
+                    if rate > FAST_LINK:
+                        encodings = accept - {Encoding.ZSTD}
+                    elif rate < FAST_LINK / 2:
+                        encodings = accept
                 if error is not None:
                     await send(error_frame(error))
                     break
