@@ -812,7 +812,10 @@ class Installer:
         view = inst.view
         if view is not None and view.have is not None:
             view.have.update(digests)
-            if self._loop is not None:
+            # Waking the loop costs a write to its self-pipe: only when a peer waits. (A peer
+            # that starts waiting just after this look waits for the next landing, or for
+            # its own deadline at worst.)
+            if self._loop is not None and self.pulse.waiting:
                 self._loop.call_soon_threadsafe(self.pulse.fire)
 
     def _finish(self, inst: Install, manifest: Manifest, staging: Path) -> None:

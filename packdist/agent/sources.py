@@ -109,6 +109,7 @@ class Pulse:
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
+        self.waiting = 0  # read from worker threads: fire only when someone waits
 
     def fire(self) -> None:
         self._event.set()
@@ -117,10 +118,13 @@ class Pulse:
     async def wait(self, timeout: float) -> None:
         if timeout <= 0:
             return
+        self.waiting += 1
         try:
             await asyncio.wait_for(self._event.wait(), timeout)
         except TimeoutError:
             pass
+        finally:
+            self.waiting -= 1
 
 
 async def peer_chunks(
