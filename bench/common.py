@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmarks: test trees, timed children, page cache, tables.
+"""Helpers shared by the benchmarks: test trees, timed children, page cache, services, tables.
 
 Conventions: sizes in the tables are MiB (2^20 bytes), throughput is MB/s (10^6 bytes per
 second, as ``dd`` and disk vendors count), times are wall-clock seconds of a whole child
@@ -8,16 +8,21 @@ that child's tree (``ru_maxrss`` from ``os.wait4``).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import json
 import os
 import random
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -339,6 +344,320 @@ class Tally:
     @property
     def peak_rss_mib(self) -> float:
         return max(r.peak_rss_kib for r in self.runs) / 1024
+
+
+# ----------------------------------------------------------------- services on loopback
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ChildFailed(f"{url} exited: {log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise ChildFailed(f"{url} did not become healthy")
+
+
+class PackdistSetup:
+    """A site (``site serve``) with packages imported, and enrolled agents, all running.
+
+    ``PackdistSetup(work)`` initialises the site's home; :meth:`create` imports versions
+    (untimed), :meth:`serve` starts the site, :meth:`fresh_agent` enrolls and starts a
+    server with an empty home, :meth:`distribute` times ``packdist distribute --wait``.
+    """
+
+    def __init__(self, work: Path, package: str = "bench") -> None:
+        self.work = work
+        self.package = package
+        self.site = work / "site"
+        self.site_url = ""
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.round = 0
+        run_quiet(packdist_argv("--home", self.site, "site", "init", "--name", "bench"))
+
+    def create(self, source: Path, version: str) -> None:
+        run_quiet(
+            packdist_argv(
+                "--home",
+                self.site,
+                "package",
+                "create",
+                source,
+                "--name",
+                self.package,
+                "--version",
+                version,
+            )
+        )
+
+    def serve(self) -> None:
+        self.site_url = f"http://127.0.0.1:{free_port()}"
+        self._start(
+            "site",
+            [
+                "--home",
+                str(self.site),
+                "site",
+                "serve",
+                "--listen",
+                self.site_url.removeprefix("http://"),
+            ],
+            self.site_url,
+        )
+
+    def _start(self, name: str, args: list[str], url: str) -> None:
+        log = self.work / f"{name}.log"
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(packdist_argv(*args), stdout=out, stderr=out)
+        self.procs[name] = proc
+        wait_healthy(url, proc, log)
+
+    def fresh_agent(
+        self, *, site_url: str | None = None, advertise: Callable[[str], str] | None = None
+    ) -> str:
+        """A new server with an empty home, enrolled and running; returns its name.
+
+        ``site_url``: the URL the agent dials for the site (default: the site's own);
+        ``advertise``: maps the agent's listening URL to the URL the site is given for it
+        (``server add --url``), e.g. a proxy in front of it.
+        """
+        self.round += 1
+        name = f"dp{self.round}"
+        url = f"http://127.0.0.1:{free_port()}"
+        doc = json.loads(
+            run_quiet(
+                packdist_argv(
+                    "--home",
+                    self.site,
+                    "server",
+                    "add",
+                    name,
+                    "--url",
+                    advertise(url) if advertise else url,
+                    "--json",
+                )
+            )
+        )
+        self._start(
+            name,
+            [
+                "--home",
+                str(self.agent_home(name)),
+                "agent",
+                "serve",
+                "--listen",
+                url.removeprefix("http://"),
+                "--site",
+                site_url or self.site_url,
+                "--token",
+                doc["token"],
+            ],
+            url,
+        )
+        time.sleep(0.5)  # let it enroll (its first heartbeat)
+        return name
+
+    def agent_home(self, name: str) -> Path:
+        return self.work / name
+
+    def distribute(self, name: str, version: str = "1", *, as_json: bool = False) -> Run:
+        return run_child(
+            packdist_argv(
+                "--home",
+                self.site,
+                "distribute",
+                f"{self.package}@{version}",
+                "--to",
+                name,
+                "--wait",
+                "--timeout",
+                "600",
+                *(["--json"] if as_json else []),
+            )
+        )
+
+    def job(self, job_id: str) -> dict[str, object]:
+        """``packdist job show JOB --json``."""
+        doc: dict[str, object] = json.loads(
+            run_quiet(packdist_argv("--home", self.site, "job", "show", job_id, "--json"))
+        )
+        return doc
+
+    def agent_said(self, name: str, version: str) -> str:
+        """The agent's summary of its last install of the version: "NAME@V: prepared in …
+        (… local), fetched … (… on the wire) in …, finished in …", or "?"."""
+        lines = [
+            line.split(" INFO ", 1)[-1]
+            for line in (self.work / f"{name}.log").read_text(errors="replace").splitlines()
+            if f"{self.package}@{version}: prepared" in line
+        ]
+        return lines[-1] if lines else "?"
+
+    def stop_agent(self, name: str) -> None:
+        proc = self.procs.pop(name)
+        _terminate([proc])
+
+    def stop(self) -> None:
+        _terminate(list(self.procs.values()))
+        self.procs.clear()
+
+
+def _terminate(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+class RsyncDaemon:
+    """``rsync --daemon`` on 127.0.0.1, one read-only module per ``modules`` entry."""
+
+    def __init__(self, modules: dict[str, Path], work: Path) -> None:
+        self.port = free_port()
+        conf = work / "rsyncd.conf"
+        text = f"use chroot = no\nport = {self.port}\npid file = {work / 'rsyncd.pid'}\n"
+        for name, path in modules.items():
+            text += f"[{name}]\n path = {path}\n read only = yes\n uid = root\n gid = root\n"
+        conf.write_text(text)
+        self.proc = subprocess.Popen(
+            ["rsync", "--daemon", "--no-detach", f"--config={conf}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.1)
+        raise ChildFailed("rsync daemon did not start")
+
+    def url(self, module: str = "src", port: int | None = None) -> str:
+        """The module's URL, optionally through another port (a proxy in front)."""
+        return f"rsync://127.0.0.1:{port or self.port}/{module}/"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+class CountingProxy:
+    """A TCP relay on 127.0.0.1 that counts the payload bytes it carries each way.
+
+    Threads in the benchmark's process: one accepting, two per connection (1 MiB reads).
+    ``up``: bytes from the clients to ``target``; ``down``: bytes back. TCP/IP headers are
+    not counted, only what the two ends wrote.
+    """
+
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+        self.target = (target_host, target_port)
+        self.up = 0
+        self.down = 0
+        self._lock = threading.Lock()
+        self._conns: list[socket.socket] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._closed = False
+        threading.Thread(target=self._accept, name=f"proxy-{self.port}", daemon=True).start()
+
+    @classmethod
+    def before(cls, url: str) -> CountingProxy:
+        """A proxy for ``http://127.0.0.1:PORT``."""
+        return cls(int(url.rsplit(":", 1)[1].rstrip("/")))
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def total(self) -> int:
+        with self._lock:
+            return self.up + self.down
+
+    def counts(self) -> tuple[int, int]:
+        with self._lock:
+            return self.up, self.down
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _addr = self._listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(self.target, timeout=10)
+            except OSError:
+                client.close()
+                continue
+            server.settimeout(None)
+            for s in (client, server):
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self._lock:
+                if self._closed:
+                    client.close()
+                    server.close()
+                    return
+                self._conns += [client, server]
+            pair = (client, server)
+            done = [0]  # directions finished, under self._lock
+            for src, dst, up in ((client, server, True), (server, client, False)):
+                threading.Thread(
+                    target=self._pump, args=(src, dst, up, pair, done), daemon=True
+                ).start()
+
+    def _pump(
+        self,
+        src: socket.socket,
+        dst: socket.socket,
+        up: bool,
+        pair: tuple[socket.socket, socket.socket],
+        done: list[int],
+    ) -> None:
+        buf = bytearray(MIB)
+        view = memoryview(buf)
+        try:
+            while n := src.recv_into(buf):
+                dst.sendall(view[:n])
+                with self._lock:
+                    if up:
+                        self.up += n
+                    else:
+                        self.down += n
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+        with self._lock:
+            done[0] += 1
+            if done[0] == 2:  # both directions finished: close the pair
+                for s in pair:
+                    if s in self._conns:
+                        self._conns.remove(s)
+                    s.close()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._closed = True
+            conns, self._conns = self._conns, []
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
+        self._listener.close()
+        for s in conns:
+            with contextlib.suppress(OSError):
+                s.close()
 
 
 # -------------------------------------------------------------------------------- tables

@@ -13,178 +13,25 @@ source side; repeated, best time reported.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
-from pathlib import Path
 
 from bench.common import (
     MIB,
     WORK_DIR,
-    ChildFailed,
-    Run,
+    PackdistSetup,
+    RsyncDaemon,
     Tally,
     fmt,
     format_table,
     generate_tree,
-    packdist_argv,
+    read_tree,
     run_child,
-    run_quiet,
     scratch,
     settle,
 )
 
 DESCRIPTION = "distribute a ~1 GiB package to one server on loopback: packdist vs rsync daemon"
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise ChildFailed(f"{url} exited: {log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/healthz", timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise ChildFailed(f"{url} did not become healthy")
-
-
-class PackdistSetup:
-    """A site with the package imported and one enrolled agent, both running."""
-
-    def __init__(self, source: Path, work: Path) -> None:
-        self.work = work
-        self.site = work / "site"
-        self.procs: list[subprocess.Popen[bytes]] = []
-        run_quiet(packdist_argv("--home", self.site, "site", "init", "--name", "bench"))
-        run_quiet(
-            packdist_argv(
-                "--home",
-                self.site,
-                "package",
-                "create",
-                source,
-                "--name",
-                "bench",
-                "--version",
-                "1",
-            )
-        )
-        self.site_url = f"http://127.0.0.1:{_port()}"
-        self._start(
-            "site",
-            [
-                "--home",
-                str(self.site),
-                "site",
-                "serve",
-                "--listen",
-                self.site_url.removeprefix("http://"),
-            ],
-            self.site_url,
-        )
-        self.round = 0
-
-    def _start(self, name: str, args: list[str], url: str) -> None:
-        log = self.work / f"{name}.log"
-        with open(log, "ab") as out:
-            proc = subprocess.Popen(packdist_argv(*args), stdout=out, stderr=out)
-        self.procs.append(proc)
-        _wait_healthy(url, proc, log)
-
-    def fresh_agent(self) -> str:
-        """A new server with an empty home, enrolled and running; returns its name."""
-        self.round += 1
-        name = f"dp{self.round}"
-        url = f"http://127.0.0.1:{_port()}"
-        doc = json.loads(
-            run_quiet(
-                packdist_argv("--home", self.site, "server", "add", name, "--url", url, "--json")
-            )
-        )
-        self._start(
-            name,
-            [
-                "--home",
-                str(self.work / name),
-                "agent",
-                "serve",
-                "--listen",
-                url.removeprefix("http://"),
-                "--site",
-                self.site_url,
-                "--token",
-                doc["token"],
-            ],
-            url,
-        )
-        time.sleep(0.5)  # let it enroll (its first heartbeat)
-        return name
-
-    def distribute(self, name: str) -> Run:
-        return run_child(
-            packdist_argv(
-                "--home",
-                self.site,
-                "distribute",
-                "bench@1",
-                "--to",
-                name,
-                "--wait",
-                "--timeout",
-                "600",
-            )
-        )
-
-    def stop(self) -> None:
-        for p in self.procs:
-            p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-
-
-class RsyncDaemon:
-    def __init__(self, source: Path, work: Path) -> None:
-        self.port = _port()
-        conf = work / "rsyncd.conf"
-        conf.write_text(
-            f"use chroot = no\nport = {self.port}\npid file = {work / 'rsyncd.pid'}\n"
-            f"[src]\n path = {source}\n read only = yes\n uid = root\n gid = root\n"
-        )
-        self.proc = subprocess.Popen(
-            ["rsync", "--daemon", "--no-detach", f"--config={conf}"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.1)
-        raise ChildFailed("rsync daemon did not start")
-
-    def url(self) -> str:
-        return f"rsync://127.0.0.1:{self.port}/src/"
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
 
 
 def main(argv: list[str]) -> int:
@@ -201,13 +48,18 @@ def main(argv: list[str]) -> int:
         n: Tally(n)
         for n in ("packdist distribute", "rsync -a (daemon)", "rsync -a (daemon) + sync")
     }
-    setup = PackdistSetup(tree.root, work)
-    daemon = RsyncDaemon(tree.root, work)
+    said: list[str] = []
+    setup = PackdistSetup(work)
+    setup.create(tree.root, "1")
+    setup.serve()
+    daemon = RsyncDaemon({"src": tree.root}, work)
     try:
         for r in range(args.repeat):
             settle(tree.root, cold=False)
+            read_tree(setup.site / "library")  # warm like rsync's source: packdist reads here
             name = setup.fresh_agent()
-            tallies["packdist distribute"].runs.append(setup.distribute(name))
+            tallies["packdist distribute"].runs.append(setup.distribute(name, "1"))
+            said.append(setup.agent_said(name, "1"))
             for label, synced in (("rsync -a (daemon)", False), ("rsync -a (daemon) + sync", True)):
                 settle(tree.root, cold=False)
                 dest = work / f"rsync-{r}-{int(synced)}"
@@ -223,7 +75,8 @@ def main(argv: list[str]) -> int:
                     ]
                 tallies[label].runs.append(run_child(cmd))
                 shutil.rmtree(dest)
-            shutil.rmtree(work / name, ignore_errors=True)
+            setup.stop_agent(name)
+            shutil.rmtree(setup.agent_home(name), ignore_errors=True)
     finally:
         setup.stop()
         daemon.stop()
@@ -237,6 +90,10 @@ def main(argv: list[str]) -> int:
         f" loopback, best of {args.repeat}"
     )
     print(format_table(["method", "seconds", "MB/s", "speed vs rsync -a"], rows))
+    for t in tallies.values():
+        print(f"  {t.name}: runs {', '.join(fmt(r.seconds, 2) for r in t.runs)} s")
+    for line in said:
+        print(f"  agent: {line}")
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -27,7 +27,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from tests.conftest import PACKDIST, run_packdist
 
@@ -556,6 +556,46 @@ def add_agents(
         agent.token = site.add_server(name, agent.url)
         agents[name] = agent
     return agents
+
+
+class LabHosts(Protocol):
+    """What :func:`start_lab_cluster` needs of a network lab (tests/lab/netns.py ``Lab``)."""
+
+    def addr(self, host: str) -> str: ...
+
+    @staticmethod
+    def ns(host: str) -> str: ...
+
+
+def start_lab_cluster(
+    lab: LabHosts,
+    root: Path,
+    servers: list[str],
+    site_port: int = 8700,
+    agent_port: int = 8701,
+    timeout: float = 60,
+) -> Cluster:
+    """The site (host ``site``) and one agent per server, each in its lab namespace,
+    running and enrolled (13 processes on 2 cores take a while: ``timeout``)."""
+    site = make_site(root, host=lab.addr("site"), port=site_port, netns=lab.ns("site"))
+    agents = add_agents(
+        site,
+        root,
+        servers,
+        hosts={s: lab.addr(s) for s in servers},
+        netns={s: lab.ns(s) for s in servers},
+        port=agent_port,
+    )
+    cluster = Cluster(site, agents)
+    try:
+        start_all([site, *agents.values()], timeout=timeout)
+        wait_until(
+            lambda: all(site.server_seen(s) for s in servers), timeout, message="agents enrolled"
+        )
+    except BaseException:
+        cluster.close()
+        raise
+    return cluster
 
 
 def start_cluster(

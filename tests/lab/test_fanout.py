@@ -42,22 +42,10 @@ def lab12() -> Iterator[Lab]:
 def cluster(lab12: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[h.Cluster]:
     """The site and twelve agents, started once for the module (13 processes on 2 cores
     take a while to start); each test distributes packages of its own."""
-    root = tmp_path_factory.mktemp("fanout")
-    site = h.make_site(root, host=lab12.addr("site"), port=SITE_PORT, netns=lab12.ns("site"))
-    agents = h.add_agents(
-        site,
-        root,
-        SERVERS,
-        hosts={n: lab12.addr(n) for n in SERVERS},
-        netns={n: lab12.ns(n) for n in SERVERS},
-        port=AGENT_PORT,
+    c = h.start_lab_cluster(
+        lab12, tmp_path_factory.mktemp("fanout"), SERVERS, SITE_PORT, AGENT_PORT
     )
-    c = h.Cluster(site, agents)
     try:
-        h.start_all([site, *agents.values()], timeout=60)
-        h.wait_until(
-            lambda: all(site.server_seen(n) for n in SERVERS), 30, message="every agent enrolled"
-        )
         yield c
     except BaseException:
         print(c.dump_logs())
