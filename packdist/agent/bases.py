@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import bisect
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from packdist.agent.home import AgentHome
@@ -117,10 +117,14 @@ def _renamed(manifest: Manifest, versions: list[dict[str, _File]]) -> dict[str, 
 
 
 def choose_bases(
-    home: AgentHome, manifest: Manifest, wanted: Mapping[Digest, tuple[str, int, int]]
+    home: AgentHome,
+    manifest: Manifest,
+    wanted: Mapping[Digest, tuple[str, int, int]],
+    tick: Callable[[], None] = lambda: None,
 ) -> dict[Digest, list[BaseChunk]]:
     """Bases for chunks of ``manifest`` to fetch (digest -> its ``(path, offset, size)``):
-    only those read back intact now. Chunks without a candidate are left out.
+    only those read back intact now. Chunks without a candidate are left out. ``tick`` is
+    called for each chunk looked at (progress: reading bases of a big update takes time).
 
     A file no installed version has at its path is matched with the installed file that
     shares the most chunks with it (a renamed file whose content also changed)."""
@@ -131,6 +135,7 @@ def choose_bases(
     verified: dict[BaseChunk, bool] = {}
     out: dict[Digest, list[BaseChunk]] = {}
     for digest, (path, offset, size) in wanted.items():
+        tick()
         for files in versions:
             f = files.get(path)
             if f is None:

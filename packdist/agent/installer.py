@@ -441,7 +441,9 @@ class Installer:
             if missing:
                 inst.enter(Phase.FETCH)
                 wanted = {d: (*plan.locations[d][0], plan.sizes[d]) for d in missing}
-                plan.bases = await asyncio.to_thread(choose_bases, self.home, manifest, wanted)
+                plan.bases = await asyncio.to_thread(
+                    choose_bases, self.home, manifest, wanted, inst.tick
+                )
                 await self._fetch_all(inst, plan, staging, missing)
         finally:
             plan.close()

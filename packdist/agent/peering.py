@@ -92,7 +92,7 @@ class PeerService:
         self._installed: OrderedDict[str, ChunkView] = OrderedDict()
         self.bytes_served = 0
 
-    def view(self, package_id: str) -> ChunkView | None:
+    async def view(self, package_id: str) -> ChunkView | None:
         active = self.active_view(package_id)
         if active is not None:
             return active
@@ -100,6 +100,14 @@ class PeerService:
         if cached is not None and cached.root.is_dir():
             self._installed.move_to_end(package_id)
             return cached
+        view = await asyncio.to_thread(self._installed_view, package_id)  # files, parsing
+        if view is not None:
+            self._installed[package_id] = view
+            while len(self._installed) > 8:
+                self._installed.popitem(last=False)
+        return view
+
+    def _installed_view(self, package_id: str) -> ChunkView | None:
         ref = next((r for r, pid in self.home.installed().items() if pid == package_id), None)
         data = self.home.load_manifest(package_id) if ref is not None else None
         if ref is None or data is None:
@@ -108,11 +116,7 @@ class PeerService:
             manifest = Manifest.parse(data)
         except PackdistError:
             return None
-        view = ChunkView.of(manifest, self.home.ref_dir(ref))
-        self._installed[package_id] = view
-        while len(self._installed) > 8:
-            self._installed.popitem(last=False)
-        return view
+        return ChunkView.of(manifest, self.home.ref_dir(ref))
 
     async def handle(self, request: web.Request, claims: dict[str, object]) -> web.StreamResponse:
         package_id, digests, wait = _parse(await _json(request))
@@ -144,12 +148,12 @@ class PeerService:
         for this one."""
         give_up = time.monotonic() + PEER_CHUNK_MAX
         while True:
-            view = self.view(package_id)
+            view = await self.view(package_id)
             if view is not None and view.available(digest):
                 data = await asyncio.to_thread(view.read, digest)
                 if data is not None:
                     return data
-                fresh = self.view(package_id)  # moved into place meanwhile? one more look
+                fresh = await self.view(package_id)  # moved into place meanwhile? one more look
                 if fresh is not None and fresh.root != view.root and fresh.available(digest):
                     return await asyncio.to_thread(fresh.read, digest)
                 return None

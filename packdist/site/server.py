@@ -19,9 +19,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -55,6 +56,9 @@ WRITE_TIMEOUT = 15.0  # an agent that takes no bytes of a chunk stream this long
 FAST_LINK = 250e6
 RATE_SAMPLE = 8 * 1024 * 1024  # bytes written before the rate is trusted (socket buffers
 # take the first few MiB at once, whatever the link)
+#: base chunk bytes one chunk request may make the site read (distinct bases; about 4x the
+#: largest batch an agent asks for in one request)
+BASE_BUDGET = 128 * 1024 * 1024
 SEND_SLICE = 256 * 1024  # bytes written (and taken from the upload limit) at a time
 MAX_INSTALLED = 100_000  # package ids a heartbeat may list
 
@@ -168,10 +172,15 @@ class SiteServer:
         # (deltas always pay; until enough is measured, assume a slow link).
         encodings = accept
         written, waited = 0, 0.0
+        base_cache = _Bases()  # verified base chunks of this request, read once each
         try:
             while True:  # keep READ_AHEAD groups of file reads under way while we write
                 while len(reads) < READ_AHEAD and (g := next(queue, None)) is not None:
-                    reads.append(loop.run_in_executor(None, self._read_frames, g, encodings, bases))
+                    reads.append(
+                        loop.run_in_executor(
+                            None, self._read_frames, g, encodings, bases, base_cache
+                        )
+                    )
                 if not reads:
                     break
                 frames, error = await reads.popleft()
@@ -206,7 +215,11 @@ class SiteServer:
         return resp
 
     def _read_frames(
-        self, group: list[Digest], accept: frozenset[Encoding], bases: dict[Digest, list[Digest]]
+        self,
+        group: list[Digest],
+        accept: frozenset[Encoding],
+        bases: dict[Digest, list[Digest]],
+        base_cache: _Bases | None = None,
     ) -> tuple[bytes, str | None]:
         """A group of chunks read from the library, each encoded as it pays (see
         :mod:`packdist.core.codec`) and framed, as one buffer (one write per group, not two
@@ -217,26 +230,35 @@ class SiteServer:
                 data = self.library.read(d)
             except PackdistError as exc:
                 return b"".join(parts), exc.message
-            base = self._base(bases.get(d, ()))
+            base = self._base(bases.get(d, ()), base_cache or _Bases())
             encoding, payload = codec.encode(data, accept, base)
             parts.append(frame_header(d, encoding, len(data), len(payload)))
             parts.append(payload)
         return b"".join(parts), None
 
-    def _base(self, digests: Sequence[Digest]) -> bytes | None:
-        """The bytes of an agent's base chunks, if the library holds every one intact."""
+    def _base(self, digests: Sequence[Digest], cache: _Bases) -> bytes | None:
+        """The bytes of an agent's base chunks, if the library holds every one intact (and
+        the request's budget for reading bases is not spent)."""
         if not digests:
             return None
         parts = []
         for d in digests:
-            try:
-                data = self.library.read(d)
-                d.verify(data)  # a damaged base would only make a chunk that fails to verify
-            except PackdistError:
+            data = cache.get(d, self._read_base)
+            if data is None:
                 return None
             parts.append(data)
         joined = b"".join(parts)
         return joined if len(joined) <= codec.MAX_BASE_BYTES else None
+
+    def _read_base(self, digest: Digest) -> bytes | None:
+        try:
+            if self.library.path(digest).stat().st_size > codec.MAX_BASE_BYTES:
+                return None  # no use reading it: the bases of one chunk may not be bigger
+            data = self.library.read(digest)
+            digest.verify(data)  # a damaged base would only make a chunk that fails to verify
+        except (PackdistError, OSError):
+            return None
+        return data
 
     # --- life cycle -----------------------------------------------------------------------
 
@@ -270,6 +292,29 @@ class SiteServer:
             await self.despooler.shutdown()
             await session.close()
             self.db.close()
+
+
+class _Bases:
+    """The base chunks one chunk request has read: each read and verified once, and at most
+    ``BASE_BUDGET`` bytes of them (beyond that, chunks go without bases). Shared by the
+    worker threads that encode the request's groups."""
+
+    def __init__(self) -> None:
+        self._data: dict[Digest, bytes | None] = {}
+        self._lock = threading.Lock()
+        self._left = BASE_BUDGET
+
+    def get(self, digest: Digest, read: Callable[[Digest], bytes | None]) -> bytes | None:
+        with self._lock:
+            if digest in self._data:
+                return self._data[digest]
+            if self._left <= 0:
+                return None
+        data = read(digest)
+        with self._lock:
+            self._data[digest] = data
+            self._left -= len(data) if data else 0
+        return data
 
 
 async def _json_body(request: web.Request) -> Any:
