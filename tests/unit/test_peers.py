@@ -273,3 +273,27 @@ def test_a_peer_too_slow_is_dropped_and_the_site_fills_in(
     assert inst.state is InstallState.INSTALLED
     assert len(asked) == 1, "a slow peer is asked no more"
     assert sum(calls) == len(pkg.chunks) - 1, "the site sent all but what the peer managed"
+
+
+# --- the site's work for base hints ---------------------------------------------------------
+
+
+def test_a_request_reads_each_base_once_and_within_its_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from packdist.site import server
+
+    monkeypatch.setattr(server, "BASE_BUDGET", 250)
+    reads: list[Digest] = []
+
+    def read(d: Digest) -> bytes | None:
+        reads.append(d)
+        return b"x" * 100
+
+    bases = server._Bases()
+    a, b, c, d = digests(4)
+    assert bases.get(a, read) == b"x" * 100
+    assert bases.get(a, read) == b"x" * 100  # cached: not read again
+    assert bases.get(b, read) is not None and bases.get(c, read) is not None
+    assert bases.get(d, read) is None, "the budget (250 bytes) is spent"
+    assert reads == [a, b, c]
