@@ -509,20 +509,56 @@ class SQLiteStore(Store):
         self, package_id: str, servers: list[str], action: str, job_id: str, now: float
     ) -> None:
         """Cancel the opposite unfinished work for this package on these servers (inside the
-        caller's transaction): the newest intent wins, the older one never runs after it."""
+        caller's transaction): the newest intent wins, the older one never runs after it.
+
+        An opposite attempt already under way ('sending': the agent is doing it) runs to its
+        end, and the newer instruction is not claimed until it has (``claim_ready``): the
+        two never cross on the agent. If that attempt fails, it is cancelled, not retried
+        (:meth:`_settle_superseded`)."""
         opposite = "install" if action == "remove" else "remove"
         why = f"superseded by {'removal' if action == 'remove' else 'install'} job {job_id}"
         marks = ",".join("?" * len(servers))
+        of_package = (
+            f" AND server IN ({marks})"
+            " AND job_id IN (SELECT id FROM jobs WHERE package_id = ? AND action = ?)"
+        )
         rows = self._db.execute(
             "UPDATE instructions SET state = 'cancelled', updated_at = ?, finished_at = ?,"
             " last_error = ?, lease_owner = NULL, lease_expires_at = NULL"
-            f" WHERE state IN ({_in('cancel')}) AND server IN ({marks})"
-            " AND job_id IN (SELECT id FROM jobs WHERE package_id = ? AND action = ?)"
-            " RETURNING job_id, server",
+            " WHERE state IN ('pending', 'retrying')" + of_package + " RETURNING job_id, server",
             (now, now, why, *servers, package_id, opposite),
         ).fetchall()
         for r in rows:
             self._event("cancelled", why, r["job_id"], r["server"], now=now)
+        rows = self._db.execute(
+            "UPDATE instructions SET superseded_by = ? WHERE state = 'sending'"
+            + of_package
+            + " RETURNING job_id, server",
+            (job_id, *servers, package_id, opposite),
+        ).fetchall()
+        for r in rows:
+            self._event(
+                "superseded",
+                f"{why}; the attempt under way ends first",
+                r["job_id"],
+                r["server"],
+                now=now,
+            )
+
+    def _settle_superseded(self, now: float) -> None:
+        """Instructions superseded during an attempt that did not succeed: cancelled, never
+        retried (inside the caller's transaction)."""
+        rows = self._db.execute(
+            "UPDATE instructions SET state = 'cancelled', finished_at = :now, updated_at = :now,"
+            " last_error = 'superseded by ' || (SELECT CASE j.action WHEN 'remove' THEN"
+            " 'removal' ELSE 'install' END FROM jobs j WHERE j.id = superseded_by)"
+            " || ' job ' || superseded_by, lease_owner = NULL, lease_expires_at = NULL"
+            " WHERE state = 'retrying' AND superseded_by IS NOT NULL"
+            " RETURNING job_id, server, last_error",
+            {"now": now},
+        ).fetchall()
+        for r in rows:
+            self._event("cancelled", r["last_error"], r["job_id"], r["server"], now=now)
 
     def _instructions(self, job_id: str) -> tuple[InstructionRecord, ...]:
         rows = self._db.execute(
@@ -624,7 +660,13 @@ class SQLiteStore(Store):
                 " lease_owner = :owner, lease_expires_at = :until, updated_at = :now,"
                 " claimed_at = :now WHERE id IN (SELECT i.id FROM instructions i JOIN servers s ON s.name = i.server"
                 f"   WHERE i.state IN ({_in('claim')}) AND i.next_attempt_at <= :now"
-                "    AND s.removed = 0 ORDER BY i.next_attempt_at LIMIT :limit)"
+                "    AND s.removed = 0"
+                # not while an opposite attempt for the same version and server is under way
+                "    AND NOT EXISTS (SELECT 1 FROM instructions o"
+                "      JOIN jobs oj ON oj.id = o.job_id JOIN jobs ij ON ij.id = i.job_id"
+                "      WHERE o.server = i.server AND o.state = 'sending'"
+                "      AND oj.package_id = ij.package_id AND oj.action != ij.action)"
+                "    ORDER BY i.next_attempt_at LIMIT :limit)"
                 " RETURNING id",
                 {"owner": owner, "until": now + lease_seconds, "now": now, "limit": limit},
             ).fetchall()
@@ -790,6 +832,7 @@ class SQLiteStore(Store):
                 row["server"],
                 now=now,
             )
+            self._settle_superseded(now)
 
     def mark_failed(self, instruction_id: int, owner: str, error: str, now: float) -> None:
         with self._tx():
@@ -826,6 +869,7 @@ class SQLiteStore(Store):
                     r["server"],
                     now=now,
                 )
+            self._settle_superseded(now)
         return len(rows)
 
     def release_leases(self, owner: str, now: float) -> int:
@@ -846,6 +890,7 @@ class SQLiteStore(Store):
                     r["server"],
                     now=now,
                 )
+            self._settle_superseded(now)
         return len(rows)
 
     def next_due_at(self) -> float | None:

@@ -918,6 +918,35 @@ class StoreConformance:
         # a removal that fails for good leaves what the server holds as it is
         store.cancel_job(install, T0 + 3)
 
+    def test_an_attempt_under_way_ends_before_the_opposite_intent_runs(
+        self, store: Store, pkg: PackageRecord, servers: list[str]
+    ) -> None:
+        """A removal is being carried out on dp1 when an install of the same version comes:
+        the removal's attempt is not cancelled under the agent's feet, the install waits for
+        it, then runs (so dp1 ends up holding the version, as the newest intent says)."""
+        removal = store.add_job(pkg.id, ["dp1"], None, None, {}, T0, action="remove")
+        sending = claim_one(store, "w1", T0)
+        install = store.add_job(pkg.id, ["dp1"], None, None, {}, T0 + 1)
+        assert instruction(store.get_job(removal), "dp1").state is S.SENDING
+        assert store.claim_ready("w2", LEASE, 10, T0 + 2) == [], "not while removing"
+        store.mark_removed(sending.instruction_id, "w1", T0 + 3)  # what the agent did
+        assert instruction(store.get_job(removal), "dp1").state is S.REMOVED
+        after = claim_one(store, "w2", T0 + 4)
+        assert (after.job_id, after.action) == (install, "install")
+
+    def test_a_superseded_attempt_that_fails_is_cancelled_not_retried(
+        self, store: Store, pkg: PackageRecord, servers: list[str]
+    ) -> None:
+        install = store.add_job(pkg.id, ["dp1"], None, None, {}, T0)
+        sending = claim_one(store, "w1", T0)
+        removal = store.add_job(pkg.id, ["dp1"], None, None, {}, T0 + 1, action="remove")
+        store.schedule_retry(sending.instruction_id, "w1", "connect timeout", T0 + 60, T0 + 2)
+        i = instruction(store.get_job(install), "dp1")
+        assert i.state is S.CANCELLED
+        assert i.last_error == f"superseded by removal job {removal}"
+        c = claim_one(store, "w2", T0 + 3)
+        assert (c.job_id, c.action) == (removal, "remove")
+
     def test_retrying_a_superseded_job_supersedes_the_newer_one(
         self, store: Store, pkg: PackageRecord, servers: list[str]
     ) -> None:
