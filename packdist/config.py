@@ -25,8 +25,8 @@ from typing import Any
 
 from packdist.core.fsutil import human_bytes
 from packdist.core.names import check_label_key, split_listen
+from packdist.core.rates import parse_rate
 from packdist.errors import UserError
-from packdist.ratelimit import parse_rate
 from packdist.retry import RetryPolicy
 
 CONFIG_NAME = "packdist.toml"

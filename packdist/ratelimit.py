@@ -11,47 +11,14 @@ A rate of 0 (the default) means no limit and costs nothing.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 
-from packdist.errors import UserError
+from packdist.core.rates import parse_rate
+
+__all__ = ["BURST_SECONDS", "Bucket", "parse_rate"]
 
 #: how many seconds of traffic may go out at once after a quiet spell
 BURST_SECONDS = 0.25
-
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1000,
-    "kb": 1000,
-    "kib": 1024,
-    "m": 1000**2,
-    "mb": 1000**2,
-    "mib": 1024**2,
-    "g": 1000**3,
-    "gb": 1000**3,
-    "gib": 1024**3,
-}
-_BITS = {"kbit": 1000 / 8, "mbit": 1000**2 / 8, "gbit": 1000**3 / 8}
-_RATE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*?)(?:/s|ps)?\s*$")
-
-
-def parse_rate(text: str | int | float) -> float:
-    """Bytes per second from ``"12.5MB"``, ``"100mbit"``, ``"2MiB/s"`` or a plain number
-    of bytes per second; 0 means unlimited."""
-    if isinstance(text, int | float):
-        value = float(text)
-    else:
-        m = _RATE.match(str(text))
-        unit = m.group(2).lower() if m else ""
-        if m is None or (unit not in _UNITS and unit not in _BITS):
-            raise UserError(
-                f"bad rate {text!r}: say e.g. 100mbit, 12.5MB, 2MiB (per second) or 0 for no limit"
-            )
-        value = float(m.group(1)) * (_BITS[unit] if unit in _BITS else _UNITS[unit])
-    if value < 0:
-        raise UserError(f"bad rate {text!r}: must not be negative")
-    return value
 
 
 class Bucket:

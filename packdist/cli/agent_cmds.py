@@ -6,8 +6,8 @@ import click
 
 from packdist.cli.common import home_option, resolve_home
 from packdist.config import parse_size
+from packdist.core.rates import parse_rate
 from packdist.errors import UserError
-from packdist.ratelimit import parse_rate
 
 
 @click.group()

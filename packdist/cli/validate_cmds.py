@@ -13,9 +13,7 @@ from rich.markup import escape
 from packdist.cli.common import home_option, json_option, print_json, resolve_home
 from packdist.core.names import check_server_name, parse_ref
 from packdist.errors import NotFound, UserError
-from packdist.http import new_session
 from packdist.site.home import SiteHome
-from packdist.site.validation import corrupt_count, validate_servers
 from packdist.store.base import Store
 
 EXIT_OK, EXIT_PROBLEMS = 0, 1
@@ -69,7 +67,7 @@ def validate(servers: tuple[str, ...], packages: tuple[str, ...], as_json: bool)
         report = asyncio.run(_run(store, key, targets, package_ids))
     finally:
         store.close()
-    bad = corrupt_count(report)
+    bad = _corrupt(report)
     failed = [s for s in report if s["error"]]
     if as_json:
         print_json({"servers": report, "corrupt": bad, "not_validated": len(failed)})
@@ -79,7 +77,17 @@ def validate(servers: tuple[str, ...], packages: tuple[str, ...], as_json: bool)
         sys.exit(EXIT_PROBLEMS)
 
 
+def _corrupt(report: list[dict[str, Any]]) -> int:
+    from packdist.site.validation import corrupt_count
+
+    return corrupt_count(report)
+
+
 async def _run(store: Store, key: Any, targets: list[Any], package_ids: list[str] | None) -> Any:
+    # aiohttp is imported here, not with the module: every other command starts faster
+    from packdist.http import new_session
+    from packdist.site.validation import validate_servers
+
     async def db(fn: Any) -> Any:
         return fn(store)
 
