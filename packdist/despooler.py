@@ -73,7 +73,7 @@ class Despooler:
         policy: RetryPolicy | None = None,
         max_in_flight: int = 64,
         lease: float = 10.0,
-        poll: float = 0.2,
+        poll: float = 0.1,  # seconds between looks for new work (a new job, a due retry)
         peers: PeerSettings | None = None,
     ) -> None:
         self.db = db

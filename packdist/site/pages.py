@@ -258,13 +258,16 @@ def _servers(servers: list[dict[str, Any]]) -> str:
             f"<td>{_badge('online' if s['online'] else 'offline')}</td>"
             f'<td title="{h(s["last_seen"] or "never")}">{h(s["last_seen_ago"])}</td>'
             f'<td class="num">{h(disk)}</td><td>{h(pkgs)}</td>'
-            f'<td>{h(", ".join(s["groups"]))}</td><td class="muted">{h(s["url"])}</td></tr>'
+            f"<td>{h(', '.join(s['groups']))}</td>"
+            f"<td>{h(', '.join(f'{k}={v}' for k, v in s.get('labels', {}).items()))}</td>"
+            f'<td class="muted">{h(s["url"])}</td></tr>'
         )
     return (
         '<section><h2>Servers</h2><div class="scroll"><table class="servers"><thead><tr>'
         '<th scope="col">server</th><th scope="col">agent</th>'
         '<th scope="col">last heartbeat</th><th scope="col">free disk</th>'
         '<th scope="col">installed packages</th><th scope="col">groups</th>'
+        '<th scope="col">labels</th>'
         f'<th scope="col">url</th></tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
         "</section>"
     )
