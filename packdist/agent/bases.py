@@ -29,7 +29,6 @@ from packdist.agent.home import AgentHome
 from packdist.core import codec
 from packdist.core.digest import Digest
 from packdist.core.manifest import Manifest
-from packdist.errors import PackdistError
 
 
 @dataclass(frozen=True)
@@ -70,23 +69,11 @@ def _installed_files(home: AgentHome, name: str) -> list[dict[str, _File]]:
     """Per installed version, its files by relative path: versions of ``name`` first."""
     same: list[dict[str, _File]] = []
     other: list[dict[str, _File]] = []
-    for pid in home.installed().values():
-        data = home.load_manifest(pid)
-        if data is None:
-            continue
-        try:
-            m = Manifest.parse(data)
-        except PackdistError:
-            continue
-        root = home.package_dir(m.name, m.version)
-        files: dict[str, _File] = {}
-        for e in m.files():
-            chunks, offset = [], 0
-            for c in e.chunks:
-                chunks.append((offset, c.size, c.digest))
-                offset += c.size
-            if chunks:
-                files[e.path] = _File(os.fspath(root / e.path), chunks)
+    for m, root in home.installed_trees():
+        chunks: dict[str, list[tuple[int, int, Digest]]] = {}
+        for path, offset, c in m.chunk_places():
+            chunks.setdefault(path, []).append((offset, c.size, c.digest))
+        files = {path: _File(os.fspath(root / path), cs) for path, cs in chunks.items()}
         (same if m.name == name else other).append(files)
     return same + other
 

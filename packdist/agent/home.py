@@ -43,6 +43,7 @@ log = logging.getLogger("packdist.agent")
 
 ENROLLMENT = "agent.json"
 SITE_MARKER = "site.db"
+SWAP_SUFFIX = ".swap"  # staging/<id>.swap: the journal of a rename or exchange into place
 DEFAULT_CACHE_LIMIT = 2 * 1024**3  # bytes (agent.cache_limit)
 TRASH_PREFIX = ".trash-"  # cache/.trash-*: a tree renamed away, being deleted
 
@@ -201,20 +202,32 @@ class AgentHome:
 
     # --- local chunk sources --------------------------------------------------------------
 
+    def manifest(self, package_id: str) -> Manifest | None:
+        """The stored manifest of a version, parsed; None if missing or unreadable."""
+        data = self.load_manifest(package_id)
+        if data is None:
+            return None
+        try:
+            return Manifest.parse(data)
+        except PackdistError:
+            return None
+
+    def installed_trees(self) -> Iterator[tuple[Manifest, Path]]:
+        """``(manifest, root)`` of every installed version with a readable manifest."""
+        for ref, pid in self.installed().items():
+            m = self.manifest(pid)
+            if m is not None:
+                yield m, self.ref_dir(ref)
+
     def local_sources(self) -> Iterator[tuple[Manifest, Path]]:
         """``(manifest, root)`` of every tree whose chunks an install may copy: installed
         versions (``packages/NAME/VERSION``), then removed ones kept in ``cache/<id>``.
         Trees without a readable manifest are left out."""
-        trees = [(pid, self.ref_dir(ref)) for ref, pid in self.installed().items()]
-        trees += [(e.package_id, e.path) for e in self.cache_entries(kinds=("cached",))]
-        for pid, root in trees:
-            data = self.load_manifest(pid)
-            if data is None:
-                continue
-            try:
-                yield Manifest.parse(data), root
-            except PackdistError:
-                continue
+        yield from self.installed_trees()
+        for e in self.cache_entries(kinds=("cached",)):
+            m = self.manifest(e.package_id)
+            if m is not None:
+                yield m, e.path
 
     def touch(self, tree: Path) -> None:
         """Stamp a cache tree as used now (eviction takes the least recently used first)."""
@@ -359,7 +372,7 @@ class AgentHome:
             return freed
 
     def _journalled(self, e: CacheEntry) -> bool:
-        return os.path.lexists(self.staging / f"{e.package_id}.swap")
+        return os.path.lexists(self.staging / f"{e.package_id}{SWAP_SUFFIX}")
 
     def _evict(self, e: CacheEntry) -> None:
         _delete_tree(e.path)

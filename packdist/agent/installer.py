@@ -48,7 +48,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from packdist.agent.bases import BaseChunk, choose_bases, read_base
-from packdist.agent.home import AgentHome
+from packdist.agent.home import SWAP_SUFFIX, AgentHome
 from packdist.agent.peering import ChunkView
 from packdist.agent.sources import MISSING, PEER_BATCH, Peer, Pulse, split_work
 from packdist.core.codec import Encoding, decode
@@ -83,13 +83,13 @@ PARALLEL_BATCHES = 3
 #: bytes at PEER_MIN_RATE (waiting for chunks it is still receiving included)
 PEER_SLOW_AFTER = 10.0
 PEER_MIN_RATE = 1_000_000.0  # bytes/s
+PEER_WRITE_FRAMES = 4  # chunks from a peer held in memory before they are written
 CLOSE_WAIT = 30.0  # seconds to wait for a write left running by a cancelled task
 WRITE_BATCH = 1024 * 1024  # received chunks held in memory before they are written: what a
 # SIGKILL can lose (a cut stream loses nothing: what arrived whole is written first)
 RESERVE = 16 * 1024 * 1024  # head room kept free beyond the package itself
 STAGING_TTL = 7 * 24 * 3600  # an unfinished staging tree untouched this long is dropped
 
-SWAP_SUFFIX = ".swap"  # staging/<id>.swap: the journal of a rename or exchange into place
 FETCH_ERROR_PREFIX = "agent could not fetch chunks from the site: "
 
 #: streams the requested chunks as frames (not yet decoded nor verified), each encoded raw,
@@ -181,11 +181,8 @@ class _Plan:
     def __init__(self, manifest: Manifest) -> None:
         self.sizes = manifest.chunk_sizes()
         self.locations: dict[Digest, list[Location]] = {}
-        for e in manifest.files():
-            offset = 0
-            for c in e.chunks:
-                self.locations.setdefault(c.digest, []).append((e.path, offset))
-                offset += c.size
+        for path, offset, c in manifest.chunk_places():
+            self.locations.setdefault(c.digest, []).append((path, offset))
         self.bases: dict[Digest, list[BaseChunk]] = {}  # see packdist.agent.bases
         self._fds: dict[Path, int] = {}
         self._lock = threading.Lock()
@@ -440,7 +437,7 @@ class Installer:
             t1 = time.monotonic()
             if missing:
                 inst.enter(Phase.FETCH)
-                wanted = {d: (*plan.locations[d][0], plan.sizes[d]) for d in missing}
+                wanted = {d: inst.view.places[d] for d in missing}
                 plan.bases = await asyncio.to_thread(
                     choose_bases, self.home, manifest, wanted, inst.tick
                 )
@@ -555,47 +552,9 @@ class Installer:
         wherever it still verifies)."""
         out: dict[Digest, list[Location]] = {}
         for m, root in self.home.local_sources():
-            for e in m.files():
-                offset = 0
-                for c in e.chunks:
-                    out.setdefault(c.digest, []).append((str(root / e.path), offset))
-                    offset += c.size
+            for path, offset, c in m.chunk_places():
+                out.setdefault(c.digest, []).append((str(root / path), offset))
         return out
-
-    async def _fetch_all(
-        self, inst: Install, plan: _Plan, staging: Path, missing: list[Digest]
-    ) -> None:
-        if inst.peers and self._peer_fetch is not None:
-            await self._fetch_with_peers(inst, plan, staging, missing)
-            return
-        batches: list[list[Digest]] = [[]]
-        size = 0
-        for d in missing:
-            if batches[-1] and (
-                size + plan.sizes[d] > BATCH_BYTES or len(batches[-1]) >= BATCH_CHUNKS
-            ):
-                batches.append([])
-                size = 0
-            batches[-1].append(d)
-            size += plan.sizes[d]
-        queue: asyncio.Queue[list[Digest]] = asyncio.Queue()
-        for b in batches:
-            queue.put_nowait(b)
-
-        async def worker() -> None:
-            while not queue.empty():
-                await self._fetch_batch(inst, plan, staging, queue.get_nowait())
-
-        workers = [
-            asyncio.create_task(worker()) for _ in range(min(PARALLEL_BATCHES, len(batches)))
-        ]
-        try:
-            await asyncio.gather(*workers)
-        finally:
-            for w in workers:
-                w.cancel()
-            # let the cancelled ones unwind (close their streams, finish their writes)
-            await asyncio.gather(*workers, return_exceptions=True)
 
     async def _fetch_batch(
         self, inst: Install, plan: _Plan, staging: Path, batch: list[Digest]
@@ -642,23 +601,25 @@ class Installer:
         except PackdistError as exc:
             log.info("%s: kept part of a broken stream only: %s", inst.ref, exc.message)
 
-    async def _fetch_with_peers(
+    async def _fetch_all(
         self, inst: Install, plan: _Plan, staging: Path, missing: list[Digest]
     ) -> None:
         """Fetch from the site and from peers at once (see :mod:`packdist.agent.sources`).
 
         One task per peer asks it for the chunks it owns, in order. What a peer lacks in
         time, or everything it still owed when it fails, moves to the site's queue, which
-        ``PARALLEL_BATCHES`` tasks drain until no peer task is left.
+        ``PARALLEL_BATCHES`` tasks drain in batches until no peer task is left (without
+        peers: the site's queue holds everything from the start).
         """
         assert inst.view is not None and inst.view.have is not None
         have = inst.view.have
-        site_first, by_peer = split_work(missing, inst.me, inst.peers)
+        peers = inst.peers if self._peer_fetch is not None else []
+        site_first, by_peer = split_work(missing, inst.me, peers)
         site_queue: deque[Digest] = deque(site_first)
         more = asyncio.Event()  # work for the site, or a peer task ended
         peers_left = 0
         # a peer is too slow below PEER_MIN_RATE, or below its fair part of our own limit
-        streams = len(inst.peers) + PARALLEL_BATCHES
+        streams = len(peers) + PARALLEL_BATCHES
         min_rate = min(PEER_MIN_RATE, self.download.rate / streams or PEER_MIN_RATE) / 2
 
         def to_site(digests: Iterable[Digest]) -> None:
@@ -721,7 +682,7 @@ class Installer:
                 await more.wait()
 
         tasks = []
-        for peer in inst.peers:
+        for peer in peers:
             work = deque(by_peer.get(peer.name, ()))
             if work:
                 peers_left += 1
@@ -757,6 +718,7 @@ class Installer:
                             f"peer {peer.name} sent chunk {frame.digest.short}… unasked"
                         )
                     wanted.discard(frame.digest)
+                    await self.download.take(frame.wire_bytes)
                     if frame.encoding == MISSING:
                         lacking.append(frame.digest)
                         continue
@@ -768,7 +730,7 @@ class Installer:
                     inst.bytes_wire += frame.wire_bytes
                     inst.bytes_from_peers += frame.wire_bytes
                     inst.tick()
-                    if len(frames) >= 4:
+                    if len(frames) >= PEER_WRITE_FRAMES:
                         await asyncio.to_thread(self._write_chunks, inst, plan, staging, frames)
                         frames = []
         except BaseException:  # failed, too slow, cut: keep the chunks that arrived whole

@@ -20,7 +20,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from packdist.agent.sources import MISSING, PEER_CHUNK_MAX, Pulse
 from packdist.core.codec import Encoding
 from packdist.core.digest import Digest
 from packdist.core.manifest import Manifest
-from packdist.errors import AuthError, PackdistError, UserError
+from packdist.errors import AuthError, UserError
 from packdist.http import frame_header
 from packdist.ratelimit import Bucket
 
@@ -47,16 +47,12 @@ class ChunkView:
     root: Path  # the staging tree while receiving, the installed tree after
     places: dict[Digest, tuple[str, int, int]]  # digest -> (relative path, offset, size)
     have: set[Digest] | None = None  # while receiving: the chunks that landed; None: all
-    _fds: dict[str, int] = field(default_factory=dict, repr=False)
 
     @classmethod
     def of(cls, manifest: Manifest, root: Path, have: set[Digest] | None = None) -> ChunkView:
         places: dict[Digest, tuple[str, int, int]] = {}
-        for e in manifest.files():
-            offset = 0
-            for c in e.chunks:
-                places.setdefault(c.digest, (e.path, offset, c.size))
-                offset += c.size
+        for path, offset, c in manifest.chunk_places():
+            places.setdefault(c.digest, (path, offset, c.size))
         return cls(root, places, have)
 
     def available(self, digest: Digest) -> bool:
@@ -90,7 +86,6 @@ class PeerService:
         self.pulse = pulse
         self.upload = upload
         self._installed: OrderedDict[str, ChunkView] = OrderedDict()
-        self.bytes_served = 0
 
     async def view(self, package_id: str) -> ChunkView | None:
         active = self.active_view(package_id)
@@ -109,12 +104,8 @@ class PeerService:
 
     def _installed_view(self, package_id: str) -> ChunkView | None:
         ref = next((r for r, pid in self.home.installed().items() if pid == package_id), None)
-        data = self.home.load_manifest(package_id) if ref is not None else None
-        if ref is None or data is None:
-            return None
-        try:
-            manifest = Manifest.parse(data)
-        except PackdistError:
+        manifest = self.home.manifest(package_id) if ref is not None else None
+        if ref is None or manifest is None:
             return None
         return ChunkView.of(manifest, self.home.ref_dir(ref))
 
@@ -132,7 +123,6 @@ class PeerService:
                     frame = frame_header(digest, MISSING, 0, 0)
                 else:
                     frame = frame_header(digest, Encoding.RAW, len(data), len(data)) + data
-                    self.bytes_served += len(data)
                 await self.upload.take(len(frame))
                 async with asyncio.timeout(WRITE_TIMEOUT):
                     await resp.write(frame)

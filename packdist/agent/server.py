@@ -51,6 +51,10 @@ class Limits:
     upload: float = 0.0  # to peers
 
 
+#: the claims of the request's credential, checked by the auth middleware
+CLAIMS = web.RequestKey("claims", dict[str, object])
+
+
 class SiteKeyChanged(AuthError):
     """The site answered with a key other than the one this agent pinned at enrollment."""
 
@@ -105,7 +109,7 @@ class Agent:
 
     def _fetch_from_peer(self, p: Peer, package_id: str, digests: list[Digest]) -> Any:
         assert self.session is not None
-        return peer_chunks(self.session, p, package_id, digests, self.download)
+        return peer_chunks(self.session, p, package_id, digests)
 
     # --- life cycle -----------------------------------------------------------------------
 
@@ -208,7 +212,7 @@ class Agent:
             credential = bearer(request.headers.get("Authorization"))
             if self.site_key is None or self.server_name is None:
                 return error_response(503, "agent is not enrolled with its site yet")
-            check_site_assertion(
+            request[CLAIMS] = check_site_assertion(
                 credential,
                 self.site_key,
                 self.server_name,
@@ -308,16 +312,8 @@ class Agent:
 
     async def peer_chunks(self, request: web.Request) -> web.StreamResponse:
         """Chunks of one package for a peer holding the site's credential for it."""
-        assert self.site_key is not None and self.server_name is not None  # the middleware
-        try:  # checked there already; read again for the package and the fetching server
-            claims = check_site_assertion(
-                bearer(request.headers.get("Authorization")),
-                self.site_key,
-                self.server_name,
-                method=request.method,
-                path=request.rel_url.raw_path,
-            )
-            return await self.peers.handle(request, claims)
+        try:  # the middleware checked the credential; its claims name the package
+            return await self.peers.handle(request, request[CLAIMS])
         except AuthError as exc:
             return error_response(401, exc.message)
 

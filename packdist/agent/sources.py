@@ -35,7 +35,6 @@ from packdist.auth import PEER_CHUNKS_PATH
 from packdist.core.digest import Digest
 from packdist.errors import UserError
 from packdist.http import Frame, Timeouts, read_frames, request
-from packdist.ratelimit import Bucket
 
 #: the encoding byte of a frame that says "not here (yet)"
 MISSING = 0xFE
@@ -132,7 +131,6 @@ async def peer_chunks(
     peer: Peer,
     package_id: str,
     digests: list[Digest],
-    download: Bucket,
     wait: float = PEER_WAIT,
 ) -> AsyncIterator[Frame]:
     """The frames a peer sends for ``digests`` (raw or ``MISSING``), in the order asked."""
@@ -147,5 +145,4 @@ async def peer_chunks(
         timeouts=PEER_TIMEOUTS,
     ) as resp:
         async for frame in read_frames(resp.content, url, PEER_MAX_PAYLOAD):
-            await download.take(frame.wire_bytes)
             yield frame

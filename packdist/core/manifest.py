@@ -215,6 +215,14 @@ class Manifest:
     def file_count(self) -> int:
         return sum(1 for _ in self.files())
 
+    def chunk_places(self) -> Iterator[tuple[str, int, ChunkRef]]:
+        """Every chunk of every file, in order: ``(file path, offset in the file, chunk)``."""
+        for e in self.files():
+            offset = 0
+            for c in e.chunks:
+                yield e.path, offset, c
+                offset += c.size
+
     def chunk_sizes(self) -> dict[Digest, int]:
         """Every distinct chunk of the package with its size."""
         out: dict[Digest, int] = {}
