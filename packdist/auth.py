@@ -51,11 +51,11 @@ def bearer(header: str | None) -> str:
     return header[len("Bearer ") :].strip()
 
 
-def _b64(data: bytes) -> str:
+def b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def _unb64(text: str) -> bytes:
+def unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
@@ -88,7 +88,7 @@ def site_assertion(
         "exp": int(now + ttl),
     }
     payload = json.dumps(claims, sort_keys=True, separators=(",", ":")).encode()
-    return f"{_b64(payload)}.{_b64(key.sign(payload))}"
+    return f"{b64(payload)}.{b64(key.sign(payload))}"
 
 
 def check_site_assertion(
@@ -104,7 +104,7 @@ def check_site_assertion(
     now = time.time() if now is None else now
     try:
         payload_b64, sig_b64 = token.split(".")
-        payload, sig = _unb64(payload_b64), _unb64(sig_b64)
+        payload, sig = unb64(payload_b64), unb64(sig_b64)
         key.verify(sig, payload, "credential")
         claims = json.loads(payload)
         if not isinstance(claims, dict):

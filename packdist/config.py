@@ -86,28 +86,6 @@ def _float(minimum: float, maximum: float = math.inf) -> Callable[[Any], float]:
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
-_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
-
-
-def parse_size(v: Any) -> int:
-    """Bytes from ``1000``, ``"500MiB"``, ``"10G"``, ``"2GiB"`` (units are binary: K, M, G,
-    T, optionally followed by ``iB`` or ``B``)."""
-    if isinstance(v, bool):
-        raise ValueError("must be a size such as 500MiB or 2GiB")
-    if isinstance(v, int):
-        n = float(v)
-    elif isinstance(v, str):
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", v.lower())
-        if not m:
-            raise ValueError("must be a size such as 500MiB or 2GiB")
-        n = float(m.group(1)) * _SIZE_UNITS[m.group(2)]
-    else:
-        raise ValueError("must be a size such as 500MiB or 2GiB")
-    if n < 0:
-        raise ValueError("must be a size of 0 or more")
-    return int(n)
-
-
 def parse_duration(v: Any) -> float:
     """Seconds from ``30``, ``1.5``, ``"90s"``, ``"5m"``, ``"24h"``, ``"7d"``."""
     if isinstance(v, bool):

@@ -125,7 +125,11 @@ class Despooler:
                 self._spawn(c)
 
     def _claim(self, lease: str, store: Store) -> list[Claim]:
-        return store.claim_ready(lease, self.lease, 1, time.time())
+        now = time.time()
+        due = store.next_due_at()  # a plain read: an idle site takes no write lock
+        if due is None or due > now:
+            return []
+        return store.claim_ready(lease, self.lease, 1, now)
 
     def _spawn(self, c: Claim) -> None:
         if c.instruction_id in self.in_flight:  # cannot happen with leases; never run twice

@@ -5,8 +5,7 @@ from __future__ import annotations
 import click
 
 from packdist.cli.common import home_option, resolve_home
-from packdist.config import parse_size
-from packdist.core.rates import parse_rate
+from packdist.core.rates import parse_rate, parse_size
 from packdist.errors import UserError
 
 

@@ -22,7 +22,7 @@ from packdist.site import views
 from packdist.site.home import SiteHome
 from packdist.site.views import job_json
 from packdist.states import DONE, TERMINAL, JobState
-from packdist.store.base import InstructionRecord, JobRecord
+from packdist.store.base import InstructionRecord, JobRecord, Store
 
 EXIT_OK, EXIT_FAILED, EXIT_TIMEOUT = 0, 1, 75
 
@@ -192,15 +192,23 @@ def _plain_line(job: JobRecord) -> str:
 
 def wait_for(job_id: str, timeout: float | None, quiet: bool = False) -> int:
     """Wait until every instruction is terminal; returns the exit code of ``job wait``."""
+    store = SiteHome.open(resolve_home()).store()  # one store for every look (WAL: each
+    try:  # read sees the site's latest commits)
+        return _wait(store, job_id, timeout, quiet)
+    finally:
+        store.close()
+
+
+def _wait(store: Store, job_id: str, timeout: float | None, quiet: bool) -> int:
     deadline = None if timeout is None else time.monotonic() + timeout
     console = Console(stderr=True)
     live = console.is_terminal and not quiet
     last_line = ""
-    job = _load(job_id)
+    job = store.get_job(job_id)
 
     def step() -> bool:
         nonlocal job, last_line
-        job = _load(job_id)
+        job = store.get_job(job_id)
         if not live and not quiet:
             line = _plain_line(job)
             if line != last_line:
@@ -341,7 +349,6 @@ def job_wait(job_id: str, timeout: float | None, as_json: bool) -> None:
     On a terminal: a live table (per server and total: progress, bytes, rate, last error);
     otherwise a plain line whenever something changes. --json: no progress, the job's
     document at the end."""
-    _load(job_id)
     code = wait_for(job_id, timeout, quiet=as_json)
     j = _load(job_id)
     if as_json:
@@ -425,7 +432,7 @@ def status(as_json: bool) -> None:
     store = SiteHome.open(resolve_home()).store()
     now = time.time()
     try:
-        matrix = store.status_matrix()
+        matrix = store.status_matrix() if as_json else {}  # the JSON's "packages" only
         doc = views.status(store, now)
     finally:
         store.close()

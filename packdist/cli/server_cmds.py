@@ -14,8 +14,7 @@ from packdist.core.fsutil import human_bytes
 from packdist.core.names import check_group_name, check_server_name, parse_label
 from packdist.errors import UserError
 from packdist.site.home import SiteHome
-
-ONLINE_AFTER = 10.0  # a server heard from within this many seconds is online
+from packdist.site.views import online
 
 
 def _check_url(url: str) -> str:
@@ -93,7 +92,7 @@ def server_list(as_json: bool) -> None:
                         "url": s.url,
                         "groups": list(s.groups),
                         "labels": dict(s.labels),
-                        "online": s.last_seen is not None and now - s.last_seen < ONLINE_AFTER,
+                        "online": online(s, now),
                         "last_seen": iso(s.last_seen),
                         "disk_free": s.disk_free,
                     }
@@ -109,13 +108,13 @@ def server_list(as_json: bool) -> None:
     for col in ("server", "url", "groups", "labels", "online", "last heartbeat", "free disk"):
         table.add_column(col)
     for s in servers:
-        online = s.last_seen is not None and now - s.last_seen < ONLINE_AFTER
+        up = online(s, now)
         table.add_row(
             s.name,
             s.url,
             ",".join(s.groups),
             ",".join(f"{k}={v}" for k, v in s.labels),
-            "yes" if online else "no",
+            "yes" if up else "no",
             ago(s.last_seen, now),
             human_bytes(s.disk_free) if s.disk_free is not None else "-",
         )

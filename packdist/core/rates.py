@@ -1,4 +1,4 @@
-"""Rates: bytes per second from what operators write (``100mbit``, ``12.5MB``, ``2MiB/s``).
+"""Rates and sizes as operators write them: ``100mbit``, ``12.5MB``, ``2MiB/s``; ``500MiB``.
 
 Kept apart from :mod:`packdist.ratelimit` (which needs asyncio) so that the command line,
 which parses rates in its options, starts without importing asyncio.
@@ -7,6 +7,7 @@ which parses rates in its options, starts without importing asyncio.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from packdist.errors import UserError
 
@@ -43,3 +44,25 @@ def parse_rate(text: str | int | float) -> float:
     if value < 0:
         raise UserError(f"bad rate {text!r}: must not be negative")
     return value
+
+
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_size(v: Any) -> int:
+    """Bytes from ``1000``, ``"500MiB"``, ``"10G"``, ``"2GiB"`` (units are binary: K, M, G,
+    T, optionally followed by ``iB`` or ``B``)."""
+    if isinstance(v, bool):
+        raise ValueError("must be a size such as 500MiB or 2GiB")
+    if isinstance(v, int):
+        n = float(v)
+    elif isinstance(v, str):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", v.lower())
+        if not m:
+            raise ValueError("must be a size such as 500MiB or 2GiB")
+        n = float(m.group(1)) * _SIZE_UNITS[m.group(2)]
+    else:
+        raise ValueError("must be a size such as 500MiB or 2GiB")
+    if n < 0:
+        raise ValueError("must be a size of 0 or more")
+    return int(n)

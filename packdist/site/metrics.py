@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import math
 
+from packdist.site.views import ONLINE_AFTER
+from packdist.site.views import online as is_online
 from packdist.store.base import MetricsTotals, ServerRecord
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-ONLINE_AFTER = 10.0  # a server heard from within this many seconds is online
 TRANSFER_BOUNDS: tuple[float, ...] = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
 
@@ -83,14 +84,14 @@ def render(totals: MetricsTotals, servers: list[ServerRecord], now: float) -> st
     out.sample(f"{name}_sum", totals.transfer_sum)
     out.sample(f"{name}_count", totals.transfer_count)
 
-    online = [s for s in servers if s.last_seen is not None and now - s.last_seen < ONLINE_AFTER]
+    online = {s.name for s in servers if is_online(s, now)}
     out.family("packdist_servers", "gauge", "Enrolled distribution servers.")
     out.sample("packdist_servers", len(servers))
     out.family("packdist_servers_online", "gauge", f"Servers heard from within {ONLINE_AFTER:g}s.")
     out.sample("packdist_servers_online", len(online))
     out.family("packdist_server_up", "gauge", "1 if the server's agent is heartbeating.")
     for s in servers:
-        out.sample("packdist_server_up", 1 if s in online else 0, server=s.name)
+        out.sample("packdist_server_up", 1 if s.name in online else 0, server=s.name)
     out.family("packdist_server_disk_free_bytes", "gauge", "Free disk the agent last reported.")
     for s in servers:
         if s.disk_free is not None:

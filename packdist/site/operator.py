@@ -11,7 +11,6 @@ The password is accepted in the login form and as ``Authorization: Bearer <passw
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import json
@@ -20,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from packdist.auth import b64, unb64
 from packdist.core.fsutil import write_atomic
 from packdist.errors import UserError
 
@@ -30,14 +30,6 @@ _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 
 def new_password() -> str:
     return PASSWORD_PREFIX + secrets.token_urlsafe(18)
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def _scrypt(password: str, salt: bytes) -> bytes:
@@ -73,7 +65,7 @@ class OperatorCredential:
         return (time.time() if now is None else now) < int(parts[1])
 
     def _mac(self, body: str) -> str:
-        return _b64(hmac.new(self.session_secret, body.encode(), hashlib.sha256).digest())
+        return b64(hmac.new(self.session_secret, body.encode(), hashlib.sha256).digest())
 
 
 def path_in(home: Path) -> Path:
@@ -89,9 +81,9 @@ def create(home: Path) -> str:
         "version": 1,
         "kdf": "scrypt",
         "kdf_params": _SCRYPT,
-        "salt": _b64(salt),
-        "password_hash": _b64(_scrypt(password, salt)),
-        "session_secret": _b64(secrets.token_bytes(32)),
+        "salt": b64(salt),
+        "password_hash": b64(_scrypt(password, salt)),
+        "session_secret": b64(secrets.token_bytes(32)),
         "created_at": time.time(),
     }
     write_atomic(path_in(home), json.dumps(doc).encode(), 0o600)
@@ -103,9 +95,9 @@ def load(home: Path) -> OperatorCredential | None:
     try:
         doc = json.loads(path_in(home).read_text(encoding="utf-8"))
         return OperatorCredential(
-            _unb64(doc["salt"]),
-            _unb64(doc["password_hash"]),
-            _unb64(doc["session_secret"]),
+            unb64(doc["salt"]),
+            unb64(doc["password_hash"]),
+            unb64(doc["session_secret"]),
             float(doc["created_at"]),
         )
     except FileNotFoundError:

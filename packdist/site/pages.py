@@ -16,6 +16,7 @@ from typing import Any
 from packdist.core.fsutil import human_bytes
 from packdist.core.timefmt import ago
 from packdist.site.views import EVENT_TITLES
+from packdist.states import DONE
 
 REFRESH_WITHOUT_JS = 10  # seconds
 
@@ -169,7 +170,7 @@ def _matrix(doc: dict[str, Any]) -> str:
 
 def job_block(job: dict[str, Any], now: float, link: bool = True) -> str:
     removal = job.get("action") == "remove"
-    goal = "removed" if removal else "installed"
+    goal = DONE[job.get("action", "install")].value
     done = sum(1 for i in job["instructions"] if i["state"] == goal)
     total = len(job["instructions"])
     sent = sum(_shown_bytes(i) for i in job["instructions"])
@@ -226,14 +227,11 @@ def job_block(job: dict[str, Any], now: float, link: bool = True) -> str:
 
 def _wire(i: dict[str, Any]) -> str:
     """What crossed the wire to the server: from the site / from peers."""
-    peers = int(i.get("bytes_from_peers", 0))
-    site = int(i.get("bytes_from_site", max(0, int(i["bytes_sent"]) - peers)))
-    return f"{human_bytes(site)} / {human_bytes(peers)}"
+    return f"{human_bytes(i['bytes_from_site'])} / {human_bytes(i['bytes_from_peers'])}"
 
 
 def _shown_bytes(i: dict[str, Any]) -> int:
-    total = int(i["bytes_total"])
-    return total if i["state"] == "installed" else min(int(i.get("bytes_done", 0)), total)
+    return min(int(i["bytes_done"]), int(i["bytes_total"]))  # all of it once installed
 
 
 def _pct(done: int, total: int) -> str:

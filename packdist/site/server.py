@@ -219,7 +219,7 @@ class SiteServer:
         group: list[Digest],
         accept: frozenset[Encoding],
         bases: dict[Digest, list[Digest]],
-        base_cache: _Bases | None = None,
+        base_cache: _Bases,
     ) -> tuple[bytes, str | None]:
         """A group of chunks read from the library, each encoded as it pays (see
         :mod:`packdist.core.codec`) and framed, as one buffer (one write per group, not two
@@ -230,7 +230,7 @@ class SiteServer:
                 data = self.library.read(d)
             except PackdistError as exc:
                 return b"".join(parts), exc.message
-            base = self._base(bases.get(d, ()), base_cache or _Bases())
+            base = self._base(bases.get(d, ()), base_cache)
             encoding, payload = codec.encode(data, accept, base)
             parts.append(frame_header(d, encoding, len(data), len(payload)))
             parts.append(payload)

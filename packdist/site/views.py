@@ -79,13 +79,7 @@ def cell_view(cell: StatusCell | None, now: float) -> dict[str, Any]:
         detail = f"sending, {pct}%, attempt {cell.attempts}{earlier}"
         return {**base, "word": "in progress", "detail": detail}
     if state is S.RETRYING:
-        when = ""
-        if cell.next_attempt_at is not None:
-            when = (
-                "retry due now"
-                if cell.next_attempt_at <= now
-                else f"next attempt {ago(cell.next_attempt_at, now)}"
-            )
+        when = _due(cell.next_attempt_at, now)
         word = "corrupt" if is_corruption(cell.last_error) else "retrying"
         detail = "; ".join(x for x in (cell.last_error or "", when) if x)
         return {**base, "word": word, "detail": detail}
@@ -97,6 +91,13 @@ def cell_view(cell: StatusCell | None, now: float) -> dict[str, Any]:
     return {**base, "word": "installed", "detail": "verified"}  # S.INSTALLED, since removed
 
 
+def _due(at: float | None, now: float) -> str:
+    """When a retrying instruction's next attempt comes, in words ("" if unknown)."""
+    if at is None:
+        return ""
+    return "retry due now" if at <= now else f"next attempt {ago(at, now)}"
+
+
 def _removal_view(cell: StatusCell, base: dict[str, Any], now: float) -> dict[str, Any]:
     """A cell whose newest job is a removal: ``removing`` while it is under way, ``-`` once
     the server no longer holds the version, the copy's own word if the removal ended
@@ -105,13 +106,7 @@ def _removal_view(cell: StatusCell, base: dict[str, Any], now: float) -> dict[st
     if state is S.REMOVED or (state is S.CANCELLED and not cell.installed):
         return {**base, "word": "-", "detail": "removed" if state is S.REMOVED else ""}
     if state in (S.PENDING, S.SENDING, S.RETRYING):
-        when = ""
-        if state is S.RETRYING and cell.next_attempt_at is not None:
-            when = (
-                "retry due now"
-                if cell.next_attempt_at <= now
-                else f"next attempt {ago(cell.next_attempt_at, now)}"
-            )
+        when = _due(cell.next_attempt_at, now) if state is S.RETRYING else ""
         detail = "; ".join(x for x in (f"removal {state.value}", cell.last_error or "", when) if x)
         return {**base, "word": "removing", "detail": detail}
     if state is S.FAILED:
