@@ -25,7 +25,7 @@ from typing import Any
 
 from packdist.core.fsutil import human_bytes
 from packdist.core.names import check_label_key, split_listen
-from packdist.core.rates import parse_rate
+from packdist.core.rates import number_with_unit, parse_rate
 from packdist.errors import UserError
 from packdist.retry import RetryPolicy
 
@@ -88,17 +88,7 @@ _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 def parse_duration(v: Any) -> float:
     """Seconds from ``30``, ``1.5``, ``"90s"``, ``"5m"``, ``"24h"``, ``"7d"``."""
-    if isinstance(v, bool):
-        raise ValueError("must be a duration such as 30s, 5m, 24h")
-    if isinstance(v, int | float):
-        seconds = float(v)
-    elif isinstance(v, str):
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", v.lower())
-        if not m:
-            raise ValueError("must be a duration such as 30s, 5m, 24h")
-        seconds = float(m.group(1)) * _UNITS[m.group(2)]
-    else:
-        raise ValueError("must be a duration such as 30s, 5m, 24h")
+    seconds = number_with_unit(v, _UNITS, "a duration such as 30s, 5m, 24h", True)
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError("must be a duration of 0 or more")
     return seconds

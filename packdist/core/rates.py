@@ -7,6 +7,7 @@ which parses rates in its options, starts without importing asyncio.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from packdist.errors import UserError
@@ -49,20 +50,28 @@ def parse_rate(text: str | int | float) -> float:
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
 
+def number_with_unit(
+    v: Any, units: Mapping[str, float], what: str, floats: bool, tail: str = ""
+) -> float:
+    """``v`` as a number times its one-letter unit (a key of ``units``; ``""``: none), from
+    an int (or a float, with ``floats``) or a string such as ``"90s"``; ValueError saying
+    "must be ``what``" otherwise. ``tail``: a pattern allowed after the unit."""
+    if isinstance(v, bool):
+        raise ValueError(f"must be {what}")
+    if isinstance(v, int) or (floats and isinstance(v, float)):
+        return float(v)
+    if isinstance(v, str):
+        letters = "".join(k for k in units if k)
+        m = re.fullmatch(rf"\s*(\d+(?:\.\d+)?)\s*([{letters}]?){tail}\s*", v.lower())
+        if m:
+            return float(m.group(1)) * units[m.group(2)]
+    raise ValueError(f"must be {what}")
+
+
 def parse_size(v: Any) -> int:
     """Bytes from ``1000``, ``"500MiB"``, ``"10G"``, ``"2GiB"`` (units are binary: K, M, G,
     T, optionally followed by ``iB`` or ``B``)."""
-    if isinstance(v, bool):
-        raise ValueError("must be a size such as 500MiB or 2GiB")
-    if isinstance(v, int):
-        n = float(v)
-    elif isinstance(v, str):
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", v.lower())
-        if not m:
-            raise ValueError("must be a size such as 500MiB or 2GiB")
-        n = float(m.group(1)) * _SIZE_UNITS[m.group(2)]
-    else:
-        raise ValueError("must be a size such as 500MiB or 2GiB")
+    n = number_with_unit(v, _SIZE_UNITS, "a size such as 500MiB or 2GiB", False, "(?:i?b)?")
     if n < 0:
         raise ValueError("must be a size of 0 or more")
     return int(n)
