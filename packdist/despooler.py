@@ -25,9 +25,20 @@ from typing import Any, TypeVar
 import aiohttp
 
 from packdist.agent.client import AgentClient
+from packdist.core.digest import Digest
 from packdist.core.signing import SigningKey
-from packdist.errors import IntegrityError, InvalidTransition, PackdistError, RemoteError
+from packdist.errors import (
+    ErrorKind,
+    IntegrityError,
+    InternalError,
+    InvalidTransition,
+    PackdistError,
+    RemoteError,
+    kind_named,
+)
 from packdist.retry import RetryPolicy
+from packdist.service import Service
+from packdist.site.library import ContentLibrary
 from packdist.site.tracker import DEFAULT_LOCATION_LABEL, choose_peers
 from packdist.store.base import Claim, Store
 
@@ -75,8 +86,10 @@ class Despooler:
         lease: float = 10.0,
         poll: float = 0.1,  # seconds between looks for new work (a new job, a due retry)
         peers: PeerSettings | None = None,
+        library: ContentLibrary | None = None,  # the site's chunks: to tell where damage came from
     ) -> None:
         self.db = db
+        self.library = library
         self.peers = peers or PeerSettings()
         self.key = key
         self.session = session
@@ -96,7 +109,9 @@ class Despooler:
         while True:
             try:
                 if time.monotonic() - last_recovery > self.lease / 2:
-                    recovered = await self.db(lambda s: s.recover_expired_leases(time.time()))
+                    recovered = await self.db(
+                        lambda s: Service(s).recover_expired_leases(time.time())
+                    )
                     if recovered:
                         log.info("returned %d instruction(s) of a stopped worker", recovered)
                     last_recovery = time.monotonic()
@@ -129,7 +144,7 @@ class Despooler:
         due = store.next_due_at()  # a plain read: an idle site takes no write lock
         if due is None or due > now:
             return []
-        return store.claim_ready(lease, self.lease, 1, now)
+        return Service(store).claim_ready(lease, self.lease, 1, now)
 
     def _spawn(self, c: Claim) -> None:
         if c.instruction_id in self.in_flight:  # cannot happen with leases; never run twice
@@ -150,7 +165,7 @@ class Despooler:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await self.db(lambda s: s.release_leases(self.owner, time.time()))
+        await self.db(lambda s: Service(s).release_leases(self.owner, time.time()))
 
     # --- one attempt ----------------------------------------------------------------------
 
@@ -168,12 +183,12 @@ class Despooler:
             )
         except PackdistError as exc:
             if not progress.lost:
-                await self._failed(c, exc.message)
+                await self._failed(c, exc)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug must still leave a visible, retried instruction
             log.exception("attempt for instruction %d crashed", c.instruction_id)
-            await self._failed(c, f"internal error in despooler: {exc!r}")
+            await self._failed(c, InternalError(f"internal error in despooler: {exc!r}"))
         finally:
             keeper.cancel()
 
@@ -242,11 +257,18 @@ class Despooler:
                         f" expected {c.package_id[:12]}…"
                     )
                 await self._renew(c, progress)  # the final byte count
-                await self.db(lambda s: s.mark_installed(c.instruction_id, c.lease, time.time()))
+                await self.db(
+                    lambda s: Service(s).mark_installed(c.instruction_id, c.lease, time.time())
+                )
                 log.info("%s installed on %s", c.package_ref, c.server)
                 return
             if state == "failed":
-                raise RemoteError(str(status.get("error") or "install failed on the agent"))
+                error = str(status.get("error") or "install failed on the agent")
+                kind = kind_named(status.get("error_kind"))
+                chunk = status.get("error_chunk")
+                if kind is ErrorKind.INTEGRITY and isinstance(chunk, str):
+                    raise await self._chunk_fault(c, chunk, error)
+                raise RemoteError(error, kind=kind)
             mark = (status.get("progress"), status.get("phase"), status.get("bytes_done"))
             if mark != last_mark:
                 moved_at, last_mark = time.monotonic(), mark
@@ -256,6 +278,35 @@ class Despooler:
             if status is None:  # the agent restarted and forgot: ask again, it resumes
                 status = await client.install(manifest, signature, repair, await self._peers(c))
 
+    async def _chunk_fault(self, c: Claim, chunk: str, error: str) -> PackdistError:
+        """A chunk from the site failed to verify on the agent. If the library's own copy
+        is damaged, retrying cannot help: the instruction stops, saying what to do. If the
+        copy is intact, it was damaged on the way, and the attempt is retried."""
+        if self.library is None:
+            return RemoteError(error, kind=ErrorKind.INTEGRITY)
+        try:
+            digest = Digest.parse(chunk)
+        except PackdistError:
+            return RemoteError(error, kind=ErrorKind.INTEGRITY)
+        library = self.library
+
+        def intact() -> bool:
+            try:
+                digest.verify(library.read(digest))
+            except PackdistError:
+                return False
+            return True
+
+        if await asyncio.to_thread(intact):
+            return RemoteError(
+                f"{error}; the library's copy is intact, so it was damaged on the way",
+                kind=ErrorKind.TRANSIENT,
+            )
+        return IntegrityError(
+            f"chunk {digest.short}… is corrupt in the library: run `packdist package verify"
+            f" {c.package_ref}`, mend it, then `packdist job retry {c.job_id}`"
+        )
+
     async def _remove(self, c: Claim) -> None:
         """A removal: one call; the agent answers once the version is out of ``packages/``
         (or refuses while it is installing that version: retried like any failure)."""
@@ -263,28 +314,21 @@ class Despooler:
         answer = await client.remove(c.package_id, c.package_ref)
         if answer.get("state") != "removed":
             raise RemoteError(str(answer.get("error") or f"{c.server} did not confirm the removal"))
-        await self.db(lambda s: s.mark_removed(c.instruction_id, c.lease, time.time()))
+        await self.db(lambda s: Service(s).mark_removed(c.instruction_id, c.lease, time.time()))
         log.info("%s removed from %s", c.package_ref, c.server)
 
-    async def _failed(self, c: Claim, error: str) -> None:
-        policy = self.policy.with_limits(c.max_attempts, c.deadline)
+    async def _failed(self, c: Claim, exc: PackdistError) -> None:
+        """Record a failed attempt; its kind, with the retry policy, decides what next."""
+        error, kind = exc.message, exc.kind
         now = time.time()
-        decision = policy.decide(c.attempts - c.attempts_base, c.job_created_at, now)
         try:
-            if decision.give_up:
-                await self.db(
-                    lambda s: s.mark_failed(
-                        c.instruction_id, c.lease, f"{error} ({decision.reason})", now
-                    )
-                )
-                log.warning("%s to %s failed for good: %s", c.package_ref, c.server, error)
-            else:
-                retry_at = decision.retry_at
-                assert retry_at is not None
-                await self.db(
-                    lambda s: s.schedule_retry(c.instruction_id, c.lease, error, retry_at, now)
-                )
+            retried = await self.db(
+                lambda s: Service(s).record_failure(c, error, kind, self.policy, now)
+            )
+            if retried:
                 log.info("%s to %s: %s", c.package_ref, c.server, error)
+            else:
+                log.warning("%s to %s failed for good: %s", c.package_ref, c.server, error)
         except InvalidTransition:
             log.info(
                 "instruction %d: our lease is gone (cancelled or taken over)", c.instruction_id

@@ -22,14 +22,32 @@ as ``__cause__``::
     │   ├── RemoteTimeout         connected, but no answer in time
     │   ├── AuthError             the credential was refused
     │   └── RemoteError           the other side answered with an error
-    └── DiskFull                  not enough space to hold a version
+    ├── DiskFull                  not enough space to hold a version
+    └── InternalError             a bug in packdist, said in words rather than a crash
+
+Every error also carries its :class:`ErrorKind`, which travels with a failed attempt (to
+the agent's answer, the store's ``error_kind`` column and the views) so that the retry
+policy and what operators see never guess from the words.
 """
 
 from __future__ import annotations
 
+from enum import StrEnum
+
+
+class ErrorKind(StrEnum):
+    TRANSIENT = "transient"  # the network, a timeout, a busy or restarting peer: try again
+    INTEGRITY = "integrity"  # content that does not match its digest or signature
+    AUTH = "auth"  # a credential was refused
+    DISK = "disk"  # not enough space on the server
+    REFUSED = "refused"  # the request itself is wrong (unknown, invalid): the same again fails
+    INTERNAL = "internal"  # a bug in packdist
+
 
 class PackdistError(Exception):
     """packdist failed."""
+
+    kind: ErrorKind = ErrorKind.INTERNAL
 
     def __init__(self, message: str | None = None) -> None:
         super().__init__(message or (self.__doc__ or type(self).__name__).strip())
@@ -41,6 +59,8 @@ class PackdistError(Exception):
 
 class UserError(PackdistError):
     """The request cannot be carried out as given."""
+
+    kind = ErrorKind.REFUSED
 
 
 class InvalidName(UserError):
@@ -66,9 +86,15 @@ class NoTargets(UserError):
 class IntegrityError(PackdistError):
     """Content does not match its digest or signature."""
 
+    kind = ErrorKind.INTEGRITY
+
 
 class HashMismatch(IntegrityError):
     """Hash mismatch."""
+
+    def __init__(self, message: str | None = None, digest: str | None = None) -> None:
+        super().__init__(message)
+        self.digest = digest  # the hex digest the content should have had, when known
 
 
 class DecodeError(IntegrityError):
@@ -82,6 +108,8 @@ class BadSignature(IntegrityError):
 class StoreError(PackdistError):
     """The database failed."""
 
+    kind = ErrorKind.TRANSIENT
+
 
 class InvalidTransition(StoreError):
     """State transition not allowed."""
@@ -89,6 +117,8 @@ class InvalidTransition(StoreError):
 
 class TransferError(PackdistError):
     """Transfer failed."""
+
+    kind = ErrorKind.TRANSIENT
 
 
 class ConnectError(TransferError):
@@ -102,14 +132,37 @@ class RemoteTimeout(TransferError):
 class AuthError(TransferError):
     """Credential refused."""
 
+    kind = ErrorKind.AUTH
+
 
 class RemoteError(TransferError):
     """The remote side reported an error."""
 
-    def __init__(self, message: str | None = None, status: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str | None = None,
+        status: int | None = None,
+        kind: ErrorKind = ErrorKind.TRANSIENT,
+    ) -> None:
         super().__init__(message)
         self.status = status
+        self.kind = kind  # what the other side said its error was (transient if it did not)
 
 
 class DiskFull(PackdistError):
     """Disk full."""
+
+    kind = ErrorKind.DISK
+
+
+class InternalError(PackdistError):
+    """Internal error."""
+
+
+def kind_named(word: object) -> ErrorKind:
+    """The kind a peer reported in words; an unknown or missing word reads as transient (an
+    older agent that sends none is retried, as it always was)."""
+    try:
+        return ErrorKind(str(word))
+    except ValueError:
+        return ErrorKind.TRANSIENT

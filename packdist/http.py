@@ -45,10 +45,12 @@ from packdist.core.digest import DIGEST_SIZE, Digest
 from packdist.errors import (
     AuthError,
     ConnectError,
+    ErrorKind,
     PackdistError,
     RemoteError,
     RemoteTimeout,
     TransferError,
+    kind_named,
 )
 
 T = TypeVar("T")
@@ -130,9 +132,11 @@ def translate(exc: BaseException, url: str) -> PackdistError:
 async def raise_for_answer(resp: aiohttp.ClientResponse, url: str) -> None:
     if resp.status < 400:
         return
+    kind = ErrorKind.TRANSIENT
     try:
         body = await resp.json(content_type=None)
         detail = str(body.get("error", body))
+        kind = kind_named(body.get("kind"))
     except Exception:  # a non-JSON error page
         detail = (await resp.text())[:200]
     url = peer(url)
@@ -140,7 +144,7 @@ async def raise_for_answer(resp: aiohttp.ClientResponse, url: str) -> None:
         raise AuthError(f"{url} refused the credential: {detail}")
     if resp.status == 503:
         raise RemoteError(f"{url} not ready: {detail}", status=503)
-    raise RemoteError(f"{url} answered {resp.status}: {detail}", status=resp.status)
+    raise RemoteError(f"{url} answered {resp.status}: {detail}", status=resp.status, kind=kind)
 
 
 @asynccontextmanager
@@ -163,8 +167,10 @@ async def request(
         raise translate(exc, url) from exc
 
 
-def error_response(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+def error_response(status: int, message: str, kind: ErrorKind | None = None) -> web.Response:
+    """``{"error": words, "kind": kind}``: the kind lets the caller's retry policy decide."""
+    body = {"error": message} if kind is None else {"error": message, "kind": kind.value}
+    return web.json_response(body, status=status)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -176,12 +182,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except AuthError as exc:
-        return error_response(401, exc.message)
+        return error_response(401, exc.message, exc.kind)
     except PackdistError as exc:
         from packdist.errors import NotFound, UserError
 
         status = 404 if isinstance(exc, NotFound) else 400 if isinstance(exc, UserError) else 500
-        return error_response(status, exc.message)
+        return error_response(status, exc.message, exc.kind)
 
 
 # --- chunk stream framing ----------------------------------------------------------------

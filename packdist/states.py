@@ -1,7 +1,8 @@
 """Instruction and job states, with every allowed transition in one table.
 
-The store enforces the table with guarded updates (``UPDATE … WHERE state IN (…)``); an
-update that changes no row raises :class:`~packdist.errors.InvalidTransition`.
+The store enforces the table in one function, with guarded updates
+(``UPDATE … WHERE state IN (…)``); an update of one instruction that changes no row raises
+:class:`~packdist.errors.InvalidTransition`.
 """
 
 from __future__ import annotations
@@ -22,17 +23,55 @@ class InstructionState(StrEnum):
 
 S = InstructionState
 
-#: event -> (states it may start from, state it leads to)
+#: event -> (states it may start from, state it leads to). Every change of an instruction's
+#: state is one of these events, applied by the store's one writer
+#: (:meth:`packdist.store.instructions.InstructionQueries.apply`); no other SQL sets a state.
 TRANSITIONS: dict[str, tuple[frozenset[InstructionState], InstructionState]] = {
+    # a despooler worker takes due work under a lease
     "claim": (frozenset({S.PENDING, S.RETRYING}), S.SENDING),
+    # the agent reported the package verified (an install), or gone (a removal)
     "installed": (frozenset({S.SENDING}), S.INSTALLED),
     "removed": (frozenset({S.SENDING}), S.REMOVED),
+    # the attempt failed: again later, or never (limits, or a fault retrying cannot mend)
     "retry": (frozenset({S.SENDING}), S.RETRYING),
     "fail": (frozenset({S.SENDING}), S.FAILED),
+    # the worker died or stalled (its lease ran out), or stopped cleanly and handed it back
     "lease_expired": (frozenset({S.SENDING}), S.RETRYING),
+    "handed_back": (frozenset({S.SENDING}), S.RETRYING),
+    # an operator cancelled the job, or removed the server
     "cancel": (frozenset({S.PENDING, S.SENDING, S.RETRYING}), S.CANCELLED),
+    "server_removed": (frozenset({S.PENDING, S.SENDING, S.RETRYING}), S.CANCELLED),
+    # a newer job with the opposite intent (install vs remove) came; an attempt under way
+    # ends first, and if it did not succeed it is cancelled rather than retried
+    "supersede": (frozenset({S.PENDING, S.RETRYING}), S.CANCELLED),
+    "supersede_ended": (frozenset({S.SENDING}), S.CANCELLED),
+    # an operator retried a finished job; a server came back, or an operator retried: due now
     "operator_retry": (frozenset({S.FAILED, S.CANCELLED}), S.PENDING),
     "wake": (frozenset({S.RETRYING}), S.RETRYING),
+}
+
+#: the state every instruction is created in
+INITIAL: InstructionState = S.PENDING
+
+_LEASE = frozenset({"lease_owner", "lease_expires_at"})
+_ENDED = _LEASE | {"finished_at", "last_error", "error_kind"}
+
+#: event -> the columns besides ``state`` and ``updated_at`` it may set (the store refuses
+#: any other): what each event means for the rest of the row.
+EFFECTS: dict[str, frozenset[str]] = {
+    "claim": _LEASE | {"attempts", "claimed_at"},
+    "installed": _ENDED,
+    "removed": _ENDED,
+    "retry": _LEASE | {"last_error", "error_kind", "next_attempt_at"},
+    "fail": _ENDED,
+    "lease_expired": _LEASE | {"last_error", "error_kind", "next_attempt_at"},
+    "handed_back": _LEASE | {"next_attempt_at"},
+    "cancel": _ENDED,
+    "server_removed": _ENDED,
+    "supersede": _ENDED,
+    "supersede_ended": _ENDED,
+    "operator_retry": frozenset({"next_attempt_at", "finished_at", "attempts_base"}),
+    "wake": frozenset({"next_attempt_at"}),
 }
 
 TERMINAL: frozenset[InstructionState] = frozenset({S.INSTALLED, S.REMOVED, S.FAILED, S.CANCELLED})

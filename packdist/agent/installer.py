@@ -66,6 +66,8 @@ from packdist.core.signing import VerifyKey
 from packdist.errors import (
     DecodeError,
     DiskFull,
+    ErrorKind,
+    HashMismatch,
     PackdistError,
     RemoteError,
     TransferError,
@@ -121,6 +123,8 @@ class Install:
     bytes_total: int
     state: InstallState = InstallState.INSTALLING
     error: str | None = None
+    error_kind: ErrorKind | None = None  # travels to the site: its retry policy reads it
+    error_chunk: str | None = None
     bytes_received: int = 0  # chunk bytes received (decoded sizes)
     bytes_wire: int = 0  # what they took on the wire: frames, compressed or not
     bytes_present: int = 0
@@ -144,8 +148,14 @@ class Install:
         self.phase = phase
         self.tick()
 
-    def end(self, state: InstallState, error: str | None = None) -> None:
-        self.state, self.error = state, error
+    def end(
+        self,
+        state: InstallState,
+        error: str | None = None,
+        kind: ErrorKind | None = None,
+        chunk: str | None = None,
+    ) -> None:
+        self.state, self.error, self.error_kind, self.error_chunk = state, error, kind, chunk
         self.ended_at = time.monotonic()
         self.finished.set()
 
@@ -162,6 +172,8 @@ class Install:
             "package": self.ref,
             "state": self.state.value,
             "error": self.error,
+            "error_kind": self.error_kind.value if self.error_kind else None,
+            "error_chunk": self.error_chunk,  # the chunk that failed to verify, if one did
             "bytes_received": self.bytes_received,
             "bytes_wire": self.bytes_wire,
             "bytes_from_peers": self.bytes_from_peers,
@@ -394,13 +406,15 @@ class Installer:
             inst.end(InstallState.INSTALLED)
             log.info("installed %s (%s)", inst.ref, inst.package_id[:12])
         except PackdistError as exc:
-            inst.end(InstallState.FAILED, exc.message)
+            chunk = exc.digest if isinstance(exc, HashMismatch) else None
+            inst.end(InstallState.FAILED, exc.message, exc.kind, chunk)
             log.warning("install of %s failed: %s", inst.ref, exc.message)
         except OSError as exc:
-            inst.end(InstallState.FAILED, _os_error_words(exc))
+            kind = ErrorKind.DISK if exc.errno == errno.ENOSPC else ErrorKind.TRANSIENT
+            inst.end(InstallState.FAILED, _os_error_words(exc), kind)
             log.warning("install of %s failed: %s", inst.ref, inst.error)
         except Exception as exc:  # a bug: say so, never hang
-            inst.end(InstallState.FAILED, f"internal error in agent: {exc!r}")
+            inst.end(InstallState.FAILED, f"internal error in agent: {exc!r}", ErrorKind.INTERNAL)
             log.exception("install of %s failed", inst.ref)
         await asyncio.to_thread(self.trim_cache)  # a staging tree left behind counts
 

@@ -18,6 +18,7 @@ from packdist.cli.common import ago, home_option, iso, json_option, print_json, 
 from packdist.core.fsutil import human_bytes
 from packdist.core.names import check_server_name, parse_ref
 from packdist.errors import NoTargets, NotFound, UserError
+from packdist.service import Service
 from packdist.site import views
 from packdist.site.home import SiteHome
 from packdist.site.views import job_json
@@ -301,7 +302,9 @@ def distribute(
             if not targets:
                 raise NoTargets("there are no servers (add one with 'packdist server add')")
         options = {"peers": False} if no_peers else {}
-        job_id = store.add_job(pkg.id, targets, max_attempts, deadline, options, time.time())
+        job_id = Service(store).distribute(
+            pkg.id, targets, time.time(), max_attempts, deadline, options
+        )
         job = store.get_job(job_id)
     finally:
         store.close()
@@ -398,7 +401,7 @@ def job_cancel(job_id: str, as_json: bool) -> None:
     """Cancel every unfinished instruction of the job."""
     store = SiteHome.open(resolve_home()).store()
     try:
-        n = store.cancel_job(job_id, time.time())
+        n = Service(store).cancel_job(job_id, time.time())
     finally:
         store.close()
     if as_json:
@@ -415,7 +418,7 @@ def job_retry(job_id: str, as_json: bool) -> None:
     """Retry failed and cancelled instructions now (and wake those waiting to retry)."""
     store = SiteHome.open(resolve_home()).store()
     try:
-        n = store.retry_job(job_id, time.time())
+        n = Service(store).retry_job(job_id, time.time())
     finally:
         store.close()
     if as_json:

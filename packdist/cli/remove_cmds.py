@@ -12,6 +12,7 @@ from packdist.cli.common import home_option, json_option, print_json, resolve_ho
 from packdist.cli.job_cmds import EXIT_OK, _load, wait_for
 from packdist.core.names import check_server_name, parse_ref
 from packdist.errors import NoTargets, NotFound, UserError
+from packdist.service import Service
 from packdist.site.home import SiteHome
 from packdist.site.views import job_json
 
@@ -74,14 +75,12 @@ def package_remove(
             if not targets:
                 raise NoTargets(f"group {group} has no servers")
         else:
-            targets = store.package_holders(pkg.id)
+            targets = Service(store).package_holders(pkg.id)
             if not targets:
                 raise NoTargets(
                     f"{pkg.ref} is on no server and being installed on none: nothing to remove"
                 )
-        job_id = store.add_job(
-            pkg.id, targets, max_attempts, deadline, {}, time.time(), action="remove"
-        )
+        job_id = Service(store).remove(pkg.id, targets, time.time(), max_attempts, deadline)
         job = store.get_job(job_id)
     finally:
         store.close()

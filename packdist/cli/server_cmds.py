@@ -13,6 +13,7 @@ from packdist.cli.common import ago, home_option, iso, json_option, print_json, 
 from packdist.core.fsutil import human_bytes
 from packdist.core.names import check_group_name, check_server_name, parse_label
 from packdist.errors import UserError
+from packdist.service import Service
 from packdist.site.home import SiteHome
 from packdist.site.views import online
 
@@ -56,7 +57,7 @@ def server_add(
     token = new_token()
     store = home.store()
     try:
-        store.add_server(name, url, hash_token(token), list(groups), labels)
+        Service(store).add_server(name, url, hash_token(token), list(groups), labels, time.time())
     finally:
         store.close()
     if as_json:
@@ -130,7 +131,7 @@ def server_remove(name: str, as_json: bool) -> None:
     home = SiteHome.open(resolve_home())
     store = home.store()
     try:
-        cancelled = store.remove_server(name)
+        cancelled = Service(store).remove_server(name, time.time())
     finally:
         store.close()
     if as_json:

@@ -58,7 +58,8 @@ class Digest:
         actual = blake3.blake3(data).digest()
         if actual != self.raw:
             raise HashMismatch(
-                f"hash mismatch in {what} {self.short}…: content hashes to {actual.hex()[:12]}…"
+                f"hash mismatch in {what} {self.short}…: content hashes to {actual.hex()[:12]}…",
+                digest=self.hex,
             )
 
     def __str__(self) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,7 +54,7 @@ class SiteHome:
         home.library.create()
         store = open_store(home.db_path)
         try:
-            store.init_site(site_name)
+            store.init_site(site_name, time.time())
         finally:
             store.close()
         return home

@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from packdist.core.digest import Digest
 from packdist.core.manifest import ChunkRef, Entry, EntryType, Manifest, SignedManifest
 from packdist.core.names import check_package_name, check_version
 from packdist.errors import AlreadyExists, TreeRefused
+from packdist.service import Service
 from packdist.site.home import SiteHome
 from packdist.site.library import ContentLibrary
 from packdist.site.walker import SourceEntry, walk
@@ -345,7 +347,9 @@ def import_tree(
             manifest = _import(name, version, source, pipeline)
             signed = SignedManifest.sign(manifest, home.signing_key())
             library.sync()
-            record = store.add_package(manifest, signed.signature, pipeline.written)
+            record = Service(store).add_package(
+                manifest, signed.signature, pipeline.written, time.time()
+            )
         except BaseException:
             pipeline.abort(lambda ds: set(ds) - store.known_chunks(ds))
             raise

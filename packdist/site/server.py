@@ -37,6 +37,7 @@ from packdist.despooler import Despooler, PeerSettings, StoreRunner
 from packdist.errors import AuthError, NotFound, PackdistError, UserError
 from packdist.http import error_frame, error_middleware, frame_header, new_session
 from packdist.ratelimit import Bucket
+from packdist.service import Service
 from packdist.site import dashboard
 from packdist.site.home import SiteHome
 from packdist.site.validation import validation_loop
@@ -115,7 +116,7 @@ class SiteServer:
         server = await self._agent(request)
         boot_id, disk_free, installed = _heartbeat_body(await _json_body(request))
         woken = await self.db(
-            lambda s: s.record_heartbeat(
+            lambda s: Service(s).record_heartbeat(
                 server.name, boot_id, disk_free, installed, time.time(), OFFLINE_AFTER
             )
         )
@@ -272,6 +273,7 @@ class SiteServer:
             policy=self.settings.retry_policy(),
             max_in_flight=self.max_in_flight,
             peers=PeerSettings(self.settings.peers_enabled, self.settings.peers_location_label),
+            library=self.library,
         )
         despooler = asyncio.create_task(self.despooler.run(), name="despooler")
         background = [despooler]

@@ -25,6 +25,7 @@ import aiohttp
 from packdist.agent.client import AgentClient
 from packdist.core.signing import SigningKey
 from packdist.errors import PackdistError
+from packdist.service import Service
 from packdist.store.base import ServerRecord, Store, describe_problems
 
 log = logging.getLogger("packdist.validation")
@@ -76,7 +77,7 @@ async def _validate_one(
         def record(
             s: Store, pid: str = pid, problems: list[dict[str, str]] = problems, now: float = now
         ) -> Any:
-            return s.record_validation(server.name, pid, problems, now)
+            return Service(s).record_validation(server.name, pid, problems, now)
 
         job = await db(record)
         if problems:

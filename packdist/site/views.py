@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 from packdist.core.timefmt import ago, iso
+from packdist.errors import ErrorKind
 from packdist.states import InstructionState
 from packdist.store.base import EventRecord, JobRecord, ServerRecord, StatusCell, Store
 
@@ -20,8 +21,6 @@ RECENT_JOBS = 20
 RECENT_EVENTS = 60
 
 #: words for the matrix, best news first
-
-_CORRUPTION_MARKS = ("hash mismatch", "signature does not verify", "reported package id")
 
 #: how each event kind reads on a timeline
 EVENT_TITLES = {
@@ -41,10 +40,10 @@ EVENT_TITLES = {
 }
 
 
-def is_corruption(error: str | None) -> bool:
-    """True when an error says content did not match its digest or signature."""
-    text = (error or "").lower()
-    return any(mark in text for mark in _CORRUPTION_MARKS)
+def is_corruption(error_kind: str | None) -> bool:
+    """True when the last failure was content that did not match its digest or signature
+    (read from the failure's kind, never guessed from its words)."""
+    return error_kind == ErrorKind.INTEGRITY.value
 
 
 def online(server: ServerRecord, now: float) -> bool:
@@ -80,11 +79,11 @@ def cell_view(cell: StatusCell | None, now: float) -> dict[str, Any]:
         return {**base, "word": "in progress", "detail": detail}
     if state is S.RETRYING:
         when = _due(cell.next_attempt_at, now)
-        word = "corrupt" if is_corruption(cell.last_error) else "retrying"
+        word = "corrupt" if is_corruption(cell.error_kind) else "retrying"
         detail = "; ".join(x for x in (cell.last_error or "", when) if x)
         return {**base, "word": word, "detail": detail}
     if state is S.FAILED:
-        word = "corrupt" if is_corruption(cell.last_error) else "failed"
+        word = "corrupt" if is_corruption(cell.error_kind) else "failed"
         return {**base, "word": word, "detail": cell.last_error or ""}
     if state is S.CANCELLED:
         return {**base, "word": "cancelled", "detail": cell.last_error or ""}
@@ -121,6 +120,7 @@ def instruction_json(i: Any, now: float | None = None) -> dict[str, Any]:
         "state": i.state.value,
         "attempts": i.attempts,
         "last_error": i.last_error,
+        "error_kind": i.error_kind,
         "next_attempt_at": iso(i.next_attempt_at) if i.state is S.RETRYING else None,
         "bytes_sent": i.bytes_sent,
         "bytes_from_site": max(0, i.bytes_sent - i.bytes_from_peers),

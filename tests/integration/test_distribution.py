@@ -202,7 +202,7 @@ def test_hung_agent_does_not_delay_other_servers(cluster: Make, small_tree: Path
         assert h.instruction(doc, "hung")["attempts"] >= 1, h.describe_job(doc)
 
 
-def test_corrupted_chunk_in_library_is_refused_by_agent_until_repaired(
+def test_corrupted_chunk_in_library_stops_the_job_with_the_cause_until_repaired(
     cluster: Make, small_tree: Path
 ) -> None:
     c = cluster("dp1")
@@ -220,26 +220,22 @@ def test_corrupted_chunk_in_library_is_refused_by_agent_until_repaired(
     job_id = site.distribute("app@1.0", ["dp1"])
     package_dir = dp1.package_dir("app", "1.0")
 
-    def refused() -> dict[str, object] | None:
+    def stopped() -> dict[str, object] | None:
         assert not package_dir.exists(), "the agent installed a package with a corrupt chunk"
         doc = site.job(job_id)
-        i = h.instruction(doc, "dp1")
-        assert doc["state"] == "active" and i["state"] in NOT_TERMINAL, h.describe_job(doc)
-        return doc if "hash mismatch" in (i["last_error"] or "") else None
+        return doc if h.instruction(doc, "dp1")["state"] == "failed" else None
 
-    first = h.wait_until(refused, 30, message=lambda: h.describe_job(site.job(job_id)))
-    attempts = h.instruction(first, "dp1")["attempts"]
-    assert attempts >= 1, h.describe_job(first)
-
-    # It keeps retrying (the library may be repaired), and never installs the bad bytes.
-    def refused_again() -> dict[str, object] | None:
-        doc = refused()
-        return doc if doc and h.instruction(doc, "dp1")["attempts"] > attempts else None
-
-    later = h.wait_until(
-        refused_again, 30, message=lambda: f"another attempt: {h.describe_job(site.job(job_id))}"
-    )
-    assert "hash mismatch" in h.instruction(later, "dp1")["last_error"]
+    # Retrying cannot mend the site's own library: the instruction stops at once, saying
+    # which chunk is damaged and what to do, with the failure's kind as data.
+    doc = h.wait_until(stopped, 30, message=lambda: h.describe_job(site.job(job_id)))
+    i = h.instruction(doc, "dp1")
+    assert doc["state"] == "failed", h.describe_job(doc)
+    assert i["error_kind"] == "integrity", i
+    assert "is corrupt in the library" in i["last_error"], i
+    assert "packdist package verify app@1.0" in i["last_error"], i
+    assert i["attempts"] == 1, h.describe_job(doc)
+    time.sleep(3)  # and it stays stopped: no attempt behind the operator's back
+    assert h.instruction(site.job(job_id), "dp1")["attempts"] == 1
     assert not package_dir.exists()
 
     # Repaired, the next attempt installs the exact tree: nothing bad was kept on the agent.

@@ -249,6 +249,8 @@ def test_install_puts_the_tree_in_place_and_reports_progress(home: AgentHome) ->
         "package",
         "state",
         "error",
+        "error_kind",
+        "error_chunk",
         "bytes_received",
         "bytes_wire",
         "bytes_from_peers",

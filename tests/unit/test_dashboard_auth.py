@@ -17,6 +17,7 @@ from aiohttp import web
 
 from packdist.auth import hash_token, new_token
 from packdist.config import Settings
+from packdist.service import Service
 from packdist.site import dashboard, operator
 from packdist.site.home import SiteHome
 from packdist.site.server import SiteServer
@@ -87,8 +88,8 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[SiteHome, str
     token = new_token()
     store = home.store()
     try:
-        store.add_server(
-            "dp1", "http://127.0.0.1:9/<script>alert(1)</script>", hash_token(token), []
+        Service(store).add_server(
+            "dp1", "http://127.0.0.1:9/<script>alert(1)</script>", hash_token(token), [], None, 0.0
         )
     finally:
         store.close()

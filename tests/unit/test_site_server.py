@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,6 +20,7 @@ from aiohttp import web
 
 from packdist.auth import hash_token, new_token
 from packdist.core.manifest import Manifest
+from packdist.service import Service
 from packdist.site.home import SiteHome
 from packdist.site.importer import import_tree
 from packdist.site.server import SiteServer
@@ -31,7 +33,9 @@ def site(tmp_path: Path) -> tuple[SiteHome, str]:
     token = new_token()
     store = home.store()
     try:
-        store.add_server("dp1", "http://127.0.0.1:9", hash_token(token), [])
+        Service(store).add_server(
+            "dp1", "http://127.0.0.1:9", hash_token(token), [], None, time.time()
+        )
     finally:
         store.close()
     return home, token

@@ -29,7 +29,11 @@ EXPECTED: dict[str, tuple[frozenset[InstructionState], InstructionState]] = {
     "retry": (frozenset({S.SENDING}), S.RETRYING),
     "fail": (frozenset({S.SENDING}), S.FAILED),
     "lease_expired": (frozenset({S.SENDING}), S.RETRYING),
+    "handed_back": (frozenset({S.SENDING}), S.RETRYING),
     "cancel": (frozenset({S.PENDING, S.SENDING, S.RETRYING}), S.CANCELLED),
+    "server_removed": (frozenset({S.PENDING, S.SENDING, S.RETRYING}), S.CANCELLED),
+    "supersede": (frozenset({S.PENDING, S.RETRYING}), S.CANCELLED),
+    "supersede_ended": (frozenset({S.SENDING}), S.CANCELLED),
     "operator_retry": (frozenset({S.FAILED, S.CANCELLED}), S.PENDING),
     "wake": (frozenset({S.RETRYING}), S.RETRYING),
 }
@@ -126,8 +130,25 @@ def test_every_state_is_reachable_from_pending() -> None:
 def test_a_retrying_instruction_is_never_dropped() -> None:
     # The SMS despooler lost a failed server's retry and called the job complete. Here a
     # retrying instruction can only be claimed again, woken, or cancelled by an operator.
+    # (or superseded by a newer job of the opposite intent, or its server removed).
     leaving = {e: to for e, (froms, to) in TRANSITIONS.items() if S.RETRYING in froms}
-    assert leaving == {"claim": S.SENDING, "wake": S.RETRYING, "cancel": S.CANCELLED}
+    assert leaving == {
+        "claim": S.SENDING,
+        "wake": S.RETRYING,
+        "cancel": S.CANCELLED,
+        "server_removed": S.CANCELLED,
+        "supersede": S.CANCELLED,
+    }
+
+
+def test_every_event_says_which_columns_it_may_set() -> None:
+    assert set(states.EFFECTS) == set(TRANSITIONS)
+    ending = [e for e, (_, to) in TRANSITIONS.items() if to in TERMINAL]
+    for event in ending:  # a terminal state records when and why it ended
+        assert {"finished_at", "last_error"} <= states.EFFECTS[event], event
+    for event, (froms, _) in TRANSITIONS.items():
+        if S.SENDING in froms:  # leaving sending always drops the lease
+            assert {"lease_owner", "lease_expires_at"} <= states.EFFECTS[event], event
 
 
 # --- job state ----------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from packdist.errors import InvalidTransition
 from packdist.retry import RetryPolicy
+from packdist.service import Service
 from packdist.states import TERMINAL, InstructionState, JobState
 from packdist.store import Store, open_store
 from packdist.store.base import Claim
@@ -93,7 +94,7 @@ def test_open_store_is_sqlite(tmp_path: Path) -> None:
 
 def test_reopening_does_not_migrate_twice(tmp_path: Path) -> None:
     first = open_store(tmp_path / "site.db")
-    first.init_site("s")
+    first.init_site("s", T0)
     first.close()
     second = open_store(tmp_path / "site.db")
     try:
@@ -144,7 +145,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.tmp = Path(tempfile.mkdtemp(prefix="packdist-store-", dir=SCRATCH))
         self.path = self.tmp / "site.db"
         self.store = open_store(self.path)
-        self.store.init_site("s")
+        self.store.init_site("s", T0)
         self.packages = [add_package(self.store, "app"), add_package(self.store, "tool")]
         for name in SERVERS:
             add_server(self.store, name)
@@ -187,7 +188,7 @@ class StoreMachine(RuleBasedStateMachine):
     )
     def distribute(self, package: int, servers: list[str], max_attempts: int | None) -> None:
         pkg = self.packages[package]
-        job_id = self.store.add_job(pkg.id, servers, max_attempts, None, {}, self.clock)
+        job_id = Service(self.store).add_job(pkg.id, servers, max_attempts, None, {}, self.clock)
         assert job_id not in self.jobs
         self.jobs[job_id] = JobModel(pkg.id, frozenset(servers), max_attempts)
         self.job_order.append(job_id)
@@ -201,7 +202,7 @@ class StoreMachine(RuleBasedStateMachine):
             for iid, m in self.instructions.items()
             if m.state in CLAIMABLE and m.next_at <= self.clock
         }
-        claims = self.store.claim_ready(worker, LEASE, limit, self.clock)
+        claims = Service(self.store).claim_ready(worker, LEASE, limit, self.clock)
         got = [c.instruction_id for c in claims]
         assert len(set(got)) == len(got)
         assert set(got) <= set(claimable)
@@ -227,14 +228,14 @@ class StoreMachine(RuleBasedStateMachine):
         claim = self.held[worker].pop(iid)
         self.holds[claim.server].add(claim.package_id)  # the agent installed it
         if self._owns(worker, iid):
-            self.store.mark_installed(iid, worker, self.clock)
+            Service(self.store).mark_installed(iid, worker, self.clock)
             m = self.instructions[iid]
             self._release(m, S.INSTALLED)
             m.last_error = None
         else:  # cancelled, or recovered after its lease expired
             event("a stale worker's success is refused")
             with pytest.raises(InvalidTransition):
-                self.store.mark_installed(iid, worker, self.clock)
+                Service(self.store).mark_installed(iid, worker, self.clock)
 
     def _failed(self, worker: str, iid: int) -> None:
         claim = self.held[worker].pop(iid)
@@ -249,16 +250,18 @@ class StoreMachine(RuleBasedStateMachine):
             event("a stale worker's failure is refused")
         if decision.retry_at is None:
             if owns:
-                self.store.mark_failed(iid, worker, decision.reason, self.clock)
+                Service(self.store).mark_failed(iid, worker, decision.reason, self.clock)
                 self._release(m, S.FAILED)
                 m.last_error = decision.reason
             else:
                 with pytest.raises(InvalidTransition):
-                    self.store.mark_failed(iid, worker, decision.reason, self.clock)
+                    Service(self.store).mark_failed(iid, worker, decision.reason, self.clock)
         else:
             assert self.clock <= decision.retry_at <= self.clock + policy.cap
             if owns:
-                self.store.schedule_retry(iid, worker, error, decision.retry_at, self.clock)
+                Service(self.store).schedule_retry(
+                    iid, worker, error, decision.retry_at, self.clock
+                )
                 self._release(m, S.RETRYING)
                 m.last_error = error
                 back = self.back_at[m.server]
@@ -268,7 +271,9 @@ class StoreMachine(RuleBasedStateMachine):
                 m.next_at = self.clock if came_back else decision.retry_at
             else:
                 with pytest.raises(InvalidTransition):
-                    self.store.schedule_retry(iid, worker, error, decision.retry_at, self.clock)
+                    Service(self.store).schedule_retry(
+                        iid, worker, error, decision.retry_at, self.clock
+                    )
 
     @rule(worker=st.sampled_from(WORKERS), limit=st.integers(1, 3))
     def claim(self, worker: str, limit: int) -> None:
@@ -322,7 +327,7 @@ class StoreMachine(RuleBasedStateMachine):
             for m in self.instructions.values()
             if m.state is S.SENDING and m.lease_until is not None and m.lease_until < self.clock
         ]
-        assert self.store.recover_expired_leases(self.clock) == len(expired)
+        assert Service(self.store).recover_expired_leases(self.clock) == len(expired)
         event(f"a crash recovered {'some' if expired else 'no'} instruction(s)")
         for m in expired:
             self._release(m, S.RETRYING)
@@ -341,7 +346,7 @@ class StoreMachine(RuleBasedStateMachine):
                     for m in self.instructions.values()
                     if m.state is S.SENDING and m.owner == worker
                 ]
-                assert self.store.release_leases(worker, self.clock) == len(mine)
+                assert Service(self.store).release_leases(worker, self.clock) == len(mine)
                 for m in mine:
                     self._release(m, S.RETRYING)
                     m.next_at = self.clock
@@ -367,7 +372,7 @@ class StoreMachine(RuleBasedStateMachine):
             for m in self.instructions.values()
             if m.server == server and m.state is S.RETRYING and m.next_at > self.clock
         ]
-        woken = self.store.record_heartbeat(
+        woken = Service(self.store).record_heartbeat(
             server,
             self.boot[server],
             1 << 30,
@@ -396,13 +401,13 @@ class StoreMachine(RuleBasedStateMachine):
         mine = [m for m in self.instructions.values() if m.job_id == job_id]
         if action == "cancel":
             unfinished = [m for m in mine if m.state in NON_TERMINAL]
-            assert self.store.cancel_job(job_id, self.clock) == len(unfinished)
+            assert Service(self.store).cancel_job(job_id, self.clock) == len(unfinished)
             for m in unfinished:
                 self._release(m, S.CANCELLED)
         else:
             revived = [m for m in mine if m.state in (S.FAILED, S.CANCELLED)]
             woken = [m for m in mine if m.state is S.RETRYING]
-            assert self.store.retry_job(job_id, self.clock) == len(revived) + len(woken)
+            assert Service(self.store).retry_job(job_id, self.clock) == len(revived) + len(woken)
             for m in revived:
                 m.state = S.PENDING
                 m.attempts_base = m.attempts

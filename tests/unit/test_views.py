@@ -60,14 +60,15 @@ def test_cell_words_and_reasons() -> None:
     assert cell_view(cell(S.PENDING, installed=True), NOW)["word"] == "installed"
 
 
-def test_content_that_does_not_match_its_digest_reads_corrupt() -> None:
+def test_content_that_does_not_match_its_digest_reads_corrupt_by_its_kind() -> None:
     bad = "hash mismatch in chunk ab12…: content hashes to cd34…"
-    assert is_corruption(bad)
-    assert is_corruption("manifest signature does not verify with the site key")
-    assert not is_corruption("connection refused by http://x:1")
+    assert is_corruption("integrity")
+    assert not is_corruption("transient")
     assert not is_corruption(None)
-    assert cell_view(cell(S.RETRYING, error=bad), NOW)["word"] == "corrupt"
-    assert cell_view(cell(S.FAILED, error=bad), NOW)["word"] == "corrupt"
+    assert cell_view(cell(S.RETRYING, error=bad, error_kind="integrity"), NOW)["word"] == "corrupt"
+    assert cell_view(cell(S.FAILED, error=bad, error_kind="integrity"), NOW)["word"] == "corrupt"
+    # the words alone decide nothing: a transient failure that mentions a mismatch retries
+    assert cell_view(cell(S.RETRYING, error=bad, error_kind="transient"), NOW)["word"] == "retrying"
 
 
 def test_prometheus_text_escapes_labels_and_lists_every_bucket() -> None:

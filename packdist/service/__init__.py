@@ -1,0 +1,31 @@
+"""The service layer: every use case of a site, above the store and below its front ends.
+
+The CLI, the dashboard, the site's HTTP API and the despooler call these; none of them
+builds a job or changes a state by hand. Each use case runs in one transaction of the store,
+decides in Python which instructions an event applies to, and words its events and errors::
+
+    CLI / dashboard / site API / despooler
+                    │
+                 Service        jobs (distribute, remove, supersede, cancel, retry),
+                    │           attempts (claim, settle by failure kind, leases),
+                    │           fleet (packages, servers, heartbeats, validation, repairs)
+                  Store         named queries, rows mapped by column name; one writer of state
+                    │
+          SQLite  |  PostgreSQL
+"""
+
+from __future__ import annotations
+
+from packdist.service.attempts import STOPPING_KINDS
+from packdist.service.fleet import FleetUseCases
+from packdist.store.core import Store
+
+
+class Service(FleetUseCases):
+    """Every use case, on one store (cheap to make: it holds only the store)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+
+__all__ = ["STOPPING_KINDS", "Service"]

@@ -1,0 +1,282 @@
+"""Use cases of the despooler: claim due work under a lease, and settle each attempt.
+
+How an attempt ends decides what comes next, and the rules are here: a verified install or
+removal ends the instruction; a failure is retried or given up by its kind and the retry
+policy; a superseded attempt that did not succeed is cancelled instead; an attempt whose
+worker died (its lease ran out) or stopped (handed back) returns to the queue.
+"""
+
+from __future__ import annotations
+
+from packdist.errors import ErrorKind
+from packdist.retry import RetryPolicy
+from packdist.service.jobs import JobUseCases, ended
+from packdist.store.instructions import Plus
+from packdist.store.records import Claim
+
+#: kinds of failure that the same attempt again cannot mend: the instruction stops (failed,
+#: with the cause) until an operator fixes the cause and retries the job
+STOPPING_KINDS = frozenset({ErrorKind.INTEGRITY, ErrorKind.REFUSED})
+
+LEASE_EXPIRED = "attempt interrupted: its despooler worker stopped or stalled (lease expired)"
+
+
+class AttemptUseCases(JobUseCases):
+    def claim_ready(self, owner: str, lease_seconds: float, limit: int, now: float) -> list[Claim]:
+        """Take up to ``limit`` due instructions under the lease ``owner``."""
+        store = self.store
+        with store.transaction():
+            ids = store.claim_candidates(now, limit)
+            claimed = store.apply(
+                "claim",
+                ids,
+                now,
+                attempts=Plus(1),
+                lease_owner=owner,
+                lease_expires_at=now + lease_seconds,
+                claimed_at=now,
+            )
+            claims = store.claims([r["id"] for r in claimed])
+            for c in claims:
+                store.start_attempt(c.instruction_id, c.attempts, owner, now)
+                store.add_event(
+                    "attempt", f"attempt {c.attempts} to {c.server}", c.job_id, c.server, now=now
+                )
+        return claims
+
+    def mark_installed(self, instruction_id: int, owner: str, now: float) -> None:
+        """The agent holds the package, verified: the instruction ends installed, and the
+        server's copy is recorded (whatever validation found before is mended)."""
+        store = self.store
+        with store.transaction():
+            (row,) = store.apply(
+                "installed",
+                [instruction_id],
+                now,
+                owner=owner,
+                action="install",
+                strict=True,
+                error_kind=None,
+                last_error=None,
+                **ended(now, None),
+            )
+            package_id = self._package_of(instruction_id)
+            store.record_verified_install(row["server"], package_id, now)
+            store.end_attempt(instruction_id, "installed", now)
+            store.add_event(
+                "installed",
+                f"installed on {row['server']} (verified)",
+                row["job_id"],
+                row["server"],
+                now=now,
+            )
+
+    def mark_removed(self, instruction_id: int, owner: str, now: float) -> None:
+        """A removal instruction is done: the agent no longer holds the version (the
+        server's copy leaves the matrix at once)."""
+        store = self.store
+        with store.transaction():
+            (row,) = store.apply(
+                "removed",
+                [instruction_id],
+                now,
+                owner=owner,
+                action="remove",
+                strict=True,
+                error_kind=None,
+                last_error=None,
+                **ended(now, None),
+            )
+            store.drop_holding(row["server"], self._package_of(instruction_id))
+            store.end_attempt(instruction_id, "removed", now)
+            store.add_event(
+                "removed", f"removed from {row['server']}", row["job_id"], row["server"], now=now
+            )
+
+    def record_failure(
+        self,
+        claim: Claim,
+        error: str,
+        kind: ErrorKind,
+        policy: RetryPolicy,
+        now: float,
+    ) -> bool:
+        """A failed attempt: retried, or given up by its kind or the policy's limits.
+        Returns True if it will be retried."""
+        if kind in STOPPING_KINDS:
+            self.mark_failed(claim.instruction_id, claim.lease, error, now, kind)
+            return False
+        limited = policy.with_limits(claim.max_attempts, claim.deadline)
+        decision = limited.decide(claim.attempts - claim.attempts_base, claim.job_created_at, now)
+        if decision.retry_at is None:
+            self.mark_failed(
+                claim.instruction_id, claim.lease, f"{error} ({decision.reason})", now, kind
+            )
+            return False
+        self.schedule_retry(claim.instruction_id, claim.lease, error, decision.retry_at, now, kind)
+        return True
+
+    def schedule_retry(
+        self,
+        instruction_id: int,
+        owner: str,
+        error: str,
+        retry_at: float,
+        now: float,
+        kind: ErrorKind = ErrorKind.TRANSIENT,
+    ) -> None:
+        """Back to ``retrying``, due at ``retry_at``, or at once if the server came back (a
+        heartbeat after silence) while this attempt was under way. A superseded attempt is
+        cancelled instead: the newer, opposite intent runs next."""
+        store = self.store
+        with store.transaction():
+            current = self._held(instruction_id, owner)
+            if current is not None and current["superseded_by"]:
+                self._end_superseded(instruction_id, current["superseded_by"], now, owner)
+                return
+            back_at = store.db.value("server_back_at", name=current["server"]) if current else None
+            came_back = bool(
+                current and back_at is not None and (current["claimed_at"] or 0) < back_at
+            )
+            (row,) = store.apply(
+                "retry",
+                [instruction_id],
+                now,
+                owner=owner,
+                strict=True,
+                lease_owner=None,
+                lease_expires_at=None,
+                last_error=error,
+                error_kind=kind.value,
+                next_attempt_at=now if came_back else retry_at,
+            )
+            store.end_attempt(instruction_id, "retry", now, kind.value)
+            when = (
+                "server came back during the attempt: retry now"
+                if came_back
+                else f"retry in {max(0.0, retry_at - now):.1f}s"
+            )
+            store.add_event("failure", f"{error}; {when}", row["job_id"], row["server"], now=now)
+
+    def mark_failed(
+        self,
+        instruction_id: int,
+        owner: str,
+        error: str,
+        now: float,
+        kind: ErrorKind = ErrorKind.TRANSIENT,
+    ) -> None:
+        store = self.store
+        with store.transaction():
+            current = self._held(instruction_id, owner)
+            if current is not None and current["superseded_by"]:
+                self._end_superseded(instruction_id, current["superseded_by"], now, owner)
+                return
+            (row,) = store.apply(
+                "fail",
+                [instruction_id],
+                now,
+                owner=owner,
+                strict=True,
+                error_kind=kind.value,
+                **ended(now, error),
+            )
+            store.end_attempt(instruction_id, "failed", now, kind.value)
+            store.add_event("failed", error, row["job_id"], row["server"], now=now)
+
+    def recover_expired_leases(self, now: float) -> int:
+        """Return instructions whose worker died or stalled (lease expired) to the queue,
+        due at once; a superseded one is cancelled instead."""
+        store = self.store
+        with store.transaction():
+            rows = store.expired_leases(now)
+            for r in rows:
+                if r["superseded_by"]:
+                    self._end_superseded(r["id"], r["superseded_by"], now)
+                    continue
+                for changed in store.apply(
+                    "lease_expired",
+                    [r["id"]],
+                    now,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    next_attempt_at=now,
+                    last_error=LEASE_EXPIRED,
+                    error_kind=ErrorKind.TRANSIENT.value,
+                ):
+                    # the attempt ended when its lease did: no two holders ever overlap
+                    store.end_attempt(
+                        r["id"], "lease expired", r["lease_expires_at"], ErrorKind.TRANSIENT.value
+                    )
+                    store.add_event(
+                        "recovered",
+                        "lease expired; returned to the queue",
+                        changed["job_id"],
+                        changed["server"],
+                        now=now,
+                    )
+            if rows:
+                store.notify()
+        return len(rows)
+
+    def release_leases(self, owner: str, now: float) -> int:
+        """A worker stopping cleanly hands its instructions back, due at once. Releases the
+        leases held as ``owner`` and as ``owner:<anything>`` (one lease name per claim)."""
+        store = self.store
+        with store.transaction():
+            rows = store.leases_of(owner)
+            for r in rows:
+                if r["superseded_by"]:
+                    self._end_superseded(r["id"], r["superseded_by"], now)
+                    continue
+                for changed in store.apply(
+                    "handed_back",
+                    [r["id"]],
+                    now,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    next_attempt_at=now,
+                ):
+                    store.end_attempt(r["id"], "handed back", now)
+                    store.add_event(
+                        "recovered",
+                        "site stopping; attempt handed back to the queue",
+                        changed["job_id"],
+                        changed["server"],
+                        now=now,
+                    )
+            if rows:
+                store.notify()
+        return len(rows)
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _package_of(self, instruction_id: int) -> str:
+        row = self.store.instruction(instruction_id)
+        assert row is not None
+        return str(row["package_id"])
+
+    def _held(self, instruction_id: int, owner: str) -> dict[str, object] | None:
+        """The instruction, if ``owner`` holds it (else the guarded change refuses)."""
+        row = self.store.instruction(instruction_id)
+        if row is None or row["lease_owner"] != owner or row["state"] != "sending":
+            return None
+        return dict(row)
+
+    def _end_superseded(
+        self, instruction_id: int, superseding_job: object, now: float, owner: str | None = None
+    ) -> None:
+        """An attempt that a newer, opposite job superseded did not succeed: cancelled."""
+        store = self.store
+        why = self.superseded_why(str(superseding_job))
+        for r in store.apply(
+            "supersede_ended",
+            [instruction_id],
+            now,
+            owner=owner,
+            strict=owner is not None,
+            **ended(now, why),
+        ):
+            store.end_attempt(instruction_id, "superseded", now)
+            store.add_event("cancelled", why, r["job_id"], r["server"], now=now)
+        store.notify()

@@ -1,0 +1,137 @@
+"""Use cases of the fleet: packages and servers enrolled, heartbeats, validation, repairs."""
+
+from __future__ import annotations
+
+from packdist import states
+from packdist.core.digest import Digest
+from packdist.core.manifest import Manifest
+from packdist.errors import NotFound
+from packdist.service.attempts import AttemptUseCases
+from packdist.service.jobs import UNFINISHED, ended
+from packdist.store.records import PackageRecord, describe_problems
+
+
+class FleetUseCases(AttemptUseCases):
+    def add_package(
+        self, manifest: Manifest, signature: bytes, new_chunks: dict[Digest, int], now: float
+    ) -> PackageRecord:
+        store = self.store
+        with store.transaction():
+            record = store.add_package(manifest, signature, new_chunks, now)
+            store.add_event(
+                "package", f"package {manifest.ref} created ({manifest.id.short}…)", now=now
+            )
+        return record
+
+    def add_server(
+        self,
+        name: str,
+        url: str,
+        token_hash: str,
+        groups: list[str],
+        labels: dict[str, str] | None,
+        now: float,
+    ) -> None:
+        store = self.store
+        with store.transaction():
+            store.add_server(name, url, token_hash, groups, labels, now)
+            store.add_event("server", f"server {name} added ({url})", server=name, now=now)
+
+    def remove_server(self, name: str, now: float) -> int:
+        """Remove a server (its token revoked), cancelling its unfinished instructions;
+        returns how many."""
+        store = self.store
+        with store.transaction():
+            store.mark_server_removed(name)
+            ids = store.server_instructions(name, states.sources("server_removed"))
+            n = len(store.apply("server_removed", ids, now, **ended(now, "server removed")))
+            store.add_event("server", f"server {name} removed", server=name, now=now)
+        return n
+
+    def package_holders(self, package_id: str) -> list[str]:
+        """Servers (not removed) that hold the package, as last reported, or have an
+        unfinished install instruction for it: the targets of ``remove --everywhere``."""
+        return self.store.package_holders(package_id, sorted(s.value for s in UNFINISHED))
+
+    def record_heartbeat(
+        self,
+        server: str,
+        boot_id: str,
+        disk_free: int | None,
+        installed: list[str],
+        now: float,
+        offline_after: float,
+    ) -> int:
+        """Record a heartbeat. If the server was silent (or restarted), wake its retrying
+        instructions so they are due now; returns how many were woken."""
+        store = self.store
+        with store.transaction():
+            seen = store.server_liveness(server)
+            if seen is None:
+                raise NotFound(f"no server named {server}")
+            came_back = (
+                seen["last_seen"] is None
+                or now - seen["last_seen"] > offline_after
+                or seen["boot_id"] != boot_id
+            )
+            store.record_liveness(server, boot_id, disk_free, now, came_back)
+            # What the server holds, as it reports it: only changes are written.
+            recorded = store.holdings(server)
+            reported = set(installed)
+            for gone in sorted(recorded - reported):
+                store.drop_holding(server, gone)
+            for new in sorted(reported - recorded):
+                if store.package_by_id(new) is not None:
+                    store.add_holding(server, new, now)
+            if not came_back:
+                return 0
+            woken = len(
+                store.apply("wake", store.waiting_retries(server, now), now, next_attempt_at=now)
+            )
+            why = (
+                "restarted"
+                if seen["last_seen"] is not None and seen["boot_id"] != boot_id
+                else "online"
+            )
+            woke = f"; {woken} retrying instruction(s) woken" if woken else ""
+            store.add_event("server", f"server {server} is {why}{woke}", server=server, now=now)
+            if woken:
+                store.notify()
+            return woken
+
+    def record_validation(
+        self, server: str, package_id: str, problems: list[dict[str, str]], now: float
+    ) -> str | None:
+        """Record what a validation found for one copy. With problems: mark the copy
+        corrupt (the matrix shows it until a verified install clears it), write a
+        ``corrupt`` event naming the paths and queue a repair job (options
+        ``{"repair": true}``) unless one is unfinished; returns the new job's id. Without:
+        clear an earlier mark. Unknown packages and removed servers are ignored (None)."""
+        store = self.store
+        with store.transaction():
+            pkg = store.package_by_id(package_id)
+            if pkg is None or store.server(server) is None:
+                return None  # not a package of this site, or a server since removed
+            if not problems:
+                if store.clear_corrupt(server, package_id):
+                    store.add_event(
+                        "validated", f"{pkg.ref} on {server} verifies again", server=server, now=now
+                    )
+                return None
+            words = describe_problems(problems)
+            removing = store.unfinished_of_package(package_id, [server], "remove", UNFINISHED)
+            if removing:  # the copy is on its way out: nothing to repair
+                job = removing[0]["job_id"]
+                message = f"{pkg.ref} corrupt on {server}: {words}; removal job {job} under way, no repair"
+                store.add_event("corrupt", message, job, server, now=now)
+                return None
+            store.mark_corrupt(server, package_id, words, now)
+            pending = self.repairs_under_way(server, package_id)
+            if pending is not None:  # a repair is already queued or under way
+                message = f"{pkg.ref} corrupt on {server}: {words}; repair job {pending} under way"
+                store.add_event("corrupt", message, pending, server, now=now)
+                return None
+            job_id = self.add_job(package_id, [server], None, None, {"repair": True}, now)
+            message = f"{pkg.ref} corrupt on {server}: {words}; repair queued (job {job_id})"
+            store.add_event("corrupt", message, job_id, server, now=now)
+            return job_id

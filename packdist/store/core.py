@@ -1,0 +1,35 @@
+"""The store: every table of a site behind intent-named queries, on one :class:`Database`.
+
+It is split by concern (the catalogue, instructions with the one writer of state, reports)
+and written once for every database; what differs between SQLite and PostgreSQL is in
+:mod:`packdist.store.sqlite` and :mod:`packdist.store.postgres`. The rules of the domain
+(which instructions an event applies to, and what it means) are in :mod:`packdist.service`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from packdist.store.catalog import CatalogQueries
+from packdist.store.db import Database
+from packdist.store.instructions import InstructionQueries
+from packdist.store.reports import ReportQueries
+
+
+class Store(CatalogQueries, InstructionQueries, ReportQueries):
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One transaction for everything inside (re-entrant)."""
+        with self.db.transaction():
+            yield
+
+    def notify(self, channel: str = "work") -> None:
+        """Wake the site's workers (at commit): a new job, a server back, a retry."""
+        self.db.notify(channel)
+
+    def close(self) -> None:
+        self.db.close()

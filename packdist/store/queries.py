@@ -1,0 +1,81 @@
+"""Named queries: every SQL statement of the store lives in ``queries.sql``, by name.
+
+A query is written once, with ``:name`` parameters. Where the dialects differ, the file
+holds a variant for one of them (``-- name: claim_candidates [postgresql]``), and a list
+parameter (``:ids``, a Python sequence) expands to one placeholder per item. The store asks
+for a query by name and the dialect turns it into what its driver takes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+_NAME = re.compile(r"^-- name: (\w+)(?: \[(\w+)\])?\s*$")
+_PARAM = re.compile(r"(?<![:\w]):(\w+)")  # ``:name``, not a PostgreSQL ``::cast``
+
+
+@cache
+def _catalogue() -> dict[tuple[str, str | None], str]:
+    text = (resources.files("packdist.store") / "queries.sql").read_text()
+    found: dict[tuple[str, str | None], str] = {}
+    key: tuple[str, str | None] | None = None
+    lines: list[str] = []
+    for line in [*text.splitlines(), "-- name: _end"]:
+        m = _NAME.match(line)
+        if m is None:
+            if not line.lstrip().startswith("--"):
+                lines.append(line)
+            continue
+        if key is not None:
+            if key in found:
+                raise ValueError(f"query {key[0]} is defined twice")
+            found[key] = "\n".join(lines).strip().rstrip(";")
+        key, lines = (m.group(1), m.group(2)), []
+    return found
+
+
+def names() -> set[str]:
+    return {name for name, _ in _catalogue()}
+
+
+def text(name: str, dialect: str) -> str:
+    """The query's text for ``dialect`` (its variant, else the common one)."""
+    found = _catalogue()
+    sql = found.get((name, dialect)) or found.get((name, None))
+    if sql is None:
+        raise KeyError(f"no query named {name}")
+    return sql
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """How one driver spells parameters: ``named`` (``:x``, sqlite3) or ``pyformat``
+    (``%(x)s``, psycopg)."""
+
+    name: str
+    paramstyle: str
+
+    def prepare(self, sql: str, params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        """Expand list parameters and spell the placeholders for the driver."""
+        out = dict(params)
+        for key, value in params.items():
+            if isinstance(value, list | tuple):
+                items: Sequence[Any] = value
+                keys = [f"{key}__{i}" for i in range(len(items))]
+                out.update(zip(keys, items, strict=True))
+                del out[key]
+                spelled = ", ".join(f":{k}" for k in keys) if keys else "NULL"
+                sql = re.sub(rf"(?<![:\w]):{key}\b", spelled, sql)
+        if self.paramstyle == "pyformat":
+            sql = sql.replace("%", "%%")
+            sql = _PARAM.sub(lambda m: f"%({m.group(1)})s", sql)
+        return sql, out
+
+
+SQLITE = Dialect("sqlite", "named")
+POSTGRESQL = Dialect("postgresql", "pyformat")

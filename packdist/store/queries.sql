@@ -1,0 +1,346 @@
+-- Every statement of the store, by name (packdist.store.queries). Parameters are ``:name``;
+-- a list parameter expands to one placeholder per item. A variant for one dialect is named
+-- ``-- name: x [postgresql]``. The only statement that sets an instruction's state is
+-- ``transition`` (the store's one writer, packdist.store.instructions).
+
+-- === site ===================================================================================
+
+-- name: site_row
+SELECT name FROM site
+
+-- name: insert_site
+INSERT INTO site (id, name, created_at) VALUES (1, :name, :now)
+
+-- === packages and chunks ====================================================================
+
+-- name: known_chunks
+SELECT digest FROM chunks WHERE digest IN (:digests)
+
+-- name: insert_chunk
+INSERT INTO chunks (digest, size) VALUES (:digest, :size) ON CONFLICT DO NOTHING
+
+-- name: package_exists
+SELECT 1 AS found FROM packages WHERE name = :name AND version = :version
+
+-- name: insert_package
+INSERT INTO packages (id, name, version, manifest, signature, size, file_count, chunk_count,
+    created_at)
+VALUES (:id, :name, :version, :manifest, :signature, :size, :file_count, :chunk_count, :now)
+
+-- name: package_by_name
+SELECT id, name, version, size, file_count, chunk_count, created_at FROM packages
+WHERE name = :name AND version = :version
+
+-- name: package_by_id
+SELECT id, name, version, size, file_count, chunk_count, created_at FROM packages
+WHERE id = :id
+
+-- name: package_manifest
+SELECT manifest, signature FROM packages WHERE id = :id
+
+-- name: list_packages
+SELECT id, name, version, size, file_count, chunk_count, created_at FROM packages
+ORDER BY name, created_at
+
+-- name: package_refs
+SELECT id, name, version FROM packages
+
+-- === servers ================================================================================
+
+-- name: server_removed_flag
+SELECT removed FROM servers WHERE name = :name
+
+-- name: insert_server
+INSERT INTO servers (name, url, token_hash, created_at, labels)
+VALUES (:name, :url, :token_hash, :now, :labels)
+
+-- name: reenrol_server
+UPDATE servers SET url = :url, token_hash = :token_hash, created_at = :now, removed = 0,
+    last_seen = NULL, boot_id = NULL, disk_free = NULL, back_at = NULL, labels = :labels
+WHERE name = :name
+
+-- name: clear_server_groups
+DELETE FROM server_groups WHERE server = :name
+
+-- name: clear_server_holdings
+DELETE FROM server_packages WHERE server = :name
+
+-- name: insert_server_group
+INSERT INTO server_groups (server, grp) VALUES (:server, :grp) ON CONFLICT DO NOTHING
+
+-- name: mark_server_removed
+UPDATE servers SET removed = 1, token_hash = 'removed:' || name
+WHERE name = :name AND removed = 0 RETURNING name
+
+-- name: live_servers
+SELECT name, url, created_at, last_seen, disk_free, labels FROM servers
+WHERE removed = 0 ORDER BY name
+
+-- name: live_server_by_name
+SELECT name, url, created_at, last_seen, disk_free, labels FROM servers
+WHERE removed = 0 AND name = :name
+
+-- name: live_server_by_token
+SELECT name, url, created_at, last_seen, disk_free, labels FROM servers
+WHERE removed = 0 AND token_hash = :token_hash
+
+-- name: live_server_names_among
+SELECT name FROM servers WHERE removed = 0 AND name IN (:names)
+
+-- name: all_server_groups
+SELECT g.server, g.grp FROM server_groups g JOIN servers s ON s.name = g.server
+WHERE s.removed = 0 ORDER BY g.server, g.grp
+
+-- name: groups_of_server
+SELECT grp FROM server_groups WHERE server = :name ORDER BY grp
+
+-- name: servers_in_group
+SELECT g.server FROM server_groups g JOIN servers s ON s.name = g.server
+WHERE g.grp = :grp AND s.removed = 0 ORDER BY g.server
+
+-- name: swarm
+-- holders (a copy not known corrupt), and receivers: an instruction under way, or one whose
+-- retry is due (not one that waits out a back-off: it would not fetch its share now)
+SELECT s.name, s.url, s.labels, s.last_seen,
+    EXISTS (SELECT 1 FROM server_packages p WHERE p.server = s.name
+            AND p.package_id = :pkg AND p.corrupt IS NULL) AS holder
+FROM servers s WHERE s.removed = 0 AND (
+    EXISTS (SELECT 1 FROM server_packages p WHERE p.server = s.name
+            AND p.package_id = :pkg AND p.corrupt IS NULL)
+    OR EXISTS (SELECT 1 FROM instructions i JOIN jobs j ON j.id = i.job_id
+               WHERE i.server = s.name AND j.package_id = :pkg AND j.action = 'install'
+               AND (i.state IN ('pending', 'sending')
+                    OR (i.state = 'retrying' AND i.next_attempt_at <= :now))))
+ORDER BY s.name
+
+-- name: server_liveness
+SELECT last_seen, boot_id, back_at FROM servers WHERE name = :name AND removed = 0
+
+-- name: record_liveness
+UPDATE servers SET last_seen = :now, boot_id = :boot_id, disk_free = :disk_free,
+    back_at = CASE WHEN :came_back = 1 THEN :now ELSE back_at END
+WHERE name = :name
+
+-- name: server_back_at
+SELECT back_at FROM servers WHERE name = :name
+
+-- === what servers hold ======================================================================
+
+-- name: holdings_of_server
+SELECT package_id FROM server_packages WHERE server = :server
+
+-- name: drop_holding
+DELETE FROM server_packages WHERE server = :server AND package_id = :package_id
+
+-- name: add_holding
+INSERT INTO server_packages (server, package_id, installed_at)
+VALUES (:server, :package_id, :now) ON CONFLICT DO NOTHING
+
+-- name: install_holding
+-- a verified install: the server holds the package, and any corruption mark is cleared
+INSERT INTO server_packages (server, package_id, installed_at) VALUES (:server, :package_id, :now)
+ON CONFLICT (server, package_id) DO UPDATE SET installed_at = excluded.installed_at, corrupt = NULL
+
+-- name: mark_holding_corrupt
+INSERT INTO server_packages (server, package_id, installed_at, corrupt)
+VALUES (:server, :package_id, :now, :corrupt)
+ON CONFLICT (server, package_id) DO UPDATE SET corrupt = excluded.corrupt
+
+-- name: clear_holding_corrupt
+UPDATE server_packages SET corrupt = NULL
+WHERE server = :server AND package_id = :package_id AND corrupt IS NOT NULL
+
+-- name: package_holders
+SELECT sp.server FROM server_packages sp JOIN servers s ON s.name = sp.server
+WHERE sp.package_id = :pkg AND s.removed = 0
+UNION SELECT i.server FROM instructions i JOIN jobs j ON j.id = i.job_id
+JOIN servers s ON s.name = i.server
+WHERE j.package_id = :pkg AND j.action = 'install' AND s.removed = 0
+AND i.state IN (:unfinished) ORDER BY 1
+
+-- === jobs and instructions ==================================================================
+
+-- name: insert_job
+INSERT INTO jobs (id, package_id, created_at, max_attempts, deadline, options, action)
+VALUES (:id, :package_id, :now, :max_attempts, :deadline, :options, :action)
+
+-- name: insert_instruction
+INSERT INTO instructions (job_id, server, state, next_attempt_at, updated_at, bytes_total)
+VALUES (:job_id, :server, :state, :now, :now, :bytes_total)
+
+-- name: job_by_id
+SELECT j.id, j.package_id, j.created_at, j.max_attempts, j.deadline, j.options, j.action,
+    p.name, p.version
+FROM jobs j JOIN packages p ON p.id = j.package_id WHERE j.id = :id
+
+-- name: recent_jobs
+SELECT j.id, j.package_id, j.created_at, j.max_attempts, j.deadline, j.options, j.action,
+    p.name, p.version
+FROM jobs j JOIN packages p ON p.id = j.package_id ORDER BY j.created_at DESC LIMIT :limit
+
+-- name: instructions_of_job
+SELECT id, job_id, server, state, attempts, last_error, next_attempt_at, bytes_sent,
+    bytes_total, updated_at, finished_at, bytes_from_peers, bytes_done, error_kind
+FROM instructions WHERE job_id = :job_id ORDER BY server
+
+-- name: instruction_by_id
+SELECT i.id, i.job_id, i.server, i.state, i.lease_owner, i.claimed_at, i.superseded_by,
+    i.attempts, j.action, j.package_id
+FROM instructions i JOIN jobs j ON j.id = i.job_id WHERE i.id = :id
+
+-- name: job_instructions_in
+SELECT i.id, i.server FROM instructions i WHERE i.job_id = :job_id AND i.state IN (:states)
+
+-- name: job_instructions_in_live
+-- of a job, the instructions in these states whose server is not removed
+SELECT i.id, i.server FROM instructions i JOIN servers s ON s.name = i.server
+WHERE i.job_id = :job_id AND i.state IN (:states) AND s.removed = 0
+
+-- name: server_instructions_in
+SELECT id FROM instructions WHERE server = :server AND state IN (:states)
+
+-- name: server_waiting_retries
+-- a server's retrying instructions that still wait out a back-off
+SELECT id FROM instructions WHERE server = :server AND state IN (:states)
+AND next_attempt_at > :now
+
+-- name: unfinished_of_package
+-- instructions of jobs with this action for this package on these servers, in these states
+SELECT i.id, i.state, i.job_id, i.server, j.options FROM instructions i
+JOIN jobs j ON j.id = i.job_id
+WHERE j.package_id = :package_id AND j.action = :action AND i.server IN (:servers)
+AND i.state IN (:states)
+ORDER BY i.id
+
+-- name: mark_superseded_by
+UPDATE instructions SET superseded_by = :job_id WHERE id IN (:ids)
+
+-- name: transition
+-- THE one statement that sets an instruction's state: filled in by InstructionQueries.apply
+-- from the event's row of packdist.states (its sources, its target, the columns it may set).
+UPDATE instructions SET state = :to_state, updated_at = :now{assignments}
+WHERE id IN (:ids) AND state IN (:from_states){guards}
+RETURNING id, job_id, server
+
+-- name: instruction_state
+SELECT state FROM instructions WHERE id = :id
+
+-- === the despooler ==========================================================================
+
+-- name: next_due_at
+SELECT min(next_attempt_at) AS due FROM instructions WHERE state IN (:states)
+
+-- name: claim_candidates
+-- due work of servers not removed, oldest due first; not while an opposite attempt for the
+-- same version on the same server is under way (the newer intent waits for it to end)
+SELECT i.id FROM instructions i
+JOIN servers s ON s.name = i.server JOIN jobs j ON j.id = i.job_id
+WHERE i.state IN (:states) AND i.next_attempt_at <= :now AND s.removed = 0
+AND NOT EXISTS (SELECT 1 FROM instructions o JOIN jobs oj ON oj.id = o.job_id
+    WHERE o.server = i.server AND o.state = 'sending'
+    AND oj.package_id = j.package_id AND oj.action != j.action)
+ORDER BY i.next_attempt_at LIMIT :limit
+
+-- name: claim_candidates [postgresql]
+-- the same; rows another worker is claiming right now are skipped, not waited for
+SELECT i.id FROM instructions i
+JOIN servers s ON s.name = i.server JOIN jobs j ON j.id = i.job_id
+WHERE i.state IN (:states) AND i.next_attempt_at <= :now AND s.removed = 0
+AND NOT EXISTS (SELECT 1 FROM instructions o JOIN jobs oj ON oj.id = o.job_id
+    WHERE o.server = i.server AND o.state = 'sending'
+    AND oj.package_id = j.package_id AND oj.action != j.action)
+ORDER BY i.next_attempt_at LIMIT :limit
+FOR UPDATE OF i SKIP LOCKED
+
+-- name: claim_details
+SELECT i.id, i.job_id, i.server, s.url, j.package_id, p.name, p.version, i.attempts,
+    i.attempts_base, j.created_at, j.max_attempts, j.deadline, j.options, sp.corrupt,
+    j.action, i.lease_owner
+FROM instructions i JOIN jobs j ON j.id = i.job_id
+JOIN servers s ON s.name = i.server JOIN packages p ON p.id = j.package_id
+LEFT JOIN server_packages sp ON sp.server = i.server AND sp.package_id = j.package_id
+WHERE i.id IN (:ids) ORDER BY i.next_attempt_at, i.id
+
+-- name: renew_lease
+UPDATE instructions SET lease_expires_at = :until,
+    bytes_sent = CASE WHEN bytes_sent > :bytes_sent THEN bytes_sent ELSE :bytes_sent END,
+    bytes_total = :bytes_total,
+    bytes_from_peers = CASE WHEN bytes_from_peers > :bytes_from_peers
+                            THEN bytes_from_peers ELSE :bytes_from_peers END,
+    bytes_done = CASE WHEN bytes_done > :bytes_done THEN bytes_done ELSE :bytes_done END
+WHERE id = :id AND state = 'sending' AND lease_owner = :owner
+
+-- name: expired_leases
+SELECT id, superseded_by, lease_expires_at FROM instructions
+WHERE state = 'sending' AND lease_expires_at < :now
+
+-- name: leases_of_owner
+SELECT id, superseded_by FROM instructions WHERE state = 'sending'
+AND (lease_owner = :owner OR lease_owner LIKE :prefix ESCAPE '!')
+
+-- name: superseding_job
+SELECT action FROM jobs WHERE id = :id
+
+-- name: start_attempt
+INSERT INTO attempts (instruction_id, attempt, lease_owner, claimed_at)
+VALUES (:id, :attempt, :owner, :now)
+
+-- name: end_attempt
+UPDATE attempts SET ended_at = :now, outcome = :outcome, error_kind = :error_kind
+WHERE instruction_id = :id AND ended_at IS NULL
+
+-- name: attempt_history
+SELECT instruction_id, attempt, lease_owner, claimed_at, ended_at, outcome, error_kind
+FROM attempts ORDER BY instruction_id, attempt
+
+-- === events =================================================================================
+
+-- name: insert_event
+INSERT INTO events (at, job_id, server, kind, message)
+VALUES (:at, :job_id, :server, :kind, :message)
+
+-- name: events_after
+SELECT id, at, job_id, server, kind, message FROM events WHERE id > :after ORDER BY id
+
+-- name: job_events_after
+SELECT id, at, job_id, server, kind, message FROM events
+WHERE id > :after AND job_id = :job_id ORDER BY id
+
+-- name: newest_events
+SELECT id, at, job_id, server, kind, message FROM events ORDER BY id DESC LIMIT :limit
+
+-- name: newest_job_events
+SELECT id, at, job_id, server, kind, message FROM events WHERE job_id = :job_id
+ORDER BY id DESC LIMIT :limit
+
+-- === views ==================================================================================
+
+-- name: live_holdings
+SELECT sp.server, sp.package_id, sp.corrupt FROM server_packages sp
+JOIN servers s ON s.name = sp.server WHERE s.removed = 0
+
+-- name: live_instructions_oldest_first
+-- every instruction of a server not removed, oldest job first: the newest of a pair wins
+SELECT j.package_id, i.server, i.state, i.job_id, i.attempts, i.last_error,
+    i.next_attempt_at, i.bytes_sent, i.bytes_total, i.updated_at, j.action, i.error_kind
+FROM instructions i JOIN jobs j ON j.id = i.job_id
+JOIN servers s ON s.name = i.server WHERE s.removed = 0
+ORDER BY j.created_at, i.id
+
+-- name: instructions_by_state
+SELECT state, count(*) AS n FROM instructions GROUP BY state
+
+-- name: instruction_sums
+SELECT coalesce(sum(attempts), 0) AS attempts, coalesce(sum(bytes_sent), 0) AS bytes_sent
+FROM instructions
+
+-- name: instruction_states_by_job
+SELECT i.job_id, i.state, j.action FROM instructions i JOIN jobs j ON j.id = i.job_id
+
+-- name: events_by_kind
+SELECT kind, count(*) AS n FROM events GROUP BY kind
+
+-- name: install_durations
+SELECT CASE WHEN finished_at > claimed_at THEN finished_at - claimed_at ELSE 0.0 END AS d
+FROM instructions
+WHERE state = 'installed' AND claimed_at IS NOT NULL AND finished_at IS NOT NULL
