@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml
 
 # System tools the tests and benchmarks use (iproute2 for lab tests, rsync as an anchor,
 # chromium for the dashboard's browser test: Playwright drives /usr/bin/chromium, it never
-# downloads a browser of its own).
+# downloads a browser of its own; PostgreSQL for the second store: each test session starts
+# a throwaway cluster of its own, so Debian's own cluster is not needed).
 system-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  missing=""; \
@@ -24,6 +25,7 @@ system-deps:
 	  command -v rsync >/dev/null || missing="$$missing rsync"; \
 	  command -v zstd >/dev/null || missing="$$missing zstd"; \
 	  [ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	  [ -x /usr/lib/postgresql/15/bin/initdb ] || missing="$$missing postgresql"; \
 	  if [ -n "$$missing" ]; then \
 	    echo "installing system packages:$$missing"; \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null; \

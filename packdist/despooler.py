@@ -40,24 +40,27 @@ from packdist.retry import RetryPolicy
 from packdist.service import Service
 from packdist.site.library import ContentLibrary
 from packdist.site.tracker import DEFAULT_LOCATION_LABEL, choose_peers
+from packdist.states import InstructionState as S
 from packdist.store.base import Claim, Store
 
 log = logging.getLogger("packdist.despooler")
 T = TypeVar("T")
 
 LONG_POLL = 2.0  # an agent answers a status question at the latest after this long
-RENEW_EVERY = 2.0  # seconds between two lease renewals (and progress writes)
+RENEW_EVERY = 2.0  # at most this long between two lease renewals (and progress writes)
+MAX_IDLE = 1.0  # with notifications, the longest wait between two looks for work
 STALL_LIMIT = 120.0  # an install that makes no progress this long is given up (and retried)
 
 
 class StoreRunner:
-    """Runs store calls on one dedicated thread, so the event loop never blocks on SQLite."""
+    """Runs store calls on dedicated threads, so the event loop never blocks on the
+    database: one for SQLite (one connection), as many as the pool for PostgreSQL."""
 
     def __init__(self, store: Store) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         self.store = store
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="store")
+        self._pool = ThreadPoolExecutor(store.concurrency, thread_name_prefix="store")
 
     async def __call__(self, fn: Callable[[Store], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, self.store)
@@ -96,16 +99,27 @@ class Despooler:
         self.policy = policy or RetryPolicy()
         self.max_in_flight = max_in_flight
         self.lease = lease
+        # Renewed three times per lease at least: a renewal late by a busy moment (or a
+        # slow database) still comes before the lease runs out.
+        self.renew_every = min(RENEW_EVERY, lease / 3)
         self.poll = poll
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.wake = asyncio.Event()
         self.in_flight: dict[int, asyncio.Task[None]] = {}
         self._claims = 0
+        self._next_due: float | None = None  # as last read: when work is due next
+        self._notified = False  # other workers and the CLI wake us (PostgreSQL's NOTIFY)
 
     async def run(self) -> None:
         """Claim and start ready instructions until cancelled. A failing pass (the database
         busy or gone) is logged and retried; it never ends the despooler."""
         last_recovery = 0.0
+        loop = asyncio.get_running_loop()
+
+        def wake_soon() -> None:  # called from the store's listening thread
+            loop.call_soon_threadsafe(self.wake.set)
+
+        self._notified = await self.db(lambda s: s.listen(wake_soon))
         while True:
             try:
                 if time.monotonic() - last_recovery > self.lease / 2:
@@ -122,10 +136,19 @@ class Despooler:
                 log.exception("despooler pass failed; trying again in 1s")
                 await asyncio.sleep(1.0)
             try:
-                await asyncio.wait_for(self.wake.wait(), timeout=self.poll)
+                await asyncio.wait_for(self.wake.wait(), timeout=self._idle())
             except TimeoutError:
                 pass
             self.wake.clear()
+
+    def _idle(self) -> float:
+        """How long to wait for a wake-up: with notifications, until the next retry is due
+        (at most ``MAX_IDLE``); without, ``poll`` (the CLI writes jobs from elsewhere)."""
+        if not self._notified:
+            return self.poll
+        if self._next_due is None:
+            return MAX_IDLE
+        return min(MAX_IDLE, max(0.005, self._next_due - time.time()))
 
     async def _claim_and_start(self) -> None:
         """Claim one instruction at a time, each under a lease name of its own, so a stale
@@ -141,7 +164,7 @@ class Despooler:
 
     def _claim(self, lease: str, store: Store) -> list[Claim]:
         now = time.time()
-        due = store.next_due_at()  # a plain read: an idle site takes no write lock
+        due = self._next_due = store.next_due_at()  # a plain read: no lock when idle
         if due is None or due > now:
             return []
         return Service(store).claim_ready(lease, self.lease, 1, now)
@@ -196,7 +219,7 @@ class Despooler:
         """Renew the lease (and write progress) on its own clock, whatever the agent calls
         are doing; a lost lease (cancelled, or expired and taken over) stops the attempt."""
         while True:
-            await asyncio.sleep(RENEW_EVERY)
+            await asyncio.sleep(self.renew_every)
             try:
                 held = await self._renew(c, progress)
             except asyncio.CancelledError:
@@ -206,8 +229,26 @@ class Despooler:
                 continue
             if not held:
                 log.info("instruction %d: lease lost (cancelled or taken over)", c.instruction_id)
+                await self._stop_on_agent(c)  # before the attempt ends and cancels us
                 progress.lost = True
                 return
+
+    async def _stop_on_agent(self, c: Claim) -> None:
+        """A cancel reaches the agent: an install whose instruction no longer runs (it was
+        cancelled, or its server removed) stops there too, rather than finishing behind an
+        instruction that reads ``cancelled``. One taken over by another worker is left to
+        it: that worker drives the same install."""
+        if c.action != "install":
+            return
+        row = await self.db(lambda s: s.instruction(c.instruction_id))
+        if row is None or row["state"] == S.SENDING.value:
+            return
+        client = AgentClient(c.server, c.server_url, self.key, self.session)
+        try:
+            await client.cancel(c.package_id)
+            log.info("told %s to stop installing %s", c.server, c.package_ref)
+        except PackdistError as exc:  # unreachable: it finds out when it reports
+            log.info("could not tell %s to stop: %s", c.server, exc.message)
 
     async def _renew(self, c: Claim, progress: _Progress) -> bool:
         """Extend the lease and record progress; False if the lease is gone."""
@@ -262,6 +303,8 @@ class Despooler:
                 )
                 log.info("%s installed on %s", c.package_ref, c.server)
                 return
+            if state == "cancelled":  # stopped there while this attempt still runs here
+                raise RemoteError(f"the install was stopped on {c.server}; trying again")
             if state == "failed":
                 error = str(status.get("error") or "install failed on the agent")
                 kind = kind_named(status.get("error_kind"))

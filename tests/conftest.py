@@ -6,10 +6,13 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from tests import pgcluster
+from tests.pgcluster import Cluster
 
 PACKDIST = [sys.executable, "-m", "packdist"]
 
@@ -57,3 +60,29 @@ def have_root_and_netns() -> str | None:
     if shutil.which("ip") is None:
         return "lab tests need iproute2's 'ip' command"
     return None
+
+
+# --- PostgreSQL: one throwaway cluster per test session ----------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    """A PostgreSQL server of this session's own (skipped, with the reason, where it cannot
+    be started)."""
+    why = pgcluster.missing_reason()
+    if why:
+        pytest.skip(f"PostgreSQL tier skipped: {why}")
+    cluster = Cluster()
+    try:
+        cluster.start()
+    except subprocess.CalledProcessError as exc:
+        cluster.stop()
+        pytest.skip(f"PostgreSQL tier skipped: the cluster did not start: {exc.stderr!r}")
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: Cluster) -> str:
+    """A URL of an empty database of the session's cluster, for this test alone."""
+    return pg_cluster.new_database()

@@ -90,6 +90,20 @@ class AgentClient:
                 return None
             raise
 
+    async def cancel(self, package_id: str) -> dict[str, Any] | None:
+        """Stop the agent's install of ``package_id`` (None: it had none)."""
+        url = f"{self.base_url}/v1/installs/{package_id}/cancel"
+        try:
+            async with request(
+                self._session, "POST", url, headers=self._headers("POST", url), timeouts=CONTROL
+            ) as resp:
+                data: dict[str, Any] = await resp.json()
+                return data
+        except RemoteError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
     async def validate(self, package_ids: list[str] | None = None) -> list[dict[str, Any]]:
         """Have the agent re-hash its installed trees (``package_ids``: only those)."""
         url = f"{self.base_url}/v1/validate"

@@ -107,6 +107,7 @@ class InstallState(StrEnum):
     INSTALLING = "installing"  # laying out, fetching or building
     INSTALLED = "installed"  # the tree is in place, verified
     FAILED = "failed"  # this attempt failed; ``error`` says why
+    CANCELLED = "cancelled"  # the site cancelled it; the staging tree is kept for a resume
 
 
 class Phase(StrEnum):
@@ -125,6 +126,7 @@ class Install:
     error: str | None = None
     error_kind: ErrorKind | None = None  # travels to the site: its retry policy reads it
     error_chunk: str | None = None
+    cancel_requested: bool = False  # the site asked to stop it (not the agent stopping)
     bytes_received: int = 0  # chunk bytes received (decoded sizes)
     bytes_wire: int = 0  # what they took on the wire: frames, compressed or not
     bytes_present: int = 0
@@ -325,6 +327,21 @@ class Installer:
     def status(self, package_id: str) -> Install | None:
         return self.installs.get(package_id)
 
+    def cancel(self, package_id: str) -> Install | None:
+        """Stop an install under way (the site cancelled its instruction). One already
+        putting its tree in place (``finish``) runs to its end: that step is never cut in
+        half. What was fetched stays in staging, so a later install resumes from it."""
+        inst = self.installs.get(package_id)
+        if (
+            inst is not None
+            and inst.state is InstallState.INSTALLING
+            and inst.phase is not Phase.FINISH
+            and inst.task is not None
+        ):
+            inst.cancel_requested = True
+            inst.task.cancel()
+        return inst
+
     def recover(self) -> None:
         """Start-up recovery: settle renames a crash interrupted, then drop staging trees of
         versions installed since, layouts left by a crash and trees abandoned for a week;
@@ -405,6 +422,11 @@ class Installer:
             await self._install(inst, manifest)
             inst.end(InstallState.INSTALLED)
             log.info("installed %s (%s)", inst.ref, inst.package_id[:12])
+        except asyncio.CancelledError:
+            if not inst.cancel_requested:
+                raise  # the agent is stopping
+            inst.end(InstallState.CANCELLED, "cancelled by the site", ErrorKind.REFUSED)
+            log.info("install of %s cancelled by the site", inst.ref)
         except PackdistError as exc:
             chunk = exc.digest if isinstance(exc, HashMismatch) else None
             inst.end(InstallState.FAILED, exc.message, exc.kind, chunk)

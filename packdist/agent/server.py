@@ -33,7 +33,7 @@ from packdist.core.signing import VerifyKey
 from packdist.errors import AuthError, PackdistError, UserError
 from packdist.http import error_middleware, error_response, new_session, peer
 from packdist.ratelimit import Bucket
-from packdist.site.client import SiteClient
+from packdist.site.client import SiteClient, site_urls
 
 log = logging.getLogger("packdist.agent")
 
@@ -66,7 +66,8 @@ class Agent:
         self.home = home
         self.limits = limits or Limits()
         self.download = Bucket(self.limits.download)
-        self.site_url = site_url
+        self.site_urls = site_urls(site_url)  # one site, maybe several workers
+        self.site_url = self.site_urls[0]
         self.token = token
         self.boot_id = uuid.uuid4().hex
         self.session: aiohttp.ClientSession | None = None
@@ -77,7 +78,7 @@ class Agent:
         self.installer = Installer(
             home,
             self._fetch,
-            source=peer(site_url),
+            source=peer(self.site_url),
             peer_fetch=self._fetch_from_peer,
             download=self.download,
         )
@@ -87,7 +88,7 @@ class Agent:
         self._background: list[asyncio.Task[None]] = []
         enrolled = home.load_enrollment()
         if enrolled is not None:
-            if enrolled["site_url"].rstrip("/") != site_url.rstrip("/"):
+            if enrolled["site_url"].rstrip("/") not in self.site_urls:
                 log.warning(
                     "--site %s differs from the site this agent enrolled with (%s); keeping "
                     "the site key pinned then: a site with another key will be refused",
@@ -119,7 +120,7 @@ class Agent:
         self.installer.trim_cache()  # the limit may have changed since the last run
         self.session = new_session()
         self.liveness = new_session(fresh_connections=True)
-        self.site = SiteClient(self.site_url, self.token, self.session, self.liveness)
+        self.site = SiteClient(self.site_urls, self.token, self.session, self.liveness)
         enrolled = False
         try:  # enroll before serving when the site answers, so no install finds us unready
             await asyncio.wait_for(self._enroll(), timeout=FIRST_ENROLL_WAIT)
@@ -154,7 +155,7 @@ class Agent:
         self.site_key = VerifyKey.from_hex(key_hex)
         self.home.save_enrollment(
             {
-                "site_url": self.site_url,
+                "site_url": self.site.base_url,
                 "server": self.server_name,
                 "site": answer["site"],
                 "site_public_key": key_hex,
@@ -198,6 +199,7 @@ class Agent:
         app.router.add_get("/healthz", self.healthz)
         app.router.add_post("/v1/install", self.install)
         app.router.add_get("/v1/installs/{package_id}", self.install_status)
+        app.router.add_post("/v1/installs/{package_id}/cancel", self.cancel_install)
         app.router.add_post("/v1/validate", self.validate)
         app.router.add_post("/v1/remove", self.remove)
         app.router.add_post(PEER_CHUNKS_PATH, self.peer_chunks)
@@ -316,6 +318,18 @@ class Agent:
             return await self.peers.handle(request, request[CLAIMS])
         except AuthError as exc:
             return error_response(401, exc.message)
+
+    async def cancel_install(self, request: web.Request) -> web.Response:
+        """Stop an install under way: its instruction was cancelled at the site."""
+        pid = request.match_info["package_id"]
+        if not is_package_id(pid):
+            raise UserError("not a package id (64 hex digits)")
+        inst = self.installer.cancel(pid)
+        if inst is None:
+            return error_response(404, "no such install on this agent")
+        if inst.task is not None and inst.cancel_requested:
+            await asyncio.wait([inst.task], timeout=5.0)  # answer once it has stopped
+        return web.json_response(inst.to_json())
 
     async def install_status(self, request: web.Request) -> web.Response:
         inst = self.installer.status(request.match_info["package_id"])

@@ -18,7 +18,13 @@ def agent() -> None:
 @agent.command("serve")
 @home_option
 @click.option("--listen", default="0.0.0.0:8701", show_default=True, help="HOST:PORT")
-@click.option("--site", "site_url", required=True, help="URL of the site server.")
+@click.option(
+    "--site",
+    "site_url",
+    required=True,
+    help="URL of the site server; a site run by several workers: URL1,URL2,... (any that"
+    " answers is used).",
+)
 @click.option(
     "--token", required=True, envvar="PACKDIST_TOKEN", help="Enrollment token from 'server add'."
 )

@@ -14,6 +14,7 @@ from packdist import config
 from packdist.cli.common import home_option, json_option, print_json, resolve_home
 from packdist.site import operator
 from packdist.site.home import SiteHome
+from packdist.store.postgres import redacted
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -57,12 +58,19 @@ def site() -> None:
 @site.command("init")
 @home_option
 @click.option("--name", help="Site name (default: the host name).")
+@click.option(
+    "--store",
+    "store_url",
+    metavar="URL",
+    help="A postgresql:// URL for the store (default: SQLite in the home). With PostgreSQL,"
+    " several 'site serve' processes can run one site.",
+)
 @json_option
-def site_init(name: str | None, as_json: bool) -> None:
+def site_init(name: str | None, store_url: str | None, as_json: bool) -> None:
     """Create a site in the home: database, content library, signing key, operator
     password (printed once) and a commented packdist.toml."""
     root = resolve_home()
-    home = SiteHome.init(root, name)
+    home = SiteHome.init(root, name, store_url)
     store = home.store()
     try:
         site_name = store.site_name()
@@ -82,6 +90,8 @@ def site_init(name: str | None, as_json: bool) -> None:
         )
     else:
         click.echo(f"site {site_name} created in {root}")
+        if store_url is not None:
+            click.echo(f"store: {redacted(store_url)}")
         click.echo(f"operator password (shown once; the dashboard's login): {password}")
         click.echo(f"configuration: {config_path} (every setting commented at its default)")
         click.echo(

@@ -8,7 +8,7 @@ and written once for every database; what differs between SQLite and PostgreSQL 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from packdist.store.catalog import CatalogQueries
@@ -30,6 +30,15 @@ class Store(CatalogQueries, InstructionQueries, ReportQueries):
     def notify(self, channel: str = "work") -> None:
         """Wake the site's workers (at commit): a new job, a server back, a retry."""
         self.db.notify(channel)
+
+    def listen(self, callback: Callable[[], None], channel: str = "work") -> bool:
+        """``callback`` on every :meth:`notify` of another worker (from another thread);
+        False if this database has no notifications."""
+        return self.db.listen(channel, callback)
+
+    @property
+    def concurrency(self) -> int:
+        return self.db.concurrency
 
     def close(self) -> None:
         self.db.close()

@@ -8,7 +8,7 @@ placeholders, migrations, notifications) is kept here and in the two drivers' mo
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -22,6 +22,7 @@ class Database(abc.ABC):
     another stays in one transaction); a query outside a transaction runs on its own."""
 
     dialect: queries.Dialect
+    concurrency = 1  # how many threads may use it at once (one SQLite connection: one)
 
     @abc.abstractmethod
     def transaction(self) -> AbstractContextManager[None]: ...
@@ -37,6 +38,11 @@ class Database(abc.ABC):
     def notify(self, channel: str) -> None:
         """Tell other site workers there is something to look at (at commit); nothing where
         one process is the only worker."""
+
+    def listen(self, channel: str, callback: Callable[[], None]) -> bool:
+        """Call ``callback`` whenever another process notifies ``channel``; False where no
+        other process can (SQLite: its one site process looks for work on its own)."""
+        return False
 
     @abc.abstractmethod
     def close(self) -> None: ...

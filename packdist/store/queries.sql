@@ -344,3 +344,20 @@ SELECT kind, count(*) AS n FROM events GROUP BY kind
 SELECT CASE WHEN finished_at > claimed_at THEN finished_at - claimed_at ELSE 0.0 END AS d
 FROM instructions
 WHERE state = 'installed' AND claimed_at IS NOT NULL AND finished_at IS NOT NULL
+
+-- === PostgreSQL's own plumbing ==============================================================
+
+-- name: migration_lock [postgresql]
+SELECT pg_advisory_xact_lock(:key)
+
+-- name: create_schema_version [postgresql]
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)
+
+-- name: schema_version [postgresql]
+SELECT max(version) AS v FROM schema_version
+
+-- name: record_schema_version [postgresql]
+INSERT INTO schema_version (version) VALUES (:version)
+
+-- name: notify [postgresql]
+SELECT pg_notify(:channel, '')

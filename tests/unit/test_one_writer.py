@@ -18,6 +18,13 @@ SET_CLAUSE = re.compile(r"\bSET\b(.*?)(?:\bWHERE\b|\bRETURNING\b|$)", re.IGNOREC
 STATE_ASSIGNED = re.compile(r"(?:^|,)\s*state\s*=", re.IGNORECASE)
 
 
+def text_or_empty(name: str, dialect: str) -> str:
+    try:
+        return queries.text(name, dialect)
+    except KeyError:  # a query of the other dialect only
+        return ""
+
+
 def sets_state(sql: str) -> bool:
     return any(STATE_ASSIGNED.search(m.group(1)) for m in SET_CLAUSE.finditer(sql))
 
@@ -30,7 +37,7 @@ def test_only_the_transition_query_sets_an_instruction_state() -> None:
         name
         for name in queries.names()
         for dialect in ("sqlite", "postgresql")
-        if sets_state(queries.text(name, dialect))
+        if sets_state(text_or_empty(name, dialect))
     }
     assert setting == {"transition"}
     assert sets_state("UPDATE instructions SET attempts = 1, state = 'failed' WHERE id = 1")
@@ -41,7 +48,7 @@ def test_instructions_are_created_only_in_the_initial_state() -> None:
     inserting = {
         name
         for name in queries.names()
-        if re.search(r"INSERT\s+INTO\s+instructions\b", queries.text(name, "sqlite"), re.I)
+        if re.search(r"INSERT\s+INTO\s+instructions\b", text_or_empty(name, "sqlite"), re.I)
     }
     assert inserting == {"insert_instruction"}
     assert states.INITIAL is states.InstructionState.PENDING

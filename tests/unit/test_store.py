@@ -12,14 +12,20 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from packdist.errors import InvalidTransition
 from packdist.retry import RetryPolicy
@@ -28,6 +34,7 @@ from packdist.states import TERMINAL, InstructionState, JobState
 from packdist.store import Store, open_store
 from packdist.store.base import Claim
 from packdist.store.sqlite import SQLiteStore
+from tests.pgcluster import Cluster
 
 if "tests.unit.store_conformance" not in sys.modules:  # else pytest warns: too late to rewrite
     pytest.register_assert_rewrite("tests.unit.store_conformance")
@@ -63,17 +70,38 @@ class SQLiteBackend:
             store.close()
 
 
-BACKENDS: dict[str, Callable[[Path], SQLiteBackend]] = {"sqlite": SQLiteBackend}
+class PostgresBackend:
+    """A database of its own on the session's cluster; opening again is a site restart."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.opened: list[Store] = []
+
+    def open(self) -> Store:
+        store = open_store(self.url)
+        self.opened.append(store)
+        return store
+
+    def close_all(self) -> None:
+        for store in self.opened:
+            store.close()
+
+
+BACKENDS = ("sqlite", "postgresql")
 
 
 # Thousands of committed transactions per run: on tmpfs when there is one, fsync is free.
 SCRATCH = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
 
-@pytest.fixture(params=sorted(BACKENDS))
+@pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     folder = Path(tempfile.mkdtemp(prefix="packdist-store-", dir=SCRATCH))
-    made = BACKENDS[request.param](folder / "site.db")
+    made: SQLiteBackend | PostgresBackend
+    if request.param == "postgresql":
+        made = PostgresBackend(request.getfixturevalue("pg_cluster").new_database())
+    else:
+        made = SQLiteBackend(folder / "site.db")
     yield made
     made.close_all()
     shutil.rmtree(folder, ignore_errors=True)
@@ -140,10 +168,12 @@ class InstructionModel:
 
 
 class StoreMachine(RuleBasedStateMachine):
+    """On SQLite; :class:`PostgresStoreMachine` runs the same rules on PostgreSQL."""
+
     def __init__(self) -> None:
         super().__init__()
         self.tmp = Path(tempfile.mkdtemp(prefix="packdist-store-", dir=SCRATCH))
-        self.path = self.tmp / "site.db"
+        self.path: Path | str = self.new_database()
         self.store = open_store(self.path)
         self.store.init_site("s", T0)
         self.packages = [add_package(self.store, "app"), add_package(self.store, "tool")]
@@ -160,6 +190,9 @@ class StoreMachine(RuleBasedStateMachine):
         self.site_knows: dict[str, tuple[float, str] | None] = {s: None for s in SERVERS}
         self.back_at: dict[str, float | None] = {s: None for s in SERVERS}
         self.seen_attempts: dict[int, int] = {}
+
+    def new_database(self) -> Path | str:
+        return self.tmp / "site.db"
 
     def teardown(self) -> None:
         self.store.close()
@@ -463,3 +496,26 @@ StoreMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestStoreMachine = StoreMachine.TestCase
+
+
+class PostgresStoreMachine(StoreMachine):
+    cluster: Cluster | None = None
+
+    def new_database(self) -> Path | str:
+        assert self.cluster is not None
+        return self.cluster.new_database()
+
+
+def test_the_state_machine_holds_on_postgresql(pg_cluster: Cluster) -> None:
+    """The same rules and invariants, on the other backend (fewer examples: each opens a
+    database of its own)."""
+    PostgresStoreMachine.cluster = pg_cluster
+    run_state_machine_as_test(
+        PostgresStoreMachine,
+        settings=settings(
+            max_examples=int(os.environ.get("PACKDIST_PG_MACHINE_EXAMPLES", "25")),
+            stateful_step_count=30,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )
