@@ -38,7 +38,6 @@ import json
 import logging
 import os
 import secrets
-import shutil
 import threading
 import time
 from collections import deque
@@ -48,7 +47,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from packdist.agent.bases import BaseChunk, choose_bases, read_base
-from packdist.agent.home import SWAP_SUFFIX, AgentHome
+from packdist.agent.home import SWAP_SUFFIX, AgentHome, delete_quietly
 from packdist.agent.peering import ChunkView
 from packdist.agent.sources import MISSING, PEER_BATCH, Peer, Pulse, split_work
 from packdist.core.codec import Encoding, decode
@@ -491,7 +490,7 @@ class Installer:
             os.rename(tmp, staging)
             return False
         except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
+            delete_quietly(tmp)
             if exc.errno == errno.ENOSPC:
                 have = self.home.free_bytes()
                 raise DiskFull(
@@ -834,10 +833,7 @@ def _fetch_error(exc: TransferError) -> TransferError:
 
 def _remove(path: Path) -> None:
     """Remove a tree, a file or a symlink (never following it); quietly if already gone."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
+    delete_quietly(path)
 
 
 def _pread(path: Path | str, offset: int, size: int) -> bytes | None:

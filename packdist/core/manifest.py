@@ -28,6 +28,9 @@ from packdist.errors import IntegrityError, UserError
 
 FORMAT = "packdist-manifest/1"
 MAX_SYMLINK_HOPS = 40  # the kernel's limit (MAXSYMLINKS) on links followed in one lookup
+#: the longest package path, in UTF-8 bytes: an agent puts it below its home
+#: (``HOME/staging/<id>.layout-…/``), and the kernel refuses paths over 4,096 bytes (PATH_MAX)
+MAX_PATH_BYTES = 3072
 
 
 class EntryType(StrEnum):
@@ -75,6 +78,10 @@ def check_relative_path(path: str) -> str:
     """A package path: relative, normalised, no ``..``, no empty or ``.`` components."""
     if not path or path.startswith("/") or "\0" in path:
         raise ManifestError(f"invalid path in manifest: {path!r}")
+    if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
+        raise ManifestError(
+            f"path in manifest {path[:60]!r}… is longer than {MAX_PATH_BYTES} bytes"
+        )
     parts = path.split("/")
     if any(p in ("", ".", "..") for p in parts):
         raise ManifestError(f"invalid path in manifest: {path!r}")

@@ -1,0 +1,84 @@
+"""Trees deeper than Python's recursion limit or longer than PATH_MAX: walked, measured and
+deleted without recursion; refused with one clear line where an agent could not hold them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from packdist.core.fsutil import remove_tree, tree_bytes, walk_tree
+from packdist.core.manifest import MAX_PATH_BYTES, ManifestError, check_relative_path
+from packdist.errors import TreeRefused
+from packdist.site.walker import walk
+
+NAME = "d" * 20
+
+
+def _deep_by_fd(root: Path, depth: int, name: str = NAME) -> None:
+    """``depth`` nested directories, each holding a file and a symlink, made through
+    directory descriptors (the full path is far over PATH_MAX)."""
+    root.mkdir()
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(depth):
+            os.mkdir(name, dir_fd=fd)
+            with open(os.open("f", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), "wb") as f:
+                f.write(b"x" * 100)
+            os.symlink("f", "link", dir_fd=fd)
+            child = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    finally:
+        os.close(fd)
+
+
+def test_a_tree_longer_than_path_max_is_walked_measured_and_deleted(tmp_path: Path) -> None:
+    root = tmp_path / "deep"
+    _deep_by_fd(root, 2500)  # 2,500 levels of 21 bytes: 52 KB of path
+    rels = [rel for _fd, rel, _entries in walk_tree(root)]
+    assert len(rels) == 2501 and rels[0] == "" and rels[-1].count("/") == 2499
+    assert tree_bytes(root) >= 2500 * 512
+    remove_tree(root)
+    assert not os.path.lexists(root)
+
+
+def test_remove_tree_never_follows_a_symlink(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("keep")
+    tree = tmp_path / "tree"
+    (tree / "a").mkdir(parents=True)
+    (tree / "a" / "out").symlink_to(outside)
+    (tree / "top").symlink_to(outside)
+    remove_tree(tree)
+    remove_tree(tmp_path / "never-there")  # missing: nothing to do
+    assert not tree.exists() and (outside / "keep.txt").read_text() == "keep"
+
+
+def test_the_site_walks_a_source_tree_1200_deep(tmp_path: Path) -> None:
+    folder = root = tmp_path / "src"
+    root.mkdir()
+    for _ in range(1200):
+        folder = folder / "d"
+        folder.mkdir()
+    (folder / "bottom.txt").write_text("bottom")
+    entries = walk(root)
+    assert len(entries) == 1201 and entries[-1].path.endswith("d/bottom.txt")
+
+
+def test_the_site_refuses_a_path_longer_than_an_agent_may_hold(tmp_path: Path) -> None:
+    root = tmp_path / "src"
+    _deep_by_fd(root, MAX_PATH_BYTES // (len(NAME) + 1) + 1)
+    with pytest.raises(TreeRefused, match=f"at most {MAX_PATH_BYTES}") as caught:
+        walk(root)
+    assert len(caught.value.message) < 300 and "\n" not in caught.value.message
+    remove_tree(root)
+
+
+def test_a_manifest_path_longer_than_an_agent_may_hold_is_refused() -> None:
+    ok = "/".join(["d"] * (MAX_PATH_BYTES // 2))
+    assert check_relative_path(ok) == ok
+    with pytest.raises(ManifestError, match="longer than"):
+        check_relative_path(ok + "/xx")
