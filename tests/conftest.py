@@ -57,3 +57,13 @@ def have_root_and_netns() -> str | None:
     if shutil.which("ip") is None:
         return "lab tests need iproute2's 'ip' command"
     return None
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The examples each fuzz surface tried (see tests/fuzzing.py)."""
+    from tests.fuzzing import TRIED
+
+    if TRIED:
+        terminalreporter.section("fuzz examples tried")
+        for surface, count in sorted(TRIED.items()):
+            terminalreporter.write_line(f"{count:8d}  {surface}")
