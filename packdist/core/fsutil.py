@@ -155,7 +155,8 @@ def walk_tree(
 
     ``rel`` is the directory's path from ``root`` (``""`` for ``root``); ``entries`` its
     entries (``DirEntry``, relative to ``dir_fd``: use ``dir_fd=`` or ``entry.stat()``, valid
-    until the next step). Symlinks are never followed. After a subdirectory and everything
+    until the next step). A directory the caller removes from ``entries`` is not walked into
+    (as with ``os.walk``'s ``dirnames``). Symlinks are never followed. After a subdirectory and everything
     in it has been walked, ``leave(parent_fd, name)`` is called (to delete it, say).
 
     The walk holds one descriptor and climbs back through ``..``, checking it lands on the
