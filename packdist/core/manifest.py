@@ -257,9 +257,12 @@ class Manifest:
             doc = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ManifestError(f"manifest is not valid JSON: {exc}") from exc
+        except RecursionError:  # nesting no manifest has: Python's decoder gives up
+            raise ManifestError("manifest is not valid JSON: nested too deeply") from None
         try:
             m = cls._from_doc(doc)
-        except (KeyError, TypeError, ValueError, UserError) as exc:
+        # OverflowError: a size or time written 1e999, an infinite float, as an int
+        except (KeyError, TypeError, ValueError, OverflowError, UserError) as exc:
             raise ManifestError(f"malformed manifest: {exc}") from exc
         if m.canonical() != data:
             raise ManifestError("manifest is not in canonical form")
@@ -276,7 +279,11 @@ class Manifest:
         seen_dirs: set[str] = set()
         links: dict[str, str] = {}
         previous = b""
+        if not isinstance(doc["entries"], list):
+            raise ValueError("entries is not a list")
         for raw in doc["entries"]:
+            if not isinstance(raw, dict):
+                raise ValueError("an entry is not a JSON object")
             path = check_relative_path(str(raw["path"]))
             key = path.encode()
             if key <= previous:
