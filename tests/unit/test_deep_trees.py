@@ -82,3 +82,36 @@ def test_a_manifest_path_longer_than_an_agent_may_hold_is_refused() -> None:
     assert check_relative_path(ok) == ok
     with pytest.raises(ManifestError, match="longer than"):
         check_relative_path(ok + "/xx")
+
+
+def _deep_plain(root: Path, depth: int) -> None:
+    root.mkdir()
+    folder = root
+    for _ in range(depth):  # one level at a time: pathlib's parents=True recurses
+        folder = folder / "d"
+        folder.mkdir()
+    (folder / "bottom").write_bytes(b"x" * 5000)
+
+
+def test_an_agent_starts_over_deep_leftovers_of_a_crash_and_drops_them(tmp_path: Path) -> None:
+    """A deletion, a layout and an abandoned staging tree interrupted by a crash, each 1,200
+    directories deep: start-up (prepare, recover, trim) clears them and the agent runs."""
+    from packdist.agent.home import TRASH_PREFIX, AgentHome
+    from packdist.agent.installer import Installer
+
+    home = AgentHome(tmp_path / "agent", cache_limit=0)
+    home.prepare()
+    trash = home.cache / f"{TRASH_PREFIX}x"
+    layout = home.staging / f"{'ab' * 32}.layout-1234"
+    cached = home.cache / ("cd" * 32)
+    for tree in (trash, layout, cached):
+        _deep_plain(tree, 1200)
+
+    async def nothing(*_args: object) -> None:  # no fetch happens at start-up
+        raise AssertionError("nothing is fetched at start-up")
+
+    home.prepare()
+    installer = Installer(home, nothing)  # type: ignore[arg-type]
+    installer.recover()
+    installer.trim_cache()
+    assert not any(os.path.lexists(t) for t in (trash, layout, cached))
