@@ -6,8 +6,10 @@ Real site and agent processes, real HTTP on 127.0.0.1 (tests/harness.py).
 
 from __future__ import annotations
 
-import os
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from packdist.core.fsutil import remove_tree
 from tests import harness as h
@@ -32,7 +34,17 @@ def _deepest(root: Path, depth: int) -> Path:
     return root.joinpath(*["d"] * depth, f"at-{depth - 1}.txt")
 
 
-def test_package_nested_1200_deep_never_bricks_the_agent(tmp_path: Path) -> None:
+@pytest.fixture
+def deep_tmp(tmp_path: Path) -> Iterator[Path]:
+    """``tmp_path``, emptied afterwards however the test ended: pytest's own clean-up of old
+    temporary folders (shutil.rmtree) would exhaust the stack on these trees later."""
+    yield tmp_path
+    for child in tmp_path.iterdir():
+        remove_tree(child)
+
+
+def test_package_nested_1200_deep_never_bricks_the_agent(deep_tmp: Path) -> None:
+    tmp_path = deep_tmp
     tree = _deep_tree(tmp_path / "src", DEPTH)
     c = h.start_cluster(tmp_path / "cluster", ["dp1"])
     agent = c.agents["dp1"]
@@ -61,6 +73,3 @@ def test_package_nested_1200_deep_never_bricks_the_agent(tmp_path: Path) -> None
         raise
     finally:
         c.close()
-        for path in (tree, tmp_path / "cluster"):  # pytest's own clean-up would recurse
-            remove_tree(path)
-        assert not os.path.lexists(tree)

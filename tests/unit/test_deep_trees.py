@@ -4,6 +4,7 @@ deleted without recursion; refused with one clear line where an agent could not 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,15 @@ from packdist.errors import TreeRefused
 from packdist.site.walker import walk
 
 NAME = "d" * 20
+
+
+@pytest.fixture(autouse=True)
+def _clear_deep_trees(tmp_path: Path) -> Iterator[None]:
+    """Delete what a test left, passed or failed: pytest's own clean-up of old temporary
+    folders (shutil.rmtree) would exhaust the stack on these trees in a later run."""
+    yield
+    for child in tmp_path.iterdir():
+        remove_tree(child)
 
 
 def _deep_by_fd(root: Path, depth: int, name: str = NAME) -> None:
