@@ -276,6 +276,57 @@ def test_no_request_to_an_agent_crashes_it_or_changes_what_it_holds(world: World
     assert seen.get(401, 0) > 0 and any(400 <= s < 500 and s != 401 for s in seen), seen
 
 
+@st.composite
+def signed_requests(
+    draw: st.DrawFn, w: World
+) -> tuple[str, bytes, list[tuple[bytes, bytes]], bytes]:
+    """Requests a credential the site signed lets through: each route's own method and path,
+    with the route's body shape mutated (or any JSON), and a query now and then."""
+    route = draw(st.sampled_from(["/v1/install", "/v1/remove", "/v1/validate", PEER_CHUNKS_PATH,
+                                  "/v1/installs/{pid}"]))  # fmt: skip
+    if route == "/v1/installs/{pid}":
+        path = route.format(pid=draw(hex_ids(w.package_id)))
+        query = draw(st.sampled_from(["", "?wait=0.01", "?wait=nan", "?wait=1e400", "?wait=-0",
+                                      "?wait=%00", "?wait=1&wait=2", "?x=" + "9" * 5000]))  # fmt: skip
+        token = site_assertion(w.key, "dp1", "GET", path)
+        return "GET", (path + query).encode(), [(b"Authorization", f"Bearer {token}".encode())], b""
+    if route == PEER_CHUNKS_PATH:
+        pkg = draw(st.sampled_from([w.package_id, "cd" * 32]))
+        token = peer_assertion(w.key, "dp1", draw(st.sampled_from(["dp9", ""])), pkg)
+    else:
+        token = site_assertion(w.key, "dp1", "POST", route)
+    if draw(st.integers(0, 3)):
+        body = json.dumps(draw(route_bodies(w, route))).encode()
+    else:
+        body = json.dumps(draw(json_values)).encode()
+    ctype = draw(st.sampled_from(CONTENT_TYPES)).encode()
+    return "POST", route.encode(), [(b"Authorization", f"Bearer {token}".encode()),
+                                    (b"Content-Type", ctype)], body  # fmt: skip
+
+
+def test_no_signed_request_crashes_the_agent_or_changes_what_it_holds(world: World) -> None:
+    before = _home_state(world)
+    seen: dict[int, int] = {}
+
+    @fuzz(300)
+    @given(signed_requests(world))
+    def one(request: tuple[str, bytes, list[tuple[bytes, bytes]], bytes]) -> None:
+        tried("agent HTTP endpoints, with the site's credential")
+        t0 = time.monotonic()
+        status, data = _send(world.agent.url, *request)
+        seen[status] = seen.get(status, 0) + 1
+        assert status < 500, (status, data[:300])
+        assert b"Traceback" not in data
+        assert time.monotonic() - t0 < REQUEST_TIMEOUT
+
+    one()
+    assert world.agent.running and world.agent.healthy()
+    crashes = _crashes(world.agent.log_path.read_text(errors="replace"))
+    assert not crashes, crashes[0]
+    assert _home_state(world) == before, "a request changed what the agent holds"
+    assert seen.get(200, 0) > 0 and seen.get(400, 0) > 0, seen
+
+
 def test_a_peer_request_waiting_nan_or_forever_is_refused_at_once(world: World) -> None:
     """``"wait": NaN`` used to hold the request forever (NaN compares false with every
     deadline); every wait that is not a number of seconds from 0 to 30 is refused."""
