@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import secrets
-import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from packdist.core import fsutil
-from packdist.core.fsutil import fsync_dir, human_bytes, write_atomic
+from packdist.core.fsutil import fsync_dir, human_bytes, remove_tree, tree_bytes, write_atomic
 from packdist.core.manifest import Manifest
 from packdist.errors import AlreadyExists, PackdistError, UserError
 
@@ -63,16 +62,13 @@ def is_package_id(name: str) -> bool:
     return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
 
 
-def tree_bytes(path: Path) -> int:
-    """Bytes a tree takes on disk (allocated blocks: a preallocated file counts whole)."""
-    total = 0
-    for dirpath, dirnames, filenames in os.walk(path):
-        for n in dirnames + filenames:
-            try:
-                total += os.lstat(os.path.join(dirpath, n)).st_blocks * 512
-            except OSError:
-                pass
-    return total
+def delete_quietly(path: Path) -> None:
+    """Delete a tree, a file or a symlink of any depth (:func:`fsutil.remove_tree`); what
+    cannot be deleted is logged and left (a trash name is tried again at the next start)."""
+    try:
+        remove_tree(path)
+    except OSError as exc:
+        log.warning("could not delete %s: %s", path, exc.strerror or exc)
 
 
 def _delete_tree(path: Path) -> None:
@@ -82,7 +78,7 @@ def _delete_tree(path: Path) -> None:
         os.rename(path, trash)
     except FileNotFoundError:
         return
-    shutil.rmtree(trash, ignore_errors=True)
+    delete_quietly(trash)
 
 
 @dataclass
@@ -132,7 +128,7 @@ class AgentHome:
         ):
             d.mkdir(parents=True, exist_ok=True)
         for trash in self.cache.glob(f"{TRASH_PREFIX}*"):  # a deletion a crash interrupted
-            shutil.rmtree(trash, ignore_errors=True)
+            delete_quietly(trash)
 
     def package_dir(self, name: str, version: str) -> Path:
         return self.packages / name / version
@@ -284,7 +280,7 @@ class AgentHome:
             except OSError:
                 pass
         if not known:
-            shutil.rmtree(kept, ignore_errors=True)
+            delete_quietly(kept)
         log.info("removed %s (%s)", ref, "kept in the cache" if known else "deleted")
         return "removed"
 

@@ -38,7 +38,6 @@ import json
 import logging
 import os
 import secrets
-import shutil
 import threading
 import time
 from collections import deque
@@ -48,7 +47,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from packdist.agent.bases import BaseChunk, choose_bases, read_base
-from packdist.agent.home import SWAP_SUFFIX, AgentHome
+from packdist.agent.home import SWAP_SUFFIX, AgentHome, delete_quietly
 from packdist.agent.peering import ChunkView
 from packdist.agent.sources import MISSING, PEER_BATCH, Peer, Pulse, split_work
 from packdist.core.codec import Encoding, decode
@@ -527,7 +526,7 @@ class Installer:
             os.rename(tmp, staging)
             return False
         except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
+            delete_quietly(tmp)
             if exc.errno == errno.ENOSPC:
                 have = self.home.free_bytes()
                 raise DiskFull(
@@ -628,12 +627,12 @@ class Installer:
             raise _fetch_error(exc) from exc
 
     async def _salvage(
-        self, inst: Install, plan: _Plan, staging: Path, frames: list[Frame]
+        self, inst: Install, plan: _Plan, staging: Path, frames: list[Frame], source: str = ""
     ) -> None:
         """Write what verifies of the frames a broken stream delivered; ignore the rest (the
         next attempt fetches it)."""
         try:
-            await asyncio.to_thread(self._write_chunks, inst, plan, staging, frames)
+            await asyncio.to_thread(self._write_chunks, inst, plan, staging, frames, source)
         except PackdistError as exc:
             log.info("%s: kept part of a broken stream only: %s", inst.ref, exc.message)
 
@@ -740,6 +739,7 @@ class Installer:
         """Ask ``peer`` for ``batch``; returns (chunks received, chunks it lacked). A wrong
         or undecodable chunk raises: the caller drops that peer."""
         assert self._peer_fetch is not None
+        source = f"peer {peer.name} ({peer.url})"
         wanted = set(batch)
         lacking: list[Digest] = []
         frames: list[Frame] = []
@@ -762,24 +762,44 @@ class Installer:
                         raise RemoteError(f"peer {peer.name} sent an encoding it may not use")
                     frames.append(frame)
                     got += 1
-                    inst.bytes_received += plan.sizes[frame.digest]
-                    inst.bytes_wire += frame.wire_bytes
-                    inst.bytes_from_peers += frame.wire_bytes
                     inst.tick()
                     if len(frames) >= PEER_WRITE_FRAMES:
-                        await asyncio.to_thread(self._write_chunks, inst, plan, staging, frames)
+                        await self._write_from_peer(inst, plan, staging, frames, source)
                         frames = []
         except BaseException:  # failed, too slow, cut: keep the chunks that arrived whole
             if frames:
-                await self._salvage(inst, plan, staging, frames)
+                await self._salvage(inst, plan, staging, frames, source)
+                self._count_from_peer(inst, plan, frames)
             raise
         if frames:
-            await asyncio.to_thread(self._write_chunks, inst, plan, staging, frames)
+            await self._write_from_peer(inst, plan, staging, frames, source)
         return got, [*lacking, *wanted]
 
-    def _write_chunks(self, inst: Install, plan: _Plan, staging: Path, frames: list[Frame]) -> None:
+    async def _write_from_peer(
+        self, inst: Install, plan: _Plan, staging: Path, frames: list[Frame], source: str
+    ) -> None:
+        try:
+            await asyncio.to_thread(self._write_chunks, inst, plan, staging, frames, source)
+        finally:
+            self._count_from_peer(inst, plan, frames)
+
+    def _count_from_peer(self, inst: Install, plan: _Plan, frames: list[Frame]) -> None:
+        """Count what a peer sent once it verified: a liar's bytes are not "from peers" (the
+        site sends those chunks again, and they count there)."""
+        have = inst.view.have if inst.view is not None else None
+        for f in frames:
+            if have is None or f.digest in have:
+                inst.bytes_received += plan.sizes[f.digest]
+                inst.bytes_wire += f.wire_bytes
+                inst.bytes_from_peers += f.wire_bytes
+
+    def _write_chunks(
+        self, inst: Install, plan: _Plan, staging: Path, frames: list[Frame], source: str = ""
+    ) -> None:
         """Decode each chunk (never beyond its size in the manifest), verify it against its
-        digest, then write it wherever the tree needs it."""
+        digest, then write it wherever the tree needs it. ``source``: where the frames came
+        from, for messages (default: the site)."""
+        source = source or self.source
         touched: set[int] = set()
         written: list[Digest] = []
         try:
@@ -791,10 +811,10 @@ class Installer:
                         base = read_base(plan.bases.get(digest, ()))
                         if base is None:
                             raise DecodeError(
-                                f"cannot decode chunk {digest.short}… from {self.source}: its"
+                                f"cannot decode chunk {digest.short}… from {source}: its"
                                 " base chunks are no longer intact here"
                             )
-                    data = decode(frame.encoding, frame.payload, size, digest, base, self.source)
+                    data = decode(frame.encoding, frame.payload, size, digest, base, source)
                     digest.verify(data, "chunk")
                     for path, offset in plan.locations[digest]:
                         fd = plan.fd(staging / path)
@@ -870,10 +890,7 @@ def _fetch_error(exc: TransferError) -> TransferError:
 
 def _remove(path: Path) -> None:
     """Remove a tree, a file or a symlink (never following it); quietly if already gone."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
+    delete_quietly(path)
 
 
 def _pread(path: Path | str, offset: int, size: int) -> bytes | None:

@@ -27,6 +27,7 @@ from typing import Any
 from aiohttp import web
 
 from packdist.agent.home import AgentHome
+from packdist.agent.inputs import read_json, seconds
 from packdist.agent.sources import MISSING, PEER_CHUNK_MAX, Pulse
 from packdist.core.codec import Encoding
 from packdist.core.digest import Digest
@@ -110,7 +111,7 @@ class PeerService:
         return ChunkView.of(manifest, self.home.ref_dir(ref))
 
     async def handle(self, request: web.Request, claims: dict[str, object]) -> web.StreamResponse:
-        package_id, digests, wait = _parse(await _json(request))
+        package_id, digests, wait = _parse(await read_json(request))
         if claims.get("pkg") != package_id or not claims.get("sub"):
             raise AuthError("credential is for another package")
         stall = _Stall(wait)
@@ -174,22 +175,17 @@ class _Stall:
         return self.deadline - time.monotonic()
 
 
-async def _json(request: web.Request) -> Any:
-    try:
-        return await request.json()
-    except ValueError as exc:
-        raise UserError(f"body is not JSON: {exc}") from exc
-
-
 def _parse(body: Any) -> tuple[str, list[Digest], float]:
-    try:
-        package_id = str(body["package"])
-        digests = [Digest.parse(str(x)) for x in body["digests"]]
-        wait = min(max(float(body.get("wait", 0.0)), 0.0), MAX_WAIT)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UserError(
-            'body must be {"package": id, "digests": [hex, ...], "wait": seconds}'
-        ) from exc
-    if len(digests) > MAX_DIGESTS:
+    shape = 'body must be {"package": id, "digests": [hex, ...], "wait": seconds}'
+    if not isinstance(body, dict):
+        raise UserError(shape)
+    package_id, listed = body.get("package"), body.get("digests")
+    if not isinstance(package_id, str) or not isinstance(listed, list):
+        raise UserError(shape)
+    if len(listed) > MAX_DIGESTS:
         raise UserError(f"at most {MAX_DIGESTS} chunks per request")
+    if not all(isinstance(x, str) for x in listed):
+        raise UserError(shape)
+    digests = [Digest.parse(x) for x in listed]  # UserError naming a bad one
+    wait = seconds(body.get("wait", 0.0), "wait", MAX_WAIT)
     return package_id, digests, wait

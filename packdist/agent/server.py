@@ -22,6 +22,7 @@ import aiohttp
 from aiohttp import web
 
 from packdist.agent.home import DEFAULT_CACHE_LIMIT, ENROLLMENT, AgentHome, is_package_id
+from packdist.agent.inputs import expect_handler, no_route, query_seconds, read_json
 from packdist.agent.installer import Installer, InstallState
 from packdist.agent.peering import PeerService
 from packdist.agent.sources import Peer, peer_chunks
@@ -30,7 +31,7 @@ from packdist.auth import PEER_CHUNKS_PATH, bearer, check_site_assertion
 from packdist.core.digest import Digest
 from packdist.core.names import parse_ref, split_listen
 from packdist.core.signing import VerifyKey
-from packdist.errors import AuthError, PackdistError, UserError
+from packdist.errors import AuthError, IntegrityError, PackdistError, UserError
 from packdist.http import error_middleware, error_response, new_session, peer
 from packdist.ratelimit import Bucket
 from packdist.site.client import SiteClient, site_urls
@@ -196,13 +197,19 @@ class Agent:
         app = web.Application(
             middlewares=[self._auth_middleware, error_middleware], client_max_size=256 * 1024 * 1024
         )
-        app.router.add_get("/healthz", self.healthz)
-        app.router.add_post("/v1/install", self.install)
-        app.router.add_get("/v1/installs/{package_id}", self.install_status)
-        app.router.add_post("/v1/installs/{package_id}/cancel", self.cancel_install)
-        app.router.add_post("/v1/validate", self.validate)
-        app.router.add_post("/v1/remove", self.remove)
-        app.router.add_post(PEER_CHUNKS_PATH, self.peer_chunks)
+        app.router.add_get("/healthz", self.healthz, expect_handler=expect_handler)
+        app.router.add_post("/v1/install", self.install, expect_handler=expect_handler)
+        app.router.add_get(
+            "/v1/installs/{package_id}", self.install_status, expect_handler=expect_handler
+        )
+        app.router.add_post(
+            "/v1/installs/{package_id}/cancel", self.cancel_install, expect_handler=expect_handler
+        )
+        app.router.add_post("/v1/validate", self.validate, expect_handler=expect_handler)
+        app.router.add_post("/v1/remove", self.remove, expect_handler=expect_handler)
+        app.router.add_post(PEER_CHUNKS_PATH, self.peer_chunks, expect_handler=expect_handler)
+        # last: every other path, so that expect_handler covers those too
+        app.router.add_route("*", "/{anything:.*}", no_route, expect_handler=expect_handler)
         return app
 
     @web.middleware
@@ -230,8 +237,8 @@ class Agent:
         return web.json_response({"ok": True, "enrolled": self.server_name is not None})
 
     async def install(self, request: web.Request) -> web.Response:
+        body = await read_json(request)
         try:
-            body = await request.json()
             data = base64.b64decode(body["manifest"], validate=True)
             signature = base64.b64decode(body["signature"], validate=True)
             repair = body.get("repair", False)
@@ -241,9 +248,17 @@ class Agent:
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
             raise UserError(f"malformed install request: {exc}") from exc
         assert self.site_key is not None
-        inst = await self.installer.start(
-            data, signature, self.site_key, repair=repair, peers=peers, me=self.server_name or ""
-        )
+        try:
+            inst = await self.installer.start(
+                data,
+                signature,
+                self.site_key,
+                repair=repair,
+                peers=peers,
+                me=self.server_name or "",
+            )
+        except IntegrityError as exc:  # a bad signature or manifest: the request's fault
+            raise UserError(f"install refused: {exc.message}") from exc
         return web.json_response(inst.to_json(), status=202)
 
     async def remove(self, request: web.Request) -> web.Response:
@@ -253,8 +268,8 @@ class Agent:
         chunk cache, which is then trimmed to its limit); also when the agent did not hold
         it (``"was": "absent"``). Refused (409) while that version is being installed: the
         site retries."""
+        body = await read_json(request)
         try:
-            body = await request.json()
             pid, ref = body["package_id"], body["package"]
             if not isinstance(pid, str) or not is_package_id(pid):
                 raise ValueError("package_id must be a package id (64 hex digits)")
@@ -295,10 +310,7 @@ class Agent:
         installed versions when absent or empty). Versions being installed are skipped."""
         body: Any = {}
         if request.can_read_body:
-            try:
-                body = await request.json()
-            except ValueError as exc:
-                raise UserError(f"body is not JSON: {exc}") from exc
+            body = await read_json(request)
         ids = body.get("package_ids") if isinstance(body, dict) else None
         if ids is not None and (
             not isinstance(ids, list) or not all(isinstance(x, str) for x in ids)
@@ -335,10 +347,9 @@ class Agent:
         inst = self.installer.status(request.match_info["package_id"])
         if inst is None:
             return error_response(404, "no such install on this agent")
-        try:  # long poll: answer as soon as the install ends, or after ?wait= seconds
-            wait = min(max(float(request.query.get("wait", "0")), 0.0), MAX_LONG_POLL)
-        except ValueError as exc:
-            raise UserError("wait must be a number of seconds") from exc
+        # long poll: answer as soon as the install ends, or after ?wait= seconds (at most
+        # MAX_LONG_POLL: a longer wait asked for is cut short, not refused)
+        wait = min(query_seconds(request.query.get("wait", "0"), "wait"), MAX_LONG_POLL)
         if wait:
             await inst.wait(wait)
         return web.json_response(inst.to_json())

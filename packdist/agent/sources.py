@@ -30,10 +30,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import yarl
 
 from packdist.auth import PEER_CHUNKS_PATH
 from packdist.core.digest import Digest
-from packdist.errors import UserError
+from packdist.errors import TransferError, UserError
 from packdist.http import Frame, Timeouts, read_frames, request
 
 #: the encoding byte of a frame that says "not here (yet)"
@@ -73,9 +74,27 @@ class Peer:
             except (KeyError, TypeError) as exc:
                 raise UserError(f"malformed peer entry: {exc}") from exc
             if not url.startswith(("http://", "https://")):
-                raise UserError(f"peer {name}: URL {url!r} is not http(s)")
+                raise UserError(f"peer {name[:40]!r}: URL {url[:80]!r} is not http(s)")
+            if not _usable_url(url):
+                raise UserError(f"peer {name[:40]!r}: URL {url[:80]!r} is malformed")
+            if any(c in token for c in "\r\n\0"):
+                raise UserError(f"peer {name[:40]!r}: malformed credential")
             out.append(cls(name, url.rstrip("/"), token, holder))
         return out
+
+
+def _usable_url(url: str) -> bool:
+    """A URL with a host and a valid port that the HTTP client can use."""
+    if any(c.isspace() or ord(c) < 32 for c in url):
+        return False
+    try:
+        parts = yarl.URL(url)
+        if not parts.host or parts.port is None or not 0 < parts.port < 65536:
+            return False
+        parts.host.encode("idna")  # what the client does with a name: labels of <= 63
+        return True
+    except (ValueError, UnicodeError):  # e.g. "http://[::1", a label over 63 characters
+        return False
 
 
 def score(digest: Digest, name: str) -> int:
@@ -136,13 +155,16 @@ async def peer_chunks(
     """The frames a peer sends for ``digests`` (raw or ``MISSING``), in the order asked."""
     url = f"{peer.url}{PEER_CHUNKS_PATH}"
     body = {"package": package_id, "digests": [d.hex for d in digests], "wait": wait}
-    async with request(
-        session,
-        "POST",
-        url,
-        json=body,
-        headers={"Authorization": f"Bearer {peer.token}"},
-        timeouts=PEER_TIMEOUTS,
-    ) as resp:
-        async for frame in read_frames(resp.content, url, PEER_MAX_PAYLOAD):
-            yield frame
+    try:
+        async with request(
+            session,
+            "POST",
+            url,
+            json=body,
+            headers={"Authorization": f"Bearer {peer.token}"},
+            timeouts=PEER_TIMEOUTS,
+        ) as resp:
+            async for frame in read_frames(resp.content, url, PEER_MAX_PAYLOAD):
+                yield frame
+    except ValueError as exc:  # a URL or header the client refuses: this peer is no use
+        raise TransferError(f"cannot ask peer {peer.name}: {exc}") from exc

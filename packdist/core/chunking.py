@@ -34,6 +34,8 @@ class ChunkerParams:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ChunkerParams:
+        if not isinstance(data, dict):
+            raise ValueError("chunker is not a JSON object")
         if data.get("algorithm") != ALGORITHM:
             raise ValueError(f"unknown chunking algorithm {data.get('algorithm')!r}")
         return cls(avg=int(data["avg"]), min=int(data["min"]), max=int(data["max"]))

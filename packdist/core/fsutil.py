@@ -1,4 +1,11 @@
-"""Small file-system helpers: durable writes, atomic exchange, syncfs, free space."""
+"""Small file-system helpers: durable writes, atomic exchange, syncfs, free space, and walks
+and deletions of trees of any depth.
+
+A tree is walked with one directory descriptor open at a time, by name relative to it: no
+recursion (a tree 1,200 directories deep, which the site accepts, would exhaust Python's
+stack in ``os.walk`` or ``shutil.rmtree`` on 3.11), no file descriptor per level (the limit
+is often 1,024) and no path longer than one name (so ``PATH_MAX`` never bites).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,10 @@ import ctypes.util
 import errno
 import os
 import secrets
+import stat
 import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -114,3 +124,126 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+# --- trees of any depth ----------------------------------------------------------------------
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass
+class _Level:
+    """One directory on the way down: who it is, and the subdirectories still to visit."""
+
+    dev: int
+    ino: int
+    name: str  # in its parent
+    rel: str  # from the root, '/'-separated ("" for the root)
+    subdirs: list[str] = field(default_factory=list)  # popped from the end
+    scanned: bool = False
+
+
+def _scan(fd: int) -> list[os.DirEntry[str]]:
+    with os.scandir(fd) as it:
+        return list(it)
+
+
+def walk_tree(
+    root: Path | str, leave: Callable[[int, str], None] | None = None
+) -> Iterator[tuple[int, str, list[os.DirEntry[str]]]]:
+    """``(dir_fd, rel, entries)`` for every directory of the tree at ``root``, parents first.
+
+    ``rel`` is the directory's path from ``root`` (``""`` for ``root``); ``entries`` its
+    entries (``DirEntry``, relative to ``dir_fd``: use ``dir_fd=`` or ``entry.stat()``, valid
+    until the next step). A directory the caller removes from ``entries`` is not walked into
+    (as with ``os.walk``'s ``dirnames``). Symlinks are never followed. After a subdirectory and everything
+    in it has been walked, ``leave(parent_fd, name)`` is called (to delete it, say).
+
+    The walk holds one descriptor and climbs back through ``..``, checking it lands on the
+    directory it came from: a tree moved while being walked raises :class:`OSError` rather
+    than walking somewhere else. Raises :class:`OSError` if ``root`` is not a directory.
+    """
+    fd = os.open(root, _DIR_FLAGS)
+    try:
+        st = os.fstat(fd)
+        stack = [_Level(st.st_dev, st.st_ino, "", "")]
+        while stack:
+            top = stack[-1]
+            if not top.scanned:
+                entries = _scan(fd)
+                yield fd, top.rel, entries
+                top.subdirs = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
+                top.subdirs.reverse()  # visited in the order listed
+                top.scanned = True
+            if top.subdirs:
+                name = top.subdirs.pop()
+                try:
+                    child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    continue  # gone meanwhile
+                except OSError as exc:
+                    if exc.errno in (errno.ENOTDIR, errno.ELOOP):
+                        continue  # no longer a directory: nothing below it to walk
+                    raise
+                os.close(fd)
+                fd = child
+                st = os.fstat(fd)
+                rel = f"{top.rel}/{name}" if top.rel else name
+                stack.append(_Level(st.st_dev, st.st_ino, name, rel))
+                continue
+            stack.pop()
+            if not stack:
+                return
+            up = os.open("..", _DIR_FLAGS & ~os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = up
+            st = os.fstat(fd)
+            parent = stack[-1]
+            if (st.st_dev, st.st_ino) != (parent.dev, parent.ino):
+                raise OSError(errno.ESTALE, "tree moved while being walked", str(root))
+            if leave is not None:
+                leave(fd, top.name)
+    finally:
+        os.close(fd)
+
+
+def remove_tree(path: Path | str, missing_ok: bool = True) -> None:
+    """Delete ``path``: a tree of any depth or width (see :func:`walk_tree`), a file, or a
+    symlink (never followed). Raises :class:`OSError` if something cannot be deleted."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        if missing_ok:
+            return
+        raise
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(path)
+        return
+
+    def rmdir(parent_fd: int, name: str) -> None:
+        os.rmdir(name, dir_fd=parent_fd)
+
+    for fd, _rel, entries in walk_tree(path, leave=rmdir):
+        for e in entries:
+            if not e.is_dir(follow_symlinks=False):
+                try:
+                    os.unlink(e.name, dir_fd=fd)
+                except FileNotFoundError:
+                    pass
+    os.rmdir(path)
+
+
+def tree_bytes(path: Path | str) -> int:
+    """Bytes the entries below ``path`` take on disk (allocated blocks: a preallocated file
+    counts whole); 0 if it is gone. Entries that vanish meanwhile are not counted."""
+    total = 0
+    try:
+        for _fd, _rel, entries in walk_tree(path):
+            for e in entries:
+                try:
+                    total += e.stat(follow_symlinks=False).st_blocks * 512
+                except OSError:
+                    pass
+    except FileNotFoundError:
+        return 0
+    return total

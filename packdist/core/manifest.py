@@ -28,6 +28,9 @@ from packdist.errors import IntegrityError, UserError
 
 FORMAT = "packdist-manifest/1"
 MAX_SYMLINK_HOPS = 40  # the kernel's limit (MAXSYMLINKS) on links followed in one lookup
+#: the longest package path, in UTF-8 bytes: an agent puts it below its home
+#: (``HOME/staging/<id>.layout-…/``), and the kernel refuses paths over 4,096 bytes (PATH_MAX)
+MAX_PATH_BYTES = 3072
 
 
 class EntryType(StrEnum):
@@ -75,6 +78,10 @@ def check_relative_path(path: str) -> str:
     """A package path: relative, normalised, no ``..``, no empty or ``.`` components."""
     if not path or path.startswith("/") or "\0" in path:
         raise ManifestError(f"invalid path in manifest: {path!r}")
+    if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
+        raise ManifestError(
+            f"path in manifest {path[:60]!r}… is longer than {MAX_PATH_BYTES} bytes"
+        )
     parts = path.split("/")
     if any(p in ("", ".", "..") for p in parts):
         raise ManifestError(f"invalid path in manifest: {path!r}")
@@ -250,9 +257,12 @@ class Manifest:
             doc = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ManifestError(f"manifest is not valid JSON: {exc}") from exc
+        except RecursionError:  # nesting no manifest has: Python's decoder gives up
+            raise ManifestError("manifest is not valid JSON: nested too deeply") from None
         try:
             m = cls._from_doc(doc)
-        except (KeyError, TypeError, ValueError, UserError) as exc:
+        # OverflowError: a size or time written 1e999, an infinite float, as an int
+        except (KeyError, TypeError, ValueError, OverflowError, UserError) as exc:
             raise ManifestError(f"malformed manifest: {exc}") from exc
         if m.canonical() != data:
             raise ManifestError("manifest is not in canonical form")
@@ -269,7 +279,11 @@ class Manifest:
         seen_dirs: set[str] = set()
         links: dict[str, str] = {}
         previous = b""
+        if not isinstance(doc["entries"], list):
+            raise ValueError("entries is not a list")
         for raw in doc["entries"]:
+            if not isinstance(raw, dict):
+                raise ValueError("an entry is not a JSON object")
             path = check_relative_path(str(raw["path"]))
             key = path.encode()
             if key <= previous:

@@ -7,7 +7,9 @@ import re
 from packdist.errors import InvalidName
 
 MAX_LEN = 128
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+# Matched whole (fullmatch): with ``match`` and ``$``, a trailing newline slips through
+# ("1.0\n" would become a directory name). ASCII only: \w and str.isdigit take far more.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
 
 def _check(kind: str, value: str) -> str:
@@ -17,7 +19,7 @@ def _check(kind: str, value: str) -> str:
         raise InvalidName(f"{kind} {value[:40]!r}… is longer than {MAX_LEN} characters")
     if value in (".", "..") or ".." in value:
         raise InvalidName(f"{kind} {value!r} must not contain '..'")
-    if not _NAME.match(value):
+    if not _NAME.fullmatch(value):
         raise InvalidName(
             f"{kind} {value!r} may only use letters, digits and . _ + - "
             "(and must start with a letter or digit)"
@@ -65,6 +67,6 @@ def split_listen(listen: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[v6]:PORT`` too) as (host, port); an empty host means every address.
     Raises ``ValueError`` naming the problem."""
     host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ValueError("must be HOST:PORT with a port between 1 and 65535")
     return host.strip("[]") or "0.0.0.0", int(port)

@@ -9,12 +9,19 @@ tree's other links the way the kernel would (``d/e/x -> ../..`` is harmless, but
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from packdist.core.manifest import EntryType, SymlinkEscape, resolve_symlink, symlink_stays_inside
+from packdist.core.manifest import (
+    MAX_PATH_BYTES,
+    EntryType,
+    SymlinkEscape,
+    resolve_symlink,
+    symlink_stays_inside,
+)
 from packdist.errors import TreeRefused
 
 
@@ -32,6 +39,12 @@ class SourceEntry:
 def _display(path: Path) -> str:
     """The path for messages; bytes that are not UTF-8 are shown as ``\\xff``."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _short(path: Path) -> str:
+    """A path for a one-line message: its start and its end, if it is long."""
+    text = _display(path)
+    return text if len(text) <= 120 else f"{text[:60]}…{text[-50:]}"
 
 
 def walk(root: Path) -> list[SourceEntry]:
@@ -52,6 +65,12 @@ def walk(root: Path) -> list[SourceEntry]:
             raise TreeRefused(
                 f"{_display(folder)}: cannot read directory ({exc.strerror})"
             ) from None
+        except OSError as exc:
+            if exc.errno != errno.ENAMETOOLONG:
+                raise
+            raise TreeRefused(
+                f"{_short(folder)}: path too long to read ({len(os.fsencode(folder))} bytes)"
+            ) from None
         for child in children:
             abspath = Path(child.path)
             try:
@@ -59,6 +78,11 @@ def walk(root: Path) -> list[SourceEntry]:
             except UnicodeEncodeError:
                 raise TreeRefused(f"{_display(abspath)}: file name is not valid UTF-8") from None
             rel = f"{prefix}{child.name}"
+            if len(rel.encode()) > MAX_PATH_BYTES:
+                raise TreeRefused(
+                    f"{_short(abspath)}: path inside the package is {len(rel.encode())} bytes "
+                    f"long; packdist allows at most {MAX_PATH_BYTES}"
+                )
             st = child.stat(follow_symlinks=False)
             mode = st.st_mode
             if stat.S_ISDIR(mode):

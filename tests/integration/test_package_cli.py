@@ -377,6 +377,8 @@ def test_create_refuses_a_file_instead_of_a_directory(shared: Shared, tmp_path: 
         pytest.param("app", "1/0", "1/0", id="version-slash"),
         pytest.param("app", "..", "..", id="version-dotdot"),
         pytest.param("app", "9" * 200, "9" * 40, id="version-too-long"),
+        pytest.param("app", "1.0\n", "'1.0\\n'", id="version-trailing-newline"),
+        pytest.param("app\n", "1.0", "'app\\n'", id="name-trailing-newline"),
     ],
 )
 def test_create_refuses_invalid_names_and_versions(

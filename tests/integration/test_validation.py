@@ -116,3 +116,27 @@ def test_scheduled_validation_finds_and_repairs_on_its_own(
     h.assert_same_tree(tree, installed)
     kinds = [e["kind"] for e in c.site.json("events")]
     assert "corrupt" in kinds
+
+
+def test_validate_names_a_file_added_to_an_installed_tree_and_the_repair_takes_it_away(
+    cluster: Any, tree: Path
+) -> None:
+    c: h.Cluster = cluster("dp1")
+    installed = _install(c, tree)
+    (installed / "lib" / "planted.sh").write_text("#!/bin/sh\necho hello\n")
+    c.site.stop()  # nothing repairs behind our back while we read the report
+    code, doc = _validate(c.site, "--server", "dp1")
+    assert code == 1, doc
+    [result] = doc["servers"][0]["results"]
+    assert [(p["path"], p["problem"]) for p in result["problems"]] == [("lib/planted.sh", "added")]
+    human = c.site.cli("validate", "--server", "dp1", check=False).stdout
+    assert "lib/planted.sh: added" in human, human
+    cell = _cell(c.site)
+    assert cell["word"] == "corrupt" and "lib/planted.sh added" in cell["detail"], cell
+    c.site.start()  # the repair job runs
+    job = result["repair_job"]
+    assert c.site.wait_job(job, 60) == 0, h.describe_job(c.site.job(job))
+    assert not (installed / "lib" / "planted.sh").exists()
+    h.assert_same_tree(tree, installed)
+    code, doc = _validate(c.site, "--server", "dp1")
+    assert code == 0, doc

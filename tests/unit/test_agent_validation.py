@@ -115,3 +115,45 @@ def test_missing_manifest_is_reported(home: AgentHome, tmp_path: Path) -> None:
     (home.manifests / pkg.id).unlink()
     [result] = validate_installed(home)
     assert result["problems"] == [{"path": ".", "problem": "manifest missing"}]
+
+
+def test_entries_added_inside_an_installed_tree_are_named(home: AgentHome) -> None:
+    _installed(home)
+    root = home.package_dir("app", "1")
+    (root / "lib" / "dropped.so").write_bytes(b"\x7fELF")
+    (root / "new-dir" / "deep").mkdir(parents=True)
+    (root / "new-dir" / "deep" / "x").write_text("x")
+    (root / "lib" / "sneaky").symlink_to("../README")
+    (root / os.fsdecode(b"bad-\xff-name")).write_text("?")
+    [result] = validate_installed(home)
+    assert not result["ok"]
+    assert [(p["path"], p["problem"]) for p in result["problems"]] == [
+        ("bad-\\xff-name", "added"),
+        ("lib/dropped.so", "added"),
+        ("lib/sneaky", "added"),
+        ("new-dir", "added"),  # once, not what is inside
+    ]
+    for extra in ("lib/dropped.so", "lib/sneaky", os.fsdecode(b"bad-\xff-name")):
+        (root / extra).unlink()
+    (root / "new-dir" / "deep" / "x").unlink()
+    (root / "new-dir" / "deep").rmdir()
+    (root / "new-dir").rmdir()
+    assert validate_installed(home)[0]["ok"]
+
+
+def test_an_added_file_is_taken_away_by_a_repair(home: AgentHome) -> None:
+    installer, pkg = _installed(home)
+    root = home.package_dir("app", "1")
+    (root / "lib" / "dropped.so").write_bytes(b"\x7fELF")
+    assert not validate_installed(home)[0]["ok"]
+
+    async def repair() -> InstallState:
+        inst = await installer.start(
+            pkg.manifest.canonical(), pkg.signed.signature, KEY.public, repair=True
+        )
+        await inst.finished.wait()
+        return inst.state
+
+    assert asyncio.run(repair()) is InstallState.INSTALLED
+    assert not (root / "lib" / "dropped.so").exists()
+    assert validate_installed(home)[0]["ok"]

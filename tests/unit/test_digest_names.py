@@ -11,9 +11,11 @@ from packdist.core.digest import DIGEST_SIZE, Digest
 from packdist.core.names import (
     MAX_LEN,
     check_group_name,
+    check_label_key,
     check_package_name,
     check_server_name,
     check_version,
+    parse_label,
     parse_ref,
 )
 from packdist.errors import HashMismatch, InvalidName, UserError
@@ -136,6 +138,12 @@ INVALID = [
     "a b",
     "a\tb",
     "a\nb",
+    "1.0\n",  # a trailing newline: `$` alone matches before it
+    "app\n",
+    "\napp",
+    "1.0\r",
+    "1.0\n\n",
+    "١٢٣",  # Arabic-Indic digits: str.isdigit, not [0-9]
     "a\\b",
     "a@b",
     "é",
@@ -187,6 +195,18 @@ def test_names_with_a_slash_are_always_refused(left: str, right: str) -> None:
         check_version(f"{left}/{right}")
 
 
+def test_labels_servers_and_refs_refuse_a_trailing_newline() -> None:
+    with pytest.raises(InvalidName):
+        parse_label("site=berlin\n")
+    with pytest.raises(InvalidName):
+        parse_label("site\n=berlin")
+    with pytest.raises(InvalidName):
+        parse_ref("app@1.0\n")
+    with pytest.raises(InvalidName):
+        check_label_key("site\n")
+    assert parse_label("site=berlin") == ("site", "berlin")
+
+
 def test_parse_ref_splits_and_validates() -> None:
     assert parse_ref("app@1.0") == ("app", "1.0")
     assert parse_ref("my-app@2024.01.02+b7") == ("my-app", "2024.01.02+b7")
@@ -198,3 +218,12 @@ def test_parse_ref_splits_and_validates() -> None:
 def test_parse_ref_refuses_malformed_references(ref: str) -> None:
     with pytest.raises(InvalidName):
         parse_ref(ref)
+
+
+def test_a_listen_port_must_be_ascii_digits() -> None:
+    from packdist.core.names import split_listen
+
+    assert split_listen("127.0.0.1:8700") == ("127.0.0.1", 8700)
+    for bad in ("h:٨٧٠٠", "h:8700\n", "h: 8700"):
+        with pytest.raises(ValueError):
+            split_listen(bad)

@@ -96,6 +96,33 @@ def test_peer_list_is_validated() -> None:
         Peer.parse_list([{"name": "dp2"}])
 
 
+@pytest.mark.parametrize(
+    "url", ["http://[::1", "http://", "http://a b", "http://x:99999", "http://" + "a" * 300,
+            "http://x:1\n", "http://x:0"],
+)  # fmt: skip
+def test_a_peer_url_the_client_cannot_use_is_refused_in_one_line(url: str) -> None:
+    with pytest.raises(UserError, match="malformed") as caught:
+        Peer.parse_list([{"name": "dp2", "url": url, "token": "t"}])
+    assert "\n" not in caught.value.message and len(caught.value.message) < 200
+    with pytest.raises(UserError, match="malformed credential"):
+        Peer.parse_list([{"name": "dp2", "url": "http://x:1", "token": "t\r\nX-Evil: 1"}])
+
+
+def test_asking_a_peer_whose_url_the_client_refuses_is_a_transfer_error() -> None:
+    from packdist.agent.sources import peer_chunks
+    from packdist.errors import TransferError
+    from packdist.http import new_session
+
+    async def ask() -> None:
+        async with new_session() as session:
+            peer = Peer("dp2", "http://[::1", "t", True)  # past the list's checks somehow
+            async for _ in peer_chunks(session, peer, "ab" * 32, [Digest.of(b"x")]):
+                pass
+
+    with pytest.raises(TransferError, match="cannot ask peer dp2"):
+        asyncio.run(ask())
+
+
 # --- the tracker --------------------------------------------------------------------------
 
 
