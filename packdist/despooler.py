@@ -24,7 +24,6 @@ from typing import Any, TypeVar
 
 import aiohttp
 
-from packdist.agent.client import AgentClient
 from packdist.core.digest import Digest
 from packdist.core.signing import SigningKey
 from packdist.errors import (
@@ -34,8 +33,9 @@ from packdist.errors import (
     InvalidTransition,
     PackdistError,
     RemoteError,
-    kind_named,
 )
+from packdist.protocol.agent_api import AgentClient
+from packdist.protocol.messages import InstallStatus
 from packdist.retry import RetryPolicy
 from packdist.service import Service
 from packdist.site.library import ContentLibrary
@@ -281,20 +281,18 @@ class Despooler:
         client = AgentClient(c.server, c.server_url, self.key, self.session)
         repair = bool(c.options.get("repair"))  # a flag of the job: every attempt reads it
         peers = await self._peers(c)
-        status: dict[str, Any] | None = await client.install(manifest, signature, repair, peers)
+        status: InstallStatus | None = await client.install(manifest, signature, repair, peers)
         moved_at, last_mark = time.monotonic(), None
         while not progress.lost:
             assert status is not None
-            # what crossed the wire (compressed); agents before wire counting: chunk bytes
-            progress.received = int(status.get("bytes_wire", status.get("bytes_received", 0)))
-            progress.total = int(status.get("bytes_total", 0))
-            progress.from_peers = int(status.get("bytes_from_peers", 0))
-            progress.done = int(status.get("bytes_done", 0))
-            state = status.get("state")
-            if state == "installed":
-                if status.get("package_id") != c.package_id:
+            progress.received = status.bytes_wire  # what crossed the wire (compressed)
+            progress.total = status.bytes_total
+            progress.from_peers = status.bytes_from_peers
+            progress.done = status.bytes_done
+            if status.state == "installed":
+                if status.package_id != c.package_id:
                     raise IntegrityError(
-                        f"{c.server} reported package id {str(status.get('package_id'))[:12]}…,"
+                        f"{c.server} reported package id {status.package_id[:12]}…,"
                         f" expected {c.package_id[:12]}…"
                     )
                 await self._renew(c, progress)  # the final byte count
@@ -303,16 +301,14 @@ class Despooler:
                 )
                 log.info("%s installed on %s", c.package_ref, c.server)
                 return
-            if state == "cancelled":  # stopped there while this attempt still runs here
+            if status.state == "cancelled":  # stopped there while this attempt runs here
                 raise RemoteError(f"the install was stopped on {c.server}; trying again")
-            if state == "failed":
-                error = str(status.get("error") or "install failed on the agent")
-                kind = kind_named(status.get("error_kind"))
-                chunk = status.get("error_chunk")
-                if kind is ErrorKind.INTEGRITY and isinstance(chunk, str):
-                    raise await self._chunk_fault(c, chunk, error)
-                raise RemoteError(error, kind=kind)
-            mark = (status.get("progress"), status.get("phase"), status.get("bytes_done"))
+            if status.state == "failed":
+                error = status.error or "install failed on the agent"
+                if status.kind is ErrorKind.INTEGRITY and status.error_chunk:
+                    raise await self._chunk_fault(c, status.error_chunk, error)
+                raise RemoteError(error, kind=status.kind)
+            mark = (status.progress, status.phase, status.bytes_done)
             if mark != last_mark:
                 moved_at, last_mark = time.monotonic(), mark
             elif time.monotonic() - moved_at > STALL_LIMIT:

@@ -73,6 +73,7 @@ from packdist.errors import (
     UserError,
 )
 from packdist.http import Frame
+from packdist.protocol.messages import InstallStatus
 from packdist.ratelimit import Bucket
 
 log = logging.getLogger("packdist.agent")
@@ -167,22 +168,25 @@ class Install:
         except TimeoutError:
             pass
 
+    def status(self) -> InstallStatus:
+        return InstallStatus(
+            package_id=self.package_id,
+            package=self.ref,
+            state=self.state.value,
+            error=self.error,
+            error_kind=self.error_kind.value if self.error_kind else None,
+            error_chunk=self.error_chunk,
+            bytes_received=self.bytes_received,
+            bytes_wire=self.bytes_wire,
+            bytes_from_peers=self.bytes_from_peers,
+            bytes_done=min(self.bytes_total, self.bytes_present + self.bytes_received),
+            bytes_total=self.bytes_total,
+            phase=self.phase.value,
+            progress=self.progress,
+        )
+
     def to_json(self) -> dict[str, object]:
-        return {
-            "package_id": self.package_id,
-            "package": self.ref,
-            "state": self.state.value,
-            "error": self.error,
-            "error_kind": self.error_kind.value if self.error_kind else None,
-            "error_chunk": self.error_chunk,  # the chunk that failed to verify, if one did
-            "bytes_received": self.bytes_received,
-            "bytes_wire": self.bytes_wire,
-            "bytes_from_peers": self.bytes_from_peers,
-            "bytes_done": min(self.bytes_total, self.bytes_present + self.bytes_received),
-            "bytes_total": self.bytes_total,
-            "phase": self.phase.value,
-            "progress": self.progress,
-        }
+        return self.status().to_json()
 
 
 Location = tuple[str, int]  # (relative path, offset)

@@ -11,7 +11,6 @@ spelling of the site's URL ``--site`` uses, and a site answering with another ke
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import signal
 import uuid
@@ -29,12 +28,13 @@ from packdist.agent.sources import Peer, peer_chunks
 from packdist.agent.validation import validate_installed
 from packdist.auth import PEER_CHUNKS_PATH, bearer, check_site_assertion
 from packdist.core.digest import Digest
-from packdist.core.names import parse_ref, split_listen
+from packdist.core.names import split_listen
 from packdist.core.signing import VerifyKey
 from packdist.errors import AuthError, IntegrityError, PackdistError, UserError
 from packdist.http import error_middleware, error_response, new_session, peer
+from packdist.protocol.messages import Heartbeat, InstallRequest, RemoveRequest
+from packdist.protocol.site_api import SiteClient, site_urls
 from packdist.ratelimit import Bucket
-from packdist.site.client import SiteClient, site_urls
 
 log = logging.getLogger("packdist.agent")
 
@@ -164,13 +164,13 @@ class Agent:
         )
         log.info("enrolled as %s with site %s", self.server_name, answer["site"])
 
-    def _heartbeat_payload(self) -> dict[str, Any]:
+    def _heartbeat_payload(self) -> Heartbeat:
         """What a heartbeat says (reads the disk: run it in a thread)."""
-        return {
-            "boot_id": self.boot_id,
-            "disk_free": self.home.free_bytes(),
-            "installed": sorted(set(self.home.installed().values())),
-        }
+        return Heartbeat(
+            boot_id=self.boot_id,
+            disk_free=self.home.free_bytes(),
+            installed=sorted(set(self.home.installed().values())),
+        )
 
     async def _heartbeat_loop(self, enrolled_now: bool) -> None:
         while True:
@@ -237,14 +237,10 @@ class Agent:
         return web.json_response({"ok": True, "enrolled": self.server_name is not None})
 
     async def install(self, request: web.Request) -> web.Response:
-        body = await read_json(request)
+        asked = InstallRequest.from_json(await read_json(request))
+        data, signature, repair = asked.manifest, asked.signature, asked.repair
         try:
-            data = base64.b64decode(body["manifest"], validate=True)
-            signature = base64.b64decode(body["signature"], validate=True)
-            repair = body.get("repair", False)
-            if not isinstance(repair, bool):
-                raise TypeError("repair must be true or false")
-            peers = Peer.parse_list(body.get("peers"))
+            peers = Peer.parse_list(asked.peers)
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
             raise UserError(f"malformed install request: {exc}") from exc
         assert self.site_key is not None
@@ -268,18 +264,8 @@ class Agent:
         chunk cache, which is then trimmed to its limit); also when the agent did not hold
         it (``"was": "absent"``). Refused (409) while that version is being installed: the
         site retries."""
-        body = await read_json(request)
-        try:
-            pid, ref = body["package_id"], body["package"]
-            if not isinstance(pid, str) or not is_package_id(pid):
-                raise ValueError("package_id must be a package id (64 hex digits)")
-            if not isinstance(ref, str):
-                raise TypeError("package must be NAME@VERSION")
-            name, version = parse_ref(ref)
-        except (KeyError, ValueError, TypeError, AttributeError, PackdistError) as exc:
-            words = exc.message if isinstance(exc, PackdistError) else str(exc)
-            raise UserError(f"malformed remove request: {words}") from exc
-        ref = f"{name}@{version}"
+        asked = RemoveRequest.from_json(await read_json(request))
+        pid, ref = asked.package_id, asked.package
         for inst in list(self.installer.installs.values()):
             if inst.state is InstallState.INSTALLING and (
                 inst.package_id == pid or inst.ref == ref

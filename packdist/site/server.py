@@ -36,6 +36,7 @@ from packdist.core.digest import Digest
 from packdist.despooler import Despooler, PeerSettings, StoreRunner
 from packdist.errors import AuthError, NotFound, PackdistError, UserError
 from packdist.http import error_frame, error_middleware, frame_header, new_session
+from packdist.protocol.messages import Heartbeat
 from packdist.ratelimit import Bucket
 from packdist.service import Service
 from packdist.site import dashboard
@@ -61,7 +62,6 @@ RATE_SAMPLE = 8 * 1024 * 1024  # bytes written before the rate is trusted (socke
 #: largest batch an agent asks for in one request)
 BASE_BUDGET = 128 * 1024 * 1024
 SEND_SLICE = 256 * 1024  # bytes written (and taken from the upload limit) at a time
-MAX_INSTALLED = 100_000  # package ids a heartbeat may list
 
 
 class SiteServer:
@@ -114,7 +114,8 @@ class SiteServer:
 
     async def heartbeat(self, request: web.Request) -> web.Response:
         server = await self._agent(request)
-        boot_id, disk_free, installed = _heartbeat_body(await _json_body(request))
+        beat = Heartbeat.from_json(await _json_body(request))
+        boot_id, disk_free, installed = beat.boot_id, beat.disk_free, beat.installed
         woken = await self.db(
             lambda s: Service(s).record_heartbeat(
                 server.name, boot_id, disk_free, installed, time.time(), OFFLINE_AFTER
@@ -351,25 +352,6 @@ def _chunks_body(
         if d in wanted:
             bases[d] = [Digest.parse(str(b)) for b in value]
     return digests, codec.parse_accept(accept), bases
-
-
-def _heartbeat_body(body: Any) -> tuple[str, int | None, list[str]]:
-    """``(boot_id, disk_free, installed)`` of a heartbeat, or UserError (a 400) saying what
-    is wrong with it."""
-    if not isinstance(body, dict):
-        raise UserError("heartbeat body must be a JSON object")
-    boot_id = body.get("boot_id", "")
-    if not isinstance(boot_id, str):
-        raise UserError("heartbeat boot_id must be a string")
-    disk_free = body.get("disk_free")
-    if disk_free is not None and (
-        isinstance(disk_free, bool) or not isinstance(disk_free, int) or disk_free < 0
-    ):
-        raise UserError("heartbeat disk_free must be a non-negative integer or null")
-    installed = body.get("installed", [])
-    if not isinstance(installed, list) or not all(isinstance(x, str) for x in installed):
-        raise UserError("heartbeat installed must be a list of strings")
-    return boot_id, disk_free, installed[:MAX_INSTALLED]
 
 
 def run_site(

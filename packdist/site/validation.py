@@ -22,9 +22,9 @@ from typing import Any
 
 import aiohttp
 
-from packdist.agent.client import AgentClient
 from packdist.core.signing import SigningKey
 from packdist.errors import PackdistError
+from packdist.protocol.agent_api import AgentClient
 from packdist.service import Service
 from packdist.store.base import ServerRecord, Store, describe_problems
 

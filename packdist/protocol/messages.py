@@ -1,0 +1,183 @@
+"""The messages between a site and its agents, typed once.
+
+Each message is a frozen dataclass with ``to_json()`` and ``from_json()``. ``from_json``
+checks everything it reads: what is not the message it should be is a
+:class:`~packdist.errors.UserError` naming the problem (an HTTP 400), never an exception
+that escapes as a 500. Answers read by the site (``InstallStatus``) tolerate fields an older
+agent does not send. Chunk streams are framed in :mod:`packdist.http` (``Frame``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from packdist.errors import ErrorKind, PackdistError, UserError, kind_named
+
+MAX_INSTALLED = 100_000  # package ids a heartbeat may list
+
+
+def _object(body: Any, what: str) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise UserError(f"{what} must be a JSON object")
+    return body
+
+
+def _b64(body: dict[str, Any], key: str, what: str) -> bytes:
+    value = body.get(key)
+    if not isinstance(value, str):
+        raise UserError(f"malformed {what}: {key} must be base64 text")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise UserError(f"malformed {what}: {key} is not base64 ({exc})") from None
+
+
+def _int(body: dict[str, Any], key: str) -> int:
+    value = body.get(key, 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _text(body: dict[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    return value if isinstance(value, str) else None
+
+
+@dataclass(frozen=True)
+class InstallRequest:
+    """The site to an agent: install this signed manifest (``POST /v1/install``)."""
+
+    manifest: bytes
+    signature: bytes
+    repair: bool = False  # rebuild an installed version, fetching only its damaged chunks
+    peers: list[dict[str, Any]] = field(default_factory=list)  # other sources, each credentialed
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "manifest": base64.b64encode(self.manifest).decode(),
+            "signature": base64.b64encode(self.signature).decode(),
+        }
+        if self.repair:
+            body["repair"] = True
+        if self.peers:
+            body["peers"] = self.peers
+        return body
+
+    @classmethod
+    def from_json(cls, body: Any) -> InstallRequest:
+        what = "install request"
+        body = _object(body, what)
+        repair = body.get("repair", False)
+        if not isinstance(repair, bool):
+            raise UserError(f"malformed {what}: repair must be true or false")
+        peers = body.get("peers", [])
+        if not isinstance(peers, list):
+            raise UserError(f"malformed {what}: peers must be a list")
+        return cls(_b64(body, "manifest", what), _b64(body, "signature", what), repair, peers)
+
+
+@dataclass(frozen=True)
+class InstallStatus:
+    """An agent's account of one install (its answer to install, status and cancel)."""
+
+    package_id: str
+    state: str  # installing | installed | failed | cancelled
+    package: str | None = None
+    error: str | None = None
+    error_kind: str | None = None  # packdist.errors.ErrorKind of the failure
+    error_chunk: str | None = None  # the chunk that failed to verify, if one did
+    bytes_received: int = 0
+    bytes_wire: int = 0  # what crossed the wire (compressed, or a delta)
+    bytes_from_peers: int = 0
+    bytes_done: int = 0  # how much of the package the agent holds so far
+    bytes_total: int = 0
+    phase: str | None = None
+    progress: int = 0  # grows while the install moves
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, body: Any) -> InstallStatus:
+        body = _object(body, "install status")
+        return cls(
+            package_id=_text(body, "package_id") or "",
+            state=_text(body, "state") or "",
+            package=_text(body, "package"),
+            error=_text(body, "error"),
+            error_kind=_text(body, "error_kind"),
+            error_chunk=_text(body, "error_chunk"),
+            # agents before wire counting: chunk bytes
+            bytes_received=_int(body, "bytes_received"),
+            bytes_wire=_int(body, "bytes_wire" if "bytes_wire" in body else "bytes_received"),
+            bytes_from_peers=_int(body, "bytes_from_peers"),
+            bytes_done=_int(body, "bytes_done"),
+            bytes_total=_int(body, "bytes_total"),
+            phase=_text(body, "phase"),
+            progress=_int(body, "progress"),
+        )
+
+    @property
+    def kind(self) -> ErrorKind:
+        return kind_named(self.error_kind)
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """An agent to its site, every few seconds (``POST /v1/agent/heartbeat``)."""
+
+    boot_id: str
+    disk_free: int | None
+    installed: list[str]  # package ids held, verified
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, body: Any) -> Heartbeat:
+        body = _object(body, "heartbeat body")
+        boot_id = body.get("boot_id", "")
+        if not isinstance(boot_id, str):
+            raise UserError("heartbeat boot_id must be a string")
+        disk_free = body.get("disk_free")
+        if disk_free is not None and (
+            isinstance(disk_free, bool) or not isinstance(disk_free, int) or disk_free < 0
+        ):
+            raise UserError("heartbeat disk_free must be a non-negative integer or null")
+        installed = body.get("installed", [])
+        if not isinstance(installed, list) or not all(isinstance(x, str) for x in installed):
+            raise UserError("heartbeat installed must be a list of strings")
+        return cls(boot_id, disk_free, installed[:MAX_INSTALLED])
+
+
+@dataclass(frozen=True)
+class RemoveRequest:
+    """The site to an agent: remove this version (``POST /v1/remove``)."""
+
+    package_id: str
+    package: str  # NAME@VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, body: Any) -> RemoveRequest:
+        from packdist.core.names import parse_ref
+
+        body = _object(body, "remove request")
+        pid, ref = body.get("package_id"), body.get("package")
+        try:
+            if not isinstance(pid, str) or len(pid) != 64 or not _is_hex(pid):
+                raise UserError("package_id must be a package id (64 hex digits)")
+            if not isinstance(ref, str):
+                raise UserError("package must be NAME@VERSION")
+            name, version = parse_ref(ref)
+        except PackdistError as exc:
+            raise UserError(f"malformed remove request: {exc.message}") from None
+        return cls(pid, f"{name}@{version}")
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text)

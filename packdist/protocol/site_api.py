@@ -1,0 +1,144 @@
+"""The agent's client of the site API: enrollment, heartbeats, chunk fetches.
+
+A site may run as several workers (one PostgreSQL store); an agent given their URLs
+(``agent serve --site URL1,URL2``) uses the one that answered last, and on a failure to
+reach it moves on to the next at once. Only a failure to talk (connect, timeout, a worker
+not ready) moves it on: an answer (a refused credential, a bad request) is the site's word.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import aiohttp
+
+from packdist.core.codec import Encoding
+from packdist.core.digest import Digest
+from packdist.errors import AuthError, PackdistError, RemoteError, TransferError
+from packdist.http import HEARTBEAT, STREAM, Frame, read_frames, request
+from packdist.protocol.messages import Heartbeat
+
+log = logging.getLogger("packdist.agent")
+T = TypeVar("T")
+
+
+def site_urls(text: str) -> list[str]:
+    """``URL1,URL2`` as a list (trailing slashes dropped, duplicates once)."""
+    urls = [u.strip().rstrip("/") for u in text.split(",") if u.strip()]
+    return list(dict.fromkeys(urls))
+
+
+def _unreachable(exc: PackdistError) -> bool:
+    """True for a failure to talk to this worker (another may answer)."""
+    if isinstance(exc, AuthError):
+        return False
+    if isinstance(exc, RemoteError):
+        return exc.status is None or exc.status >= 500
+    return isinstance(exc, TransferError)
+
+
+class SiteClient:
+    def __init__(
+        self,
+        base_url: str | list[str],
+        token: str,
+        session: aiohttp.ClientSession,
+        liveness: aiohttp.ClientSession,
+    ) -> None:
+        self.urls = site_urls(base_url) if isinstance(base_url, str) else list(base_url)
+        if not self.urls:
+            raise ValueError("no site URL")
+        self._current = 0
+        self._auth = {"Authorization": f"Bearer {token}"}
+        self._session = session
+        self._liveness = liveness  # fresh connection per call: hello and heartbeats
+
+    @property
+    def base_url(self) -> str:
+        """The worker in use (the one that answered last)."""
+        return self.urls[self._current]
+
+    def _next(self, failed: str, exc: PackdistError) -> None:
+        if len(self.urls) > 1 and self.urls[self._current] == failed:
+            self._current = (self._current + 1) % len(self.urls)
+            log.info("site worker %s: %s; trying %s", failed, exc.message, self.base_url)
+
+    async def _any(self, call: Callable[[str], Awaitable[T]]) -> T:
+        """``call(url)`` on the worker in use, then on each other one until one answers."""
+        last: PackdistError | None = None
+        for _ in range(len(self.urls)):
+            url = self.base_url
+            try:
+                return await call(url)
+            except PackdistError as exc:
+                if not _unreachable(exc):
+                    raise
+                last = exc
+                self._next(url, exc)
+        assert last is not None
+        raise last
+
+    async def _post(self, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
+        async def call(url: str) -> dict[str, Any]:
+            async with request(
+                self._liveness,
+                "POST",
+                f"{url}{path}",
+                headers=self._auth,
+                json=payload,
+                timeouts=HEARTBEAT,
+            ) as resp:
+                data: dict[str, Any] = await resp.json()
+                return data
+
+        return await self._any(call)
+
+    async def hello(self) -> dict[str, Any]:
+        """Enroll: learn our server name and the site's public key."""
+        return await self._post("/v1/agent/hello")
+
+    async def heartbeat(self, beat: Heartbeat) -> dict[str, Any]:
+        return await self._post("/v1/agent/heartbeat", beat.to_json())
+
+    async def chunks(
+        self, digests: list[Digest], bases: dict[Digest, list[Digest]] | None = None
+    ) -> AsyncGenerator[Frame, None]:
+        """Stream the requested chunks as frames (not decoded nor verified: the caller
+        decodes each, against the ``bases`` it offered, and checks every digest).
+
+        A worker that cannot be reached before the first frame is passed over for the next;
+        one that fails mid-stream ends this stream (the caller asks again for what is
+        missing, and the next request goes to another worker).
+
+        An async generator: close it (``contextlib.aclosing``) when stopping early, so the
+        connection is released at once rather than whenever the generator is collected.
+        """
+        body: dict[str, Any] = {
+            "digests": [d.hex for d in digests],
+            "accept": [e.label for e in Encoding],
+        }
+        if bases:
+            body["bases"] = {d.hex: [b.hex for b in bs] for d, bs in bases.items()}
+        last: PackdistError | None = None
+        for _ in range(len(self.urls)):
+            url = f"{self.base_url}/v1/chunks"
+            started = False
+            try:
+                async with request(
+                    self._session, "POST", url, headers=self._auth, json=body, timeouts=STREAM
+                ) as resp:
+                    async for frame in read_frames(resp.content, url):
+                        started = True
+                        yield frame
+                return
+            except PackdistError as exc:
+                if not _unreachable(exc):
+                    raise
+                self._next(self.base_url, exc)
+                if started:
+                    raise
+                last = exc
+        assert last is not None
+        raise last
