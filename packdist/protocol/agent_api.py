@@ -70,23 +70,18 @@ class AgentClient:
 
         With ``wait``, the agent answers as soon as the install ends, or after that long.
         """
-        url = f"{self.base_url}/v1/installs/{package_id}?wait={wait:g}"
-        try:
-            async with request(
-                self._session, "GET", url, headers=self._headers("GET", url), timeouts=CONTROL
-            ) as resp:
-                return InstallStatus.from_json(await resp.json())
-        except RemoteError as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return await self._install_call("GET", f"/v1/installs/{package_id}?wait={wait:g}")
 
     async def cancel(self, package_id: str) -> InstallStatus | None:
         """Stop the agent's install of ``package_id`` (None: it had none)."""
-        url = f"{self.base_url}/v1/installs/{package_id}/cancel"
+        return await self._install_call("POST", f"/v1/installs/{package_id}/cancel")
+
+    async def _install_call(self, method: str, path: str) -> InstallStatus | None:
+        """An install's status from ``method path``; None where the agent has no such install."""
+        url = f"{self.base_url}{path}"
         try:
             async with request(
-                self._session, "POST", url, headers=self._headers("POST", url), timeouts=CONTROL
+                self._session, method, url, headers=self._headers(method, url), timeouts=CONTROL
             ) as resp:
                 return InstallStatus.from_json(await resp.json())
         except RemoteError as exc:

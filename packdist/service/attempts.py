@@ -8,9 +8,12 @@ worker died (its lease ran out) or stopped (handed back) returns to the queue.
 
 from __future__ import annotations
 
+from typing import Any
+
 from packdist.errors import ErrorKind
 from packdist.retry import RetryPolicy
 from packdist.service.jobs import JobUseCases, ended
+from packdist.store.db import Row
 from packdist.store.instructions import Plus
 from packdist.store.records import Claim
 
@@ -187,67 +190,54 @@ class AttemptUseCases(JobUseCases):
     def recover_expired_leases(self, now: float) -> int:
         """Return instructions whose worker died or stalled (lease expired) to the queue,
         due at once; a superseded one is cancelled instead."""
-        store = self.store
-        with store.transaction():
-            rows = store.expired_leases(now)
-            for r in rows:
-                if r["superseded_by"]:
-                    self._end_superseded(r["id"], r["superseded_by"], now)
-                    continue
-                for changed in store.apply(
-                    "lease_expired",
-                    [r["id"]],
-                    now,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    next_attempt_at=now,
-                    last_error=LEASE_EXPIRED,
-                    error_kind=ErrorKind.TRANSIENT.value,
-                ):
-                    # the attempt ended when its lease did: no two holders ever overlap
-                    store.end_attempt(
-                        r["id"], "lease expired", r["lease_expires_at"], ErrorKind.TRANSIENT.value
-                    )
-                    store.add_event(
-                        "recovered",
-                        "lease expired; returned to the queue",
-                        changed["job_id"],
-                        changed["server"],
-                        now=now,
-                    )
-            if rows:
-                store.notify()
+        with self.store.transaction():
+            rows = self.store.expired_leases(now)
+            self._requeue(
+                rows,
+                "lease_expired",
+                now,
+                "lease expired; returned to the queue",
+                last_error=LEASE_EXPIRED,
+                error_kind=ErrorKind.TRANSIENT.value,
+            )
         return len(rows)
 
     def release_leases(self, owner: str, now: float) -> int:
         """A worker stopping cleanly hands its instructions back, due at once. Releases the
         leases held as ``owner`` and as ``owner:<anything>`` (one lease name per claim)."""
-        store = self.store
-        with store.transaction():
-            rows = store.leases_of(owner)
-            for r in rows:
-                if r["superseded_by"]:
-                    self._end_superseded(r["id"], r["superseded_by"], now)
-                    continue
-                for changed in store.apply(
-                    "handed_back",
-                    [r["id"]],
-                    now,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    next_attempt_at=now,
-                ):
-                    store.end_attempt(r["id"], "handed back", now)
-                    store.add_event(
-                        "recovered",
-                        "site stopping; attempt handed back to the queue",
-                        changed["job_id"],
-                        changed["server"],
-                        now=now,
-                    )
-            if rows:
-                store.notify()
+        with self.store.transaction():
+            rows = self.store.leases_of(owner)
+            self._requeue(
+                rows, "handed_back", now, "site stopping; attempt handed back to the queue"
+            )
         return len(rows)
+
+    def _requeue(self, rows: list[Row], event: str, now: float, words: str, **sets: Any) -> None:
+        """Attempts that ended without an outcome go back to the queue, due at once (a
+        superseded one is cancelled). An expired attempt ended when its lease did: so no two
+        holders of an instruction ever overlap in the history."""
+        store = self.store
+        for r in rows:
+            if r["superseded_by"]:
+                self._end_superseded(r["id"], r["superseded_by"], now)
+                continue
+            changed = store.apply(
+                event,
+                [r["id"]],
+                now,
+                lease_owner=None,
+                lease_expires_at=None,
+                next_attempt_at=now,
+                **sets,
+            )
+            for c in changed:
+                ended_at = r.get("lease_expires_at") or now
+                store.end_attempt(
+                    r["id"], event.replace("_", " "), ended_at, sets.get("error_kind")
+                )
+                store.add_event("recovered", words, c["job_id"], c["server"], now=now)
+        if rows:
+            store.notify()
 
     # --- helpers --------------------------------------------------------------------------
 
