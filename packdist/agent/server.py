@@ -33,6 +33,7 @@ from packdist.core.signing import VerifyKey
 from packdist.errors import AuthError, PackdistError, UserError
 from packdist.http import error_middleware, error_response, new_session, peer
 from packdist.ratelimit import Bucket
+from packdist.serving import guard, serving
 from packdist.site.client import SiteClient
 
 log = logging.getLogger("packdist.agent")
@@ -41,6 +42,7 @@ HEARTBEAT_INTERVAL = 2.0
 FIRST_ENROLL_WAIT = 3.0  # at start-up, how long to wait for the site before serving anyway
 MAX_LONG_POLL = 5.0
 ENROLL_RETRY = 2.0
+MAX_BODY = 256 * 1024 * 1024  # bytes of a request body (an install carries its manifest)
 
 
 @dataclass(frozen=True)
@@ -193,7 +195,8 @@ class Agent:
 
     def app(self) -> web.Application:
         app = web.Application(
-            middlewares=[self._auth_middleware, error_middleware], client_max_size=256 * 1024 * 1024
+            middlewares=[guard({}, MAX_BODY), self._auth_middleware, error_middleware],
+            client_max_size=MAX_BODY,
         )
         app.router.add_get("/healthz", self.healthz)
         app.router.add_post("/v1/install", self.install)
@@ -335,22 +338,16 @@ async def serve_until_stopped(app: web.Application, listen: str) -> None:
         host, port = split_listen(listen)
     except ValueError as exc:
         raise UserError(f"--listen {listen!r}: {exc}") from exc
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port, reuse_address=True).start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise UserError(f"cannot listen on {listen}: {exc.strerror or exc}") from exc
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("listening on %s", listen)
     try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
+        async with serving(app, host, port):
+            log.info("listening on %s", listen)
+            await stop.wait()
+    except OSError as exc:
+        raise UserError(f"cannot listen on {listen}: {exc.strerror or exc}") from exc
 
 
 def run_agent(
