@@ -217,8 +217,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if isinstance(exc, RateLimited):
             resp.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
         return resp
-    except (web.HTTPException, ConnectionError, asyncio.CancelledError):
+    except web.HTTPException:
         raise
+    except ConnectionError:
+        if request.transport is not None and not request.transport.is_closing():
+            raise  # not this request's client going away: some other connection, a bug
+        _log.debug("%s %s: the client went away", request.method, request.path)
+        return error_response(400, "connection lost")  # nobody reads it; aiohttp drops it
     except Exception:
         _log.exception("%s %s failed (a bug)", request.method, request.path)
         return error_response(500, "internal error (the server's log has the details)")
