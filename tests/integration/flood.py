@@ -24,8 +24,7 @@ def _wrong_password() -> str:
     return "pdo_" + secrets.token_urlsafe(18)
 
 
-def _requests(i: int) -> bytes:
-    kind = i % 4
+def _request(kind: int) -> bytes:
     if kind == 0:
         return (
             f"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {_wrong_password()}\r\n\r\n"
@@ -44,21 +43,25 @@ def _requests(i: int) -> bytes:
     return LOGIN_HEAD.format(length=64 << 20).encode() + b"p" * (256 * 1024)
 
 
-async def client(host: str, port: int, until: float, counts: collections.Counter[str]) -> None:
-    i = secrets.randbelow(4)
+async def client(
+    host: str, port: int, kind: int, until: float, counts: collections.Counter[str]
+) -> None:
+    """One client sending requests of one kind, each on a new connection, as fast as the
+    site answers (waiting at most a second: an attacker does not wait for answers)."""
     while time.monotonic() < until:
-        i += 1
         try:
             reader, writer = await asyncio.open_connection(host, port)
             try:
-                writer.write(_requests(i))
+                writer.write(_request(kind))
                 await writer.drain()
-                line = await asyncio.wait_for(reader.readline(), 5)
+                line = await asyncio.wait_for(reader.readline(), 1.0)
                 parts = line.split()
                 counts[parts[1].decode() if len(parts) > 1 else "no answer"] += 1
             finally:
                 writer.close()
-        except (OSError, TimeoutError):
+        except TimeoutError:
+            counts["no answer within 1s"] += 1
+        except OSError:
             counts["connection failed"] += 1
 
 
@@ -66,7 +69,7 @@ async def main(url: str, seconds: float, clients: int) -> None:
     host, port = url.removeprefix("http://").split(":")
     counts: collections.Counter[str] = collections.Counter()
     until = time.monotonic() + seconds
-    await asyncio.gather(*(client(host, int(port), until, counts) for _ in range(clients)))
+    await asyncio.gather(*(client(host, int(port), i % 4, until, counts) for i in range(clients)))
     print(json.dumps(dict(counts)), flush=True)
 
 
