@@ -239,14 +239,8 @@ class Dashboard:
     async def events_api(self, request: web.Request) -> web.Response:
         await self._api_guard(request)
         job = request.query.get("job") or None
-        try:
-            after = int(request.query.get("after", "0"))
-            limit = min(max(int(request.query.get("limit", "500")), 1), 10_000)
-        except ValueError:
-            raise web.HTTPBadRequest(
-                text='{"error": "after and limit must be integers"}',
-                content_type="application/json",
-            ) from None
+        after = _query_count(request, "after", 0)
+        limit = min(max(_query_count(request, "limit", 500), 1), 10_000)
         if after:
             events = await self.site.db(lambda s: s.events(job, after)[:limit])
         else:
@@ -285,6 +279,17 @@ class Dashboard:
             content_type=_STATIC_TYPES[name],
             headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
         )
+
+
+def _query_count(request: web.Request, name: str, default: int) -> int:
+    """A non-negative integer of the query, in ASCII digits and small enough for the
+    database (a 20-digit ``after`` once reached SQLite and answered 500)."""
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not re.fullmatch(r"[0-9]{1,15}", raw):
+        raise UserError(f"{name} must be a whole number of at most 15 digits")
+    return int(raw)
 
 
 def _client(request: web.Request) -> str:

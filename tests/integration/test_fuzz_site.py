@@ -107,10 +107,13 @@ def segment() -> st.SearchStrategy[bytes]:
     )
 
 
-def query() -> st.SearchStrategy[bytes]:
-    keys = st.sampled_from(["next", "job", "after", "limit", "wait", "x", ""])
+def query(
+    names: tuple[str, ...] = ("next", "job", "after", "limit", "wait", "x", ""),
+) -> st.SearchStrategy[bytes]:
+    keys = st.sampled_from(names)
     values = st.one_of(
         TEXT,
+        st.integers(min_value=-(2**80), max_value=2**80).map(str),
         st.sampled_from(["-1", "0", "1e999", "NaN", "99999999999999999999", "/%09/evil.example"]),
     )
     pair = st.tuples(keys, values).map(lambda kv: f"{seg(kv[0]).decode()}={seg(kv[1]).decode()}")
@@ -287,6 +290,7 @@ def dashboard_paths(t: Target) -> st.SearchStrategy[bytes]:
         b"/login",
     ]
     templated = st.one_of(
+        query(("after", "limit", "job")).map(lambda q: b"/api/events" + q),
         segment().map(lambda s: b"/jobs/" + s),
         segment().map(lambda s: b"/api/jobs/" + s),
         segment().map(lambda s: b"/static/" + s),

@@ -396,3 +396,44 @@ def test_handled_errors_are_answered_with_their_status_and_logged_without_a_trac
     handled = [r for r in caplog.records if "/sig" in r.getMessage() or "/store" in r.getMessage()]
     assert handled and all(r.exc_info is None for r in handled)
     assert [r for r in caplog.records if r.exc_info and "/bug" in r.getMessage()]
+
+
+def test_a_login_with_a_tricky_next_redirects_to_the_front_page_over_http(
+    site: tuple[SiteHome, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home, password = site
+    monkeypatch.setattr(gate, "PER_CLIENT_BURST", 100.0)  # one login per trick, all right
+    monkeypatch.setattr(gate, "SITE_BURST", 100.0)
+
+    async def main() -> list[str]:
+        out = []
+        async with serving(SiteServer(home)) as base, aiohttp.ClientSession() as s:
+            for nxt in [*NASTY_NEXT, "/jobs/j-1?x=1"]:
+                data = {"password": password, "next": nxt}
+                async with s.post(f"{base}/login", data=data, allow_redirects=False) as r:
+                    assert r.status == 303, await r.text()
+                    out.append(r.headers["Location"])
+        return out
+
+    locations = asyncio.run(main())
+    assert locations == ["/"] * len(NASTY_NEXT) + ["/jobs/j-1?x=1"]
+    assert all(same_origin(loc) for loc in locations)
+
+
+@pytest.mark.parametrize(
+    "query", ["after=99999999999999999999", "after=-99999999999999999999", "limit=1e9", "after=²"]
+)
+def test_an_events_query_with_a_number_too_big_or_odd_is_answered_400(
+    site: tuple[SiteHome, str], query: str
+) -> None:
+    home, password = site  # a 20-digit after reached SQLite and answered 500
+
+    async def main() -> tuple[int, str]:
+        async with serving(SiteServer(home)) as base, aiohttp.ClientSession() as s:
+            headers = {"Authorization": f"Bearer {password}"}
+            async with s.get(f"{base}/api/events?{query}", headers=headers) as r:
+                return r.status, await r.text()
+
+    status, text = asyncio.run(main())
+    assert status == 400, text
+    assert "whole number" in text
