@@ -111,13 +111,26 @@ def query(
     names: tuple[str, ...] = ("next", "job", "after", "limit", "wait", "x", ""),
 ) -> st.SearchStrategy[bytes]:
     keys = st.sampled_from(names)
+    edges = ["-1", "0", "1e999", "NaN", "9223372036854775808", "-9223372036854775809"]
     values = st.one_of(
+        st.sampled_from([*edges, "99999999999999999999", "/%09/evil.example", "\uff11"]),
         TEXT,
         st.integers(min_value=-(2**80), max_value=2**80).map(str),
-        st.sampled_from(["-1", "0", "1e999", "NaN", "99999999999999999999", "/%09/evil.example"]),
     )
     pair = st.tuples(keys, values).map(lambda kv: f"{seg(kv[0]).decode()}={seg(kv[1]).decode()}")
     return st.lists(pair, max_size=3).map(lambda p: ("?" + "&".join(p)).encode() if p else b"")
+
+
+def events_query() -> st.SearchStrategy[bytes]:
+    """``?after=&limit=&job=`` with numbers at the edges (each may be left out)."""
+    number = st.one_of(
+        st.integers(min_value=-(2**80), max_value=2**80).map(str),
+        st.sampled_from(["9223372036854775808", "-9223372036854775809", "1e3", "0x10", " 1"]),
+    )
+    fields = st.fixed_dictionaries(
+        {}, optional={"after": number, "limit": number, "job": TEXT | st.just("0")}
+    )
+    return fields.map(lambda f: ("?" + urllib.parse.urlencode(f)).encode() if f else b"")
 
 
 def json_value() -> st.SearchStrategy[object]:
@@ -308,6 +321,28 @@ def test_fuzzed_dashboard_api_and_metrics_never_answer_5xx(
     path = data.draw(dashboard_paths(target))
     headers = data.draw(credential(target))
     send(target, "dashboard, API, metrics", build(method, path, headers, data.draw(body()), None))
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzzed_api_queries_with_the_operator_credential_never_answer_5xx(
+    target: Target, data: st.DataObject
+) -> None:
+    path = data.draw(
+        st.one_of(
+            events_query().map(lambda q: b"/api/events" + q),
+            segment().map(lambda s: b"/api/jobs/" + s),
+            segment().map(lambda s: b"/jobs/" + s),
+            query(("next",)).map(lambda q: b"/login" + q),
+        )
+    )
+    pw = target.site.operator_password.encode()
+    headers = data.draw(
+        st.sampled_from(
+            [[(b"Authorization", b"Bearer " + pw)], [(b"Cookie", target.session.encode())]]
+        )
+    )
+    send(target, "API queries, logged in", build(b"GET", path, headers, b"", None))
 
 
 def login_body(t: Target) -> st.SearchStrategy[bytes]:
