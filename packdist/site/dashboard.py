@@ -162,9 +162,10 @@ class Dashboard:
     @staticmethod
     def _next(raw: str | None) -> str:
         """Only a path on this site, else ``/``: no open redirect. A browser drops tabs and
-        newlines from a URL and reads ``\\`` as ``/``, so ``/\t/evil.example`` or
-        ``/\\evil.example`` would lead off-site: only plain URL characters are let through,
-        and nothing that starts with two slashes once decoded."""
+        newlines from a URL and reads a backslash as ``/``, so a tab between two slashes
+        (``/%09/evil.example`` once decoded) or ``/\\evil.example`` would lead off-site:
+        only plain URL characters are let through, and nothing that starts with two slashes
+        once decoded."""
         if not raw or not _SAFE_PATH.fullmatch(raw):
             return "/"
         decoded = raw
