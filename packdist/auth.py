@@ -22,6 +22,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import time
 from urllib.parse import urlsplit
@@ -35,20 +36,42 @@ PEER_TTL = 4 * 3600.0  # seconds a peer credential lives: long enough for one tr
 # longer one falls back to the site for what is left; its next attempt gets new ones)
 PEER_CHUNKS_PATH = "/v1/peer/chunks"
 CLOCK_SKEW = 60.0  # how far ahead of the agent's clock the site's may be
+_TOKEN = re.compile(re.escape(TOKEN_PREFIX) + r"[A-Za-z0-9_-]{43}")
 
 
 def new_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
+def looks_like_token(token: str) -> bool:
+    """Whether ``token`` has the shape :func:`new_token` gives (anything else is refused
+    without a lookup)."""
+    return _TOKEN.fullmatch(token) is not None
+
+
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+#: what a bearer credential may be made of (RFC 6750's b64token); anything else, such as
+#: bytes that are not ASCII, is refused before any lookup or hashing
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+MAX_CREDENTIAL = 4096  # characters; ours are a few hundred at most
+
+
 def bearer(header: str | None) -> str:
-    if not header or not header.startswith("Bearer "):
+    """The credential of an ``Authorization: Bearer`` header, or AuthError: missing, another
+    scheme, or not a well-formed token (never an exception of another kind, whatever bytes
+    the header holds)."""
+    if not header:
         raise AuthError("missing credential")
-    return header[len("Bearer ") :].strip()
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        raise AuthError("missing credential (expected Authorization: Bearer)")
+    token = token.strip()
+    if len(token) > MAX_CREDENTIAL or not _B64TOKEN.fullmatch(token):
+        raise AuthError("malformed credential")
+    return token
 
 
 def b64(data: bytes) -> str:

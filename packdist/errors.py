@@ -10,7 +10,8 @@ as ``__cause__``::
     │   ├── TreeRefused           a source tree packdist will not import
     │   ├── NotFound              unknown package, server, job
     │   ├── AlreadyExists         site home taken, package version with other content, ...
-    │   └── NoTargets             a job with no target servers
+    │   ├── NoTargets             a job with no target servers
+    │   └── RateLimited           too many attempts (password guesses) for now
     ├── IntegrityError            content does not match its digest or signature
     │   ├── HashMismatch          a chunk's bytes do not hash to its digest
     │   ├── DecodeError           a chunk's encoded bytes (zstd, delta) do not decode
@@ -81,6 +82,14 @@ class AlreadyExists(UserError):
 
 class NoTargets(UserError):
     """A job needs at least one target server."""
+
+
+class RateLimited(UserError):
+    """Too many attempts; try again later."""
+
+    def __init__(self, message: str | None = None, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class IntegrityError(PackdistError):

@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
+import math
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -44,16 +46,23 @@ from aiohttp import web
 from packdist.core.digest import DIGEST_SIZE, Digest
 from packdist.errors import (
     AuthError,
+    BadSignature,
     ConnectError,
+    DecodeError,
+    DiskFull,
     ErrorKind,
+    NotFound,
     PackdistError,
+    RateLimited,
     RemoteError,
     RemoteTimeout,
     TransferError,
+    UserError,
     kind_named,
 )
 
 T = TypeVar("T")
+_log = logging.getLogger("packdist.http")
 
 
 @dataclass(frozen=True)
@@ -176,18 +185,54 @@ def error_response(status: int, message: str, kind: ErrorKind | None = None) -> 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def status_of(exc: PackdistError) -> int:
+    """The HTTP status answering a request whose handler raised ``exc``: 4xx for what the
+    request got wrong (a credential, a name, a signature that does not verify), 5xx for what
+    went wrong here or further on."""
+    if isinstance(exc, AuthError):
+        return 401
+    if isinstance(exc, RateLimited):
+        return 429
+    if isinstance(exc, NotFound):
+        return 404
+    if isinstance(exc, UserError | BadSignature | DecodeError):
+        return 400
+    if isinstance(exc, DiskFull):
+        return 507
+    if isinstance(exc, RemoteTimeout):
+        return 504
+    if isinstance(exc, TransferError):
+        return 502
+    return 500
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn packdist errors raised by handlers into JSON error answers."""
+    """Turn errors raised by handlers into JSON error answers.
+
+    A packdist error is answered with its status and message and logged as one line (4xx at
+    debug level: a flood of bad requests must not flood the log). Anything else is a bug:
+    500 with no detail, logged with its traceback."""
     try:
         return await handler(request)
-    except AuthError as exc:
-        return error_response(401, exc.message, exc.kind)
     except PackdistError as exc:
-        from packdist.errors import NotFound, UserError
-
-        status = 404 if isinstance(exc, NotFound) else 400 if isinstance(exc, UserError) else 500
-        return error_response(status, exc.message, exc.kind)
+        status = status_of(exc)
+        level = logging.DEBUG if status < 500 else logging.WARNING
+        _log.log(level, "%d %s %s: %s", status, request.method, request.path, exc.message)
+        resp = error_response(status, exc.message, exc.kind)
+        if isinstance(exc, RateLimited):
+            resp.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+        return resp
+    except web.HTTPException:
+        raise
+    except ConnectionError:
+        if request.transport is not None and not request.transport.is_closing():
+            raise  # not this request's client going away: some other connection, a bug
+        _log.debug("%s %s: the client went away", request.method, request.path)
+        return error_response(400, "connection lost")  # nobody reads it; aiohttp drops it
+    except Exception:
+        _log.exception("%s %s failed (a bug)", request.method, request.path)
+        return error_response(500, "internal error (the server's log has the details)")
 
 
 # --- chunk stream framing ----------------------------------------------------------------

@@ -1,4 +1,11 @@
-"""Shared fixtures for every test tier."""
+"""Shared fixtures for every test tier, and the rule for a tier that cannot run here.
+
+A tier that needs something this machine lacks (root and network namespaces for the lab,
+Chromium for the browser test, PostgreSQL for the PostgreSQL store) calls
+:func:`require`: the tests are skipped with the reason (``make test`` prints it, ``-rs``),
+and under ``CI=true`` they fail with it instead, so a CI run never passes by silently
+leaving a tier out.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +22,21 @@ from tests import pgcluster
 from tests.pgcluster import Cluster
 
 PACKDIST = [sys.executable, "-m", "packdist"]
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def require(tier: str, why_not: str | None) -> None:
+    """Let the calling test (or fixture) run only if ``why_not`` is None; else skip it
+    saying why, or fail it under ``CI=true``. ``tier`` names what cannot run: "lab",
+    "browser", "postgres"."""
+    if why_not is None:
+        return
+    if in_ci():
+        pytest.fail(f"{tier} tier cannot run under CI=true: {why_not}", pytrace=False)
+    pytest.skip(f"{tier} tier skipped: {why_not}")
 
 
 def run_packdist(
@@ -68,16 +90,14 @@ def have_root_and_netns() -> str | None:
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[Cluster]:
     """A PostgreSQL server of this session's own (skipped, with the reason, where it cannot
-    be started)."""
-    why = pgcluster.missing_reason()
-    if why:
-        pytest.skip(f"PostgreSQL tier skipped: {why}")
+    be started; failed under CI=true)."""
+    require("postgres", pgcluster.missing_reason())
     cluster = Cluster()
     try:
         cluster.start()
     except subprocess.CalledProcessError as exc:
         cluster.stop()
-        pytest.skip(f"PostgreSQL tier skipped: the cluster did not start: {exc.stderr!r}")
+        require("postgres", f"the cluster did not start: {exc.stderr!r}")
     yield cluster
     cluster.stop()
 

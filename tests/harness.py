@@ -176,6 +176,7 @@ class Component:
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.env: dict[str, str] = {}  # extra environment (PACKDIST_* settings)
+        self.cwd: Path | None = None  # working directory (None: the test's)
 
     # What subclasses provide.
     def command(self) -> list[str]:
@@ -221,6 +222,7 @@ class Component:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
+                cwd=self.cwd,
                 start_new_session=True,
             )
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -28,13 +27,13 @@ from packdist.agent.sources import Peer, peer_chunks
 from packdist.agent.validation import validate_installed
 from packdist.auth import PEER_CHUNKS_PATH, bearer, check_site_assertion
 from packdist.core.digest import Digest
-from packdist.core.names import split_listen
 from packdist.core.signing import VerifyKey
 from packdist.errors import AuthError, IntegrityError, PackdistError, UserError
 from packdist.http import error_middleware, error_response, new_session, peer
 from packdist.protocol.messages import Heartbeat, InstallRequest, RemoveRequest
 from packdist.protocol.site_api import SiteClient, site_urls
 from packdist.ratelimit import Bucket
+from packdist.serving import guard, serve_until_stopped
 
 log = logging.getLogger("packdist.agent")
 
@@ -42,6 +41,7 @@ HEARTBEAT_INTERVAL = 2.0
 FIRST_ENROLL_WAIT = 3.0  # at start-up, how long to wait for the site before serving anyway
 MAX_LONG_POLL = 5.0
 ENROLL_RETRY = 2.0
+MAX_BODY = 256 * 1024 * 1024  # bytes of a request body (an install carries its manifest)
 
 
 @dataclass(frozen=True)
@@ -195,7 +195,8 @@ class Agent:
 
     def app(self) -> web.Application:
         app = web.Application(
-            middlewares=[self._auth_middleware, error_middleware], client_max_size=256 * 1024 * 1024
+            middlewares=[guard({}, MAX_BODY), self._auth_middleware, error_middleware],
+            client_max_size=MAX_BODY,
         )
         app.router.add_get("/healthz", self.healthz, expect_handler=expect_handler)
         app.router.add_post("/v1/install", self.install, expect_handler=expect_handler)
@@ -339,29 +340,6 @@ class Agent:
         if wait:
             await inst.wait(wait)
         return web.json_response(inst.to_json())
-
-
-async def serve_until_stopped(app: web.Application, listen: str) -> None:
-    try:
-        host, port = split_listen(listen)
-    except ValueError as exc:
-        raise UserError(f"--listen {listen!r}: {exc}") from exc
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port, reuse_address=True).start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise UserError(f"cannot listen on {listen}: {exc.strerror or exc}") from exc
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    log.info("listening on %s", listen)
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
 
 
 def run_agent(

@@ -16,24 +16,32 @@ login form, or ``Authorization: Bearer <operator password>``):
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import time
 from importlib import resources
 from typing import TYPE_CHECKING
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from aiohttp import web
 
+from packdist.auth import bearer
 from packdist.config import Settings
-from packdist.errors import NotFound
+from packdist.errors import AuthError, NotFound, RateLimited, UserError
 from packdist.site import metrics, pages, views
-from packdist.site.operator import CredentialCache
+from packdist.site.gate import PasswordGate
+from packdist.site.operator import CredentialCache, looks_like_password
 from packdist.store.base import Store
 
 if TYPE_CHECKING:
     from packdist.site.server import SiteServer
 
 FAILED_LOGIN_DELAY = 1.0  # seconds; the password is random, this only slows a guesser more
+LOGIN_BODY = 4096  # bytes of a login form: a password and a path
+FORM_TYPE = "application/x-www-form-urlencoded"
+#: what a ``next=`` path may be made of: a path and query in plain URL characters (no
+#: whitespace, no control characters, no backslash)
+_SAFE_PATH = re.compile(r"/[A-Za-z0-9\-._~!$&'()*+,;=:@%/?]*")
 _SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self';"
@@ -55,6 +63,7 @@ class Dashboard:
     def __init__(self, site: SiteServer) -> None:
         self.site = site
         self.credentials = CredentialCache(site.home.root)
+        self.gate = PasswordGate()
         self.static = {name: _static(name) for name in _STATIC_TYPES}
 
     @property
@@ -83,17 +92,30 @@ class Dashboard:
     # --- who is asking ----------------------------------------------------------------------
 
     async def _authorized(self, request: web.Request) -> bool:
+        """Whether the request carries the operator credential: a session cookie (a MAC to
+        check), or the password as a bearer (one scrypt, within the gate's limits, unless
+        it was found correct before); RateLimited when over the limits."""
         cred = await asyncio.to_thread(self.credentials.get)
         if cred is None:
             return False
         cookie = request.cookies.get(self.cookie_name)
         if cookie and cred.check_session(cookie):
             return True
-        header = request.headers.get("Authorization", "")
-        if header.startswith("Bearer "):
-            token = header[len("Bearer ") :].strip()
-            return await asyncio.to_thread(self.credentials.check_bearer, token)
-        return False
+        header = request.headers.get("Authorization")
+        if header is None:
+            return False
+        try:
+            token = bearer(header)
+        except AuthError:
+            return False
+        if not looks_like_password(token):
+            return False  # no scrypt for what cannot be the password
+        if self.credentials.remembered(token):
+            return True
+        ok = await self.gate.check(_client(request), lambda: cred.check_password(token))
+        if ok:
+            self.credentials.remember(token)
+        return ok
 
     async def _page_guard(self, request: web.Request) -> None:
         """HTML pages: not logged in goes to the login form, and back here after."""
@@ -139,10 +161,20 @@ class Dashboard:
 
     @staticmethod
     def _next(raw: str | None) -> str:
-        """Only a path on this site (no ``//host`` or scheme): no open redirect."""
-        if raw and raw.startswith("/") and not raw.startswith("//") and "\\" not in raw:
-            return raw
-        return "/"
+        """Only a path on this site, else ``/``: no open redirect. A browser drops tabs and
+        newlines from a URL and reads a backslash as ``/``, so a tab between two slashes
+        (``/%09/evil.example`` once decoded) or ``/\\evil.example`` would lead off-site:
+        only plain URL characters are let through, and nothing that starts with two slashes
+        once decoded."""
+        if not raw or not _SAFE_PATH.fullmatch(raw):
+            return "/"
+        decoded = raw
+        for _ in range(3):  # "%252F" is "%2F" once decoded, "/" twice
+            decoded = unquote(decoded)
+        decoded = "".join(decoded.split())  # every kind of whitespace, tabs and newlines
+        if decoded.startswith(("//", "/\\")) or "\\" in decoded or urlsplit(raw).netloc:
+            return "/"
+        return raw
 
     async def login_form(self, request: web.Request) -> web.Response:
         configured = await asyncio.to_thread(self.credentials.get) is not None
@@ -150,15 +182,22 @@ class Dashboard:
         return self._html(pages.login_page(self.site.site_name, nxt, configured=configured))
 
     async def login(self, request: web.Request) -> web.Response:
-        form = await request.post()
-        password = str(form.get("password", ""))
-        nxt = self._next(str(form.get("next", "/")))
+        password, raw_next = await _login_fields(request)
+        nxt = self._next(raw_next)
         cred = await asyncio.to_thread(self.credentials.get)
         if cred is None:
             return self._html(
                 pages.login_page(self.site.site_name, nxt, configured=False), status=401
             )
-        ok = bool(password) and await asyncio.to_thread(cred.check_password, password)
+        ok = False
+        if looks_like_password(password):  # no scrypt for what cannot be the password
+            try:
+                ok = await self.gate.check(_client(request), lambda: cred.check_password(password))
+            except RateLimited as exc:
+                page = pages.login_page(self.site.site_name, nxt, error=exc.message)
+                resp = self._html(page, status=429)
+                resp.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+                return resp
         if not ok:
             await asyncio.sleep(FAILED_LOGIN_DELAY)
             page = pages.login_page(self.site.site_name, nxt, error="Wrong password.")
@@ -201,14 +240,8 @@ class Dashboard:
     async def events_api(self, request: web.Request) -> web.Response:
         await self._api_guard(request)
         job = request.query.get("job") or None
-        try:
-            after = int(request.query.get("after", "0"))
-            limit = min(max(int(request.query.get("limit", "500")), 1), 10_000)
-        except ValueError:
-            raise web.HTTPBadRequest(
-                text='{"error": "after and limit must be integers"}',
-                content_type="application/json",
-            ) from None
+        after = _query_count(request, "after", 0)
+        limit = min(max(_query_count(request, "limit", 500), 1), 10_000)
         if after:
             events = await self.site.db(lambda s: s.events(job, after)[:limit])
         else:
@@ -247,6 +280,38 @@ class Dashboard:
             content_type=_STATIC_TYPES[name],
             headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
         )
+
+
+def _query_count(request: web.Request, name: str, default: int) -> int:
+    """A non-negative integer of the query, in ASCII digits and small enough for the
+    database (a 20-digit ``after`` once reached SQLite and answered 500)."""
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not re.fullmatch(r"[0-9]{1,15}", raw):
+        raise UserError(f"{name} must be a whole number of at most 15 digits")
+    return int(raw)
+
+
+def _client(request: web.Request) -> str:
+    return request.remote or "unknown"
+
+
+async def _login_fields(request: web.Request) -> tuple[str, str]:
+    """``(password, next)`` of a login form, or UserError (a 400) saying what is wrong with
+    it. Checked before reading: the type (what a browser sends, UTF-8); the size is bounded
+    by the route's limit (LOGIN_BODY)."""
+    if request.content_type != FORM_TYPE:
+        raise UserError(f"a login is a form: Content-Type {FORM_TYPE}")
+    if request.charset and request.charset.lower() not in ("utf-8", "utf8", "us-ascii"):
+        raise UserError("a login form must be UTF-8")
+    try:
+        text = (await request.read()).decode("utf-8")
+        fields = parse_qs(text, keep_blank_values=True, max_num_fields=8, errors="strict")
+    except ValueError as exc:  # undecodable bytes or escapes, too many fields
+        raise UserError("the login form is not a UTF-8 form") from exc
+    password = fields.get("password", [""])[0]
+    return password, fields.get("next", ["/"])[0]
 
 
 def _see_other(location: str) -> web.Response:

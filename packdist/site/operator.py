@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -28,8 +29,19 @@ PASSWORD_PREFIX = "pdo_"
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 
 
+#: a session cookie: "v1.<expires>.<nonce>.<mac>", all ASCII (checked before any MAC)
+_SESSION = re.compile(r"v1\.[0-9]{1,12}\.[A-Za-z0-9_-]{1,64}\.[A-Za-z0-9_-]{43}")
+_PASSWORD = re.compile(re.escape(PASSWORD_PREFIX) + r"[A-Za-z0-9_-]{24}")
+
+
 def new_password() -> str:
     return PASSWORD_PREFIX + secrets.token_urlsafe(18)
+
+
+def looks_like_password(text: str) -> bool:
+    """Whether ``text`` has the shape of a password :func:`new_password` makes: anything
+    else is refused without the cost of an scrypt."""
+    return _PASSWORD.fullmatch(text) is not None
 
 
 def _scrypt(password: str, salt: bytes) -> bytes:
@@ -56,13 +68,14 @@ class OperatorCredential:
         return f"{body}.{self._mac(body)}"
 
     def check_session(self, cookie: str, now: float | None = None) -> bool:
+        """Whether ``cookie`` is a live session of this credential; False (never an
+        exception) for anything else, whatever characters it holds."""
+        if not _SESSION.fullmatch(cookie):
+            return False
         body, _, mac = cookie.rpartition(".")
-        if not body or not hmac.compare_digest(mac, self._mac(body)):
+        if not hmac.compare_digest(mac.encode(), self._mac(body).encode()):
             return False
-        parts = body.split(".")
-        if len(parts) != 3 or parts[0] != "v1" or not parts[1].isdigit():
-            return False
-        return (time.time() if now is None else now) < int(parts[1])
+        return (time.time() if now is None else now) < int(body.split(".")[1])
 
     def _mac(self, body: str) -> str:
         return b64(hmac.new(self.session_secret, body.encode(), hashlib.sha256).digest())
@@ -131,16 +144,29 @@ class CredentialCache:
             self._good_bearers.clear()
         return self._cred
 
+    def _key(self, cred: OperatorCredential, token: str) -> bytes:
+        return hmac.new(cred.session_secret, token.encode(), hashlib.sha256).digest()
+
+    def remembered(self, token: str) -> bool:
+        """Whether ``token`` is a bearer already found correct (no scrypt: a MAC)."""
+        cred = self._cred
+        return cred is not None and self._key(cred, token) in self._good_bearers
+
+    def remember(self, token: str) -> None:
+        cred = self._cred
+        if cred is None:
+            return
+        if len(self._good_bearers) > 16:
+            self._good_bearers.clear()
+        self._good_bearers.add(self._key(cred, token))
+
     def check_bearer(self, token: str) -> bool:
         cred = self.get()
-        if cred is None:
+        if cred is None or not looks_like_password(token):
             return False
-        key = hmac.new(cred.session_secret, token.encode(), hashlib.sha256).digest()
-        if key in self._good_bearers:
+        if self.remembered(token):
             return True
         if cred.check_password(token):
-            if len(self._good_bearers) > 16:
-                self._good_bearers.clear()
-            self._good_bearers.add(key)
+            self.remember(token)
             return True
         return False

@@ -27,8 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
-from packdist.agent.server import serve_until_stopped
-from packdist.auth import bearer, hash_token
+from packdist.auth import bearer, hash_token, looks_like_token
 from packdist.config import Settings
 from packdist.core import codec
 from packdist.core.codec import Encoding
@@ -39,6 +38,7 @@ from packdist.http import error_frame, error_middleware, frame_header, new_sessi
 from packdist.protocol.messages import Heartbeat
 from packdist.ratelimit import Bucket
 from packdist.service import Service
+from packdist.serving import guard, serve_until_stopped
 from packdist.site import dashboard
 from packdist.site.home import SiteHome
 from packdist.site.validation import validation_loop
@@ -62,6 +62,11 @@ RATE_SAMPLE = 8 * 1024 * 1024  # bytes written before the rate is trusted (socke
 #: largest batch an agent asks for in one request)
 BASE_BUDGET = 128 * 1024 * 1024
 SEND_SLICE = 256 * 1024  # bytes written (and taken from the upload limit) at a time
+#: bytes a request body may hold: heartbeats (up to MAX_INSTALLED ids) and chunk requests
+#: (up to MAX_BATCH digests with their bases) are the large ones; every other route takes a
+#: small body or none (the login form has its own, smaller limit)
+LARGE_BODY = 16 * 1024 * 1024
+SMALL_BODY = 64 * 1024
 
 
 class SiteServer:
@@ -84,7 +89,14 @@ class SiteServer:
         return self._despooler
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[error_middleware], client_max_size=64 * 1024 * 1024)
+        limits = {
+            "POST /v1/agent/heartbeat": LARGE_BODY,
+            "POST /v1/chunks": LARGE_BODY,
+            "POST /login": dashboard.LOGIN_BODY,
+        }
+        app = web.Application(
+            middlewares=[guard(limits, SMALL_BODY), error_middleware], client_max_size=LARGE_BODY
+        )
         app.router.add_get("/healthz", self.healthz)
         app.router.add_post("/v1/agent/hello", self.hello)
         app.router.add_post("/v1/agent/heartbeat", self.heartbeat)
@@ -96,6 +108,8 @@ class SiteServer:
 
     async def _agent(self, request: web.Request) -> ServerRecord:
         token = bearer(request.headers.get("Authorization"))
+        if not looks_like_token(token):  # refused without a database lookup
+            raise AuthError("unknown or revoked enrollment token")
         server = await self.db(lambda s: s.server_by_token_hash(hash_token(token)))
         if server is None:
             raise AuthError("unknown or revoked enrollment token")

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests import harness as h
+from tests.conftest import require
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -40,11 +41,14 @@ Make = Callable[..., h.Cluster]
 def browser_page() -> Iterator[Any]:
     """A fresh Chromium page (its own profile directory), or a skip saying what is missing."""
     if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (make test does, as root)")
+        require(
+            "browser", f"{CHROMIUM} is missing: install Debian's chromium (make test does, as root)"
+        )
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.skip("the playwright Python package is missing: pip install -e '.[dev]'")
+        require("browser", "the playwright Python package is missing: pip install -e '.[dev]'")
+        raise
     profile = tempfile.mkdtemp(prefix="packdist-chromium-")
     try:
         with sync_playwright() as pw:

@@ -1,4 +1,5 @@
-"""The lab tier: network namespaces, cables pulled. Needs root and iproute2; skipped otherwise."""
+"""The lab tier: network namespaces, cables pulled. Needs root and iproute2; skipped
+otherwise, and failed under ``CI=true`` (see :func:`tests.conftest.require`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import have_root_and_netns
+from tests.conftest import have_root_and_netns, require
 from tests.lab.netns import Lab, netns_supported
 
 LAB_DIR = Path(__file__).parent
@@ -34,9 +35,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(autouse=True)
 def _require_lab() -> None:
-    why = _lab_unavailable()
-    if why:
-        pytest.skip(f"lab tier skipped: {why}")
+    require("lab", _lab_unavailable())
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests import harness as h
+from tests.conftest import require
 from tests.lab.conftest import _lab_unavailable
 from tests.lab.netns import Lab
 
@@ -29,9 +30,7 @@ SITE_BYTES_FACTOR = 3.0  # ... with the site's cable carrying at most 3x the pac
 
 @pytest.fixture(scope="module")
 def lab12() -> Iterator[Lab]:
-    why = _lab_unavailable()  # module fixtures come before the per-test skip: check here
-    if why:
-        pytest.skip(f"lab tier skipped: {why}")
+    require("lab", _lab_unavailable())  # module fixtures come before the per-test check
     with Lab(HOSTS) as the_lab:
         for host in HOSTS:
             the_lab.shape(host, RATE)
