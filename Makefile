@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# pytest's temporary folders in the checkout, emptied at each run (see tests/conftest.py)
+PYTEST_TMP := --basetemp=$(CURDIR)/.pytest-tmp
 
 install: $(STAMP) system-deps
 
@@ -51,16 +53,16 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
-	$(BIN)/pytest -q -rs tests/unit
+	$(BIN)/pytest -q -rs $(PYTEST_TMP) tests/unit
 
 integration: $(STAMP) system-deps
-	$(BIN)/pytest -q -rs tests/integration
+	$(BIN)/pytest -q -rs $(PYTEST_TMP) tests/integration
 
 lab: $(STAMP) system-deps
-	$(BIN)/pytest -q -rs tests/lab
+	$(BIN)/pytest -q -rs $(PYTEST_TMP) tests/lab
 
 test: $(STAMP) system-deps lint typecheck
-	$(BIN)/pytest -q -rs tests
+	$(BIN)/pytest -q -rs $(PYTEST_TMP) tests
 
 demo: $(STAMP)
 	$(BIN)/python -m packdist.demo

@@ -116,3 +116,15 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("fuzz examples tried")
         for surface, count in sorted(TRIED.items()):
             terminalreporter.write_line(f"{count:8d}  {surface}")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """Empty ``--basetemp`` (``make test`` gives one in the checkout) without recursion
+    before pytest does: its own removal fails on a tree deeper than Python's recursion limit,
+    which the deep-tree tests make (and a test killed mid-way leaves behind)."""
+    basetemp = config.getoption("basetemp", None)
+    if basetemp:
+        from packdist.core.fsutil import remove_tree
+
+        remove_tree(Path(basetemp))
