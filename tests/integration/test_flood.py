@@ -70,10 +70,12 @@ def test_an_agents_chunk_request_answers_within_50ms_under_an_unauthenticated_fl
     finally:
         site.stop()
     p50, worst = statistics.median(loud), max(loud)
+    p95 = statistics.quantiles(loud, n=20)[-1]
     print(
         f"chunk request, quiet: p50 {statistics.median(quiet) * 1000:.1f} ms, max"
         f" {max(quiet) * 1000:.1f} ms; under a flood of {CLIENTS} clients: p50"
-        f" {p50 * 1000:.1f} ms, max {worst * 1000:.1f} ms; flood answers {answered}"
+        f" {p50 * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms, max {worst * 1000:.1f} ms;"
+        f" flood answers {answered}"
     )
     assert sum(v for k, v in answered.items() if k.isdigit()) > 100, answered  # it did flood
     assert "500" not in answered, answered
