@@ -53,7 +53,7 @@ class SiteClient:
         self._current = 0
         self._auth = {"Authorization": f"Bearer {token}"}
         self._session = session
-        self._liveness = liveness  # fresh connection per call: hello and heartbeats
+        self._liveness = liveness  # a fresh connection per call: enrollment
 
     @property
     def base_url(self) -> str:
@@ -80,10 +80,15 @@ class SiteClient:
         assert last is not None
         raise last
 
-    async def _post(self, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
+    async def _post(
+        self,
+        path: str,
+        payload: dict[str, Any] | None = None,
+        session: aiohttp.ClientSession | None = None,
+    ) -> dict[str, Any]:
         async def call(url: str) -> dict[str, Any]:
             async with request(
-                self._liveness,
+                session or self._liveness,
                 "POST",
                 f"{url}{path}",
                 headers=self._auth,
@@ -100,7 +105,10 @@ class SiteClient:
         return await self._post("/v1/agent/hello")
 
     async def heartbeat(self, beat: Heartbeat) -> dict[str, Any]:
-        return await self._post("/v1/agent/heartbeat", beat.to_json())
+        """On a kept-alive connection: a heartbeat every few seconds costs the site no TCP
+        handshake. A connection that died (a cable pulled) fails this call within its short
+        timeout and is dropped; the next heartbeat opens a new one."""
+        return await self._post("/v1/agent/heartbeat", beat.to_json(), self._session)
 
     async def chunks(
         self, digests: list[Digest], bases: dict[Digest, list[Digest]] | None = None

@@ -41,6 +41,7 @@ from packdist.service import Service
 from packdist.serving import guard, serve_until_stopped
 from packdist.site import dashboard
 from packdist.site.home import SiteHome
+from packdist.site.liveness import FLUSH_EVERY, Liveness
 from packdist.site.validation import validation_loop
 from packdist.store.base import ServerRecord
 
@@ -82,6 +83,7 @@ class SiteServer:
         self.max_in_flight = max_in_flight
         self.site_name = ""
         self._despooler: Despooler | None = None
+        self.liveness = Liveness(OFFLINE_AFTER)
 
     @property
     def despooler(self) -> Despooler:
@@ -110,9 +112,13 @@ class SiteServer:
         token = bearer(request.headers.get("Authorization"))
         if not looks_like_token(token):  # refused without a database lookup
             raise AuthError("unknown or revoked enrollment token")
-        server = await self.db(lambda s: s.server_by_token_hash(hash_token(token)))
+        token_hash = hash_token(token)
+        server = self.liveness.server_of(token_hash)  # looked up once per TOKEN_TTL
         if server is None:
-            raise AuthError("unknown or revoked enrollment token")
+            server = await self.db(lambda s: s.server_by_token_hash(token_hash))
+            if server is None:
+                raise AuthError("unknown or revoked enrollment token")
+            self.liveness.remember_token(token_hash, server)
         return server
 
     # --- routes ---------------------------------------------------------------------------
@@ -129,12 +135,19 @@ class SiteServer:
     async def heartbeat(self, request: web.Request) -> web.Response:
         server = await self._agent(request)
         beat = Heartbeat.from_json(await _json_body(request))
-        boot_id, disk_free, installed = beat.boot_id, beat.disk_free, beat.installed
-        woken = await self.db(
-            lambda s: Service(s).record_heartbeat(
-                server.name, boot_id, disk_free, installed, time.time(), OFFLINE_AFTER
+        now = time.time()
+        if self.liveness.quiet(server.name, beat, now):  # "still here": memory only
+            return web.json_response({"ok": True, "woken": 0})
+        try:
+            woken = await self.db(
+                lambda s: Service(s).record_heartbeat(
+                    server.name, beat.boot_id, beat.disk_free, beat.installed, now, OFFLINE_AFTER
+                )
             )
-        )
+        except BaseException:
+            self.liveness.forget(server.name)
+            raise
+        self.liveness.recorded(server.name, beat, now)
         if woken:
             log.info("%s is back: %d instruction(s) woken", server.name, woken)
             self.despooler.wake.set()
@@ -276,6 +289,23 @@ class SiteServer:
             return None
         return data
 
+    async def _flush_liveness(self) -> None:
+        """Write what quiet heartbeats said since the last batch, in one transaction."""
+        heard = self.liveness.take_dirty()
+        if not heard:
+            return
+        try:
+            await self.db(lambda s: s.touch_servers(heard))
+        except Exception as exc:  # the next heartbeat of each is recorded in full instead
+            for name, _, _ in heard:
+                self.liveness.forget(name)
+            log.warning("writing %d heartbeat(s) failed: %s", len(heard), exc)
+
+    async def _flush_liveness_loop(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_EVERY)
+            await self._flush_liveness()
+
     # --- life cycle -----------------------------------------------------------------------
 
     async def run(self, listen: str) -> None:
@@ -291,7 +321,8 @@ class SiteServer:
             library=self.library,
         )
         despooler = asyncio.create_task(self.despooler.run(), name="despooler")
-        background = [despooler]
+        flusher = asyncio.create_task(self._flush_liveness_loop(), name="liveness")
+        background = [despooler, flusher]
         interval = self.settings.validation_interval
         if interval > 0:  # scheduled validation, in the background: never blocks other work
             background.append(
@@ -306,6 +337,7 @@ class SiteServer:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            await self._flush_liveness()
             await self.despooler.shutdown()
             await session.close()
             self.db.close()

@@ -223,6 +223,13 @@ class CatalogQueries:
             came_back=int(came_back),
         )
 
+    def touch_servers(self, heard: list[tuple[str, float, int | None]]) -> None:
+        """Write a batch of ``(server, last_seen, disk_free)`` in one transaction (times
+        only move forward; removed servers are left alone)."""
+        rows = [{"name": n, "last_seen": t, "disk_free": d} for n, t, d in heard]
+        with self.db.transaction():
+            self.db.run_many("touch_server", rows)
+
     # --- what servers hold ----------------------------------------------------------------
 
     def holdings(self, server: str) -> set[str]:

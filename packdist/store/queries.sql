@@ -121,6 +121,11 @@ UPDATE servers SET last_seen = :now, boot_id = :boot_id, disk_free = :disk_free,
     back_at = CASE WHEN :came_back = 1 THEN :now ELSE back_at END
 WHERE name = :name
 
+-- name: touch_server
+-- a batch of heartbeats that changed nothing else: when each server was last heard of
+UPDATE servers SET last_seen = :last_seen, disk_free = :disk_free
+WHERE name = :name AND removed = 0 AND (last_seen IS NULL OR last_seen < :last_seen)
+
 -- name: server_back_at
 SELECT back_at FROM servers WHERE name = :name
 

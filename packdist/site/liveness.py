@@ -1,0 +1,93 @@
+"""Heartbeats that cost almost nothing: liveness held in memory, written in batches.
+
+Most heartbeats say only "still here": the same boot, the same packages, a little less disk
+free. Such a heartbeat changes this site process's memory and nothing else; every
+``FLUSH_EVERY`` seconds the times (and disk figures) that changed are written to the store
+in one transaction. A heartbeat that says anything else -- the server was silent, restarted,
+holds other packages, or was never heard of by this process -- is recorded in full, through
+the service (:meth:`packdist.service.Service.record_heartbeat`), which wakes its retries.
+
+Several site workers each remember what they heard; the store's ``last_seen`` is at most
+``FLUSH_EVERY`` behind, which is well within the silence that counts as offline. Enrollment
+tokens are looked up once per ``TOKEN_TTL`` rather than on every request, so a removed
+server is refused within that time.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from packdist.protocol.messages import Heartbeat
+from packdist.store.records import ServerRecord
+
+FLUSH_EVERY = 2.0  # seconds between two batched writes of last_seen
+TOKEN_TTL = 5.0  # seconds a token's server is remembered (a revoked token works this long)
+
+
+@dataclass
+class _Seen:
+    last_seen: float
+    boot_id: str
+    disk_free: int | None
+    installed: frozenset[str]
+    dirty: bool = False  # heard since the last write
+
+
+class Liveness:
+    """What this process heard from each server, and what it has not written yet."""
+
+    def __init__(self, offline_after: float) -> None:
+        self.offline_after = offline_after
+        self._seen: dict[str, _Seen] = {}
+        self._tokens: dict[str, tuple[ServerRecord, float]] = {}
+
+    def quiet(self, server: str, beat: Heartbeat, now: float) -> bool:
+        """True if this heartbeat changes nothing but the time and the free disk: it is
+        then remembered, to be written with the next batch. False: record it in full."""
+        seen = self._seen.get(server)
+        if (
+            seen is None
+            or seen.boot_id != beat.boot_id
+            or now - seen.last_seen > self.offline_after
+            or seen.installed != frozenset(beat.installed)
+        ):
+            return False
+        seen.last_seen = max(seen.last_seen, now)
+        seen.disk_free = beat.disk_free
+        seen.dirty = True
+        return True
+
+    def recorded(self, server: str, beat: Heartbeat, now: float) -> None:
+        """A heartbeat was recorded in full (the store is up to date for it)."""
+        self._seen[server] = _Seen(now, beat.boot_id, beat.disk_free, frozenset(beat.installed))
+
+    def take_dirty(self) -> list[tuple[str, float, int | None]]:
+        """``(server, last_seen, disk_free)`` heard since the last call, to be written."""
+        out = []
+        for name, seen in self._seen.items():
+            if seen.dirty:
+                seen.dirty = False
+                out.append((name, seen.last_seen, seen.disk_free))
+        return out
+
+    def forget(self, server: str) -> None:
+        """Record the next heartbeat in full (the last write failed, or the server left)."""
+        self._seen.pop(server, None)
+
+    # --- enrollment tokens ------------------------------------------------------------------
+
+    def server_of(self, token_hash: str, now: float | None = None) -> ServerRecord | None:
+        found = self._tokens.get(token_hash)
+        now = time.monotonic() if now is None else now
+        if found is None or found[1] < now:
+            return None
+        return found[0]
+
+    def remember_token(
+        self, token_hash: str, server: ServerRecord, now: float | None = None
+    ) -> None:
+        now = time.monotonic() if now is None else now
+        if len(self._tokens) > 200_000:  # bounded: many servers, or a flood of valid ones
+            self._tokens.clear()
+        self._tokens[token_hash] = (server, now + TOKEN_TTL)

@@ -1,0 +1,113 @@
+"""Heartbeats that cost almost nothing: a heartbeat that changes nothing writes nothing, the
+times are written in batches, and anything that matters is still recorded at once."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+from aiohttp import web
+
+from packdist.http import new_session
+from packdist.protocol.messages import Heartbeat
+from packdist.protocol.site_api import SiteClient
+from packdist.service import Service
+from packdist.site.liveness import Liveness
+from packdist.store.sqlite import SQLiteStore
+from tests.harness import free_port
+from tests.unit.store_conformance import T0, add_package, add_server
+
+OFFLINE_AFTER = 7.0
+
+
+def test_a_heartbeat_that_changes_nothing_writes_nothing_until_the_batch(tmp_path: Path) -> None:
+    path = tmp_path / "site.db"
+    store = SQLiteStore(path)
+    try:
+        store.init_site("s", T0)
+        for n in range(50):
+            add_server(store, f"dp{n}")
+        live = Liveness(OFFLINE_AFTER)
+        beat = Heartbeat("boot-1", 1000, [])
+        for n in range(50):  # the first heartbeat of each is recorded in full
+            assert not live.quiet(f"dp{n}", beat, T0)
+            Service(store).record_heartbeat(f"dp{n}", "boot-1", 1000, [], T0, OFFLINE_AFTER)
+            live.recorded(f"dp{n}", beat, T0)
+
+        watcher = sqlite3.connect(path)
+        before = watcher.execute("PRAGMA data_version").fetchone()[0]
+        for second in range(1, 4):  # three rounds of 50 "still here"
+            for n in range(50):
+                assert live.quiet(f"dp{n}", Heartbeat("boot-1", 900, []), T0 + second)
+        assert watcher.execute("PRAGMA data_version").fetchone()[0] == before, "a write"
+
+        heard = live.take_dirty()
+        assert len(heard) == 50 and {t for _, t, _ in heard} == {T0 + 3}
+        store.touch_servers(heard)
+        assert watcher.execute("PRAGMA data_version").fetchone()[0] != before
+        servers = {s.name: s for s in store.list_servers()}
+        assert servers["dp7"].last_seen == T0 + 3 and servers["dp7"].disk_free == 900
+        assert live.take_dirty() == []  # written once
+        watcher.close()
+    finally:
+        store.close()
+
+
+def test_what_matters_in_a_heartbeat_is_never_held_back() -> None:
+    live = Liveness(OFFLINE_AFTER)
+    beat = Heartbeat("boot-1", 10, ["p1"])
+    assert not live.quiet("dp1", beat, T0), "never heard of: recorded in full"
+    live.recorded("dp1", beat, T0)
+    assert live.quiet("dp1", beat, T0 + 2)
+    assert not live.quiet("dp1", Heartbeat("boot-2", 10, ["p1"]), T0 + 4), "restarted"
+    assert not live.quiet("dp1", Heartbeat("boot-1", 10, ["p1", "p2"]), T0 + 4), "new package"
+    assert not live.quiet("dp1", Heartbeat("boot-1", 10, []), T0 + 4), "a package gone"
+    assert not live.quiet("dp1", beat, T0 + 2 + OFFLINE_AFTER + 0.1), "silent: came back"
+    live.forget("dp1")
+    assert not live.quiet("dp1", beat, T0 + 5), "after a failed write: in full"
+
+
+def test_a_batch_never_moves_a_time_back_nor_touches_a_removed_server(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "site.db")
+    try:
+        store.init_site("s", T0)
+        add_package(store, "app")
+        add_server(store, "dp1")
+        add_server(store, "dp2")
+        Service(store).record_heartbeat("dp1", "b", 5, [], T0 + 10, OFFLINE_AFTER)
+        Service(store).remove_server("dp2", T0)
+        store.touch_servers([("dp1", T0 + 5, 1), ("dp2", T0 + 20, 1)])
+        (dp1,) = store.list_servers()
+        assert (dp1.name, dp1.last_seen, dp1.disk_free) == ("dp1", T0 + 10, 5)
+    finally:
+        store.close()
+
+
+def test_heartbeats_ride_one_kept_alive_connection() -> None:
+    ports: list[int] = []
+
+    async def heartbeat(request: web.Request) -> web.Response:
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        ports.append(peer[1])
+        return web.json_response({"ok": True, "woken": 0})
+
+    async def scenario() -> None:
+        app = web.Application()
+        app.router.add_post("/v1/agent/heartbeat", heartbeat)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        session, fresh = new_session(), new_session(fresh_connections=True)
+        try:
+            client = SiteClient(f"http://127.0.0.1:{port}", "pdt_x", session, fresh)
+            for _ in range(5):
+                await client.heartbeat(Heartbeat("b", None, []))
+        finally:
+            await session.close()
+            await fresh.close()
+            await runner.cleanup()
+
+    asyncio.run(scenario())
+    assert len(ports) == 5 and len(set(ports)) == 1, ports
