@@ -48,6 +48,7 @@ T = TypeVar("T")
 
 LONG_POLL = 2.0  # an agent answers a status question at the latest after this long
 RENEW_EVERY = 2.0  # at most this long between two lease renewals (and progress writes)
+SILENT_AFTER = 10.0  # a server not heard from for this long is likely unreachable
 MAX_IDLE = 1.0  # with notifications, the longest wait between two looks for work
 STALL_LIMIT = 120.0  # an install that makes no progress this long is given up (and retried)
 
@@ -106,9 +107,14 @@ class Despooler:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.wake = asyncio.Event()
         self.in_flight: dict[int, asyncio.Task[None]] = {}
+        # Attempts to servers not heard from lately (unplugged, hung) have a share of their
+        # own: thousands of them must never hold every slot while healthy servers wait.
+        self.silent_cap = max(1, max_in_flight // 4)
+        self.in_flight_silent: set[int] = set()
         self._claims = 0
         self._next_due: float | None = None  # as last read: when work is due next
         self._notified = False  # other workers and the CLI wake us (PostgreSQL's NOTIFY)
+        self._held_back = False  # due work waits for a free slot (see _claim)
 
     async def run(self) -> None:
         """Claim and start ready instructions until cancelled. A failing pass (the database
@@ -146,7 +152,7 @@ class Despooler:
         (at most ``MAX_IDLE``); without, ``poll`` (the CLI writes jobs from elsewhere)."""
         if not self._notified:
             return self.poll
-        if self._next_due is None:
+        if self._next_due is None or self._held_back:
             return MAX_IDLE
         return min(MAX_IDLE, max(0.005, self._next_due - time.time()))
 
@@ -167,7 +173,11 @@ class Despooler:
         due = self._next_due = store.next_due_at()  # a plain read: no lock when idle
         if due is None or due > now:
             return []
-        return Service(store).claim_ready(lease, self.lease, 1, now)
+        heard_since = now - SILENT_AFTER if len(self.in_flight_silent) >= self.silent_cap else None
+        claims = Service(store).claim_ready(lease, self.lease, 1, now, heard_since)
+        # due work we may not take now (silent servers at their cap) waits for a free slot
+        self._held_back = not claims and heard_since is not None
+        return claims
 
     def _spawn(self, c: Claim) -> None:
         if c.instruction_id in self.in_flight:  # cannot happen with leases; never run twice
@@ -175,10 +185,15 @@ class Despooler:
             return
         task = asyncio.create_task(self._attempt(c), name=f"instruction {c.instruction_id}")
         self.in_flight[c.instruction_id] = task
+        heard = c.server_last_seen
+        if heard is None or heard < time.time() - SILENT_AFTER:
+            self.in_flight_silent.add(c.instruction_id)
 
         def done(t: asyncio.Task[None]) -> None:
             if self.in_flight.get(c.instruction_id) is t:
                 del self.in_flight[c.instruction_id]
+                self.in_flight_silent.discard(c.instruction_id)
+                self.wake.set()  # a slot is free: look for work at once
 
         task.add_done_callback(done)
 

@@ -25,11 +25,19 @@ LEASE_EXPIRED = "attempt interrupted: its despooler worker stopped or stalled (l
 
 
 class AttemptUseCases(JobUseCases):
-    def claim_ready(self, owner: str, lease_seconds: float, limit: int, now: float) -> list[Claim]:
-        """Take up to ``limit`` due instructions under the lease ``owner``."""
+    def claim_ready(
+        self,
+        owner: str,
+        lease_seconds: float,
+        limit: int,
+        now: float,
+        heard_since: float | None = None,
+    ) -> list[Claim]:
+        """Take up to ``limit`` due instructions under the lease ``owner`` (with
+        ``heard_since``: only of servers heard from since then)."""
         store = self.store
         with store.transaction():
-            ids = store.claim_candidates(now, limit)
+            ids = store.claim_candidates(now, limit, heard_since)
             claimed = store.apply(
                 "claim",
                 ids,

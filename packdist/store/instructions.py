@@ -240,12 +240,18 @@ class InstructionQueries:
         due = self.db.value("next_due_at", states=_states(states.sources("claim")))
         return float(due) if due is not None else None
 
-    def claim_candidates(self, now: float, limit: int) -> list[int]:
+    def claim_candidates(
+        self, now: float, limit: int, heard_since: float | None = None
+    ) -> list[int]:
         """Due instructions, oldest due first, that no opposite attempt on their server
-        waits for; on PostgreSQL locked for this transaction, skipping those another worker
-        is claiming."""
+        waits for (with ``heard_since``: only of servers heard from since then); on
+        PostgreSQL locked for this transaction, skipping those another worker is claiming."""
         rows = self.db.rows(
-            "claim_candidates", states=_states(states.sources("claim")), now=now, limit=limit
+            "claim_candidates",
+            states=_states(states.sources("claim")),
+            now=now,
+            limit=limit,
+            heard_since=-1.0 if heard_since is None else heard_since,
         )
         return [r["id"] for r in rows]
 
@@ -271,6 +277,7 @@ class InstructionQueries:
                     **({"repair": True} if r["corrupt"] and r["action"] == "install" else {}),
                 },
                 action=r["action"],
+                server_last_seen=r["server_last_seen"],
             )
             for r in rows
         ]

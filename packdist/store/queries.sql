@@ -237,10 +237,12 @@ SELECT min(next_attempt_at) AS due FROM instructions WHERE state IN (:states)
 
 -- name: claim_candidates
 -- due work of servers not removed, oldest due first; not while an opposite attempt for the
--- same version on the same server is under way (the newer intent waits for it to end)
+-- same version on the same server is under way (the newer intent waits for it to end);
+-- with heard_since (not -1), only servers heard from since then
 SELECT i.id FROM instructions i
 JOIN servers s ON s.name = i.server JOIN jobs j ON j.id = i.job_id
 WHERE i.state IN (:states) AND i.next_attempt_at <= :now AND s.removed = 0
+AND (:heard_since < 0 OR s.last_seen >= :heard_since)
 AND NOT EXISTS (SELECT 1 FROM instructions o JOIN jobs oj ON oj.id = o.job_id
     WHERE o.server = i.server AND o.state = 'sending'
     AND oj.package_id = j.package_id AND oj.action != j.action)
@@ -251,6 +253,7 @@ ORDER BY i.next_attempt_at LIMIT :limit
 SELECT i.id FROM instructions i
 JOIN servers s ON s.name = i.server JOIN jobs j ON j.id = i.job_id
 WHERE i.state IN (:states) AND i.next_attempt_at <= :now AND s.removed = 0
+AND (:heard_since < 0 OR s.last_seen >= :heard_since)
 AND NOT EXISTS (SELECT 1 FROM instructions o JOIN jobs oj ON oj.id = o.job_id
     WHERE o.server = i.server AND o.state = 'sending'
     AND oj.package_id = j.package_id AND oj.action != j.action)
@@ -260,7 +263,7 @@ FOR UPDATE OF i SKIP LOCKED
 -- name: claim_details
 SELECT i.id, i.job_id, i.server, s.url, j.package_id, p.name, p.version, i.attempts,
     i.attempts_base, j.created_at, j.max_attempts, j.deadline, j.options, sp.corrupt,
-    j.action, i.lease_owner
+    j.action, i.lease_owner, s.last_seen AS server_last_seen
 FROM instructions i JOIN jobs j ON j.id = i.job_id
 JOIN servers s ON s.name = i.server JOIN packages p ON p.id = j.package_id
 LEFT JOIN server_packages sp ON sp.server = i.server AND sp.package_id = j.package_id

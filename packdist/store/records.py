@@ -102,6 +102,7 @@ class Claim:
     lease: str = ""  # the lease owner this claim was made under
     options: dict[str, Any] = field(default_factory=dict)  # the job's flags ("repair")
     action: str = "install"  # "install" the package on the server, or "remove" it
+    server_last_seen: float | None = None  # the server's last heartbeat, when claimed
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,8 @@ class FakeAgent:
     installs: list[str] = field(default_factory=list)
     cancels: list[str] = field(default_factory=list)
     started: dict[str, float] = field(default_factory=dict)
+    hangs: bool = False  # takes the request and never answers (a hung server)
+    released: asyncio.Event = field(default_factory=asyncio.Event)
 
     def _status(self, pid: str) -> dict[str, Any]:
         if pid in self.cancels:
@@ -54,6 +56,8 @@ class FakeAgent:
     async def install(self, request: web.Request) -> web.Response:
         pid = request.app[PACKAGE]
         self.installs.append(pid)
+        if self.hangs:  # until the test ends (then answers nobody)
+            await self.released.wait()
         self.started.setdefault(pid, time.monotonic())
         return web.json_response(self._status(pid), status=202)
 
@@ -110,13 +114,20 @@ async def rig(tmp_path: Path, **agents: FakeAgent) -> AsyncIterator[Rig]:
         chunks = sorted(p.name for p in (home.root / "library").glob("??/*") if len(p.name) == 64)
         yield Rig(home, store, record.id, chunks)
     finally:
+        for agent in agents.values():
+            agent.released.set()
         for r in runners:
             await r.cleanup()
         store.close()
 
 
 async def drive(
-    rig: Rig, job_id: str, until: Callable[[Any], bool], lease: float = 10.0, timeout: float = 20
+    rig: Rig,
+    job_id: str,
+    until: Callable[[Any], bool],
+    lease: float = 10.0,
+    timeout: float = 20,
+    max_in_flight: int = 64,
 ) -> Any:
     """Run a despooler on the rig's site until ``until(job)`` holds (or ``timeout``)."""
     runner = StoreRunner(rig.home.store())
@@ -128,6 +139,7 @@ async def drive(
         session,
         policy=policy,
         lease=lease,
+        max_in_flight=max_in_flight,
         library=rig.home.library,
     )
     task = asyncio.create_task(despooler.run())
@@ -297,3 +309,33 @@ def test_an_install_taken_over_by_another_worker_is_not_cancelled_on_the_agent(
     job = asyncio.run(scenario())
     assert job.instructions[0].state.value == "sending"
     assert slow.cancels == [], "a worker that lost its lease cancelled the new holder's install"
+
+
+def test_hung_servers_never_hold_every_slot_while_a_healthy_one_waits(tmp_path: Path) -> None:
+    hung = {f"hung{n}": FakeAgent(hangs=True) for n in range(6)}
+    healthy = FakeAgent()
+
+    async def scenario() -> tuple[Any, float, int]:
+        async with rig(tmp_path, **hung, ok=healthy) as r:
+            service = r.service()
+            # the healthy server is heard from; the hung ones never were, and are due first
+            service.record_heartbeat("ok", "boot", None, [], time.time(), 7.0)
+            first = service.distribute(r.package_id, sorted(hung), time.time() - 1)
+            job_id = service.distribute(r.package_id, ["ok"], time.time())
+            started = time.monotonic()
+            most = [0]
+
+            def healthy_installed(job: Any) -> bool:
+                held = [i for i in r.job(first).instructions if i.state.value == "sending"]
+                most[0] = max(most[0], len(held))
+                return bool(job.instructions[0].state.value == "installed")
+
+            job = await drive(r, job_id, healthy_installed, max_in_flight=4)
+            sent = most[0]
+            return job, time.monotonic() - started, sent
+
+    job, took, hung_sending = asyncio.run(scenario())
+    assert job.instructions[0].state.value == "installed"
+    # the hung servers' calls time out after 10 s or more: the healthy one did not wait
+    assert took < 5, f"the healthy server waited {took:.1f}s behind hung ones"
+    assert hung_sending == 1, "servers not heard from took other than their share of slots"
