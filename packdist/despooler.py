@@ -256,7 +256,11 @@ class Despooler:
         if c.action != "install":
             return
         row = await self.db(lambda s: s.instruction(c.instruction_id))
-        if row is None or row["state"] == S.SENDING.value:
+        if row is None or row["state"] != S.CANCELLED.value:
+            return  # retrying (the lease ran out) or taken over: the install is still wanted
+        # The agent runs one install per package, which another instruction (a second job,
+        # a repair) may be driving right now: leave it to that one.
+        if await self.db(lambda s: s.installs_under_way(c.server, c.package_id)):
             return
         client = AgentClient(c.server, c.server_url, self.key, self.session)
         try:
@@ -320,8 +324,12 @@ class Despooler:
                 raise RemoteError(f"the install was stopped on {c.server}; trying again")
             if status.state == "failed":
                 error = status.error or "install failed on the agent"
-                if status.kind is ErrorKind.INTEGRITY and status.error_chunk:
-                    raise await self._chunk_fault(c, status.error_chunk, error)
+                if status.kind is ErrorKind.INTEGRITY:
+                    if status.error_chunk:  # which copy is damaged: the library's, or ours?
+                        raise await self._chunk_fault(c, status.error_chunk, error)
+                    # content that failed on the agent without a chunk named: a fresh
+                    # attempt re-verifies everything, so it is worth one
+                    raise RemoteError(error, kind=ErrorKind.TRANSIENT)
                 raise RemoteError(error, kind=status.kind)
             mark = (status.progress, status.phase, status.bytes_done)
             if mark != last_mark:

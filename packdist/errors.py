@@ -23,6 +23,7 @@ as ``__cause__``::
     │   ├── RemoteTimeout         connected, but no answer in time
     │   ├── AuthError             the credential was refused
     │   └── RemoteError           the other side answered with an error
+    ├── Busy                      the other side is busy with the same thing: try again
     ├── DiskFull                  not enough space to hold a version
     └── InternalError             a bug in packdist, said in words rather than a crash
 
@@ -109,6 +110,10 @@ class HashMismatch(IntegrityError):
 class DecodeError(IntegrityError):
     """A chunk's encoded bytes cannot be decoded."""
 
+    def __init__(self, message: str | None = None, digest: str | None = None) -> None:
+        super().__init__(message)
+        self.digest = digest  # the hex digest of the chunk that would not decode, when known
+
 
 class BadSignature(IntegrityError):
     """Manifest signature does not verify."""
@@ -156,6 +161,12 @@ class RemoteError(TransferError):
         super().__init__(message)
         self.status = status
         self.kind = kind  # what the other side said its error was (transient if it did not)
+
+
+class Busy(PackdistError):
+    """Busy: try again shortly."""
+
+    kind = ErrorKind.TRANSIENT
 
 
 class DiskFull(PackdistError):

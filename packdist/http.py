@@ -47,6 +47,7 @@ from packdist.core.digest import DIGEST_SIZE, Digest
 from packdist.errors import (
     AuthError,
     BadSignature,
+    Busy,
     ConnectError,
     DecodeError,
     DiskFull,
@@ -193,6 +194,8 @@ def status_of(exc: PackdistError) -> int:
         return 401
     if isinstance(exc, RateLimited):
         return 429
+    if isinstance(exc, Busy):
+        return 409
     if isinstance(exc, NotFound):
         return 404
     if isinstance(exc, UserError | BadSignature | DecodeError):

@@ -70,7 +70,9 @@ EFFECTS: dict[str, frozenset[str]] = {
     "server_removed": _ENDED,
     "supersede": _ENDED,
     "supersede_ended": _ENDED,
-    "operator_retry": frozenset({"next_attempt_at", "finished_at", "attempts_base"}),
+    "operator_retry": frozenset(
+        {"next_attempt_at", "finished_at", "attempts_base", "superseded_by"}
+    ),
     "wake": frozenset({"next_attempt_at"}),
 }
 

@@ -63,6 +63,7 @@ from packdist.core.fsutil import (
 from packdist.core.manifest import EntryType, Manifest, SignedManifest
 from packdist.core.signing import VerifyKey
 from packdist.errors import (
+    Busy,
     DecodeError,
     DiskFull,
     ErrorKind,
@@ -70,7 +71,6 @@ from packdist.errors import (
     PackdistError,
     RemoteError,
     TransferError,
-    UserError,
 )
 from packdist.http import Frame
 from packdist.protocol.messages import InstallStatus
@@ -304,7 +304,7 @@ class Installer:
         manifest, installed = await asyncio.to_thread(check)
         pid = manifest.id.hex
         if manifest.ref in self.removing:  # looked at after the await, like the rest
-            raise UserError(
+            raise Busy(
                 f"{manifest.ref} is being removed on this agent; install refused until it ends"
             )
         current = self.installs.get(pid)  # looked up again, after the await
@@ -431,7 +431,7 @@ class Installer:
             inst.end(InstallState.CANCELLED, "cancelled by the site", ErrorKind.REFUSED)
             log.info("install of %s cancelled by the site", inst.ref)
         except PackdistError as exc:
-            chunk = exc.digest if isinstance(exc, HashMismatch) else None
+            chunk = exc.digest if isinstance(exc, HashMismatch | DecodeError) else None
             inst.end(InstallState.FAILED, exc.message, exc.kind, chunk)
             log.warning("install of %s failed: %s", inst.ref, exc.message)
         except OSError as exc:
@@ -482,7 +482,9 @@ class Installer:
                 )
                 await self._fetch_all(inst, plan, staging, missing)
         finally:
-            plan.close()
+            # in a thread: closing waits for chunk writers, which must not stall the loop
+            # (heartbeats, status polls, peers) when an install is cancelled mid-write
+            await asyncio.to_thread(plan.close)
         t2 = time.monotonic()
         inst.enter(Phase.FINISH)
         await asyncio.to_thread(self._finish, inst, manifest, staging)
@@ -816,7 +818,8 @@ class Installer:
                         if base is None:
                             raise DecodeError(
                                 f"cannot decode chunk {digest.short}… from {source}: its"
-                                " base chunks are no longer intact here"
+                                " base chunks are no longer intact here",
+                                digest=digest.hex,
                             )
                     data = decode(frame.encoding, frame.payload, size, digest, base, source)
                     digest.verify(data, "chunk")

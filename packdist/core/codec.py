@@ -112,7 +112,9 @@ def decode(
     """
 
     def refuse(why: str) -> DecodeError:
-        return DecodeError(f"cannot decode chunk {digest.short}… from {source}: {why}")
+        return DecodeError(
+            f"cannot decode chunk {digest.short}… from {source}: {why}", digest=digest.hex
+        )
 
     if encoding == Encoding.RAW:
         if len(payload) != size:

@@ -143,7 +143,7 @@ class AttemptUseCases(JobUseCases):
         with store.transaction():
             current = self._held(instruction_id, owner)
             if current is not None and current["superseded_by"]:
-                self._end_superseded(instruction_id, current["superseded_by"], now, owner)
+                self._end_superseded(instruction_id, current["superseded_by"], now, owner, error)
                 return
             back_at = store.db.value("server_back_at", name=current["server"]) if current else None
             came_back = bool(
@@ -168,6 +168,8 @@ class AttemptUseCases(JobUseCases):
                 else f"retry in {max(0.0, retry_at - now):.1f}s"
             )
             store.add_event("failure", f"{error}; {when}", row["job_id"], row["server"], now=now)
+            if row["superseded_by"]:  # superseded while we settled: the newer intent runs
+                self._cancel_superseded_retry(row, now)
 
     def mark_failed(
         self,
@@ -181,7 +183,7 @@ class AttemptUseCases(JobUseCases):
         with store.transaction():
             current = self._held(instruction_id, owner)
             if current is not None and current["superseded_by"]:
-                self._end_superseded(instruction_id, current["superseded_by"], now, owner)
+                self._end_superseded(instruction_id, current["superseded_by"], now, owner, error)
                 return
             (row,) = store.apply(
                 "fail",
@@ -200,7 +202,7 @@ class AttemptUseCases(JobUseCases):
         due at once; a superseded one is cancelled instead."""
         with self.store.transaction():
             rows = self.store.expired_leases(now)
-            self._requeue(
+            return self._requeue(
                 rows,
                 "lease_expired",
                 now,
@@ -208,44 +210,52 @@ class AttemptUseCases(JobUseCases):
                 last_error=LEASE_EXPIRED,
                 error_kind=ErrorKind.TRANSIENT.value,
             )
-        return len(rows)
 
     def release_leases(self, owner: str, now: float) -> int:
         """A worker stopping cleanly hands its instructions back, due at once. Releases the
         leases held as ``owner`` and as ``owner:<anything>`` (one lease name per claim)."""
         with self.store.transaction():
             rows = self.store.leases_of(owner)
-            self._requeue(
+            return self._requeue(
                 rows, "handed_back", now, "site stopping; attempt handed back to the queue"
             )
-        return len(rows)
 
-    def _requeue(self, rows: list[Row], event: str, now: float, words: str, **sets: Any) -> None:
+    def _requeue(self, rows: list[Row], event: str, now: float, words: str, **sets: Any) -> int:
         """Attempts that ended without an outcome go back to the queue, due at once (a
-        superseded one is cancelled). An expired attempt ended when its lease did: so no two
-        holders of an instruction ever overlap in the history."""
+        superseded one is cancelled). Each is changed only if still held by the lease it was
+        found under (and, for an expired one, not renewed since): a worker that renewed or
+        re-claimed it meanwhile keeps it. An expired attempt ended when its lease did, so no
+        two holders of an instruction ever overlap in the history. Returns how many moved."""
         store = self.store
+        expired_before = now if event == "lease_expired" else None
+        moved = 0
         for r in rows:
             if r["superseded_by"]:
-                self._end_superseded(r["id"], r["superseded_by"], now)
+                moved += self._end_superseded(r["id"], r["superseded_by"], now, r["lease_owner"])
                 continue
             changed = store.apply(
                 event,
                 [r["id"]],
                 now,
+                owner=r["lease_owner"],
+                expired_before=expired_before,
                 lease_owner=None,
                 lease_expires_at=None,
                 next_attempt_at=now,
                 **sets,
             )
             for c in changed:
+                moved += 1
                 ended_at = r.get("lease_expires_at") or now
                 store.end_attempt(
                     r["id"], event.replace("_", " "), ended_at, sets.get("error_kind")
                 )
                 store.add_event("recovered", words, c["job_id"], c["server"], now=now)
-        if rows:
+                if c["superseded_by"]:
+                    self._cancel_superseded_retry(c, now)
+        if moved:
             store.notify()
+        return moved
 
     # --- helpers --------------------------------------------------------------------------
 
@@ -262,19 +272,33 @@ class AttemptUseCases(JobUseCases):
         return dict(row)
 
     def _end_superseded(
-        self, instruction_id: int, superseding_job: object, now: float, owner: str | None = None
-    ) -> None:
-        """An attempt that a newer, opposite job superseded did not succeed: cancelled."""
+        self,
+        instruction_id: int,
+        superseding_job: object,
+        now: float,
+        owner: str | None = None,
+        cause: str | None = None,
+    ) -> int:
+        """An attempt that a newer, opposite job superseded did not succeed: cancelled, not
+        retried; its own failure stays on the timeline. Returns 1 if it was still held."""
         store = self.store
         why = self.superseded_why(str(superseding_job))
-        for r in store.apply(
-            "supersede_ended",
-            [instruction_id],
-            now,
-            owner=owner,
-            strict=owner is not None,
-            **ended(now, why),
-        ):
+        changed = store.apply(
+            "supersede_ended", [instruction_id], now, owner=owner, **ended(now, why)
+        )
+        for r in changed:
             store.end_attempt(instruction_id, "superseded", now)
+            if cause:
+                message = f"{cause}; {why}: not retried"
+                store.add_event("failure", message, r["job_id"], r["server"], now=now)
             store.add_event("cancelled", why, r["job_id"], r["server"], now=now)
         store.notify()
+        return len(changed)
+
+    def _cancel_superseded_retry(self, row: Row, now: float) -> None:
+        """A retry that a newer, opposite job superseded while it was being recorded (on
+        PostgreSQL the two can cross): cancelled, so only the newest intent runs."""
+        store = self.store
+        why = self.superseded_why(str(row["superseded_by"]))
+        for r in store.apply("supersede", [row["id"]], now, **ended(now, why)):
+            store.add_event("cancelled", why, r["job_id"], r["server"], now=now)

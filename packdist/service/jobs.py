@@ -147,6 +147,7 @@ class JobUseCases:
                 next_attempt_at=now,
                 finished_at=None,
                 attempts_base=CopyOf("attempts"),
+                superseded_by=None,  # the retried intent is the newest now
             )
             servers = sorted(r["server"] for r in revived)
             if servers:  # the retried intent is now the newest: it supersedes the opposite

@@ -73,12 +73,14 @@ class InstructionQueries:
         *,
         owner: str | None = None,
         action: str | None = None,
+        expired_before: float | None = None,
         strict: bool = False,
         **sets: Any,
     ) -> list[Row]:
         """Apply ``event`` to the instructions ``ids`` that are in one of its source states
-        (and, given ``owner``, leased by it; given ``action``, of a job with that action).
-        Returns ``id``, ``job_id`` and ``server`` of each instruction changed. ``strict``:
+        (and, given ``owner``, leased by it; given ``action``, of a job with that action;
+        given ``expired_before``, whose lease ran out before then). Returns ``id``,
+        ``job_id``, ``server`` and ``superseded_by`` of each instruction changed. ``strict``:
         raise :class:`InvalidTransition` unless every one of ``ids`` changed."""
         allowed = states.EFFECTS[event]
         refused = set(sets) - allowed
@@ -110,6 +112,9 @@ class InstructionQueries:
         if action is not None:  # "installed" only ends an install, "removed" a removal
             guards += " AND job_id IN (SELECT id FROM jobs WHERE action = :action)"
             params["action"] = action
+        if expired_before is not None:  # a lease renewed meanwhile is live: leave it
+            guards += " AND lease_expires_at < :expired_before"
+            params["expired_before"] = expired_before
         sql = self.db.sql("transition", assignments="".join(assignments), guards=guards)
         changed = self.db.rows_of(sql, params)
         if strict and len(changed) != len(set(ids)):
@@ -255,6 +260,10 @@ class InstructionQueries:
         )
         return [r["id"] for r in rows]
 
+    def installs_under_way(self, server: str, package_id: str) -> int:
+        """Install attempts of this package on this server that a worker drives now."""
+        return int(self.db.value("installs_under_way", server=server, package_id=package_id))
+
     def claims(self, ids: list[int]) -> list[Claim]:
         rows = self.db.rows("claim_details", ids=ids)
         return [
@@ -310,11 +319,13 @@ class InstructionQueries:
         return changed > 0
 
     def expired_leases(self, now: float) -> list[Row]:
-        """``id``, ``superseded_by`` and ``lease_expires_at`` of attempts whose lease ran out."""
+        """``id``, ``superseded_by``, ``lease_expires_at`` and ``lease_owner`` of attempts
+        whose lease ran out."""
         return self.db.rows("expired_leases", now=now)
 
     def leases_of(self, owner: str) -> list[Row]:
-        """``id`` and ``superseded_by`` of the attempts held as ``owner`` or ``owner:<any>``."""
+        """``id``, ``superseded_by`` and ``lease_owner`` of the attempts held as ``owner`` or
+        ``owner:<any>``."""
         prefix = owner.replace("!", "!!").replace("%", "!%").replace("_", "!_") + ":%"
         return self.db.rows("leases_of_owner", owner=owner, prefix=prefix)
 

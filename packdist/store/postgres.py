@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from packdist.errors import StoreError, UserError
+from packdist.errors import AlreadyExists, StoreError, UserError
 from packdist.store import queries
 from packdist.store.core import Store
 from packdist.store.db import Database, Row
@@ -86,6 +86,8 @@ class PostgresDatabase(Database):
     def _errors(self) -> Iterator[None]:
         try:
             yield
+        except self._psycopg.errors.UniqueViolation as exc:  # two workers raced to add it
+            raise AlreadyExists(f"already exists: {exc.diag.message_detail or exc}") from exc
         except self._psycopg.Error as exc:
             raise StoreError(f"database error: {str(exc).strip() or type(exc).__name__}") from exc
         except Exception as exc:
@@ -163,6 +165,10 @@ class PostgresDatabase(Database):
                 except self._psycopg.Error as exc:
                     log.info("listening for %s: %s; again in 1s", channel, exc)
                     self._closing.wait(1.0)
+                except Exception:  # the callback failed (its loop closed): stop quietly
+                    if not self._closing.is_set():
+                        log.exception("listening for %s stopped", channel)
+                    return
 
         thread = threading.Thread(target=run, name=f"listen-{channel}", daemon=True)
         thread.start()

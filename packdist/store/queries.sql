@@ -87,6 +87,10 @@ WHERE removed = 0 AND token_hash = :token_hash
 -- name: live_server_names_among
 SELECT name FROM servers WHERE removed = 0 AND name IN (:names)
 
+-- name: live_server_names_among [postgresql]
+-- shared locks: a server removed concurrently waits for the job to be written, or is gone
+SELECT name FROM servers WHERE removed = 0 AND name IN (:names) FOR SHARE
+
 -- name: all_server_groups
 SELECT g.server, g.grp FROM server_groups g JOIN servers s ON s.name = g.server
 WHERE s.removed = 0 ORDER BY g.server, g.grp
@@ -128,6 +132,11 @@ WHERE name = :name AND removed = 0 AND (last_seen IS NULL OR last_seen < :last_s
 
 -- name: server_back_at
 SELECT back_at FROM servers WHERE name = :name
+
+-- name: server_back_at [postgresql]
+-- a shared lock orders this with a heartbeat that changes back_at: either this attempt's
+-- retry sees the server back, or the heartbeat sees the retry and wakes it
+SELECT back_at FROM servers WHERE name = :name FOR SHARE
 
 -- === what servers hold ======================================================================
 
@@ -217,15 +226,24 @@ WHERE j.package_id = :package_id AND j.action = :action AND i.server IN (:server
 AND i.state IN (:states)
 ORDER BY i.id
 
+-- name: unfinished_of_package [postgresql]
+-- the same, locked: a claim under way is waited for and its state read again
+SELECT i.id, i.state, i.job_id, i.server, j.options FROM instructions i
+JOIN jobs j ON j.id = i.job_id
+WHERE j.package_id = :package_id AND j.action = :action AND i.server IN (:servers)
+AND i.state IN (:states)
+ORDER BY i.id
+FOR UPDATE OF i
+
 -- name: mark_superseded_by
-UPDATE instructions SET superseded_by = :job_id WHERE id IN (:ids)
+UPDATE instructions SET superseded_by = :job_id WHERE id IN (:ids) AND state = 'sending'
 
 -- name: transition
 -- THE one statement that sets an instruction's state: filled in by InstructionQueries.apply
 -- from the event's row of packdist.states (its sources, its target, the columns it may set).
 UPDATE instructions SET state = :to_state, updated_at = :now{assignments}
 WHERE id IN (:ids) AND state IN (:from_states){guards}
-RETURNING id, job_id, server
+RETURNING id, job_id, server, superseded_by
 
 -- name: instruction_state
 SELECT state FROM instructions WHERE id = :id
@@ -260,6 +278,11 @@ AND NOT EXISTS (SELECT 1 FROM instructions o JOIN jobs oj ON oj.id = o.job_id
 ORDER BY i.next_attempt_at LIMIT :limit
 FOR UPDATE OF i SKIP LOCKED
 
+-- name: installs_under_way
+SELECT count(*) AS n FROM instructions i JOIN jobs j ON j.id = i.job_id
+WHERE i.server = :server AND j.package_id = :package_id AND j.action = 'install'
+AND i.state = 'sending'
+
 -- name: claim_details
 SELECT i.id, i.job_id, i.server, s.url, j.package_id, p.name, p.version, i.attempts,
     i.attempts_base, j.created_at, j.max_attempts, j.deadline, j.options, sp.corrupt,
@@ -279,11 +302,11 @@ UPDATE instructions SET lease_expires_at = :until,
 WHERE id = :id AND state = 'sending' AND lease_owner = :owner
 
 -- name: expired_leases
-SELECT id, superseded_by, lease_expires_at FROM instructions
+SELECT id, superseded_by, lease_expires_at, lease_owner FROM instructions
 WHERE state = 'sending' AND lease_expires_at < :now
 
 -- name: leases_of_owner
-SELECT id, superseded_by FROM instructions WHERE state = 'sending'
+SELECT id, superseded_by, lease_owner FROM instructions WHERE state = 'sending'
 AND (lease_owner = :owner OR lease_owner LIKE :prefix ESCAPE '!')
 
 -- name: superseding_job

@@ -985,6 +985,41 @@ class StoreConformance:
         assert i.state is S.CANCELLED, "both intents may not run: the retried one wins"
         assert i.last_error == f"superseded by install job {install}"
 
+    def test_an_operator_retry_makes_a_superseded_install_the_newest_intent_again(
+        self, store: Store, pkg: PackageRecord, servers: list[str]
+    ) -> None:
+        install = Service(store).add_job(pkg.id, ["dp1"], None, None, {}, T0)
+        sending = claim_one(store, "w1", T0)
+        removal = Service(store).add_job(pkg.id, ["dp1"], None, None, {}, T0 + 1, action="remove")
+        Service(store).schedule_retry(sending.instruction_id, "w1", "timeout", T0 + 60, T0 + 2)
+        assert instruction(store.get_job(install), "dp1").state is S.CANCELLED
+        assert Service(store).retry_job(install, T0 + 3) == 1
+        assert instruction(store.get_job(removal), "dp1").state is S.CANCELLED
+        again = claim_one(store, "w2", T0 + 4)
+        assert again.instruction_id == sending.instruction_id
+        Service(store).schedule_retry(again.instruction_id, "w2", "timeout", T0 + 9, T0 + 5)
+        i = instruction(store.get_job(install), "dp1")
+        assert i.state is S.RETRYING, "the old supersede still cancelled the newest intent"
+
+    def test_a_lease_renewed_or_taken_again_is_not_recovered_from_a_stale_look(
+        self, store: Store, job_id: str
+    ) -> None:
+        c = claim_one(store, "w1", T0, lease=10)
+        (stale,) = store.expired_leases(T0 + 11)  # what a recovery saw before ...
+        assert store.renew_lease(c.instruction_id, "w1", T0 + 30, 0, 0)  # ... w1 renewed
+        moved = store.apply(
+            "lease_expired",
+            [stale["id"]],
+            T0 + 11,
+            owner=stale["lease_owner"],
+            expired_before=T0 + 11,
+            next_attempt_at=T0 + 11,
+        )
+        assert moved == []
+        i = instruction(store.get_job(job_id), c.server)
+        assert (i.state, i.attempts) == (S.SENDING, 1)
+        assert Service(store).recover_expired_leases(T0 + 11) == 0
+
     def test_a_removal_is_refused_without_targets_or_package(
         self, store: Store, pkg: PackageRecord, servers: list[str]
     ) -> None:

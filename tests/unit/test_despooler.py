@@ -339,3 +339,23 @@ def test_hung_servers_never_hold_every_slot_while_a_healthy_one_waits(tmp_path: 
     # the hung servers' calls time out after 10 s or more: the healthy one did not wait
     assert took < 5, f"the healthy server waited {took:.1f}s behind hung ones"
     assert hung_sending == 1, "servers not heard from took other than their share of slots"
+
+
+def test_an_install_refused_while_a_removal_runs_is_retried_not_given_up() -> None:
+    from packdist.errors import Busy
+    from packdist.http import status_of
+    from packdist.service import STOPPING_KINDS
+
+    busy = Busy("app@1.0 is being removed on this agent; install refused until it ends")
+    assert status_of(busy) == 409
+    assert busy.kind not in STOPPING_KINDS
+
+
+def test_a_chunk_that_will_not_decode_is_named_so_the_library_is_checked() -> None:
+    from packdist.core.codec import Encoding, decode
+    from packdist.errors import DecodeError
+
+    digest = Digest.of(b"x" * 100)
+    with pytest.raises(DecodeError) as caught:
+        decode(Encoding.ZSTD, b"not zstd at all", 100, digest)
+    assert caught.value.digest == digest.hex
