@@ -93,10 +93,31 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 # ------------------------------------------------------------------------- /proc readings
 
 
+def _stat(pid: int | str) -> list[str]:
+    """``/proc/PID/stat`` from its third field (state) on."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (every thread), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    fields = _stat(pid)
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a server and its children (PostgreSQL's postmaster and backends): the
+    live ones, and those it has reaped (their time is in its cutime and cstime)."""
+    fields = _stat(pid)
+    total = sum(int(x) for x in fields[11:15])
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                child = _stat(entry.name)
+            except OSError:
+                continue
+            if int(child[1]) == pid:
+                total += int(child[11]) + int(child[12])
+    return total / CLK_TCK
 
 
 def machine_busy_seconds() -> float:
@@ -112,26 +133,34 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def _own_cpu() -> float:
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
 class CpuWindow:
     """CPU used by the site, the simulator and everything else over one stretch of time."""
 
-    def __init__(self, sites: list[int], sim: int) -> None:
-        self.sites, self.sim = sites, sim
+    def __init__(self, sites: list[int], sim: int, db: int | None) -> None:
+        self.sites, self.sim, self.db = sites, sim, db
         self.started = time.monotonic()
         self.site0 = sum(cpu_seconds(p) for p in sites)
         self.sim0 = cpu_seconds(sim)
-        self.me0 = time.process_time()
+        self.db0 = tree_cpu_seconds(db) if db else 0.0
+        self.me0 = _own_cpu()
         self.all0 = machine_busy_seconds()
 
     def close(self) -> dict[str, float]:
         wall = max(time.monotonic() - self.started, 1e-9)
         site = sum(cpu_seconds(p) for p in self.sites) - self.site0
         sim = cpu_seconds(self.sim) - self.sim0
-        me = time.process_time() - self.me0
-        other = machine_busy_seconds() - self.all0 - site - sim - me
+        db = tree_cpu_seconds(self.db) - self.db0 if self.db else 0.0
+        me = _own_cpu() - self.me0  # with the CLI commands it ran
+        other = machine_busy_seconds() - self.all0 - site - sim - db - me
         return {
             "site_cpu_pct": 100 * site / wall,
             "sim_cpu_pct": 100 * sim / wall,
+            "db_cpu_pct": 100 * db / wall,
             "other_cpu_pct": max(0.0, 100 * other / wall),
         }
 
@@ -267,6 +296,12 @@ class Fleet:
             rows = conn.execute(sql.replace("%s", "?"), (job,)).fetchall()
         return {s: int(n) for s, n in rows}
 
+    def db_pid(self) -> int | None:
+        """The PostgreSQL server's pid (its postmaster), if the store is PostgreSQL."""
+        if self.cluster is None:
+            return None
+        return int((self.cluster.data / "postmaster.pid").read_text().split()[0])
+
     def rss(self) -> float:
         return sum(rss_mb(p.pid) for p in self.sites if p.poll() is None)
 
@@ -286,7 +321,9 @@ class Fleet:
                         (j for j in range(i + 1, len(lines)) if not lines[j].startswith(" ")), i
                     )
                     errors[lines[end][:160]] += 1
-                elif " ERROR " in line or " WARNING " in line:
+                elif (" ERROR " in line or " WARNING " in line) and not (
+                    i + 1 < len(lines) and lines[i + 1].startswith("Traceback")
+                ):  # a traceback's own ERROR line is counted with the traceback
                     errors[line.split(" ", 3)[-1][:160]] += 1
         return tracebacks, [f"{n}x {e}" for e, n in errors.most_common(5)]
 
@@ -320,7 +357,7 @@ def measure(fleet: Fleet, args: argparse.Namespace) -> dict[str, Any]:
     peak_rss = fleet.rss()
 
     fleet.sim_call("/_sim/window", "POST")  # 1. heartbeats only
-    cpu = CpuWindow(pids, fleet.sim.pid)
+    cpu = CpuWindow(pids, fleet.sim.pid, fleet.db_pid())
     time.sleep(args.duration)
     used = cpu.close()
     beats = fleet.sim_call("/_sim/stats")
@@ -328,6 +365,8 @@ def measure(fleet: Fleet, args: argparse.Namespace) -> dict[str, Any]:
     out |= {
         "duration_s": args.duration,
         "heartbeat_cpu_pct": used["site_cpu_pct"],
+        "heartbeat_db_cpu_pct": used["db_cpu_pct"],
+        "heartbeats_due_per_s": args.servers / HEARTBEAT_INTERVAL,
         "heartbeats_per_s": beats["heartbeats_ok"] / beats["seconds"],
         "heartbeats_ok": beats["heartbeats_ok"],
         "heartbeats_failed": beats["heartbeats_failed"],
@@ -341,7 +380,7 @@ def measure(fleet: Fleet, args: argparse.Namespace) -> dict[str, Any]:
     }
 
     fleet.sim_call("/_sim/window", "POST")  # 2. one job to every server
-    cpu = CpuWindow(pids, fleet.sim.pid)
+    cpu = CpuWindow(pids, fleet.sim.pid, fleet.db_pid())
     started = time.monotonic()
     created = run_child(
         packdist_argv("--home", fleet.home, "distribute", "scale@1", "--all", "--json")
@@ -367,14 +406,21 @@ def measure(fleet: Fleet, args: argparse.Namespace) -> dict[str, Any]:
         "instructions": sum(counts.values()),
         "instructions_by_state": counts,
         "instructions_per_s": counts.get("installed", 0) / (done_at or args.job_timeout),
+        # the pace once the first install landed (job creation and the first claim left out)
+        "steady_instructions_per_s": (counts.get("installed", 0) - 1)
+        / max((done_at or args.job_timeout) - (first_installed or 0.0), 1e-9)
+        if first_installed is not None
+        else 0.0,
         "install_calls": during.get("install_calls", 0),
         "installs_failing": during.get("installs_failing", 0),
         "status_calls": during.get("status_calls", 0),
         "job_site_cpu_pct": used["site_cpu_pct"],
+        "job_db_cpu_pct": used["db_cpu_pct"],
         "job_sim_cpu_pct": used["sim_cpu_pct"],
         "job_other_cpu_pct": used["other_cpu_pct"],
         "job_heartbeat_p99_ms": during["heartbeat_p99_ms"],
         "job_heartbeats_failed": during["heartbeats_failed"],
+        "job_heartbeat_failures": during["heartbeat_failures"],
     }
 
     home = ["--home", str(fleet.home)]  # 3. what operators look at, with the job in the store
@@ -418,7 +464,7 @@ def _cpu_model() -> str:
 
 TABLE = [
     ("servers", "servers", "{:,}"),
-    ("heartbeats/s (ok)", "heartbeats_per_s", "{:,.0f}"),
+    ("heartbeats/s ok / due", ("heartbeats_per_s", "heartbeats_due_per_s"), "{:,.0f}"),
     ("heartbeat CPU, site (% of a core)", "heartbeat_cpu_pct", "{:.1f}"),
     ("heartbeat p50 / p99 (ms)", ("heartbeat_p50_ms", "heartbeat_p99_ms"), "{:.1f}"),
     ("heartbeats failed", "heartbeats_failed", "{:,}"),
@@ -426,7 +472,9 @@ TABLE = [
     ("first install (s)", "first_install_s", "{:.2f}"),
     ("job complete (s)", "job_complete_s", "{:.2f}"),
     ("instructions/s", "instructions_per_s", "{:,.1f}"),
+    ("steady instructions/s (after the first)", "steady_instructions_per_s", "{:,.1f}"),
     ("site CPU during job (%)", "job_site_cpu_pct", "{:.1f}"),
+    ("PostgreSQL CPU, heartbeats / job (%)", ("heartbeat_db_cpu_pct", "job_db_cpu_pct"), "{:.1f}"),
     ("heartbeat p99 during job (ms)", "job_heartbeat_p99_ms", "{:.1f}"),
     ("job show (s)", "job_show_s", "{:.2f}"),
     ("status (s)", "status_s", "{:.2f}"),
