@@ -328,8 +328,10 @@ class Fleet:
         return tracebacks, [f"{n}x {e}" for e, n in errors.most_common(5)]
 
     def close(self) -> None:
-        procs = [p for p in [self.sim, *self.sites] if p is not None and p.poll() is None]
-        _terminate(procs)
+        # the site first: agents that vanished under it would only add failures to its log
+        _terminate([p for p in self.sites if p.poll() is None])
+        if self.sim is not None and self.sim.poll() is None:
+            _terminate([self.sim])
         if self.cluster is not None:
             self.cluster.stop()
         if not self.args.keep:
