@@ -60,17 +60,7 @@ class AttemptUseCases(JobUseCases):
         server's copy is recorded (whatever validation found before is mended)."""
         store = self.store
         with store.transaction():
-            (row,) = store.apply(
-                "installed",
-                [instruction_id],
-                now,
-                owner=owner,
-                action="install",
-                strict=True,
-                error_kind=None,
-                last_error=None,
-                **ended(now, None),
-            )
+            row = self._done("installed", "install", instruction_id, owner, now)
             package_id = self._package_of(instruction_id)
             store.record_verified_install(row["server"], package_id, now)
             store.end_attempt(instruction_id, "installed", now)
@@ -87,17 +77,7 @@ class AttemptUseCases(JobUseCases):
         server's copy leaves the matrix at once)."""
         store = self.store
         with store.transaction():
-            (row,) = store.apply(
-                "removed",
-                [instruction_id],
-                now,
-                owner=owner,
-                action="remove",
-                strict=True,
-                error_kind=None,
-                last_error=None,
-                **ended(now, None),
-            )
+            row = self._done("removed", "remove", instruction_id, owner, now)
             store.drop_holding(row["server"], self._package_of(instruction_id))
             store.end_attempt(instruction_id, "removed", now)
             store.add_event(
@@ -258,6 +238,22 @@ class AttemptUseCases(JobUseCases):
         return moved
 
     # --- helpers --------------------------------------------------------------------------
+
+    def _done(self, event: str, action: str, instruction_id: int, owner: str, now: float) -> Row:
+        """The attempt held by ``owner`` did what its job asks (``installed`` ends only an
+        install, ``removed`` only a removal): the instruction ends, its last error cleared."""
+        (row,) = self.store.apply(
+            event,
+            [instruction_id],
+            now,
+            owner=owner,
+            action=action,
+            strict=True,
+            error_kind=None,
+            last_error=None,
+            **ended(now, None),
+        )
+        return row
 
     def _package_of(self, instruction_id: int) -> str:
         row = self.store.instruction(instruction_id)
