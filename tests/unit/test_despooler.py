@@ -9,6 +9,7 @@ reaches the agent.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -31,6 +32,9 @@ from tests.harness import free_port
 
 pytestmark = pytest.mark.timeout(60)
 PACKAGE = web.AppKey("package_id", str)
+# How long a scenario may take to reach its end. Each takes a few seconds; `make mutation`
+# lowers the bound, since a mutant that never gets there would hold its run this long.
+DRIVE_TIMEOUT = float(os.environ.get("PACKDIST_DRIVE_TIMEOUT", "20"))
 
 
 @dataclass
@@ -116,7 +120,11 @@ async def rig(tmp_path: Path, **agents: FakeAgent) -> AsyncIterator[Rig]:
 
 
 async def drive(
-    rig: Rig, job_id: str, until: Callable[[Any], bool], lease: float = 10.0, timeout: float = 20
+    rig: Rig,
+    job_id: str,
+    until: Callable[[Any], bool],
+    lease: float = 10.0,
+    timeout: float = DRIVE_TIMEOUT,
 ) -> Any:
     """Run a despooler on the rig's site until ``until(job)`` holds (or ``timeout``)."""
     runner = StoreRunner(rig.home.store())
