@@ -1,162 +1,24 @@
 """The despooler driven directly: a real store and site home, a real HTTP fake agent.
 
-Each fake agent answers the agent protocol (install, status, cancel) the way a test asks,
-so the despooler's own rules are tested one by one: what counts as installed, when it gives
-up, how it keeps its lease, how a failure's kind decides what comes next, and that a cancel
-reaches the agent.
+Each fake agent (tests/unit/despooler_rig.py) answers the agent protocol (install, status,
+cancel, remove) the way a test asks, so the despooler's own rules are tested one by one: what
+counts as installed, when it gives up, how it keeps its lease, how a failure's kind decides
+what comes next, and that a cancel reaches the agent.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from packdist.core.digest import Digest
-from packdist.despooler import Despooler, StoreRunner
-from packdist.http import new_session
-from packdist.retry import RetryPolicy
-from packdist.service import Service
-from packdist.site.home import SiteHome
-from packdist.site.importer import import_tree
-from packdist.store.core import Store
-from tests.harness import free_port
+from tests.unit.despooler_rig import FakeAgent, done, drive, rig
 
 pytestmark = pytest.mark.timeout(60)
-PACKAGE = web.AppKey("package_id", str)
-# How long a scenario may take to reach its end. Each takes a few seconds; `make mutation`
-# lowers the bound, since a mutant that never gets there would hold its run this long.
-DRIVE_TIMEOUT = float(os.environ.get("PACKDIST_DRIVE_TIMEOUT", "20"))
-
-
-@dataclass
-class FakeAgent:
-    """An agent that installs in ``install_seconds`` and then reports ``outcome``."""
-
-    install_seconds: float = 0.0
-    outcome: Callable[[str], dict[str, Any]] = lambda pid: {"state": "installed", "package_id": pid}
-    installs: list[str] = field(default_factory=list)
-    cancels: list[str] = field(default_factory=list)
-    started: dict[str, float] = field(default_factory=dict)
-
-    def _status(self, pid: str) -> dict[str, Any]:
-        if pid in self.cancels:
-            return {"state": "cancelled", "package_id": pid}
-        elapsed = time.monotonic() - self.started[pid]
-        if elapsed < self.install_seconds:  # progress moves: the despooler sees it alive
-            return {"state": "installing", "package_id": pid, "progress": int(elapsed * 100)}
-        return self.outcome(pid)
-
-    async def install(self, request: web.Request) -> web.Response:
-        pid = request.app[PACKAGE]
-        self.installs.append(pid)
-        self.started.setdefault(pid, time.monotonic())
-        return web.json_response(self._status(pid), status=202)
-
-    async def status(self, request: web.Request) -> web.Response:
-        pid = request.match_info["package_id"]
-        wait = float(request.query.get("wait", "0"))
-        await asyncio.sleep(min(wait, 0.2))
-        return web.json_response(self._status(pid))
-
-    async def cancel(self, request: web.Request) -> web.Response:
-        pid = request.match_info["package_id"]
-        self.cancels.append(pid)
-        return web.json_response({"state": "cancelled", "package_id": pid})
-
-
-@dataclass
-class Rig:
-    home: SiteHome
-    store: Store
-    package_id: str
-    chunks: list[str]  # the library's chunk files (hex digests)
-
-    def service(self) -> Service:
-        return Service(self.store)
-
-    def job(self, job_id: str) -> Any:
-        return self.store.get_job(job_id)
-
-
-@asynccontextmanager
-async def rig(tmp_path: Path, **agents: FakeAgent) -> AsyncIterator[Rig]:
-    """A site home with one small package, and each fake agent enrolled as a server."""
-    home = SiteHome.init(tmp_path / "site", "s")
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "file.bin").write_bytes(b"packdist " * 5000)
-    record, _ = import_tree(home, src, "app", "1.0")
-    store = home.store()
-    runners: list[web.AppRunner] = []
-    try:
-        for name, agent in agents.items():
-            app = web.Application()
-            app[PACKAGE] = record.id
-            app.router.add_post("/v1/install", agent.install)
-            app.router.add_get("/v1/installs/{package_id}", agent.status)
-            app.router.add_post("/v1/installs/{package_id}/cancel", agent.cancel)
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            runners.append(runner)
-            port = free_port()
-            await web.TCPSite(runner, "127.0.0.1", port).start()
-            url = f"http://127.0.0.1:{port}"
-            Service(store).add_server(name, url, f"hash-{name}", [], None, time.time())
-        chunks = sorted(p.name for p in (home.root / "library").glob("??/*") if len(p.name) == 64)
-        yield Rig(home, store, record.id, chunks)
-    finally:
-        for r in runners:
-            await r.cleanup()
-        store.close()
-
-
-async def drive(
-    rig: Rig,
-    job_id: str,
-    until: Callable[[Any], bool],
-    lease: float = 10.0,
-    timeout: float = DRIVE_TIMEOUT,
-) -> Any:
-    """Run a despooler on the rig's site until ``until(job)`` holds (or ``timeout``)."""
-    runner = StoreRunner(rig.home.store())
-    session = new_session()
-    policy = RetryPolicy(initial=0.05, factor=1.0, cap=0.05, jitter=0.0)
-    despooler = Despooler(
-        runner,
-        rig.home.signing_key(),
-        session,
-        policy=policy,
-        lease=lease,
-        library=rig.home.library,
-    )
-    task = asyncio.create_task(despooler.run())
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            job = rig.job(job_id)
-            if until(job):
-                return job
-            assert time.monotonic() < deadline, f"timed out: {job}"
-            await asyncio.sleep(0.05)
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await despooler.shutdown()
-        await session.close()
-        runner.close()
-
-
-def done(job: Any) -> bool:
-    return all(i.state.value in ("installed", "failed", "cancelled") for i in job.instructions)
 
 
 def test_an_installed_report_for_another_package_id_is_not_taken_as_installed(
@@ -305,3 +167,246 @@ def test_an_install_taken_over_by_another_worker_is_not_cancelled_on_the_agent(
     job = asyncio.run(scenario())
     assert job.instructions[0].state.value == "sending"
     assert slow.cancels == [], "a worker that lost its lease cancelled the new holder's install"
+
+
+# --- what the agent is told, and what its answers lead to -----------------------------------
+
+
+def attempt_outcomes(r: Any) -> list[tuple[int, str | None, str | None]]:
+    return [(a["attempt"], a["outcome"], a["error_kind"]) for a in r.store.attempt_history()]
+
+
+def test_a_removal_tells_the_agent_which_version_and_ends_removed(tmp_path: Path) -> None:
+    agent = FakeAgent()
+
+    async def scenario() -> Any:
+        async with rig(tmp_path, dp1=agent) as r:
+            r.service().record_heartbeat("dp1", "b", None, [r.package_id], time.time(), 7.0)
+            job_id = r.service().remove(r.package_id, ["dp1"], time.time())
+            job = await drive(r, job_id, done)
+            return r.package_id, job, r.store.holdings("dp1"), attempt_outcomes(r)
+
+    package_id, job, holdings, attempts = asyncio.run(scenario())
+    assert agent.removals == [{"package_id": package_id, "package": "app@1.0"}]
+    assert agent.installs == []
+    assert job.instructions[0].state.value == "removed"
+    assert holdings == set()
+    assert attempts == [(1, "removed", None)]
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        ({"state": "busy", "error": "installing that version"}, "installing that version"),
+        ({"state": "busy"}, "dp1 did not confirm the removal"),
+    ],
+)
+def test_a_removal_the_agent_does_not_confirm_is_retried_with_its_reason(
+    tmp_path: Path, answer: dict[str, Any], error: str
+) -> None:
+    agent = FakeAgent(removal=lambda: answer)
+
+    async def scenario() -> Any:
+        async with rig(tmp_path, dp1=agent) as r:
+            job_id = r.service().remove(r.package_id, ["dp1"], time.time())
+            return await drive(r, job_id, lambda j: j.instructions[0].attempts >= 2)
+
+    (i,) = asyncio.run(scenario()).instructions
+    assert i.state.value in ("retrying", "sending")
+    assert (i.last_error, i.error_kind) == (error, "transient")
+
+
+def test_an_install_sends_no_repair_flag_and_no_peers_when_there_are_none(tmp_path: Path) -> None:
+    agent = FakeAgent()
+
+    async def scenario() -> None:
+        async with rig(tmp_path, dp1=agent) as r:
+            job_id = r.service().distribute(r.package_id, ["dp1"], time.time())
+            await drive(r, job_id, done)
+
+    asyncio.run(scenario())
+    (body,) = agent.bodies
+    assert sorted(body) == ["manifest", "signature"]
+
+
+def test_a_repair_job_asks_the_agent_to_repair(tmp_path: Path) -> None:
+    agent = FakeAgent()
+
+    async def scenario() -> None:
+        async with rig(tmp_path, dp1=agent) as r:
+            options = {"repair": True}
+            job_id = r.service().distribute(r.package_id, ["dp1"], time.time(), options=options)
+            await drive(r, job_id, done)
+
+    asyncio.run(scenario())
+    assert agent.bodies[0]["repair"] is True
+
+
+@pytest.mark.parametrize("peers", ["on", "off for the job", "off for the site"])
+def test_an_install_is_told_of_a_live_holder_unless_peers_are_off(
+    tmp_path: Path, peers: str
+) -> None:
+    from packdist.despooler import PeerSettings
+
+    receiver, holder = FakeAgent(), FakeAgent()
+
+    async def scenario() -> None:
+        async with rig(tmp_path, dp1=receiver, dp2=holder) as r:
+            now = time.time()
+            r.service().record_heartbeat("dp1", "b", None, [], now, 7.0)
+            r.service().record_heartbeat("dp2", "b", None, [r.package_id], now, 7.0)
+            options = {"peers": False} if peers == "off for the job" else {}
+            job_id = r.service().distribute(r.package_id, ["dp1"], now, options=options)
+            site = PeerSettings(enabled=peers != "off for the site")
+            await drive(r, job_id, done, peers=site)
+
+    asyncio.run(scenario())
+    offered = [p["name"] for p in receiver.bodies[0].get("peers", [])]
+    assert offered == (["dp2"] if peers == "on" else [])
+
+
+def test_the_agents_progress_is_recorded_with_the_install(tmp_path: Path) -> None:
+    def with_bytes(pid: str) -> dict[str, Any]:
+        counts = {"bytes_wire": 300, "bytes_total": 45000, "bytes_from_peers": 100}
+        return {**installed_report(pid), **counts, "bytes_done": 45000}
+
+    agent = FakeAgent(outcome=with_bytes)
+
+    async def scenario() -> Any:
+        async with rig(tmp_path, dp1=agent) as r:
+            job_id = r.service().distribute(r.package_id, ["dp1"], time.time())
+            return await drive(r, job_id, done)
+
+    (i,) = asyncio.run(scenario()).instructions
+    assert i.state.value == "installed"
+    assert (i.bytes_sent, i.bytes_total, i.bytes_from_peers, i.bytes_done) == (
+        300,
+        45000,
+        100,
+        45000,
+    )
+
+
+def installed_report(pid: str) -> dict[str, Any]:
+    return {"state": "installed", "package_id": pid}
+
+
+def test_an_agent_that_forgot_the_install_is_asked_again_and_it_completes(
+    tmp_path: Path,
+) -> None:
+    agent = FakeAgent(install_seconds=0.3, forget=1)
+
+    async def scenario() -> Any:
+        async with rig(tmp_path, dp1=agent) as r:
+            job_id = r.service().distribute(r.package_id, ["dp1"], time.time())
+            return await drive(r, job_id, done)
+
+    (i,) = asyncio.run(scenario()).instructions
+    assert (i.state.value, i.attempts) == ("installed", 1)
+    assert len(agent.installs) == 2
+
+
+def test_an_install_stopped_on_the_agent_is_retried(tmp_path: Path) -> None:
+    agent = FakeAgent(outcome=lambda pid: {"state": "cancelled", "package_id": pid})
+
+    async def scenario() -> Any:
+        async with rig(tmp_path, dp1=agent) as r:
+            job_id = r.service().distribute(r.package_id, ["dp1"], time.time())
+            return await drive(r, job_id, lambda j: j.instructions[0].attempts >= 2)
+
+    (i,) = asyncio.run(scenario()).instructions
+    assert i.state.value != "failed"
+    assert (i.last_error, i.error_kind) == (
+        "the install was stopped on dp1; trying again",
+        "transient",
+    )
+
+
+@pytest.mark.parametrize(
+    ("reported", "state", "kind"),
+    [
+        ({"error": "no space left", "error_kind": "disk"}, "retrying", "disk"),
+        ({"error": "bad manifest", "error_kind": "refused"}, "failed", "refused"),
+        ({"error": "hash mismatch", "error_kind": "integrity"}, "failed", "integrity"),
+        ({"error": "odd", "error_kind": "martian"}, "retrying", "transient"),
+        ({}, "retrying", "transient"),
+    ],
+)
+def test_a_failure_the_agent_reports_keeps_its_words_and_kind(
+    tmp_path: Path, reported: dict[str, Any], state: str, kind: str
+) -> None:
+    agent = FakeAgent(outcome=lambda pid: {"state": "failed", **reported})
+
+    async def scenario() -> Any:
+        async with rig(tmp_path, dp1=agent) as r:
+            job_id = r.service().distribute(r.package_id, ["dp1"], time.time())
+            return await drive(r, job_id, lambda j: done(j) or j.instructions[0].attempts >= 2)
+
+    (i,) = asyncio.run(scenario()).instructions
+    if state == "retrying":
+        assert i.state.value in ("retrying", "sending")
+    else:
+        assert (i.state.value, i.attempts) == (state, 1)
+    assert i.error_kind == kind
+    assert i.last_error == reported.get("error", "install failed on the agent")
+
+
+@pytest.mark.parametrize("chunk", ["known", "not a digest"])
+def test_an_integrity_fault_the_library_cannot_judge_stops_with_the_agents_words(
+    tmp_path: Path, chunk: str
+) -> None:
+    """Without the library (or a chunk name it can read), nothing says the site's copy is
+    intact: the fault is taken as an integrity fault and the instruction stops."""
+    names: list[str] = []
+    agent = FakeAgent(
+        outcome=lambda pid: {
+            "state": "failed",
+            "error": "hash mismatch",
+            "error_kind": "integrity",
+            "error_chunk": names[0],
+        }
+    )
+
+    async def scenario() -> Any:
+        async with rig(tmp_path, dp1=agent) as r:
+            names.append(r.chunks[0] if chunk == "known" else "zz")
+            job_id = r.service().distribute(r.package_id, ["dp1"], time.time())
+            return await drive(r, job_id, done, with_library=chunk != "known")
+
+    (i,) = asyncio.run(scenario()).instructions
+    assert (i.state.value, i.attempts, i.error_kind, i.last_error) == (
+        "failed",
+        1,
+        "integrity",
+        "hash mismatch",
+    )
+
+
+def test_a_bug_in_an_attempt_leaves_a_visible_retried_instruction(tmp_path: Path) -> None:
+    agent = FakeAgent(outcome=lambda pid: {"state": "installing", "bytes_total": "lots"})
+
+    async def scenario() -> Any:
+        async with rig(tmp_path, dp1=agent) as r:
+            job_id = r.service().distribute(r.package_id, ["dp1"], time.time())
+            return await drive(r, job_id, lambda j: j.instructions[0].attempts >= 2)
+
+    (i,) = asyncio.run(scenario()).instructions
+    assert i.state.value != "failed"
+    assert i.error_kind == "internal"
+    assert (i.last_error or "").startswith("internal error in despooler: ValueError(")
+
+
+def test_a_stopping_despooler_hands_its_attempt_back_due_at_once(tmp_path: Path) -> None:
+    agent = FakeAgent(install_seconds=30.0)
+
+    async def scenario() -> Any:
+        async with rig(tmp_path, dp1=agent) as r:
+            job_id = r.service().distribute(r.package_id, ["dp1"], time.time())
+            await drive(r, job_id, lambda j: bool(agent.installs))
+            return r.job(job_id), attempt_outcomes(r), time.time()
+
+    job, attempts, stopped = asyncio.run(scenario())
+    (i,) = job.instructions
+    assert (i.state.value, i.attempts) == ("retrying", 1)
+    assert i.next_attempt_at <= stopped
+    assert attempts == [(1, "handed back", None)]
