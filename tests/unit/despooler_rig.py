@@ -54,11 +54,14 @@ class FakeAgent:
     removals: list[dict[str, Any]] = field(default_factory=list)
     cancels: list[str] = field(default_factory=list)
     started: dict[str, float] = field(default_factory=dict)
+    stalled: bool = False  # answers "installing" with no progress, forever
 
     def _status(self, pid: str) -> dict[str, Any]:
         if pid in self.cancels:
             return {"state": "cancelled", "package_id": pid}
         elapsed = time.monotonic() - self.started[pid]
+        if self.stalled:
+            return {"state": "installing", "package_id": pid, "progress": 5}
         if elapsed < self.install_seconds:  # progress moves: the despooler sees it alive
             return {"state": "installing", "package_id": pid, "progress": int(elapsed * 100)}
         return self.outcome(pid)
@@ -144,6 +147,7 @@ async def drive(
     timeout: float = DRIVE_TIMEOUT,
     with_library: bool = True,
     peers: PeerSettings | None = None,
+    max_in_flight: int = 64,
 ) -> Any:
     """Run a despooler on the rig's site until ``until(job)`` holds (or ``timeout``), then
     stop it as ``site serve`` does (its attempts under way handed back)."""
@@ -154,6 +158,7 @@ async def drive(
         rig.home.signing_key(),
         session,
         policy=QUICK_RETRY,
+        max_in_flight=max_in_flight,
         lease=lease,
         peers=peers,
         library=rig.home.library if with_library else None,

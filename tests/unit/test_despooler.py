@@ -410,3 +410,78 @@ def test_a_stopping_despooler_hands_its_attempt_back_due_at_once(tmp_path: Path)
     assert (i.state.value, i.attempts) == ("retrying", 1)
     assert i.next_attempt_at <= stopped
     assert attempts == [(1, "handed back", None)]
+
+
+def test_an_older_agent_counting_chunk_bytes_has_them_recorded(tmp_path: Path) -> None:
+    agent = FakeAgent(outcome=lambda pid: {**installed_report(pid), "bytes_received": 700})
+
+    async def scenario() -> Any:
+        async with rig(tmp_path, dp1=agent) as r:
+            job_id = r.service().distribute(r.package_id, ["dp1"], time.time())
+            return await drive(r, job_id, done)
+
+    (i,) = asyncio.run(scenario()).instructions
+    assert (i.state.value, i.bytes_sent) == ("installed", 700)
+
+
+def test_the_instruction_of_a_worker_that_died_is_carried_on(tmp_path: Path) -> None:
+    agent = FakeAgent()
+
+    async def scenario() -> Any:
+        async with rig(tmp_path, dp1=agent) as r:
+            job_id = r.service().distribute(r.package_id, ["dp1"], time.time())
+            r.service().claim_ready("dead-worker:1", 0.5, 1, time.time())  # then it died
+            return await drive(r, job_id, done, lease=1.0), attempt_outcomes(r)
+
+    job, attempts = asyncio.run(scenario())
+    (i,) = job.instructions
+    assert (i.state.value, i.attempts) == ("installed", 2)
+    assert attempts == [(1, "lease expired", "transient"), (2, "installed", None)]
+
+
+def test_a_worker_runs_no_more_attempts_at_once_than_it_may(tmp_path: Path) -> None:
+    first, second = FakeAgent(install_seconds=0.4), FakeAgent(install_seconds=0.4)
+
+    async def scenario() -> None:
+        async with rig(tmp_path, dp1=first, dp2=second) as r:
+            job_id = r.service().distribute(r.package_id, ["dp1", "dp2"], time.time())
+            await drive(r, job_id, done, max_in_flight=1)
+
+    asyncio.run(scenario())
+    (a,) = first.started.values()
+    (b,) = second.started.values()
+    assert abs(a - b) >= 0.4, "the second install began while the first one ran"
+
+
+def test_an_install_that_makes_no_progress_is_given_up_and_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import packdist.despooler
+
+    monkeypatch.setattr(packdist.despooler, "STALL_LIMIT", 1.0)
+    agent = FakeAgent(stalled=True)
+
+    async def scenario() -> Any:
+        async with rig(tmp_path, dp1=agent) as r:
+            job_id = r.service().distribute(r.package_id, ["dp1"], time.time())
+            return await drive(r, job_id, lambda j: j.instructions[0].attempts >= 2)
+
+    (i,) = asyncio.run(scenario()).instructions
+    assert (i.last_error, i.error_kind) == ("install on dp1 made no progress for 1s", "transient")
+
+
+def test_an_install_that_keeps_moving_is_not_given_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import packdist.despooler
+
+    monkeypatch.setattr(packdist.despooler, "STALL_LIMIT", 1.0)
+    agent = FakeAgent(install_seconds=2.5)  # its progress moves at every answer
+
+    async def scenario() -> Any:
+        async with rig(tmp_path, dp1=agent) as r:
+            job_id = r.service().distribute(r.package_id, ["dp1"], time.time())
+            return await drive(r, job_id, done)
+
+    (i,) = asyncio.run(scenario()).instructions
+    assert (i.state.value, i.attempts) == ("installed", 1)

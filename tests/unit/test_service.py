@@ -59,7 +59,11 @@ def claim(service: Service, now: float, owner: str = "w1") -> Claim:
 
 
 def timeline(store: Store, job_id: str | None = None) -> list[tuple[str, str | None, str]]:
-    return [(e.kind, e.server, e.message) for e in store.events(job_id)]
+    """What the timeline says (of one job, if given): kind, server and words."""
+    events = store.events(job_id)
+    # every event carries the time of the use case that wrote it (the fake clock starts at T0)
+    assert all(e.at >= T0 for e in events), [(e.kind, e.at) for e in events]
+    return [(e.kind, e.server, e.message) for e in events]
 
 
 def state_of(store: Store, job_id: str, server: str = "dp1") -> Any:
@@ -319,6 +323,7 @@ def test_only_the_lease_holder_settles_an_attempt(
     c = claim(service, T0 + 1)
     for settle in (
         lambda: service.mark_installed(c.instruction_id, "w2", T0 + 2),
+        lambda: service.mark_removed(c.instruction_id, "w2", T0 + 2),
         lambda: service.mark_failed(c.instruction_id, "w2", "no", T0 + 2),
         lambda: service.schedule_retry(c.instruction_id, "w2", "no", T0 + 5, T0 + 2),
     ):
@@ -338,14 +343,16 @@ def test_an_install_cannot_end_removed_nor_a_removal_installed(
     service.mark_installed(c.instruction_id, c.lease, T0 + 2)
     removal = service.remove(pkg.id, ["dp1"], T0 + 3)
     r = claim(service, T0 + 4)
+    service.schedule_retry(r.instruction_id, r.lease, "busy", T0 + 5, T0 + 5, ErrorKind.DISK)
+    r = claim(service, T0 + 6)
     with pytest.raises(InvalidTransition):
-        service.mark_installed(r.instruction_id, r.lease, T0 + 5)
-    service.mark_removed(r.instruction_id, r.lease, T0 + 5)
+        service.mark_installed(r.instruction_id, r.lease, T0 + 7)
+    service.mark_removed(r.instruction_id, r.lease, T0 + 7)
     i = state_of(store, removal)
-    assert (i.state, i.finished_at, i.last_error, i.error_kind) == (S.REMOVED, T0 + 5, None, None)
+    assert (i.state, i.finished_at, i.last_error, i.error_kind) == (S.REMOVED, T0 + 7, None, None)
     assert store.holdings("dp1") == set()
     assert timeline(store, removal)[-1] == ("removed", "dp1", "removed from dp1")
-    assert history(store)[-1] == (1, "w1", T0 + 4, T0 + 5, "removed", None)
+    assert history(store)[-1] == (2, "w1", T0 + 6, T0 + 7, "removed", None)
     assert state_of(store, install).state is S.INSTALLED
 
 
@@ -402,7 +409,7 @@ def test_giving_up_counts_the_attempts_since_the_last_operator_retry(
     c = claim(service, T0 + 10)
     assert service.record_failure(c, "busy", ErrorKind.TRANSIENT, NO_JITTER, T0 + 11) is False
     i = state_of(store, job_id)
-    assert (i.state, i.attempts, i.error_kind) == (S.FAILED, 2, "transient")
+    assert (i.state, i.attempts, i.error_kind, i.finished_at) == (S.FAILED, 2, "transient", T0 + 11)
     assert i.last_error == "busy (gave up after 2 attempts)"
     assert timeline(store, job_id)[-1] == ("failed", "dp1", "busy (gave up after 2 attempts)")
     service.retry_job(job_id, T0 + 20)
@@ -693,3 +700,34 @@ def test_validation_of_an_unknown_package_or_a_removed_server_is_ignored(
     service.remove_server("dp2", T0)
     assert service.record_validation("dp2", pkg.id, problems, T0) is None
     assert store.list_jobs() == []
+
+
+@pytest.mark.parametrize("fault", ["retried", "stopping", "giving up"])
+def test_a_failure_reported_under_a_lease_since_taken_over_changes_nothing(
+    store: Store, service: Service, pkg: PackageRecord, servers: list[str], fault: str
+) -> None:
+    job_id = service.distribute(
+        pkg.id, ["dp1"], T0, max_attempts=1 if fault == "giving up" else None
+    )
+    stale = claim(service, T0 + 1, owner="w1")
+    service.recover_expired_leases(T0 + 2 + LEASE)
+    claim(service, T0 + 3 + LEASE, owner="w2")
+    kind = ErrorKind.INTEGRITY if fault == "stopping" else ErrorKind.TRANSIENT
+    with pytest.raises(InvalidTransition):
+        service.record_failure(stale, "late", kind, NO_JITTER, T0 + 4 + LEASE)
+    i = state_of(store, job_id)
+    assert (i.state, i.last_error) == (S.SENDING, LEASE_EXPIRED)
+    row = store.instruction(i.id)
+    assert row is not None and row["lease_owner"] == "w2"
+
+
+def test_an_operator_retry_of_a_removal_supersedes_a_newer_install(
+    store: Store, service: Service, pkg: PackageRecord, servers: list[str]
+) -> None:
+    removal = service.remove(pkg.id, ["dp1"], T0)
+    install = service.distribute(pkg.id, ["dp1"], T0 + 1)
+    assert state_of(store, removal).state is S.CANCELLED
+    assert service.retry_job(removal, T0 + 2) == 1
+    i = state_of(store, install)
+    assert (i.state, i.last_error) == (S.CANCELLED, f"superseded by removal job {removal}")
+    assert state_of(store, removal).state is S.PENDING
