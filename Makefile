@@ -56,7 +56,7 @@ test: $(STAMP) system-deps lint typecheck
 # cover each mutant against it ([tool.mutmut] in pyproject.toml; docs/testing.md). A fresh
 # run each time, with a fixed hypothesis seed and fewer state-machine examples so that a
 # verdict does not depend on the draw; `$(BIN)/mutmut results` then lists the survivors.
-MUTATION_ENV := PACKDIST_HYPOTHESIS_SEED=0 PACKDIST_MACHINE_EXAMPLES=15 PACKDIST_DRIVE_TIMEOUT=8 \
+MUTATION_ENV := PACKDIST_HYPOTHESIS_SEED=0 PACKDIST_MACHINE_EXAMPLES=15 PACKDIST_DRIVE_TIMEOUT=5 \
 	TMPDIR=$(CURDIR)/.mutmut-cache/tmp
 mutation: $(STAMP)
 	rm -rf mutants .mutmut-cache

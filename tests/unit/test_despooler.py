@@ -61,7 +61,7 @@ def test_giving_up_counts_attempts_since_the_operators_last_retry(tmp_path: Path
 
 
 def test_an_install_longer_than_the_lease_keeps_its_lease(tmp_path: Path) -> None:
-    slow = FakeAgent(install_seconds=4.0)
+    slow = FakeAgent(install_seconds=2.6)  # longer than two leases
 
     async def scenario() -> tuple[Any, list[str]]:
         async with rig(tmp_path, dp1=slow) as r:
