@@ -18,6 +18,8 @@ from typing import Any
 
 from aiohttp import web
 
+from packdist.auth import bearer, check_site_assertion
+from packdist.core.signing import VerifyKey
 from packdist.despooler import Despooler, PeerSettings, StoreRunner
 from packdist.http import new_session
 from packdist.retry import RetryPolicy
@@ -28,6 +30,8 @@ from packdist.store.core import Store
 from tests.harness import free_port
 
 PACKAGE = web.AppKey("package_id", str)
+SITE_KEY = web.AppKey("site_key", VerifyKey)
+SERVER = web.AppKey("server", str)
 # How long a scenario may take to reach its end. Each takes a few seconds; `make mutation`
 # lowers the bound, since a mutant that never gets there would hold its run this long.
 DRIVE_TIMEOUT = float(os.environ.get("PACKDIST_DRIVE_TIMEOUT", "20"))
@@ -55,6 +59,24 @@ class FakeAgent:
     cancels: list[str] = field(default_factory=list)
     started: dict[str, float] = field(default_factory=dict)
     stalled: bool = False  # answers "installing" with no progress, forever
+    refused: list[str] = field(default_factory=list)  # credentials refused, and why
+
+    @web.middleware
+    async def check_credential(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """As the real agent: every call carries a site credential addressed to this
+        server, for this method and path."""
+        try:
+            check_site_assertion(
+                bearer(request.headers.get("Authorization")),
+                request.app[SITE_KEY],
+                request.app[SERVER],
+                method=request.method,
+                path=request.rel_url.raw_path,
+            )
+        except Exception as exc:
+            self.refused.append(str(exc))
+            return web.json_response({"error": str(exc), "error_kind": "auth"}, status=401)
+        return await handler(request)
 
     def _status(self, pid: str) -> dict[str, Any]:
         if pid in self.cancels:
@@ -118,8 +140,10 @@ async def rig(tmp_path: Path, **agents: FakeAgent) -> AsyncIterator[Rig]:
     runners: list[web.AppRunner] = []
     try:
         for name, agent in agents.items():
-            app = web.Application()
+            app = web.Application(middlewares=[agent.check_credential])
             app[PACKAGE] = record.id
+            app[SITE_KEY] = home.signing_key().public
+            app[SERVER] = name
             app.router.add_post("/v1/install", agent.install)
             app.router.add_get("/v1/installs/{package_id}", agent.status)
             app.router.add_post("/v1/installs/{package_id}/cancel", agent.cancel)

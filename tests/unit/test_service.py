@@ -543,10 +543,11 @@ def test_a_superseded_attempt_that_gives_up_is_cancelled_too(
 ) -> None:
     install = service.distribute(pkg.id, ["dp1"], T0)
     c = claim(service, T0 + 1)
-    service.remove(pkg.id, ["dp1"], T0 + 2)
+    removal = service.remove(pkg.id, ["dp1"], T0 + 2)
     service.record_failure(c, "corrupt", ErrorKind.INTEGRITY, NO_JITTER, T0 + 3)
     i = state_of(store, install)
     assert (i.state, i.error_kind) == (S.CANCELLED, None)
+    assert i.last_error == f"superseded by removal job {removal}"
     assert history(store)[0][3:5] == (T0 + 3, "superseded")
 
 
@@ -731,3 +732,13 @@ def test_an_operator_retry_of_a_removal_supersedes_a_newer_install(
     i = state_of(store, install)
     assert (i.state, i.last_error) == (S.CANCELLED, f"superseded by removal job {removal}")
     assert state_of(store, removal).state is S.PENDING
+
+
+def test_only_the_lease_holder_ends_a_removal(
+    store: Store, service: Service, pkg: PackageRecord, servers: list[str]
+) -> None:
+    removal = service.remove(pkg.id, ["dp1"], T0)
+    r = claim(service, T0 + 1)
+    with pytest.raises(InvalidTransition):
+        service.mark_removed(r.instruction_id, "w2", T0 + 2)
+    assert state_of(store, removal).state is S.SENDING
