@@ -53,6 +53,7 @@ class FakeAgent:
     outcome: Callable[[str], dict[str, Any]] = installed
     removal: Callable[[], dict[str, Any]] = lambda: {"state": "removed"}
     forget: int = 0
+    removal_seconds: float = 0.0  # how long a removal takes before the agent answers
     installs: list[str] = field(default_factory=list)
     bodies: list[dict[str, Any]] = field(default_factory=list)  # each install request's body
     removals: list[dict[str, Any]] = field(default_factory=list)
@@ -111,6 +112,7 @@ class FakeAgent:
 
     async def remove(self, request: web.Request) -> web.Response:
         self.removals.append(await request.json())
+        await asyncio.sleep(self.removal_seconds)
         return web.json_response(self.removal())
 
 

@@ -488,3 +488,54 @@ def test_an_install_that_keeps_moving_is_not_given_up(
 
     (i,) = asyncio.run(scenario()).instructions
     assert (i.state.value, i.attempts) == ("installed", 1)
+
+
+def test_a_removal_that_ends_after_its_lease_was_taken_over_does_not_end_it(
+    tmp_path: Path,
+) -> None:
+    agent = FakeAgent(removal_seconds=1.0)
+
+    async def scenario() -> Any:
+        async with rig(tmp_path, dp1=agent) as r:
+            service = r.service()
+            job_id = service.remove(r.package_id, ["dp1"], time.time())
+            taken: list[float] = []
+
+            def taken_over(job: Any) -> bool:
+                if not taken and agent.removals:
+                    later = time.time() + 60  # this worker's lease ran out; another claims it
+                    service.recover_expired_leases(later)
+                    if service.claim_ready("other-worker", 600, 1, later):
+                        taken.append(time.monotonic())
+                return bool(taken) and time.monotonic() - taken[0] > 1.5  # the answer came
+
+            await drive(r, job_id, taken_over)
+            (i,) = r.job(job_id).instructions
+            return i, r.store.instruction(i.id)
+
+    i, row = asyncio.run(scenario())
+    assert (i.state.value, row["lease_owner"]) == ("sending", "other-worker")
+
+
+def test_a_renewed_lease_still_runs_out_when_its_worker_stops(tmp_path: Path) -> None:
+    slow = FakeAgent(install_seconds=30.0)
+
+    async def scenario() -> int:
+        async with rig(tmp_path, dp1=slow) as r:
+            job_id = r.service().distribute(r.package_id, ["dp1"], time.time())
+            started: list[float] = []
+            recovered: list[int] = []
+
+            def renewed_then_gone(job: Any) -> bool:
+                if not started and slow.installs:
+                    started.append(time.monotonic())
+                if started and time.monotonic() - started[0] > 1.0:  # renewed twice by now
+                    # as if the worker had died now: its lease ends within one lease
+                    recovered.append(r.service().recover_expired_leases(time.time() + 1.3))
+                    return True
+                return False
+
+            await drive(r, job_id, renewed_then_gone, lease=1.2)
+            return recovered[0]
+
+    assert asyncio.run(scenario()) == 1

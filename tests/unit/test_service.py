@@ -742,3 +742,28 @@ def test_only_the_lease_holder_ends_a_removal(
     with pytest.raises(InvalidTransition):
         service.mark_removed(r.instruction_id, "w2", T0 + 2)
     assert state_of(store, removal).state is S.SENDING
+
+
+def test_giving_up_keeps_the_kind_of_the_last_failure(
+    store: Store, service: Service, pkg: PackageRecord, servers: list[str]
+) -> None:
+    job_id = service.distribute(pkg.id, ["dp1"], T0, max_attempts=1)
+    c = claim(service, T0 + 1)
+    assert service.record_failure(c, "no space left", ErrorKind.DISK, NO_JITTER, T0 + 2) is False
+    i = state_of(store, job_id)
+    assert (i.state, i.error_kind) == (S.FAILED, "disk")
+
+
+@pytest.mark.parametrize(("due_in", "words"), [(0.25, "retry in 0.2s"), (-3.0, "retry in 0.0s")])
+def test_the_timeline_says_when_a_retry_is_due(
+    store: Store,
+    service: Service,
+    pkg: PackageRecord,
+    servers: list[str],
+    due_in: float,
+    words: str,
+) -> None:
+    job_id = service.distribute(pkg.id, ["dp1"], T0)
+    c = claim(service, T0 + 1)
+    service.schedule_retry(c.instruction_id, c.lease, "busy", T0 + 2 + due_in, T0 + 2)
+    assert timeline(store, job_id)[-1] == ("failure", "dp1", f"busy; {words}")
