@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from packdist.auth import PEER_CHUNKS_PATH, check_site_assertion
 from packdist.core.digest import Digest
 from tests.unit.despooler_rig import FakeAgent, done, drive, rig
 
@@ -253,8 +254,11 @@ def test_an_install_is_told_of_a_live_holder_unless_peers_are_off(
 
     receiver, holder = FakeAgent(), FakeAgent()
 
-    async def scenario() -> None:
+    site_key: list[Any] = []
+
+    async def scenario() -> str:
         async with rig(tmp_path, dp1=receiver, dp2=holder) as r:
+            site_key.append(r.home.signing_key().public)
             now = time.time()
             r.service().record_heartbeat("dp1", "b", None, [], now, 7.0)
             r.service().record_heartbeat("dp2", "b", None, [r.package_id], now, 7.0)
@@ -262,10 +266,14 @@ def test_an_install_is_told_of_a_live_holder_unless_peers_are_off(
             job_id = r.service().distribute(r.package_id, ["dp1"], now, options=options)
             site = PeerSettings(enabled=peers != "off for the site")
             await drive(r, job_id, done, peers=site)
+            return r.package_id
 
-    asyncio.run(scenario())
-    offered = [p["name"] for p in receiver.bodies[0].get("peers", [])]
-    assert offered == (["dp2"] if peers == "on" else [])
+    package_id = asyncio.run(scenario())
+    offered = receiver.bodies[0].get("peers", [])
+    assert [p["name"] for p in offered] == (["dp2"] if peers == "on" else [])
+    for p in offered:  # dp2 lets dp1 fetch this package's chunks with it
+        claims = check_site_assertion(p["token"], site_key[0], "dp2", "POST", PEER_CHUNKS_PATH)
+        assert (claims["sub"], claims["pkg"]) == ("dp1", package_id)
 
 
 def test_the_agents_progress_is_recorded_with_the_install(tmp_path: Path) -> None:
