@@ -30,13 +30,13 @@ def test_an_installed_report_for_another_package_id_is_not_taken_as_installed(
     async def scenario() -> Any:
         async with rig(tmp_path, dp1=liar) as r:
             job_id = r.service().distribute(r.package_id, ["dp1"], time.time())
-            return await drive(r, job_id, done), r.store.holdings("dp1")
+            return await drive(r, job_id, done), r.store.holdings("dp1"), r.package_id
 
-    job, holdings = asyncio.run(scenario())
+    job, holdings, package_id = asyncio.run(scenario())
     (i,) = job.instructions
     assert i.state.value == "failed"
     assert i.error_kind == "integrity"
-    assert "reported package id ffffffffffff" in (i.last_error or "")
+    assert i.last_error == f"dp1 reported package id {'f' * 12}…, expected {package_id[:12]}…"
     assert holdings == set()
 
 
@@ -221,20 +221,21 @@ def test_a_removal_the_agent_does_not_confirm_is_retried_with_its_reason(
 
 
 def test_an_install_sends_no_repair_flag_and_no_peers_when_there_are_none(tmp_path: Path) -> None:
-    agent = FakeAgent()
+    agent = FakeAgent()  # it reports no byte counts either
 
-    async def scenario() -> None:
+    async def scenario() -> Any:
         async with rig(tmp_path, dp1=agent) as r:
             job_id = r.service().distribute(r.package_id, ["dp1"], time.time())
-            await drive(r, job_id, done)
+            return await drive(r, job_id, done)
 
-    asyncio.run(scenario())
+    (i,) = asyncio.run(scenario()).instructions
     (body,) = agent.bodies
     assert sorted(body) == ["manifest", "signature"]
+    assert (i.bytes_sent, i.bytes_total, i.bytes_from_peers, i.bytes_done) == (0, 0, 0, 0)
 
 
-def test_a_repair_job_asks_the_agent_to_repair(tmp_path: Path) -> None:
-    agent = FakeAgent()
+def test_a_repair_job_asks_the_agent_to_repair_again_after_it_forgot(tmp_path: Path) -> None:
+    agent = FakeAgent(install_seconds=0.3, forget=1)
 
     async def scenario() -> None:
         async with rig(tmp_path, dp1=agent) as r:
@@ -243,7 +244,7 @@ def test_a_repair_job_asks_the_agent_to_repair(tmp_path: Path) -> None:
             await drive(r, job_id, done)
 
     asyncio.run(scenario())
-    assert agent.bodies[0]["repair"] is True
+    assert [b.get("repair") for b in agent.bodies] == [True, True]
 
 
 @pytest.mark.parametrize("peers", ["on", "off for the job", "off for the site"])
@@ -547,3 +548,30 @@ def test_a_renewed_lease_still_runs_out_when_its_worker_stops(tmp_path: Path) ->
             return recovered[0]
 
     assert asyncio.run(scenario()) == 1
+
+
+def test_an_install_that_ends_after_its_lease_was_taken_over_does_not_end_it(
+    tmp_path: Path,
+) -> None:
+    agent = FakeAgent(install_seconds=1.0)
+
+    async def scenario() -> Any:
+        async with rig(tmp_path, dp1=agent) as r:
+            service = r.service()
+            job_id = service.distribute(r.package_id, ["dp1"], time.time())
+            taken: list[float] = []
+
+            def taken_over(job: Any) -> bool:
+                if not taken and agent.installs:
+                    later = time.time() + 60  # this worker's lease ran out; another claims it
+                    service.recover_expired_leases(later)
+                    if service.claim_ready("other-worker", 600, 1, later):
+                        taken.append(time.monotonic())
+                return bool(taken) and time.monotonic() - taken[0] > 1.5  # "installed" came
+
+            await drive(r, job_id, taken_over)
+            (i,) = r.job(job_id).instructions
+            return i, r.store.instruction(i.id)
+
+    i, row = asyncio.run(scenario())
+    assert (i.state.value, row["lease_owner"]) == ("sending", "other-worker")
