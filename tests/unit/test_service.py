@@ -506,6 +506,8 @@ def test_a_stopping_worker_hands_back_every_lease_it_holds_due_at_once(
     assert service.release_leases("host:1:ab", T0 + 5) == 1
     i = state_of(store, job_id, mine.server)
     assert (i.state, i.next_attempt_at, i.last_error) == (S.RETRYING, T0 + 5, None)
+    row = store.instruction(mine.instruction_id)
+    assert row is not None and row["lease_owner"] is None
     assert state_of(store, job_id, other.server).state is S.SENDING
     assert timeline(store, job_id)[-1] == (
         "recovered",
@@ -767,3 +769,15 @@ def test_the_timeline_says_when_a_retry_is_due(
     c = claim(service, T0 + 1)
     service.schedule_retry(c.instruction_id, c.lease, "busy", T0 + 2 + due_in, T0 + 2)
     assert timeline(store, job_id)[-1] == ("failure", "dp1", f"busy; {words}")
+
+
+def test_a_stopping_worker_hands_back_the_rest_after_a_superseded_attempt(
+    store: Store, service: Service, pkg: PackageRecord, servers: list[str]
+) -> None:
+    install = service.distribute(pkg.id, ["dp1", "dp2"], T0)
+    first = claim(service, T0 + 1, owner="host:1:ab:1")
+    second = claim(service, T0 + 1, owner="host:1:ab:2")
+    service.remove(pkg.id, [first.server], T0 + 2)  # supersedes the first attempt only
+    assert service.release_leases("host:1:ab", T0 + 3) == 2
+    assert state_of(store, install, first.server).state is S.CANCELLED
+    assert state_of(store, install, second.server).state is S.RETRYING
