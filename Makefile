@@ -8,7 +8,7 @@ PYTEST_TMP := --basetemp=$(CURDIR)/.pytest-tmp
 
 install: $(STAMP) system-deps
 
-.PHONY: install test demo lint typecheck unit integration lab bench clean system-deps
+.PHONY: install test demo lint typecheck unit integration lab bench clean system-deps mutation
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,20 @@ lab: $(STAMP) system-deps
 
 test: $(STAMP) system-deps lint typecheck
 	$(BIN)/pytest -q -rs $(PYTEST_TMP) tests
+
+# Mutation testing (not part of `make test`): mutmut mutates the rules (states.py, retry.py),
+# the despooler and the service layer one change at a time, and runs the unit tests that
+# cover each mutant against it ([tool.mutmut] in pyproject.toml; docs/testing.md). A fresh
+# run each time, with a fixed hypothesis seed and fewer state-machine examples so that a
+# verdict does not depend on the draw; `$(BIN)/mutmut results` then lists the survivors.
+MUTATION_ENV := PACKDIST_HYPOTHESIS_SEED=0 PACKDIST_MACHINE_EXAMPLES=15 PACKDIST_DRIVE_TIMEOUT=5 \
+	TMPDIR=$(CURDIR)/.mutmut-cache/tmp
+mutation: $(STAMP)
+	rm -rf mutants .mutmut-cache
+	mkdir -p .mutmut-cache/tmp
+	$(MUTATION_ENV) $(BIN)/mutmut run --max-children 2 > .mutmut-cache/run.log 2>&1 \
+	  || { tail -c 3000 .mutmut-cache/run.log; exit 1; }
+	$(BIN)/python -m tests.mutation_score
 
 demo: $(STAMP)
 	$(BIN)/python -m packdist.demo

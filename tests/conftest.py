@@ -118,8 +118,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             terminalreporter.write_line(f"{count:8d}  {surface}")
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_configure(config: pytest.Config) -> None:
+def _empty_basetemp(config: pytest.Config) -> None:
     """Empty ``--basetemp`` (``make test`` gives one in the checkout) without recursion
     before pytest does: its own removal fails on a tree deeper than Python's recursion limit,
     which the deep-tree tests make (and a test killed mid-way leaves behind)."""
@@ -128,3 +127,58 @@ def pytest_configure(config: pytest.Config) -> None:
         from packdist.core.fsutil import remove_tree
 
         remove_tree(Path(basetemp))
+
+
+# --- hypothesis: fresh examples on every run, and the seed to replay them ----------------
+# Hypothesis's built-in "ci" profile (loaded when CI is set) is derandomized: every CI run
+# would replay the same examples. Ours draws new ones in each session from one seed, shown
+# in the header, so a failure found anywhere replays with PACKDIST_HYPOTHESIS_SEED=N.
+
+HYPOTHESIS_SEED_ENV = "PACKDIST_HYPOTHESIS_SEED"
+
+
+def _load_hypothesis_profile() -> int:
+    """Load the "packdist" profile (the "ci" one, randomized, under CI) and return this
+    session's seed."""
+    import random
+
+    from hypothesis import settings
+
+    under_ci = settings.get_current_profile_name() == "ci"
+    settings.register_profile(
+        "packdist",
+        parent=settings.get_profile("ci") if under_ci else None,
+        derandomize=False,  # else hypothesis ignores the seed and replays fixed examples
+        print_blob=True,
+        **({"database": None} if under_ci else {}),  # a fresh clone has nothing to replay
+    )
+    settings.load_profile("packdist")
+    raw = os.environ.get(HYPOTHESIS_SEED_ENV, "").strip()
+    return int(raw) if raw else random.SystemRandom().randrange(2**32)
+
+
+HYPOTHESIS_SEED = _load_hypothesis_profile()
+
+
+class _HypothesisSeedReport:
+    """The seed line: in the header, and (the header is hidden under ``-q``, as in
+    ``make test``) again in the closing summary."""
+
+    def __init__(self, seed: str) -> None:
+        self.line = f"hypothesis seed: {seed} ({HYPOTHESIS_SEED_ENV}={seed} replays it)"
+
+    def pytest_report_header(self) -> str:
+        return self.line
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        terminalreporter.write_line(self.line)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    _empty_basetemp(config)
+    # hypothesis's pytest plugin reads the option in its own pytest_configure, after this
+    if config.getoption("hypothesis_seed", None) is None:
+        config.option.hypothesis_seed = str(HYPOTHESIS_SEED)
+    report = _HypothesisSeedReport(config.option.hypothesis_seed)
+    config.pluginmanager.register(report, "packdist-hypothesis-seed")

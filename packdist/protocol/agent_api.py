@@ -9,7 +9,7 @@ import aiohttp
 
 from packdist.auth import site_assertion
 from packdist.core.signing import SigningKey
-from packdist.errors import RemoteError
+from packdist.errors import RemoteError, UserError
 from packdist.http import CONTROL, Timeouts, request
 from packdist.protocol.messages import InstallRequest, InstallStatus, RemoveRequest
 
@@ -48,7 +48,15 @@ class AgentClient:
             headers=self._headers("POST", url),
             timeouts=CONTROL,
         ) as resp:
-            return InstallStatus.from_json(await resp.json())
+            return self._status_of(await resp.json())
+
+    def _status_of(self, body: object) -> InstallStatus:
+        """The agent's answer as a status; one that is not is the agent's fault, and worth
+        another attempt (an agent being upgraded, a proxy in the way)."""
+        try:
+            return InstallStatus.from_json(body)
+        except UserError as exc:
+            raise RemoteError(f"{self.server} answered a malformed status: {exc.message}") from exc
 
     async def remove(self, package_id: str, ref: str) -> dict[str, Any]:
         """Have the agent remove ``ref`` (NAME@VERSION, package ``package_id``); it answers
@@ -83,7 +91,7 @@ class AgentClient:
             async with request(
                 self._session, method, url, headers=self._headers(method, url), timeouts=CONTROL
             ) as resp:
-                return InstallStatus.from_json(await resp.json())
+                return self._status_of(await resp.json())
         except RemoteError as exc:
             if exc.status == 404:
                 return None

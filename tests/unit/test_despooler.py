@@ -1,166 +1,25 @@
 """The despooler driven directly: a real store and site home, a real HTTP fake agent.
 
-Each fake agent answers the agent protocol (install, status, cancel) the way a test asks,
-so the despooler's own rules are tested one by one: what counts as installed, when it gives
-up, how it keeps its lease, how a failure's kind decides what comes next, and that a cancel
-reaches the agent.
+Each fake agent (tests/unit/despooler_rig.py) answers the agent protocol (install, status,
+cancel, remove) the way a test asks, so the despooler's own rules are tested one by one: what
+counts as installed, when it gives up, how it keeps its lease, how a failure's kind decides
+what comes next, and that a cancel reaches the agent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
+from packdist.auth import PEER_CHUNKS_PATH, check_site_assertion
 from packdist.core.digest import Digest
-from packdist.despooler import Despooler, StoreRunner
-from packdist.http import new_session
-from packdist.retry import RetryPolicy
-from packdist.service import Service
-from packdist.site.home import SiteHome
-from packdist.site.importer import import_tree
-from packdist.store.core import Store
-from tests.harness import free_port
+from tests.unit.despooler_rig import FakeAgent, done, drive, rig
 
 pytestmark = pytest.mark.timeout(60)
-PACKAGE = web.AppKey("package_id", str)
-
-
-@dataclass
-class FakeAgent:
-    """An agent that installs in ``install_seconds`` and then reports ``outcome``."""
-
-    install_seconds: float = 0.0
-    outcome: Callable[[str], dict[str, Any]] = lambda pid: {"state": "installed", "package_id": pid}
-    installs: list[str] = field(default_factory=list)
-    cancels: list[str] = field(default_factory=list)
-    started: dict[str, float] = field(default_factory=dict)
-    hangs: bool = False  # takes the request and never answers (a hung server)
-    released: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def _status(self, pid: str) -> dict[str, Any]:
-        if pid in self.cancels:
-            return {"state": "cancelled", "package_id": pid}
-        elapsed = time.monotonic() - self.started[pid]
-        if elapsed < self.install_seconds:  # progress moves: the despooler sees it alive
-            return {"state": "installing", "package_id": pid, "progress": int(elapsed * 100)}
-        return self.outcome(pid)
-
-    async def install(self, request: web.Request) -> web.Response:
-        pid = request.app[PACKAGE]
-        self.installs.append(pid)
-        if self.hangs:  # until the test ends (then answers nobody)
-            await self.released.wait()
-        self.started.setdefault(pid, time.monotonic())
-        return web.json_response(self._status(pid), status=202)
-
-    async def status(self, request: web.Request) -> web.Response:
-        pid = request.match_info["package_id"]
-        wait = float(request.query.get("wait", "0"))
-        await asyncio.sleep(min(wait, 0.2))
-        return web.json_response(self._status(pid))
-
-    async def cancel(self, request: web.Request) -> web.Response:
-        pid = request.match_info["package_id"]
-        self.cancels.append(pid)
-        return web.json_response({"state": "cancelled", "package_id": pid})
-
-
-@dataclass
-class Rig:
-    home: SiteHome
-    store: Store
-    package_id: str
-    chunks: list[str]  # the library's chunk files (hex digests)
-
-    def service(self) -> Service:
-        return Service(self.store)
-
-    def job(self, job_id: str) -> Any:
-        return self.store.get_job(job_id)
-
-
-@asynccontextmanager
-async def rig(tmp_path: Path, **agents: FakeAgent) -> AsyncIterator[Rig]:
-    """A site home with one small package, and each fake agent enrolled as a server."""
-    home = SiteHome.init(tmp_path / "site", "s")
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "file.bin").write_bytes(b"packdist " * 5000)
-    record, _ = import_tree(home, src, "app", "1.0")
-    store = home.store()
-    runners: list[web.AppRunner] = []
-    try:
-        for name, agent in agents.items():
-            app = web.Application()
-            app[PACKAGE] = record.id
-            app.router.add_post("/v1/install", agent.install)
-            app.router.add_get("/v1/installs/{package_id}", agent.status)
-            app.router.add_post("/v1/installs/{package_id}/cancel", agent.cancel)
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            runners.append(runner)
-            port = free_port()
-            await web.TCPSite(runner, "127.0.0.1", port).start()
-            url = f"http://127.0.0.1:{port}"
-            Service(store).add_server(name, url, f"hash-{name}", [], None, time.time())
-        chunks = sorted(p.name for p in (home.root / "library").glob("??/*") if len(p.name) == 64)
-        yield Rig(home, store, record.id, chunks)
-    finally:
-        for agent in agents.values():
-            agent.released.set()
-        for r in runners:
-            await r.cleanup()
-        store.close()
-
-
-async def drive(
-    rig: Rig,
-    job_id: str,
-    until: Callable[[Any], bool],
-    lease: float = 10.0,
-    timeout: float = 20,
-    max_in_flight: int = 64,
-) -> Any:
-    """Run a despooler on the rig's site until ``until(job)`` holds (or ``timeout``)."""
-    runner = StoreRunner(rig.home.store())
-    session = new_session()
-    policy = RetryPolicy(initial=0.05, factor=1.0, cap=0.05, jitter=0.0)
-    despooler = Despooler(
-        runner,
-        rig.home.signing_key(),
-        session,
-        policy=policy,
-        lease=lease,
-        max_in_flight=max_in_flight,
-        library=rig.home.library,
-    )
-    task = asyncio.create_task(despooler.run())
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            job = rig.job(job_id)
-            if until(job):
-                return job
-            assert time.monotonic() < deadline, f"timed out: {job}"
-            await asyncio.sleep(0.05)
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await despooler.shutdown()
-        await session.close()
-        runner.close()
-
-
-def done(job: Any) -> bool:
-    return all(i.state.value in ("installed", "failed", "cancelled") for i in job.instructions)
 
 
 def test_an_installed_report_for_another_package_id_is_not_taken_as_installed(
@@ -171,13 +30,13 @@ def test_an_installed_report_for_another_package_id_is_not_taken_as_installed(
     async def scenario() -> Any:
         async with rig(tmp_path, dp1=liar) as r:
             job_id = r.service().distribute(r.package_id, ["dp1"], time.time())
-            return await drive(r, job_id, done), r.store.holdings("dp1")
+            return await drive(r, job_id, done), r.store.holdings("dp1"), r.package_id
 
-    job, holdings = asyncio.run(scenario())
+    job, holdings, package_id = asyncio.run(scenario())
     (i,) = job.instructions
     assert i.state.value == "failed"
     assert i.error_kind == "integrity"
-    assert "reported package id ffffffffffff" in (i.last_error or "")
+    assert i.last_error == f"dp1 reported package id {'f' * 12}…, expected {package_id[:12]}…"
     assert holdings == set()
 
 
@@ -203,7 +62,7 @@ def test_giving_up_counts_attempts_since_the_operators_last_retry(tmp_path: Path
 
 
 def test_an_install_longer_than_the_lease_keeps_its_lease(tmp_path: Path) -> None:
-    slow = FakeAgent(install_seconds=4.0)
+    slow = FakeAgent(install_seconds=2.6)  # longer than two leases
 
     async def scenario() -> tuple[Any, list[str]]:
         async with rig(tmp_path, dp1=slow) as r:
@@ -294,16 +153,19 @@ def test_an_install_taken_over_by_another_worker_is_not_cancelled_on_the_agent(
             service = r.service()
             job_id = service.distribute(r.package_id, ["dp1"], time.time())
 
+            taken: list[float] = []
+
             def taken_over(job: Any) -> bool:
-                if job.instructions[0].state.value == "sending" and slow.installs:
+                if not taken and job.instructions[0].state.value == "sending" and slow.installs:
                     # the lease runs out under this worker; another one claims it
                     later = time.time() + 60
                     service.recover_expired_leases(later)
-                    return bool(service.claim_ready("other-worker", 600, 1, later))
-                return False
+                    if service.claim_ready("other-worker", 600, 1, later):
+                        taken.append(time.monotonic())
+                # the worker runs on longer than a lease renewal: it notices the loss
+                return bool(taken) and time.monotonic() - taken[0] > 2.5
 
             await drive(r, job_id, taken_over)
-            await asyncio.sleep(3)  # longer than a lease renewal: the loss is noticed
             return r.job(job_id)
 
     job = asyncio.run(scenario())
@@ -359,3 +221,436 @@ def test_a_chunk_that_will_not_decode_is_named_so_the_library_is_checked() -> No
     with pytest.raises(DecodeError) as caught:
         decode(Encoding.ZSTD, b"not zstd at all", 100, digest)
     assert caught.value.digest == digest.hex
+
+
+# --- what the agent is told, and what its answers lead to -----------------------------------
+
+
+def attempt_outcomes(r: Any) -> list[tuple[int, str | None, str | None]]:
+    return [(a["attempt"], a["outcome"], a["error_kind"]) for a in r.store.attempt_history()]
+
+
+def test_a_removal_tells_the_agent_which_version_and_ends_removed(tmp_path: Path) -> None:
+    agent = FakeAgent()
+
+    async def scenario() -> Any:
+        async with rig(tmp_path, dp1=agent) as r:
+            r.service().record_heartbeat("dp1", "b", None, [r.package_id], time.time(), 7.0)
+            job_id = r.service().remove(r.package_id, ["dp1"], time.time())
+            job = await drive(r, job_id, done)
+            return r.package_id, job, r.store.holdings("dp1"), attempt_outcomes(r)
+
+    package_id, job, holdings, attempts = asyncio.run(scenario())
+    assert agent.removals == [{"package_id": package_id, "package": "app@1.0"}]
+    assert agent.installs == []
+    assert job.instructions[0].state.value == "removed"
+    assert holdings == set()
+    assert attempts == [(1, "removed", None)]
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        ({"state": "busy", "error": "installing that version"}, "installing that version"),
+        ({"state": "busy"}, "dp1 did not confirm the removal"),
+    ],
+)
+def test_a_removal_the_agent_does_not_confirm_is_retried_with_its_reason(
+    tmp_path: Path, answer: dict[str, Any], error: str
+) -> None:
+    agent = FakeAgent(removal=lambda: answer)
+
+    async def scenario() -> Any:
+        async with rig(tmp_path, dp1=agent) as r:
+            job_id = r.service().remove(r.package_id, ["dp1"], time.time())
+            return await drive(r, job_id, lambda j: j.instructions[0].attempts >= 2)
+
+    (i,) = asyncio.run(scenario()).instructions
+    assert i.state.value in ("retrying", "sending")
+    assert (i.last_error, i.error_kind) == (error, "transient")
+
+
+def test_an_install_sends_no_repair_flag_and_no_peers_when_there_are_none(tmp_path: Path) -> None:
+    agent = FakeAgent()  # it reports no byte counts either
+
+    async def scenario() -> Any:
+        async with rig(tmp_path, dp1=agent) as r:
+            job_id = r.service().distribute(r.package_id, ["dp1"], time.time())
+            return await drive(r, job_id, done)
+
+    (i,) = asyncio.run(scenario()).instructions
+    (body,) = agent.bodies
+    assert sorted(body) == ["manifest", "signature"]
+    assert (i.bytes_sent, i.bytes_total, i.bytes_from_peers, i.bytes_done) == (0, 0, 0, 0)
+
+
+def test_a_repair_job_asks_the_agent_to_repair_again_after_it_forgot(tmp_path: Path) -> None:
+    agent = FakeAgent(install_seconds=0.3, forget=1)
+
+    async def scenario() -> None:
+        async with rig(tmp_path, dp1=agent) as r:
+            options = {"repair": True}
+            job_id = r.service().distribute(r.package_id, ["dp1"], time.time(), options=options)
+            await drive(r, job_id, done)
+
+    asyncio.run(scenario())
+    assert [b.get("repair") for b in agent.bodies] == [True, True]
+
+
+@pytest.mark.parametrize("peers", ["on", "off for the job", "off for the site"])
+def test_an_install_is_told_of_a_live_holder_unless_peers_are_off(
+    tmp_path: Path, peers: str
+) -> None:
+    from packdist.despooler import PeerSettings
+
+    receiver, holder = FakeAgent(), FakeAgent()
+
+    site_key: list[Any] = []
+
+    async def scenario() -> str:
+        async with rig(tmp_path, dp1=receiver, dp2=holder) as r:
+            site_key.append(r.home.signing_key().public)
+            now = time.time()
+            r.service().record_heartbeat("dp1", "b", None, [], now, 7.0)
+            r.service().record_heartbeat("dp2", "b", None, [r.package_id], now, 7.0)
+            options = {"peers": False} if peers == "off for the job" else {}
+            job_id = r.service().distribute(r.package_id, ["dp1"], now, options=options)
+            site = PeerSettings(enabled=peers != "off for the site")
+            await drive(r, job_id, done, peers=site)
+            return r.package_id
+
+    package_id = asyncio.run(scenario())
+    offered = receiver.bodies[0].get("peers", [])
+    assert [p["name"] for p in offered] == (["dp2"] if peers == "on" else [])
+    for p in offered:  # dp2 lets dp1 fetch this package's chunks with it
+        claims = check_site_assertion(p["token"], site_key[0], "dp2", "POST", PEER_CHUNKS_PATH)
+        assert (claims["sub"], claims["pkg"]) == ("dp1", package_id)
+
+
+def test_the_agents_progress_is_recorded_with_the_install(tmp_path: Path) -> None:
+    def with_bytes(pid: str) -> dict[str, Any]:
+        counts = {"bytes_wire": 300, "bytes_total": 45000, "bytes_from_peers": 100}
+        return {**installed_report(pid), **counts, "bytes_done": 45000}
+
+    agent = FakeAgent(outcome=with_bytes)
+
+    async def scenario() -> Any:
+        async with rig(tmp_path, dp1=agent) as r:
+            job_id = r.service().distribute(r.package_id, ["dp1"], time.time())
+            return await drive(r, job_id, done)
+
+    (i,) = asyncio.run(scenario()).instructions
+    assert i.state.value == "installed"
+    assert (i.bytes_sent, i.bytes_total, i.bytes_from_peers, i.bytes_done) == (
+        300,
+        45000,
+        100,
+        45000,
+    )
+
+
+def installed_report(pid: str) -> dict[str, Any]:
+    return {"state": "installed", "package_id": pid}
+
+
+def test_an_agent_that_forgot_the_install_is_asked_again_and_it_completes(
+    tmp_path: Path,
+) -> None:
+    agent = FakeAgent(install_seconds=0.3, forget=1)
+
+    async def scenario() -> Any:
+        async with rig(tmp_path, dp1=agent) as r:
+            job_id = r.service().distribute(r.package_id, ["dp1"], time.time())
+            return await drive(r, job_id, done)
+
+    (i,) = asyncio.run(scenario()).instructions
+    assert (i.state.value, i.attempts) == ("installed", 1)
+    assert len(agent.installs) == 2
+
+
+def test_an_install_stopped_on_the_agent_is_retried(tmp_path: Path) -> None:
+    agent = FakeAgent(outcome=lambda pid: {"state": "cancelled", "package_id": pid})
+
+    async def scenario() -> Any:
+        async with rig(tmp_path, dp1=agent) as r:
+            job_id = r.service().distribute(r.package_id, ["dp1"], time.time())
+            return await drive(r, job_id, lambda j: j.instructions[0].attempts >= 2)
+
+    (i,) = asyncio.run(scenario()).instructions
+    assert i.state.value != "failed"
+    assert (i.last_error, i.error_kind) == (
+        "the install was stopped on dp1; trying again",
+        "transient",
+    )
+
+
+@pytest.mark.parametrize(
+    ("reported", "state", "kind"),
+    [
+        ({"error": "no space left", "error_kind": "disk"}, "retrying", "disk"),
+        ({"error": "bad manifest", "error_kind": "refused"}, "failed", "refused"),
+        # content that failed on the agent, no chunk named: a fresh attempt re-verifies
+        ({"error": "hash mismatch", "error_kind": "integrity"}, "retrying", "transient"),
+        ({"error": "odd", "error_kind": "martian"}, "retrying", "transient"),
+        ({}, "retrying", "transient"),
+    ],
+)
+def test_a_failure_the_agent_reports_keeps_its_words_and_kind(
+    tmp_path: Path, reported: dict[str, Any], state: str, kind: str
+) -> None:
+    agent = FakeAgent(outcome=lambda pid: {"state": "failed", **reported})
+
+    async def scenario() -> Any:
+        async with rig(tmp_path, dp1=agent) as r:
+            job_id = r.service().distribute(r.package_id, ["dp1"], time.time())
+            return await drive(r, job_id, lambda j: done(j) or j.instructions[0].attempts >= 2)
+
+    (i,) = asyncio.run(scenario()).instructions
+    if state == "retrying":
+        assert i.state.value in ("retrying", "sending")
+    else:
+        assert (i.state.value, i.attempts) == (state, 1)
+    assert i.error_kind == kind
+    assert i.last_error == reported.get("error", "install failed on the agent")
+
+
+@pytest.mark.parametrize("chunk", ["known", "not a digest"])
+def test_an_integrity_fault_the_library_cannot_judge_stops_with_the_agents_words(
+    tmp_path: Path, chunk: str
+) -> None:
+    """Without the library (or a chunk name it can read), nothing says the site's copy is
+    intact: the fault is taken as an integrity fault and the instruction stops."""
+    names: list[str] = []
+    agent = FakeAgent(
+        outcome=lambda pid: {
+            "state": "failed",
+            "error": "hash mismatch",
+            "error_kind": "integrity",
+            "error_chunk": names[0],
+        }
+    )
+
+    async def scenario() -> Any:
+        async with rig(tmp_path, dp1=agent) as r:
+            names.append(r.chunks[0] if chunk == "known" else "zz")
+            job_id = r.service().distribute(r.package_id, ["dp1"], time.time())
+            return await drive(r, job_id, done, with_library=chunk != "known")
+
+    (i,) = asyncio.run(scenario()).instructions
+    assert (i.state.value, i.attempts, i.error_kind, i.last_error) == (
+        "failed",
+        1,
+        "integrity",
+        "hash mismatch",
+    )
+
+
+def test_a_bug_in_an_attempt_leaves_a_visible_retried_instruction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from packdist.service import Service
+
+    agent = FakeAgent()
+    real = Service.mark_installed
+    calls = []
+
+    def buggy_once(self: Service, *args: Any) -> None:  # a bug, injected once
+        calls.append(args)
+        if len(calls) == 1:
+            raise ValueError("a bug")
+        real(self, *args)
+
+    monkeypatch.setattr(Service, "mark_installed", buggy_once)
+
+    async def scenario() -> Any:
+        async with rig(tmp_path, dp1=agent) as r:
+            job_id = r.service().distribute(r.package_id, ["dp1"], time.time())
+            return await drive(r, job_id, done), attempt_outcomes(r)
+
+    job, attempts = asyncio.run(scenario())
+    (i,) = job.instructions
+    assert (i.state.value, i.attempts) == ("installed", 2)
+    assert attempts[0] == (1, "retry", "internal")
+
+
+def test_a_malformed_status_from_an_agent_is_retried_not_given_up(tmp_path: Path) -> None:
+    agent = FakeAgent(outcome=lambda pid: ["not", "a", "status"])  # type: ignore[arg-type,return-value]
+
+    async def scenario() -> Any:
+        async with rig(tmp_path, dp1=agent) as r:
+            job_id = r.service().distribute(r.package_id, ["dp1"], time.time())
+            return await drive(r, job_id, lambda j: j.instructions[0].attempts >= 2)
+
+    (i,) = asyncio.run(scenario()).instructions
+    assert i.state.value != "failed"
+    assert i.error_kind == "transient"
+    assert "malformed" in (i.last_error or "")
+
+
+def test_a_stopping_despooler_hands_its_attempt_back_due_at_once(tmp_path: Path) -> None:
+    agent = FakeAgent(install_seconds=30.0)
+
+    async def scenario() -> Any:
+        async with rig(tmp_path, dp1=agent) as r:
+            job_id = r.service().distribute(r.package_id, ["dp1"], time.time())
+            await drive(r, job_id, lambda j: bool(agent.installs))
+            return r.job(job_id), attempt_outcomes(r), time.time()
+
+    job, attempts, stopped = asyncio.run(scenario())
+    (i,) = job.instructions
+    assert (i.state.value, i.attempts) == ("retrying", 1)
+    assert i.next_attempt_at <= stopped
+    assert attempts == [(1, "handed back", None)]
+
+
+def test_an_older_agent_counting_chunk_bytes_has_them_recorded(tmp_path: Path) -> None:
+    agent = FakeAgent(outcome=lambda pid: {**installed_report(pid), "bytes_received": 700})
+
+    async def scenario() -> Any:
+        async with rig(tmp_path, dp1=agent) as r:
+            job_id = r.service().distribute(r.package_id, ["dp1"], time.time())
+            return await drive(r, job_id, done)
+
+    (i,) = asyncio.run(scenario()).instructions
+    assert (i.state.value, i.bytes_sent) == ("installed", 700)
+
+
+def test_the_instruction_of_a_worker_that_died_is_carried_on(tmp_path: Path) -> None:
+    agent = FakeAgent()
+
+    async def scenario() -> Any:
+        async with rig(tmp_path, dp1=agent) as r:
+            job_id = r.service().distribute(r.package_id, ["dp1"], time.time())
+            r.service().claim_ready("dead-worker:1", 0.5, 1, time.time())  # then it died
+            return await drive(r, job_id, done, lease=1.0), attempt_outcomes(r)
+
+    job, attempts = asyncio.run(scenario())
+    (i,) = job.instructions
+    assert (i.state.value, i.attempts) == ("installed", 2)
+    assert attempts == [(1, "lease expired", "transient"), (2, "installed", None)]
+
+
+def test_a_worker_runs_no_more_attempts_at_once_than_it_may(tmp_path: Path) -> None:
+    first, second = FakeAgent(install_seconds=0.4), FakeAgent(install_seconds=0.4)
+
+    async def scenario() -> None:
+        async with rig(tmp_path, dp1=first, dp2=second) as r:
+            job_id = r.service().distribute(r.package_id, ["dp1", "dp2"], time.time())
+            await drive(r, job_id, done, max_in_flight=1)
+
+    asyncio.run(scenario())
+    (a,) = first.started.values()
+    (b,) = second.started.values()
+    assert abs(a - b) >= 0.4, "the second install began while the first one ran"
+
+
+def test_an_install_that_makes_no_progress_is_given_up_and_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import packdist.despooler
+
+    monkeypatch.setattr(packdist.despooler, "STALL_LIMIT", 1.0)
+    agent = FakeAgent(stalled=True)
+
+    async def scenario() -> Any:
+        async with rig(tmp_path, dp1=agent) as r:
+            job_id = r.service().distribute(r.package_id, ["dp1"], time.time())
+            return await drive(r, job_id, lambda j: j.instructions[0].attempts >= 2)
+
+    (i,) = asyncio.run(scenario()).instructions
+    assert (i.last_error, i.error_kind) == ("install on dp1 made no progress for 1s", "transient")
+
+
+def test_an_install_that_keeps_moving_is_not_given_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import packdist.despooler
+
+    monkeypatch.setattr(packdist.despooler, "STALL_LIMIT", 1.0)
+    agent = FakeAgent(install_seconds=2.5)  # its progress moves at every answer
+
+    async def scenario() -> Any:
+        async with rig(tmp_path, dp1=agent) as r:
+            job_id = r.service().distribute(r.package_id, ["dp1"], time.time())
+            return await drive(r, job_id, done)
+
+    (i,) = asyncio.run(scenario()).instructions
+    assert (i.state.value, i.attempts) == ("installed", 1)
+
+
+def test_a_removal_that_ends_after_its_lease_was_taken_over_does_not_end_it(
+    tmp_path: Path,
+) -> None:
+    agent = FakeAgent(removal_seconds=1.0)
+
+    async def scenario() -> Any:
+        async with rig(tmp_path, dp1=agent) as r:
+            service = r.service()
+            job_id = service.remove(r.package_id, ["dp1"], time.time())
+            taken: list[float] = []
+
+            def taken_over(job: Any) -> bool:
+                if not taken and agent.removals:
+                    later = time.time() + 60  # this worker's lease ran out; another claims it
+                    service.recover_expired_leases(later)
+                    if service.claim_ready("other-worker", 600, 1, later):
+                        taken.append(time.monotonic())
+                return bool(taken) and time.monotonic() - taken[0] > 1.5  # the answer came
+
+            await drive(r, job_id, taken_over)
+            (i,) = r.job(job_id).instructions
+            return i, r.store.instruction(i.id)
+
+    i, row = asyncio.run(scenario())
+    assert (i.state.value, row["lease_owner"]) == ("sending", "other-worker")
+
+
+def test_a_renewed_lease_still_runs_out_when_its_worker_stops(tmp_path: Path) -> None:
+    slow = FakeAgent(install_seconds=30.0)
+
+    async def scenario() -> int:
+        async with rig(tmp_path, dp1=slow) as r:
+            job_id = r.service().distribute(r.package_id, ["dp1"], time.time())
+            started: list[float] = []
+            recovered: list[int] = []
+
+            def renewed_then_gone(job: Any) -> bool:
+                if not started and slow.installs:
+                    started.append(time.monotonic())
+                if started and time.monotonic() - started[0] > 1.0:  # renewed twice by now
+                    # as if the worker had died now: its lease ends within one lease
+                    recovered.append(r.service().recover_expired_leases(time.time() + 1.3))
+                    return True
+                return False
+
+            await drive(r, job_id, renewed_then_gone, lease=1.2)
+            return recovered[0]
+
+    assert asyncio.run(scenario()) == 1
+
+
+def test_an_install_that_ends_after_its_lease_was_taken_over_does_not_end_it(
+    tmp_path: Path,
+) -> None:
+    agent = FakeAgent(install_seconds=1.0)
+
+    async def scenario() -> Any:
+        async with rig(tmp_path, dp1=agent) as r:
+            service = r.service()
+            job_id = service.distribute(r.package_id, ["dp1"], time.time())
+            taken: list[float] = []
+
+            def taken_over(job: Any) -> bool:
+                if not taken and agent.installs:
+                    later = time.time() + 60  # this worker's lease ran out; another claims it
+                    service.recover_expired_leases(later)
+                    if service.claim_ready("other-worker", 600, 1, later):
+                        taken.append(time.monotonic())
+                return bool(taken) and time.monotonic() - taken[0] > 1.5  # "installed" came
+
+            await drive(r, job_id, taken_over)
+            (i,) = r.job(job_id).instructions
+            return i, r.store.instruction(i.id)
+
+    i, row = asyncio.run(scenario())
+    assert (i.state.value, row["lease_owner"]) == ("sending", "other-worker")

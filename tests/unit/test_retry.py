@@ -181,3 +181,9 @@ def test_with_limits_overrides_only_what_is_given() -> None:
 def test_give_up_property() -> None:
     assert RetryDecision(None, "why").give_up
     assert not RetryDecision(0.0).give_up
+
+
+def test_a_policys_own_limits_stand_when_a_job_sets_none() -> None:
+    base = RetryPolicy(max_attempts=4, deadline=30.0)
+    assert base.with_limits(None, None) == base
+    assert base.with_limits(2, None) == RetryPolicy(max_attempts=2, deadline=30.0)

@@ -490,7 +490,8 @@ class StoreMachine(RuleBasedStateMachine):
 
 
 StoreMachine.TestCase.settings = settings(
-    max_examples=100,
+    # fewer under `make mutation`, which runs this once per mutant
+    max_examples=int(os.environ.get("PACKDIST_MACHINE_EXAMPLES", "100")),
     stateful_step_count=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
