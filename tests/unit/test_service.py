@@ -781,3 +781,12 @@ def test_a_stopping_worker_hands_back_the_rest_after_a_superseded_attempt(
     assert service.release_leases("host:1:ab", T0 + 3) == 2
     assert state_of(store, install, first.server).state is S.CANCELLED
     assert state_of(store, install, second.server).state is S.RETRYING
+
+
+def test_a_server_is_enrolled_at_the_time_given_and_says_so_on_the_timeline(
+    store: Store, service: Service
+) -> None:
+    service.add_server("dp9", "http://dp9.test:8701", "hash-9", ["edge"], {"site": "b"}, T0 + 7)
+    (dp9,) = [s for s in store.list_servers() if s.name == "dp9"]
+    assert (dp9.created_at, dp9.groups, dp9.labels) == (T0 + 7, ("edge",), (("site", "b"),))
+    assert ("server", "dp9", "server dp9 added (http://dp9.test:8701)") in timeline(store)
