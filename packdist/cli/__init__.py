@@ -17,6 +17,7 @@ from packdist.cli import (
     remove_cmds,
     server_cmds,
     site_cmds,
+    status_cmds,
     validate_cmds,
 )
 from packdist.cli.common import home_option
@@ -43,7 +44,7 @@ cli.add_command(package_cmds.package)
 package_cmds.package.add_command(remove_cmds.package_remove)
 cli.add_command(job_cmds.distribute)
 cli.add_command(job_cmds.job)
-cli.add_command(job_cmds.status)
+cli.add_command(status_cmds.status)
 cli.add_command(event_cmds.events)
 cli.add_command(validate_cmds.validate)
 

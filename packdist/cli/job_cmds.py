@@ -19,7 +19,6 @@ from packdist.core.fsutil import human_bytes
 from packdist.core.names import check_server_name, parse_ref
 from packdist.errors import NoTargets, NotFound, UserError
 from packdist.service import Service
-from packdist.site import views
 from packdist.site.home import SiteHome
 from packdist.site.views import job_json
 from packdist.states import DONE, TERMINAL, JobState
@@ -425,56 +424,3 @@ def job_retry(job_id: str, as_json: bool) -> None:
         print_json({"job": job_id, "queued": n})
     else:
         click.echo(f"job {job_id}: {n} instruction(s) queued again")
-
-
-@click.command()
-@home_option
-@json_option
-def status(as_json: bool) -> None:
-    """The package x server matrix: what is installed where, and why not elsewhere."""
-    store = SiteHome.open(resolve_home()).store()
-    now = time.time()
-    try:
-        matrix = store.status_matrix() if as_json else {}  # the JSON's "packages" only
-        doc = views.status(store, now)
-    finally:
-        store.close()
-    servers = [s["name"] for s in doc["servers"]]
-    packages = doc["packages"]
-    if as_json:
-        print_json(
-            {
-                "servers": servers,
-                "packages": {p: matrix.get(p, {}) for p in packages},
-                "cells": doc["matrix"],
-                "server_details": doc["servers"],
-            }
-        )
-        return
-    if not packages or not servers:
-        click.echo("nothing to show yet: " + ("no packages" if not packages else "no servers"))
-        return
-    table = Table(box=None, title="package x server", title_justify="left")
-    table.add_column("package")
-    for s in doc["servers"]:
-        table.add_column(escape(s["name"] if s["online"] else f"{s['name']} (offline)"))
-    attention = []
-    for p in packages:
-        row = doc["matrix"][p]
-        table.add_row(escape(p), *[_styled(row[s]["word"]) for s in servers])
-        for s in servers:
-            c = row[s]
-            troubled = c["word"] != "in progress" or c.get("last_error")
-            if c["word"] not in ("installed", "-") and troubled and c["detail"]:
-                attention.append((p, s, c))
-    console = Console()
-    console.print(table)
-    if attention:
-        console.print()
-        console.print("[bold]not installed, and why[/bold]")
-        for p, s, c in attention:
-            job = f" (job {c['job']})" if c.get("job") else ""
-            console.print(
-                f"  {escape(p)} on {escape(s)}: {_styled(c['word'])}{escape(job)}: "
-                f"{escape(c['detail'])}"
-            )

@@ -1,0 +1,68 @@
+"""``packdist status``: the package x server matrix, and why a package is not installed."""
+
+from __future__ import annotations
+
+import time
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from packdist.cli.common import home_option, json_option, print_json, resolve_home
+from packdist.cli.job_cmds import _styled
+from packdist.site import views
+from packdist.site.home import SiteHome
+
+
+@click.command()
+@home_option
+@json_option
+def status(as_json: bool) -> None:
+    """The package x server matrix: what is installed where, and why not elsewhere."""
+    store = SiteHome.open(resolve_home()).store()
+    now = time.time()
+    try:
+        matrix = store.status_matrix() if as_json else {}  # the JSON's "packages" only
+        doc = views.status(store, now)
+    finally:
+        store.close()
+    servers = [s["name"] for s in doc["servers"]]
+    packages = doc["packages"]
+    if as_json:
+        print_json(
+            {
+                "servers": servers,
+                "packages": {p: matrix.get(p, {}) for p in packages},
+                "cells": doc["matrix"],
+                "server_details": doc["servers"],
+            }
+        )
+        return
+    if not packages or not servers:
+        click.echo("nothing to show yet: " + ("no packages" if not packages else "no servers"))
+        return
+    table = Table(box=None, title="package x server", title_justify="left")
+    table.add_column("package")
+    for s in doc["servers"]:
+        table.add_column(escape(s["name"] if s["online"] else f"{s['name']} (offline)"))
+    attention = []
+    for p in packages:
+        row = doc["matrix"][p]
+        table.add_row(escape(p), *[_styled(row[s]["word"]) for s in servers])
+        for s in servers:
+            c = row[s]
+            troubled = c["word"] != "in progress" or c.get("last_error")
+            if c["word"] not in ("installed", "-") and troubled and c["detail"]:
+                attention.append((p, s, c))
+    console = Console()
+    console.print(table)
+    if attention:
+        console.print()
+        console.print("[bold]not installed, and why[/bold]")
+        for p, s, c in attention:
+            job = f" (job {c['job']})" if c.get("job") else ""
+            console.print(
+                f"  {escape(p)} on {escape(s)}: {_styled(c['word'])}{escape(job)}: "
+                f"{escape(c['detail'])}"
+            )
