@@ -102,12 +102,6 @@ def pg_cluster() -> Iterator[Cluster]:
     cluster.stop()
 
 
-@pytest.fixture
-def pg_url(pg_cluster: Cluster) -> str:
-    """A URL of an empty database of the session's cluster, for this test alone."""
-    return pg_cluster.new_database()
-
-
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """The examples each fuzz surface tried (see tests/fuzzing.py)."""
     from tests.fuzzing import TRIED

@@ -8,7 +8,7 @@ placeholders, migrations, notifications) is kept here and in the two drivers' mo
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -75,6 +75,3 @@ class Database(abc.ABC):
 
     def rows_of(self, sql: str, params: Mapping[str, Any]) -> list[Row]:
         return self._run(*self.dialect.prepare(sql, params))[0]
-
-    def iterate(self, name: str, /, **params: Any) -> Iterator[Row]:
-        return iter(self.rows(name, **params))
