@@ -9,11 +9,15 @@
   verify against the site key it learned at enrollment and whose claims match the request
   it came with: nobody else's key, no expired or misdirected ones, and a credential seen in
   one request cannot be replayed on another route.
-* Peer credentials: the same kind of assertion, handed by the site to an agent for each
-  peer it may fetch from. It names the fetching server (``sub``) and the one package it
-  may ask for (``pkg``) and lives long enough for a transfer (``PEER_TTL``). Agents serve
+* Peer credentials: the same kind of assertion, handed by the site to an agent with the
+  peers it may fetch from. It names the fetching server (``sub``) and the one package it
+  may ask for (``pkg``), is good at any peer (``aud`` is ``ANY_PEER``) and only on the
+  peer chunk route, and lives long enough for a transfer (``PEER_TTL``). Agents serve
   chunks to each other only with one of these, so a peer is exactly as authorized as the
-  site made it.
+  site made it. One credential per install, not one per peer: signing one for each of the
+  (up to 72) peers offered cost the site more than the rest of an install at fleet scale.
+  What it allows is what the site means ("``sub`` may read ``pkg``"): a peer that sees it
+  is itself a holder or a receiver of that very package, so passing it on gains nothing.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ ASSERTION_TTL = 30.0  # seconds a site credential lives
 PEER_TTL = 4 * 3600.0  # seconds a peer credential lives: long enough for one transfer (a
 # longer one falls back to the site for what is left; its next attempt gets new ones)
 PEER_CHUNKS_PATH = "/v1/peer/chunks"
+ANY_PEER = "*"  # the audience of a peer credential: no server's name can be this
 CLOCK_SKEW = 60.0  # how far ahead of the agent's clock the site's may be
 _TOKEN = re.compile(re.escape(TOKEN_PREFIX) + r"[A-Za-z0-9_-]{43}")
 
@@ -117,13 +122,13 @@ def site_assertion(
 def check_site_assertion(
     token: str,
     key: VerifyKey,
-    audience: str,
+    audience: str | tuple[str, ...],
     method: str,
     path: str,
     now: float | None = None,
 ) -> dict[str, object]:
     """Accept the credential for ``method`` on ``path`` (query ignored) and return its
-    claims, or raise AuthError."""
+    claims, or raise AuthError. ``audience``: the server it must name (or any of them)."""
     now = time.time() if now is None else now
     try:
         payload_b64, sig_b64 = token.split(".")
@@ -135,7 +140,9 @@ def check_site_assertion(
         iat, exp = float(claims["iat"]), float(claims["exp"])
     except (ValueError, KeyError, TypeError, BadSignature) as exc:
         raise AuthError("credential refused") from exc
-    if not hmac.compare_digest(str(claims.get("aud", "")), audience):
+    aud = str(claims.get("aud", ""))
+    audiences = (audience,) if isinstance(audience, str) else audience
+    if not any(hmac.compare_digest(aud, a) for a in audiences):
         raise AuthError("credential is for another server")
     if not hmac.compare_digest(str(claims.get("htm", "")), method.upper()):
         raise AuthError(f"credential is not for a {method.upper()} request")
@@ -146,11 +153,8 @@ def check_site_assertion(
     return claims
 
 
-def peer_assertion(
-    key: SigningKey, audience: str, subject: str, package_id: str, now: float | None = None
-) -> str:
-    """A credential for server ``subject`` to fetch chunks of one package from its peer
-    ``audience``."""
+def peer_assertion(key: SigningKey, subject: str, package_id: str, now: float | None = None) -> str:
+    """A credential for server ``subject`` to fetch chunks of one package from its peers."""
     return site_assertion(
-        key, audience, "POST", PEER_CHUNKS_PATH, now, ttl=PEER_TTL, sub=subject, pkg=package_id
+        key, ANY_PEER, "POST", PEER_CHUNKS_PATH, now, ttl=PEER_TTL, sub=subject, pkg=package_id
     )

@@ -39,7 +39,7 @@ from packdist.protocol.messages import InstallStatus
 from packdist.retry import RetryPolicy
 from packdist.service import Service
 from packdist.site.library import ContentLibrary
-from packdist.site.tracker import DEFAULT_LOCATION_LABEL, choose_peers
+from packdist.site.tracker import DEFAULT_LOCATION_LABEL, Swarm, SwarmIndex
 from packdist.states import InstructionState as S
 from packdist.store.base import Claim, Store
 
@@ -51,6 +51,8 @@ RENEW_EVERY = 2.0  # at most this long between two lease renewals (and progress 
 SILENT_AFTER = 10.0  # a server not heard from for this long is likely unreachable
 MAX_IDLE = 1.0  # with notifications, the longest wait between two looks for work
 STALL_LIMIT = 120.0  # an install that makes no progress this long is given up (and retried)
+CLAIM_BATCH = 64  # instructions claimed in one transaction (one lease name for the batch)
+MANIFESTS_KEPT = 8  # signed manifests held in memory (immutable, read once per package)
 
 
 class StoreRunner:
@@ -115,6 +117,9 @@ class Despooler:
         self._next_due: float | None = None  # as last read: when work is due next
         self._notified = False  # other workers and the CLI wake us (PostgreSQL's NOTIFY)
         self._held_back = False  # due work waits for a free slot (see _claim)
+        self.swarms = SwarmIndex(self.peers.location_label)
+        self._swarm_reads: dict[str, asyncio.Future[Swarm]] = {}  # one read per package
+        self._manifests: dict[str, tuple[bytes, bytes]] = {}
 
     async def run(self) -> None:
         """Claim and start ready instructions until cancelled. A failing pass (the database
@@ -157,26 +162,39 @@ class Despooler:
         return min(MAX_IDLE, max(0.005, self._next_due - time.time()))
 
     async def _claim_and_start(self) -> None:
-        """Claim one instruction at a time, each under a lease name of its own, so a stale
-        attempt can never act on a later claim of the same instruction."""
+        """Claim due instructions in batches as slots are free, each batch under a lease
+        name of its own, so a stale attempt can never act on a later claim."""
         while len(self.in_flight) < self.max_in_flight:
             self._claims += 1
             lease = f"{self.owner}:{self._claims}"
             claims = await self.db(functools.partial(self._claim, lease))
-            if not claims:
-                return
             for c in claims:
                 self._spawn(c)
+            if not claims or self._held_back:
+                return
 
     def _claim(self, lease: str, store: Store) -> list[Claim]:
+        """Up to a batch of due instructions, within the free slots: first up to the room
+        left for servers not heard from lately, then, for the rest, only servers that were."""
         now = time.time()
         due = self._next_due = store.next_due_at()  # a plain read: no lock when idle
+        self._held_back = False
         if due is None or due > now:
             return []
-        heard_since = now - SILENT_AFTER if len(self.in_flight_silent) >= self.silent_cap else None
-        claims = Service(store).claim_ready(lease, self.lease, 1, now, heard_since)
+        free = min(CLAIM_BATCH, self.max_in_flight - len(self.in_flight))
+        silent_room = max(0, self.silent_cap - len(self.in_flight_silent))
+        service = Service(store)
+        claims = (
+            service.claim_ready(lease, self.lease, min(free, silent_room), now)
+            if silent_room
+            else []
+        )
+        silent = sum(1 for c in claims if _silent(c, now))
+        if free > len(claims):
+            heard_since = now - SILENT_AFTER
+            claims += service.claim_ready(lease, self.lease, free - len(claims), now, heard_since)
         # due work we may not take now (silent servers at their cap) waits for a free slot
-        self._held_back = not claims and heard_since is not None
+        self._held_back = len(claims) < free and silent >= silent_room
         return claims
 
     def _spawn(self, c: Claim) -> None:
@@ -185,8 +203,7 @@ class Despooler:
             return
         task = asyncio.create_task(self._attempt(c), name=f"instruction {c.instruction_id}")
         self.in_flight[c.instruction_id] = task
-        heard = c.server_last_seen
-        if heard is None or heard < time.time() - SILENT_AFTER:
+        if _silent(c, time.time()):
             self.in_flight_silent.add(c.instruction_id)
 
         def done(t: asyncio.Task[None]) -> None:
@@ -289,14 +306,39 @@ class Despooler:
         if not self.peers.enabled or c.options.get("peers") is False:
             return []
         now = time.time()
-        members = await self.db(lambda s: s.swarm(c.package_id, now))
-        offers = choose_peers(
-            members, c.server, c.package_id, self.key, now, self.peers.location_label
-        )
-        return [o.to_json() for o in offers]
+        swarm = self.swarms.fresh(c.package_id, c.server, now)
+        if swarm is None:
+            swarm = await self._read_swarm(c.package_id)
+        return [o.to_json() for o in swarm.offers(c.server, c.package_id, self.key, now)]
+
+    async def _read_swarm(self, package_id: str) -> Swarm:
+        """The package's swarm read again: one read, however many installs wait for it."""
+        reading = self._swarm_reads.get(package_id)
+        if reading is None:
+
+            async def read() -> Swarm:
+                try:
+                    now = time.time()
+                    members = await self.db(lambda s: s.swarm(package_id, now))
+                    return self.swarms.load(package_id, members, now)
+                finally:
+                    del self._swarm_reads[package_id]
+
+            reading = self._swarm_reads[package_id] = asyncio.ensure_future(read())
+        return await asyncio.shield(reading)
+
+    async def _manifest(self, package_id: str) -> tuple[bytes, bytes]:
+        """The package's signed manifest (a package never changes: read once, kept a while)."""
+        found = self._manifests.get(package_id)
+        if found is None:
+            found = await self.db(lambda s: s.package_manifest(package_id))
+            if len(self._manifests) >= MANIFESTS_KEPT:
+                self._manifests.pop(next(iter(self._manifests)))
+            self._manifests[package_id] = found
+        return found
 
     async def _install(self, c: Claim, progress: _Progress) -> None:
-        manifest, signature = await self.db(lambda s: s.package_manifest(c.package_id))
+        manifest, signature = await self._manifest(c.package_id)
         client = AgentClient(c.server, c.server_url, self.key, self.session)
         repair = bool(c.options.get("repair"))  # a flag of the job: every attempt reads it
         peers = await self._peers(c)
@@ -318,6 +360,7 @@ class Despooler:
                 await self.db(
                     lambda s: Service(s).mark_installed(c.instruction_id, c.lease, time.time())
                 )
+                self.swarms.installed(c.package_id, c.server)
                 log.info("%s installed on %s", c.package_ref, c.server)
                 return
             if status.state == "cancelled":  # stopped there while this attempt runs here
@@ -397,6 +440,11 @@ class Despooler:
             )
         except Exception:  # the lease runs out and the instruction returns to the queue
             log.exception("recording the failure of instruction %d failed", c.instruction_id)
+
+
+def _silent(c: Claim, now: float) -> bool:
+    """Whether the claim's server has not been heard from lately (likely unreachable)."""
+    return c.server_last_seen is None or c.server_last_seen < now - SILENT_AFTER
 
 
 @dataclass

@@ -25,7 +25,7 @@ from packdist.agent.installer import Installer, InstallState
 from packdist.agent.peering import PeerService
 from packdist.agent.sources import Peer, peer_chunks
 from packdist.agent.validation import validate_installed
-from packdist.auth import PEER_CHUNKS_PATH, bearer, check_site_assertion
+from packdist.auth import ANY_PEER, PEER_CHUNKS_PATH, bearer, check_site_assertion
 from packdist.core.digest import Digest
 from packdist.core.signing import VerifyKey
 from packdist.errors import AuthError, IntegrityError, PackdistError, UserError
@@ -222,10 +222,12 @@ class Agent:
             credential = bearer(request.headers.get("Authorization"))
             if self.site_key is None or self.server_name is None:
                 return error_response(503, "agent is not enrolled with its site yet")
+            # a peer credential names no one server: it is good at any peer, on that route
+            peer_route = request.path == PEER_CHUNKS_PATH
             request[CLAIMS] = check_site_assertion(
                 credential,
                 self.site_key,
-                self.server_name,
+                (self.server_name, ANY_PEER) if peer_route else self.server_name,
                 method=request.method,
                 path=request.rel_url.raw_path,
             )

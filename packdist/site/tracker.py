@@ -8,9 +8,14 @@ swarm), both restricted to
 * servers with S's location label (``peers.location_label``, default ``site``): a branch
   office pulls one copy over its uplink and shares it inside.
 
-Each peer comes with a credential signed by the site for S to fetch chunks of P from that
-peer (:func:`packdist.auth.peer_assertion`). Agents split the work between themselves (see
+With them comes one credential signed by the site for S to fetch chunks of P from any of
+them (:func:`packdist.auth.peer_assertion`). Agents split the work between themselves (see
 :mod:`packdist.agent.sources`); the tracker only says who is in.
+
+The members of each package's swarm are read from the store at most once per
+``REFRESH`` seconds and held by location (:class:`SwarmIndex`), so choosing the peers of one
+install costs the same with 10 servers as with 10,000: a sample of the holders, the first
+receivers by name, one signature.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from packdist.store.base import SwarmMember
 
 #: a server silent for longer than this is not offered as a peer
 ALIVE_WITHIN = 10.0
+#: seconds a package's swarm, as read from the store, serves the installs that follow
+REFRESH = 2.0
 #: holders offered to one agent (all of them hold every chunk; a few spread the load)
 MAX_HOLDERS = 8
 #: receivers offered to one agent; every receiver in the location should see the same set,
@@ -52,22 +59,93 @@ def choose_peers(
     now: float,
     location_label: str = DEFAULT_LOCATION_LABEL,
 ) -> list[PeerOffer]:
-    """The peers ``server`` may use for ``package_id``, each with its credential."""
-    me = next((m for m in members if m.server == server), None)
-    here = dict(me.labels).get(location_label) if me is not None else None
-    usable = [
-        m
-        for m in members
-        if m.server != server
-        and m.last_seen is not None
-        and now - m.last_seen <= ALIVE_WITHIN
-        and dict(m.labels).get(location_label) == here
-    ]
-    holders = [m for m in usable if m.holder]
-    swarm = [m for m in usable if not m.holder][:MAX_SWARM]
-    if len(holders) > MAX_HOLDERS:  # a different few for each server: load spreads
-        holders = random.Random(f"{server}/{package_id}").sample(holders, MAX_HOLDERS)
-    return [
-        PeerOffer(m.server, m.url, peer_assertion(key, m.server, server, package_id, now), m.holder)
-        for m in sorted(holders + swarm, key=lambda m: m.server)
-    ]
+    """The peers ``server`` may use for ``package_id``, with the credential for them."""
+    return Swarm(members, now, location_label).offers(server, package_id, key, now)
+
+
+class Swarm:
+    """One package's holders and receivers heard from lately, by location, as read at one
+    moment: ``offers`` costs nothing proportional to the fleet."""
+
+    def __init__(
+        self, members: list[SwarmMember], now: float, location_label: str = DEFAULT_LOCATION_LABEL
+    ) -> None:
+        self.read_at = now
+        self.location: dict[str, str | None] = {}  # every member -> its location
+        self.holders: dict[str | None, list[SwarmMember]] = {}
+        self.receivers: dict[str | None, list[SwarmMember]] = {}
+        self._alive: dict[str, SwarmMember] = {}
+        self._now_holding: set[str] = set()  # receivers that have installed since the read
+        for m in sorted(members, key=lambda m: m.server):
+            here = dict(m.labels).get(location_label)
+            self.location[m.server] = here
+            if m.last_seen is None or now - m.last_seen > ALIVE_WITHIN:
+                continue
+            self._alive[m.server] = m
+            (self.holders if m.holder else self.receivers).setdefault(here, []).append(m)
+
+    def knows(self, server: str) -> bool:
+        """Whether ``server`` was a member when this was read (a new receiver, one of a job
+        created since, calls for a new read)."""
+        return server in self.location
+
+    def installed(self, server: str) -> None:
+        """``server`` holds the package now: offered as a holder from here on."""
+        m = self._alive.get(server)
+        if m is None or m.holder or server in self._now_holding:
+            return
+        self._now_holding.add(server)
+        here = self.location[server]
+        self.holders.setdefault(here, []).append(
+            SwarmMember(m.server, m.url, m.labels, m.last_seen, True)
+        )
+
+    def offers(self, server: str, package_id: str, key: SigningKey, now: float) -> list[PeerOffer]:
+        here = self.location.get(server)
+        holders = self.holders.get(here, [])
+        if len(holders) > MAX_HOLDERS:  # a different few for each server: load spreads
+            # (one more than needed, in case the asker is among them: never a scan)
+            holders = random.Random(f"{server}/{package_id}").sample(holders, MAX_HOLDERS + 1)
+        holders = [m for m in holders if m.server != server][:MAX_HOLDERS]
+        swarm: list[SwarmMember] = []  # every receiver here sees the same first ones, by name
+        for m in self.receivers.get(here, ()):
+            if len(swarm) == MAX_SWARM:
+                break
+            if m.server != server and m.server not in self._now_holding:
+                swarm.append(m)
+        if not holders and not swarm:
+            return []
+        token = peer_assertion(key, server, package_id, now)
+        return [
+            PeerOffer(m.server, m.url, token, m.holder)
+            for m in sorted(holders + swarm, key=lambda m: m.server)
+        ]
+
+
+class SwarmIndex:
+    """The swarms of the packages being distributed, each read again once ``REFRESH``
+    seconds old (a holder that appeared meanwhile is offered from the next read)."""
+
+    def __init__(self, location_label: str = DEFAULT_LOCATION_LABEL, refresh: float = REFRESH):
+        self.location_label = location_label
+        self.refresh = refresh
+        self._swarms: dict[str, Swarm] = {}
+
+    def fresh(self, package_id: str, server: str, now: float) -> Swarm | None:
+        """The package's swarm as read lately, if it is recent and knows ``server``."""
+        swarm = self._swarms.get(package_id)
+        if swarm is None or not (0 <= now - swarm.read_at < self.refresh):
+            return None
+        return swarm if swarm.knows(server) else None
+
+    def installed(self, package_id: str, server: str) -> None:
+        """``server`` installed the package: it is a holder in the swarm held."""
+        swarm = self._swarms.get(package_id)
+        if swarm is not None:
+            swarm.installed(server)
+
+    def load(self, package_id: str, members: list[SwarmMember], now: float) -> Swarm:
+        if len(self._swarms) > 64:  # packages no longer being distributed drop out
+            self._swarms = {p: s for p, s in self._swarms.items() if now - s.read_at < 60}
+        swarm = self._swarms[package_id] = Swarm(members, now, self.location_label)
+        return swarm

@@ -188,9 +188,9 @@ def requests(draw: st.DrawFn, w: World) -> tuple[str, bytes, list[tuple[bytes, b
     elif auth == "expired":
         token = "Bearer " + site_assertion(w.key, "dp1", method, bare, now=time.time() - 3600)
     elif auth == "peer":
-        token = "Bearer " + peer_assertion(w.key, "dp1", "dp9", w.package_id)
+        token = "Bearer " + peer_assertion(w.key, "dp9", w.package_id)
     elif auth == "peer-other":
-        token = "Bearer " + peer_assertion(w.key, "dp1", "dp9", "cd" * 32)
+        token = "Bearer " + peer_assertion(w.key, "dp9", "cd" * 32)
     elif auth == "stranger":
         token = "Bearer " + site_assertion(SigningKey.generate(), "dp1", method, bare)
     if token is not None:
@@ -290,7 +290,7 @@ def signed_requests(
         return "GET", (path + query).encode(), [(b"Authorization", f"Bearer {token}".encode())], b""
     if route == PEER_CHUNKS_PATH:
         pkg = draw(st.sampled_from([w.package_id, "cd" * 32]))
-        token = peer_assertion(w.key, "dp1", draw(st.sampled_from(["dp9", ""])), pkg)
+        token = peer_assertion(w.key, draw(st.sampled_from(["dp9", ""])), pkg)
     else:
         token = site_assertion(w.key, "dp1", "POST", route)
     if draw(st.integers(0, 3)):
@@ -329,7 +329,7 @@ def test_a_peer_request_waiting_nan_or_forever_is_refused_at_once(world: World) 
     """``"wait": NaN`` used to hold the request forever (NaN compares false with every
     deadline); every wait that is not a number of seconds from 0 to 30 is refused."""
     other = "cd" * 32  # a package this agent neither holds nor receives: it would wait
-    token = peer_assertion(world.key, "dp1", "dp9", other)
+    token = peer_assertion(world.key, "dp9", other)
     for wait in ("NaN", "Infinity", "-Infinity", "-1", "1e308", '"3"', "true", "null", "[1]"):
         body = f'{{"package": "{other}", "digests": ["{"ab" * 32}"], "wait": {wait}}}'.encode()
         t0 = time.monotonic()

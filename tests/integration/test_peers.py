@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from packdist.auth import PEER_CHUNKS_PATH, peer_assertion
+from packdist.auth import ANY_PEER, PEER_CHUNKS_PATH, peer_assertion, site_assertion
 from packdist.core.signing import SigningKey
 from tests import harness as h
 
@@ -137,12 +137,19 @@ def test_peers_are_served_only_with_the_sites_credential_for_that_package(
         stranger = SigningKey.generate()
 
         assert _peer_request(url, None, pkg)[0] == 401
-        assert _peer_request(url, peer_assertion(stranger, "dp1", "dp9", pkg), pkg)[0] == 401
-        other = peer_assertion(site_key, "dp1", "dp9", "cd" * 32)
+        assert _peer_request(url, peer_assertion(stranger, "dp9", pkg), pkg)[0] == 401
+        other = peer_assertion(site_key, "dp9", "cd" * 32)
         status, body = _peer_request(url, other, pkg)
         assert status == 401 and b"another package" in body, body
-        status, _ = _peer_request(url, peer_assertion(site_key, "dp1", "dp9", pkg), pkg)
+        status, _ = _peer_request(url, peer_assertion(site_key, "dp9", pkg), pkg)
         assert status == 200
+        # a credential good at any peer is good on the peer route only: not for an install
+        anyone = site_assertion(site_key, ANY_PEER, "POST", "/v1/validate")
+        req = urllib.request.Request(url + "/v1/validate", data=b"{}", method="POST")
+        req.add_header("Authorization", f"Bearer {anyone}")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(req, timeout=5)
+        assert refused.value.code == 401 and b"another server" in refused.value.read()
     finally:
         c.close()
 

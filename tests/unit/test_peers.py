@@ -16,13 +16,26 @@ from hypothesis import strategies as st
 from packdist.agent.home import AgentHome
 from packdist.agent.installer import Install, Installer, InstallState
 from packdist.agent.sources import MISSING, Peer, split_work
-from packdist.auth import PEER_CHUNKS_PATH, PEER_TTL, check_site_assertion, peer_assertion
+from packdist.auth import (
+    ANY_PEER,
+    PEER_CHUNKS_PATH,
+    PEER_TTL,
+    check_site_assertion,
+    peer_assertion,
+)
 from packdist.core.digest import Digest
 from packdist.core.signing import SigningKey
 from packdist.errors import AuthError, UserError
 from packdist.http import Frame
 from packdist.ratelimit import Bucket, parse_rate
-from packdist.site.tracker import ALIVE_WITHIN, MAX_HOLDERS, choose_peers
+from packdist.site.tracker import (
+    ALIVE_WITHIN,
+    MAX_HOLDERS,
+    MAX_SWARM,
+    Swarm,
+    SwarmIndex,
+    choose_peers,
+)
 from packdist.store.base import SwarmMember
 from tests.unit.test_agent_home import KEY as AGENT_KEY
 from tests.unit.test_agent_home import PIECE, Package, raw_frame, serve, tree_of, v
@@ -141,9 +154,10 @@ def test_tracker_offers_live_peers_of_the_same_location_with_credentials() -> No
     ]
     offers = choose_peers(members, "dp1", PKG, KEY, NOW)
     assert [(o.name, o.holder) for o in offers] == [("dp2", False), ("dp3", True)]
+    assert len({o.token for o in offers}) == 1  # one signature per install, not per peer
     for o in offers:
         claims = check_site_assertion(
-            o.token, KEY.public, o.name, "POST", PEER_CHUNKS_PATH, now=NOW + PEER_TTL - 1
+            o.token, KEY.public, (o.name, ANY_PEER), "POST", PEER_CHUNKS_PATH, NOW + PEER_TTL - 1
         )
         assert (claims["sub"], claims["pkg"]) == ("dp1", PKG)
 
@@ -156,16 +170,45 @@ def test_tracker_caps_holders_but_not_the_swarm() -> None:
     assert sum(not o.holder for o in offers) == 20
 
 
-def test_peer_credential_is_for_one_peer_one_package_one_route() -> None:
-    token = peer_assertion(KEY, "dp2", "dp1", PKG, now=NOW)
+def test_peer_credential_is_for_one_package_on_the_peer_route_only() -> None:
+    token = peer_assertion(KEY, "dp1", PKG, now=NOW)
+    peers = ("dp2", ANY_PEER)  # what an agent accepts on its peer route
+    # where a credential must name the agent itself (every other route), it is refused
     with pytest.raises(AuthError, match="another server"):
-        check_site_assertion(token, KEY.public, "dp3", "POST", PEER_CHUNKS_PATH, now=NOW)
+        check_site_assertion(token, KEY.public, "dp2", "POST", PEER_CHUNKS_PATH, now=NOW)
     with pytest.raises(AuthError, match="another path"):
-        check_site_assertion(token, KEY.public, "dp2", "POST", "/v1/install", now=NOW)
+        check_site_assertion(token, KEY.public, peers, "POST", "/v1/install", now=NOW)
     with pytest.raises(AuthError, match="expired"):
-        check_site_assertion(
-            token, KEY.public, "dp2", "POST", PEER_CHUNKS_PATH, now=NOW + PEER_TTL + 1
-        )
+        check_site_assertion(token, KEY.public, peers, "POST", PEER_CHUNKS_PATH, NOW + PEER_TTL + 1)
+    claims = check_site_assertion(token, KEY.public, peers, "POST", PEER_CHUNKS_PATH, now=NOW)
+    assert (claims["sub"], claims["pkg"]) == ("dp1", PKG)
+
+
+def test_choosing_peers_costs_the_same_in_a_swarm_of_twenty_thousand() -> None:
+    members = [member(f"h{i:05d}", holder=True) for i in range(10_000)]
+    members += [member(f"r{i:05d}") for i in range(10_000)]
+    swarm = Swarm(members, NOW)
+    started = time.process_time()
+    for i in range(1_000):
+        offers = swarm.offers(f"r{i:05d}", PKG, KEY, NOW)
+        assert sum(o.holder for o in offers) == MAX_HOLDERS
+        assert sum(not o.holder for o in offers) == MAX_SWARM
+    # a loose bound: reading the whole swarm or signing per peer costs 10-100x this
+    assert time.process_time() - started < 3.0
+
+
+def test_a_swarm_read_serves_installs_for_a_while_then_is_read_again() -> None:
+    index = SwarmIndex(refresh=2.0)
+    assert index.fresh(PKG, "dp1", NOW) is None
+    swarm = index.load(PKG, [member("dp1"), member("dp2"), member("dp3", holder=True)], NOW)
+    assert index.fresh(PKG, "dp1", NOW + 1.9) is swarm
+    assert index.fresh(PKG, "dp1", NOW + 2.1) is None
+    assert index.fresh(PKG, "dp1", NOW - 1) is None  # the clock went back: read again
+    assert index.fresh(PKG, "dp9", NOW + 1) is None  # a receiver it never heard of: read again
+    # a receiver that installed is offered as a holder from then on, without a read
+    index.installed(PKG, "dp2")
+    offers = swarm.offers("dp1", PKG, KEY, NOW + 1)
+    assert [(o.name, o.holder) for o in offers] == [("dp2", True), ("dp3", True)]
 
 
 # --- bandwidth limits ---------------------------------------------------------------------
