@@ -83,11 +83,11 @@ def _own_cpu() -> float:
 class CpuWindow:
     """CPU used by the site, the simulator and everything else over one stretch of time."""
 
-    def __init__(self, sites: list[int], sim: int, db: int | None) -> None:
-        self.sites, self.sim, self.db = sites, sim, db
+    def __init__(self, sites: list[int], sims: list[int], db: int | None) -> None:
+        self.sites, self.sims, self.db = sites, sims, db
         self.started = time.monotonic()
         self.site0 = sum(cpu_seconds(p) for p in sites)
-        self.sim0 = cpu_seconds(sim)
+        self.sim0 = [cpu_seconds(p) for p in sims]
         self.db0 = tree_cpu_seconds(db) if db else 0.0
         self.me0 = _own_cpu()
         self.all0 = machine_busy_seconds()
@@ -95,16 +95,36 @@ class CpuWindow:
     def close(self) -> dict[str, float]:
         wall = max(time.monotonic() - self.started, 1e-9)
         site = sum(cpu_seconds(p) for p in self.sites) - self.site0
-        sim = cpu_seconds(self.sim) - self.sim0
+        sims = [cpu_seconds(p) - c0 for p, c0 in zip(self.sims, self.sim0, strict=True)]
+        sim = sum(sims)
         db = tree_cpu_seconds(self.db) - self.db0 if self.db else 0.0
         me = _own_cpu() - self.me0  # with the CLI commands it ran
         other = machine_busy_seconds() - self.all0 - site - sim - db - me
         return {
             "site_cpu_pct": 100 * site / wall,
             "sim_cpu_pct": 100 * sim / wall,
+            "sim_busiest_cpu_pct": 100 * max(sims) / wall,  # one process: one core at most
             "db_cpu_pct": 100 * db / wall,
             "other_cpu_pct": max(0.0, 100 * other / wall),
         }
+
+
+def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """One report of several simulators: numbers added up, except latencies, lags and the
+    window's length, which take the highest; dicts of counts merged the same way."""
+    out: dict[str, Any] = {}
+    for report in reports:
+        for key, value in report.items():
+            if isinstance(value, dict):
+                merged = out.setdefault(key, {})
+                for k, v in value.items():
+                    merged[k] = merged.get(k, 0) + v
+            elif isinstance(value, int | float) and not isinstance(value, bool):
+                worst = key.endswith("_ms") or key in ("seconds", "interval_s")
+                out[key] = max(out.get(key, value), value) if worst else out.get(key, 0) + value
+            else:
+                out.setdefault(key, value)
+    return out
 
 
 # ---------------------------------------------------------------------------- the fleet
@@ -121,8 +141,8 @@ class Fleet:
         self.store_url: str | None = None
         self.sites: list[subprocess.Popen[bytes]] = []
         self.site_urls: list[str] = []
-        self.sim: subprocess.Popen[bytes] | None = None
-        self.sim_url = ""
+        self.sims: list[subprocess.Popen[bytes]] = []
+        self.sim_urls: list[str] = []  # one simulator process per slice of the agents
         self.password = ""
 
     def setup(self) -> None:
@@ -140,8 +160,8 @@ class Fleet:
         if self.store_url:
             init += ["--store", self.store_url]
         self.password = json.loads(run_quiet(packdist_argv(*init)))["operator_password"]
-        sim_port = free_port()
-        self.sim_url = f"http://127.0.0.1:{sim_port}"
+        ports = [free_port() for _ in range(self.args.sim_procs)]
+        self.sim_urls = [f"http://127.0.0.1:{port}" for port in ports]
         agents = self._register(self.args.servers)
         source = self.work / "src"
         (source / "bin").mkdir(parents=True)
@@ -151,28 +171,32 @@ class Fleet:
         run_quiet(packdist_argv("--home", self.home, *create))
         for k in range(self.args.workers):
             self.site_urls.append(self._start_site(k))
-        config = self.work / "sim.json"  # holds the tokens: the owner's alone
-        config.touch(mode=0o600)
-        config.write_text(
-            json.dumps(
-                {
-                    "port": sim_port,
-                    "sites": self.site_urls,
-                    "agents": agents,
-                    "install_delay": self.args.install_delay,
-                    "fail_pct": self.args.fail_pct,
-                    "keepalive": self.args.keepalive,
-                    "max_seconds": self.args.duration + self.args.job_timeout + 600,
-                }
+        for j, port in enumerate(ports):  # agent i lives in simulator i mod P
+            config = self.work / f"sim-{j}.json"  # holds the tokens: the owner's alone
+            config.touch(mode=0o600)
+            config.write_text(
+                json.dumps(
+                    {
+                        "port": port,
+                        "sites": self.site_urls,
+                        "agents": agents[j :: len(ports)],
+                        "install_delay": self.args.install_delay,
+                        "fail_pct": self.args.fail_pct,
+                        "keepalive": self.args.keepalive,
+                        "seed": j + 1,
+                        "max_seconds": self.args.duration + self.args.job_timeout + 600,
+                    }
+                )
             )
-        )
-        with open(self.work / "sim.log", "ab") as out:
-            self.sim = subprocess.Popen(
-                [sys.executable, "-m", "bench.simagents", str(config)],
-                stdout=out,
-                stderr=out,
-                cwd=REPO,
-            )
+            with open(self.work / f"sim-{j}.log", "ab") as out:
+                self.sims.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "bench.simagents", str(config)],
+                        stdout=out,
+                        stderr=out,
+                        cwd=REPO,
+                    )
+                )
 
     def _register(self, n: int) -> list[tuple[str, str]]:
         """N servers on the site's store in one transaction; their names and tokens."""
@@ -186,8 +210,8 @@ class Fleet:
         try:
             with store.transaction():
                 service = Service(store)
-                for name, token in agents:
-                    url = f"{self.sim_url}/s/{name}"
+                for i, (name, token) in enumerate(agents):
+                    url = f"{self.sim_urls[i % len(self.sim_urls)]}/s/{name}"
                     service.add_server(name, url, hash_token(token), [], {}, now)
         finally:
             store.close()
@@ -204,7 +228,13 @@ class Fleet:
         return url
 
     def sim_call(self, path: str, method: str = "GET") -> dict[str, Any]:
-        req = urllib.request.Request(f"{self.sim_url}{path}", method=method)
+        """The simulators' answers, as one: counts added up, latencies and lags the worst
+        of them (a p99 of the whole is at most the highest p99 of its parts)."""
+        return merge_reports([self._sim_call(url, path, method) for url in self.sim_urls])
+
+    @staticmethod
+    def _sim_call(url: str, path: str, method: str) -> dict[str, Any]:
+        req = urllib.request.Request(f"{url}{path}", method=method)
         with urllib.request.urlopen(req, timeout=10) as resp:
             doc: dict[str, Any] = json.load(resp)
             return doc
@@ -213,9 +243,9 @@ class Fleet:
         deadline = time.monotonic() + limit
         enrolled = 0
         while time.monotonic() < deadline:
-            assert self.sim is not None
-            if self.sim.poll() is not None:
-                raise ChildFailed(f"simulator exited: {self.tail('sim.log')}")
+            for j, sim in enumerate(self.sims):
+                if sim.poll() is not None:
+                    raise ChildFailed(f"simulator {j} exited: {self.tail(f'sim-{j}.log')}")
             try:
                 enrolled = int(self.sim_call("/_sim/stats")["enrolled"])
             except OSError:
@@ -272,8 +302,7 @@ class Fleet:
     def close(self) -> None:
         # the site first: agents that vanished under it would only add failures to its log
         _terminate([p for p in self.sites if p.poll() is None])
-        if self.sim is not None and self.sim.poll() is None:
-            _terminate([self.sim])
+        _terminate([p for p in self.sims if p.poll() is None])
         if self.cluster is not None:
             self.cluster.stop()
         if not self.args.keep:

@@ -78,10 +78,13 @@ def assert_complete_report(doc: dict[str, Any], servers: int) -> None:
 def test_bench_scale_reports_every_figure_for_twenty_servers_and_leaves_nothing(
     tmp_path: Path,
 ) -> None:
-    res = run_bench(tmp_path, "--servers", "20", "--duration", "3", "--fail-pct", "10", "--json")
+    # the agents in two simulator processes: the report is still one, of all twenty
+    args = ("--servers", "20", "--duration", "3", "--fail-pct", "10", "--sim-procs", "2")
+    res = run_bench(tmp_path, *args, "--json")
     assert res.returncode == 0, res.stderr[-3000:]
     doc = json.loads(res.stdout)
     assert_complete_report(doc, 20)
+    assert doc["sim_procs"] == 2
     assert doc["install_calls"] >= 20
     assert list(tmp_path.iterdir()) == [], "the work folder was not removed"
     assert processes_mentioning(str(tmp_path)) == []
