@@ -18,9 +18,8 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 
@@ -39,12 +38,14 @@ from packdist.protocol.messages import InstallStatus
 from packdist.retry import RetryPolicy
 from packdist.service import Service
 from packdist.site.library import ContentLibrary
+from packdist.site.store_runner import StoreRunner, WriteBatch
 from packdist.site.tracker import DEFAULT_LOCATION_LABEL, Swarm, SwarmIndex
 from packdist.states import InstructionState as S
 from packdist.store.base import Claim, Store
 
 log = logging.getLogger("packdist.despooler")
-T = TypeVar("T")
+
+__all__ = ["Despooler", "PeerSettings", "StoreRunner"]  # StoreRunner: its old home
 
 LONG_POLL = 2.0  # an agent answers a status question at the latest after this long
 RENEW_EVERY = 2.0  # at most this long between two lease renewals (and progress writes)
@@ -53,24 +54,6 @@ MAX_IDLE = 1.0  # with notifications, the longest wait between two looks for wor
 STALL_LIMIT = 120.0  # an install that makes no progress this long is given up (and retried)
 CLAIM_BATCH = 64  # instructions claimed in one transaction (one lease name for the batch)
 MANIFESTS_KEPT = 8  # signed manifests held in memory (immutable, read once per package)
-
-
-class StoreRunner:
-    """Runs store calls on dedicated threads, so the event loop never blocks on the
-    database: one for SQLite (one connection), as many as the pool for PostgreSQL."""
-
-    def __init__(self, store: Store) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        self.store = store
-        self._pool = ThreadPoolExecutor(store.concurrency, thread_name_prefix="store")
-
-    async def __call__(self, fn: Callable[[Store], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, self.store)
-
-    def close(self) -> None:
-        self._pool.submit(self.store.close).result()
-        self._pool.shutdown()
 
 
 @dataclass(frozen=True)
@@ -95,6 +78,7 @@ class Despooler:
         library: ContentLibrary | None = None,  # the site's chunks: to tell where damage came from
     ) -> None:
         self.db = db
+        self.results = WriteBatch(db)  # attempts that end together share one commit
         self.library = library
         self.peers = peers or PeerSettings()
         self.key = key
@@ -356,9 +340,9 @@ class Despooler:
                         f"{c.server} reported package id {status.package_id[:12]}…,"
                         f" expected {c.package_id[:12]}…"
                     )
-                await self._renew(c, progress)  # the final byte count
-                await self.db(
-                    lambda s: Service(s).mark_installed(c.instruction_id, c.lease, time.time())
+                final = (progress.received, progress.total, progress.from_peers, progress.done)
+                await self.results(
+                    functools.partial(_mark_installed, c.instruction_id, c.lease, final)
                 )
                 self.swarms.installed(c.package_id, c.server)
                 log.info("%s installed on %s", c.package_ref, c.server)
@@ -419,7 +403,9 @@ class Despooler:
         answer = await client.remove(c.package_id, c.package_ref)
         if answer.get("state") != "removed":
             raise RemoteError(str(answer.get("error") or f"{c.server} did not confirm the removal"))
-        await self.db(lambda s: Service(s).mark_removed(c.instruction_id, c.lease, time.time()))
+        await self.results(
+            lambda s: Service(s).mark_removed(c.instruction_id, c.lease, time.time())
+        )
         log.info("%s removed from %s", c.package_ref, c.server)
 
     async def _failed(self, c: Claim, exc: PackdistError) -> None:
@@ -440,6 +426,12 @@ class Despooler:
             )
         except Exception:  # the lease runs out and the instruction returns to the queue
             log.exception("recording the failure of instruction %d failed", c.instruction_id)
+
+
+def _mark_installed(
+    instruction_id: int, lease: str, final: tuple[int, int, int, int], store: Store
+) -> None:
+    Service(store).mark_installed(instruction_id, lease, time.time(), final)
 
 
 def _silent(c: Claim, now: float) -> bool:

@@ -55,11 +55,21 @@ class AttemptUseCases(JobUseCases):
                 )
         return claims
 
-    def mark_installed(self, instruction_id: int, owner: str, now: float) -> None:
+    def mark_installed(
+        self,
+        instruction_id: int,
+        owner: str,
+        now: float,
+        final_bytes: tuple[int, int, int, int] | None = None,
+    ) -> None:
         """The agent holds the package, verified: the instruction ends installed, and the
-        server's copy is recorded (whatever validation found before is mended)."""
+        server's copy is recorded (whatever validation found before is mended).
+        ``final_bytes``: the last progress figures (sent, total, from peers, done), written
+        with it."""
         store = self.store
         with store.transaction():
+            if final_bytes is not None:
+                store.renew_lease(instruction_id, owner, now, *final_bytes)
             row = self._done("installed", "install", instruction_id, owner, now)
             package_id = self._package_of(instruction_id)
             store.record_verified_install(row["server"], package_id, now)

@@ -32,7 +32,7 @@ from packdist.config import Settings
 from packdist.core import codec
 from packdist.core.codec import Encoding
 from packdist.core.digest import Digest
-from packdist.despooler import Despooler, PeerSettings, StoreRunner
+from packdist.despooler import Despooler, PeerSettings
 from packdist.errors import AuthError, NotFound, PackdistError, UserError
 from packdist.http import error_frame, error_middleware, frame_header, new_session
 from packdist.protocol.messages import Heartbeat
@@ -42,6 +42,7 @@ from packdist.serving import guard, serve_until_stopped
 from packdist.site import dashboard
 from packdist.site.home import SiteHome
 from packdist.site.liveness import FLUSH_EVERY, Liveness
+from packdist.site.store_runner import StoreRunner
 from packdist.site.validation import validation_loop
 from packdist.store.base import ServerRecord
 
