@@ -18,6 +18,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,7 +77,9 @@ class Despooler:
         poll: float = 0.1,  # seconds between looks for new work (a new job, a due retry)
         peers: PeerSettings | None = None,
         library: ContentLibrary | None = None,  # the site's chunks: to tell where damage came from
+        on_installed: Callable[[str, str], None] | None = None,  # (server, package id) recorded
     ) -> None:
+        self.on_installed = on_installed
         self.db = db
         self.results = WriteBatch(db)  # attempts that end together share one commit
         self.library = library
@@ -345,6 +348,8 @@ class Despooler:
                     functools.partial(_mark_installed, c.instruction_id, c.lease, final)
                 )
                 self.swarms.installed(c.package_id, c.server)
+                if self.on_installed is not None:
+                    self.on_installed(c.server, c.package_id)
                 log.info("%s installed on %s", c.package_ref, c.server)
                 return
             if status.state == "cancelled":  # stopped there while this attempt runs here

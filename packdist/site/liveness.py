@@ -62,6 +62,13 @@ class Liveness:
         """A heartbeat was recorded in full (the store is up to date for it)."""
         self._seen[server] = _Seen(now, beat.boot_id, beat.disk_free, frozenset(beat.installed))
 
+    def installed(self, server: str, package_id: str) -> None:
+        """The site recorded ``server``'s verified install of ``package_id``: its next
+        heartbeat, which lists it, says nothing new (no write per install)."""
+        seen = self._seen.get(server)
+        if seen is not None:
+            seen.installed = seen.installed | {package_id}
+
     def take_dirty(self) -> list[tuple[str, float, int | None]]:
         """``(server, last_seen, disk_free)`` heard since the last call, to be written."""
         out = []

@@ -320,6 +320,7 @@ class SiteServer:
             max_in_flight=self.max_in_flight,
             peers=PeerSettings(self.settings.peers_enabled, self.settings.peers_location_label),
             library=self.library,
+            on_installed=self.liveness.installed,
         )
         despooler = asyncio.create_task(self.despooler.run(), name="despooler")
         flusher = asyncio.create_task(self._flush_liveness_loop(), name="liveness")

@@ -68,6 +68,17 @@ def test_what_matters_in_a_heartbeat_is_never_held_back() -> None:
     assert not live.quiet("dp1", beat, T0 + 5), "after a failed write: in full"
 
 
+def test_a_package_the_site_recorded_installed_makes_no_write_when_the_server_lists_it() -> None:
+    live = Liveness(offline_after=7.0)
+    live.recorded("dp1", Heartbeat("boot-1", 10, ["p1"]), T0)
+    assert not live.quiet("dp1", Heartbeat("boot-1", 10, ["p1", "p2"]), T0 + 1), "news"
+    live.recorded("dp1", Heartbeat("boot-1", 10, ["p1"]), T0 + 1)
+    live.installed("dp1", "p2")  # the despooler recorded the verified install
+    assert live.quiet("dp1", Heartbeat("boot-1", 10, ["p1", "p2"]), T0 + 2)
+    live.installed("dp9", "p2")  # never heard of here: its first heartbeat is recorded anyway
+    assert not live.quiet("dp9", Heartbeat("boot-1", 10, ["p2"]), T0 + 2)
+
+
 def test_a_batch_never_moves_a_time_back_nor_touches_a_removed_server(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "site.db")
     try:
