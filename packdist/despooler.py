@@ -287,16 +287,17 @@ class Despooler:
             )
         )
 
-    async def _peers(self, c: Claim) -> list[dict[str, Any]]:
-        """The peers this server may fetch the package from (the tracker's choice), unless
-        peers are off for the site or for this job (``--no-peers``)."""
+    async def _peers(self, c: Claim) -> tuple[str, list[dict[str, Any]]]:
+        """The peers this server may fetch the package from (the tracker's choice) and the
+        credential for them, unless peers are off for the site or for this job
+        (``--no-peers``)."""
         if not self.peers.enabled or c.options.get("peers") is False:
-            return []
+            return "", []
         now = time.time()
         swarm = self.swarms.fresh(c.package_id, c.server, now)
         if swarm is None:
             swarm = await self._read_swarm(c.package_id)
-        return [o.to_json() for o in swarm.offers(c.server, c.package_id, self.key, now)]
+        return swarm.offer_json(c.server, c.package_id, self.key, now)
 
     async def _read_swarm(self, package_id: str) -> Swarm:
         """The package's swarm read again: one read, however many installs wait for it."""
@@ -328,8 +329,10 @@ class Despooler:
         manifest, signature = await self._manifest(c.package_id)
         client = AgentClient(c.server, c.server_url, self.key, self.session)
         repair = bool(c.options.get("repair"))  # a flag of the job: every attempt reads it
-        peers = await self._peers(c)
-        status: InstallStatus | None = await client.install(manifest, signature, repair, peers)
+        token, peers = await self._peers(c)
+        status: InstallStatus | None = await client.install(
+            manifest, signature, repair, peers, token
+        )
         moved_at, last_mark = time.monotonic(), None
         while not progress.lost:
             assert status is not None
@@ -370,7 +373,8 @@ class Despooler:
                 raise RemoteError(f"install on {c.server} made no progress for {STALL_LIMIT:.0f}s")
             status = await client.status(c.package_id, wait=LONG_POLL)
             if status is None:  # the agent restarted and forgot: ask again, it resumes
-                status = await client.install(manifest, signature, repair, await self._peers(c))
+                token, peers = await self._peers(c)
+                status = await client.install(manifest, signature, repair, peers, token)
 
     async def _chunk_fault(self, c: Claim, chunk: str, error: str) -> PackdistError:
         """A chunk from the site failed to verify on the agent. If the library's own copy

@@ -243,7 +243,7 @@ class Agent:
         asked = InstallRequest.from_json(await read_json(request))
         data, signature, repair = asked.manifest, asked.signature, asked.repair
         try:
-            peers = Peer.parse_list(asked.peers)
+            peers = Peer.parse_list(asked.peers, asked.peer_token)
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
             raise UserError(f"malformed install request: {exc}") from exc
         assert self.site_key is not None

@@ -61,7 +61,9 @@ class Peer:
     holder: bool  # has the whole package
 
     @classmethod
-    def parse_list(cls, data: Any) -> list[Peer]:
+    def parse_list(cls, data: Any, token: str = "") -> list[Peer]:
+        """Peers as an install request lists them; ``token``: the credential of every entry
+        that brings none of its own."""
         if data is None:
             return []
         if not isinstance(data, list):
@@ -69,7 +71,9 @@ class Peer:
         out = []
         for item in data:
             try:
-                name, url, token = str(item["name"]), str(item["url"]), str(item["token"])
+                name, url = str(item["name"]), str(item["url"])
+                own = item.get("token") if isinstance(item, dict) else None
+                credential = token if own is None else str(own)
                 holder = bool(item.get("holder", False))
             except (KeyError, TypeError) as exc:
                 raise UserError(f"malformed peer entry: {exc}") from exc
@@ -77,9 +81,9 @@ class Peer:
                 raise UserError(f"peer {name[:40]!r}: URL {url[:80]!r} is not http(s)")
             if not _usable_url(url):
                 raise UserError(f"peer {name[:40]!r}: URL {url[:80]!r} is malformed")
-            if any(c in token for c in "\r\n\0"):
+            if not credential or any(c in credential for c in "\r\n\0"):
                 raise UserError(f"peer {name[:40]!r}: malformed credential")
-            out.append(cls(name, url.rstrip("/"), token, holder))
+            out.append(cls(name, url.rstrip("/"), credential, holder))
         return out
 
 

@@ -37,8 +37,9 @@ class AgentClient:
         signature: bytes,
         repair: bool = False,
         peers: list[dict[str, Any]] | None = None,
+        peer_token: str = "",
     ) -> InstallStatus:
-        body = InstallRequest(manifest, signature, repair, peers or []).to_json()
+        body = InstallRequest(manifest, signature, repair, peers or [], peer_token).to_json()
         url = f"{self.base_url}/v1/install"
         async with request(
             self._session,

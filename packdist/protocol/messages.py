@@ -52,7 +52,10 @@ class InstallRequest:
     manifest: bytes
     signature: bytes
     repair: bool = False  # rebuild an installed version, fetching only its damaged chunks
-    peers: list[dict[str, Any]] = field(default_factory=list)  # other sources, each credentialed
+    peers: list[dict[str, Any]] = field(default_factory=list)  # other sources
+    #: the credential for every peer of ``peers`` that brings none of its own (one signature
+    #: per install, not one per peer, and not repeated in each entry)
+    peer_token: str = ""
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -63,6 +66,8 @@ class InstallRequest:
             body["repair"] = True
         if self.peers:
             body["peers"] = self.peers
+        if self.peer_token:
+            body["peer_token"] = self.peer_token
         return body
 
     @classmethod
@@ -75,7 +80,11 @@ class InstallRequest:
         peers = body.get("peers", [])
         if not isinstance(peers, list):
             raise UserError(f"malformed {what}: peers must be a list")
-        return cls(_b64(body, "manifest", what), _b64(body, "signature", what), repair, peers)
+        token = body.get("peer_token", "")
+        if not isinstance(token, str):
+            raise UserError(f"malformed {what}: peer_token must be a string")
+        manifest, signature = _b64(body, "manifest", what), _b64(body, "signature", what)
+        return cls(manifest, signature, repair, peers, token)
 
 
 @dataclass(frozen=True)

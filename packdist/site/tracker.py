@@ -76,6 +76,7 @@ class Swarm:
         self.receivers: dict[str | None, list[SwarmMember]] = {}
         self._alive: dict[str, SwarmMember] = {}
         self._now_holding: set[str] = set()  # receivers that have installed since the read
+        self._entries: dict[tuple[str, bool], dict[str, Any]] = {}  # as requests carry them
         for m in sorted(members, key=lambda m: m.server):
             here = dict(m.labels).get(location_label)
             self.location[m.server] = here
@@ -101,25 +102,41 @@ class Swarm:
         )
 
     def offers(self, server: str, package_id: str, key: SigningKey, now: float) -> list[PeerOffer]:
+        token, entries = self.offer_json(server, package_id, key, now)
+        return [PeerOffer(e["name"], e["url"], token, e["holder"]) for e in entries]
+
+    def offer_json(
+        self, server: str, package_id: str, key: SigningKey, now: float
+    ) -> tuple[str, list[dict[str, Any]]]:
+        """The credential and the peers of :meth:`offers`, as an install request carries
+        them (``peer_token``, ``peers``): the entries are built once per read."""
         here = self.location.get(server)
         holders = self.holders.get(here, [])
         if len(holders) > MAX_HOLDERS:  # a different few for each server: load spreads
             # (one more than needed, in case the asker is among them: never a scan)
             holders = random.Random(f"{server}/{package_id}").sample(holders, MAX_HOLDERS + 1)
-        holders = [m for m in holders if m.server != server][:MAX_HOLDERS]
-        swarm: list[SwarmMember] = []  # every receiver here sees the same first ones, by name
+        chosen = [m for m in holders if m.server != server][:MAX_HOLDERS]
+        taken = 0  # every receiver here sees the same first ones, by name
         for m in self.receivers.get(here, ()):
-            if len(swarm) == MAX_SWARM:
+            if taken == MAX_SWARM:
                 break
             if m.server != server and m.server not in self._now_holding:
-                swarm.append(m)
-        if not holders and not swarm:
-            return []
-        token = peer_assertion(key, server, package_id, now)
-        return [
-            PeerOffer(m.server, m.url, token, m.holder)
-            for m in sorted(holders + swarm, key=lambda m: m.server)
-        ]
+                chosen.append(m)
+                taken += 1
+        if not chosen:
+            return "", []
+        chosen.sort(key=lambda m: m.server)
+        return peer_assertion(key, server, package_id, now), [self._entry(m) for m in chosen]
+
+    def _entry(self, m: SwarmMember) -> dict[str, Any]:
+        entry = self._entries.get((m.server, m.holder))
+        if entry is None:
+            entry = self._entries[m.server, m.holder] = {
+                "name": m.server,
+                "url": m.url,
+                "holder": m.holder,
+            }
+        return entry
 
 
 class SwarmIndex:

@@ -121,6 +121,19 @@ def test_a_peer_url_the_client_cannot_use_is_refused_in_one_line(url: str) -> No
         Peer.parse_list([{"name": "dp2", "url": "http://x:1", "token": "t\r\nX-Evil: 1"}])
 
 
+def test_one_credential_in_an_install_request_serves_every_peer_that_brings_none() -> None:
+    entries = [{"name": "dp2", "url": "http://x:1"}, {"name": "dp3", "url": "http://y:1/"}]
+    entries.append({"name": "dp4", "url": "http://z:1", "token": "own", "holder": True})
+    peers = Peer.parse_list(entries, "shared")
+    assert [(p.name, p.url, p.token, p.holder) for p in peers] == [
+        ("dp2", "http://x:1", "shared", False),
+        ("dp3", "http://y:1", "shared", False),
+        ("dp4", "http://z:1", "own", True),
+    ]
+    with pytest.raises(UserError, match=r"dp2.*malformed credential"):
+        Peer.parse_list(entries[:1])  # no credential anywhere
+
+
 def test_asking_a_peer_whose_url_the_client_refuses_is_a_transfer_error() -> None:
     from packdist.agent.sources import peer_chunks
     from packdist.errors import TransferError
