@@ -297,7 +297,7 @@ def distribute(
             if not targets:
                 raise NoTargets(f"group {group} has no servers")
         else:
-            targets = [s.name for s in store.list_servers()]
+            targets = store.server_names()
             if not targets:
                 raise NoTargets("there are no servers (add one with 'packdist server add')")
         options = {"peers": False} if no_peers else {}

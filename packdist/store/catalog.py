@@ -191,6 +191,10 @@ class CatalogQueries:
     def server_by_token_hash(self, token_hash: str) -> ServerRecord | None:
         return self._one_server(self.db.row("live_server_by_token", token_hash=token_hash))
 
+    def server_names(self) -> list[str]:
+        """The names of every enrolled server, in order (no other column read)."""
+        return [r["name"] for r in self.db.rows("live_server_names")]
+
     def live_server_names(self, names: list[str]) -> set[str]:
         return {r["name"] for r in self.db.rows("live_server_names_among", names=names)}
 

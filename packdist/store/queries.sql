@@ -76,6 +76,9 @@ WHERE name = :name AND removed = 0 RETURNING name
 SELECT name, url, created_at, last_seen, disk_free, labels FROM servers
 WHERE removed = 0 ORDER BY name
 
+-- name: live_server_names
+SELECT name FROM servers WHERE removed = 0 ORDER BY name
+
 -- name: live_server_by_name
 SELECT name, url, created_at, last_seen, disk_free, labels FROM servers
 WHERE removed = 0 AND name = :name

@@ -107,6 +107,26 @@ class StoreConformance:
 
     # --- site -----------------------------------------------------------------------------
 
+    def test_a_job_to_a_thousand_servers_takes_lists_of_any_length(
+        self, store: Store, pkg: PackageRecord
+    ) -> None:
+        # long lists go to the database as one array: names, ids and states alike
+        names = [f"dp{i:04d}" for i in range(1000)]
+        with store.transaction():
+            for name in names:
+                add_server(store, name)
+        with pytest.raises(NotFound, match="unknown server"):
+            Service(store).add_job(pkg.id, [*names, "nobody"], None, None, {}, T0)
+        job_id = Service(store).add_job(pkg.id, names, None, None, {}, T0)
+        claims = Service(store).claim_ready("w:1", LEASE, 1000, T0 + 1)
+        assert sorted(c.server for c in claims) == names
+        assert {i.state for i in store.get_job(job_id).instructions} == {S.SENDING}
+        Service(store).cancel_job(job_id, T0 + 2)
+        assert {i.state for i in store.get_job(job_id).instructions} == {S.CANCELLED}
+        digest = Digest.of(b"app@1.0")
+        many = [digest] + [Digest.of(str(i).encode()) for i in range(100)]
+        assert store.known_chunks(many) == {digest}
+
     def test_site_name(self, store: Store) -> None:
         assert store.site_name() == "s"
 
