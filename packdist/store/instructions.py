@@ -250,15 +250,22 @@ class InstructionQueries:
     ) -> list[int]:
         """Due instructions, oldest due first, that no opposite attempt on their server
         waits for (with ``heard_since``: only of servers heard from since then); on
-        PostgreSQL locked for this transaction, skipping those another worker is claiming."""
-        rows = self.db.rows(
-            "claim_candidates",
-            states=_states(states.sources("claim")),
-            now=now,
-            limit=limit,
-            heard_since=-1.0 if heard_since is None else heard_since,
-        )
-        return [r["id"] for r in rows]
+        PostgreSQL locked for this transaction, skipping those another worker is claiming.
+
+        One query per source state: each walks the ``(state, next_attempt_at)`` index in
+        order and stops at ``limit``, where one query over both states sorted every due
+        row (10,000 of them: 20 ms per claim)."""
+        found: list[tuple[float, int]] = []
+        for state in sorted(states.sources("claim")):
+            rows = self.db.rows(
+                "claim_candidates",
+                state=state.value,
+                now=now,
+                limit=limit,
+                heard_since=-1.0 if heard_since is None else heard_since,
+            )
+            found += [(float(r["next_attempt_at"]), int(r["id"])) for r in rows]
+        return [i for _, i in sorted(found)[:limit]]
 
     def installs_under_way(self, server: str, package_id: str) -> int:
         """Install attempts of this package on this server that a worker drives now."""

@@ -257,12 +257,13 @@ SELECT state FROM instructions WHERE id = :id
 SELECT min(next_attempt_at) AS due FROM instructions WHERE state IN (:states)
 
 -- name: claim_candidates
--- due work of servers not removed, oldest due first; not while an opposite attempt for the
--- same version on the same server is under way (the newer intent waits for it to end);
--- with heard_since (not -1), only servers heard from since then
-SELECT i.id FROM instructions i
+-- due work in one state of servers not removed, oldest due first (the index's order: no
+-- sort); not while an opposite attempt for the same version on the same server is under
+-- way (the newer intent waits for it to end); with heard_since (not -1), only servers
+-- heard from since then
+SELECT i.id, i.next_attempt_at FROM instructions i
 JOIN servers s ON s.name = i.server JOIN jobs j ON j.id = i.job_id
-WHERE i.state IN (:states) AND i.next_attempt_at <= :now AND s.removed = 0
+WHERE i.state = :state AND i.next_attempt_at <= :now AND s.removed = 0
 AND (:heard_since < 0 OR s.last_seen >= :heard_since)
 AND NOT EXISTS (SELECT 1 FROM instructions o JOIN jobs oj ON oj.id = o.job_id
     WHERE o.server = i.server AND o.state = 'sending'
@@ -271,9 +272,9 @@ ORDER BY i.next_attempt_at LIMIT :limit
 
 -- name: claim_candidates [postgresql]
 -- the same; rows another worker is claiming right now are skipped, not waited for
-SELECT i.id FROM instructions i
+SELECT i.id, i.next_attempt_at FROM instructions i
 JOIN servers s ON s.name = i.server JOIN jobs j ON j.id = i.job_id
-WHERE i.state IN (:states) AND i.next_attempt_at <= :now AND s.removed = 0
+WHERE i.state = :state AND i.next_attempt_at <= :now AND s.removed = 0
 AND (:heard_since < 0 OR s.last_seen >= :heard_since)
 AND NOT EXISTS (SELECT 1 FROM instructions o JOIN jobs oj ON oj.id = o.job_id
     WHERE o.server = i.server AND o.state = 'sending'
