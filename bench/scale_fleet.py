@@ -153,9 +153,15 @@ class Fleet:
             why = pgcluster.missing_reason()
             if why:
                 raise SystemExit(f"bench scale: --store postgresql: {why}")
-            self.cluster = pgcluster.Cluster()
+            # fsync on, as in production: commits cost what they cost there
+            settings = {}
+            if os.environ.get("PACKDIST_BENCH_PG_STATEMENTS"):  # where the database's time goes
+                settings = {"shared_preload_libraries": "pg_stat_statements"}
+            self.cluster = pgcluster.Cluster(durable=True, settings=settings)
             self.cluster.start()
             self.store_url = self.cluster.new_database()
+            if settings:
+                self._db_execute("CREATE EXTENSION pg_stat_statements")
         init = ["--home", str(self.home), "site", "init", "--name", "scale", "--json"]
         if self.store_url:
             init += ["--store", self.store_url]
@@ -299,10 +305,31 @@ class Fleet:
                     errors[line.split(" ", 3)[-1][:160]] += 1
         return tracebacks, [f"{n}x {e}" for e, n in errors.most_common(5)]
 
+    def _db_execute(self, sql: str) -> list[tuple[Any, ...]]:
+        import psycopg
+
+        assert self.store_url is not None
+        with psycopg.connect(self.store_url, autocommit=True) as conn:
+            cursor = conn.execute(sql)
+            return cursor.fetchall() if cursor.description else []
+
+    def statement_report(self) -> str:
+        """The statements that took the database's time (with PACKDIST_BENCH_PG_STATEMENTS)."""
+        rows = self._db_execute(
+            "SELECT round(total_exec_time::numeric, 0), calls,"
+            " round((total_exec_time / calls)::numeric, 3), left(regexp_replace(query,"
+            " '\\s+', ' ', 'g'), 110) FROM pg_stat_statements ORDER BY 1 DESC LIMIT 20"
+        )
+        lines = ["total ms | calls | ms each | statement"]
+        lines += [" | ".join(str(x) for x in row) for row in rows]
+        return "\n".join(lines)
+
     def close(self) -> None:
         # the site first: agents that vanished under it would only add failures to its log
         _terminate([p for p in self.sites if p.poll() is None])
         _terminate([p for p in self.sims if p.poll() is None])
+        if self.cluster is not None and os.environ.get("PACKDIST_BENCH_PG_STATEMENTS"):
+            print(self.statement_report(), file=sys.stderr)
         if self.cluster is not None:
             self.cluster.stop()
         if not self.args.keep:

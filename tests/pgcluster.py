@@ -38,7 +38,13 @@ def _free_port() -> int:
 
 
 class Cluster:
-    def __init__(self) -> None:
+    """A throwaway PostgreSQL server. ``durable``: with ``fsync`` on, as in production (the
+    benchmarks); tests leave it off, being faster and losing nothing they look at.
+    ``settings``: more ``-c name=value`` options."""
+
+    def __init__(self, durable: bool = False, settings: dict[str, str] | None = None) -> None:
+        self.durable = durable
+        self.settings = settings or {}
         self.folder = Path(tempfile.mkdtemp(prefix="packdist-pg-"))
         self.data = self.folder / "data"
         self.port = _free_port()
@@ -72,10 +78,11 @@ class Cluster:
         self._pg_ctl("start", "-w", "-t", "60", "-l", str(self.folder / "log"))
 
     def _pg_ctl(self, *args: str) -> None:
-        options = (
-            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.folder} -c fsync=off"
-            " -c max_connections=200 -c full_page_writes=off"
-        )
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.folder}"
+        options += " -c max_connections=200"
+        if not self.durable:
+            options += " -c fsync=off -c full_page_writes=off"
+        options += "".join(f" -c {k}={v}" for k, v in self.settings.items())
         subprocess.run(
             self._as_owner(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-o", options, *args),
             check=True,

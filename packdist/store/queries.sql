@@ -107,18 +107,21 @@ WHERE g.grp = :grp AND s.removed = 0 ORDER BY g.server
 
 -- name: swarm
 -- holders (a copy not known corrupt), and receivers: an instruction under way, or one whose
--- retry is due (not one that waits out a back-off: it would not fetch its share now)
-SELECT s.name, s.url, s.labels, s.last_seen,
-    EXISTS (SELECT 1 FROM server_packages p WHERE p.server = s.name
-            AND p.package_id = :pkg AND p.corrupt IS NULL) AS holder
-FROM servers s WHERE s.removed = 0 AND (
-    EXISTS (SELECT 1 FROM server_packages p WHERE p.server = s.name
-            AND p.package_id = :pkg AND p.corrupt IS NULL)
-    OR EXISTS (SELECT 1 FROM instructions i JOIN jobs j ON j.id = i.job_id
-               WHERE i.server = s.name AND j.package_id = :pkg AND j.action = 'install'
-               AND (i.state IN ('pending', 'sending')
-                    OR (i.state = 'retrying' AND i.next_attempt_at <= :now))))
-ORDER BY s.name
+-- retry is due (not one that waits out a back-off: it would not fetch its share now); each
+-- server once (a holder with an instruction too is a holder). Both halves walk indexes of
+-- this package's rows: nothing proportional to the fleet.
+SELECT s.name, s.url, s.labels, s.last_seen, 1 AS holder
+FROM server_packages p JOIN servers s ON s.name = p.server
+WHERE p.package_id = :pkg AND p.corrupt IS NULL AND s.removed = 0
+UNION
+SELECT s.name, s.url, s.labels, s.last_seen, 0 AS holder
+FROM jobs j JOIN instructions i ON i.job_id = j.id JOIN servers s ON s.name = i.server
+WHERE j.package_id = :pkg AND j.action = 'install' AND s.removed = 0
+AND i.state IN ('pending', 'sending', 'retrying')
+AND (i.state != 'retrying' OR i.next_attempt_at <= :now)
+AND NOT EXISTS (SELECT 1 FROM server_packages p WHERE p.server = s.name
+                AND p.package_id = :pkg AND p.corrupt IS NULL)
+ORDER BY 1
 
 -- name: server_liveness
 SELECT last_seen, boot_id, back_at FROM servers WHERE name = :name AND removed = 0
