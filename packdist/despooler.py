@@ -171,13 +171,12 @@ class Despooler:
         free = min(CLAIM_BATCH, self.max_in_flight - len(self.in_flight))
         silent_room = max(0, self.silent_cap - len(self.in_flight_silent))
         service = Service(store)
-        claims = (
-            service.claim_ready(lease, self.lease, min(free, silent_room), now)
-            if silent_room
-            else []
-        )
+        first = min(free, silent_room)
+        claims = service.claim_ready(lease, self.lease, first, now) if first else []
         silent = sum(1 for c in claims if _silent(c, now))
-        if free > len(claims):
+        # the rest, of servers heard from lately (unless the first took fewer than it might:
+        # then nothing else is due)
+        if free > len(claims) and (first == 0 or len(claims) == first):
             heard_since = now - SILENT_AFTER
             claims += service.claim_ready(lease, self.lease, free - len(claims), now, heard_since)
         # due work we may not take now (silent servers at their cap) waits for a free slot
