@@ -155,14 +155,15 @@ class Despooler:
             self._claims += 1
             lease = f"{self.owner}:{self._claims}"
             claims = await self.db(functools.partial(self._claim, lease))
-            for c in claims:
-                self._spawn(c)
+            for c, silent in claims:
+                self._spawn(c, silent)
             if not claims or self._held_back:
                 return
 
-    def _claim(self, lease: str, store: Store) -> list[Claim]:
+    def _claim(self, lease: str, store: Store) -> list[tuple[Claim, bool]]:
         """Up to a batch of due instructions, within the free slots: first up to the room
-        left for servers not heard from lately, then, for the rest, only servers that were."""
+        left for servers not heard from lately, then, for the rest, only servers that were.
+        Each comes with whether its server counts as silent (decided here, once)."""
         now = time.time()
         due = self._next_due = store.next_due_at()  # a plain read: no lock when idle
         self._held_back = False
@@ -181,15 +182,15 @@ class Despooler:
             claims += service.claim_ready(lease, self.lease, free - len(claims), now, heard_since)
         # due work we may not take now (silent servers at their cap) waits for a free slot
         self._held_back = len(claims) < free and silent >= silent_room
-        return claims
+        return [(c, _silent(c, now)) for c in claims]
 
-    def _spawn(self, c: Claim) -> None:
+    def _spawn(self, c: Claim, silent: bool) -> None:
         if c.instruction_id in self.in_flight:  # cannot happen with leases; never run twice
             log.error("instruction %d is already under way here", c.instruction_id)
             return
         task = asyncio.create_task(self._attempt(c), name=f"instruction {c.instruction_id}")
         self.in_flight[c.instruction_id] = task
-        if _silent(c, time.time()):
+        if silent:
             self.in_flight_silent.add(c.instruction_id)
 
         def done(t: asyncio.Task[None]) -> None:
@@ -316,12 +317,12 @@ class Despooler:
 
     async def _manifest(self, package_id: str) -> tuple[bytes, bytes]:
         """The package's signed manifest (a package never changes: read once, kept a while)."""
-        found = self._manifests.get(package_id)
+        found = self._manifests.pop(package_id, None)  # (taken out: put back as the newest)
         if found is None:
             found = await self.db(lambda s: s.package_manifest(package_id))
-            if len(self._manifests) >= MANIFESTS_KEPT:
+            if len(self._manifests) >= MANIFESTS_KEPT:  # the least recently used goes
                 self._manifests.pop(next(iter(self._manifests)))
-            self._manifests[package_id] = found
+        self._manifests[package_id] = found
         return found
 
     async def _install(self, c: Claim, progress: _Progress) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from packdist.errors import PackdistError
+from packdist.errors import InvalidTransition
 from packdist.store.base import Store
 
 T = TypeVar("T")
@@ -41,10 +41,11 @@ class StoreRunner:
 class WriteBatch:
     """Writes of many callers, each in the transaction of a batch.
 
-    A write is a function of the store that either writes, or raises a
-    :class:`PackdistError` before it writes anything (a lost lease: the guarded change
-    found nothing to change). Such an error is that caller's alone; any other failure
-    fails the whole batch (nothing of it was written) and reaches every caller in it.
+    A write is a function of the store that either writes, or raises
+    :class:`InvalidTransition` before it writes anything (a lost lease: the guarded change
+    found nothing to change). That error is its caller's alone; any other failure (a
+    database error aborts the whole transaction on PostgreSQL) fails the whole batch,
+    which then wrote nothing, and reaches every caller in it.
     """
 
     def __init__(self, db: StoreRunner, most: int = 256) -> None:
@@ -87,12 +88,12 @@ class WriteBatch:
 
 def _write_all(
     store: Store, *, writes: list[Callable[[Store], Any]]
-) -> list[tuple[Any, PackdistError | None]]:
-    outcomes: list[tuple[Any, PackdistError | None]] = []
+) -> list[tuple[Any, InvalidTransition | None]]:
+    outcomes: list[tuple[Any, InvalidTransition | None]] = []
     with store.transaction():
         for write in writes:
             try:
                 outcomes.append((write(store), None))
-            except PackdistError as exc:
+            except InvalidTransition as exc:  # it changed nothing: the others stand
                 outcomes.append((None, exc))
     return outcomes

@@ -32,6 +32,9 @@ from packdist.store.base import SwarmMember
 ALIVE_WITHIN = 10.0
 #: seconds a package's swarm, as read from the store, serves the installs that follow
 REFRESH = 2.0
+#: a server the swarm does not know (a new job's, a retry come due) calls for a new read,
+#: but not more often than this: meanwhile it fetches from the site alone
+REREAD_AFTER = 0.5
 #: holders offered to one agent (all of them hold every chunk; a few spread the load)
 MAX_HOLDERS = 8
 #: receivers offered to one agent; every receiver in the location should see the same set,
@@ -110,7 +113,9 @@ class Swarm:
     ) -> tuple[str, list[dict[str, Any]]]:
         """The credential and the peers of :meth:`offers`, as an install request carries
         them (``peer_token``, ``peers``): the entries are built once per read."""
-        here = self.location.get(server)
+        if server not in self.location:  # not a member when read: its place is unknown
+            return "", []
+        here = self.location[server]
         holders = self.holders.get(here, [])
         if len(holders) > MAX_HOLDERS:  # a different few for each server: load spreads
             # (one more than needed, in case the asker is among them: never a scan)
@@ -149,11 +154,15 @@ class SwarmIndex:
         self._swarms: dict[str, Swarm] = {}
 
     def fresh(self, package_id: str, server: str, now: float) -> Swarm | None:
-        """The package's swarm as read lately, if it is recent and knows ``server``."""
+        """The package's swarm as read lately, if it is recent and knows ``server`` (or was
+        read again less than ``REREAD_AFTER`` ago: its offers to a server it does not know
+        are none)."""
         swarm = self._swarms.get(package_id)
         if swarm is None or not (0 <= now - swarm.read_at < self.refresh):
             return None
-        return swarm if swarm.knows(server) else None
+        if swarm.knows(server) or now - swarm.read_at < REREAD_AFTER:
+            return swarm
+        return None
 
     def installed(self, package_id: str, server: str) -> None:
         """``server`` installed the package: it is a holder in the swarm held."""

@@ -6,8 +6,9 @@ parameter (``x IN (:ids)``, a Python sequence) expands to one placeholder per it
 ``LONG_LIST`` items, to one parameter holding them all (a JSON array that SQLite's
 ``json_each`` reads, an array that PostgreSQL's ``unnest`` does): SQLite parses named
 placeholders in time quadratic in their number (10,000 server names took 0.9 s), and
-neither driver likes statements of that length. (Lists of bytes, digests, keep their
-placeholders: JSON has no bytes.) The store asks for a query by name and the
+neither driver likes statements of that length. (Only lists of plain integers or of
+strings go as arrays; others, such as digests as bytes, which JSON cannot carry, keep their
+placeholders.) The store asks for a query by name and the
 dialect turns it into what its driver takes.
 """
 
@@ -74,7 +75,7 @@ class Dialect:
             if isinstance(value, list | tuple):
                 items: Sequence[Any] = value
                 del out[key]
-                if len(items) > LONG_LIST and not any(isinstance(v, bytes) for v in items):
+                if len(items) > LONG_LIST and _one_kind(items):
                     out[key] = self._array(items)
                     spelled = self._elements(key, items)
                 else:
@@ -93,9 +94,16 @@ class Dialect:
     def _elements(self, key: str, items: Sequence[Any]) -> str:
         """A subquery of the items of array parameter ``key`` (inside ``IN (...)``)."""
         if self.paramstyle == "pyformat":  # the array's type, which PostgreSQL cannot guess
-            kind = "bigint" if all(isinstance(v, int) for v in items) else "text"
+            kind = "text" if isinstance(items[0], str) else "bigint"
             return f"SELECT unnest(CAST(:{key} AS {kind}[]))"
         return f"SELECT value FROM json_each(:{key})"
+
+
+def _one_kind(items: Sequence[Any]) -> bool:
+    """All integers (not booleans) or all strings: what both array forms carry exactly."""
+    if all(isinstance(v, str) for v in items):
+        return True
+    return all(isinstance(v, int) and not isinstance(v, bool) for v in items)
 
 
 SQLITE = Dialect("sqlite", "named")

@@ -218,6 +218,9 @@ def test_a_swarm_read_serves_installs_for_a_while_then_is_read_again() -> None:
     assert index.fresh(PKG, "dp1", NOW + 2.1) is None
     assert index.fresh(PKG, "dp1", NOW - 1) is None  # the clock went back: read again
     assert index.fresh(PKG, "dp9", NOW + 1) is None  # a receiver it never heard of: read again
+    # ... but not over and over: just read, it serves, and offers such a server nothing
+    assert index.fresh(PKG, "dp9", NOW + 0.2) is swarm
+    assert swarm.offers("dp9", PKG, KEY, NOW + 0.2) == []
     # a receiver that installed is offered as a holder from then on, without a read
     index.installed(PKG, "dp2")
     offers = swarm.offers("dp1", PKG, KEY, NOW + 1)

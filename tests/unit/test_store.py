@@ -8,6 +8,7 @@ job is reported succeeded while a target does not hold the package.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -520,3 +521,16 @@ def test_the_state_machine_holds_on_postgresql(pg_cluster: Cluster) -> None:
             suppress_health_check=[HealthCheck.too_slow],
         ),
     )
+
+
+def test_long_lists_of_one_plain_kind_go_as_one_array_and_others_keep_placeholders() -> None:
+    from packdist.store.queries import LONG_LIST, POSTGRESQL, SQLITE
+
+    n = LONG_LIST + 1
+    sql, params = SQLITE.prepare("SELECT 1 WHERE x IN (:xs)", {"xs": list(range(n))})
+    assert "json_each(:xs)" in sql and params["xs"] == json.dumps(list(range(n)))
+    sql, params = POSTGRESQL.prepare("SELECT 1 WHERE x IN (:xs)", {"xs": ["a"] * n})
+    assert "CAST(%(xs)s AS text[])" in sql and params["xs"] == ["a"] * n
+    for mixed in ([0.5] * n, [1] * (n - 1) + [None], [True] * n, [1] * (n - 1) + ["a"]):
+        sql, params = POSTGRESQL.prepare("SELECT 1 WHERE x IN (:xs)", {"xs": mixed})
+        assert "unnest" not in sql and len(params) == n, mixed

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from packdist.errors import InvalidTransition
+from packdist.errors import InvalidTransition, StoreError
 from packdist.service import Service
 from packdist.site.home import SiteHome
 from packdist.site.importer import import_tree
@@ -78,11 +78,14 @@ def test_attempts_ending_together_are_all_written_and_a_lost_lease_fails_only_it
         store.close()
 
 
-def test_a_batch_that_fails_writes_nothing_and_every_caller_hears_of_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("error", [RuntimeError("a bug"), StoreError("database error: deadlock")])
+def test_a_batch_that_fails_writes_nothing_and_every_caller_hears_of_it(
+    tmp_path: Path, error: Exception
+) -> None:
     home, claims = _site_with_claims(tmp_path, 5)
 
     def broken(store: Store) -> None:
-        raise RuntimeError("disk on fire")
+        raise error
 
     async def finish() -> list[BaseException | None]:
         runner = StoreRunner(home.store())
@@ -99,7 +102,7 @@ def test_a_batch_that_fails_writes_nothing_and_every_caller_hears_of_it(tmp_path
             runner.close()
 
     errors = asyncio.run(finish())
-    assert all(isinstance(e, RuntimeError) for e in errors), errors
+    assert all(e is error for e in errors), errors
     store = home.store()
     try:
         assert _installed(store, claims) == set()
