@@ -19,9 +19,10 @@ from packdist.core.fsutil import human_bytes
 from packdist.core.names import check_server_name, parse_ref
 from packdist.errors import NoTargets, NotFound, UserError
 from packdist.service import Service
+from packdist.service.jobs import named
 from packdist.site.home import SiteHome
-from packdist.site.views import job_json
-from packdist.states import DONE, TERMINAL, JobState
+from packdist.site.views import job_counts, job_json
+from packdist.states import DONE, TERMINAL, InstructionState, JobState
 from packdist.store.base import InstructionRecord, JobRecord, Store
 
 EXIT_OK, EXIT_FAILED, EXIT_TIMEOUT = 0, 1, 75
@@ -71,16 +72,18 @@ def _rate_text(rate: float | None) -> str:
     return f"{human_bytes(rate)}/s" if rate else "-"
 
 
-def _job_table(job: JobRecord, now: float, meter: RateMeter | None = None) -> Group:
+def _job_table(job: JobRecord, now: float, meter: RateMeter | None = None, more: str = "") -> Group:
     """The job as operators follow it: a title, one row per server and a total (progress,
     bytes, rate when ``meter`` is given, next attempt), then the last error of each server
-    in words, on lines of their own so they are never cut at 80 columns."""
+    in words, on lines of their own so they are never cut at 80 columns. A job read in
+    part (a page): its counts per state, the rows of that page, and ``more``."""
     removal = job.action == "remove"
     goal = DONE[job.action].value
-    done_count = sum(1 for i in job.instructions if i.state.value == goal)
+    counts = job_counts(job)
+    whole = len(job.instructions) == job.total
     title = Text(
         f"job {job.id}  {'remove ' if removal else ''}{job.package_ref}  [{job.state.value}]"
-        f"  {done_count}/{len(job.instructions)} {goal}",
+        f"  {counts[goal]:,}/{job.total:,} {goal}",
         style="bold",
     )
     table = Table(box=None, pad_edge=False)
@@ -125,7 +128,7 @@ def _job_table(job: JobRecord, now: float, meter: RateMeter | None = None) -> Gr
             row += [_rate_text(meter.rate(i.server) if i.state.value == "sending" else None)]
         row += [nxt]
         table.add_row(*row)
-    if len(job.instructions) > 1 and not removal:
+    if len(job.instructions) > 1 and not removal and whole:
         done = sum(_shown(i) for i in job.instructions)
         total = sum(i.bytes_total for i in job.instructions)
         row = ["[bold]total[/bold]", "", str(sum(i.attempts for i in job.instructions))]
@@ -142,7 +145,12 @@ def _job_table(job: JobRecord, now: float, meter: RateMeter | None = None) -> Gr
             row += [_rate_text(sum(r for r in rates if r) or None)]
         row += [""]
         table.add_row(*row)
-    parts: list[RenderableType] = [title, table]
+    parts: list[RenderableType] = [title]
+    if not whole:
+        parts.append(Text("  ".join(f"{s} {n:,}" for s, n in counts.items() if n)))
+    parts.append(table)
+    if more:
+        parts.append(Text(more, style="italic"))
     errors = [i for i in job.instructions if i.last_error]
     if errors:
         parts.append(Text("last error", style="bold"))
@@ -173,10 +181,13 @@ def _styled(word: str) -> str:
     return f"[{style}]{escape(word)}[/{style}]" if style else escape(word)
 
 
-def _load(job_id: str) -> JobRecord:
+def _load(
+    job_id: str, state: str | None = None, limit: int | None = None, offset: int = 0
+) -> JobRecord:
     store = SiteHome.open(resolve_home()).store()
     try:
-        return store.get_job(job_id)
+        states = None if state is None else [InstructionState(state)]
+        return store.get_job(job_id, states, limit, offset)
     finally:
         store.close()
 
@@ -314,7 +325,7 @@ def distribute(
     if as_json:
         print_json({"job": job_id, **{k: v for k, v in job_json(job).items() if k != "id"}})
     else:
-        click.echo(f"job {job_id}: {pkg.ref} to {', '.join(i.server for i in job.instructions)}")
+        click.echo(f"job {job_id}: {pkg.ref} to {named([i.server for i in job.instructions])}")
         if wait:
             click.echo(f"job {job_id} {job.state.value}")
     if code:
@@ -327,17 +338,41 @@ def job() -> None:
     """Show, wait for, list, cancel and retry jobs."""
 
 
+HUMAN_PAGE = 50  # rows of ``job show`` on a terminal unless --limit says otherwise
+STATE_WORDS = [s.value for s in InstructionState]
+
+
 @job.command("show")
 @home_option
 @click.argument("job_id")
+@click.option(
+    "--state", type=click.Choice(STATE_WORDS), help="Only the instructions in this state."
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    help=f"At most N instructions (default: every one with --json, {HUMAN_PAGE} otherwise).",
+)
+@click.option(
+    "--offset", type=click.IntRange(min=0), default=0, help="Skip the first N (by server name)."
+)
 @json_option
-def job_show(job_id: str, as_json: bool) -> None:
-    """The job and its instructions."""
-    j = _load(job_id)
+def job_show(job_id: str, state: str | None, limit: int | None, offset: int, as_json: bool) -> None:
+    """The job, its counts per state and its instructions (in server order)."""
     if as_json:
-        print_json(job_json(j))
-    else:
-        Console().print(_job_table(j, time.time()))
+        j = _load(job_id, state, limit, offset)
+        doc = job_json(j)
+        if state is not None or limit is not None or offset:
+            matching = doc["counts"][state] if state is not None else j.total
+            doc["page"] = {"state": state, "offset": offset, "limit": limit, "matching": matching}
+        print_json(doc)
+        return
+    page = HUMAN_PAGE if limit is None else limit
+    j = _load(job_id, state, page, offset)
+    matching = job_counts(j)[state] if state is not None else j.total
+    rest = matching - offset - len(j.instructions)
+    more = f"… {rest:,} more; use --limit/--offset" if rest > 0 else ""
+    Console().print(_job_table(j, time.time(), more=more))
 
 
 @job.command("wait")
@@ -364,14 +399,14 @@ def job_wait(job_id: str, timeout: float | None, as_json: bool) -> None:
 @home_option
 @json_option
 def job_list(as_json: bool) -> None:
-    """List recent jobs."""
+    """List recent jobs (each with its counts per state; ``job show`` lists instructions)."""
     store = SiteHome.open(resolve_home()).store()
     try:
         jobs = store.list_jobs()
     finally:
         store.close()
     if as_json:
-        print_json({"jobs": [job_json(j) for j in jobs]})
+        print_json({"jobs": [job_json(j, instructions=False) for j in jobs]})
         return
     if not jobs:
         click.echo("no jobs yet")
@@ -380,13 +415,13 @@ def job_list(as_json: bool) -> None:
     for col in ("job", "action", "package", "state", "servers", "created"):
         table.add_column(col)
     for j in jobs:
-        done = sum(1 for i in j.instructions if i.state in TERMINAL)
+        done = sum(n for state, n in j.counts.items() if InstructionState(state) in TERMINAL)
         table.add_row(
             j.id,
             j.action,
             j.package_ref,
             j.state.value,
-            f"{done}/{len(j.instructions)} done",
+            f"{done:,}/{j.total:,} done",
             iso(j.created_at),
         )
     Console().print(table)

@@ -23,8 +23,9 @@ def status(as_json: bool) -> None:
     store = SiteHome.open(resolve_home()).store()
     now = time.time()
     try:
-        matrix = store.status_matrix() if as_json else {}  # the JSON's "packages" only
-        doc = views.status(store, now)
+        cells = store.status_cells()  # one read of the holdings and the newest instructions
+        matrix = store.status_matrix(cells) if as_json else {}  # the JSON's "packages" only
+        doc = views.status(store, now, read=cells)
     finally:
         store.close()
     servers = [s["name"] for s in doc["servers"]]
