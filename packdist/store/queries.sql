@@ -437,7 +437,10 @@ SELECT state, sum(n) AS n FROM job_state_counts GROUP BY state
 
 -- name: instruction_sums
 SELECT coalesce(sum(attempts), 0) AS attempts, coalesce(sum(bytes_sent), 0) AS bytes_sent
-FROM instructions
+FROM instruction_totals
+
+-- name: transfer_histogram
+SELECT le, sum(n) AS n, sum(total) AS total FROM transfer_histogram GROUP BY le ORDER BY le
 
 -- name: state_counts_of_every_job
 SELECT c.job_id, c.state, sum(c.n) AS n, j.action FROM job_state_counts c
@@ -445,11 +448,6 @@ JOIN jobs j ON j.id = c.job_id GROUP BY c.job_id, c.state, j.action
 
 -- name: events_by_kind
 SELECT kind, count(*) AS n FROM events GROUP BY kind
-
--- name: install_durations
-SELECT CASE WHEN finished_at > claimed_at THEN finished_at - claimed_at ELSE 0.0 END AS d
-FROM instructions
-WHERE state = 'installed' AND claimed_at IS NOT NULL AND finished_at IS NOT NULL
 
 -- === PostgreSQL's own plumbing ==============================================================
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import bisect
-
 from packdist import states
 from packdist.states import InstructionState
 from packdist.store.db import Database, Row
@@ -128,8 +126,13 @@ class ReportQueries:
         for job_id, action in actions.items():
             jobs[states.job_state(per_job.get(job_id, []), action).value] += 1
         events = {r["kind"]: int(r["n"]) for r in self.db.rows("events_by_kind")}
-        durations = sorted(float(r["d"]) for r in self.db.rows("install_durations"))
-        counts = [bisect.bisect_right(durations, float(b)) for b in transfer_bounds]
+        # the summary's bins (each install once, under the smallest bound it fits), made
+        # cumulative at the bounds asked for
+        bins = [
+            (float(r["le"]), int(r["n"]), float(r["total"]))
+            for r in self.db.rows("transfer_histogram")
+        ]
+        counts = [sum(n for le, n, _ in bins if le <= float(b)) for b in transfer_bounds]
         return MetricsTotals(
             instructions,
             jobs,
@@ -138,6 +141,6 @@ class ReportQueries:
             events,
             tuple(transfer_bounds),
             tuple(counts),
-            len(durations),
-            float(sum(durations)),
+            sum(n for _, n, _ in bins),
+            sum(total for _, _, total in bins),
         )

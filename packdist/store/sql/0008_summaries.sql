@@ -32,6 +32,67 @@ BEGIN
     INSERT INTO job_state_counts (job_id, state, shard, n) VALUES (old.job_id, old.state, 0, -1)
     ON CONFLICT (job_id, state, shard) DO UPDATE SET n = n - 1;
 END;
+-- instruction_totals: attempts made and bytes sent, over every instruction (the counters of
+-- /metrics), kept by a trigger on the columns that hold them.
+CREATE TABLE instruction_totals (
+    shard       INTEGER PRIMARY KEY,
+    attempts    INTEGER NOT NULL,
+    bytes_sent  INTEGER NOT NULL
+);
+INSERT INTO instruction_totals (shard, attempts, bytes_sent)
+SELECT 0, coalesce(sum(attempts), 0), coalesce(sum(bytes_sent), 0) FROM instructions;
+CREATE TRIGGER instructions_totalled_on_change AFTER UPDATE OF attempts, bytes_sent
+ON instructions
+WHEN old.attempts IS NOT new.attempts OR old.bytes_sent IS NOT new.bytes_sent
+BEGIN
+    UPDATE instruction_totals SET attempts = attempts + new.attempts - old.attempts,
+        bytes_sent = bytes_sent + new.bytes_sent - old.bytes_sent
+    WHERE shard = 0;
+END;
+CREATE TRIGGER instructions_totalled_on_delete AFTER DELETE ON instructions
+BEGIN
+    UPDATE instruction_totals SET attempts = attempts - old.attempts,
+        bytes_sent = bytes_sent - old.bytes_sent
+    WHERE shard = 0;
+END;
+-- transfer_histogram: successful installs by duration (claim to verified), per upper bound
+-- ``le`` (seconds; the last one infinite), each install counted once, under the smallest
+-- bound it fits; the bounds are those of /metrics (packdist.site.metrics.TRANSFER_BOUNDS).
+CREATE TABLE transfer_histogram (
+    le      REAL NOT NULL,
+    shard   INTEGER NOT NULL DEFAULT 0,
+    n       INTEGER NOT NULL,
+    total   REAL NOT NULL,
+    PRIMARY KEY (le, shard)
+);
+INSERT INTO transfer_histogram (le, shard, n, total) VALUES (0.5, 0, 0, 0.0), (1, 0, 0, 0.0),
+    (2.5, 0, 0, 0.0), (5, 0, 0, 0.0), (10, 0, 0, 0.0), (30, 0, 0, 0.0), (60, 0, 0, 0.0),
+    (120, 0, 0, 0.0), (300, 0, 0, 0.0), (600, 0, 0, 0.0), (1800, 0, 0, 0.0),
+    (3600, 0, 0, 0.0), (9e999, 0, 0, 0.0);
+WITH took AS (
+    SELECT CASE WHEN finished_at > claimed_at THEN finished_at - claimed_at ELSE 0.0 END AS d
+    FROM instructions
+    WHERE state = 'installed' AND claimed_at IS NOT NULL AND finished_at IS NOT NULL),
+binned AS (SELECT (SELECT min(h.le) FROM transfer_histogram h WHERE h.le >= took.d) AS le, d
+    FROM took)
+UPDATE transfer_histogram SET
+    n = (SELECT count(*) FROM binned WHERE binned.le = transfer_histogram.le),
+    total = (SELECT coalesce(sum(d), 0.0) FROM binned WHERE binned.le = transfer_histogram.le);
+CREATE TRIGGER instructions_timed_when_installed AFTER UPDATE OF state ON instructions
+WHEN new.state = 'installed' AND old.state IS NOT 'installed'
+    AND new.claimed_at IS NOT NULL AND new.finished_at IS NOT NULL
+BEGIN
+    UPDATE transfer_histogram SET n = n + 1, total = total + max(new.finished_at - new.claimed_at, 0.0)
+    WHERE shard = 0 AND le = (SELECT min(le) FROM transfer_histogram
+                              WHERE le >= max(new.finished_at - new.claimed_at, 0.0));
+END;
+CREATE TRIGGER instructions_untimed_on_delete AFTER DELETE ON instructions
+WHEN old.state = 'installed' AND old.claimed_at IS NOT NULL AND old.finished_at IS NOT NULL
+BEGIN
+    UPDATE transfer_histogram SET n = n - 1, total = total - max(old.finished_at - old.claimed_at, 0.0)
+    WHERE shard = 0 AND le = (SELECT min(le) FROM transfer_histogram
+                              WHERE le >= max(old.finished_at - old.claimed_at, 0.0));
+END;
 -- newest_instructions: for each server and package, its newest instruction (of the newest
 -- job): what the package x server matrix shows where the server holds nothing. Written with
 -- each job's instructions (insert_job), so the matrix reads one row per cell, not every

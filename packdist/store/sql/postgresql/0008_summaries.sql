@@ -48,6 +48,76 @@ FOR EACH ROW EXECUTE FUNCTION packdist_count_instruction();
 CREATE TRIGGER instructions_counted_on_change AFTER UPDATE OF state, job_id ON instructions
 FOR EACH ROW WHEN (OLD.state IS DISTINCT FROM NEW.state OR OLD.job_id IS DISTINCT FROM NEW.job_id)
 EXECUTE FUNCTION packdist_count_instruction();
+CREATE TABLE instruction_totals (
+    shard       INTEGER PRIMARY KEY,
+    attempts    BIGINT NOT NULL,
+    bytes_sent  BIGINT NOT NULL
+);
+INSERT INTO instruction_totals (shard, attempts, bytes_sent)
+SELECT 0, coalesce(sum(attempts), 0), coalesce(sum(bytes_sent), 0) FROM instructions;
+CREATE FUNCTION packdist_total_instruction() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    k integer := packdist_count_shard();
+    attempts_now bigint := CASE WHEN TG_OP = 'DELETE' THEN 0 ELSE NEW.attempts END;
+    bytes_now bigint := CASE WHEN TG_OP = 'DELETE' THEN 0 ELSE NEW.bytes_sent END;
+BEGIN
+    INSERT INTO instruction_totals (shard, attempts, bytes_sent)
+    VALUES (k, attempts_now - OLD.attempts, bytes_now - OLD.bytes_sent)
+    ON CONFLICT (shard) DO UPDATE SET
+        attempts = instruction_totals.attempts + excluded.attempts,
+        bytes_sent = instruction_totals.bytes_sent + excluded.bytes_sent;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER instructions_totalled_on_change AFTER UPDATE OF attempts, bytes_sent
+ON instructions FOR EACH ROW
+WHEN (OLD.attempts IS DISTINCT FROM NEW.attempts OR OLD.bytes_sent IS DISTINCT FROM NEW.bytes_sent)
+EXECUTE FUNCTION packdist_total_instruction();
+CREATE TRIGGER instructions_totalled_on_delete AFTER DELETE ON instructions
+FOR EACH ROW EXECUTE FUNCTION packdist_total_instruction();
+CREATE TABLE transfer_histogram (
+    le      DOUBLE PRECISION NOT NULL,
+    shard   INTEGER NOT NULL DEFAULT 0,
+    n       BIGINT NOT NULL,
+    total   DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (le, shard)
+);
+INSERT INTO transfer_histogram (le, shard, n, total) VALUES (0.5, 0, 0, 0.0), (1, 0, 0, 0.0),
+    (2.5, 0, 0, 0.0), (5, 0, 0, 0.0), (10, 0, 0, 0.0), (30, 0, 0, 0.0), (60, 0, 0, 0.0),
+    (120, 0, 0, 0.0), (300, 0, 0, 0.0), (600, 0, 0, 0.0), (1800, 0, 0, 0.0),
+    (3600, 0, 0, 0.0), ('Infinity', 0, 0, 0.0);
+WITH took AS (
+    SELECT CASE WHEN finished_at > claimed_at THEN finished_at - claimed_at ELSE 0.0 END AS d
+    FROM instructions
+    WHERE state = 'installed' AND claimed_at IS NOT NULL AND finished_at IS NOT NULL),
+binned AS (SELECT (SELECT min(h.le) FROM transfer_histogram h WHERE h.le >= took.d) AS le, d
+    FROM took)
+UPDATE transfer_histogram SET
+    n = (SELECT count(*) FROM binned WHERE binned.le = transfer_histogram.le),
+    total = (SELECT coalesce(sum(d), 0.0) FROM binned WHERE binned.le = transfer_histogram.le);
+CREATE FUNCTION packdist_time_install() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    k integer := packdist_count_shard();
+    one integer := CASE WHEN TG_OP = 'DELETE' THEN -1 ELSE 1 END;
+    took double precision := CASE WHEN TG_OP = 'DELETE'
+        THEN greatest(OLD.finished_at - OLD.claimed_at, 0.0)
+        ELSE greatest(NEW.finished_at - NEW.claimed_at, 0.0) END;
+BEGIN
+    INSERT INTO transfer_histogram (le, shard, n, total)
+    SELECT min(le), k, one, one * took FROM transfer_histogram WHERE le >= took
+    ON CONFLICT (le, shard) DO UPDATE SET n = transfer_histogram.n + excluded.n,
+        total = transfer_histogram.total + excluded.total;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER instructions_timed_when_installed AFTER UPDATE OF state ON instructions
+FOR EACH ROW
+WHEN (NEW.state = 'installed' AND OLD.state IS DISTINCT FROM 'installed'
+      AND NEW.claimed_at IS NOT NULL AND NEW.finished_at IS NOT NULL)
+EXECUTE FUNCTION packdist_time_install();
+CREATE TRIGGER instructions_untimed_on_delete AFTER DELETE ON instructions FOR EACH ROW
+WHEN (OLD.state = 'installed' AND OLD.claimed_at IS NOT NULL AND OLD.finished_at IS NOT NULL)
+EXECUTE FUNCTION packdist_time_install();
 CREATE TABLE newest_instructions (
     server          TEXT NOT NULL,
     package_id      TEXT NOT NULL,
