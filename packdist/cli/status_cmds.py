@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from packdist.cli.common import home_option, json_option, print_json, resolve_home
-from packdist.cli.job_cmds import _styled
+from packdist.cli.job_view import _styled
 from packdist.site import views
 from packdist.site.home import SiteHome
 
