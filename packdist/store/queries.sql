@@ -447,7 +447,7 @@ SELECT c.job_id, c.state, sum(c.n) AS n, j.action FROM job_state_counts c
 JOIN jobs j ON j.id = c.job_id GROUP BY c.job_id, c.state, j.action
 
 -- name: events_by_kind
-SELECT kind, count(*) AS n FROM events GROUP BY kind
+SELECT kind, sum(n) AS n FROM event_counts GROUP BY kind
 
 -- === PostgreSQL's own plumbing ==============================================================
 

@@ -86,6 +86,11 @@ def assert_summaries_equal_a_recount(store: Store, newest: bool = True) -> None:
     assert list(totals.transfer_buckets) == [
         sum(1 for d in took if d <= b) for b in TRANSFER_BOUNDS
     ]
+    kinds = {
+        r["kind"]: int(r["n"])
+        for r in sql(store, "SELECT kind, count(*) AS n FROM events GROUP BY kind")
+    }
+    assert totals.events == kinds
     if newest:
         expected_newest = {
             (r["server"], r["package_id"]): r["newest"] for r in sql(store, RECOUNT_NEWEST)
@@ -286,6 +291,8 @@ DROP_SQLITE = (
     "DROP TRIGGER instructions_totalled_on_delete",
     "DROP TRIGGER instructions_timed_when_installed",
     "DROP TRIGGER instructions_untimed_on_delete",
+    "DROP TRIGGER events_counted",
+    "DROP TABLE event_counts",
     "DROP TABLE job_state_counts",
     "DROP TABLE instruction_totals",
     "DROP TABLE transfer_histogram",
@@ -297,6 +304,8 @@ DROP_POSTGRESQL = (
     "DROP FUNCTION packdist_count_instruction() CASCADE",
     "DROP FUNCTION packdist_total_instruction() CASCADE",
     "DROP FUNCTION packdist_time_install() CASCADE",
+    "DROP FUNCTION packdist_count_event() CASCADE",
+    "DROP TABLE event_counts",
     "DROP FUNCTION packdist_count_shard()",
     "DROP TABLE job_state_counts",
     "DROP TABLE instruction_totals",

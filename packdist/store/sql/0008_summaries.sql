@@ -93,6 +93,19 @@ BEGIN
     WHERE shard = 0 AND le = (SELECT min(le) FROM transfer_histogram
                               WHERE le >= max(old.finished_at - old.claimed_at, 0.0));
 END;
+-- event_counts: the timeline counted by kind (packdist_events_total), kept with every event.
+CREATE TABLE event_counts (
+    kind    TEXT NOT NULL,
+    shard   INTEGER NOT NULL DEFAULT 0,
+    n       INTEGER NOT NULL,
+    PRIMARY KEY (kind, shard)
+) WITHOUT ROWID;
+INSERT INTO event_counts (kind, shard, n) SELECT kind, 0, count(*) FROM events GROUP BY kind;
+CREATE TRIGGER events_counted AFTER INSERT ON events
+BEGIN
+    INSERT INTO event_counts (kind, shard, n) VALUES (new.kind, 0, 1)
+    ON CONFLICT (kind, shard) DO UPDATE SET n = n + 1;
+END;
 -- newest_instructions: for each server and package, its newest instruction (of the newest
 -- job): what the package x server matrix shows where the server holds nothing. Written with
 -- each job's instructions (insert_job), so the matrix reads one row per cell, not every

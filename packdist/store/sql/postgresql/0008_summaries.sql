@@ -118,6 +118,22 @@ EXECUTE FUNCTION packdist_time_install();
 CREATE TRIGGER instructions_untimed_on_delete AFTER DELETE ON instructions FOR EACH ROW
 WHEN (OLD.state = 'installed' AND OLD.claimed_at IS NOT NULL AND OLD.finished_at IS NOT NULL)
 EXECUTE FUNCTION packdist_time_install();
+CREATE TABLE event_counts (
+    kind    TEXT NOT NULL,
+    shard   INTEGER NOT NULL DEFAULT 0,
+    n       BIGINT NOT NULL,
+    PRIMARY KEY (kind, shard)
+);
+INSERT INTO event_counts (kind, shard, n) SELECT kind, 0, count(*) FROM events GROUP BY kind;
+CREATE FUNCTION packdist_count_event() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO event_counts (kind, shard, n) VALUES (NEW.kind, packdist_count_shard(), 1)
+    ON CONFLICT (kind, shard) DO UPDATE SET n = event_counts.n + 1;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER events_counted AFTER INSERT ON events
+FOR EACH ROW EXECUTE FUNCTION packdist_count_event();
 CREATE TABLE newest_instructions (
     server          TEXT NOT NULL,
     package_id      TEXT NOT NULL,
