@@ -21,6 +21,7 @@ from packdist.store.db import Database, Row
 from packdist.store.records import Claim, InstructionRecord
 
 S = InstructionState
+_STATE = {s.value: s for s in S}  # faster than the enum's own lookup, for 10,000 rows
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ def instruction_record(row: Row) -> InstructionRecord:
         id=row["id"],
         job_id=row["job_id"],
         server=row["server"],
-        state=S(row["state"]),
+        state=_STATE[row["state"]],
         attempts=row["attempts"],
         last_error=row["last_error"],
         next_attempt_at=row["next_attempt_at"],
