@@ -10,7 +10,10 @@ instructions installed, some retrying, some failed, some under way, the rest pen
 * the overview (``GET /api/overview``: the view, its HTML and the JSON, as the dashboard
   builds them) and ``/metrics``, timed in this process, and their bytes.
 
-``--json`` prints one object with those figures.
+``--json`` prints one object with those figures. To compare with an older commit, export
+it (``git archive OLD packdist bench | tar -x -C DIR``), copy this file into ``DIR/bench``
+and run ``PYTHONPATH=DIR python -m bench views`` from ``DIR`` (the CLI children run from
+the folder of the ``bench`` package they were started from).
 """
 
 from __future__ import annotations
@@ -38,7 +41,9 @@ def _seed(home: Path, servers: int) -> str:
     tree = home.parent / "tree"
     (tree / "bin").mkdir(parents=True)
     (tree / "bin" / "app").write_bytes(b"#!/bin/sh\necho app\n" * 100)
-    run_quiet(packdist_argv("--home", home, "package", "create", tree, "--name", "app", "--version", "1"))
+    run_quiet(
+        packdist_argv("--home", home, "package", "create", tree, "--name", "app", "--version", "1")
+    )
     store = SiteHome.open(home).store()
     now = time.time()
     try:
@@ -62,9 +67,7 @@ def _seed(home: Path, servers: int) -> str:
                         c.instruction_id, c.lease, "connect timeout", now + 600, now
                     )
                 elif share < 80:
-                    service.mark_failed(
-                        c.instruction_id, c.lease, "disk full", now, ErrorKind.DISK
-                    )
+                    service.mark_failed(c.instruction_id, c.lease, "disk full", now, ErrorKind.DISK)
     finally:
         store.close()
     return job_id
