@@ -1,193 +1,40 @@
-"""``packdist distribute``, ``packdist job …`` and ``packdist status``."""
+"""``packdist distribute`` and ``packdist job …``."""
 
 from __future__ import annotations
 
 import sys
 import time
-from collections import deque
 
 import click
-from rich.console import Console, Group, RenderableType
+from rich.console import Console
 from rich.live import Live
-from rich.markup import escape
-from rich.progress_bar import ProgressBar
 from rich.table import Table
-from rich.text import Text
 
-from packdist.cli.common import ago, home_option, iso, json_option, print_json, resolve_home
-from packdist.core.fsutil import human_bytes
+from packdist.cli.common import home_option, iso, json_option, print_json, resolve_home
+from packdist.cli.job_view import RateMeter, _job_table, _plain_line
 from packdist.core.names import check_server_name, parse_ref
 from packdist.errors import NoTargets, NotFound, UserError
 from packdist.service import Service
+from packdist.service.jobs import named
 from packdist.site.home import SiteHome
-from packdist.site.views import job_json
-from packdist.states import DONE, TERMINAL, JobState
-from packdist.store.base import InstructionRecord, JobRecord, Store
+from packdist.site.views import job_counts, job_json
+from packdist.states import TERMINAL, InstructionState, JobState
+from packdist.store.base import JobRecord, Store
 
 EXIT_OK, EXIT_FAILED, EXIT_TIMEOUT = 0, 1, 75
+HUMAN_PAGE = 50  # rows of ``job show`` (and ``job wait``) on a terminal unless told otherwise
+PLAIN_ROWS = 20  # servers named one by one on the plain line of ``job wait``; more: counts
 
 
-class RateMeter:
-    """Bytes per second of each server from successive samples of its
-    ``bytes_sent``, over a sliding window: the site writes progress every ~2 s, so a rate
-    from two neighbouring samples would jump between zero and twice the truth."""
-
-    def __init__(self, window: float = 6.0) -> None:
-        self.window = window
-        self.samples: dict[str, deque[tuple[float, int]]] = {}
-
-    def add(self, job: JobRecord, at: float) -> None:
-        for i in job.instructions:
-            key, value = i.server, _shown(i)
-            q = self.samples.setdefault(key, deque())
-            q.append((at, value))
-            while len(q) > 2 and at - q[1][0] >= self.window:
-                q.popleft()
-
-    def rate(self, key: str) -> float | None:
-        q = self.samples.get(key)
-        if not q or len(q) < 2:
-            return None
-        (t0, b0), (t1, b1) = q[0], q[-1]
-        if t1 - t0 < 1.0:
-            return None
-        return max(0, b1 - b0) / (t1 - t0)
-
-
-def _shown(i: InstructionRecord) -> int:
-    """Bytes to show as done: all of them once installed (verified), else what the server
-    holds so far (found locally or received; not what crossed the wire, which may be
-    compressed)."""
-    if i.state.value == "installed":
-        return i.bytes_total
-    return min(i.bytes_done, i.bytes_total) if i.bytes_total else i.bytes_done
-
-
-def _sources(sent: int, from_peers: int) -> str:
-    return f"{human_bytes(max(0, sent - from_peers))} / {human_bytes(from_peers)}"
-
-
-def _rate_text(rate: float | None) -> str:
-    return f"{human_bytes(rate)}/s" if rate else "-"
-
-
-def _job_table(job: JobRecord, now: float, meter: RateMeter | None = None) -> Group:
-    """The job as operators follow it: a title, one row per server and a total (progress,
-    bytes, rate when ``meter`` is given, next attempt), then the last error of each server
-    in words, on lines of their own so they are never cut at 80 columns."""
-    removal = job.action == "remove"
-    goal = DONE[job.action].value
-    done_count = sum(1 for i in job.instructions if i.state.value == goal)
-    title = Text(
-        f"job {job.id}  {'remove ' if removal else ''}{job.package_ref}  [{job.state.value}]"
-        f"  {done_count}/{len(job.instructions)} {goal}",
-        style="bold",
-    )
-    table = Table(box=None, pad_edge=False)
-    cols = ["server", "state", "tries"]
-    cols += [] if removal else ["progress", "bytes"]  # a removal moves no bytes
-    # what crossed the wire, from the site and from peers (compressed, deltas)
-    # (in ``job show``; the live table of ``job wait`` shows rates instead, within 80 columns)
-    wire = meter is None and not removal and any(i.bytes_sent for i in job.instructions)
-    cols += ["from site / peers"] if wire else []
-    cols += ["rate"] if meter is not None and not removal else []
-    cols += ["next"]
-    for col in cols:
-        table.add_column(col, no_wrap=True, justify="right" if col == "tries" else "left")
-
-    def progress(done: int, total: int) -> Table:
-        grid = Table.grid(padding=(0, 0, 0, 1))
-        grid.add_row(
-            ProgressBar(total=max(total, 1), completed=done, width=10),
-            f"{100 * done // total if total else 0:>3}%",
-        )
-        return grid
-
-    def size(done: int, total: int) -> str:
-        a, b = human_bytes(done), human_bytes(total)
-        if a.split()[-1] == b.split()[-1]:  # "2.2/2.8 GiB"
-            return f"{a.split()[0]}/{b}"
-        return f"{a}/{b}"
-
-    for i in job.instructions:
-        done = _shown(i)
-        nxt = ""
-        if i.state.value == "retrying":
-            nxt = "due now" if i.next_attempt_at <= now else ago(i.next_attempt_at, now)
-        row: list[RenderableType] = [i.server, _styled(i.state.value), str(i.attempts)]
-        if removal:
-            table.add_row(*row, nxt)
-            continue
-        row += [progress(done, i.bytes_total), size(done, i.bytes_total)]
-        if wire:
-            row += [_sources(i.bytes_sent, i.bytes_from_peers)]
-        if meter is not None:  # a rate only while bytes are moving
-            row += [_rate_text(meter.rate(i.server) if i.state.value == "sending" else None)]
-        row += [nxt]
-        table.add_row(*row)
-    if len(job.instructions) > 1 and not removal:
-        done = sum(_shown(i) for i in job.instructions)
-        total = sum(i.bytes_total for i in job.instructions)
-        row = ["[bold]total[/bold]", "", str(sum(i.attempts for i in job.instructions))]
-        row += [progress(done, total), size(done, total)]
-        if wire:
-            row += [
-                _sources(
-                    sum(i.bytes_sent for i in job.instructions),
-                    sum(i.bytes_from_peers for i in job.instructions),
-                )
-            ]
-        if meter is not None:
-            rates = [meter.rate(i.server) for i in job.instructions if i.state.value == "sending"]
-            row += [_rate_text(sum(r for r in rates if r) or None)]
-        row += [""]
-        table.add_row(*row)
-    parts: list[RenderableType] = [title, table]
-    errors = [i for i in job.instructions if i.last_error]
-    if errors:
-        parts.append(Text("last error", style="bold"))
-        width = max(len(i.server) for i in errors)
-        for i in errors:
-            line = Text(f"  {i.server:<{width}}  ")
-            line.append(i.last_error or "", style="red" if i.state.value != goal else "")
-            parts.append(line)
-    return Group(*parts)
-
-
-_STYLES = {
-    "installed": "green",
-    "removed": "green",
-    "succeeded": "green",
-    "failed": "red",
-    "corrupt": "red",
-    "retrying": "yellow",
-    "sending": "cyan",
-    "in progress": "cyan",
-    "removing": "cyan",
-    "pending": "cyan",
-}
-
-
-def _styled(word: str) -> str:
-    style = _STYLES.get(word)
-    return f"[{style}]{escape(word)}[/{style}]" if style else escape(word)
-
-
-def _load(job_id: str) -> JobRecord:
+def _load(
+    job_id: str, state: str | None = None, limit: int | None = None, offset: int = 0
+) -> JobRecord:
     store = SiteHome.open(resolve_home()).store()
     try:
-        return store.get_job(job_id)
+        states = None if state is None else [InstructionState(state)]
+        return store.get_job(job_id, states, limit, offset)
     finally:
         store.close()
-
-
-def _plain_line(job: JobRecord) -> str:
-    parts = []
-    for i in job.instructions:
-        extra = f" ({i.last_error})" if i.state.value == "retrying" and i.last_error else ""
-        parts.append(f"{i.server}={i.state.value}{extra}")
-    what = "removal " if job.action == "remove" else ""
-    return f"{what}job {job.id} {job.state.value}: " + ", ".join(parts)
 
 
 def wait_for(job_id: str, timeout: float | None, quiet: bool = False) -> int:
@@ -204,11 +51,16 @@ def _wait(store: Store, job_id: str, timeout: float | None, quiet: bool) -> int:
     console = Console(stderr=True)
     live = console.is_terminal and not quiet
     last_line = ""
-    job = store.get_job(job_id)
+    # what each look reads: the counts alone when quiet, a page of rows on a terminal,
+    # every row for the plain line of a small job (a big one's line gives counts)
+    page: int | None = 0 if quiet else HUMAN_PAGE if live else None
+    job = store.get_job(job_id, limit=page)
+    if page is None and job.total > PLAIN_ROWS:
+        page = 0
 
     def step() -> bool:
         nonlocal job, last_line
-        job = store.get_job(job_id)
+        job = store.get_job(job_id, limit=page)
         if not live and not quiet:
             line = _plain_line(job)
             if line != last_line:
@@ -314,7 +166,7 @@ def distribute(
     if as_json:
         print_json({"job": job_id, **{k: v for k, v in job_json(job).items() if k != "id"}})
     else:
-        click.echo(f"job {job_id}: {pkg.ref} to {', '.join(i.server for i in job.instructions)}")
+        click.echo(f"job {job_id}: {pkg.ref} to {named([i.server for i in job.instructions])}")
         if wait:
             click.echo(f"job {job_id} {job.state.value}")
     if code:
@@ -327,17 +179,40 @@ def job() -> None:
     """Show, wait for, list, cancel and retry jobs."""
 
 
+STATE_WORDS = [s.value for s in InstructionState]
+
+
 @job.command("show")
 @home_option
 @click.argument("job_id")
+@click.option(
+    "--state", type=click.Choice(STATE_WORDS), help="Only the instructions in this state."
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    help=f"At most N instructions (default: every one with --json, {HUMAN_PAGE} otherwise).",
+)
+@click.option(
+    "--offset", type=click.IntRange(min=0), default=0, help="Skip the first N (by server name)."
+)
 @json_option
-def job_show(job_id: str, as_json: bool) -> None:
-    """The job and its instructions."""
-    j = _load(job_id)
+def job_show(job_id: str, state: str | None, limit: int | None, offset: int, as_json: bool) -> None:
+    """The job, its counts per state and its instructions (in server order)."""
     if as_json:
-        print_json(job_json(j))
-    else:
-        Console().print(_job_table(j, time.time()))
+        j = _load(job_id, state, limit, offset)
+        doc = job_json(j)
+        if state is not None or limit is not None or offset:
+            matching = doc["counts"][state] if state is not None else j.total
+            doc["page"] = {"state": state, "offset": offset, "limit": limit, "matching": matching}
+        print_json(doc)
+        return
+    page = HUMAN_PAGE if limit is None else limit
+    j = _load(job_id, state, page, offset)
+    matching = job_counts(j)[state] if state is not None else j.total
+    rest = matching - offset - len(j.instructions)
+    more = f"… {rest:,} more; use --limit/--offset" if rest > 0 else ""
+    Console().print(_job_table(j, time.time(), more=more))
 
 
 @job.command("wait")
@@ -364,14 +239,14 @@ def job_wait(job_id: str, timeout: float | None, as_json: bool) -> None:
 @home_option
 @json_option
 def job_list(as_json: bool) -> None:
-    """List recent jobs."""
+    """List recent jobs (each with its counts per state; ``job show`` lists instructions)."""
     store = SiteHome.open(resolve_home()).store()
     try:
         jobs = store.list_jobs()
     finally:
         store.close()
     if as_json:
-        print_json({"jobs": [job_json(j) for j in jobs]})
+        print_json({"jobs": [job_json(j, instructions=False) for j in jobs]})
         return
     if not jobs:
         click.echo("no jobs yet")
@@ -380,13 +255,13 @@ def job_list(as_json: bool) -> None:
     for col in ("job", "action", "package", "state", "servers", "created"):
         table.add_column(col)
     for j in jobs:
-        done = sum(1 for i in j.instructions if i.state in TERMINAL)
+        done = sum(n for state, n in j.counts.items() if InstructionState(state) in TERMINAL)
         table.add_row(
             j.id,
             j.action,
             j.package_ref,
             j.state.value,
-            f"{done}/{len(j.instructions)} done",
+            f"{done:,}/{j.total:,} done",
             iso(j.created_at),
         )
     Console().print(table)

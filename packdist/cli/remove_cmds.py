@@ -13,6 +13,7 @@ from packdist.cli.job_cmds import EXIT_OK, _load, wait_for
 from packdist.core.names import check_server_name, parse_ref
 from packdist.errors import NoTargets, NotFound, UserError
 from packdist.service import Service
+from packdist.service.jobs import named
 from packdist.site.home import SiteHome
 from packdist.site.views import job_json
 
@@ -91,7 +92,7 @@ def package_remove(
     if as_json:
         print_json({"job": job_id, **{k: v for k, v in job_json(job).items() if k != "id"}})
     else:
-        servers = ", ".join(i.server for i in job.instructions)
+        servers = named([i.server for i in job.instructions])
         click.echo(f"job {job_id}: remove {pkg.ref} from {servers}")
         if wait:
             click.echo(f"job {job_id} {job.state.value}")

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from packdist.cli.common import home_option, json_option, print_json, resolve_home
-from packdist.cli.job_cmds import _styled
+from packdist.cli.job_view import _styled
 from packdist.site import views
 from packdist.site.home import SiteHome
 
@@ -23,8 +23,9 @@ def status(as_json: bool) -> None:
     store = SiteHome.open(resolve_home()).store()
     now = time.time()
     try:
-        matrix = store.status_matrix() if as_json else {}  # the JSON's "packages" only
-        doc = views.status(store, now)
+        cells = store.status_cells()  # one read of the holdings and the newest instructions
+        matrix = store.status_matrix(cells) if as_json else {}  # the JSON's "packages" only
+        doc = views.status(store, now, read=cells)
     finally:
         store.close()
     servers = [s["name"] for s in doc["servers"]]

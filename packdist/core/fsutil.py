@@ -20,7 +20,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+def _load_libc() -> ctypes.CDLL:
+    """The C library by its usual name first: ``find_library`` runs ``ldconfig`` (about
+    0.1 s at every start of every command), so it is asked only where that name fails."""
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+_libc = _load_libc()
 
 AT_FDCWD = -100
 RENAME_EXCHANGE = 2

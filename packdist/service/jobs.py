@@ -66,7 +66,7 @@ class JobUseCases:
                 job_id, package_id, targets, size, max_attempts, deadline, options, action, now
             )
             what = f"{pkg.ref} to" if action == "install" else f"remove {pkg.ref} from"
-            store.add_event("created", f"job created: {what} {', '.join(targets)}", job_id, now=now)
+            store.add_event("created", f"job created: {what} {named(targets)}", job_id, now=now)
             store.notify()
         return job_id
 
@@ -164,6 +164,17 @@ class JobUseCases:
             if json.loads(r["options"] or "{}").get("repair"):
                 return str(r["job_id"])
         return None
+
+
+HANDFUL = 5  # servers an event names one by one; more are counted
+
+
+def named(servers: list[str]) -> str:
+    """``dp1, dp2``, or, for more than a handful, ``10,000 servers (dp1, dp2, dp3 and 9,997
+    more)``: an event of a job to the whole fleet stays one line."""
+    if len(servers) <= HANDFUL:
+        return ", ".join(servers)
+    return f"{len(servers):,} servers ({', '.join(servers[:3])} and {len(servers) - 3:,} more)"
 
 
 def ended(now: float, why: str | None) -> dict[str, Any]:

@@ -4,7 +4,8 @@ Routes (all but the login page need the operator credential: the session cookie 
 login form, or ``Authorization: Bearer <operator password>``):
 
 * ``GET /`` — the overview: package x server matrix, jobs, servers, events (HTML).
-* ``GET /jobs/{id}`` — one job with its per-server progress and whole timeline (HTML).
+* ``GET /jobs/{id}?state=S&offset=N&limit=N`` — one job: its counts per state, one page of
+  its per-server progress (200 by default, those in state S if given), its timeline (HTML).
 * ``GET /login``, ``POST /login``, ``POST /logout`` — the session.
 * ``GET /api/overview``, ``GET /api/jobs/{id}`` — the same pages as JSON data, with the
   rendered live part in ``"html"`` (what the page's script swaps in every 1.5 s).
@@ -31,12 +32,14 @@ from packdist.errors import AuthError, NotFound, RateLimited, UserError
 from packdist.site import metrics, pages, views
 from packdist.site.gate import PasswordGate
 from packdist.site.operator import CredentialCache, looks_like_password
+from packdist.states import InstructionState
 from packdist.store.base import Store
 
 if TYPE_CHECKING:
     from packdist.site.server import SiteServer
 
 FAILED_LOGIN_DELAY = 1.0  # seconds; the password is random, this only slows a guesser more
+MAX_JOB_PAGE = 5000  # instructions on one page of a job
 LOGIN_BODY = 4096  # bytes of a login form: a password and a path
 FORM_TYPE = "application/x-www-form-urlencoded"
 #: what a ``next=`` path may be made of: a path and query in plain URL characters (no
@@ -148,12 +151,14 @@ class Dashboard:
     async def job_page(self, request: web.Request) -> web.Response:
         await self._page_guard(request)
         job_id = request.match_info["job_id"]
+        state, offset, limit = _job_paging(request)
         now = time.time()
         try:
-            doc = await self.site.db(lambda s: views.job_page(s, job_id, now))
+            doc = await self.site.db(lambda s: views.job_page(s, job_id, now, state, offset, limit))
         except NotFound as exc:
             return self._html(pages.not_found_page(self.site.site_name, exc.message), 404)
-        body = pages.live(f"/api/jobs/{job_id}", pages.job_content(doc, now))
+        query = f"?{request.rel_url.query_string}" if request.rel_url.query_string else ""
+        body = pages.live(f"/api/jobs/{quote(job_id)}{query}", pages.job_content(doc, now))
         title = f"packdist {doc['site']}: job {job_id}"
         return self._html(pages.page(title, doc["site"], body, refresh=True))
 
@@ -232,8 +237,9 @@ class Dashboard:
     async def job_api(self, request: web.Request) -> web.Response:
         await self._api_guard(request)
         job_id = request.match_info["job_id"]
+        state, offset, limit = _job_paging(request)
         now = time.time()
-        doc = await self.site.db(lambda s: views.job_page(s, job_id, now))
+        doc = await self.site.db(lambda s: views.job_page(s, job_id, now, state, offset, limit))
         doc["html"] = pages.job_content(doc, now)
         return web.json_response(doc, headers={"Cache-Control": "no-store"})
 
@@ -291,6 +297,16 @@ def _query_count(request: web.Request, name: str, default: int) -> int:
     if not re.fullmatch(r"[0-9]{1,15}", raw):
         raise UserError(f"{name} must be a whole number of at most 15 digits")
     return int(raw)
+
+
+def _job_paging(request: web.Request) -> tuple[InstructionState | None, int, int]:
+    """``?state=S&offset=N&limit=N`` of a job's page: which of its instructions to show."""
+    raw = request.query.get("state") or None
+    if raw is not None and raw not in {s.value for s in InstructionState}:
+        raise UserError(f"state must be one of {', '.join(s.value for s in InstructionState)}")
+    offset = _query_count(request, "offset", 0)
+    limit = min(max(_query_count(request, "limit", views.JOB_PAGE), 1), MAX_JOB_PAGE)
+    return (InstructionState(raw) if raw else None), offset, limit
 
 
 def _client(request: web.Request) -> str:

@@ -162,17 +162,45 @@ def _matrix(doc: dict[str, Any]) -> str:
             f'<tr data-package="{h(ref)}"><th scope="row">{h(ref)}</th>{"".join(cells)}</tr>'
         )
     return (
-        '<section><h2>Packages &times; servers</h2><div class="scroll"><table class="matrix">'
+        f'<section><h2>Packages &times; servers</h2>{_tally(doc)}<div class="scroll"><table class="matrix">'
         f'<thead><tr><th scope="col">package</th>{head}</tr></thead>'
         f"<tbody>{''.join(rows)}</tbody></table></div></section>"
     )
 
 
-def job_block(job: dict[str, Any], now: float, link: bool = True) -> str:
+def _tally(doc: dict[str, Any]) -> str:
+    """The whole matrix in counts, when the page shows only some of the servers."""
+    total = doc.get("servers_total", len(doc["servers"]))
+    if total <= len(doc["servers"]) or "tally" not in doc:
+        return ""
+    rows = []
+    for ref in doc["packages"]:
+        words = doc["tally"].get(ref, {})
+        parts = " ".join(
+            f'<span class="count" data-word="{h(w)}">{_badge(w)} {n:,}</span>'
+            for w, n in sorted(words.items(), key=lambda kv: -kv[1])
+        )
+        rows.append(
+            f'<tr data-package="{h(ref)}"><th scope="row">{h(ref)}</th><td>{parts or "-"}</td></tr>'
+        )
+    return (
+        f'<p class="muted">{len(doc["servers"]):,} of {total:,} servers shown: those that'
+        " need attention first. Every server, in counts:</p>"
+        f'<table class="tally"><tbody>{"".join(rows)}</tbody></table>'
+    )
+
+
+def job_block(job: dict[str, Any], now: float, link: bool = True, more: str = "") -> str:
+    """A job: its title with counts, and the rows of the instructions the document holds
+    (all, or a page: ``more`` then says what else there is)."""
     removal = job.get("action") == "remove"
     goal = DONE[job.get("action", "install")].value
-    done = sum(1 for i in job["instructions"] if i["state"] == goal)
-    total = len(job["instructions"])
+    counts = job.get("counts") or {}
+    total = job.get("targets", len(job["instructions"]))
+    done = (
+        counts.get(goal, 0) if counts else sum(1 for i in job["instructions"] if i["state"] == goal)
+    )
+    whole = len(job["instructions"]) == total  # bytes add up only over every instruction
     sent = sum(_shown_bytes(i) for i in job["instructions"])
     size = sum(i["bytes_total"] for i in job["instructions"])
     title = (
@@ -209,20 +237,38 @@ def job_block(job: dict[str, Any], now: float, link: bool = True) -> str:
             f'<td class="error">{h(err)}</td></tr>'
         )
     what = f"remove {job['package']}" if removal else job["package"]
-    moved = "" if removal else f" · {h(human_bytes(sent))} of {h(human_bytes(size))}"
+    moved = "" if removal or not whole else f" · {h(human_bytes(sent))} of {h(human_bytes(size))}"
+    shown = len(job["instructions"])
+    if not more and shown < total:
+        more = f"{total - shown:,} more: see the job's page"
+        if link:
+            more = f'<a href="/jobs/{h(job["id"])}">{h(f"{total - shown:,} more")}</a>'
+        else:
+            more = h(more)
+    tail = f'<p class="more muted">{more}</p>' if more else ""
     return (
         f'<article class="job" id="job-{h(job["id"])}" data-state="{h(job["state"])}"'
         f' data-action="{h(job.get("action", "install"))}">'
         f'<h3>{title} <span class="pkg">{h(what)}</span> {_badge(job["state"])}'
-        f' <span class="muted">{done}/{total} {goal}{moved}'
+        f' <span class="muted">{done:,}/{total:,} {goal}{moved}'
         f" · created {_when(job['created_at'], now)}</span></h3>"
         '<table class="instructions"><thead><tr><th scope="col">server</th>'
         '<th scope="col">state</th><th scope="col">progress</th><th scope="col">bytes</th>'
         '<th scope="col" title="bytes received on the wire from the site / from peers">'
         "from site / peers</th>"
         '<th scope="col">attempts</th><th scope="col">next</th><th scope="col">last error</th>'
-        f"</tr></thead><tbody>{''.join(rows)}</tbody></table></article>"
+        f"</tr></thead><tbody>{''.join(rows)}</tbody></table>{_counts(counts)}{tail}</article>"
     )
+
+
+def _counts(counts: dict[str, int]) -> str:
+    """Per state, how many of the job's instructions are in it (the states it has)."""
+    parts = [
+        f'<span class="count" data-state="{h(state)}">{_badge(state)} {n:,}</span>'
+        for state, n in counts.items()
+        if n
+    ]
+    return f'<p class="counts">{" ".join(parts)}</p>' if parts else ""
 
 
 def _wire(i: dict[str, Any]) -> str:
@@ -301,7 +347,43 @@ def overview_content(doc: dict[str, Any], now: float) -> str:
 
 
 def job_content(doc: dict[str, Any], now: float) -> str:
-    return job_block(doc["job"], now, link=False) + events_block(doc["events"], now, "Timeline")
+    more = _pager(doc["job"], doc.get("page") or {})
+    return job_block(doc["job"], now, link=False, more=more) + events_block(
+        doc["events"], now, "Timeline"
+    )
+
+
+def _pager(job: dict[str, Any], page: dict[str, Any]) -> str:
+    """Links to the other pages of a job's instructions, and to those in one state."""
+    matching = int(page.get("matching", len(job["instructions"])))
+    offset, limit, state = (
+        int(page.get("offset", 0)),
+        int(page.get("limit") or 1),
+        page.get("state"),
+    )
+    shown = len(job["instructions"])
+    base = f"/jobs/{job['id']}"
+
+    def link(text: str, new_state: str | None, new_offset: int) -> str:
+        query = [f"state={new_state}"] if new_state else []
+        query += [f"offset={new_offset}"] if new_offset else []
+        href = base + ("?" + "&".join(query) if query else "")
+        return f'<a href="{h(href)}">{h(text)}</a>'
+
+    parts = []
+    if matching > shown or offset:
+        last = offset + shown
+        parts.append(f"{offset + 1 if shown else offset:,}-{last:,} of {matching:,}")
+        if offset > 0:
+            parts.append(link("previous", state, max(0, offset - limit)))
+        if last < matching:
+            parts.append(link("next", state, last))
+    filters = [link(f"{s} ({n:,})", s, 0) for s, n in (job.get("counts") or {}).items() if n]
+    if state:
+        filters.insert(0, link("all", None, 0))
+    if len(filters) > 1 or state:
+        parts.append("show: " + " · ".join(filters))
+    return " · ".join(parts)
 
 
 def not_found_page(site: str, what: str) -> str:

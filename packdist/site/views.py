@@ -19,6 +19,11 @@ S = InstructionState
 ONLINE_AFTER = 10.0  # a server heard from within this many seconds is online
 RECENT_JOBS = 20
 RECENT_EVENTS = 60
+OVERVIEW_SERVERS = 100  # servers (and their matrix cells) on the front page, trouble first
+OVERVIEW_JOB_ROWS = 20  # instructions shown per job on the front page, trouble first
+JOB_PAGE = 200  # instructions per page of a job's own page
+#: the order a job's instructions are previewed in: what needs an operator first
+ATTENTION_ORDER = (S.FAILED, S.RETRYING, S.SENDING, S.PENDING, S.CANCELLED, S.INSTALLED, S.REMOVED)
 
 #: words for the matrix, best news first
 
@@ -132,9 +137,20 @@ def instruction_json(i: Any, now: float | None = None) -> dict[str, Any]:
     }
 
 
-def job_json(job: JobRecord) -> dict[str, Any]:
-    """The document of ``job show --json`` (CONTRACT.md)."""
-    return {
+def job_counts(job: JobRecord) -> dict[str, int]:
+    """state -> how many of the job's instructions are in it (every state present)."""
+    if job.counts:
+        return {s.value: job.counts.get(s.value, 0) for s in S}
+    counts = {s.value: 0 for s in S}
+    for i in job.instructions:
+        counts[i.state.value] += 1
+    return counts
+
+
+def job_json(job: JobRecord, instructions: bool = True) -> dict[str, Any]:
+    """The document of ``job show --json`` (CONTRACT.md): the job, its counts per state, and
+    its instructions (those read: every one unless paged; none if not ``instructions``)."""
+    doc: dict[str, Any] = {
         "id": job.id,
         "action": job.action,
         "package": job.package_ref,
@@ -143,8 +159,12 @@ def job_json(job: JobRecord) -> dict[str, Any]:
         "created_at": iso(job.created_at),
         "max_attempts": job.max_attempts,
         "deadline": job.deadline,
-        "instructions": [instruction_json(i) for i in job.instructions],
+        "targets": job.total,
+        "counts": job_counts(job),
     }
+    if instructions:
+        doc["instructions"] = [instruction_json(i) for i in job.instructions]
+    return doc
 
 
 def event_json(e: EventRecord) -> dict[str, Any]:
@@ -173,11 +193,23 @@ def server_json(s: ServerRecord, now: float, installed: list[str]) -> dict[str, 
     }
 
 
-def status(store: Store, now: float) -> dict[str, Any]:
-    """The package x server matrix with a word and a reason per cell."""
-    servers = store.list_servers()
+def status(
+    store: Store,
+    now: float,
+    only: list[str] | None = None,
+    read: list[StatusCell] | None = None,
+) -> dict[str, Any]:
+    """The package x server matrix with a word and a reason per cell: of every server, or
+    of the servers named in ``only`` (a page); from the cells ``read`` if given."""
+    if only is None:
+        servers = store.list_servers()
+    else:
+        named = [store.server(n) for n in only]
+        servers = [s for s in named if s is not None]
     packages = [p.ref for p in store.list_packages()]
-    cells = {(c.package_ref, c.server): c for c in store.status_cells()}
+    if read is None:
+        read = store.status_cells(only)
+    cells = {(c.package_ref, c.server): c for c in read}
     matrix = {
         p: {s.name: cell_view(cells.get((p, s.name)), now) for s in servers} for p in packages
     }
@@ -192,40 +224,111 @@ def status(store: Store, now: float) -> dict[str, Any]:
     }
 
 
+def tally(store: Store, now: float) -> dict[str, dict[str, int]]:
+    """package ref -> word -> how many live servers' cells read so: the whole matrix in
+    counts, from one row per (package, what decides a word) of the store's summaries."""
+    refs = store.package_refs()
+    words: dict[str, dict[str, int]] = {}
+    for r in store.matrix_tally():
+        ref = refs.get(r["package_id"], r["package_id"][:12])
+        state = S(r["state"]) if r["state"] is not None else None
+        n, held, corrupt = int(r["n"]), int(r["held"] or 0), int(r["corrupt"] or 0)
+        # the cells of a row differ only in whether (and how) the server holds the copy
+        for count, is_held, is_corrupt in (
+            (n - held, False, False),
+            (held - corrupt, True, False),
+            (corrupt, True, True),
+        ):
+            if count <= 0:
+                continue
+            cell = StatusCell(
+                package_ref=ref,
+                package_id=r["package_id"],
+                server="",
+                installed=is_held,
+                state=state,
+                job_id=None,
+                attempts=0,
+                last_error=None,
+                next_attempt_at=None,
+                bytes_sent=0,
+                bytes_total=0,
+                updated_at=None,
+                corrupt="corrupt" if is_corrupt else None,
+                action=r["action"],
+                error_kind=r["error_kind"],
+            )
+            word = cell_view(cell, now)["word"]
+            per = words.setdefault(ref, {})
+            per[word] = per.get(word, 0) + count
+    return words
+
+
 def summary(
-    jobs: list[JobRecord], servers: list[dict[str, Any]], matrix: dict[str, Any]
+    jobs: list[JobRecord], words: dict[str, dict[str, int]], servers: int, servers_online: int
 ) -> dict[str, int]:
-    words = [c["word"] for row in matrix.values() for c in row.values()]
+    def total(word: str) -> int:
+        return sum(per.get(word, 0) for per in words.values())
+
     return {
         "jobs_active": sum(1 for j in jobs if j.state.value == "active"),
-        "retrying": words.count("retrying"),
-        "failed": words.count("failed") + words.count("corrupt"),
-        "installed": words.count("installed"),
-        "servers": len(servers),
-        "servers_online": sum(1 for s in servers if s["online"]),
+        "retrying": total("retrying"),
+        "failed": total("failed") + total("corrupt"),
+        "installed": total("installed"),
+        "servers": servers,
+        "servers_online": servers_online,
     }
 
 
-def overview(store: Store, now: float) -> dict[str, Any]:
-    """Everything the dashboard's front page shows, in one store call."""
-    st = status(store, now)
+def overview(store: Store, now: float, servers_shown: int = OVERVIEW_SERVERS) -> dict[str, Any]:
+    """Everything the dashboard's front page shows, in one store call: the matrix in counts
+    per package, one page of servers (trouble first) with their cells, the newest jobs with
+    their counts and a few instructions each (trouble first), the newest events. What it
+    reads grows with packages and the pages, not with the fleet's history."""
+    online_since = now - ONLINE_AFTER
+    total, up = store.server_counts(online_since)
+    page = store.servers_attention_first(online_since, servers_shown)
+    st = status(store, now, page)
+    words = tally(store, now)
     jobs = store.list_jobs(RECENT_JOBS)
     return {
         "site": store.site_name(),
         "generated_at": iso(now),
-        "summary": summary(jobs, st["servers"], st["matrix"]),
+        "summary": summary(jobs, words, total, up),
         **st,
-        "jobs": [job_json(j) for j in jobs],
+        "tally": {ref: words.get(ref, {}) for ref in st["packages"]},
+        "servers_total": total,
+        "jobs": [job_json(preview(store, j)) for j in jobs],
         "events": [event_json(e) for e in store.recent_events(RECENT_EVENTS)],
     }
 
 
-def job_page(store: Store, job_id: str, now: float) -> dict[str, Any]:
-    """One job, its instructions and its whole timeline."""
-    job = store.get_job(job_id)
+def preview(store: Store, job: JobRecord, rows: int = OVERVIEW_JOB_ROWS) -> JobRecord:
+    """The job with a few of its instructions, those that need an operator first."""
+    found = store.job_preview(job.id, ATTENTION_ORDER, rows, job.counts)
+    return replace(job, instructions=tuple(found))
+
+
+def job_page(
+    store: Store,
+    job_id: str,
+    now: float,
+    state: InstructionState | None = None,
+    offset: int = 0,
+    limit: int = JOB_PAGE,
+) -> dict[str, Any]:
+    """One job, one page of its instructions (in ``state`` if given) and its timeline."""
+    job = store.get_job(job_id, None if state is None else [state], limit, offset)
+    counts = job_counts(job)
     return {
         "site": store.site_name(),
         "generated_at": iso(now),
         "job": job_json(job),
+        "page": {
+            "state": state.value if state is not None else None,
+            "offset": offset,
+            "limit": limit,
+            "matching": counts[state.value] if state is not None else job.total,
+        },
         "events": [event_json(e) for e in store.recent_events(1000, job_id)],
     }

@@ -19,6 +19,8 @@ _CHUNK_BATCH = 500  # digests per query (SQLite's placeholders are limited)
 
 
 def labels_of(text: str | None) -> tuple[tuple[str, str], ...]:
+    if not text or text == "{}":  # most servers: no JSON to parse
+        return ()
     try:
         data = json.loads(text or "{}")
     except ValueError:

@@ -1,7 +1,7 @@
 """The store: every table of a site behind intent-named queries, on one :class:`Database`.
 
-It is split by concern (the catalogue, instructions with the one writer of state, reports)
-and written once for every database; what differs between SQLite and PostgreSQL is in
+It is split by concern (the catalogue, instructions with the one writer of state, jobs and
+the matrix read from summaries, reports) and written once for every database; what differs between SQLite and PostgreSQL is in
 :mod:`packdist.store.sqlite` and :mod:`packdist.store.postgres`. The rules of the domain
 (which instructions an event applies to, and what it means) are in :mod:`packdist.service`.
 """
@@ -15,9 +15,10 @@ from packdist.store.catalog import CatalogQueries
 from packdist.store.db import Database
 from packdist.store.instructions import InstructionQueries
 from packdist.store.reports import ReportQueries
+from packdist.store.summaries import SummaryQueries
 
 
-class Store(CatalogQueries, InstructionQueries, ReportQueries):
+class Store(CatalogQueries, InstructionQueries, SummaryQueries, ReportQueries):
     def __init__(self, db: Database) -> None:
         self.db = db
 

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from packdist import states
-from packdist.errors import InvalidTransition, NotFound
+from packdist.errors import InvalidTransition
 from packdist.states import InstructionState
 from packdist.store.db import Database, Row
-from packdist.store.records import Claim, InstructionRecord, JobRecord
+from packdist.store.records import Claim, InstructionRecord
 
 S = InstructionState
+_STATE = {s.value: s for s in S}  # faster than the enum's own lookup, for 10,000 rows
 
 
 @dataclass(frozen=True)
@@ -41,12 +42,12 @@ def _states(values: Iterable[InstructionState]) -> list[str]:
     return sorted(s.value for s in values)
 
 
-def _instruction(row: Row) -> InstructionRecord:
+def instruction_record(row: Row) -> InstructionRecord:
     return InstructionRecord(
         id=row["id"],
         job_id=row["job_id"],
         server=row["server"],
-        state=S(row["state"]),
+        state=_STATE[row["state"]],
         attempts=row["attempts"],
         last_error=row["last_error"],
         next_attempt_at=row["next_attempt_at"],
@@ -137,7 +138,8 @@ class InstructionQueries:
         action: str,
         now: float,
     ) -> None:
-        """A job and its instructions, one per server, each in the initial state."""
+        """A job and its instructions, one per server, each in the initial state: the newest
+        of their (server, package) now. The triggers of the schema count them."""
         self.db.run(
             "insert_job",
             id=job_id,
@@ -161,29 +163,7 @@ class InstructionQueries:
                 for s in servers
             ],
         )
-
-    def _job(self, row: Row) -> JobRecord:
-        rows = self.db.rows("instructions_of_job", job_id=row["id"])
-        return JobRecord(
-            id=row["id"],
-            package_id=row["package_id"],
-            package_ref=f"{row['name']}@{row['version']}",
-            created_at=row["created_at"],
-            max_attempts=row["max_attempts"],
-            deadline=row["deadline"],
-            options=json.loads(row["options"]),
-            instructions=tuple(_instruction(r) for r in rows),
-            action=row["action"],
-        )
-
-    def get_job(self, job_id: str) -> JobRecord:
-        row = self.db.row("job_by_id", id=job_id)
-        if row is None:
-            raise NotFound(f"no job {job_id}")
-        return self._job(row)
-
-    def list_jobs(self, limit: int = 100) -> list[JobRecord]:
-        return [self._job(r) for r in self.db.rows("recent_jobs", limit=limit)]
+        self.db.run("record_newest_instructions", job_id=job_id, package_id=package_id)
 
     # --- finding instructions ---------------------------------------------------------------
 

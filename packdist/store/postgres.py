@@ -21,7 +21,7 @@ from packdist.errors import AlreadyExists, StoreError, UserError
 from packdist.store import queries
 from packdist.store.core import Store
 from packdist.store.db import Database, Row
-from packdist.store.sqlite import migrations
+from packdist.store.sqlite import migrations, statements
 
 log = logging.getLogger("packdist.store")
 
@@ -138,9 +138,8 @@ class PostgresDatabase(Database):
             current = self.value("schema_version") or 0
             for version, sql in steps:
                 if version > current:
-                    for statement in sql.split(";\n"):
-                        if statement.strip():
-                            self._run(statement.replace("%", "%%"), {})
+                    for statement in statements(sql, "postgresql"):
+                        self._run(statement.replace("%", "%%"), {})
                     self.run("record_schema_version", version=version)
 
     # --- notifications ------------------------------------------------------------------------

@@ -203,6 +203,31 @@ SELECT id, job_id, server, state, attempts, last_error, next_attempt_at, bytes_s
     bytes_total, updated_at, finished_at, bytes_from_peers, bytes_done, error_kind
 FROM instructions WHERE job_id = :job_id ORDER BY server
 
+-- name: instructions_of_job_page
+SELECT id, job_id, server, state, attempts, last_error, next_attempt_at, bytes_sent,
+    bytes_total, updated_at, finished_at, bytes_from_peers, bytes_done, error_kind
+FROM instructions WHERE job_id = :job_id ORDER BY server LIMIT :limit OFFSET :offset
+
+-- name: instructions_of_job_in_page
+-- served by the index on (job_id, state, server) for one state
+SELECT id, job_id, server, state, attempts, last_error, next_attempt_at, bytes_sent,
+    bytes_total, updated_at, finished_at, bytes_from_peers, bytes_done, error_kind
+FROM instructions WHERE job_id = :job_id AND state IN (:states) ORDER BY server
+LIMIT :limit OFFSET :offset
+
+-- name: job_state_counts
+SELECT job_id, state, sum(n) AS n FROM job_state_counts WHERE job_id IN (:job_ids)
+GROUP BY job_id, state
+
+-- name: record_newest_instructions
+-- a new job's instructions are the newest of their (server, package), in server order (two
+-- jobs written at once take the rows in one order: no deadlock); the higher id wins
+INSERT INTO newest_instructions (server, package_id, instruction_id)
+SELECT server, :package_id, id FROM instructions WHERE job_id = :job_id ORDER BY server
+ON CONFLICT (server, package_id) DO UPDATE SET instruction_id = CASE
+    WHEN excluded.instruction_id > newest_instructions.instruction_id
+    THEN excluded.instruction_id ELSE newest_instructions.instruction_id END
+
 -- name: instruction_by_id
 SELECT i.id, i.job_id, i.server, i.state, i.lease_owner, i.claimed_at, i.superseded_by,
     i.attempts, j.action, j.package_id
@@ -357,31 +382,79 @@ ORDER BY id DESC LIMIT :limit
 SELECT sp.server, sp.package_id, sp.corrupt FROM server_packages sp
 JOIN servers s ON s.name = sp.server WHERE s.removed = 0
 
--- name: live_instructions_oldest_first
--- every instruction of a server not removed, oldest job first: the newest of a pair wins
-SELECT j.package_id, i.server, i.state, i.job_id, i.attempts, i.last_error,
+-- name: live_newest_instructions
+-- per (server not removed, package): its newest instruction, from the summary of newest
+SELECT n.package_id, i.server, i.state, i.job_id, i.attempts, i.last_error,
     i.next_attempt_at, i.bytes_sent, i.bytes_total, i.updated_at, j.action, i.error_kind
-FROM instructions i JOIN jobs j ON j.id = i.job_id
-JOIN servers s ON s.name = i.server WHERE s.removed = 0
-ORDER BY j.created_at, i.id
+FROM newest_instructions n JOIN servers s ON s.name = n.server
+JOIN instructions i ON i.id = n.instruction_id JOIN jobs j ON j.id = i.job_id
+WHERE s.removed = 0
+
+-- name: newest_instructions_of_servers
+SELECT n.package_id, i.server, i.state, i.job_id, i.attempts, i.last_error,
+    i.next_attempt_at, i.bytes_sent, i.bytes_total, i.updated_at, j.action, i.error_kind
+FROM newest_instructions n JOIN instructions i ON i.id = n.instruction_id
+JOIN jobs j ON j.id = i.job_id WHERE n.server IN (:servers)
+
+-- name: holdings_of_servers
+SELECT server, package_id, corrupt FROM server_packages WHERE server IN (:servers)
+
+-- name: matrix_tally
+-- the matrix in counts: per package, how many live servers' cells show each combination
+-- of what decides a cell's word (its newest instruction, whether and how it is held)
+SELECT n.package_id, i.state, j.action, i.error_kind, count(*) AS n,
+    sum(CASE WHEN sp.server IS NULL THEN 0 ELSE 1 END) AS held,
+    sum(CASE WHEN sp.corrupt IS NULL THEN 0 ELSE 1 END) AS corrupt
+FROM newest_instructions n JOIN servers s ON s.name = n.server
+JOIN instructions i ON i.id = n.instruction_id JOIN jobs j ON j.id = i.job_id
+LEFT JOIN server_packages sp ON sp.server = n.server AND sp.package_id = n.package_id
+WHERE s.removed = 0
+GROUP BY n.package_id, i.state, j.action, i.error_kind
+
+-- name: holdings_tally
+-- copies held where no instruction ever went (reported by heartbeats), per package
+SELECT sp.package_id, count(*) AS n,
+    sum(CASE WHEN sp.corrupt IS NULL THEN 0 ELSE 1 END) AS corrupt
+FROM server_packages sp JOIN servers s ON s.name = sp.server
+WHERE s.removed = 0 AND NOT EXISTS (SELECT 1 FROM newest_instructions n
+    WHERE n.server = sp.server AND n.package_id = sp.package_id)
+GROUP BY sp.package_id
+
+-- name: live_server_count
+SELECT count(*) AS n, coalesce(sum(CASE WHEN last_seen >= :online_since THEN 1 ELSE 0 END), 0)
+    AS online
+FROM servers WHERE removed = 0
+
+-- name: servers_attention_first
+-- a page of servers not removed: first those with a cell in trouble (a newest instruction
+-- retrying or failed, a copy found corrupt), then those not heard from lately, then the rest
+SELECT s.name FROM servers s WHERE s.removed = 0
+ORDER BY CASE
+    WHEN EXISTS (SELECT 1 FROM newest_instructions n JOIN instructions i
+                 ON i.id = n.instruction_id
+                 WHERE n.server = s.name AND i.state IN ('retrying', 'failed')) THEN 0
+    WHEN EXISTS (SELECT 1 FROM server_packages sp
+                 WHERE sp.server = s.name AND sp.corrupt IS NOT NULL) THEN 0
+    WHEN s.last_seen IS NULL OR s.last_seen < :online_since THEN 1
+    ELSE 2 END, s.name
+LIMIT :limit
 
 -- name: instructions_by_state
-SELECT state, count(*) AS n FROM instructions GROUP BY state
+SELECT state, sum(n) AS n FROM job_state_counts GROUP BY state
 
 -- name: instruction_sums
 SELECT coalesce(sum(attempts), 0) AS attempts, coalesce(sum(bytes_sent), 0) AS bytes_sent
-FROM instructions
+FROM instruction_totals
 
--- name: instruction_states_by_job
-SELECT i.job_id, i.state, j.action FROM instructions i JOIN jobs j ON j.id = i.job_id
+-- name: transfer_histogram
+SELECT le, sum(n) AS n, sum(total) AS total FROM transfer_histogram GROUP BY le ORDER BY le
+
+-- name: state_counts_of_every_job
+SELECT c.job_id, c.state, sum(c.n) AS n, j.action FROM job_state_counts c
+JOIN jobs j ON j.id = c.job_id GROUP BY c.job_id, c.state, j.action
 
 -- name: events_by_kind
-SELECT kind, count(*) AS n FROM events GROUP BY kind
-
--- name: install_durations
-SELECT CASE WHEN finished_at > claimed_at THEN finished_at - claimed_at ELSE 0.0 END AS d
-FROM instructions
-WHERE state = 'installed' AND claimed_at IS NOT NULL AND finished_at IS NOT NULL
+SELECT kind, sum(n) AS n FROM event_counts GROUP BY kind
 
 -- === PostgreSQL's own plumbing ==============================================================
 

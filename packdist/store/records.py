@@ -78,9 +78,20 @@ class JobRecord:
     options: dict[str, Any]
     instructions: tuple[InstructionRecord, ...] = field(default=())
     action: str = "install"  # what every instruction does: "install" or "remove"
+    #: state -> how many of the job's instructions are in it (every state present), from
+    #: the store's summary; empty when the record was built from its instructions alone
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        """How many instructions the job has (all of them, whatever page was read)."""
+        return sum(self.counts.values()) if self.counts else len(self.instructions)
 
     @property
     def state(self) -> JobState:
+        if self.counts:  # a job's state depends only on which states its instructions are in
+            present = (InstructionState(s) for s, n in self.counts.items() if n > 0)
+            return job_state(present, self.action)
         return job_state((i.state for i in self.instructions), self.action)
 
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import bisect
-from typing import Any
-
 from packdist import states
 from packdist.states import InstructionState
 from packdist.store.db import Database, Row
 from packdist.store.records import EventRecord, MetricsTotals, StatusCell
 
 S = InstructionState
+_STATES = {s.value: s for s in S}
+_SERVER_BATCH = 500  # names per query (SQLite's placeholders are limited)
 
 
 def _event(row: Row) -> EventRecord:
@@ -27,63 +26,75 @@ def _event(row: Row) -> EventRecord:
 class ReportQueries:
     db: Database
 
-    def _newest_instructions(self) -> dict[tuple[str, str], Row]:
-        """(server, package id) -> the newest instruction of that pair."""
-        newest: dict[tuple[str, str], Row] = {}
-        for r in self.db.rows("live_instructions_oldest_first"):
-            newest[(r["server"], r["package_id"])] = r
-        return newest
+    def _newest_instructions(self, servers: list[str] | None = None) -> dict[tuple[str, str], Row]:
+        """(server, package id) -> the newest instruction of that pair (of servers not
+        removed, or of ``servers``): one row per pair, from the summary of newest."""
+        if servers is None:
+            rows = self.db.rows("live_newest_instructions")
+        else:
+            rows = self._of_servers("newest_instructions_of_servers", servers)
+        return {(r["server"], r["package_id"]): r for r in rows}
 
-    def status_matrix(self) -> dict[str, dict[str, str]]:
-        """package ref -> server -> state word."""
-        refs = self.package_refs()  # type: ignore[attr-defined]
+    def _of_servers(self, query: str, servers: list[str]) -> list[Row]:
+        found: list[Row] = []
+        for i in range(0, len(servers), _SERVER_BATCH):
+            found += self.db.rows(query, servers=servers[i : i + _SERVER_BATCH])
+        return found
+
+    def status_matrix(self, cells: list[StatusCell] | None = None) -> dict[str, dict[str, str]]:
+        """package ref -> server -> state word (of ``cells`` if given, else read)."""
         matrix: dict[str, dict[str, str]] = {}
-        for r in self.db.rows("live_holdings"):
-            ref = refs.get(r["package_id"], r["package_id"][:12])
-            word = "corrupt" if r["corrupt"] is not None else "installed"
-            matrix.setdefault(ref, {})[r["server"]] = word
         # Unfinished work shows where nothing is installed yet; the newest job wins. A copy
         # found corrupt stays "corrupt" until its repair is installed (verified). After a
         # removal job (the newest), nothing shows where nothing is installed.
-        for (server, pid), r in self._newest_instructions().items():
-            if r["action"] == "remove" or r["state"] == S.INSTALLED.value:
+        for c in self.status_cells() if cells is None else cells:
+            if c.installed:
+                word = "corrupt" if c.corrupt is not None else "installed"
+            elif c.state is None or c.action == "remove" or c.state is S.INSTALLED:
                 continue
-            cell = matrix.setdefault(refs.get(pid, pid[:12]), {})
-            if cell.get(server) not in ("installed", "corrupt"):
-                cell[server] = r["state"]
-        return {ref: cells for ref, cells in matrix.items() if cells}
+            else:
+                word = c.state.value
+            matrix.setdefault(c.package_ref, {})[c.server] = word
+        return matrix
 
-    def status_cells(self) -> list[StatusCell]:
+    def status_cells(self, servers: list[str] | None = None) -> list[StatusCell]:
         """Every (package, server) pair that has an instruction or an installed copy, for
-        servers not removed; ordered by package ref, then server."""
-        installed = {
-            (r["server"], r["package_id"]): r["corrupt"] for r in self.db.rows("live_holdings")
-        }
+        servers not removed (or for ``servers``); ordered by package ref, then server."""
+        holdings = (
+            self.db.rows("live_holdings")
+            if servers is None
+            else self._of_servers("holdings_of_servers", servers)
+        )
+        installed = {(r["server"], r["package_id"]): r["corrupt"] for r in holdings}
         refs = self.package_refs()  # type: ignore[attr-defined]
-        newest = self._newest_instructions()
         cells = []
-        for server, pid in installed.keys() | newest.keys():
-            r: Row | dict[str, Any] = newest.get((server, pid)) or {}
+        for (server, pid), r in self._newest_instructions(servers).items():
             cells.append(
                 StatusCell(
-                    package_ref=refs.get(pid, pid[:12]),
-                    package_id=pid,
-                    server=server,
-                    installed=(server, pid) in installed,
-                    state=S(r["state"]) if r else None,
-                    job_id=r.get("job_id"),
-                    attempts=r.get("attempts", 0),
-                    last_error=r.get("last_error"),
-                    next_attempt_at=r.get("next_attempt_at"),
-                    bytes_sent=r.get("bytes_sent", 0),
-                    bytes_total=r.get("bytes_total", 0),
-                    updated_at=r.get("updated_at"),
-                    corrupt=installed.get((server, pid)),
-                    action=r.get("action", "install"),
-                    error_kind=r.get("error_kind"),
+                    refs.get(pid, pid[:12]),
+                    pid,
+                    server,
+                    (server, pid) in installed,
+                    _STATES[r["state"]],
+                    r["job_id"],
+                    r["attempts"],
+                    r["last_error"],
+                    r["next_attempt_at"],
+                    r["bytes_sent"],
+                    r["bytes_total"],
+                    r["updated_at"],
+                    installed.pop((server, pid), None),
+                    r["action"],
+                    r["error_kind"],
                 )
             )
-        return sorted(cells, key=lambda c: (c.package_ref, c.server))
+        for (server, pid), corrupt in installed.items():  # held, and no instruction went
+            ref = refs.get(pid, pid[:12])
+            cells.append(
+                StatusCell(ref, pid, server, True, None, None, 0, None, None, 0, 0, None, corrupt)
+            )
+        cells.sort(key=lambda c: (c.package_ref, c.server))
+        return cells
 
     def events(self, job_id: str | None = None, after_id: int = 0) -> list[EventRecord]:
         if job_id is None:
@@ -107,15 +118,21 @@ class ReportQueries:
         sums = self.db.row("instruction_sums") or {"attempts": 0, "bytes_sent": 0}
         per_job: dict[str, list[InstructionState]] = {}
         actions: dict[str, str] = {}
-        for r in self.db.rows("instruction_states_by_job"):
-            per_job.setdefault(r["job_id"], []).append(S(r["state"]))
+        for r in self.db.rows("state_counts_of_every_job"):  # the summary: one row per state
             actions[r["job_id"]] = r["action"]
+            if int(r["n"]) > 0:  # a job's state depends only on which states it has
+                per_job.setdefault(r["job_id"], []).append(S(r["state"]))
         jobs = {s.value: 0 for s in states.JobState}
-        for job_id, job_states in per_job.items():
-            jobs[states.job_state(job_states, actions[job_id]).value] += 1
+        for job_id, action in actions.items():
+            jobs[states.job_state(per_job.get(job_id, []), action).value] += 1
         events = {r["kind"]: int(r["n"]) for r in self.db.rows("events_by_kind")}
-        durations = sorted(float(r["d"]) for r in self.db.rows("install_durations"))
-        counts = [bisect.bisect_right(durations, float(b)) for b in transfer_bounds]
+        # the summary's bins (each install once, under the smallest bound it fits), made
+        # cumulative at the bounds asked for
+        bins = [
+            (float(r["le"]), int(r["n"]), float(r["total"]))
+            for r in self.db.rows("transfer_histogram")
+        ]
+        counts = [sum(n for le, n, _ in bins if le <= float(b)) for b in transfer_bounds]
         return MetricsTotals(
             instructions,
             jobs,
@@ -124,6 +141,6 @@ class ReportQueries:
             events,
             tuple(transfer_bounds),
             tuple(counts),
-            len(durations),
-            float(sum(durations)),
+            sum(n for _, n, _ in bins),
+            sum(total for _, _, total in bins),
         )

@@ -27,6 +27,26 @@ def migrations(folder: str = "sql") -> list[tuple[int, str]]:
     return sorted(found)
 
 
+def statements(sql: str, dialect: str = "sqlite") -> list[str]:
+    """The statements of a migration, split at a ``;`` that ends a line, but not within a
+    trigger's ``BEGIN … END`` (SQLite) or a ``$$``-quoted function body (PostgreSQL)."""
+    found: list[str] = []
+    pending = ""
+    for piece in sql.split(";\n"):
+        pending = f"{pending};\n{piece}" if pending else piece
+        if dialect == "sqlite":
+            whole = sqlite3.complete_statement(pending + ";")
+        else:
+            whole = pending.count("$$") % 2 == 0
+        if whole:
+            if pending.strip():
+                found.append(pending)
+            pending = ""
+    if pending.strip():
+        found.append(pending)
+    return found
+
+
 class SQLiteDatabase(Database):
     dialect = queries.SQLITE
 
@@ -53,9 +73,8 @@ class SQLiteDatabase(Database):
             current = self._db.execute("PRAGMA user_version").fetchone()[0]
             for version, sql in steps:
                 if version > current:
-                    for statement in sql.split(";\n"):
-                        if statement.strip():
-                            self._db.execute(statement)
+                    for statement in statements(sql):
+                        self._db.execute(statement)
                     self._db.execute(f"PRAGMA user_version={version}")
 
     @contextmanager

@@ -266,3 +266,33 @@ def test_site_without_operator_password_says_how_to_set_one(tmp_path: Path) -> N
         assert status == 401
 
     run(home, script)
+
+
+def test_a_job_page_pages_through_its_instructions_and_refuses_an_unknown_state(
+    site: tuple[SiteHome, str, str],
+) -> None:
+    from tests.unit.store_conformance import add_package
+
+    home, password, _ = site
+    store = home.store()
+    try:
+        pkg = add_package(store, "app")
+        job = Service(store).distribute(pkg.id, ["dp1"], 1.0)
+    finally:
+        store.close()
+
+    async def script(s: aiohttp.ClientSession, base: str) -> None:
+        good = {"Authorization": f"Bearer {password}"}
+        status, _, body = await get(s, f"{base}/jobs/{job}?state=pending&limit=5", good)
+        assert status == 200
+        assert f'data-src="/api/jobs/{job}?state=pending&amp;limit=5"' in body  # kept live
+        status, _, body = await get(s, f"{base}/api/jobs/{job}?state=pending&offset=1", good)
+        doc = json.loads(body)
+        assert status == 200 and doc["job"]["instructions"] == []
+        assert doc["page"] == {"state": "pending", "offset": 1, "limit": 200, "matching": 1}
+        for bad in ("state=lost", "offset=-1", "limit=x"):
+            status, _, body = await get(s, f"{base}/api/jobs/{job}?{bad}", good)
+            assert status == 400, bad
+            assert len(body.strip().splitlines()) == 1 and "Traceback" not in body
+
+    run(home, script)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from packdist.cli.job_cmds import _job_table, _plain_line
+from packdist.cli.job_view import _job_table, _plain_line
 from packdist.site.pages import job_block
 from packdist.site.views import cell_view, job_json
 from packdist.states import InstructionState, JobState

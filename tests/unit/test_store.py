@@ -477,6 +477,19 @@ class StoreMachine(RuleBasedStateMachine):
                 assert all(model.package_id in self.holds[s] for s in model.targets)
 
     @invariant()
+    def job_counts_match_the_model(self) -> None:
+        """The summary the views read (kept by the schema's triggers) says what the model
+        says, per job and state, after every step."""
+        counts = self.store.job_counts(self.job_order)
+        for job_id in self.job_order:
+            expected = {s.value: 0 for s in S}
+            for m in self.instructions.values():
+                if m.job_id == job_id:
+                    expected[m.state.value] += 1
+            assert counts[job_id] == expected, job_id
+            assert self.store.get_job(job_id, limit=0).state is self.store.get_job(job_id).state
+
+    @invariant()
     def next_due_matches_model(self) -> None:
         due = [m.next_at for m in self.instructions.values() if m.state in CLAIMABLE]
         assert self.store.next_due_at() == (min(due) if due else None)

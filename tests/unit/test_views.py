@@ -3,7 +3,7 @@ shown by ``job wait``."""
 
 from __future__ import annotations
 
-from packdist.cli.job_cmds import RateMeter
+from packdist.cli.job_view import RateMeter
 from packdist.site import metrics
 from packdist.site.views import cell_view, is_corruption
 from packdist.states import InstructionState
@@ -128,7 +128,7 @@ def test_rate_needs_a_second_of_samples_and_forgets_old_ones() -> None:
 def test_job_table_fits_80_columns_and_keeps_the_whole_error() -> None:
     from rich.console import Console
 
-    from packdist.cli.job_cmds import _job_table
+    from packdist.cli.job_view import _job_table
 
     error = "connection refused by http://127.0.0.1:18702"
     ins = (

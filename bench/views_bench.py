@@ -1,0 +1,170 @@
+"""``python -m bench views``: what the operators' views cost with a big fleet and one job to
+all of it, without a running site or agents.
+
+A site home is seeded directly (N servers registered in one transaction, as ``bench scale``
+does, one job to every server), then the job is moved along as a despooler would: most
+instructions installed, some retrying, some failed, some under way, the rest pending. Then:
+
+* ``job show JOB --json``, ``status --json``, ``job list --json``, ``server list --json``:
+  wall time of the real CLI (Python start-up included, about 0.3 s) and bytes printed;
+* the overview (``GET /api/overview``: the view, its HTML and the JSON, as the dashboard
+  builds them) and ``/metrics``, timed in this process, and their bytes.
+
+``--json`` prints one object with those figures. To compare with an older commit, export
+it (``git archive OLD packdist bench | tar -x -C DIR``), copy this file into ``DIR/bench``
+and run ``PYTHONPATH=DIR python -m bench views`` from ``DIR`` (the CLI children run from
+the folder of the ``bench`` package they were started from).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import REPO, packdist_argv, run_child, run_quiet, scratch
+
+DESCRIPTION = "job show, status, overview and metrics with N servers and one job to all"
+
+
+def _seed(home: Path, servers: int) -> str:
+    """A site with ``servers`` servers and one job to all of them, moved along; its id."""
+    from packdist.auth import hash_token
+    from packdist.errors import ErrorKind
+    from packdist.service import Service
+    from packdist.site.home import SiteHome
+
+    tree = home.parent / "tree"
+    (tree / "bin").mkdir(parents=True)
+    (tree / "bin" / "app").write_bytes(b"#!/bin/sh\necho app\n" * 100)
+    run_quiet(
+        packdist_argv("--home", home, "package", "create", tree, "--name", "app", "--version", "1")
+    )
+    store = SiteHome.open(home).store()
+    now = time.time()
+    try:
+        service = Service(store)
+        names = [f"sim{i:05d}" for i in range(servers)]
+        with store.transaction():
+            for name in names:
+                url = f"http://127.0.0.1:9/s/{name}"
+                service.add_server(name, url, hash_token(f"token-{name}"), [], {}, now)
+        pkg = store.find_package("app", "1")
+        assert pkg is not None
+        job_id = service.distribute(pkg.id, names, now)
+        with store.transaction():  # 70% installed, 8% retrying, 2% failed, 5% sending
+            claims = service.claim_ready("bench", 3600, int(servers * 0.85), now)
+            for n, c in enumerate(claims):
+                share = n % 85
+                if share < 70:
+                    service.mark_installed(c.instruction_id, c.lease, now)
+                elif share < 78:
+                    service.schedule_retry(
+                        c.instruction_id, c.lease, "connect timeout", now + 600, now
+                    )
+                elif share < 80:
+                    service.mark_failed(c.instruction_id, c.lease, "disk full", now, ErrorKind.DISK)
+    finally:
+        store.close()
+    return job_id
+
+
+def _cli(home: Path, *args: str) -> tuple[float, int]:
+    """Best wall time of three runs of ``packdist ARGS``, and the bytes it printed."""
+    best, size = float("inf"), 0
+    for _ in range(3):
+        run = run_child(packdist_argv("--home", home, *args), cwd=REPO)
+        best, size = min(best, run.seconds), len(run.stdout.encode())
+    return best, size
+
+
+def _in_process(home: Path) -> dict[str, float]:
+    from packdist.site import metrics, pages, views
+    from packdist.site.home import SiteHome
+
+    store = SiteHome.open(home).store()
+    out: dict[str, float] = {}
+    try:
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            now = time.time()
+            doc = views.overview(store, now)
+            doc["html"] = pages.overview_content(doc, now)
+            body = json.dumps(doc).encode()
+            best = min(best, time.perf_counter() - t0)
+        out["overview_s"], out["overview_bytes"] = best, len(body)
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            text = metrics.render(
+                store.metrics_totals(metrics.TRANSFER_BOUNDS), store.list_servers(), time.time()
+            )
+            best = min(best, time.perf_counter() - t0)
+        out["metrics_s"], out["metrics_bytes"] = best, len(text.encode())
+    finally:
+        store.close()
+    return out
+
+
+def measure(servers: int) -> dict[str, Any]:
+    work = scratch(prefix="views-")
+    home = work / "site"
+    try:
+        run_quiet(packdist_argv("--home", home, "site", "init", "--name", "bench"))
+        t0 = time.perf_counter()
+        job = _seed(home, servers)
+        out: dict[str, Any] = {"servers": servers, "seed_s": time.perf_counter() - t0}
+        for key, args in (
+            ("job_show", ("job", "show", job, "--json")),
+            ("job_show_human", ("job", "show", job)),
+            ("status", ("status", "--json")),
+            ("job_list", ("job", "list", "--json")),
+            ("server_list", ("server", "list", "--json")),
+        ):
+            out[f"{key}_s"], out[f"{key}_bytes"] = _cli(home, *args)
+        out["python_startup_s"] = _cli(home, "--help")[0]
+        out.update(_in_process(home))
+        return out
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+ROWS = (
+    ("job show --json (s)", "job_show_s"),
+    ("job show, human (s)", "job_show_human_s"),
+    ("status --json (s)", "status_s"),
+    ("job list --json (s)", "job_list_s"),
+    ("server list --json (s)", "server_list_s"),
+    ("python start-up (s)", "python_startup_s"),
+    ("overview, in process (s)", "overview_s"),
+    ("metrics, in process (s)", "metrics_s"),
+)
+SIZES = (
+    ("job show --json", "job_show_bytes"),
+    ("status --json", "status_bytes"),
+    ("overview", "overview_bytes"),
+    ("metrics", "metrics_bytes"),
+)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench views", description=DESCRIPTION)
+    parser.add_argument("--servers", type=int, default=10_000)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    os.environ.pop("PACKDIST_HOME", None)
+    out = measure(args.servers)
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"{out['servers']:,} servers, one job to all (seeded in {out['seed_s']:.1f}s)")
+    for label, key in ROWS:
+        print(f"  {label:<28} {out[key]:8.2f}")
+    for label, key in SIZES:
+        print(f"  {label + ' (KiB)':<28} {out[key] / 1024:8.0f}")
+    return 0
