@@ -298,6 +298,8 @@ DROP_SQLITE = (
     "DROP TABLE transfer_histogram",
     "DROP TABLE newest_instructions",
     "DROP INDEX instructions_job_state",
+    "DROP INDEX server_packages_package",  # and version 9's
+    "DROP INDEX jobs_package",
     "PRAGMA user_version=7",
 )
 DROP_POSTGRESQL = (
@@ -312,7 +314,9 @@ DROP_POSTGRESQL = (
     "DROP TABLE transfer_histogram",
     "DROP TABLE newest_instructions",
     "DROP INDEX instructions_job_state",
-    "DELETE FROM schema_version WHERE version = 8",
+    "DROP INDEX server_packages_package",  # and version 9's
+    "DROP INDEX jobs_package",
+    "DELETE FROM schema_version WHERE version >= 8",
 )
 
 
