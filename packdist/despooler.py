@@ -33,6 +33,7 @@ from packdist.errors import (
     InvalidTransition,
     PackdistError,
     RemoteError,
+    TransferError,
 )
 from packdist.protocol.agent_api import AgentClient
 from packdist.protocol.messages import InstallStatus
@@ -91,8 +92,12 @@ class Despooler:
         poll: float = 0.1,  # seconds between looks for new work (a new job, a due retry)
         peers: PeerSettings | None = None,
         library: ContentLibrary | None = None,  # the site's chunks: to tell where damage came from
+        silent_after: Callable[[], float] = lambda: SILENT_AFTER,  # the site's, as it changes
+        on_retry: Callable[[str], None] | None = None,  # told the server of a failed attempt
     ) -> None:
         self.db = db
+        self.silent_after = silent_after
+        self.on_retry = on_retry
         self.library = library
         self.peers = peers or PeerSettings()
         self.key = key
@@ -173,7 +178,9 @@ class Despooler:
         due = self._next_due = store.next_due_at()  # a plain read: no lock when idle
         if due is None or due > now:
             return []
-        heard_since = now - SILENT_AFTER if len(self.in_flight_silent) >= self.silent_cap else None
+        heard_since = (
+            now - self.silent_after() if len(self.in_flight_silent) >= self.silent_cap else None
+        )
         claims = Service(store).claim_ready(lease, self.lease, 1, now, heard_since)
         # due work we may not take now (silent servers at their cap) waits for a free slot
         self._held_back = not claims and heard_since is not None
@@ -186,7 +193,7 @@ class Despooler:
         task = asyncio.create_task(self._attempt(c), name=f"instruction {c.instruction_id}")
         self.in_flight[c.instruction_id] = task
         heard = c.server_last_seen
-        if heard is None or heard < time.time() - SILENT_AFTER:
+        if heard is None or heard < time.time() - self.silent_after():
             self.in_flight_silent.add(c.instruction_id)
 
         def done(t: asyncio.Task[None]) -> None:
@@ -291,7 +298,13 @@ class Despooler:
         now = time.time()
         members = await self.db(lambda s: s.swarm(c.package_id, now))
         offers = choose_peers(
-            members, c.server, c.package_id, self.key, now, self.peers.location_label
+            members,
+            c.server,
+            c.package_id,
+            self.key,
+            now,
+            self.peers.location_label,
+            self.silent_after(),
         )
         return [o.to_json() for o in offers]
 
@@ -389,6 +402,9 @@ class Despooler:
             )
             if retried:
                 log.info("%s to %s: %s", c.package_ref, c.server, error)
+                unanswered = not isinstance(exc, RemoteError) or exc.status is None
+                if self.on_retry is not None and isinstance(exc, TransferError) and unanswered:
+                    self.on_retry(c.server)  # not reached: its next heartbeat wakes the retry
             else:
                 log.warning("%s to %s failed for good: %s", c.package_ref, c.server, error)
         except InvalidTransition:

@@ -56,8 +56,8 @@ class _Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports act as asyncio.Transport without subclassing it
+        self.transport = transport  # type: ignore[assignment]
         self._timer = asyncio.get_running_loop().call_later(self.timeout, self._expire)
         self.inner.connection_made(transport)
 

@@ -5,6 +5,9 @@ Routes (JSON unless noted):
 * ``GET /healthz`` — anyone; 200 once the site is ready.
 * ``POST /v1/agent/hello`` — enrollment token: the server's name and the site public key.
 * ``POST /v1/agent/heartbeat`` — enrollment token: liveness, free disk, installed ids.
+  Both answers carry ``interval``, the seconds the agent waits before its next heartbeat;
+  under overload both may be shed: ``503`` with ``Retry-After`` (see
+  :mod:`packdist.site.cadence`).
 * ``POST /v1/chunks`` — enrollment token: a framed stream of the requested chunks, each
   raw, zstd or zstd against a base the agent holds (see :mod:`packdist.http`).
 * ``GET /v1/chunks/{digest}`` — enrollment token: one chunk, raw.
@@ -19,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -34,12 +38,20 @@ from packdist.core.codec import Encoding
 from packdist.core.digest import Digest
 from packdist.despooler import Despooler, PeerSettings, StoreRunner
 from packdist.errors import AuthError, NotFound, PackdistError, UserError
-from packdist.http import error_frame, error_middleware, frame_header, new_session
+from packdist.http import (
+    error_frame,
+    error_middleware,
+    error_response,
+    frame_header,
+    new_session,
+)
 from packdist.protocol.messages import Heartbeat
+from packdist.protocol.site_api import MAX_INTERVAL
 from packdist.ratelimit import Bucket
 from packdist.service import Service
 from packdist.serving import guard, serve_until_stopped
 from packdist.site import dashboard
+from packdist.site.cadence import OFFLINE_INTERVALS, Admission, Cadence
 from packdist.site.home import SiteHome
 from packdist.site.liveness import FLUSH_EVERY, Liveness
 from packdist.site.validation import validation_loop
@@ -47,8 +59,9 @@ from packdist.store.base import ServerRecord
 
 log = logging.getLogger("packdist.site")
 
-HEARTBEAT_INTERVAL = 2.0  # what agents use; a server silent for 3 intervals is offline
-OFFLINE_AFTER = 3 * HEARTBEAT_INTERVAL + 1.0
+#: the silence after which a server is not offered as a peer, nor counted as reachable by
+#: the despooler: at least this, longer when the interval grows (see ``Cadence``)
+SILENT_AFTER = 10.0
 MAX_BATCH = 4096
 READ_AHEAD = 3  # groups of chunks read ahead of the network
 GROUP_CHUNKS = 32  # chunks framed into one write
@@ -83,7 +96,11 @@ class SiteServer:
         self.max_in_flight = max_in_flight
         self.site_name = ""
         self._despooler: Despooler | None = None
-        self.liveness = Liveness(OFFLINE_AFTER)
+        self.cadence = Cadence()
+        self.admission = Admission()
+        self.liveness = Liveness(self.cadence.offline_after)
+        self._enrolled = 0
+        self._started = time.monotonic()
 
     @property
     def despooler(self) -> Despooler:
@@ -108,14 +125,14 @@ class SiteServer:
         dashboard.setup(app, self)
         return app
 
-    async def _agent(self, request: web.Request) -> ServerRecord:
+    async def _agent(self, request: web.Request, counted: bool = False) -> ServerRecord:
         token = bearer(request.headers.get("Authorization"))
         if not looks_like_token(token):  # refused without a database lookup
             raise AuthError("unknown or revoked enrollment token")
         token_hash = hash_token(token)
         server = self.liveness.server_of(token_hash)  # looked up once per TOKEN_TTL
         if server is None:
-            server = await self.db(lambda s: s.server_by_token_hash(token_hash))
+            server = await self._store_call(lambda s: s.server_by_token_hash(token_hash), counted)
             if server is None:
                 raise AuthError("unknown or revoked enrollment token")
             self.liveness.remember_token(token_hash, server)
@@ -126,32 +143,79 @@ class SiteServer:
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "site": self.site_name})
 
+    async def _store_call(self, fn: Callable[[Any], Any], counted: bool) -> Any:
+        """A store call; ``counted``: one of the heartbeat path's, which may hold at most
+        ``STORE_SLOTS`` places in the store's queue (claims and the dashboard wait there)."""
+        if not counted:
+            return await self.db(fn)
+        self.admission.waiting_on_store += 1
+        try:
+            return await self.db(fn)
+        finally:
+            self.admission.waiting_on_store -= 1
+
+    def _shed(self, request: web.Request, now: float) -> web.Response:
+        """503 with Retry-After, the body unread; the server it came from (if this process
+        knows its token) is still heard from: shedding never makes a server look offline."""
+        token = bearer(request.headers.get("Authorization"))
+        if looks_like_token(token):
+            server = self.liveness.server_of(hash_token(token), stale_ok=True)
+            if server is not None:
+                self.liveness.heard(server.name, now)
+        wait = self.cadence.retry_after()
+        resp = error_response(503, f"site busy: heartbeat shed, try again in {wait:g}s")
+        resp.headers["Retry-After"] = str(math.ceil(wait))
+        return resp
+
     async def hello(self, request: web.Request) -> web.Response:
-        server = await self._agent(request)
+        if self.admission.overloaded(time.time()):
+            return self._shed(request, time.time())
+        server = await self._agent(request, counted=True)
         return web.json_response(
-            {"server": server.name, "site": self.site_name, "site_public_key": self.key.public.hex}
+            {
+                "server": server.name,
+                "site": self.site_name,
+                "site_public_key": self.key.public.hex,
+                "interval": self.cadence.interval,
+            }
         )
 
     async def heartbeat(self, request: web.Request) -> web.Response:
-        server = await self._agent(request)
-        beat = Heartbeat.from_json(await _json_body(request))
         now = time.time()
+        if self.admission.overloaded(now):
+            return self._shed(request, now)
+        server = await self._agent(request, counted=True)
+        beat = Heartbeat.from_json(await _json_body(request))
         if self.liveness.quiet(server.name, beat, now):  # "still here": memory only
-            return web.json_response({"ok": True, "woken": 0})
+            return self._beat_answer(0)
+        reached_again = self.liveness.reached_again(server.name)
+        offline_after = self.cadence.offline_after()
         try:
-            woken = await self.db(
+            woken = await self._store_call(
                 lambda s: Service(s).record_heartbeat(
-                    server.name, beat.boot_id, beat.disk_free, beat.installed, now, OFFLINE_AFTER
-                )
+                    server.name,
+                    beat.boot_id,
+                    beat.disk_free,
+                    beat.installed,
+                    now,
+                    offline_after,
+                    reached_again,
+                ),
+                counted=True,
             )
         except BaseException:
             self.liveness.forget(server.name)
+            if reached_again:
+                self.liveness.unreached(server.name)
             raise
         self.liveness.recorded(server.name, beat, now)
         if woken:
             log.info("%s is back: %d instruction(s) woken", server.name, woken)
             self.despooler.wake.set()
-        return web.json_response({"ok": True, "woken": woken})
+        return self._beat_answer(woken)
+
+    def _beat_answer(self, woken: int) -> web.Response:
+        return web.json_response({"ok": True, "woken": woken, "interval": self.cadence.interval})
 
     async def manifest(self, request: web.Request) -> web.Response:
         await self._agent(request)
@@ -305,11 +369,29 @@ class SiteServer:
         while True:
             await asyncio.sleep(FLUSH_EVERY)
             await self._flush_liveness()
+            self._follow_fleet()
+
+    def _follow_fleet(self) -> None:
+        """The interval for the servers this process hears from; for its first intervals,
+        at least for the fleet enrolled (not all of it has spoken yet)."""
+        heard = self.liveness.servers()
+        if time.monotonic() - self._started < OFFLINE_INTERVALS * MAX_INTERVAL:
+            heard = max(heard, self._enrolled)
+        self.cadence.follow(heard)
+
+    def silent_after(self) -> float:
+        """Seconds of silence after which the despooler and the tracker take a server for
+        unreachable: follows the heartbeat interval."""
+        return max(SILENT_AFTER, self.cadence.offline_after())
 
     # --- life cycle -----------------------------------------------------------------------
 
     async def run(self, listen: str) -> None:
         self.site_name = await self.db(lambda s: s.site_name())
+        # the fleet as enrolled, until this process has heard from it (see _follow_fleet)
+        self._enrolled = await self.db(lambda s: len(s.list_servers()))
+        self._started = time.monotonic()
+        self.cadence.follow(self._enrolled)
         session = new_session()
         self._despooler = Despooler(
             self.db,
@@ -319,10 +401,13 @@ class SiteServer:
             max_in_flight=self.max_in_flight,
             peers=PeerSettings(self.settings.peers_enabled, self.settings.peers_location_label),
             library=self.library,
+            silent_after=self.silent_after,
+            on_retry=self.liveness.unreached,
         )
         despooler = asyncio.create_task(self.despooler.run(), name="despooler")
         flusher = asyncio.create_task(self._flush_liveness_loop(), name="liveness")
-        background = [despooler, flusher]
+        lag = asyncio.create_task(self.admission.watch_lag(), name="loop lag")
+        background = [despooler, flusher, lag]
         interval = self.settings.validation_interval
         if interval > 0:  # scheduled validation, in the background: never blocks other work
             background.append(
@@ -411,7 +496,13 @@ def run_site(
     async def main() -> None:
         await server.run(listen)
 
-    asyncio.run(main())
+    try:
+        import uvloop  # a faster event loop, when installed (see docs/architecture.md)
+    except ImportError:
+        asyncio.run(main())
+    else:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(main())
 
 
 __all__: list[Any] = ["SiteServer", "run_site"]

@@ -51,8 +51,10 @@ def choose_peers(
     key: SigningKey,
     now: float,
     location_label: str = DEFAULT_LOCATION_LABEL,
+    alive_within: float = ALIVE_WITHIN,
 ) -> list[PeerOffer]:
-    """The peers ``server`` may use for ``package_id``, each with its credential."""
+    """The peers ``server`` may use for ``package_id``, each with its credential (peers
+    heard from within ``alive_within`` seconds: the site's silence that means offline)."""
     me = next((m for m in members if m.server == server), None)
     here = dict(me.labels).get(location_label) if me is not None else None
     usable = [
@@ -60,7 +62,7 @@ def choose_peers(
         for m in members
         if m.server != server
         and m.last_seen is not None
-        and now - m.last_seen <= ALIVE_WITHIN
+        and now - m.last_seen <= alive_within
         and dict(m.labels).get(location_label) == here
     ]
     holders = [m for m in usable if m.holder]
