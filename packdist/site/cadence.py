@@ -87,10 +87,12 @@ class Cadence:
 class Admission:
     """Whether a heartbeat (or hello) is taken now or shed; see the module docstring."""
 
-    def __init__(self) -> None:
+    def __init__(self, rate_limit: float = RATE_LIMIT) -> None:
+        self.rate_limit = rate_limit  # heartbeats taken per second, at most
         self.lag = 0.0  # how late the event loop ran at its last look, seconds
         self.waiting_on_store = 0
         self.shed = 0  # since start
+        self.why: dict[str, int] = {}  # sheds by reason, since the last look (see shed_lately)
         self._second = 0
         self._this_second = 0
 
@@ -99,15 +101,26 @@ class Admission:
         second = int(now)
         if second != self._second:
             self._second, self._this_second = second, 0
-        if (
-            self._this_second >= RATE_LIMIT
-            or self.lag > LAG_LIMIT
-            or self.waiting_on_store >= STORE_SLOTS
-        ):
-            self.shed += 1
-            return True
-        self._this_second += 1
-        return False
+        if self._this_second >= self.rate_limit:
+            why = "rate"
+        elif self.lag > LAG_LIMIT:
+            why = "event loop late"
+        elif self.waiting_on_store >= STORE_SLOTS:
+            why = "store queue"
+        else:
+            self._this_second += 1
+            return False
+        self.shed += 1
+        self.why[why] = self.why.get(why, 0) + 1
+        return True
+
+    def shed_lately(self) -> str:
+        """What was shed since the last call, in words ("" if nothing), for the log."""
+        if not self.why:
+            return ""
+        words = ", ".join(f"{n} ({why})" for why, n in sorted(self.why.items()))
+        self.why = {}
+        return words
 
     async def watch_lag(self) -> None:
         """Measure how late the event loop runs, until cancelled."""

@@ -25,7 +25,7 @@ from packdist.store.records import ServerRecord
 FLUSH_EVERY = 2.0  # seconds between two batched writes of last_seen
 #: seconds a token's server is remembered (a revoked token works this long); longer than the
 #: longest heartbeat interval, or every heartbeat of a large fleet would look its token up
-TOKEN_TTL = 20.0
+TOKEN_TTL = 30.0
 
 
 @dataclass

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import math
 import threading
@@ -29,6 +30,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from packdist.auth import bearer, hash_token, looks_like_token
@@ -62,6 +64,7 @@ log = logging.getLogger("packdist.site")
 #: the silence after which a server is not offered as a peer, nor counted as reachable by
 #: the despooler: at least this, longer when the interval grows (see ``Cadence``)
 SILENT_AFTER = 10.0
+SHED_LOG_EVERY = 10.0  # seconds between two log lines counting shed heartbeats
 MAX_BATCH = 4096
 READ_AHEAD = 3  # groups of chunks read ahead of the network
 GROUP_CHUNKS = 32  # chunks framed into one write
@@ -101,6 +104,7 @@ class SiteServer:
         self.liveness = Liveness(self.cadence.offline_after)
         self._enrolled = 0
         self._started = time.monotonic()
+        self._quiet_answer, self._quiet_interval = b"", 0.0
 
     @property
     def despooler(self) -> Despooler:
@@ -215,7 +219,13 @@ class SiteServer:
         return self._beat_answer(woken)
 
     def _beat_answer(self, woken: int) -> web.Response:
-        return web.json_response({"ok": True, "woken": woken, "interval": self.cadence.interval})
+        interval = self.cadence.interval
+        if woken or interval != self._quiet_interval:  # the common answer, encoded once
+            body = json.dumps({"ok": True, "woken": woken, "interval": interval}).encode()
+            if woken:
+                return web.Response(body=body, content_type="application/json")
+            self._quiet_answer, self._quiet_interval = body, interval
+        return web.Response(body=self._quiet_answer, content_type="application/json")
 
     async def manifest(self, request: web.Request) -> web.Response:
         await self._agent(request)
@@ -366,10 +376,19 @@ class SiteServer:
             log.warning("writing %d heartbeat(s) failed: %s", len(heard), exc)
 
     async def _flush_liveness_loop(self) -> None:
+        told = time.monotonic()
         while True:
             await asyncio.sleep(FLUSH_EVERY)
             await self._flush_liveness()
             self._follow_fleet()
+            if time.monotonic() - told >= SHED_LOG_EVERY:  # one line a while, not one a shed
+                told = time.monotonic()
+                if words := self.admission.shed_lately():
+                    log.info(
+                        "overloaded: shed heartbeats and hellos: %s; interval %gs",
+                        words,
+                        self.cadence.interval,
+                    )
 
     def _follow_fleet(self) -> None:
         """The interval for the servers this process hears from; for its first intervals,
@@ -451,11 +470,18 @@ class _Bases:
         return data
 
 
+class ClientGone(UserError):
+    """The client hung up before its request's body arrived: nobody to answer."""
+
+
 async def _json_body(request: web.Request) -> Any:
     try:
         return await request.json()
     except ValueError as exc:  # includes JSONDecodeError and bad UTF-8
         raise UserError(f"body is not JSON: {exc}") from exc
+    except (ConnectionError, aiohttp.ClientPayloadError) as exc:  # one line, not a traceback
+        log.info("%s %s: %s went away mid-request", request.method, request.path, request.remote)
+        raise ClientGone("the client went away") from exc
 
 
 def _chunks_body(

@@ -1,0 +1,137 @@
+"""Heartbeats under load, with real processes: a real agent obeys a site that sheds its
+heartbeats (503 with Retry-After) and comes back to normal heartbeats once the load drops;
+a client that hangs up mid-request costs the site one log line, never a traceback."""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import struct
+import threading
+import time
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from tests import harness as h
+from tests.integration.hostile import started_site
+
+RETRY_AFTER = 3  # seconds the shedding proxy asks for
+
+
+class SheddingProxy:
+    """An HTTP/1.1 proxy in front of the site that, while ``busy``, answers every hello and
+    heartbeat 503 with ``Retry-After`` as an overloaded site does; it notes when each
+    heartbeat came and what it was answered."""
+
+    def __init__(self, site_url: str) -> None:
+        self.busy = False
+        self.seen: list[tuple[float, int]] = []  # (monotonic time, status answered)
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if proxy.busy and self.path.startswith("/v1/agent/"):
+                    status, data, extra = 503, b'{"error": "site busy"}', RETRY_AFTER
+                else:
+                    req = urllib.request.Request(
+                        f"{site_url}{self.path}", data=body, headers=dict(self.headers)
+                    )
+                    try:
+                        with urllib.request.urlopen(req, timeout=10) as resp:
+                            status, data = resp.status, resp.read()
+                    except urllib.error.HTTPError as exc:
+                        status, data = exc.code, exc.read()
+                    extra = None
+                if self.path == "/v1/agent/heartbeat":
+                    proxy.seen.append((time.monotonic(), status))
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                if extra is not None:
+                    self.send_header("Retry-After", str(extra))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def answered(self, status: int, since: float) -> list[float]:
+        return [t for t, s in self.seen if s == status and t >= since]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_shed_agent_waits_out_retry_after_then_comes_back_to_normal_heartbeats(
+    tmp_path: Path,
+) -> None:
+    site = h.make_site(tmp_path)
+    site.start()
+    proxy = SheddingProxy(site.url)
+    agents = h.add_agents(site, tmp_path, ["dp1"], site_url=proxy.url)
+    agent = agents["dp1"]
+    try:
+        agent.start()
+        h.wait_until(lambda: len(proxy.answered(200, 0)) >= 2, 30, message="heartbeats")
+        proxy.busy = True
+        busy_from = time.monotonic()
+        h.wait_until(lambda: len(proxy.answered(503, busy_from)) >= 3, 60, message="3 sheds")
+        shed = proxy.answered(503, busy_from)
+        gaps = [b - a for a, b in itertools.pairwise(shed)]
+        # Retry-After is a floor (the agent adds jitter, and doubles it while sheds go on)
+        assert all(g >= RETRY_AFTER - 0.2 for g in gaps), gaps
+        assert gaps[-1] > gaps[0], f"no back-off while the site stays busy: {gaps}"
+        proxy.busy = False
+        calm_from = time.monotonic()
+        # back to the site's own interval (2 s for one server): three heartbeats taken
+        h.wait_until(lambda: len(proxy.answered(200, calm_from)) >= 3, 60, message="recovery")
+        ok = proxy.answered(200, calm_from)
+        assert ok[2] - ok[1] < RETRY_AFTER * 2, "still backing off once the load dropped"
+        log = agent.log_tail(400)
+        assert log.count("site busy") == 1, log  # one line per busy spell
+        assert "Traceback" not in log
+    finally:
+        agent.close()
+        proxy.close()
+        site.close()
+
+
+def _hang_up_mid_body(url: str, token: str) -> None:
+    """A heartbeat whose body stops halfway, then a reset: an agent killed mid-request."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(
+            b"POST /v1/agent/heartbeat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {token}\r\nContent-Length: 4000\r\n\r\n".encode()
+            + b'{"boot_id": "b", "installed": ['
+        )
+        time.sleep(0.3)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST
+
+
+def test_an_agent_killed_mid_request_leaves_one_line_and_no_traceback_in_the_site_log(
+    tmp_path: Path,
+) -> None:
+    site, token = started_site(tmp_path)
+    try:
+        for _ in range(5):
+            _hang_up_mid_body(site.url, token)
+        time.sleep(1.0)
+        assert h.http_get(f"{site.url}/healthz")[0] == 200
+        log = site.log_tail(400)
+        assert "Traceback" not in log and "Error handling request" not in log, log
+        assert "went away" in log, log
+    finally:
+        site.stop()
