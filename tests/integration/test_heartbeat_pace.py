@@ -100,7 +100,7 @@ def test_a_shed_agent_waits_out_retry_after_then_comes_back_to_normal_heartbeats
         ok = proxy.answered(200, calm_from)
         assert ok[2] - ok[1] < RETRY_AFTER * 2, "still backing off once the load dropped"
         log = agent.log_tail(400)
-        assert log.count("site busy") == 1, log  # one line per busy spell
+        assert log.count("heartbeats back off") == 1, log  # one line per busy spell
         assert "Traceback" not in log
     finally:
         agent.close()
