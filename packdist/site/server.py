@@ -522,13 +522,7 @@ def run_site(
     async def main() -> None:
         await server.run(listen)
 
-    try:
-        import uvloop  # a faster event loop, when installed (see docs/architecture.md)
-    except ImportError:
-        asyncio.run(main())
-    else:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(main())
+    asyncio.run(main())  # uvloop measured: no cheaper per heartbeat here (docs/benchmarks.md)
 
 
 __all__: list[Any] = ["SiteServer", "run_site"]
