@@ -135,3 +135,92 @@ def test_an_agent_killed_mid_request_leaves_one_line_and_no_traceback_in_the_sit
         assert "went away" in log, log
     finally:
         site.stop()
+
+
+class CutLink:
+    """A TCP forwarder from the site to an agent that can be cut (every connection reset at
+    once, as when a cable is out) and mended."""
+
+    def __init__(self, target_port: int) -> None:
+        self.cut = False
+        self.target = target_port
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            if self.cut:
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_server_reached_again_gets_its_work_at_its_next_heartbeat_not_its_next_backoff(
+    tmp_path: Path,
+) -> None:
+    """The site cannot reach dp1 for a moment (its heartbeats go on): the failed install is
+    retried at dp1's next heartbeat, not after the 30 s backoff."""
+    site = h.make_site(tmp_path)
+    site.env["PACKDIST_RETRY_INITIAL"] = "30s"
+    site.env["PACKDIST_RETRY_JITTER"] = "0"
+    site.start()
+    agent = h.Agent("dp1", tmp_path / "agent-dp1", tmp_path / "logs", site_url=site.url)
+    link = CutLink(agent.port)
+    agent.token = site.add_server("dp1", link.url)
+    try:
+        agent.start()
+        h.wait_until(lambda: site.server_seen("dp1"), 30, message="dp1 heard from")
+        site.create_package(h.make_tree(tmp_path / "src"), "app", "1")
+        link.cut = True
+        job = site.distribute("app@1", ["dp1"])
+        h.wait_until(
+            lambda: h.instruction(site.job(job), "dp1")["state"] == "retrying",
+            30,
+            message="the install failing while dp1 is cut off",
+        )
+        link.cut = False
+        mended = time.monotonic()
+        h.wait_until(
+            lambda: h.instruction(site.job(job), "dp1")["state"] == "installed",
+            60,
+            message="the install after dp1 is reachable again",
+        )
+        took = time.monotonic() - mended
+        assert took < 20, f"installed {took:.0f}s after the link came back: the 30s backoff"
+        assert "Traceback" not in site.log_tail(400)
+    finally:
+        agent.close()
+        link.close()
+        site.close()
