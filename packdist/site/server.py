@@ -21,50 +21,38 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
-import math
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
-from packdist.auth import bearer, hash_token, looks_like_token
 from packdist.config import Settings
 from packdist.core import codec
 from packdist.core.codec import Encoding
 from packdist.core.digest import Digest
 from packdist.despooler import Despooler, PeerSettings, StoreRunner
-from packdist.errors import AuthError, NotFound, PackdistError, UserError
+from packdist.errors import NotFound, PackdistError, UserError
 from packdist.http import (
     error_frame,
     error_middleware,
-    error_response,
     frame_header,
     new_session,
 )
 from packdist.protocol.messages import Heartbeat
-from packdist.protocol.site_api import MAX_INTERVAL
 from packdist.ratelimit import Bucket
-from packdist.service import Service
 from packdist.serving import guard, serve_until_stopped
 from packdist.site import dashboard
-from packdist.site.cadence import OFFLINE_INTERVALS, Admission, Cadence
+from packdist.site.beats import Beats, json_body
 from packdist.site.home import SiteHome
-from packdist.site.liveness import FLUSH_EVERY, Liveness
 from packdist.site.validation import validation_loop
 from packdist.store.base import ServerRecord
 
 log = logging.getLogger("packdist.site")
 
-#: the silence after which a server is not offered as a peer, nor counted as reachable by
-#: the despooler: at least this, longer when the interval grows (see ``Cadence``)
-SILENT_AFTER = 10.0
-SHED_LOG_EVERY = 10.0  # seconds between two log lines counting shed heartbeats
 MAX_BATCH = 4096
 READ_AHEAD = 3  # groups of chunks read ahead of the network
 GROUP_CHUNKS = 32  # chunks framed into one write
@@ -99,12 +87,12 @@ class SiteServer:
         self.max_in_flight = max_in_flight
         self.site_name = ""
         self._despooler: Despooler | None = None
-        self.cadence = Cadence()
-        self.admission = Admission()
-        self.liveness = Liveness(self.cadence.offline_after)
-        self._enrolled = 0
-        self._started = time.monotonic()
-        self._quiet_answer, self._quiet_interval = b"", 0.0
+        self.beats = Beats(self.db)  # heartbeats: interval, liveness, shedding
+        self.cadence, self.admission, self.liveness = (
+            self.beats.cadence,
+            self.beats.admission,
+            self.beats.liveness,
+        )
 
     @property
     def despooler(self) -> Despooler:
@@ -129,52 +117,19 @@ class SiteServer:
         dashboard.setup(app, self)
         return app
 
-    async def _agent(self, request: web.Request, counted: bool = False) -> ServerRecord:
-        token = bearer(request.headers.get("Authorization"))
-        if not looks_like_token(token):  # refused without a database lookup
-            raise AuthError("unknown or revoked enrollment token")
-        token_hash = hash_token(token)
-        server = self.liveness.server_of(token_hash)  # looked up once per TOKEN_TTL
-        if server is None:
-            server = await self._store_call(lambda s: s.server_by_token_hash(token_hash), counted)
-            if server is None:
-                raise AuthError("unknown or revoked enrollment token")
-            self.liveness.remember_token(token_hash, server)
-        return server
+    async def _agent(self, request: web.Request) -> ServerRecord:
+        return await self.beats.agent(request)
 
     # --- routes ---------------------------------------------------------------------------
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "site": self.site_name})
 
-    async def _store_call(self, fn: Callable[[Any], Any], counted: bool) -> Any:
-        """A store call; ``counted``: one of the heartbeat path's, which may hold at most
-        ``STORE_SLOTS`` places in the store's queue (claims and the dashboard wait there)."""
-        if not counted:
-            return await self.db(fn)
-        self.admission.waiting_on_store += 1
-        try:
-            return await self.db(fn)
-        finally:
-            self.admission.waiting_on_store -= 1
-
-    def _shed(self, request: web.Request, now: float) -> web.Response:
-        """503 with Retry-After, the body unread; the server it came from (if this process
-        knows its token) is still heard from: shedding never makes a server look offline."""
-        token = bearer(request.headers.get("Authorization"))
-        if looks_like_token(token):
-            server = self.liveness.server_of(hash_token(token), stale_ok=True)
-            if server is not None:
-                self.liveness.heard(server.name, now)
-        wait = self.cadence.retry_after()
-        resp = error_response(503, f"site busy: heartbeat shed, try again in {wait:g}s")
-        resp.headers["Retry-After"] = str(math.ceil(wait))
-        return resp
-
     async def hello(self, request: web.Request) -> web.Response:
-        if self.admission.overloaded(time.time()):
-            return self._shed(request, time.time())
-        server = await self._agent(request, counted=True)
+        now = time.time()
+        if self.admission.overloaded(now):
+            return self.beats.shed(request, now)
+        server = await self.beats.agent(request, counted=True)
         return web.json_response(
             {
                 "server": server.name,
@@ -187,45 +142,14 @@ class SiteServer:
     async def heartbeat(self, request: web.Request) -> web.Response:
         now = time.time()
         if self.admission.overloaded(now):
-            return self._shed(request, now)
-        server = await self._agent(request, counted=True)
-        beat = Heartbeat.from_json(await _json_body(request))
-        if self.liveness.quiet(server.name, beat, now):  # "still here": memory only
-            return self._beat_answer(0)
-        reached_again = self.liveness.reached_again(server.name)
-        offline_after = self.cadence.offline_after()
-        try:
-            woken = await self._store_call(
-                lambda s: Service(s).record_heartbeat(
-                    server.name,
-                    beat.boot_id,
-                    beat.disk_free,
-                    beat.installed,
-                    now,
-                    offline_after,
-                    reached_again,
-                ),
-                counted=True,
-            )
-        except BaseException:
-            self.liveness.forget(server.name)
-            if reached_again:
-                self.liveness.unreached(server.name)
-            raise
-        self.liveness.recorded(server.name, beat, now)
+            return self.beats.shed(request, now)
+        server = await self.beats.agent(request, counted=True)
+        beat = Heartbeat.from_json(await json_body(request))
+        woken = await self.beats.record(server.name, beat, now)
         if woken:
             log.info("%s is back: %d instruction(s) woken", server.name, woken)
             self.despooler.wake.set()
-        return self._beat_answer(woken)
-
-    def _beat_answer(self, woken: int) -> web.Response:
-        interval = self.cadence.interval
-        if woken or interval != self._quiet_interval:  # the common answer, encoded once
-            body = json.dumps({"ok": True, "woken": woken, "interval": interval}).encode()
-            if woken:
-                return web.Response(body=body, content_type="application/json")
-            self._quiet_answer, self._quiet_interval = body, interval
-        return web.Response(body=self._quiet_answer, content_type="application/json")
+        return self.beats.answer(woken)
 
     async def manifest(self, request: web.Request) -> web.Response:
         await self._agent(request)
@@ -247,7 +171,7 @@ class SiteServer:
 
     async def chunks(self, request: web.Request) -> web.StreamResponse:
         await self._agent(request)
-        digests, accept, bases = _chunks_body(await _json_body(request))
+        digests, accept, bases = _chunks_body(await json_body(request))
         known = await self.db(lambda s: s.known_chunks(digests))
         unknown = [d for d in digests if d not in known]
         if unknown:
@@ -363,54 +287,11 @@ class SiteServer:
             return None
         return data
 
-    async def _flush_liveness(self) -> None:
-        """Write what quiet heartbeats said since the last batch, in one transaction."""
-        heard = self.liveness.take_dirty()
-        if not heard:
-            return
-        try:
-            await self.db(lambda s: s.touch_servers(heard))
-        except Exception as exc:  # the next heartbeat of each is recorded in full instead
-            for name, _, _ in heard:
-                self.liveness.forget(name)
-            log.warning("writing %d heartbeat(s) failed: %s", len(heard), exc)
-
-    async def _flush_liveness_loop(self) -> None:
-        told = time.monotonic()
-        while True:
-            await asyncio.sleep(FLUSH_EVERY)
-            await self._flush_liveness()
-            self._follow_fleet()
-            if time.monotonic() - told >= SHED_LOG_EVERY:  # one line a while, not one a shed
-                told = time.monotonic()
-                if words := self.admission.shed_lately():
-                    log.info(
-                        "overloaded: shed heartbeats and hellos: %s; interval %gs",
-                        words,
-                        self.cadence.interval,
-                    )
-
-    def _follow_fleet(self) -> None:
-        """The interval for the servers this process hears from; for its first intervals,
-        at least for the fleet enrolled (not all of it has spoken yet)."""
-        heard = self.liveness.servers()
-        if time.monotonic() - self._started < OFFLINE_INTERVALS * MAX_INTERVAL:
-            heard = max(heard, self._enrolled)
-        self.cadence.follow(heard)
-
-    def silent_after(self) -> float:
-        """Seconds of silence after which the despooler and the tracker take a server for
-        unreachable: follows the heartbeat interval."""
-        return max(SILENT_AFTER, self.cadence.offline_after())
-
     # --- life cycle -----------------------------------------------------------------------
 
     async def run(self, listen: str) -> None:
         self.site_name = await self.db(lambda s: s.site_name())
-        # the fleet as enrolled, until this process has heard from it (see _follow_fleet)
-        self._enrolled = await self.db(lambda s: len(s.list_servers()))
-        self._started = time.monotonic()
-        self.cadence.follow(self._enrolled)
+        await self.beats.start()
         session = new_session()
         self._despooler = Despooler(
             self.db,
@@ -420,11 +301,11 @@ class SiteServer:
             max_in_flight=self.max_in_flight,
             peers=PeerSettings(self.settings.peers_enabled, self.settings.peers_location_label),
             library=self.library,
-            silent_after=self.silent_after,
+            silent_after=self.beats.silent_after,
             on_retry=self.liveness.unreached,
         )
         despooler = asyncio.create_task(self.despooler.run(), name="despooler")
-        flusher = asyncio.create_task(self._flush_liveness_loop(), name="liveness")
+        flusher = asyncio.create_task(self.beats.flush_loop(), name="liveness")
         lag = asyncio.create_task(self.admission.watch_lag(), name="loop lag")
         background = [despooler, flusher, lag]
         interval = self.settings.validation_interval
@@ -441,7 +322,7 @@ class SiteServer:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
-            await self._flush_liveness()
+            await self.beats.flush()
             await self.despooler.shutdown()
             await session.close()
             self.db.close()
@@ -468,20 +349,6 @@ class _Bases:
             self._data[digest] = data
             self._left -= len(data) if data else 0
         return data
-
-
-class ClientGone(UserError):
-    """The client hung up before its request's body arrived: nobody to answer."""
-
-
-async def _json_body(request: web.Request) -> Any:
-    try:
-        return await request.json()
-    except ValueError as exc:  # includes JSONDecodeError and bad UTF-8
-        raise UserError(f"body is not JSON: {exc}") from exc
-    except (ConnectionError, aiohttp.ClientPayloadError) as exc:  # one line, not a traceback
-        log.info("%s %s: %s went away mid-request", request.method, request.path, request.remote)
-        raise ClientGone("the client went away") from exc
 
 
 def _chunks_body(
