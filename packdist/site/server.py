@@ -389,7 +389,7 @@ def run_site(
     async def main() -> None:
         await server.run(listen)
 
-    asyncio.run(main())  # uvloop measured: no cheaper per heartbeat here (docs/benchmarks.md)
+    asyncio.run(main())  # uvloop was measured: no cheaper per heartbeat (docs/architecture.md)
 
 
 __all__: list[Any] = ["SiteServer", "run_site"]
