@@ -37,7 +37,7 @@ SLACK = 1.0
 #: above this many heartbeats in one second, the rest of that second's are shed: agents that
 #: obey the interval stay well under it
 RATE_LIMIT = 2 * HEARTBEAT_BUDGET
-LAG_LIMIT = 0.1  # seconds the event loop may run late before heartbeats are shed
+LAG_LIMIT = 0.25  # seconds the event loop may run late before heartbeats are shed
 LAG_TICK = 0.05  # seconds between two looks at the event loop's lateness
 STORE_SLOTS = 32  # heartbeats (and hellos) waiting on the store at once; beyond: shed
 MAX_RETRY_AFTER = 30.0  # seconds; agents add up to half of it again as jitter
