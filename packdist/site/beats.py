@@ -24,7 +24,7 @@ from packdist.despooler import StoreRunner
 from packdist.errors import AuthError, UserError
 from packdist.http import error_response
 from packdist.protocol.messages import Heartbeat
-from packdist.protocol.site_api import MAX_INTERVAL
+from packdist.protocol.site_api import MAX_INTERVAL, SHED_MAX
 from packdist.service import Service
 from packdist.site.cadence import OFFLINE_INTERVALS, Admission, Cadence
 from packdist.site.liveness import FLUSH_EVERY, Liveness
@@ -134,12 +134,12 @@ class Beats:
     def shed(self, request: web.Request, now: float) -> web.Response:
         """503 with Retry-After, the body unread; the server it came from (if this process
         knows its token) is still heard from: shedding never makes a server look offline."""
+        wait = self.cadence.retry_after()
         token = bearer(request.headers.get("Authorization"))
         if looks_like_token(token):
             server = self.liveness.server_of(hash_token(token), stale_ok=True)
-            if server is not None:
-                self.liveness.heard(server.name, now)
-        wait = self.cadence.retry_after()
+            if server is not None:  # the agent may wait up to SHED_MAX and half again
+                self.liveness.heard(server.name, now, SHED_MAX * 1.5 + self.cadence.interval)
         resp = error_response(503, f"site busy: heartbeat shed, try again in {wait:g}s")
         resp.headers["Retry-After"] = str(math.ceil(wait))
         return resp

@@ -25,7 +25,7 @@ from packdist.store.records import ServerRecord
 FLUSH_EVERY = 2.0  # seconds between two batched writes of last_seen
 #: seconds a token's server is remembered (a revoked token works this long); longer than the
 #: longest heartbeat interval, or every heartbeat of a large fleet would look its token up
-TOKEN_TTL = 30.0
+TOKEN_TTL = 60.0
 
 
 @dataclass
@@ -35,6 +35,7 @@ class _Seen:
     disk_free: int | None
     installed: frozenset[str]
     dirty: bool = False  # heard since the last write
+    excused_until: float = 0.0  # told to wait (shed) until about then: not offline before
 
 
 class Liveness:
@@ -75,7 +76,7 @@ class Liveness:
         if (
             seen is None
             or seen.boot_id != beat.boot_id
-            or now - seen.last_seen > self._offline_after()
+            or (now - seen.last_seen > self._offline_after() and now > seen.excused_until)
             or seen.installed != frozenset(beat.installed)
             or server in self._unreached
         ):
@@ -89,13 +90,17 @@ class Liveness:
         """A heartbeat was recorded in full (the store is up to date for it)."""
         self._seen[server] = _Seen(now, beat.boot_id, beat.disk_free, frozenset(beat.installed))
 
-    def heard(self, server: str, now: float) -> None:
-        """A heartbeat of ``server`` was shed unread: it still proves the server alive, so
-        its silence does not grow (unless it was already offline: then its next heartbeat
-        taken must still count as its return)."""
+    def heard(self, server: str, now: float, told_to_wait: float = 0.0) -> None:
+        """A heartbeat of ``server`` was shed unread, the agent told to wait up to
+        ``told_to_wait`` seconds: it still proves the server alive, so neither its silence
+        until then nor that wait makes it offline (unless it was offline already: then its
+        next heartbeat taken must still count as its return)."""
         seen = self._seen.get(server)
-        if seen is not None and now - seen.last_seen <= self._offline_after():
+        if seen is not None and (
+            now - seen.last_seen <= self._offline_after() or now <= seen.excused_until
+        ):
             seen.last_seen = max(seen.last_seen, now)
+            seen.excused_until = max(seen.excused_until, now + told_to_wait)
             seen.dirty = True
 
     def take_dirty(self) -> list[tuple[str, float, int | None]]:

@@ -60,6 +60,12 @@ def test_a_shed_heartbeat_keeps_a_live_server_from_looking_offline() -> None:
     live.recorded("dp2", beat, 0.0)
     live.heard("dp2", 30.0)  # already offline when shed: its return must still count
     assert not live.quiet("dp2", beat, 31.0)
+    live.recorded("dp3", beat, 0.0)
+    live.heard("dp3", 5.0, told_to_wait=45.0)  # shed, told to wait 45 s: it does
+    assert live.quiet("dp3", beat, 49.0), "an agent doing as told was counted offline"
+    live.recorded("dp4", beat, 0.0)
+    live.heard("dp4", 5.0, told_to_wait=45.0)
+    assert not live.quiet("dp4", beat, 5.0 + 45.0 + 7.1), "silent beyond the wait: offline"
 
 
 def test_a_failed_call_makes_the_next_heartbeat_wake_the_servers_retries_once() -> None:
