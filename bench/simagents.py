@@ -2,8 +2,10 @@
 
 Each simulated server has its own name, enrollment token and boot id, and speaks the real
 agent protocol over real HTTP on 127.0.0.1: it enrolls (``/v1/agent/hello``, learning and
-pinning the site key), heartbeats at the real interval (``HEARTBEAT_INTERVAL``, a fresh TCP
-connection each time, the timeouts of ``packdist.http.HEARTBEAT``, as the agent does today),
+pinning the site key), heartbeats at the interval the site names in its answers, backs off
+when shed (503 with Retry-After) or failing, exactly as the agent does (the same
+:class:`packdist.protocol.site_api.HeartbeatPace`), with the timeouts of
+``packdist.http.HEARTBEAT`` (a fresh TCP connection each time, or one kept: ``keepalive``),
 and answers the site's calls: install (``InstallStatus`` JSON), the status long poll, cancel,
 remove, validate, each checked against the site's credential (``check_site_assertion``).
 Installs fetch nothing: they end after ``install_delay`` seconds, and ``fail_pct`` percent
@@ -32,13 +34,14 @@ from typing import Any
 from aiohttp import web
 
 from bench.simhttp import Connection, post, request_bytes
-from packdist.agent.server import ENROLL_RETRY, HEARTBEAT_INTERVAL, MAX_LONG_POLL
+from packdist.agent.server import ENROLL_RETRY, MAX_LONG_POLL
 from packdist.auth import bearer, check_site_assertion
 from packdist.core.manifest import SignedManifest
 from packdist.core.signing import VerifyKey
 from packdist.errors import AuthError, PackdistError
 from packdist.http import HEARTBEAT
 from packdist.protocol.messages import Heartbeat, InstallRequest, InstallStatus, RemoveRequest
+from packdist.protocol.site_api import HeartbeatPace
 
 ENROLL_CONCURRENCY = 64  # hellos in flight at start-up
 LAG_TICK = 0.1  # seconds between two looks at the event loop's lateness
@@ -81,13 +84,15 @@ class SimAgent:
     beat: bytes = b""
     keepalive: bool = False  # one connection kept open to the site, instead of one per call
     conn: Connection | None = None
+    pace: HeartbeatPace = field(default_factory=HeartbeatPace)
+    retry_after: float | None = None  # of the last answer
 
     def request(self, path: str, body: bytes) -> bytes:
         host, port = self.sites[0]
         return request_bytes(f"{host}:{port}", path, self.token, body, not self.keepalive)
 
     async def post(self, request: bytes, timeout: float) -> tuple[int, bytes]:
-        answer, self.conn = await post(self.sites[0], request, timeout, self.conn)
+        answer, self.conn, self.retry_after = await post(self.sites[0], request, timeout, self.conn)
         return answer
 
     def renew_beat(self) -> None:
@@ -112,6 +117,7 @@ class Window:
         self.latencies: list[float] = []
         self.failures: dict[str, int] = {}
         self.lags: list[float] = []
+        self.intervals: list[float] = []  # waits before the next heartbeat, as paced
         self.counts: dict[str, int] = {}
 
     def count(self, what: str, n: int = 1) -> None:
@@ -130,6 +136,8 @@ class Window:
             "heartbeat_p99_ms": _pct(lat, 99) * 1000,
             "heartbeat_max_ms": (lat[-1] if lat else 0.0) * 1000,
             "loop_lag_p99_ms": _pct(lags, 99) * 1000,
+            "heartbeat_interval_p50_s": _pct(sorted(self.intervals), 50),
+            "heartbeat_interval_max_s": max(self.intervals, default=0.0),
             "cpu_pct": 100 * (time.process_time() - self.cpu_started) / wall,
             **self.counts,
         }
@@ -166,6 +174,7 @@ class Fleet:
 
     async def enroll(self, agent: SimAgent, gate: asyncio.Semaphore, until: float) -> bool:
         while time.monotonic() < until:
+            wait = ENROLL_RETRY
             async with gate:
                 try:
                     hello = agent.request("/v1/agent/hello", b"")
@@ -180,39 +189,53 @@ class Fleet:
                         if answer["server"] != agent.name:
                             self.error("hello named another server")
                         self.enrolled += 1
+                        agent.pace.answered(answer)
                         agent.renew_beat()
                         return True
-                    self.error(f"hello answered {status}")
+                    if status == 503 and agent.retry_after is not None:
+                        self.window.count("hellos_shed")
+                        wait = agent.pace.shed(agent.retry_after)
+                    else:
+                        self.error(f"hello answered {status}")
                 except (OSError, TimeoutError, ValueError, KeyError) as exc:
                     self.error(f"hello: {type(exc).__name__}")
                     agent.next_site()
-            await asyncio.sleep(ENROLL_RETRY)
+            await asyncio.sleep(wait)
         return False
 
     async def live(self, agent: SimAgent, gate: asyncio.Semaphore, until: float) -> None:
         if not await self.enroll(agent, gate, until):
             return
-        await asyncio.sleep(self.rng.random() * HEARTBEAT_INTERVAL)  # a fleet's phases spread
+        pace = agent.pace
+        await asyncio.sleep(self.rng.random() * pace.interval)  # a fleet's phases spread
         timeout = HEARTBEAT.total or 4.0
         while time.monotonic() < until:
             started = time.monotonic()
             window = self.window
             try:
-                status, _ = await agent.post(agent.beat, timeout)
+                status, body = await agent.post(agent.beat, timeout)
                 if status == 200:
                     window.latencies.append(time.monotonic() - started)
+                    wait = pace.answered(json.loads(body))
+                elif status == 503 and agent.retry_after is not None:  # shed: same worker
+                    window.count("heartbeats_shed")
+                    wait = pace.shed(agent.retry_after)
                 else:
                     window.failures[str(status)] = window.failures.get(str(status), 0) + 1
+                    wait = pace.failed()
                     if status >= 500:
                         agent.next_site()
             except TimeoutError:
                 window.failures["timeout"] = window.failures.get("timeout", 0) + 1
+                wait = pace.failed()
                 agent.next_site()
-            except OSError as exc:
+            except (OSError, ValueError) as exc:
                 what = type(exc).__name__
                 window.failures[what] = window.failures.get(what, 0) + 1
+                wait = pace.failed()
                 agent.next_site()
-            await asyncio.sleep(HEARTBEAT_INTERVAL)  # after the answer, as the agent does
+            window.intervals.append(wait)
+            await asyncio.sleep(wait)  # after the answer, as the agent does
 
     async def watch_lag(self, until: float) -> None:
         while time.monotonic() < until:

@@ -16,6 +16,7 @@ class Connection(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.done: asyncio.Future[tuple[int, bytes]] | None = None
+        self.retry_after: float | None = None  # of the last answer, if it had one
         self.closed = False
         self.buf = b""
         self.length = -1
@@ -24,13 +25,14 @@ class Connection(asyncio.Protocol):
     def send(self, request: bytes) -> asyncio.Future[tuple[int, bytes]]:
         assert self.transport is not None and self.done is None
         self.done = asyncio.get_running_loop().create_future()
+        self.retry_after = None
         self.buf, self.length, self.head = b"", -1, 0
         self.transport.write(request)
         return self.done
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not subclasses of asyncio.Transport, but act as one
+        self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -40,6 +42,7 @@ class Connection(asyncio.Protocol):
                 return
             self.head = end + 4
             headers = self.buf[:end].lower()
+            self.retry_after = _retry_after(headers)
             at = headers.find(b"\r\ncontent-length:")
             if at < 0:
                 return  # read to the end of the connection
@@ -68,9 +71,9 @@ class Connection(asyncio.Protocol):
 
 async def post(
     site: tuple[str, int], request: bytes, timeout: float, kept: Connection | None = None
-) -> tuple[tuple[int, bytes], Connection | None]:
+) -> tuple[tuple[int, bytes], Connection | None, float | None]:
     """Send one request, on ``kept`` if it is still open, else on a new connection; the
-    answer and the connection to use next time (None: closed)."""
+    answer, the connection to use next time (None: closed) and the answer's Retry-After."""
     loop = asyncio.get_running_loop()
     conn = kept if kept is not None and not kept.closed else None
     try:
@@ -84,8 +87,19 @@ async def post(
         raise
     if b"\r\nConnection: close\r\n" in request[:1024]:
         conn.close()
-        return answer, None
-    return answer, conn
+        return answer, None, conn.retry_after
+    return answer, conn, conn.retry_after
+
+
+def _retry_after(headers: bytes) -> float | None:
+    at = headers.find(b"\r\nretry-after:")
+    if at < 0:
+        return None
+    stop = headers.find(b"\r\n", at + 2)
+    try:
+        return float(headers[at + 14 : stop if stop > 0 else len(headers)])
+    except ValueError:
+        return None
 
 
 def request_bytes(host_port: str, path: str, token: str, body: bytes, close: bool) -> bytes:

@@ -33,6 +33,7 @@ from packdist.errors import (
     InvalidTransition,
     PackdistError,
     RemoteError,
+    TransferError,
 )
 from packdist.protocol.agent_api import AgentClient
 from packdist.protocol.messages import InstallStatus
@@ -78,10 +79,14 @@ class Despooler:
         peers: PeerSettings | None = None,
         library: ContentLibrary | None = None,  # the site's chunks: to tell where damage came from
         on_installed: Callable[[str, str], None] | None = None,  # (server, package id) recorded
+        silent_after: Callable[[], float] = lambda: SILENT_AFTER,  # the site's, as it changes
+        on_retry: Callable[[str], None] | None = None,  # told the server of a failed attempt
     ) -> None:
         self.on_installed = on_installed
         self.db = db
         self.results = WriteBatch(db)  # attempts that end together share one commit
+        self.silent_after = silent_after
+        self.on_retry = on_retry
         self.library = library
         self.peers = peers or PeerSettings()
         self.key = key
@@ -174,15 +179,16 @@ class Despooler:
         service = Service(store)
         first = min(free, silent_room)
         claims = service.claim_ready(lease, self.lease, first, now) if first else []
-        silent = sum(1 for c in claims if _silent(c, now))
+        after = self.silent_after()
+        silent = sum(1 for c in claims if _silent(c, now, after))
         # the rest, of servers heard from lately (unless the first took fewer than it might:
         # then nothing else is due)
         if free > len(claims) and (first == 0 or len(claims) == first):
-            heard_since = now - SILENT_AFTER
+            heard_since = now - self.silent_after()
             claims += service.claim_ready(lease, self.lease, free - len(claims), now, heard_since)
         # due work we may not take now (silent servers at their cap) waits for a free slot
         self._held_back = len(claims) < free and silent >= silent_room
-        return [(c, _silent(c, now)) for c in claims]
+        return [(c, _silent(c, now, after)) for c in claims]
 
     def _spawn(self, c: Claim, silent: bool) -> None:
         if c.instruction_id in self.in_flight:  # cannot happen with leases; never run twice
@@ -308,7 +314,7 @@ class Despooler:
                 try:
                     now = time.time()
                     members = await self.db(lambda s: s.swarm(package_id, now))
-                    return self.swarms.load(package_id, members, now)
+                    return self.swarms.load(package_id, members, now, self.silent_after())
                 finally:
                     del self._swarm_reads[package_id]
 
@@ -427,6 +433,9 @@ class Despooler:
             )
             if retried:
                 log.info("%s to %s: %s", c.package_ref, c.server, error)
+                unanswered = not isinstance(exc, RemoteError) or exc.status is None
+                if self.on_retry is not None and isinstance(exc, TransferError) and unanswered:
+                    self.on_retry(c.server)  # not reached: its next heartbeat wakes the retry
             else:
                 log.warning("%s to %s failed for good: %s", c.package_ref, c.server, error)
         except InvalidTransition:
@@ -443,9 +452,9 @@ def _mark_installed(
     Service(store).mark_installed(instruction_id, lease, time.time(), final)
 
 
-def _silent(c: Claim, now: float) -> bool:
+def _silent(c: Claim, now: float, after: float) -> bool:
     """Whether the claim's server has not been heard from lately (likely unreachable)."""
-    return c.server_last_seen is None or c.server_last_seen < now - SILENT_AFTER
+    return c.server_last_seen is None or c.server_last_seen < now - after
 
 
 @dataclass

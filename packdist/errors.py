@@ -163,6 +163,14 @@ class RemoteError(TransferError):
         self.kind = kind  # what the other side said its error was (transient if it did not)
 
 
+class Overloaded(RemoteError):
+    """The other side shed this call (503 with Retry-After): wait that long, then again."""
+
+    def __init__(self, message: str | None = None, retry_after: float = 1.0) -> None:
+        super().__init__(message, status=503)
+        self.retry_after = retry_after
+
+
 class Busy(PackdistError):
     """Busy: try again shortly."""
 

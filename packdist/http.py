@@ -53,6 +53,7 @@ from packdist.errors import (
     DiskFull,
     ErrorKind,
     NotFound,
+    Overloaded,
     PackdistError,
     RateLimited,
     RemoteError,
@@ -153,8 +154,20 @@ async def raise_for_answer(resp: aiohttp.ClientResponse, url: str) -> None:
     if resp.status in (401, 403):
         raise AuthError(f"{url} refused the credential: {detail}")
     if resp.status == 503:
+        retry_after = _seconds(resp.headers.get("Retry-After"))
+        if retry_after is not None:
+            raise Overloaded(f"{url} is busy: {detail}", retry_after)
         raise RemoteError(f"{url} not ready: {detail}", status=503)
     raise RemoteError(f"{url} answered {resp.status}: {detail}", status=resp.status, kind=kind)
+
+
+def _seconds(header: str | None) -> float | None:
+    """A Retry-After header given in seconds (an HTTP date, or garbage: None)."""
+    try:
+        value = float(header) if header is not None else math.nan
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
 
 
 @asynccontextmanager

@@ -56,8 +56,8 @@ class _Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports act as asyncio.Transport without subclassing it
+        self.transport = transport  # type: ignore[assignment]
         self._timer = asyncio.get_running_loop().call_later(self.timeout, self._expire)
         self.inner.connection_made(transport)
 
@@ -118,7 +118,8 @@ def guard(limits: Mapping[str, int], default: int) -> Middleware:
             resp = error_response(413, f"request body too large: at most {limit} bytes here")
             resp.force_close()  # what follows is a body nobody will read
             return resp
-        request = request.clone(client_max_size=limit)
+        if limit != request.client_max_size:  # a new Request costs: only when it differs
+            request = request.clone(client_max_size=limit)
         deadline = BODY_TIMEOUT + (length if length is not None else limit) / MIN_BODY_RATE
         timer = asyncio.get_running_loop().call_later(deadline, _body_late, request, deadline)
         try:

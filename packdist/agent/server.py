@@ -28,16 +28,16 @@ from packdist.agent.validation import validate_installed
 from packdist.auth import ANY_PEER, PEER_CHUNKS_PATH, bearer, check_site_assertion
 from packdist.core.digest import Digest
 from packdist.core.signing import VerifyKey
-from packdist.errors import AuthError, IntegrityError, PackdistError, UserError
+from packdist.errors import AuthError, IntegrityError, Overloaded, PackdistError, UserError
 from packdist.http import error_middleware, error_response, new_session, peer
 from packdist.protocol.messages import Heartbeat, InstallRequest, RemoveRequest
-from packdist.protocol.site_api import SiteClient, site_urls
+from packdist.protocol.site_api import DEFAULT_INTERVAL, HeartbeatPace, SiteClient, site_urls
 from packdist.ratelimit import Bucket
 from packdist.serving import guard, serve_until_stopped
 
 log = logging.getLogger("packdist.agent")
 
-HEARTBEAT_INTERVAL = 2.0
+HEARTBEAT_INTERVAL = DEFAULT_INTERVAL  # until the site names its own (see HeartbeatPace)
 FIRST_ENROLL_WAIT = 3.0  # at start-up, how long to wait for the site before serving anyway
 MAX_LONG_POLL = 5.0
 ENROLL_RETRY = 2.0
@@ -87,6 +87,7 @@ class Agent:
             home, self.installer.chunk_view, self.installer.pulse, Bucket(self.limits.upload)
         )
         self._background: list[asyncio.Task[None]] = []
+        self.pace = HeartbeatPace()
         enrolled = home.load_enrollment()
         if enrolled is not None:
             if enrolled["site_url"].rstrip("/") not in self.site_urls:
@@ -154,6 +155,7 @@ class Agent:
             )
         self.server_name = answer["server"]
         self.site_key = VerifyKey.from_hex(key_hex)
+        self.pace.answered(answer)
         self.home.save_enrollment(
             {
                 "site_url": self.site.base_url,
@@ -173,23 +175,33 @@ class Agent:
         )
 
     async def _heartbeat_loop(self, enrolled_now: bool) -> None:
+        """Heartbeat at the interval the site names; sooner after a failure (so a server
+        whose cable was pulled is heard from within seconds of its return); later, with
+        jitter, when the site sheds heartbeats (so its load drops)."""
+        pace = self.pace
         while True:
+            wait = pace.interval if enrolled_now else ENROLL_RETRY
             try:
                 if not enrolled_now:
                     await self._enroll()
                     enrolled_now = True
                 assert self.site is not None
                 payload = await asyncio.to_thread(self._heartbeat_payload)
-                await self.site.heartbeat(payload)
+                wait = pace.answered(await self.site.heartbeat(payload))
+            except Overloaded as exc:
+                wait = pace.shed(exc.retry_after)
+                if pace.sheds == 1:  # one line per busy spell, not one per heartbeat
+                    log.info("site busy (%s); heartbeats back off", exc.message)
             except SiteKeyChanged as exc:
                 log.error("%s", exc.message)
             except AuthError as exc:
                 log.warning("site refused this agent: %s", exc.message)
             except PackdistError as exc:
+                wait = pace.failed() if enrolled_now else ENROLL_RETRY
                 log.warning("site unreachable: %s", exc.message)
             except Exception:
                 log.exception("heartbeat failed")
-            await asyncio.sleep(HEARTBEAT_INTERVAL if enrolled_now else ENROLL_RETRY)
+            await asyncio.sleep(wait)
 
     # --- HTTP -----------------------------------------------------------------------------
 

@@ -4,11 +4,17 @@ A site may run as several workers (one PostgreSQL store); an agent given their U
 (``agent serve --site URL1,URL2``) uses the one that answered last, and on a failure to
 reach it moves on to the next at once. Only a failure to talk (connect, timeout, a worker
 not ready) moves it on: an answer (a refused credential, a bad request) is the site's word.
+
+The site directs how often an agent heartbeats (``interval`` in its answers), and may shed
+a heartbeat under load (503 with ``Retry-After``); :class:`HeartbeatPace` is what the agent
+makes of both, and of heartbeats that fail.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import random
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -16,12 +22,60 @@ import aiohttp
 
 from packdist.core.codec import Encoding
 from packdist.core.digest import Digest
-from packdist.errors import AuthError, PackdistError, RemoteError, TransferError
+from packdist.errors import AuthError, Overloaded, PackdistError, RemoteError, TransferError
 from packdist.http import HEARTBEAT, STREAM, Frame, read_frames, request
 from packdist.protocol.messages import Heartbeat
 
 log = logging.getLogger("packdist.agent")
 T = TypeVar("T")
+
+
+#: seconds between two heartbeats when the site does not say (a site older than ``interval``)
+DEFAULT_INTERVAL = 2.0
+MIN_INTERVAL = 1.0  # an interval the site names is taken within these bounds
+MAX_INTERVAL = 8.0
+#: after a failed heartbeat, the next comes this soon (doubling while failures go on, up to
+#: RETRY_MAX, each jittered down to half): a server whose cable was pulled is heard from
+#: within seconds of its return, whatever its interval
+RETRY_FIRST = 1.0
+RETRY_MAX = 4.0
+#: a shed heartbeat waits the site's Retry-After, doubling while sheds go on, at most
+#: SHED_MAX, plus up to half again as jitter: back to normal within a minute of the load
+#: dropping
+SHED_MAX = 30.0
+
+
+class HeartbeatPace:
+    """How long an agent waits before its next heartbeat, from what the last one met."""
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self.interval = DEFAULT_INTERVAL
+        self.failures = 0  # heartbeats in a row that did not reach the site
+        self.sheds = 0  # heartbeats in a row the site shed
+        self._rng = rng or random.Random()
+
+    def answered(self, answer: dict[str, Any]) -> float:
+        """The site took the heartbeat (or hello): its ``interval``, within bounds."""
+        self.failures = self.sheds = 0
+        said = answer.get("interval")
+        if isinstance(said, int | float) and not isinstance(said, bool) and math.isfinite(said):
+            self.interval = min(MAX_INTERVAL, max(MIN_INTERVAL, float(said)))
+        else:
+            self.interval = DEFAULT_INTERVAL
+        return self.interval
+
+    def shed(self, retry_after: float) -> float:
+        """The site shed it, asking to wait ``retry_after`` seconds."""
+        self.failures = 0
+        self.sheds += 1
+        wait = max(MIN_INTERVAL, retry_after) * 2 ** min(self.sheds - 1, 5)
+        return float(min(SHED_MAX, wait) * self._rng.uniform(1.0, 1.5))
+
+    def failed(self) -> float:
+        """It did not reach the site (or the site failed): try again soon."""
+        self.failures += 1
+        wait = min(RETRY_MAX, RETRY_FIRST * 2 ** min(self.failures - 1, 5))
+        return float(wait * self._rng.uniform(0.5, 1.0))
 
 
 def site_urls(text: str) -> list[str]:
@@ -32,7 +86,7 @@ def site_urls(text: str) -> list[str]:
 
 def _unreachable(exc: PackdistError) -> bool:
     """True for a failure to talk to this worker (another may answer)."""
-    if isinstance(exc, AuthError):
+    if isinstance(exc, AuthError | Overloaded):  # shed: the same worker, after Retry-After
         return False
     if isinstance(exc, RemoteError):
         return exc.status is None or exc.status >= 500
@@ -101,7 +155,7 @@ class SiteClient:
         return await self._any(call)
 
     async def hello(self) -> dict[str, Any]:
-        """Enroll: learn our server name and the site's public key."""
+        """Enroll: learn our server name, the site's public key and the heartbeat interval."""
         return await self._post("/v1/agent/hello")
 
     async def heartbeat(self, beat: Heartbeat) -> dict[str, Any]:

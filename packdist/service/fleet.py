@@ -61,9 +61,12 @@ class FleetUseCases(AttemptUseCases):
         installed: list[str],
         now: float,
         offline_after: float,
+        reached_again: bool = False,
     ) -> int:
         """Record a heartbeat. If the server was silent (or restarted), wake its retrying
-        instructions so they are due now; returns how many were woken."""
+        instructions so they are due now; returns how many were woken. ``reached_again``:
+        a call to the server failed since its last heartbeat (a cable pulled for a moment):
+        its retrying instructions wake too, though it does not count as having been offline."""
         store = self.store
         with store.transaction():
             seen = store.server_liveness(server)
@@ -83,11 +86,21 @@ class FleetUseCases(AttemptUseCases):
             for new in sorted(reported - recorded):
                 if store.package_by_id(new) is not None:
                     store.add_holding(server, new, now)
-            if not came_back:
+            if not came_back and not reached_again:
                 return 0
             woken = len(
                 store.apply("wake", store.waiting_retries(server, now), now, next_attempt_at=now)
             )
+            if not came_back:  # it never left: no "online" event, only work that goes again
+                if woken:
+                    store.add_event(
+                        "server",
+                        f"server {server} answers again; {woken} retrying instruction(s) woken",
+                        server=server,
+                        now=now,
+                    )
+                    store.notify()
+                return woken
             why = (
                 "restarted"
                 if seen["last_seen"] is not None and seen["boot_id"] != boot_id

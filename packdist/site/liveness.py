@@ -16,13 +16,16 @@ server is refused within that time.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from packdist.protocol.messages import Heartbeat
 from packdist.store.records import ServerRecord
 
 FLUSH_EVERY = 2.0  # seconds between two batched writes of last_seen
-TOKEN_TTL = 5.0  # seconds a token's server is remembered (a revoked token works this long)
+#: seconds a token's server is remembered (a revoked token works this long); longer than the
+#: longest heartbeat interval, or every heartbeat of a large fleet would look its token up
+TOKEN_TTL = 60.0
 
 
 @dataclass
@@ -32,15 +35,39 @@ class _Seen:
     disk_free: int | None
     installed: frozenset[str]
     dirty: bool = False  # heard since the last write
+    excused_until: float = 0.0  # told to wait (shed) until about then: not offline before
 
 
 class Liveness:
     """What this process heard from each server, and what it has not written yet."""
 
-    def __init__(self, offline_after: float) -> None:
-        self.offline_after = offline_after
+    def __init__(self, offline_after: float | Callable[[], float]) -> None:
+        # seconds of silence that make a server offline: a callable follows the interval
+        # the site hands out (see :mod:`packdist.site.cadence`)
+        self._offline_after = offline_after if callable(offline_after) else lambda: offline_after
         self._seen: dict[str, _Seen] = {}
         self._tokens: dict[str, tuple[ServerRecord, float]] = {}
+        self._unreached: set[str] = set()  # a call to them failed since their last heartbeat
+
+    @property
+    def offline_after(self) -> float:
+        return self._offline_after()
+
+    def servers(self) -> int:
+        """How many servers this process has heard from (the fleet its interval is for)."""
+        return len(self._seen)
+
+    def unreached(self, server: str) -> None:
+        """A call to ``server`` failed (and will be retried): its next heartbeat, whenever it
+        comes, is recorded in full and wakes its retrying work, as after a silence."""
+        self._unreached.add(server)
+
+    def reached_again(self, server: str) -> bool:
+        """True (once) if a call to ``server`` failed since its last recorded heartbeat."""
+        if server in self._unreached:
+            self._unreached.discard(server)
+            return True
+        return False
 
     def quiet(self, server: str, beat: Heartbeat, now: float) -> bool:
         """True if this heartbeat changes nothing but the time and the free disk: it is
@@ -49,8 +76,9 @@ class Liveness:
         if (
             seen is None
             or seen.boot_id != beat.boot_id
-            or now - seen.last_seen > self.offline_after
+            or (now - seen.last_seen > self._offline_after() and now > seen.excused_until)
             or seen.installed != frozenset(beat.installed)
+            or server in self._unreached
         ):
             return False
         seen.last_seen = max(seen.last_seen, now)
@@ -69,6 +97,19 @@ class Liveness:
         if seen is not None:
             seen.installed = seen.installed | {package_id}
 
+    def heard(self, server: str, now: float, told_to_wait: float = 0.0) -> None:
+        """A heartbeat of ``server`` was shed unread, the agent told to wait up to
+        ``told_to_wait`` seconds: it still proves the server alive, so neither its silence
+        until then nor that wait makes it offline (unless it was offline already: then its
+        next heartbeat taken must still count as its return)."""
+        seen = self._seen.get(server)
+        if seen is not None and (
+            now - seen.last_seen <= self._offline_after() or now <= seen.excused_until
+        ):
+            seen.last_seen = max(seen.last_seen, now)
+            seen.excused_until = max(seen.excused_until, now + told_to_wait)
+            seen.dirty = True
+
     def take_dirty(self) -> list[tuple[str, float, int | None]]:
         """``(server, last_seen, disk_free)`` heard since the last call, to be written."""
         out = []
@@ -84,10 +125,14 @@ class Liveness:
 
     # --- enrollment tokens ------------------------------------------------------------------
 
-    def server_of(self, token_hash: str, now: float | None = None) -> ServerRecord | None:
+    def server_of(
+        self, token_hash: str, now: float | None = None, stale_ok: bool = False
+    ) -> ServerRecord | None:
+        """The server of a token, as looked up lately (``stale_ok``: however long ago, for
+        telling who a shed heartbeat came from, never for letting it in)."""
         found = self._tokens.get(token_hash)
         now = time.monotonic() if now is None else now
-        if found is None or found[1] < now:
+        if found is None or (found[1] < now and not stale_ok):
             return None
         return found[0]
 

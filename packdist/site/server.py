@@ -5,6 +5,9 @@ Routes (JSON unless noted):
 * ``GET /healthz`` — anyone; 200 once the site is ready.
 * ``POST /v1/agent/hello`` — enrollment token: the server's name and the site public key.
 * ``POST /v1/agent/heartbeat`` — enrollment token: liveness, free disk, installed ids.
+  Both answers carry ``interval``, the seconds the agent waits before its next heartbeat;
+  under overload both may be shed: ``503`` with ``Retry-After`` (see
+  :mod:`packdist.site.cadence`).
 * ``POST /v1/chunks`` — enrollment token: a framed stream of the requested chunks, each
   raw, zstd or zstd against a base the agent holds (see :mod:`packdist.http`).
 * ``GET /v1/chunks/{digest}`` — enrollment token: one chunk, raw.
@@ -27,29 +30,30 @@ from typing import Any
 
 from aiohttp import web
 
-from packdist.auth import bearer, hash_token, looks_like_token
 from packdist.config import Settings
 from packdist.core import codec
 from packdist.core.codec import Encoding
 from packdist.core.digest import Digest
 from packdist.despooler import Despooler, PeerSettings
-from packdist.errors import AuthError, NotFound, PackdistError, UserError
-from packdist.http import error_frame, error_middleware, frame_header, new_session
+from packdist.errors import NotFound, PackdistError, UserError
+from packdist.http import (
+    error_frame,
+    error_middleware,
+    frame_header,
+    new_session,
+)
 from packdist.protocol.messages import Heartbeat
 from packdist.ratelimit import Bucket
-from packdist.service import Service
 from packdist.serving import guard, serve_until_stopped
 from packdist.site import dashboard
+from packdist.site.beats import Beats, json_body
 from packdist.site.home import SiteHome
-from packdist.site.liveness import FLUSH_EVERY, Liveness
 from packdist.site.store_runner import StoreRunner
 from packdist.site.validation import validation_loop
 from packdist.store.base import ServerRecord
 
 log = logging.getLogger("packdist.site")
 
-HEARTBEAT_INTERVAL = 2.0  # what agents use; a server silent for 3 intervals is offline
-OFFLINE_AFTER = 3 * HEARTBEAT_INTERVAL + 1.0
 MAX_BATCH = 4096
 READ_AHEAD = 3  # groups of chunks read ahead of the network
 GROUP_CHUNKS = 32  # chunks framed into one write
@@ -84,7 +88,12 @@ class SiteServer:
         self.max_in_flight = max_in_flight
         self.site_name = ""
         self._despooler: Despooler | None = None
-        self.liveness = Liveness(OFFLINE_AFTER)
+        self.beats = Beats(self.db)  # heartbeats: interval, liveness, shedding
+        self.cadence, self.admission, self.liveness = (
+            self.beats.cadence,
+            self.beats.admission,
+            self.beats.liveness,
+        )
 
     @property
     def despooler(self) -> Despooler:
@@ -110,17 +119,7 @@ class SiteServer:
         return app
 
     async def _agent(self, request: web.Request) -> ServerRecord:
-        token = bearer(request.headers.get("Authorization"))
-        if not looks_like_token(token):  # refused without a database lookup
-            raise AuthError("unknown or revoked enrollment token")
-        token_hash = hash_token(token)
-        server = self.liveness.server_of(token_hash)  # looked up once per TOKEN_TTL
-        if server is None:
-            server = await self.db(lambda s: s.server_by_token_hash(token_hash))
-            if server is None:
-                raise AuthError("unknown or revoked enrollment token")
-            self.liveness.remember_token(token_hash, server)
-        return server
+        return await self.beats.agent(request)
 
     # --- routes ---------------------------------------------------------------------------
 
@@ -128,31 +127,30 @@ class SiteServer:
         return web.json_response({"ok": True, "site": self.site_name})
 
     async def hello(self, request: web.Request) -> web.Response:
-        server = await self._agent(request)
+        now = time.time()
+        if self.admission.overloaded(now):
+            return self.beats.shed(request, now)
+        server = await self.beats.agent(request, counted=True)
         return web.json_response(
-            {"server": server.name, "site": self.site_name, "site_public_key": self.key.public.hex}
+            {
+                "server": server.name,
+                "site": self.site_name,
+                "site_public_key": self.key.public.hex,
+                "interval": self.cadence.interval,
+            }
         )
 
     async def heartbeat(self, request: web.Request) -> web.Response:
-        server = await self._agent(request)
-        beat = Heartbeat.from_json(await _json_body(request))
         now = time.time()
-        if self.liveness.quiet(server.name, beat, now):  # "still here": memory only
-            return web.json_response({"ok": True, "woken": 0})
-        try:
-            woken = await self.db(
-                lambda s: Service(s).record_heartbeat(
-                    server.name, beat.boot_id, beat.disk_free, beat.installed, now, OFFLINE_AFTER
-                )
-            )
-        except BaseException:
-            self.liveness.forget(server.name)
-            raise
-        self.liveness.recorded(server.name, beat, now)
+        if self.admission.overloaded(now):
+            return self.beats.shed(request, now)
+        server = await self.beats.agent(request, counted=True)
+        beat = Heartbeat.from_json(await json_body(request))
+        woken = await self.beats.record(server.name, beat, now)
         if woken:
             log.info("%s is back: %d instruction(s) woken", server.name, woken)
             self.despooler.wake.set()
-        return web.json_response({"ok": True, "woken": woken})
+        return self.beats.answer(woken)
 
     async def manifest(self, request: web.Request) -> web.Response:
         await self._agent(request)
@@ -174,7 +172,7 @@ class SiteServer:
 
     async def chunks(self, request: web.Request) -> web.StreamResponse:
         await self._agent(request)
-        digests, accept, bases = _chunks_body(await _json_body(request))
+        digests, accept, bases = _chunks_body(await json_body(request))
         known = await self.db(lambda s: s.known_chunks(digests))
         unknown = [d for d in digests if d not in known]
         if unknown:
@@ -290,27 +288,11 @@ class SiteServer:
             return None
         return data
 
-    async def _flush_liveness(self) -> None:
-        """Write what quiet heartbeats said since the last batch, in one transaction."""
-        heard = self.liveness.take_dirty()
-        if not heard:
-            return
-        try:
-            await self.db(lambda s: s.touch_servers(heard))
-        except Exception as exc:  # the next heartbeat of each is recorded in full instead
-            for name, _, _ in heard:
-                self.liveness.forget(name)
-            log.warning("writing %d heartbeat(s) failed: %s", len(heard), exc)
-
-    async def _flush_liveness_loop(self) -> None:
-        while True:
-            await asyncio.sleep(FLUSH_EVERY)
-            await self._flush_liveness()
-
     # --- life cycle -----------------------------------------------------------------------
 
     async def run(self, listen: str) -> None:
         self.site_name = await self.db(lambda s: s.site_name())
+        await self.beats.start()
         session = new_session()
         self._despooler = Despooler(
             self.db,
@@ -321,10 +303,13 @@ class SiteServer:
             peers=PeerSettings(self.settings.peers_enabled, self.settings.peers_location_label),
             library=self.library,
             on_installed=self.liveness.installed,
+            silent_after=self.beats.silent_after,
+            on_retry=self.liveness.unreached,
         )
         despooler = asyncio.create_task(self.despooler.run(), name="despooler")
-        flusher = asyncio.create_task(self._flush_liveness_loop(), name="liveness")
-        background = [despooler, flusher]
+        flusher = asyncio.create_task(self.beats.flush_loop(), name="liveness")
+        lag = asyncio.create_task(self.admission.watch_lag(), name="loop lag")
+        background = [despooler, flusher, lag]
         interval = self.settings.validation_interval
         if interval > 0:  # scheduled validation, in the background: never blocks other work
             background.append(
@@ -339,7 +324,7 @@ class SiteServer:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
-            await self._flush_liveness()
+            await self.beats.flush()
             await self.despooler.shutdown()
             await session.close()
             self.db.close()
@@ -366,13 +351,6 @@ class _Bases:
             self._data[digest] = data
             self._left -= len(data) if data else 0
         return data
-
-
-async def _json_body(request: web.Request) -> Any:
-    try:
-        return await request.json()
-    except ValueError as exc:  # includes JSONDecodeError and bad UTF-8
-        raise UserError(f"body is not JSON: {exc}") from exc
 
 
 def _chunks_body(
@@ -413,7 +391,7 @@ def run_site(
     async def main() -> None:
         await server.run(listen)
 
-    asyncio.run(main())
+    asyncio.run(main())  # uvloop was measured: no cheaper per heartbeat (docs/architecture.md)
 
 
 __all__: list[Any] = ["SiteServer", "run_site"]

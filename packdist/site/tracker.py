@@ -61,9 +61,12 @@ def choose_peers(
     key: SigningKey,
     now: float,
     location_label: str = DEFAULT_LOCATION_LABEL,
+    alive_within: float = ALIVE_WITHIN,
 ) -> list[PeerOffer]:
-    """The peers ``server`` may use for ``package_id``, with the credential for them."""
-    return Swarm(members, now, location_label).offers(server, package_id, key, now)
+    """The peers ``server`` may use for ``package_id``, with the credential for them (peers
+    heard from within ``alive_within`` seconds: the site's silence that means offline)."""
+    swarm = Swarm(members, now, location_label, alive_within)
+    return swarm.offers(server, package_id, key, now)
 
 
 class Swarm:
@@ -71,7 +74,11 @@ class Swarm:
     moment: ``offers`` costs nothing proportional to the fleet."""
 
     def __init__(
-        self, members: list[SwarmMember], now: float, location_label: str = DEFAULT_LOCATION_LABEL
+        self,
+        members: list[SwarmMember],
+        now: float,
+        location_label: str = DEFAULT_LOCATION_LABEL,
+        alive_within: float = ALIVE_WITHIN,
     ) -> None:
         self.read_at = now
         self.location: dict[str, str | None] = {}  # every member -> its location
@@ -83,7 +90,7 @@ class Swarm:
         for m in sorted(members, key=lambda m: m.server):
             here = dict(m.labels).get(location_label)
             self.location[m.server] = here
-            if m.last_seen is None or now - m.last_seen > ALIVE_WITHIN:
+            if m.last_seen is None or now - m.last_seen > alive_within:
                 continue
             self._alive[m.server] = m
             (self.holders if m.holder else self.receivers).setdefault(here, []).append(m)
@@ -170,8 +177,15 @@ class SwarmIndex:
         if swarm is not None:
             swarm.installed(server)
 
-    def load(self, package_id: str, members: list[SwarmMember], now: float) -> Swarm:
+    def load(
+        self,
+        package_id: str,
+        members: list[SwarmMember],
+        now: float,
+        alive_within: float = ALIVE_WITHIN,
+    ) -> Swarm:
         if len(self._swarms) > 64:  # packages no longer being distributed drop out
             self._swarms = {p: s for p, s in self._swarms.items() if now - s.read_at < 60}
-        swarm = self._swarms[package_id] = Swarm(members, now, self.location_label)
+        swarm = Swarm(members, now, self.location_label, alive_within)
+        self._swarms[package_id] = swarm
         return swarm

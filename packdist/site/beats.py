@@ -1,0 +1,185 @@
+"""The site's side of heartbeats: who is calling, what a heartbeat changes, what is
+answered (the interval to keep), what is shed under overload, and the batched writes.
+
+:mod:`packdist.site.cadence` says how often and when to shed, :mod:`packdist.site.liveness`
+what this process heard; this module puts them on the request path, so the routes in
+:mod:`packdist.site.server` stay a few lines each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from packdist.auth import bearer, hash_token, looks_like_token
+from packdist.despooler import StoreRunner
+from packdist.errors import AuthError, UserError
+from packdist.http import error_response
+from packdist.protocol.messages import Heartbeat
+from packdist.protocol.site_api import MAX_INTERVAL, SHED_MAX
+from packdist.service import Service
+from packdist.site.cadence import OFFLINE_INTERVALS, Admission, Cadence
+from packdist.site.liveness import FLUSH_EVERY, Liveness
+from packdist.store.base import ServerRecord
+
+log = logging.getLogger("packdist.site")
+
+#: the silence after which a server is not offered as a peer, nor counted as reachable by
+#: the despooler: at least this, longer when the interval grows (see ``Cadence``)
+SILENT_AFTER = 10.0
+SHED_LOG_EVERY = 10.0  # seconds between two log lines counting shed heartbeats
+
+
+class ClientGone(UserError):
+    """The client hung up before its request's body arrived: nobody to answer."""
+
+
+async def json_body(request: web.Request) -> Any:
+    try:
+        return await request.json()
+    except ValueError as exc:  # includes JSONDecodeError and bad UTF-8
+        raise UserError(f"body is not JSON: {exc}") from exc
+    except (ConnectionError, aiohttp.ClientPayloadError) as exc:  # one line, not a traceback
+        log.info("%s %s: %s went away mid-request", request.method, request.path, request.remote)
+        raise ClientGone("the client went away") from exc
+
+
+class Beats:
+    def __init__(self, db: StoreRunner) -> None:
+        self.db = db
+        self.cadence = Cadence()
+        self.admission = Admission()
+        self.liveness = Liveness(self.cadence.offline_after)
+        self._enrolled = 0
+        self._started = time.monotonic()
+        self._quiet_answer, self._quiet_interval = b"", 0.0
+
+    async def start(self) -> None:
+        """The fleet as enrolled, until this process has heard from it (see follow_fleet)."""
+        self._enrolled = await self.db(lambda s: len(s.list_servers()))
+        self._started = time.monotonic()
+        self.cadence.follow(self._enrolled)
+
+    async def agent(self, request: web.Request, counted: bool = False) -> ServerRecord:
+        """The server whose enrollment token the request carries (AuthError if none);
+        ``counted``: a lookup of the heartbeat path (see :meth:`store_call`)."""
+        token = bearer(request.headers.get("Authorization"))
+        if not looks_like_token(token):  # refused without a database lookup
+            raise AuthError("unknown or revoked enrollment token")
+        token_hash = hash_token(token)
+        server = self.liveness.server_of(token_hash)  # looked up once per TOKEN_TTL
+        if server is None:
+            server = await self.store_call(lambda s: s.server_by_token_hash(token_hash), counted)
+            if server is None:
+                raise AuthError("unknown or revoked enrollment token")
+            self.liveness.remember_token(token_hash, server)
+        return server
+
+    async def store_call(self, fn: Callable[[Any], Any], counted: bool) -> Any:
+        """A store call; ``counted``: one of the heartbeat path's, which may hold at most
+        ``STORE_SLOTS`` places in the store's queue (claims and the dashboard wait there)."""
+        if not counted:
+            return await self.db(fn)
+        self.admission.waiting_on_store += 1
+        try:
+            return await self.db(fn)
+        finally:
+            self.admission.waiting_on_store -= 1
+
+    async def record(self, server: str, beat: Heartbeat, now: float) -> int:
+        """Take a heartbeat: in memory if it changes nothing, else in the store (waking the
+        server's retrying work if it was offline or unreached); returns how many woke."""
+        if self.liveness.quiet(server, beat, now):  # "still here": memory only
+            return 0
+        reached_again = self.liveness.reached_again(server)
+        offline_after = self.cadence.offline_after()
+        try:
+            woken: int = await self.store_call(
+                lambda s: Service(s).record_heartbeat(
+                    server,
+                    beat.boot_id,
+                    beat.disk_free,
+                    beat.installed,
+                    now,
+                    offline_after,
+                    reached_again,
+                ),
+                counted=True,
+            )
+        except BaseException:
+            self.liveness.forget(server)
+            if reached_again:
+                self.liveness.unreached(server)
+            raise
+        self.liveness.recorded(server, beat, now)
+        return woken
+
+    def answer(self, woken: int) -> web.Response:
+        interval = self.cadence.interval
+        if woken or interval != self._quiet_interval:  # the common answer, encoded once
+            body = json.dumps({"ok": True, "woken": woken, "interval": interval}).encode()
+            if woken:
+                return web.Response(body=body, content_type="application/json")
+            self._quiet_answer, self._quiet_interval = body, interval
+        return web.Response(body=self._quiet_answer, content_type="application/json")
+
+    def shed(self, request: web.Request, now: float) -> web.Response:
+        """503 with Retry-After, the body unread; the server it came from (if this process
+        knows its token) is still heard from: shedding never makes a server look offline."""
+        wait = self.cadence.retry_after()
+        token = bearer(request.headers.get("Authorization"))
+        if looks_like_token(token):
+            server = self.liveness.server_of(hash_token(token), stale_ok=True)
+            if server is not None:  # the agent may wait up to SHED_MAX and half again
+                self.liveness.heard(server.name, now, SHED_MAX * 1.5 + self.cadence.interval)
+        resp = error_response(503, f"site busy: heartbeat shed, try again in {wait:g}s")
+        resp.headers["Retry-After"] = str(math.ceil(wait))
+        return resp
+
+    def silent_after(self) -> float:
+        """Seconds of silence after which the despooler and the tracker take a server for
+        unreachable: follows the heartbeat interval."""
+        return max(SILENT_AFTER, self.cadence.offline_after())
+
+    def follow_fleet(self) -> None:
+        """The interval for the servers this process hears from; for its first intervals,
+        at least for the fleet enrolled (not all of it has spoken yet)."""
+        heard = self.liveness.servers()
+        if time.monotonic() - self._started < OFFLINE_INTERVALS * MAX_INTERVAL:
+            heard = max(heard, self._enrolled)
+        self.cadence.follow(heard)
+
+    async def flush(self) -> None:
+        """Write what quiet heartbeats said since the last batch, in one transaction."""
+        heard = self.liveness.take_dirty()
+        if not heard:
+            return
+        try:
+            await self.db(lambda s: s.touch_servers(heard))
+        except Exception as exc:  # the next heartbeat of each is recorded in full instead
+            for name, _, _ in heard:
+                self.liveness.forget(name)
+            log.warning("writing %d heartbeat(s) failed: %s", len(heard), exc)
+
+    async def flush_loop(self) -> None:
+        told = time.monotonic()
+        while True:
+            await asyncio.sleep(FLUSH_EVERY)
+            await self.flush()
+            self.follow_fleet()
+            if time.monotonic() - told >= SHED_LOG_EVERY:  # one line a while, not one a shed
+                told = time.monotonic()
+                if words := self.admission.shed_lately():
+                    log.info(
+                        "overloaded: shed heartbeats and hellos: %s; interval %gs",
+                        words,
+                        self.cadence.interval,
+                    )

@@ -1,0 +1,131 @@
+"""How often agents heartbeat, as the site directs it, and when to shed heartbeats.
+
+**The interval.** Like a BitTorrent tracker's announce interval, the site tells each agent,
+in every hello and heartbeat answer, how many seconds to wait before the next heartbeat:
+``clamp(servers / HEARTBEAT_BUDGET, MIN_INTERVAL, MAX_INTERVAL)``, ``servers`` being those
+this site process hears from. The heartbeats of a growing fleet then stay near a fixed rate
+(``HEARTBEAT_BUDGET`` per second) rather than growing with it, up to the fleet at which
+``MAX_INTERVAL`` is reached; ``MAX_INTERVAL`` keeps a returning server's next heartbeat (which
+wakes its retrying work) within seconds of its return.
+
+Every silence that means "offline" follows the interval: a server is offline once silent
+for ``OFFLINE_INTERVALS`` of the longest interval handed out lately (an agent told 8 s a
+moment ago still waits 8 s, whatever the fleet did since).
+
+**Shedding.** Under overload the site answers heartbeats and hellos ``503`` with a
+``Retry-After`` before anything else suffers (:class:`Admission`): when more heartbeats
+arrive per second than ``RATE_LIMIT``, when the event loop runs late (``LAG_LIMIT``), or when
+``STORE_SLOTS`` heartbeats already wait on the store (where claims of new work and the
+dashboard queue too). A shed heartbeat still proves the server alive: it is never what
+makes a server look offline, or "back".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+
+from packdist.protocol.site_api import MAX_INTERVAL
+
+HEARTBEAT_BUDGET = 1000.0  # heartbeats per second a fleet is spread to
+MIN_INTERVAL = 2.0  # seconds: a small fleet heartbeats this often
+# MAX_INTERVAL (8 s, the agents' own bound): however large the fleet, a returning server
+# waits at most this
+OFFLINE_INTERVALS = 3  # silent for this many intervals (plus SLACK): offline
+SLACK = 1.0
+#: above this many heartbeats in one second, the rest of that second's are shed: agents that
+#: obey the interval stay well under it
+RATE_LIMIT = 2 * HEARTBEAT_BUDGET
+LAG_LIMIT = 0.25  # seconds the event loop may run late before heartbeats are shed
+LAG_TICK = 0.05  # seconds between two looks at the event loop's lateness
+STORE_SLOTS = 32  # heartbeats (and hellos) waiting on the store at once; beyond: shed
+MAX_RETRY_AFTER = 30.0  # seconds; agents add up to half of it again as jitter
+
+
+def interval_for(servers: int) -> float:
+    """The heartbeat interval for a fleet of ``servers``, in whole half-seconds (so that a
+    fleet growing by one server does not change every answer)."""
+    wanted = servers / HEARTBEAT_BUDGET
+    return min(MAX_INTERVAL, max(MIN_INTERVAL, math.ceil(wanted * 2) / 2))
+
+
+class Cadence:
+    """The interval this site hands out, and the silences that follow from it."""
+
+    def __init__(self, servers: int = 0) -> None:
+        self.interval = interval_for(servers)
+        self._longest = self.interval  # the longest handed out within the last window
+        self._longest_until = 0.0
+
+    def follow(self, servers: int, now: float | None = None) -> float:
+        """Set the interval for a fleet of ``servers``; returns it."""
+        now = time.monotonic() if now is None else now
+        new = interval_for(servers)
+        if self.interval > new:  # agents told the longer one still wait it out
+            self._longest = self.interval
+            self._longest_until = now + OFFLINE_INTERVALS * MAX_INTERVAL
+        self.interval = new
+        return new
+
+    def longest(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        if now < self._longest_until:
+            return max(self.interval, self._longest)
+        return self.interval
+
+    def offline_after(self) -> float:
+        """Seconds of silence after which a server counts as offline (and, heard from again,
+        as back: its retrying work is woken)."""
+        return OFFLINE_INTERVALS * self.longest() + SLACK
+
+    def retry_after(self) -> float:
+        """Seconds a shed agent is told to wait (it adds its own jitter)."""
+        return min(MAX_RETRY_AFTER, 2 * self.longest())
+
+
+class Admission:
+    """Whether a heartbeat (or hello) is taken now or shed; see the module docstring."""
+
+    def __init__(self, rate_limit: float = RATE_LIMIT) -> None:
+        self.rate_limit = rate_limit  # heartbeats taken per second, at most
+        self.lag = 0.0  # how late the event loop ran at its last look, seconds
+        self.waiting_on_store = 0
+        self.shed = 0  # since start
+        self.why: dict[str, int] = {}  # sheds by reason, since the last look (see shed_lately)
+        self._second = 0
+        self._this_second = 0
+
+    def overloaded(self, now: float) -> bool:
+        """True if this heartbeat should be shed (counted when taken)."""
+        second = int(now)
+        if second != self._second:
+            self._second, self._this_second = second, 0
+        if self._this_second >= self.rate_limit:
+            why = "rate"
+        elif self.lag > LAG_LIMIT:
+            why = "event loop late"
+        elif self.waiting_on_store >= STORE_SLOTS:
+            why = "store queue"
+        else:
+            self._this_second += 1
+            return False
+        self.shed += 1
+        self.why[why] = self.why.get(why, 0) + 1
+        return True
+
+    def shed_lately(self) -> str:
+        """What was shed since the last call, in words ("" if nothing), for the log."""
+        if not self.why:
+            return ""
+        words = ", ".join(f"{n} ({why})" for why, n in sorted(self.why.items()))
+        self.why = {}
+        return words
+
+    async def watch_lag(self) -> None:
+        """Measure how late the event loop runs, until cancelled."""
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            await asyncio.sleep(LAG_TICK)
+            self.lag = max(0.0, loop.time() - started - LAG_TICK)

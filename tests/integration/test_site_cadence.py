@@ -1,0 +1,114 @@
+"""The site directs the heartbeat interval and sheds heartbeats under overload: a real site
+server on a real port, its real store, agents' calls over real HTTP (``SiteClient``)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from packdist.auth import hash_token, new_token
+from packdist.errors import Overloaded
+from packdist.http import new_session
+from packdist.protocol.messages import Heartbeat
+from packdist.protocol.site_api import SiteClient
+from packdist.service import Service
+from packdist.site.home import SiteHome
+from packdist.site.server import SiteServer
+from tests import harness as h
+
+
+def _site_with(tmp_path: Path, servers: int) -> tuple[SiteServer, str]:
+    """A site home with ``servers`` servers (dp0 first); the server and dp0's token."""
+    site = h.make_site(tmp_path)
+    home = SiteHome.open(site.home)
+    store = home.store()
+    tokens = [new_token() for _ in range(servers)]
+    now = time.time()
+    try:
+        with store.transaction():
+            for i, token in enumerate(tokens):
+                Service(store).add_server(
+                    f"dp{i}", "http://127.0.0.1:9", hash_token(token), [], {}, now
+                )
+    finally:
+        store.close()
+    return SiteServer(home), tokens[0]
+
+
+async def _serving(server: SiteServer) -> tuple[asyncio.Task[None], str]:
+    port = h.free_port()
+    task = asyncio.create_task(server.run(f"127.0.0.1:{port}"))
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        await asyncio.sleep(0.1)
+        if server.site_name and server._despooler is not None:
+            try:
+                await asyncio.to_thread(h.http_get, f"{url}/healthz")
+                break
+            except OSError:
+                pass
+    return task, url
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+def test_the_interval_in_the_site_answers_follows_the_fleet_size(tmp_path: Path) -> None:
+    server, token = _site_with(tmp_path, 2_500)
+
+    async def run() -> tuple[float, float]:
+        task, url = await _serving(server)
+        async with new_session() as session, new_session(True) as fresh:
+            client = SiteClient(url, token, session, fresh)
+            try:
+                hello = await client.hello()
+                beat = await client.heartbeat(Heartbeat("boot", 1, []))
+            finally:
+                await _stop(task)
+        return hello["interval"], beat["interval"]
+
+    assert asyncio.run(run()) == (2.5, 2.5), "2,500 servers at 1,000 heartbeats/s"
+
+
+def test_shed_heartbeats_never_make_a_server_look_offline_nor_come_back(tmp_path: Path) -> None:
+    server, token = _site_with(tmp_path, 1)
+
+    async def run() -> int:
+        task, url = await _serving(server)
+        async with new_session() as session, new_session(True) as fresh:
+            client = SiteClient(url, token, session, fresh)
+            try:
+                await client.hello()
+                await client.heartbeat(Heartbeat("boot", 1, []))  # dp0 is online
+                server.admission.rate_limit = 0  # overloaded: every heartbeat shed
+                shed = 0
+                started = time.monotonic()
+                silence = server.cadence.offline_after() + 3
+                while time.monotonic() - started < silence:  # longer than "offline"
+                    try:
+                        await client.heartbeat(Heartbeat("boot", 1, []))
+                    except Overloaded as exc:
+                        assert exc.retry_after >= 1
+                        shed += 1
+                    await asyncio.sleep(1.0)
+                server.admission.rate_limit = 1000
+                answer = await client.heartbeat(Heartbeat("boot", 1, []))
+                assert answer["woken"] == 0
+                await asyncio.sleep(0.1)
+            finally:
+                await _stop(task)
+        return shed
+
+    assert asyncio.run(run()) >= 5
+    store = SiteHome.open(server.home.root).store()
+    try:
+        events = [e.message for e in store.events() if e.server == "dp0"]
+        seen = store.server("dp0")
+    finally:
+        store.close()
+    assert sum("is online" in m for m in events) == 1, events
+    assert seen is not None and seen.last_seen is not None
+    assert time.time() - seen.last_seen < 5, "shed heartbeats left it silent in the store"

@@ -1,0 +1,93 @@
+"""The heartbeat interval the site names follows the fleet's size, every "offline" silence
+follows the interval, and the agent's pace stays within its bounds whatever it is told."""
+
+from __future__ import annotations
+
+import random
+
+from packdist.protocol.messages import Heartbeat
+from packdist.protocol.site_api import (
+    DEFAULT_INTERVAL,
+    MAX_INTERVAL,
+    MIN_INTERVAL,
+    RETRY_MAX,
+    SHED_MAX,
+    HeartbeatPace,
+)
+from packdist.site.cadence import HEARTBEAT_BUDGET, Admission, Cadence, interval_for
+from packdist.site.liveness import Liveness
+
+
+def test_the_interval_follows_the_fleet_size_and_keeps_heartbeats_within_the_budget() -> None:
+    assert interval_for(10) == 2.0
+    assert interval_for(2_500) == 2.5
+    assert interval_for(5_000) == 5.0
+    assert interval_for(10_000) == MAX_INTERVAL  # a returning server still waits at most 8 s
+    for servers in (100, 1_000, 3_000, 7_999):
+        assert servers / interval_for(servers) <= max(HEARTBEAT_BUDGET, servers / 2)
+
+
+def test_a_server_told_a_long_interval_is_not_offline_when_the_fleet_shrinks() -> None:
+    cadence = Cadence(8_000)  # 8 s
+    assert cadence.offline_after() == 3 * 8 + 1
+    cadence.follow(100, now=1000.0)  # the fleet shrank: 2 s from now on
+    assert cadence.interval == 2.0
+    assert cadence.longest(now=1001.0) == 8.0, "agents told 8 s may still be waiting it out"
+    assert cadence.longest(now=1000.0 + 3 * MAX_INTERVAL + 1) == 2.0
+    live = Liveness(lambda: 3 * cadence.longest(now=1001.0) + 1)
+    beat = Heartbeat("b", 1, [])
+    live.recorded("dp1", beat, 0.0)
+    assert live.quiet("dp1", beat, 20.0), "8 s agents 20 s apart: still a quiet heartbeat"
+
+
+def test_heartbeats_over_the_rate_limit_are_shed_and_the_next_second_takes_them_again() -> None:
+    admission = Admission(rate_limit=3)
+    taken = [not admission.overloaded(100.1 + i / 10) for i in range(5)]
+    assert taken == [True, True, True, False, False]
+    assert not admission.overloaded(101.0)
+    admission.lag = 0.5  # the event loop runs late: shed, whatever the rate
+    assert admission.overloaded(101.1)
+    assert admission.shed == 3
+
+
+def test_a_shed_heartbeat_keeps_a_live_server_from_looking_offline() -> None:
+    live = Liveness(7.0)
+    beat = Heartbeat("b", 1, [])
+    live.recorded("dp1", beat, 0.0)
+    for t in (5.0, 10.0, 15.0):  # shed, unread, every 5 s
+        live.heard("dp1", t)
+    assert live.quiet("dp1", beat, 20.0), "shed heartbeats counted it offline"
+    live.recorded("dp2", beat, 0.0)
+    live.heard("dp2", 30.0)  # already offline when shed: its return must still count
+    assert not live.quiet("dp2", beat, 31.0)
+    live.recorded("dp3", beat, 0.0)
+    live.heard("dp3", 5.0, told_to_wait=45.0)  # shed, told to wait 45 s: it does
+    assert live.quiet("dp3", beat, 49.0), "an agent doing as told was counted offline"
+    live.recorded("dp4", beat, 0.0)
+    live.heard("dp4", 5.0, told_to_wait=45.0)
+    assert not live.quiet("dp4", beat, 5.0 + 45.0 + 7.1), "silent beyond the wait: offline"
+
+
+def test_a_failed_call_makes_the_next_heartbeat_wake_the_servers_retries_once() -> None:
+    live = Liveness(7.0)
+    beat = Heartbeat("b", 1, [])
+    live.recorded("dp1", beat, 0.0)
+    live.unreached("dp1")
+    assert not live.quiet("dp1", beat, 2.0), "recorded in full: it wakes the retries"
+    assert live.reached_again("dp1") and not live.reached_again("dp1")
+    assert live.quiet("dp1", beat, 4.0)
+
+
+def test_the_agents_pace_stays_within_bounds_whatever_the_site_says() -> None:
+    pace = HeartbeatPace(random.Random(1))
+    assert pace.answered({"ok": True}) == DEFAULT_INTERVAL, "an old site: 2 s"
+    assert pace.answered({"interval": 6}) == 6.0
+    for said in (0, -5, 0.01, 1e9, float("nan"), float("inf"), True, "8", None):
+        assert MIN_INTERVAL <= pace.answered({"interval": said}) <= MAX_INTERVAL, said
+    failures = [pace.failed() for _ in range(20)]
+    assert all(0 < f <= RETRY_MAX for f in failures), "a returning server waits seconds"
+    assert pace.answered({"interval": 8}) == 8.0 and pace.failures == 0
+    sheds = [pace.shed(4) for _ in range(20)]
+    assert all(4 <= s <= SHED_MAX * 1.5 for s in sheds), sheds
+    assert sheds[0] < sheds[3], "no back-off while shed"
+    assert max(sheds) < 60, "back to normal within a minute"
