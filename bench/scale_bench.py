@@ -114,7 +114,11 @@ def measure(fleet: Fleet, args: argparse.Namespace) -> dict[str, Any]:
         "duration_s": args.duration,
         "heartbeat_cpu_pct": used["site_cpu_pct"],
         "heartbeat_db_cpu_pct": used["db_cpu_pct"],
-        "heartbeats_due_per_s": args.servers / HEARTBEAT_INTERVAL,
+        # at the interval the site gave (agents ask again sooner after a failure)
+        "heartbeat_interval_s": beats.get("heartbeat_interval_p50_s") or HEARTBEAT_INTERVAL,
+        "heartbeats_due_per_s": args.servers
+        / (beats.get("heartbeat_interval_p50_s") or HEARTBEAT_INTERVAL),
+        "heartbeats_shed": beats.get("heartbeats_shed", 0),
         "heartbeats_per_s": beats["heartbeats_ok"] / beats["seconds"],
         "heartbeats_ok": beats["heartbeats_ok"],
         "heartbeats_failed": beats["heartbeats_failed"],
@@ -170,6 +174,7 @@ def measure(fleet: Fleet, args: argparse.Namespace) -> dict[str, Any]:
         "job_other_cpu_pct": used["other_cpu_pct"],
         "job_heartbeat_p99_ms": during["heartbeat_p99_ms"],
         "job_heartbeats_failed": during["heartbeats_failed"],
+        "job_heartbeats_shed": during.get("heartbeats_shed", 0),
         "job_heartbeat_failures": during["heartbeat_failures"],
     }
 
@@ -217,7 +222,8 @@ TABLE = [
     ("heartbeats/s ok / due", ("heartbeats_per_s", "heartbeats_due_per_s"), "{:,.0f}"),
     ("heartbeat CPU, site (% of a core)", "heartbeat_cpu_pct", "{:.1f}"),
     ("heartbeat p50 / p99 (ms)", ("heartbeat_p50_ms", "heartbeat_p99_ms"), "{:.1f}"),
-    ("heartbeats failed", "heartbeats_failed", "{:,}"),
+    ("heartbeats failed / shed (503)", ("heartbeats_failed", "heartbeats_shed"), "{:,}"),
+    ("heartbeat interval the site gave (s)", "heartbeat_interval_s", "{:.1f}"),
     ("job created (s)", "job_create_s", "{:.2f}"),
     ("first install (s)", "first_install_s", "{:.2f}"),
     ("job complete (s)", "job_complete_s", "{:.2f}"),

@@ -120,7 +120,7 @@ def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
                 for k, v in value.items():
                     merged[k] = merged.get(k, 0) + v
             elif isinstance(value, int | float) and not isinstance(value, bool):
-                worst = key.endswith("_ms") or key in ("seconds", "interval_s")
+                worst = key.endswith(("_ms", "_s")) or key == "seconds"
                 out[key] = max(out.get(key, value), value) if worst else out.get(key, 0) + value
             else:
                 out.setdefault(key, value)
