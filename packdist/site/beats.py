@@ -27,7 +27,7 @@ from packdist.protocol.messages import Heartbeat
 from packdist.protocol.site_api import MAX_INTERVAL, SHED_MAX
 from packdist.service import Service
 from packdist.site.cadence import OFFLINE_INTERVALS, Admission, Cadence
-from packdist.site.liveness import FLUSH_EVERY, Liveness
+from packdist.site.liveness import FLUSH_EVERY, TOKEN_CHECK_EVERY, Liveness
 from packdist.store.base import ServerRecord
 
 log = logging.getLogger("packdist.site")
@@ -75,7 +75,7 @@ class Beats:
         if not looks_like_token(token):  # refused without a database lookup
             raise AuthError("unknown or revoked enrollment token")
         token_hash = hash_token(token)
-        server = self.liveness.server_of(token_hash)  # looked up once per TOKEN_TTL
+        server = self.liveness.server_of(token_hash)  # looked up once, checked in bulk
         if server is None:
             server = await self.store_call(lambda s: s.server_by_token_hash(token_hash), counted)
             if server is None:
@@ -169,11 +169,28 @@ class Beats:
                 self.liveness.forget(name)
             log.warning("writing %d heartbeat(s) failed: %s", len(heard), exc)
 
+    async def check_tokens(self) -> None:
+        """Drop the kept tokens of servers removed or enrolled again: one query for all."""
+        kept = self.liveness.tokens_kept()
+        if not kept:
+            return
+        try:
+            valid = await self.db(lambda s: s.live_token_hashes(kept))
+        except Exception as exc:  # kept until TOKEN_TTL; checked again next time
+            log.warning("checking %d enrollment token(s) failed: %s", len(kept), exc)
+            return
+        dropped = self.liveness.tokens_checked(kept, valid)
+        if dropped:
+            log.info("%d enrollment token(s) no longer valid: refused from now on", len(dropped))
+
     async def flush_loop(self) -> None:
-        told = time.monotonic()
+        told = checked = time.monotonic()
         while True:
             await asyncio.sleep(FLUSH_EVERY)
             await self.flush()
+            if time.monotonic() - checked >= TOKEN_CHECK_EVERY:
+                checked = time.monotonic()
+                await self.check_tokens()
             self.follow_fleet()
             if time.monotonic() - told >= SHED_LOG_EVERY:  # one line a while, not one a shed
                 told = time.monotonic()

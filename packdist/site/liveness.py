@@ -8,9 +8,12 @@ holds other packages, or was never heard of by this process -- is recorded in fu
 the service (:meth:`packdist.service.Service.record_heartbeat`), which wakes its retries.
 
 Several site workers each remember what they heard; the store's ``last_seen`` is at most
-``FLUSH_EVERY`` behind, which is well within the silence that counts as offline. Enrollment
-tokens are looked up once per ``TOKEN_TTL`` rather than on every request, so a removed
-server is refused within that time.
+``FLUSH_EVERY`` behind, which is well within the silence that counts as offline. An
+enrollment token is looked up once, then kept: every ``TOKEN_CHECK_EVERY`` seconds the
+tokens kept are checked against the store in one query, and those of servers removed (or
+enrolled again) are dropped, so a removed server is refused within that time, at the cost
+of one query every few seconds however large the fleet. A token not confirmed for
+``TOKEN_TTL`` (the store unreachable) is looked up again.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from packdist.protocol.messages import Heartbeat
 from packdist.store.records import ServerRecord
 
 FLUSH_EVERY = 2.0  # seconds between two batched writes of last_seen
-#: seconds a token's server is remembered (a revoked token works this long); longer than the
-#: longest heartbeat interval, or every heartbeat of a large fleet would look its token up
+#: seconds between two checks of the tokens kept (a revoked token works at most this long)
+TOKEN_CHECK_EVERY = 5.0
+#: seconds a token is kept without a check confirming it (the checks failing)
 TOKEN_TTL = 60.0
 
 
@@ -143,3 +147,25 @@ class Liveness:
         if len(self._tokens) > 200_000:  # bounded: many servers, or a flood of valid ones
             self._tokens.clear()
         self._tokens[token_hash] = (server, now + TOKEN_TTL)
+
+    def tokens_kept(self) -> list[str]:
+        """The token hashes kept, to be checked against the store."""
+        return list(self._tokens)
+
+    def tokens_checked(
+        self, checked: list[str], valid: set[str], now: float | None = None
+    ) -> list[str]:
+        """The store says which of ``checked`` are still valid: those are kept another
+        ``TOKEN_TTL``, the others dropped (and returned)."""
+        now = time.monotonic() if now is None else now
+        dropped = []
+        for token_hash in checked:
+            found = self._tokens.get(token_hash)
+            if found is None:
+                continue
+            if token_hash in valid:
+                self._tokens[token_hash] = (found[0], now + TOKEN_TTL)
+            else:
+                del self._tokens[token_hash]
+                dropped.append(token_hash)
+        return dropped

@@ -193,6 +193,11 @@ class CatalogQueries:
     def server_by_token_hash(self, token_hash: str) -> ServerRecord | None:
         return self._one_server(self.db.row("live_server_by_token", token_hash=token_hash))
 
+    def live_token_hashes(self, hashes: list[str]) -> set[str]:
+        """Those of ``hashes`` that still belong to an enrolled server (not removed, not
+        enrolled again with another token)."""
+        return {r["token_hash"] for r in self.db.rows("live_token_hashes_among", hashes=hashes)}
+
     def server_names(self) -> list[str]:
         """The names of every enrolled server, in order (no other column read)."""
         return [r["name"] for r in self.db.rows("live_server_names")]

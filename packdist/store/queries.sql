@@ -87,6 +87,10 @@ WHERE removed = 0 AND name = :name
 SELECT name, url, created_at, last_seen, disk_free, labels FROM servers
 WHERE removed = 0 AND token_hash = :token_hash
 
+-- name: live_token_hashes_among
+-- which of these enrollment tokens (as hashes) are still those of enrolled servers
+SELECT token_hash FROM servers WHERE removed = 0 AND token_hash IN (:hashes)
+
 -- name: live_server_names_among
 SELECT name FROM servers WHERE removed = 0 AND name IN (:names)
 

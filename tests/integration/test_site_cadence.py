@@ -112,3 +112,40 @@ def test_shed_heartbeats_never_make_a_server_look_offline_nor_come_back(tmp_path
     assert sum("is online" in m for m in events) == 1, events
     assert seen is not None and seen.last_seen is not None
     assert time.time() - seen.last_seen < 5, "shed heartbeats left it silent in the store"
+
+
+def test_a_removed_servers_token_is_refused_within_seconds_while_others_cost_no_lookup(
+    tmp_path: Path,
+) -> None:
+    from packdist.errors import AuthError
+    from packdist.site.liveness import TOKEN_CHECK_EVERY, TOKEN_TTL
+
+    server, token = _site_with(tmp_path, 1)
+    site_home = server.home
+
+    async def run() -> float:
+        task, url = await _serving(server)
+        async with new_session() as session, new_session(True) as fresh:
+            client = SiteClient(url, token, session, fresh)
+            try:
+                await client.hello()
+                await client.heartbeat(Heartbeat("boot", 1, []))  # the token is kept now
+                store = site_home.store()  # the operator removes dp0 (another process)
+                try:
+                    Service(store).remove_server("dp0", time.time())
+                finally:
+                    store.close()
+                removed = time.monotonic()
+                while time.monotonic() - removed < TOKEN_TTL:
+                    try:
+                        await client.heartbeat(Heartbeat("boot", 1, []))
+                    except AuthError:
+                        return time.monotonic() - removed
+                    await asyncio.sleep(0.5)
+                return float("inf")
+            finally:
+                await _stop(task)
+
+    refused_after = asyncio.run(run())
+    # a loose bound: the check runs every few seconds, the kept token's TTL is a minute
+    assert refused_after < TOKEN_CHECK_EVERY + 10, f"still let in {refused_after:.0f}s later"
