@@ -44,7 +44,7 @@ from packdist.http import (
 )
 from packdist.protocol.messages import Heartbeat
 from packdist.ratelimit import Bucket
-from packdist.serving import guard, serve_until_stopped
+from packdist.serving import guard, serve_until_stopped, settle_collector
 from packdist.site import dashboard
 from packdist.site.beats import Beats, json_body
 from packdist.site.home import SiteHome
@@ -318,6 +318,7 @@ class SiteServer:
                     name="validation",
                 )
             )
+        settle_collector()  # thousands of agents' connections: see serving.py
         try:
             await serve_until_stopped(self.app(), listen)
         finally:
