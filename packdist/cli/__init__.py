@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from typing import Any
@@ -9,22 +10,42 @@ from typing import Any
 import click
 
 from packdist import __version__
-from packdist.cli import (
-    agent_cmds,
-    event_cmds,
-    job_cmds,
-    package_cmds,
-    remove_cmds,
-    server_cmds,
-    site_cmds,
-    status_cmds,
-    validate_cmds,
-)
 from packdist.cli.common import home_option
 from packdist.errors import PackdistError, UserError
 
+#: each command and where it lives: a command's module is imported when it runs (or help
+#: lists it), so ``status`` does not pay for the agent's and the site server's imports
+COMMANDS = {
+    "agent": ("agent_cmds", "agent"),
+    "distribute": ("job_cmds", "distribute"),
+    "events": ("event_cmds", "events"),
+    "job": ("job_cmds", "job"),
+    "package": ("package_cmds", "package"),
+    "server": ("server_cmds", "server"),
+    "site": ("site_cmds", "site"),
+    "status": ("status_cmds", "status"),
+    "validate": ("validate_cmds", "validate"),
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        found = COMMANDS.get(cmd_name)
+        if found is None:
+            return None
+        module, name = found
+        command: click.Command = getattr(importlib.import_module(f"packdist.cli.{module}"), name)
+        if cmd_name == "package" and isinstance(command, click.Group):
+            from packdist.cli.remove_cmds import package_remove
+
+            command.add_command(package_remove)
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="packdist")
 @home_option
 @click.option("-v", "--verbose", count=True, help="More log output on stderr.")
@@ -35,18 +56,6 @@ def cli(verbose: int) -> None:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
-
-
-cli.add_command(site_cmds.site)
-cli.add_command(server_cmds.server)
-cli.add_command(agent_cmds.agent)
-cli.add_command(package_cmds.package)
-package_cmds.package.add_command(remove_cmds.package_remove)
-cli.add_command(job_cmds.distribute)
-cli.add_command(job_cmds.job)
-cli.add_command(status_cmds.status)
-cli.add_command(event_cmds.events)
-cli.add_command(validate_cmds.validate)
 
 
 def main(argv: list[str] | None = None) -> Any:
