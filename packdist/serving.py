@@ -16,7 +16,6 @@ see a request, on a network where anything can arrive.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -203,24 +202,3 @@ async def serve_until_stopped(app: web.Application, listen: str) -> None:
             await stop.wait()
     except OSError as exc:
         raise UserError(f"cannot listen on {listen}: {exc.strerror or exc}") from exc
-
-
-#: the collector's thresholds for a long-running server: a young generation of 50,000
-#: objects rather than 700 (see :func:`settle_collector`)
-COLLECTOR_THRESHOLDS = (50_000, 20, 20)
-
-
-def settle_collector() -> None:
-    """Tune Python's cyclic garbage collector for a server holding thousands of connections.
-
-    Measured on a site with 10,000 agents on kept-alive connections: with the default
-    thresholds (700, 10, 10) a full collection walked every object of every connection once
-    every few seconds, 0.4-0.6 s each, which took a quarter of the CPU during a job and
-    stalled the event loop long enough to shed heartbeats. Objects the server keeps from its
-    start are frozen out of collections; the young generation is larger, so full
-    collections come seldom. Reference counting still frees what it always freed: this
-    only spaces out the search for cycles.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*COLLECTOR_THRESHOLDS)

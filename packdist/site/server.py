@@ -42,9 +42,10 @@ from packdist.http import (
     frame_header,
     new_session,
 )
+from packdist.process import quiet_accept_errors, raise_open_files_limit, settle_collector
 from packdist.protocol.messages import Heartbeat
 from packdist.ratelimit import Bucket
-from packdist.serving import guard, serve_until_stopped, settle_collector
+from packdist.serving import guard, serve_until_stopped
 from packdist.site import dashboard
 from packdist.site.beats import Beats, json_body
 from packdist.site.home import SiteHome
@@ -318,7 +319,9 @@ class SiteServer:
                     name="validation",
                 )
             )
-        settle_collector()  # thousands of agents' connections: see serving.py
+        settle_collector()  # thousands of agents' connections: see process.py
+        quiet_accept_errors(asyncio.get_running_loop())
+        log.info("open files limit: %d", raise_open_files_limit())
         try:
             await serve_until_stopped(self.app(), listen)
         finally:
