@@ -47,7 +47,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class _Connection(asyncio.Protocol):
     """aiohttp's protocol for one connection, with a deadline for its first request's
     headers (aiohttp has none: a client sending nothing, or a byte now and then, would hold
-    the connection for good)."""
+    the connection for good). ``open`` counts the connections of this process."""
+
+    open = 0
 
     def __init__(self, inner: asyncio.Protocol, timeout: float) -> None:
         self.inner = inner
@@ -58,6 +60,7 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports act as asyncio.Transport without subclassing it
         self.transport = transport  # type: ignore[assignment]
+        _Connection.open += 1
         self._timer = asyncio.get_running_loop().call_later(self.timeout, self._expire)
         self.inner.connection_made(transport)
 
@@ -80,6 +83,7 @@ class _Connection(asyncio.Protocol):
         return self.inner.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        _Connection.open -= 1
         self.headers_arrived()
         self.inner.connection_lost(exc)
 
@@ -88,6 +92,11 @@ class _Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.inner.resume_writing()
+
+
+def open_connections() -> int:
+    """Connections this process's servers hold now (each one a file descriptor)."""
+    return _Connection.open
 
 
 def _addr(peer: Any) -> str:

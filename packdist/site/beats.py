@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import math
+import resource
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +27,7 @@ from packdist.http import error_response
 from packdist.protocol.messages import Heartbeat
 from packdist.protocol.site_api import MAX_INTERVAL, SHED_MAX
 from packdist.service import Service
+from packdist.serving import open_connections
 from packdist.site.cadence import OFFLINE_INTERVALS, Admission, Cadence
 from packdist.site.liveness import FLUSH_EVERY, TOKEN_CHECK_EVERY, Liveness
 from packdist.store.base import ServerRecord
@@ -36,6 +38,9 @@ log = logging.getLogger("packdist.site")
 #: the despooler: at least this, longer when the interval grows (see ``Cadence``)
 SILENT_AFTER = 10.0
 SHED_LOG_EVERY = 10.0  # seconds between two log lines counting shed heartbeats
+#: past this share of the open-files limit in connections, heartbeats do not keep theirs
+KEEP_ALIVE_SHARE = 0.8
+JSON = "application/json"
 
 
 class ClientGone(UserError):
@@ -61,6 +66,7 @@ class Beats:
         self._enrolled = 0
         self._started = time.monotonic()
         self._quiet_answer, self._quiet_interval = b"", 0.0
+        self.files_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]  # raised at start
 
     async def start(self) -> None:
         """The fleet as enrolled, until this process has heard from it (see follow_fleet)."""
@@ -127,9 +133,17 @@ class Beats:
         if woken or interval != self._quiet_interval:  # the common answer, encoded once
             body = json.dumps({"ok": True, "woken": woken, "interval": interval}).encode()
             if woken:
-                return web.Response(body=body, content_type="application/json")
+                return self._closing_if_short(web.Response(body=body, content_type=JSON))
             self._quiet_answer, self._quiet_interval = body, interval
-        return web.Response(body=self._quiet_answer, content_type="application/json")
+        return self._closing_if_short(web.Response(body=self._quiet_answer, content_type=JSON))
+
+    def _closing_if_short(self, resp: web.Response) -> web.Response:
+        """Agents keep their connection between heartbeats while descriptors allow; past
+        ``KEEP_ALIVE_SHARE`` of the open-files limit, a heartbeat's connection ends with its
+        answer, so descriptors are held by requests under way, not by every agent."""
+        if open_connections() > KEEP_ALIVE_SHARE * self.files_limit:
+            resp.force_close()
+        return resp
 
     def shed(self, request: web.Request, now: float) -> web.Response:
         """503 with Retry-After, the body unread; the server it came from (if this process

@@ -321,7 +321,8 @@ class SiteServer:
             )
         settle_collector()  # thousands of agents' connections: see process.py
         quiet_accept_errors(asyncio.get_running_loop())
-        log.info("open files limit: %d", raise_open_files_limit())
+        self.beats.files_limit = raise_open_files_limit()
+        log.info("open files limit: %d", self.beats.files_limit)
         try:
             await serve_until_stopped(self.app(), listen)
         finally:

@@ -149,3 +149,29 @@ def test_a_removed_servers_token_is_refused_within_seconds_while_others_cost_no_
     refused_after = asyncio.run(run())
     # a loose bound: the check runs every few seconds, the kept token's TTL is a minute
     assert refused_after < TOKEN_CHECK_EVERY + 10, f"still let in {refused_after:.0f}s later"
+
+
+def test_heartbeats_give_up_kept_connections_when_descriptors_run_short(tmp_path: Path) -> None:
+    server, token = _site_with(tmp_path, 1)
+
+    async def run() -> tuple[str | None, str | None]:
+        task, url = await _serving(server)
+        headers = {"Authorization": f"Bearer {token}"}
+        body = Heartbeat("boot", 1, []).to_json()
+        try:
+            async with new_session() as session:
+                async with session.post(
+                    f"{url}/v1/agent/heartbeat", json=body, headers=headers
+                ) as r:
+                    kept = r.headers.get("Connection")
+                server.beats.files_limit = 1  # as if every descriptor but one were taken
+                async with session.post(
+                    f"{url}/v1/agent/heartbeat", json=body, headers=headers
+                ) as r:
+                    closed = r.headers.get("Connection")
+        finally:
+            await _stop(task)
+        return kept, closed
+
+    kept, closed = asyncio.run(run())
+    assert kept != "close" and closed == "close"
