@@ -40,6 +40,7 @@ TERMINAL = ("installed", "failed", "cancelled", "removed")
 SIM_SATURATED = 85.0  # % of one core: above it the simulator, not the site, sets the pace
 OTHERS_BUSY = 40.0  # % of one core used by other processes: the machine was not ours
 POLL = 0.25
+BACK_TO_NORMAL_WAIT = 90.0  # seconds given to every agent to heartbeat normally after a job
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -191,10 +192,21 @@ def measure(fleet: Fleet, args: argparse.Namespace) -> dict[str, Any]:
     out["overview_s"] = time.perf_counter() - t0
     out["overview_bytes"] = len(body)
 
-    out["site_rss_mb"] = max(peak_rss, fleet.rss())  # 4. memory, logs, the simulator's word
+    # 4. once the job is done (the load drops): how long until every agent's last
+    # heartbeat was answered, not shed nor failed
+    settled = time.monotonic()
+    out["back_to_normal_s"] = None
+    while time.monotonic() - settled < BACK_TO_NORMAL_WAIT:
+        if fleet.sim_call("/_sim/stats").get("agents_normal", 0) >= args.servers:
+            out["back_to_normal_s"] = time.monotonic() - settled
+            break
+        time.sleep(1.0)
+    out["site_rss_mb"] = max(peak_rss, fleet.rss())  # 5. memory, logs, the simulator's word
     out["site_tracebacks"], out["site_log_top"] = fleet.site_log_problems()
     out["sim_errors"] = fleet.sim_call("/_sim/stats")["errors"]
     warnings = []
+    if out["back_to_normal_s"] is None:
+        warnings.append(f"not every agent back to normal heartbeats in {BACK_TO_NORMAL_WAIT:g}s")
     if out["enrolled"] < args.servers:
         warnings.append(f"only {out['enrolled']} of {args.servers} servers enrolled")
     for key in ("sim_busiest_cpu_pct", "job_sim_busiest_cpu_pct"):
@@ -232,6 +244,7 @@ TABLE = [
     ("site CPU during job (%)", "job_site_cpu_pct", "{:.1f}"),
     ("PostgreSQL CPU, heartbeats / job (%)", ("heartbeat_db_cpu_pct", "job_db_cpu_pct"), "{:.1f}"),
     ("heartbeat p99 during job (ms)", "job_heartbeat_p99_ms", "{:.1f}"),
+    ("every agent back to normal heartbeats after (s)", "back_to_normal_s", "{:.1f}"),
     ("job show (s)", "job_show_s", "{:.2f}"),
     ("status (s)", "status_s", "{:.2f}"),
     ("overview (s)", "overview_s", "{:.2f}"),

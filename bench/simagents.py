@@ -86,6 +86,7 @@ class SimAgent:
     conn: Connection | None = None
     pace: HeartbeatPace = field(default_factory=HeartbeatPace)
     retry_after: float | None = None  # of the last answer
+    normal: bool = False  # its last heartbeat was answered 200 (not shed, not failed)
 
     def request(self, path: str, body: bytes) -> bytes:
         host, port = self.sites[0]
@@ -214,6 +215,7 @@ class Fleet:
             window = self.window
             try:
                 status, body = await agent.post(agent.beat, timeout)
+                agent.normal = status == 200
                 if status == 200:
                     window.latencies.append(time.monotonic() - started)
                     wait = pace.answered(json.loads(body))
@@ -226,10 +228,12 @@ class Fleet:
                     if status >= 500:
                         agent.next_site()
             except TimeoutError:
+                agent.normal = False
                 window.failures["timeout"] = window.failures.get("timeout", 0) + 1
                 wait = pace.failed()
                 agent.next_site()
             except (OSError, ValueError) as exc:
+                agent.normal = False
                 what = type(exc).__name__
                 window.failures[what] = window.failures.get(what, 0) + 1
                 wait = pace.failed()
@@ -343,7 +347,13 @@ class Fleet:
 
     async def stats(self, request: web.Request) -> web.Response:
         return web.json_response(
-            {"servers": len(self.agents), "enrolled": self.enrolled, "errors": self.errors}
+            {
+                "servers": len(self.agents),
+                "enrolled": self.enrolled,
+                "errors": self.errors,
+                # agents whose last heartbeat was answered (not shed, not failed)
+                "agents_normal": sum(1 for a in self.agents.values() if a.normal),
+            }
             | self.window.report()
         )
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Callable
 
 from packdist.protocol.site_api import MAX_INTERVAL
 
@@ -37,6 +38,9 @@ SLACK = 1.0
 #: above this many heartbeats in one second, the rest of that second's are shed: agents that
 #: obey the interval stay well under it
 RATE_LIMIT = 2 * HEARTBEAT_BUDGET
+#: while the despooler has work under way, heartbeats beyond the budget are shed: the
+#: work that moves packages comes first, and a shed heartbeat still proves its server alive
+BUSY_RATE_LIMIT = HEARTBEAT_BUDGET
 LAG_LIMIT = 0.25  # seconds the event loop may run late before heartbeats are shed
 LAG_TICK = 0.05  # seconds between two looks at the event loop's lateness
 STORE_SLOTS = 32  # heartbeats (and hellos) waiting on the store at once; beyond: shed
@@ -87,8 +91,15 @@ class Cadence:
 class Admission:
     """Whether a heartbeat (or hello) is taken now or shed; see the module docstring."""
 
-    def __init__(self, rate_limit: float = RATE_LIMIT) -> None:
+    def __init__(
+        self,
+        rate_limit: float = RATE_LIMIT,
+        busy_rate_limit: float = BUSY_RATE_LIMIT,
+        busy: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.rate_limit = rate_limit  # heartbeats taken per second, at most
+        self.busy_rate_limit = busy_rate_limit  # the same while ``busy()``: jobs under way
+        self.busy = busy
         self.lag = 0.0  # how late the event loop ran at its last look, seconds
         self.waiting_on_store = 0
         self.shed = 0  # since start
@@ -103,6 +114,8 @@ class Admission:
             self._second, self._this_second = second, 0
         if self._this_second >= self.rate_limit:
             why = "rate"
+        elif self._this_second >= self.busy_rate_limit and self.busy():
+            why = "rate, jobs under way"
         elif self.lag > LAG_LIMIT:
             why = "event loop late"
         elif self.waiting_on_store >= STORE_SLOTS:

@@ -73,6 +73,7 @@ def assert_complete_report(doc: dict[str, Any], servers: int) -> None:
     assert doc["site_rss_mb"] > 0
     assert doc["site_tracebacks"] == 0, doc["site_log_top"]
     assert doc["sim_errors"] == {}, doc["sim_errors"]  # every site credential verified
+    assert doc["back_to_normal_s"] is not None  # every agent heartbeating normally after
 
 
 def test_bench_scale_reports_every_figure_for_twenty_servers_and_leaves_nothing(

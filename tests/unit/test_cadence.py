@@ -50,6 +50,15 @@ def test_heartbeats_over_the_rate_limit_are_shed_and_the_next_second_takes_them_
     assert admission.shed == 3
 
 
+def test_while_jobs_are_under_way_heartbeats_beyond_the_budget_give_way() -> None:
+    moving = [False]
+    admission = Admission(rate_limit=4, busy_rate_limit=2, busy=lambda: moving[0])
+    assert [not admission.overloaded(200.1) for _ in range(5)] == [True] * 4 + [False]
+    moving[0] = True  # the despooler has attempts in flight
+    assert [not admission.overloaded(201.1) for _ in range(5)] == [True] * 2 + [False] * 3
+    assert admission.shed_lately() == "1 (rate), 3 (rate, jobs under way)"
+
+
 def test_a_shed_heartbeat_keeps_a_live_server_from_looking_offline() -> None:
     live = Liveness(7.0)
     beat = Heartbeat("b", 1, [])
