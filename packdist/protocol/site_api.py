@@ -33,7 +33,11 @@ T = TypeVar("T")
 #: seconds between two heartbeats when the site does not say (a site older than ``interval``)
 DEFAULT_INTERVAL = 2.0
 MIN_INTERVAL = 1.0  # an interval the site names is taken within these bounds
-MAX_INTERVAL = 8.0
+#: 10 s: an agent that noticed its outage (its heartbeats failed) is heard from within
+#: seconds of its return whatever its interval (RETRY_FIRST below); one that did not notice
+#: (the outage fell between two heartbeats, and only the site's call to it failed) is found
+#: by its next heartbeat, within this, or by the despooler's own retry, whichever comes first
+MAX_INTERVAL = 10.0
 #: after a failed heartbeat, the next comes this soon (doubling while failures go on, up to
 #: RETRY_MAX, each jittered down to half): a server whose cable was pulled is heard from
 #: within seconds of its return, whatever its interval

@@ -9,8 +9,8 @@ this site process hears from. The heartbeats of a growing fleet then stay near a
 wakes its retrying work) within seconds of its return.
 
 Every silence that means "offline" follows the interval: a server is offline once silent
-for ``OFFLINE_INTERVALS`` of the longest interval handed out lately (an agent told 8 s a
-moment ago still waits 8 s, whatever the fleet did since).
+for ``OFFLINE_INTERVALS`` of the longest interval handed out lately (an agent told 10 s a
+moment ago still waits 10 s, whatever the fleet did since).
 
 **Shedding.** Under overload the site answers heartbeats and hellos ``503`` with a
 ``Retry-After`` before anything else suffers (:class:`Admission`): when more heartbeats
@@ -31,8 +31,8 @@ from packdist.protocol.site_api import MAX_INTERVAL
 
 HEARTBEAT_BUDGET = 1000.0  # heartbeats per second a fleet is spread to
 MIN_INTERVAL = 2.0  # seconds: a small fleet heartbeats this often
-# MAX_INTERVAL (8 s, the agents' own bound): however large the fleet, a returning server
-# waits at most this
+# MAX_INTERVAL (10 s, the agents' own bound): however large the fleet, a returning server
+# that did not notice its outage waits at most this (see protocol/site_api.py)
 OFFLINE_INTERVALS = 3  # silent for this many intervals (plus SLACK): offline
 SLACK = 1.0
 #: above this many heartbeats in one second, the rest of that second's are shed: agents that

@@ -22,7 +22,7 @@ def test_the_interval_follows_the_fleet_size_and_keeps_heartbeats_within_the_bud
     assert interval_for(10) == 2.0
     assert interval_for(2_500) == 2.5
     assert interval_for(5_000) == 5.0
-    assert interval_for(10_000) == MAX_INTERVAL  # a returning server still waits at most 8 s
+    assert interval_for(10_000) == MAX_INTERVAL  # a returning server still waits at most 10 s
     for servers in (100, 1_000, 3_000, 7_999):
         assert servers / interval_for(servers) <= max(HEARTBEAT_BUDGET, servers / 2)
 
