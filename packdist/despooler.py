@@ -81,6 +81,7 @@ class Despooler:
         on_installed: Callable[[str, str], None] | None = None,  # (server, package id) recorded
         silent_after: Callable[[], float] = lambda: SILENT_AFTER,  # the site's, as it changes
         on_retry: Callable[[str], None] | None = None,  # told the server of a failed attempt
+        heard: Callable[[str], float | None] = lambda server: None,  # the site's liveness
     ) -> None:
         self.on_installed = on_installed
         self.db = db
@@ -109,7 +110,7 @@ class Despooler:
         self._next_due: float | None = None  # as last read: when work is due next
         self._notified = False  # other workers and the CLI wake us (PostgreSQL's NOTIFY)
         self._held_back = False  # due work waits for a free slot (see _claim)
-        self.swarms = SwarmIndex(self.peers.location_label)
+        self.swarms = SwarmIndex(self.peers.location_label, heard=heard)
         self._swarm_reads: dict[str, asyncio.Future[Swarm]] = {}  # one read per package
         self._manifests: dict[str, tuple[bytes, bytes]] = {}
 

@@ -57,6 +57,11 @@ class Liveness:
     def offline_after(self) -> float:
         return self._offline_after()
 
+    def last_heard(self, server: str) -> float | None:
+        """When this process last heard from ``server`` (None: not since it started)."""
+        seen = self._seen.get(server)
+        return None if seen is None else seen.last_seen
+
     def servers(self) -> int:
         """How many servers this process has heard from (the fleet its interval is for)."""
         return len(self._seen)

@@ -312,6 +312,7 @@ class SiteServer:
             on_installed=self.liveness.installed,
             silent_after=self.beats.silent_after,
             on_retry=self.liveness.unreached,
+            heard=self.liveness.last_heard,
         )
         despooler = asyncio.create_task(self.despooler.run(), name="despooler")
         flusher = asyncio.create_task(self.beats.flush_loop(), name="liveness")

@@ -21,6 +21,7 @@ receivers by name, one signature.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,21 +80,28 @@ class Swarm:
         now: float,
         location_label: str = DEFAULT_LOCATION_LABEL,
         alive_within: float = ALIVE_WITHIN,
+        heard: Callable[[str], float | None] = lambda server: None,
     ) -> None:
         self.read_at = now
+        self.alive_within = alive_within
+        self.heard = heard  # the site's own, fresher word on when a server was last heard
         self.location: dict[str, str | None] = {}  # every member -> its location
         self.holders: dict[str | None, list[SwarmMember]] = {}
         self.receivers: dict[str | None, list[SwarmMember]] = {}
-        self._alive: dict[str, SwarmMember] = {}
+        self._members: dict[str, SwarmMember] = {}
         self._now_holding: set[str] = set()  # receivers that have installed since the read
         self._entries: dict[tuple[str, bool], dict[str, Any]] = {}  # as requests carry them
         for m in sorted(members, key=lambda m: m.server):
             here = dict(m.labels).get(location_label)
             self.location[m.server] = here
-            if m.last_seen is None or now - m.last_seen > alive_within:
-                continue
-            self._alive[m.server] = m
+            self._members[m.server] = m
             (self.holders if m.holder else self.receivers).setdefault(here, []).append(m)
+
+    def _alive(self, m: SwarmMember, now: float) -> bool:
+        """Heard from lately, by the store's word at the read or the site's since: judged
+        when offered, so a server back since the read is offered at once."""
+        seen = max(m.last_seen or 0.0, self.heard(m.server) or 0.0)
+        return seen > 0 and now - seen <= self.alive_within
 
     def knows(self, server: str) -> bool:
         """Whether ``server`` was a member when this was read (a new receiver, one of a job
@@ -102,7 +110,7 @@ class Swarm:
 
     def installed(self, server: str) -> None:
         """``server`` holds the package now: offered as a holder from here on."""
-        m = self._alive.get(server)
+        m = self._members.get(server)
         if m is None or m.holder or server in self._now_holding:
             return
         self._now_holding.add(server)
@@ -124,15 +132,16 @@ class Swarm:
             return "", []
         here = self.location[server]
         holders = self.holders.get(here, [])
-        if len(holders) > MAX_HOLDERS:  # a different few for each server: load spreads
-            # (one more than needed, in case the asker is among them: never a scan)
-            holders = random.Random(f"{server}/{package_id}").sample(holders, MAX_HOLDERS + 1)
-        chosen = [m for m in holders if m.server != server][:MAX_HOLDERS]
+        if len(holders) > 2 * MAX_HOLDERS:  # a different few for each server: load spreads
+            # (twice as many as needed, for the asker and the silent among them: no scan)
+            holders = random.Random(f"{server}/{package_id}").sample(holders, 2 * MAX_HOLDERS)
+        chosen = [m for m in holders if m.server != server and self._alive(m, now)]
+        del chosen[MAX_HOLDERS:]
         taken = 0  # every receiver here sees the same first ones, by name
         for m in self.receivers.get(here, ()):
             if taken == MAX_SWARM:
                 break
-            if m.server != server and m.server not in self._now_holding:
+            if m.server != server and m.server not in self._now_holding and self._alive(m, now):
                 chosen.append(m)
                 taken += 1
         if not chosen:
@@ -155,9 +164,15 @@ class SwarmIndex:
     """The swarms of the packages being distributed, each read again once ``REFRESH``
     seconds old (a holder that appeared meanwhile is offered from the next read)."""
 
-    def __init__(self, location_label: str = DEFAULT_LOCATION_LABEL, refresh: float = REFRESH):
+    def __init__(
+        self,
+        location_label: str = DEFAULT_LOCATION_LABEL,
+        refresh: float = REFRESH,
+        heard: Callable[[str], float | None] = lambda server: None,
+    ):
         self.location_label = location_label
         self.refresh = refresh
+        self.heard = heard
         self._swarms: dict[str, Swarm] = {}
 
     def fresh(self, package_id: str, server: str, now: float) -> Swarm | None:
@@ -186,6 +201,6 @@ class SwarmIndex:
     ) -> Swarm:
         if len(self._swarms) > 64:  # packages no longer being distributed drop out
             self._swarms = {p: s for p, s in self._swarms.items() if now - s.read_at < 60}
-        swarm = Swarm(members, now, self.location_label, alive_within)
+        swarm = Swarm(members, now, self.location_label, alive_within, self.heard)
         self._swarms[package_id] = swarm
         return swarm

@@ -383,3 +383,13 @@ def test_a_request_reads_each_base_once_and_within_its_budget(
     assert bases.get(b, read) is not None and bases.get(c, read) is not None
     assert bases.get(d, read) is None, "the budget (250 bytes) is spent"
     assert reads == [a, b, c]
+
+
+def test_a_peer_heard_from_since_the_swarm_was_read_is_offered_at_once() -> None:
+    heard: dict[str, float] = {}
+    index = SwarmIndex(heard=heard.get)
+    # read while none of them had been heard from (their agents were still starting)
+    swarm = index.load(PKG, [member("dp1", seen=None), member("dp2", seen=None)], NOW)
+    assert swarm.offers("dp1", PKG, KEY, NOW + 0.5) == []
+    heard["dp2"] = NOW + 0.4  # the site heard dp2 since: no new read needed to offer it
+    assert [o.name for o in swarm.offers("dp1", PKG, KEY, NOW + 0.5)] == ["dp2"]
