@@ -84,11 +84,12 @@ def test_metrics_match_a_job_with_one_failure_then_success(cluster: Make, tree: 
         assert status == 200, body
         return parse_exposition(body.decode())
 
-    def dp2_down() -> Samples | None:
+    def dp2_down() -> Samples | None:  # (and dp1 up: its agent may still be enrolling)
         m = scrape()
-        return m if value(m, "packdist_server_up", server="dp2") == 0 else None
+        down = value(m, "packdist_server_up", server="dp2") == 0
+        return m if down and value(m, "packdist_server_up", server="dp1") == 1 else None
 
-    mid = h.wait_until(dp2_down, 15, message="dp2 reported down")
+    mid = h.wait_until(dp2_down, 15, message="dp2 reported down, dp1 up")
     assert value(mid, "packdist_servers_online") == 1
     assert value(mid, "packdist_jobs", state="active") == 1
     assert value(mid, "packdist_retries_scheduled_total") >= 2
