@@ -110,15 +110,15 @@ def measure(fleet: Fleet, args: argparse.Namespace) -> dict[str, Any]:
     time.sleep(args.duration)
     used = cpu.close()
     beats = fleet.sim_call("/_sim/stats")
+    interval = beats.get("heartbeat_interval_p50_s") or HEARTBEAT_INTERVAL
     peak_rss = max(peak_rss, fleet.rss())
     out |= {
         "duration_s": args.duration,
         "heartbeat_cpu_pct": used["site_cpu_pct"],
         "heartbeat_db_cpu_pct": used["db_cpu_pct"],
         # at the interval the site gave (agents ask again sooner after a failure)
-        "heartbeat_interval_s": beats.get("heartbeat_interval_p50_s") or HEARTBEAT_INTERVAL,
-        "heartbeats_due_per_s": args.servers
-        / (beats.get("heartbeat_interval_p50_s") or HEARTBEAT_INTERVAL),
+        "heartbeat_interval_s": interval,
+        "heartbeats_due_per_s": args.servers / interval,
         "heartbeats_shed": beats.get("heartbeats_shed", 0),
         "heartbeats_per_s": beats["heartbeats_ok"] / beats["seconds"],
         "heartbeats_ok": beats["heartbeats_ok"],

@@ -24,7 +24,6 @@ from typing import Any
 
 import aiohttp
 
-from packdist.core.digest import Digest
 from packdist.core.signing import SigningKey
 from packdist.errors import (
     ErrorKind,
@@ -39,9 +38,10 @@ from packdist.protocol.agent_api import AgentClient
 from packdist.protocol.messages import InstallStatus
 from packdist.retry import RetryPolicy
 from packdist.service import Service
+from packdist.site.install_inputs import InstallInputs, chunk_fault
 from packdist.site.library import ContentLibrary
 from packdist.site.store_runner import StoreRunner, WriteBatch
-from packdist.site.tracker import DEFAULT_LOCATION_LABEL, Swarm, SwarmIndex
+from packdist.site.tracker import DEFAULT_LOCATION_LABEL
 from packdist.states import InstructionState as S
 from packdist.store.base import Claim, Store
 
@@ -55,7 +55,6 @@ SILENT_AFTER = 10.0  # a server not heard from for this long is likely unreachab
 MAX_IDLE = 1.0  # with notifications, the longest wait between two looks for work
 STALL_LIMIT = 120.0  # an install that makes no progress this long is given up (and retried)
 CLAIM_BATCH = 64  # instructions claimed in one transaction (one lease name for the batch)
-MANIFESTS_KEPT = 8  # signed manifests held in memory (immutable, read once per package)
 
 
 @dataclass(frozen=True)
@@ -110,9 +109,7 @@ class Despooler:
         self._next_due: float | None = None  # as last read: when work is due next
         self._notified = False  # other workers and the CLI wake us (PostgreSQL's NOTIFY)
         self._held_back = False  # due work waits for a free slot (see _claim)
-        self.swarms = SwarmIndex(self.peers.location_label, heard=heard)
-        self._swarm_reads: dict[str, asyncio.Future[Swarm]] = {}  # one read per package
-        self._manifests: dict[str, tuple[bytes, bytes]] = {}
+        self.inputs = InstallInputs(db, key, self.peers.location_label, silent_after, heard)
 
     async def run(self) -> None:
         """Claim and start ready instructions until cancelled. A failing pass (the database
@@ -295,45 +292,14 @@ class Despooler:
         )
 
     async def _peers(self, c: Claim) -> tuple[str, list[dict[str, Any]]]:
-        """The peers this server may fetch the package from (the tracker's choice) and the
-        credential for them, unless peers are off for the site or for this job
-        (``--no-peers``)."""
+        """The peers and their credential, unless peers are off for the site or for this
+        job (``--no-peers``)."""
         if not self.peers.enabled or c.options.get("peers") is False:
             return "", []
-        now = time.time()
-        swarm = self.swarms.fresh(c.package_id, c.server, now)
-        if swarm is None:
-            swarm = await self._read_swarm(c.package_id)
-        return swarm.offer_json(c.server, c.package_id, self.key, now)
-
-    async def _read_swarm(self, package_id: str) -> Swarm:
-        """The package's swarm read again: one read, however many installs wait for it."""
-        reading = self._swarm_reads.get(package_id)
-        if reading is None:
-
-            async def read() -> Swarm:
-                try:
-                    now = time.time()
-                    members = await self.db(lambda s: s.swarm(package_id, now))
-                    return self.swarms.load(package_id, members, now, self.silent_after())
-                finally:
-                    del self._swarm_reads[package_id]
-
-            reading = self._swarm_reads[package_id] = asyncio.ensure_future(read())
-        return await asyncio.shield(reading)
-
-    async def _manifest(self, package_id: str) -> tuple[bytes, bytes]:
-        """The package's signed manifest (a package never changes: read once, kept a while)."""
-        found = self._manifests.pop(package_id, None)  # (taken out: put back as the newest)
-        if found is None:
-            found = await self.db(lambda s: s.package_manifest(package_id))
-            if len(self._manifests) >= MANIFESTS_KEPT:  # the least recently used goes
-                self._manifests.pop(next(iter(self._manifests)))
-        self._manifests[package_id] = found
-        return found
+        return await self.inputs.peers(c)
 
     async def _install(self, c: Claim, progress: _Progress) -> None:
-        manifest, signature = await self._manifest(c.package_id)
+        manifest, signature = await self.inputs.manifest(c.package_id)
         client = AgentClient(c.server, c.server_url, self.key, self.session)
         repair = bool(c.options.get("repair"))  # a flag of the job: every attempt reads it
         token, peers = await self._peers(c)
@@ -357,7 +323,7 @@ class Despooler:
                 await self.results(
                     functools.partial(_mark_installed, c.instruction_id, c.lease, final)
                 )
-                self.swarms.installed(c.package_id, c.server)
+                self.inputs.installed(c.package_id, c.server)
                 if self.on_installed is not None:
                     self.on_installed(c.server, c.package_id)
                 log.info("%s installed on %s", c.package_ref, c.server)
@@ -368,7 +334,7 @@ class Despooler:
                 error = status.error or "install failed on the agent"
                 if status.kind is ErrorKind.INTEGRITY:
                     if status.error_chunk:  # which copy is damaged: the library's, or ours?
-                        raise await self._chunk_fault(c, status.error_chunk, error)
+                        raise await chunk_fault(self.library, c, status.error_chunk, error)
                     # content that failed on the agent without a chunk named: a fresh
                     # attempt re-verifies everything, so it is worth one
                     raise RemoteError(error, kind=ErrorKind.TRANSIENT)
@@ -382,35 +348,6 @@ class Despooler:
             if status is None:  # the agent restarted and forgot: ask again, it resumes
                 token, peers = await self._peers(c)
                 status = await client.install(manifest, signature, repair, peers, token)
-
-    async def _chunk_fault(self, c: Claim, chunk: str, error: str) -> PackdistError:
-        """A chunk from the site failed to verify on the agent. If the library's own copy
-        is damaged, retrying cannot help: the instruction stops, saying what to do. If the
-        copy is intact, it was damaged on the way, and the attempt is retried."""
-        if self.library is None:
-            return RemoteError(error, kind=ErrorKind.INTEGRITY)
-        try:
-            digest = Digest.parse(chunk)
-        except PackdistError:
-            return RemoteError(error, kind=ErrorKind.INTEGRITY)
-        library = self.library
-
-        def intact() -> bool:
-            try:
-                digest.verify(library.read(digest))
-            except PackdistError:
-                return False
-            return True
-
-        if await asyncio.to_thread(intact):
-            return RemoteError(
-                f"{error}; the library's copy is intact, so it was damaged on the way",
-                kind=ErrorKind.TRANSIENT,
-            )
-        return IntegrityError(
-            f"chunk {digest.short}… is corrupt in the library: run `packdist package verify"
-            f" {c.package_ref}`, mend it, then `packdist job retry {c.job_id}`"
-        )
 
     async def _remove(self, c: Claim) -> None:
         """A removal: one call; the agent answers once the version is out of ``packages/``
