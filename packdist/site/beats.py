@@ -21,7 +21,7 @@ import aiohttp
 from aiohttp import web
 
 from packdist.auth import bearer, hash_token, looks_like_token
-from packdist.despooler import StoreRunner
+from packdist.despooler import SILENT_AFTER
 from packdist.errors import AuthError, UserError
 from packdist.http import error_response
 from packdist.protocol.messages import Heartbeat
@@ -30,13 +30,11 @@ from packdist.service import Service
 from packdist.serving import open_connections
 from packdist.site.cadence import OFFLINE_INTERVALS, Admission, Cadence
 from packdist.site.liveness import FLUSH_EVERY, TOKEN_CHECK_EVERY, Liveness
+from packdist.site.store_runner import StoreRunner
 from packdist.store.base import ServerRecord
 
 log = logging.getLogger("packdist.site")
 
-#: the silence after which a server is not offered as a peer, nor counted as reachable by
-#: the despooler: at least this, longer when the interval grows (see ``Cadence``)
-SILENT_AFTER = 10.0
 SHED_LOG_EVERY = 10.0  # seconds between two log lines counting shed heartbeats
 #: past this share of the open-files limit in connections, heartbeats do not keep theirs
 KEEP_ALIVE_SHARE = 0.8
@@ -161,7 +159,7 @@ class Beats:
     def silent_after(self) -> float:
         """Seconds of silence after which the despooler and the tracker take a server for
         unreachable: follows the heartbeat interval."""
-        return max(SILENT_AFTER, self.cadence.offline_after())
+        return max(SILENT_AFTER, self.cadence.offline_after())  # the despooler's floor
 
     def follow_fleet(self) -> None:
         """The interval for the servers this process hears from; for its first intervals,
