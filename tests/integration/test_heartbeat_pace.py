@@ -182,6 +182,9 @@ class CutLink:
                     s.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+            # each pump closes the socket it reads: with its twin's, both ends are closed
+            # here, not by the collector in whichever later test happens to run then
+            src.close()
 
     def close(self) -> None:
         self.sock.close()
