@@ -140,10 +140,13 @@ def measure(fleet: Fleet, args: argparse.Namespace) -> dict[str, Any]:
         packdist_argv("--home", fleet.home, "distribute", "scale@1", "--all", "--json")
     )
     job = json.loads(created.stdout)["job"]
-    first_installed = done_at = None
+    in_store = time.monotonic()  # the command returned: the job is in the store
+    first_claimed = first_installed = done_at = None
     counts: dict[str, int] = {}
     while time.monotonic() - started < args.job_timeout:
         counts = fleet.counts(job)
+        if first_claimed is None and sum(counts.values()) > counts.get("pending", 0):
+            first_claimed = time.monotonic() - in_store
         if first_installed is None and counts.get("installed"):
             first_installed = time.monotonic() - started
         if sum(counts.get(s, 0) for s in TERMINAL) >= args.servers:
@@ -155,6 +158,8 @@ def measure(fleet: Fleet, args: argparse.Namespace) -> dict[str, Any]:
     during = fleet.sim_call("/_sim/stats")
     out |= {
         "job_create_s": created.seconds,
+        # from the job in the store to its first instruction claimed (within POLL)
+        "job_start_s": first_claimed,
         "first_install_s": first_installed,
         "job_complete_s": done_at,  # None: not complete within --job-timeout
         "instructions": sum(counts.values()),
@@ -203,7 +208,9 @@ def measure(fleet: Fleet, args: argparse.Namespace) -> dict[str, Any]:
         time.sleep(1.0)
     out["site_rss_mb"] = max(peak_rss, fleet.rss())  # 5. memory, logs, the simulator's word
     out["site_tracebacks"], out["site_log_top"] = fleet.site_log_problems()
-    out["sim_errors"] = fleet.sim_call("/_sim/stats")["errors"]
+    sim_stats = fleet.sim_call("/_sim/stats")
+    out["sim_errors"] = sim_stats["errors"]
+    out["agents_by_last_heartbeat"] = sim_stats.get("agents_by_last", {})
     warnings = []
     if out["back_to_normal_s"] is None:
         warnings.append(f"not every agent back to normal heartbeats in {BACK_TO_NORMAL_WAIT:g}s")
@@ -237,6 +244,7 @@ TABLE = [
     ("heartbeats failed / shed (503)", ("heartbeats_failed", "heartbeats_shed"), "{:,}"),
     ("heartbeat interval the site gave (s)", "heartbeat_interval_s", "{:.1f}"),
     ("job created (s)", "job_create_s", "{:.2f}"),
+    ("job started: first instruction claimed (s)", "job_start_s", "{:.2f}"),
     ("first install (s)", "first_install_s", "{:.2f}"),
     ("job complete (s)", "job_complete_s", "{:.2f}"),
     ("instructions/s", "instructions_per_s", "{:,.1f}"),

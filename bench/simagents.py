@@ -27,6 +27,7 @@ import signal
 import sys
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,7 @@ class SimAgent:
     pace: HeartbeatPace = field(default_factory=HeartbeatPace)
     retry_after: float | None = None  # of the last answer
     normal: bool = False  # its last heartbeat was answered 200 (not shed, not failed)
+    last: str = "not yet"  # what its last heartbeat met: "ok", "shed", a status, an error
 
     def request(self, path: str, body: bytes) -> bytes:
         host, port = self.sites[0]
@@ -216,6 +218,7 @@ class Fleet:
             try:
                 status, body = await agent.post(agent.beat, timeout)
                 agent.normal = status == 200
+                agent.last = "ok" if status == 200 else "shed" if status == 503 else str(status)
                 if status == 200:
                     window.latencies.append(time.monotonic() - started)
                     wait = pace.answered(json.loads(body))
@@ -229,12 +232,13 @@ class Fleet:
                         agent.next_site()
             except TimeoutError:
                 agent.normal = False
+                agent.last = "timeout"
                 window.failures["timeout"] = window.failures.get("timeout", 0) + 1
                 wait = pace.failed()
                 agent.next_site()
             except (OSError, ValueError) as exc:
                 agent.normal = False
-                what = type(exc).__name__
+                what = agent.last = type(exc).__name__
                 window.failures[what] = window.failures.get(what, 0) + 1
                 wait = pace.failed()
                 agent.next_site()
@@ -353,6 +357,7 @@ class Fleet:
                 "errors": self.errors,
                 # agents whose last heartbeat was answered (not shed, not failed)
                 "agents_normal": sum(1 for a in self.agents.values() if a.normal),
+                "agents_by_last": dict(Counter(a.last for a in self.agents.values())),
             }
             | self.window.report()
         )

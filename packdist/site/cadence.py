@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 
 from packdist.protocol.site_api import MAX_INTERVAL
@@ -35,15 +36,25 @@ MIN_INTERVAL = 2.0  # seconds: a small fleet heartbeats this often
 # that did not notice its outage waits at most this (see protocol/site_api.py)
 OFFLINE_INTERVALS = 3  # silent for this many intervals (plus SLACK): offline
 SLACK = 1.0
-#: above this many heartbeats in one second, the rest of that second's are shed: agents that
-#: obey the interval stay well under it
+#: above this many heartbeats a second, on average, the rest are shed: agents that obey the
+#: interval stay well under it
 RATE_LIMIT = 3 * HEARTBEAT_BUDGET  # (2x was the demand of 20,000 servers at the ceiling:
 # their heartbeats were shed by chance alone, and the fleet never heartbeat normally again)
 #: while the despooler has work under way, heartbeats beyond the budget are shed: the
 #: work that moves packages comes first, and a shed heartbeat still proves its server alive
 BUSY_RATE_LIMIT = HEARTBEAT_BUDGET
+#: seconds' worth of heartbeats at a rate limit that may arrive at once: the heartbeats that
+#: queued behind one pause of the event loop (a full collection takes half a second at
+#: 20,000 connections) arrive together, and are no overload (a count per calendar second
+#: shed them, and the agents' backoff from it kept them from normal for over a minute)
+RATE_BURST = 2.0
 LAG_LIMIT = 0.25  # seconds the event loop may run late before heartbeats are shed
 LAG_TICK = 0.05  # seconds between two looks at the event loop's lateness
+#: the event loop counts as late only when it was late at each of this many looks in a row:
+#: one pause (a full collection of a 20,000-connection heap takes about half a second) is no
+#: overload, and shedding the heartbeats that queued behind it sent 20,000 agents into
+#: backoff in waves that kept them from normal heartbeats for over a minute after a job
+LAG_LOOKS = 3
 STORE_SLOTS = 32  # heartbeats (and hellos) waiting on the store at once; beyond: shed
 MAX_RETRY_AFTER = 30.0  # seconds; agents add up to half of it again as jitter
 
@@ -89,6 +100,25 @@ class Cadence:
         return min(MAX_RETRY_AFTER, 2 * self.longest())
 
 
+class _Allowance:
+    """Room for heartbeats at ``rate`` a second, up to :data:`RATE_BURST` seconds' worth
+    at once (a token bucket, told the time)."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.level = rate * RATE_BURST
+        self._at: float | None = None
+
+    def has_room(self, now: float) -> bool:
+        if self._at is not None and now > self._at:
+            self.level = min(self.rate * RATE_BURST, self.level + (now - self._at) * self.rate)
+        self._at = now if self._at is None else max(self._at, now)
+        return self.level >= 1.0
+
+    def take(self) -> None:
+        self.level = max(0.0, self.level - 1.0)
+
+
 class Admission:
     """Whether a heartbeat (or hello) is taken now or shed; see the module docstring."""
 
@@ -98,31 +128,37 @@ class Admission:
         busy_rate_limit: float = BUSY_RATE_LIMIT,
         busy: Callable[[], bool] = lambda: False,
     ) -> None:
-        self.rate_limit = rate_limit  # heartbeats taken per second, at most
-        self.busy_rate_limit = busy_rate_limit  # the same while ``busy()``: jobs under way
         self.busy = busy
-        self.lag = 0.0  # how late the event loop ran at its last look, seconds
+        self.lag = 0.0  # how late the event loop ran, at least, at each of its last looks
         self.waiting_on_store = 0
         self.shed = 0  # since start
         self.why: dict[str, int] = {}  # sheds by reason, since the last look (see shed_lately)
-        self._second = 0
-        self._this_second = 0
+        self._all = _Allowance(rate_limit)  # heartbeats taken per second, at most
+        self._while_busy = _Allowance(busy_rate_limit)  # the same while ``busy()``; every
+        # heartbeat taken counts here too, busy or not
+
+    @property
+    def rate_limit(self) -> float:
+        return self._all.rate
+
+    @rate_limit.setter
+    def rate_limit(self, rate: float) -> None:  # a new limit starts with its burst unspent
+        self._all = _Allowance(rate)
 
     def overloaded(self, now: float) -> bool:
         """True if this heartbeat should be shed (counted when taken)."""
-        second = int(now)
-        if second != self._second:
-            self._second, self._this_second = second, 0
-        if self._this_second >= self.rate_limit:
+        room, busy_room = self._all.has_room(now), self._while_busy.has_room(now)
+        if not room:
             why = "rate"
-        elif self._this_second >= self.busy_rate_limit and self.busy():
+        elif not busy_room and self.busy():
             why = "rate, jobs under way"
         elif self.lag > LAG_LIMIT:
             why = "event loop late"
         elif self.waiting_on_store >= STORE_SLOTS:
             why = "store queue"
         else:
-            self._this_second += 1
+            self._all.take()
+            self._while_busy.take()
             return False
         self.shed += 1
         self.why[why] = self.why.get(why, 0) + 1
@@ -139,7 +175,9 @@ class Admission:
     async def watch_lag(self) -> None:
         """Measure how late the event loop runs, until cancelled."""
         loop = asyncio.get_running_loop()
+        looks: deque[float] = deque([0.0], maxlen=LAG_LOOKS)
         while True:
             started = loop.time()
             await asyncio.sleep(LAG_TICK)
-            self.lag = max(0.0, loop.time() - started - LAG_TICK)
+            looks.append(max(0.0, loop.time() - started - LAG_TICK))
+            self.lag = min(looks) if len(looks) == LAG_LOOKS else 0.0

@@ -3,7 +3,9 @@ follows the interval, and the agent's pace stays within its bounds whatever it i
 
 from __future__ import annotations
 
+import asyncio
 import random
+import time
 
 from packdist.protocol.messages import Heartbeat
 from packdist.protocol.site_api import (
@@ -14,7 +16,16 @@ from packdist.protocol.site_api import (
     SHED_MAX,
     HeartbeatPace,
 )
-from packdist.site.cadence import HEARTBEAT_BUDGET, Admission, Cadence, interval_for
+from packdist.site.cadence import (
+    HEARTBEAT_BUDGET,
+    LAG_LIMIT,
+    LAG_LOOKS,
+    LAG_TICK,
+    RATE_BURST,
+    Admission,
+    Cadence,
+    interval_for,
+)
 from packdist.site.liveness import Liveness
 
 
@@ -40,23 +51,27 @@ def test_a_server_told_a_long_interval_is_not_offline_when_the_fleet_shrinks() -
     assert live.quiet("dp1", beat, 20.0), "8 s agents 20 s apart: still a quiet heartbeat"
 
 
-def test_heartbeats_over_the_rate_limit_are_shed_and_the_next_second_takes_them_again() -> None:
-    admission = Admission(rate_limit=3)
-    taken = [not admission.overloaded(100.1 + i / 10) for i in range(5)]
-    assert taken == [True, True, True, False, False]
-    assert not admission.overloaded(101.0)
+def test_heartbeats_beyond_the_rate_limit_and_its_burst_are_shed_and_room_comes_back() -> None:
+    admission = Admission(rate_limit=3)  # 3 a second, RATE_BURST seconds' worth at once
+    burst = int(3 * RATE_BURST)
+    taken = [not admission.overloaded(100.0) for _ in range(burst + 2)]
+    assert taken == [True] * burst + [False] * 2
+    assert [not admission.overloaded(100.5) for _ in range(2)] == [True, False]  # 1.5 more
+    assert all(not admission.overloaded(110.0) for _ in range(burst)), "room did not come back"
     admission.lag = 0.5  # the event loop runs late: shed, whatever the rate
-    assert admission.overloaded(101.1)
-    assert admission.shed == 3
+    assert admission.overloaded(120.0)
+    assert admission.shed == 4
 
 
 def test_while_jobs_are_under_way_heartbeats_beyond_the_budget_give_way() -> None:
     moving = [False]
     admission = Admission(rate_limit=4, busy_rate_limit=2, busy=lambda: moving[0])
-    assert [not admission.overloaded(200.1) for _ in range(5)] == [True] * 4 + [False]
+    full, busy = int(4 * RATE_BURST), int(2 * RATE_BURST)
+    assert [not admission.overloaded(200.0) for _ in range(full + 1)] == [True] * full + [False]
     moving[0] = True  # the despooler has attempts in flight
-    assert [not admission.overloaded(201.1) for _ in range(5)] == [True] * 2 + [False] * 3
-    assert admission.shed_lately() == "1 (rate), 3 (rate, jobs under way)"
+    taken = [not admission.overloaded(300.0) for _ in range(full)]
+    assert taken == [True] * busy + [False] * (full - busy)
+    assert admission.shed_lately() == f"1 (rate), {full - busy} (rate, jobs under way)"
 
 
 def test_a_shed_heartbeat_keeps_a_live_server_from_looking_offline() -> None:
@@ -100,3 +115,31 @@ def test_the_agents_pace_stays_within_bounds_whatever_the_site_says() -> None:
     assert all(4 <= s <= SHED_MAX * 1.5 for s in sheds), sheds
     assert sheds[0] < sheds[3], "no back-off while shed"
     assert max(sheds) < 60, "back to normal within a minute"
+
+
+def _lag_seen(pauses: list[float]) -> float:
+    """The highest lateness ``watch_lag`` reported while the event loop was blocked for each
+    of ``pauses`` seconds in turn (letting what is due run in between), then left idle."""
+
+    async def run() -> float:
+        admission = Admission()
+        watcher = asyncio.create_task(admission.watch_lag())
+        await asyncio.sleep(4 * LAG_TICK)
+        seen = 0.0
+        for pause in pauses:
+            time.sleep(pause)  # the loop does nothing else meanwhile: a collection, a bug
+            for _ in range(2):  # whatever is due runs (the watcher's look), then the next pause
+                await asyncio.sleep(0)
+            seen = max(seen, admission.lag)
+        for _ in range(LAG_LOOKS + 1):
+            await asyncio.sleep(LAG_TICK)
+            seen = max(seen, admission.lag)
+        watcher.cancel()
+        return seen
+
+    return asyncio.run(run())
+
+
+def test_one_pause_of_the_event_loop_sheds_nothing_but_a_loop_late_at_every_look_does() -> None:
+    assert _lag_seen([0.6]) <= LAG_LIMIT, "one pause counted as overload"
+    assert _lag_seen([0.4] * (3 * LAG_LOOKS)) > LAG_LIMIT, "a loop late at every look passed"
