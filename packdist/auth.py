@@ -2,7 +2,10 @@
 
 * Enrollment tokens: one per distribution server, shown once by ``server add``, stored on
   the site only as a SHA-256 hash. An agent presents it to the site (``Authorization:
-  Bearer``) for heartbeats and chunk fetches.
+  Bearer``) for heartbeats and chunk fetches. After a dot, a token carries the fingerprint
+  of the site's certificate authority (as kubeadm's discovery hash): what lets an agent
+  given nothing but the token verify the site before it sends anything. Only the secret
+  before the dot is a credential; the site takes a token with or without its fingerprint.
 * Site credentials: short-lived assertions signed with the site's Ed25519 key, naming the
   server they are meant for (``aud``) and the one request they allow: its method (``htm``)
   and path without the query (``htu``). An agent accepts a request only with one it can
@@ -32,6 +35,7 @@ import time
 from urllib.parse import urlsplit
 
 from packdist.core.signing import SigningKey, VerifyKey
+from packdist.core.tls import FINGERPRINT_PREFIX
 from packdist.errors import AuthError, BadSignature
 
 TOKEN_PREFIX = "pdt_"
@@ -41,11 +45,17 @@ PEER_TTL = 4 * 3600.0  # seconds a peer credential lives: long enough for one tr
 PEER_CHUNKS_PATH = "/v1/peer/chunks"
 ANY_PEER = "*"  # the audience of a peer credential: no server's name can be this
 CLOCK_SKEW = 60.0  # how far ahead of the agent's clock the site's may be
-_TOKEN = re.compile(re.escape(TOKEN_PREFIX) + r"[A-Za-z0-9_-]{43}")
+_TOKEN = re.compile(re.escape(TOKEN_PREFIX) + r"[A-Za-z0-9_-]{43}(\.[A-Za-z0-9_-]{43})?")
 
 
-def new_token() -> str:
-    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+def new_token(ca_fingerprint: str | None = None) -> str:
+    """A new enrollment token; with ``ca_fingerprint`` (``sha256:…``), carrying it."""
+    secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    if ca_fingerprint is None:
+        return secret
+    if not ca_fingerprint.startswith(FINGERPRINT_PREFIX):
+        raise ValueError(f"not a sha256 fingerprint: {ca_fingerprint!r}")
+    return f"{secret}.{ca_fingerprint.removeprefix(FINGERPRINT_PREFIX)}"
 
 
 def looks_like_token(token: str) -> bool:
@@ -54,8 +64,20 @@ def looks_like_token(token: str) -> bool:
     return _TOKEN.fullmatch(token) is not None
 
 
+def token_secret(token: str) -> str:
+    """The credential of an enrollment token: what comes before its fingerprint."""
+    return token.split(".", 1)[0]
+
+
+def token_fingerprint(token: str) -> str | None:
+    """The site authority's fingerprint a token carries (``sha256:…``), if it carries one."""
+    _, dot, rest = token.partition(".")
+    return FINGERPRINT_PREFIX + rest if dot and looks_like_token(token) else None
+
+
 def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    """What the site stores of a token: the SHA-256 of its secret."""
+    return hashlib.sha256(token_secret(token).encode()).hexdigest()
 
 
 #: what a bearer credential may be made of (RFC 6750's b64token); anything else, such as

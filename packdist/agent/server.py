@@ -25,7 +25,14 @@ from packdist.agent.installer import Installer, InstallState
 from packdist.agent.peering import PeerService
 from packdist.agent.sources import Peer, peer_chunks
 from packdist.agent.validation import validate_installed
-from packdist.auth import ANY_PEER, PEER_CHUNKS_PATH, bearer, check_site_assertion
+from packdist.auth import (
+    ANY_PEER,
+    PEER_CHUNKS_PATH,
+    bearer,
+    check_site_assertion,
+    token_fingerprint,
+    token_secret,
+)
 from packdist.core.digest import Digest
 from packdist.core.signing import VerifyKey
 from packdist.errors import AuthError, IntegrityError, Overloaded, PackdistError, UserError
@@ -69,7 +76,8 @@ class Agent:
         self.download = Bucket(self.limits.download)
         self.site_urls = site_urls(site_url)  # one site, maybe several workers
         self.site_url = self.site_urls[0]
-        self.token = token
+        self.token = token_secret(token)  # the credential; the rest names the site's authority
+        self.site_ca = token_fingerprint(token)  # pinned at enrollment (docs/security.md)
         self.boot_id = uuid.uuid4().hex
         self.session: aiohttp.ClientSession | None = None
         self.liveness: aiohttp.ClientSession | None = None
@@ -105,6 +113,7 @@ class Agent:
                     "it to enroll again"
                 ) from exc
             self.server_name = enrolled["server"]
+            self.site_ca = enrolled.get("site_ca") or self.site_ca  # pinned: kept as the key
 
     def _fetch(self, digests: Any, bases: Any) -> Any:
         assert self.site is not None
@@ -162,6 +171,7 @@ class Agent:
                 "server": self.server_name,
                 "site": answer["site"],
                 "site_public_key": key_hex,
+                "site_ca": self.site_ca,
             }
         )
         log.info("enrolled as %s with site %s", self.server_name, answer["site"])

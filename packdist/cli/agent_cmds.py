@@ -62,7 +62,12 @@ def agent_serve(
 ) -> None:
     """Serve installs for the site until SIGTERM/SIGINT."""
     from packdist.agent.server import Limits, run_agent
+    from packdist.auth import looks_like_token
 
+    if not looks_like_token(token.strip()):  # never echoed: it may be a real secret mistyped
+        raise UserError(
+            "--token / PACKDIST_TOKEN is not an enrollment token ('server add' prints one)"
+        )
     limits = Limits(download=parse_rate(download_limit), upload=parse_rate(upload_limit))
     try:
         cache_bytes = parse_size(cache_limit)
@@ -70,4 +75,4 @@ def agent_serve(
         raise UserError(
             f"--cache-limit / PACKDIST_AGENT_CACHE_LIMIT {exc} (got {cache_limit!r})"
         ) from None
-    run_agent(resolve_home(), listen, site_url.rstrip("/"), token, limits, cache_bytes)
+    run_agent(resolve_home(), listen, site_url.rstrip("/"), token.strip(), limits, cache_bytes)

@@ -54,7 +54,7 @@ def server_add(
         check_group_name(g)
     labels = dict(parse_label(x) for x in label_args)
     home = SiteHome.open(resolve_home())
-    token = new_token()
+    token = new_token(home.authority().fingerprint)  # the agent verifies the site with it
     store = home.store()
     try:
         Service(store).add_server(name, url, hash_token(token), list(groups), labels, time.time())

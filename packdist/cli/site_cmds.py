@@ -78,6 +78,7 @@ def site_init(name: str | None, store_url: str | None, as_json: bool) -> None:
         store.close()
     config_path = config.write_default(root)
     password = operator.create(root)
+    fingerprint = home.authority().fingerprint
     listen = config.Settings().listen
     if as_json:
         print_json(
@@ -86,6 +87,7 @@ def site_init(name: str | None, store_url: str | None, as_json: bool) -> None:
                 "home": str(root),
                 "operator_password": password,
                 "config": str(config_path),
+                "ca_fingerprint": fingerprint,
             }
         )
     else:
@@ -94,6 +96,7 @@ def site_init(name: str | None, store_url: str | None, as_json: bool) -> None:
             click.echo(f"store: {redacted(store_url)}")
         click.echo(f"operator password (shown once; the dashboard's login): {password}")
         click.echo(f"configuration: {config_path} (every setting commented at its default)")
+        click.echo(f"certificate authority: {fingerprint} (every enrollment token carries it)")
         click.echo(
             "dashboard: once 'packdist site serve' runs, open http://HOST:PORT/ of its listen"
             f" address (default http://{listen}/) and log in with this password"

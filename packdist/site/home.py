@@ -1,4 +1,5 @@
-"""The site home: database, content library and signing key, side by side.
+"""The site home: database, content library, signing key and certificate authority, side by
+side.
 
 The database is ``site.db`` (SQLite) unless the site was made with ``--store
 postgresql://…``: the home then keeps that URL in ``store.url`` (mode 0600: it may hold a
@@ -18,6 +19,7 @@ from packdist.core.fsutil import write_atomic
 from packdist.core.names import check_server_name
 from packdist.core.signing import SigningKey
 from packdist.errors import AlreadyExists, UserError
+from packdist.site.authority import SiteAuthority
 from packdist.site.library import ContentLibrary
 from packdist.store import Store, is_store_url, open_store
 from packdist.store.postgres import redacted
@@ -26,6 +28,7 @@ DB_NAME = "site.db"
 STORE_URL_NAME = "store.url"
 KEY_NAME = "site.key"
 AGENT_MARKER = "agent.json"
+PARTS = ("library", "tls")  # folders of a site: one left over refuses a new site
 
 
 @dataclass
@@ -64,7 +67,7 @@ class SiteHome:
         database that already holds one."""
         home = cls(root)
         site_name = check_server_name(name or socket.gethostname().split(".")[0] or "site")
-        if home.exists() or home.key_path.exists() or (root / "library").exists():
+        if home.exists() or home.key_path.exists() or any((root / d).exists() for d in PARTS):
             raise AlreadyExists(f"{root} already holds a site")
         if (root / AGENT_MARKER).exists():
             raise AlreadyExists(f"{root} is an agent's home; a site and an agent never share one")
@@ -72,13 +75,15 @@ class SiteHome:
             raise UserError(f"--store takes a postgresql:// URL, not {redacted(store_url)}")
         root.mkdir(parents=True, exist_ok=True)
         os.chmod(root, 0o700)
-        # Key and library first, database last: the database marks a complete site.
+        # Keys and library first, database last: the database marks a complete site.
         SigningKey.generate().save(home.key_path)
+        SiteAuthority.create(root, site_name, time.time())
         home.library.create()
         try:
             home._init_store(site_name, store_url)
         except BaseException:  # refused (a database that holds a site already): undo
             home.key_path.unlink(missing_ok=True)
+            shutil.rmtree(home.root / "tls", ignore_errors=True)
             shutil.rmtree(home.root / "library", ignore_errors=True)
             home.db_path.unlink(missing_ok=True)
             raise
@@ -106,3 +111,9 @@ class SiteHome:
 
     def signing_key(self) -> SigningKey:
         return SigningKey.load(self.key_path)
+
+    def authority(self) -> SiteAuthority:
+        """The site's certificate authority; a home made before sites had one gets it now."""
+        if not SiteAuthority.paths(self.root)[1].exists():
+            return SiteAuthority.create(self.root, self.root.name, time.time())
+        return SiteAuthority.load(self.root)

@@ -11,7 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
+from packdist.auth import token_fingerprint, token_secret
+from packdist.core import tls
 from packdist.core.signing import SigningKey
 from tests.conftest import run_packdist
 
@@ -64,6 +67,30 @@ def test_init_creates_database_library_and_key(tmp_path: Path) -> None:
     conn.close()
 
 
+def test_init_creates_a_certificate_authority_whose_fingerprint_every_token_carries(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "site"
+    doc = json.loads(run_packdist(home, "site", "init", "--name", "hq", "--json").stdout)
+    key = home / "tls" / "ca.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    ca = x509.load_pem_x509_certificate((home / "tls" / "ca.pem").read_bytes())
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    tokens = [
+        json.loads(
+            run_packdist(
+                home, "server", "add", name, "--url", "http://127.0.0.1:9", "--json"
+            ).stdout
+        )["token"]
+        for name in ("dp1", "dp2")
+    ]
+    assert tokens[0] != tokens[1]
+    assert doc["ca_fingerprint"] == tls.fingerprint(ca)
+    for token in tokens:
+        assert token_fingerprint(token) == tls.fingerprint(ca)
+        assert token_secret(token) not in tls.fingerprint(ca)
+
+
 def test_init_home_is_private(tmp_path: Path) -> None:
     home = tmp_path / "site"
     run_packdist(home, "site", "init", "--name", "hq")
@@ -105,11 +132,11 @@ def test_init_twice_refuses_and_changes_nothing(site_home: Path) -> None:
     conn.close()
 
 
-@pytest.mark.parametrize("leftover", ["site.key", "library"])
+@pytest.mark.parametrize("leftover", ["site.key", "library", "tls"])
 def test_init_refuses_a_home_holding_part_of_a_site(tmp_path: Path, leftover: str) -> None:
     home = tmp_path / "site"
     home.mkdir()
-    if leftover == "library":
+    if leftover in ("library", "tls"):
         (home / leftover).mkdir()
     else:
         (home / leftover).write_bytes(b"not yours to overwrite")

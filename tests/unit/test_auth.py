@@ -21,8 +21,13 @@ from packdist.auth import (
     ASSERTION_TTL,
     CLOCK_SKEW,
     check_site_assertion,
+    hash_token,
+    looks_like_token,
+    new_token,
     request_path,
     site_assertion,
+    token_fingerprint,
+    token_secret,
 )
 from packdist.core.signing import SigningKey
 from packdist.errors import AuthError
@@ -168,3 +173,16 @@ def test_the_agent_refuses_a_credential_made_for_another_request(tmp_path: Path)
         "other-server": 401,
         "none": 401,
     }
+
+
+def test_a_token_carries_the_sites_fingerprint_and_only_its_secret_is_a_credential() -> None:
+    fingerprint = "sha256:" + "A" * 43
+    token = new_token(fingerprint)
+    assert looks_like_token(token) and token_fingerprint(token) == fingerprint
+    secret = token_secret(token)
+    assert looks_like_token(secret) and token_fingerprint(secret) is None
+    assert hash_token(token) == hash_token(secret), "the site took the two forms apart"
+    for bad in (secret + ".", secret + ".short", secret + "." + "A" * 44, token + ".x"):
+        assert not looks_like_token(bad) and token_fingerprint(bad) is None, bad
+    with pytest.raises(ValueError):
+        new_token("md5:" + "A" * 43)

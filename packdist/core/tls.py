@@ -1,0 +1,150 @@
+"""Transport security that both ends share: keys, certificate requests, fingerprints and the
+TLS contexts every packdist link uses.
+
+Every link is TLS 1.3 and verified against the site's own certificate authority (see
+``packdist/site/authority.py``), never the system's trust store: a packdist certificate is
+only good for packdist, and a public one is never good for packdist. Both ends are checked
+where both ends are ours — the one that connects verifies the name it dialled, the one that
+accepts verifies that a certificate of the same authority was presented.
+
+Keys are ECDSA P-256: every TLS 1.3 stack takes them, the browsers that show the dashboard
+included (they take no Ed25519 certificate).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import ipaddress
+import ssl
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from packdist.core.fsutil import write_atomic
+from packdist.errors import UserError
+
+FINGERPRINT_PREFIX = "sha256:"  # as kubeadm's discovery hash, but base64url, not hex
+
+
+def new_private_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def save_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
+    """Write a private key readable by its owner only (written whole, then renamed)."""
+    write_atomic(path, key_pem(key), mode=0o600)
+
+
+def load_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no private key there") from None
+    except ValueError as exc:
+        raise UserError(f"{path}: not a PEM private key ({exc})") from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise UserError(f"{path}: not an ECDSA private key")
+    return key
+
+
+def certificate_request(key: ec.EllipticCurvePrivateKey, name: str) -> bytes:
+    """A certificate signing request (PEM) for ``name``; the authority decides the rest
+    (which addresses the certificate is good for, for how long)."""
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def load_certificate(data: bytes) -> x509.Certificate:
+    """A PEM certificate, or a UserError naming what is wrong with it."""
+    try:
+        return x509.load_pem_x509_certificate(data)
+    except ValueError as exc:
+        raise UserError(f"not a PEM certificate ({exc})") from exc
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    """``sha256:`` and the base64url SHA-256 of the certificate's DER bytes: what an
+    enrollment token carries of the site's authority."""
+    der = cert.public_bytes(serialization.Encoding.DER)
+    digest = hashlib.sha256(der).digest()
+    return FINGERPRINT_PREFIX + base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def matches_fingerprint(cert_pem: bytes, expected: str) -> bool:
+    """Whether ``cert_pem`` is the certificate ``expected`` names (a malformed one never is)."""
+    if not expected.startswith(FINGERPRINT_PREFIX):
+        return False
+    try:
+        text = expected.removeprefix(FINGERPRINT_PREFIX)
+        wanted = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except (ValueError, binascii.Error):
+        return False
+    der = cert.public_bytes(serialization.Encoding.DER)
+    return len(wanted) == 32 and hashlib.sha256(der).digest() == wanted
+
+
+def subject_names(hosts: list[str]) -> list[x509.GeneralName]:
+    """The subject alternative names for ``hosts``: an IP address as an address, anything
+    else as a DNS name (a name TLS can check either way)."""
+    names: list[x509.GeneralName] = []
+    for host in dict.fromkeys(h.strip("[]").lower() for h in hosts):
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    return names
+
+
+def _context(purpose: ssl.Purpose, ca: Path) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(
+        ssl.PROTOCOL_TLS_SERVER if purpose is ssl.Purpose.CLIENT_AUTH else ssl.PROTOCOL_TLS_CLIENT
+    )
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_verify_locations(cafile=str(ca))  # the site's authority only
+    return ctx
+
+
+def server_context(cert: Path, key: Path, ca: Path, require_client: bool) -> ssl.SSLContext:
+    """What a packdist server (the site, an agent) accepts connections with. With
+    ``require_client`` a client must present a certificate of the same authority (links
+    where both ends are ours); without it, one is checked when presented (the dashboard's
+    browser presents none)."""
+    ctx = _context(ssl.Purpose.CLIENT_AUTH, ca)
+    ctx.verify_mode = ssl.CERT_REQUIRED if require_client else ssl.CERT_OPTIONAL
+    ctx.load_cert_chain(str(cert), str(key))
+    return ctx
+
+
+def client_context(ca: Path, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
+    """What a packdist client connects with: the server's certificate must be of the site's
+    authority and name the host dialled; ``cert`` and ``key`` are presented when given."""
+    ctx = _context(ssl.Purpose.SERVER_AUTH, ca)
+    ctx.check_hostname = True
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    if cert is not None and key is not None:
+        ctx.load_cert_chain(str(cert), str(key))
+    return ctx
+
+
+def reload(ctx: ssl.SSLContext, cert: Path, key: Path) -> None:
+    """Put a renewed certificate in use: handshakes from now on present it, connections
+    already open keep theirs (no restart, no dropped transfer)."""
+    ctx.load_cert_chain(str(cert), str(key))
