@@ -20,6 +20,7 @@ import aiohttp
 from aiohttp import web
 
 from packdist.agent.home import DEFAULT_CACHE_LIMIT, ENROLLMENT, AgentHome, is_package_id
+from packdist.agent.identity import AgentIdentity
 from packdist.agent.inputs import expect_handler, no_route, query_seconds, read_json
 from packdist.agent.installer import Installer, InstallState
 from packdist.agent.peering import PeerService
@@ -37,7 +38,12 @@ from packdist.core.digest import Digest
 from packdist.core.signing import VerifyKey
 from packdist.errors import AuthError, IntegrityError, Overloaded, PackdistError, UserError
 from packdist.http import error_middleware, error_response, new_session, peer
-from packdist.protocol.messages import Heartbeat, InstallRequest, RemoveRequest
+from packdist.protocol.messages import (
+    CertificateRequest,
+    Heartbeat,
+    InstallRequest,
+    RemoveRequest,
+)
 from packdist.protocol.site_api import DEFAULT_INTERVAL, HeartbeatPace, SiteClient, site_urls
 from packdist.ratelimit import Bucket
 from packdist.serving import guard, serve_until_stopped
@@ -96,6 +102,7 @@ class Agent:
         )
         self._background: list[asyncio.Task[None]] = []
         self.pace = HeartbeatPace()
+        self.identity = AgentIdentity(home.root)
         enrolled = home.load_enrollment()
         if enrolled is not None:
             if enrolled["site_url"].rstrip("/") not in self.site_urls:
@@ -175,6 +182,20 @@ class Agent:
             }
         )
         log.info("enrolled as %s with site %s", self.server_name, answer["site"])
+        await self._renew_certificate()
+
+    async def _renew_certificate(self) -> None:
+        """Ask the site for a certificate when this agent has none or its is due for
+        renewal. Not served with yet (docs/security.md): a failure is logged, not fatal."""
+        if not self.identity.due() or self.site is None or self.server_name is None:
+            return
+        try:
+            asked = await asyncio.to_thread(self.identity.request, self.server_name)
+            answer = await self.site.certificate(CertificateRequest(asked))
+            await asyncio.to_thread(self.identity.take, answer, self.site_ca)
+        except PackdistError as exc:
+            self.identity.retry_later()
+            log.warning("no certificate from the site yet: %s", exc.message)
 
     def _heartbeat_payload(self) -> Heartbeat:
         """What a heartbeat says (reads the disk: run it in a thread)."""
@@ -198,6 +219,8 @@ class Agent:
                 assert self.site is not None
                 payload = await asyncio.to_thread(self._heartbeat_payload)
                 wait = pace.answered(await self.site.heartbeat(payload))
+                if self.identity.due():  # renewal, two thirds into the certificate's life
+                    await self._renew_certificate()
             except Overloaded as exc:
                 wait = pace.shed(exc.retry_after)
                 if pace.sheds == 1:  # one line per busy spell, not one per heartbeat

@@ -190,3 +190,51 @@ class RemoveRequest:
 
 def _is_hex(text: str) -> bool:
     return all(c in "0123456789abcdef" for c in text)
+
+
+MAX_PEM = 16 * 1024  # characters of a certificate or a request, at most
+
+
+def _pem(body: dict[str, Any], key: str, what: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not value.startswith("-----BEGIN ") or len(value) > MAX_PEM:
+        raise UserError(f"malformed {what}: {key} must be PEM text of at most {MAX_PEM} characters")
+    return value
+
+
+@dataclass(frozen=True)
+class CertificateRequest:
+    """An agent to the site: sign a certificate for my key (``POST /v1/agent/certificate``).
+    What the request asks for beyond its key is ignored: the site names the server and the
+    hosts (those of the URL the server was added with)."""
+
+    request: str  # PEM certificate signing request
+
+    def to_json(self) -> dict[str, Any]:
+        return {"request": self.request}
+
+    @classmethod
+    def from_json(cls, body: Any) -> CertificateRequest:
+        return cls(_pem(_object(body, "certificate request"), "request", "certificate request"))
+
+
+@dataclass(frozen=True)
+class CertificateAnswer:
+    """The site's answer: the agent's certificate and the site's authority (which the agent
+    checks against the fingerprint its enrollment token carries)."""
+
+    certificate: str  # PEM
+    authority: str  # PEM
+    not_after: float  # seconds since the epoch
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, body: Any) -> CertificateAnswer:
+        what = "certificate answer"
+        body = _object(body, what)
+        not_after = body.get("not_after")
+        if not isinstance(not_after, int | float) or isinstance(not_after, bool):
+            raise UserError(f"malformed {what}: not_after must be a number")
+        return cls(_pem(body, "certificate", what), _pem(body, "authority", what), float(not_after))

@@ -24,7 +24,7 @@ from packdist.core.codec import Encoding
 from packdist.core.digest import Digest
 from packdist.errors import AuthError, Overloaded, PackdistError, RemoteError, TransferError
 from packdist.http import HEARTBEAT, STREAM, Frame, read_frames, request
-from packdist.protocol.messages import Heartbeat
+from packdist.protocol.messages import CertificateAnswer, CertificateRequest, Heartbeat
 
 log = logging.getLogger("packdist.agent")
 T = TypeVar("T")
@@ -161,6 +161,12 @@ class SiteClient:
     async def hello(self) -> dict[str, Any]:
         """Enroll: learn our server name, the site's public key and the heartbeat interval."""
         return await self._post("/v1/agent/hello")
+
+    async def certificate(self, asked: CertificateRequest) -> CertificateAnswer:
+        """A certificate for this agent's key, signed by the site's authority."""
+        return CertificateAnswer.from_json(
+            await self._post("/v1/agent/certificate", asked.to_json())
+        )
 
     async def heartbeat(self, beat: Heartbeat) -> dict[str, Any]:
         """On a kept-alive connection: a heartbeat every few seconds costs the site no TCP

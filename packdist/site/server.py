@@ -4,6 +4,8 @@ Routes (JSON unless noted):
 
 * ``GET /healthz`` — anyone; 200 once the site is ready.
 * ``POST /v1/agent/hello`` — enrollment token: the server's name and the site public key.
+* ``POST /v1/agent/certificate`` — enrollment token: a certificate for the agent's key,
+  signed by the site's authority (see :mod:`packdist.site.enrollment`).
 * ``POST /v1/agent/heartbeat`` — enrollment token: liveness, free disk, installed ids.
   Both answers carry ``interval``, the seconds the agent waits before its next heartbeat;
   under overload both may be shed: ``503`` with ``Retry-After`` (see
@@ -49,6 +51,7 @@ from packdist.ratelimit import Bucket
 from packdist.serving import guard, serve_until_stopped
 from packdist.site import dashboard
 from packdist.site.beats import Beats, json_body
+from packdist.site.enrollment import CertificateDesk
 from packdist.site.home import SiteHome
 from packdist.site.store_runner import StoreRunner
 from packdist.site.validation import validation_loop
@@ -91,6 +94,7 @@ class SiteServer:
         self.site_name = ""
         self._despooler: Despooler | None = None
         self.beats = Beats(self.db)  # heartbeats: interval, liveness, shedding
+        self.certificates = CertificateDesk(home.authority(), self.beats)
         self.beats.admission.busy = self._moving_packages
         self.cadence, self.admission, self.liveness = (
             self.beats.cadence,
@@ -118,6 +122,7 @@ class SiteServer:
         )
         app.router.add_get("/healthz", self.healthz)
         app.router.add_post("/v1/agent/hello", self.hello)
+        app.router.add_post("/v1/agent/certificate", self.certificates.certificate)
         app.router.add_post("/v1/agent/heartbeat", self.heartbeat)
         app.router.add_post("/v1/chunks", self.chunks)
         app.router.add_get("/v1/chunks/{digest}", self.chunk)

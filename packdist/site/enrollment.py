@@ -1,0 +1,46 @@
+"""Certificates at enrollment: an agent sends a certificate request with its enrollment
+token, and the site's authority signs it for that server at the host of the URL it was added
+with (``POST /v1/agent/certificate``). The agent's key never leaves the agent; the site
+decides what the certificate says. Called at enrollment and to renew, not per heartbeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from packdist.core.timefmt import iso
+from packdist.protocol.messages import CertificateAnswer, CertificateRequest
+from packdist.site.authority import SiteAuthority
+from packdist.site.beats import Beats, json_body
+
+log = logging.getLogger("packdist.site")
+
+
+class CertificateDesk:
+    def __init__(self, authority: SiteAuthority, beats: Beats) -> None:
+        self.authority = authority
+        self.beats = beats
+
+    async def certificate(self, request: web.Request) -> web.Response:
+        server = await self.beats.agent(request)
+        asked = CertificateRequest.from_json(await json_body(request))
+        host = urlsplit(server.url).hostname or server.name
+        issued = await asyncio.to_thread(
+            self.authority.issue, asked.request.encode(), server.name, [host], time.time()
+        )
+        log.info(
+            "certificate for %s at %s (serial %x, until %s)",
+            server.name,
+            host,
+            issued.serial,
+            iso(issued.not_after),
+        )
+        answer = CertificateAnswer(
+            issued.pem.decode(), self.authority.pem.decode(), issued.not_after
+        )
+        return web.json_response(answer.to_json())
