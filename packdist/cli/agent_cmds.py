@@ -17,11 +17,18 @@ def agent() -> None:
 
 @agent.command("serve")
 @home_option
-@click.option("--listen", default="0.0.0.0:8701", show_default=True, help="HOST:PORT")
+@click.option(
+    "--listen",
+    default="0.0.0.0:8701",
+    show_default=True,
+    envvar="PACKDIST_AGENT_LISTEN",
+    help="HOST:PORT",
+)
 @click.option(
     "--site",
     "site_url",
     required=True,
+    envvar="PACKDIST_SITE",
     help="URL of the site server; a site run by several workers: URL1,URL2,... (any that"
     " answers is used).",
 )
