@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 import sys
 from collections.abc import Callable
@@ -63,3 +64,20 @@ def print_json(doc: Any) -> None:
 
 
 __all__ = ["ago", "home_option", "iso", "json_option", "print_json", "resolve_home"]
+
+
+MAX_OPERATOR_NAME = 64
+
+
+def operator_name() -> str:
+    """Who runs this command, named in the events of what it changes: ``PACKDIST_OPERATOR``,
+    else the user who ran ``sudo`` (operators run site commands as the site's own user,
+    docs/deploy.md), else the login name."""
+    for given in (os.environ.get("PACKDIST_OPERATOR"), os.environ.get("SUDO_USER")):
+        name = "".join(c for c in (given or "") if c.isprintable()).strip()
+        if name:
+            return name[:MAX_OPERATOR_NAME]
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container's)
+        return f"uid {os.getuid()}"

@@ -10,7 +10,14 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from packdist.cli.common import home_option, iso, json_option, print_json, resolve_home
+from packdist.cli.common import (
+    home_option,
+    iso,
+    json_option,
+    operator_name,
+    print_json,
+    resolve_home,
+)
 from packdist.cli.job_view import RateMeter, _job_table, _plain_line
 from packdist.core.names import check_server_name, parse_ref
 from packdist.errors import NoTargets, NotFound, UserError
@@ -153,7 +160,7 @@ def distribute(
             if not targets:
                 raise NoTargets("there are no servers (add one with 'packdist server add')")
         options = {"peers": False} if no_peers else {}
-        job_id = Service(store).distribute(
+        job_id = Service(store, operator_name()).distribute(
             pkg.id, targets, time.time(), max_attempts, deadline, options
         )
         job = store.get_job(job_id)
@@ -275,7 +282,7 @@ def job_cancel(job_id: str, as_json: bool) -> None:
     """Cancel every unfinished instruction of the job."""
     store = SiteHome.open(resolve_home()).store()
     try:
-        n = Service(store).cancel_job(job_id, time.time())
+        n = Service(store, operator_name()).cancel_job(job_id, time.time())
     finally:
         store.close()
     if as_json:
@@ -292,7 +299,7 @@ def job_retry(job_id: str, as_json: bool) -> None:
     """Retry failed and cancelled instructions now (and wake those waiting to retry)."""
     store = SiteHome.open(resolve_home()).store()
     try:
-        n = Service(store).retry_job(job_id, time.time())
+        n = Service(store, operator_name()).retry_job(job_id, time.time())
     finally:
         store.close()
     if as_json:

@@ -8,7 +8,7 @@ import time
 
 import click
 
-from packdist.cli.common import home_option, json_option, print_json, resolve_home
+from packdist.cli.common import home_option, json_option, operator_name, print_json, resolve_home
 from packdist.cli.job_cmds import EXIT_OK, _load, wait_for
 from packdist.core.names import check_server_name, parse_ref
 from packdist.errors import NoTargets, NotFound, UserError
@@ -81,7 +81,9 @@ def package_remove(
                 raise NoTargets(
                     f"{pkg.ref} is on no server and being installed on none: nothing to remove"
                 )
-        job_id = Service(store).remove(pkg.id, targets, time.time(), max_attempts, deadline)
+        job_id = Service(store, operator_name()).remove(
+            pkg.id, targets, time.time(), max_attempts, deadline
+        )
         job = store.get_job(job_id)
     finally:
         store.close()

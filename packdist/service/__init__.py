@@ -24,8 +24,9 @@ from packdist.store.core import Store
 class Service(FleetUseCases):
     """Every use case, on one store (cheap to make: it holds only the store)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, actor: str | None = None) -> None:
         self.store = store
+        self.actor = actor  # the operator whose actions these are (None: the site's own)
 
 
 __all__ = ["STOPPING_KINDS", "Service"]

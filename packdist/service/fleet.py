@@ -18,9 +18,8 @@ class FleetUseCases(AttemptUseCases):
         store = self.store
         with store.transaction():
             record = store.add_package(manifest, signature, new_chunks, now)
-            store.add_event(
-                "package", f"package {manifest.ref} created ({manifest.id.short}…)", now=now
-            )
+            message = f"package {manifest.ref} created ({manifest.id.short}…){self._by()}"
+            store.add_event("package", message, now=now, actor=self.actor)
         return record
 
     def add_server(
@@ -35,7 +34,8 @@ class FleetUseCases(AttemptUseCases):
         store = self.store
         with store.transaction():
             store.add_server(name, url, token_hash, groups, labels, now)
-            store.add_event("server", f"server {name} added ({url})", server=name, now=now)
+            message = f"server {name} added ({url}){self._by()}"
+            store.add_event("server", message, server=name, now=now, actor=self.actor)
 
     def remove_server(self, name: str, now: float) -> int:
         """Remove a server (its token revoked), cancelling its unfinished instructions;
@@ -45,7 +45,8 @@ class FleetUseCases(AttemptUseCases):
             store.mark_server_removed(name)
             ids = store.server_instructions(name, states.sources("server_removed"))
             n = len(store.apply("server_removed", ids, now, **ended(now, "server removed")))
-            store.add_event("server", f"server {name} removed", server=name, now=now)
+            message = f"server {name} removed{self._by()}"
+            store.add_event("server", message, server=name, now=now, actor=self.actor)
         return n
 
     def package_holders(self, package_id: str) -> list[str]:

@@ -29,6 +29,11 @@ def _noun(action: str) -> str:
 
 class JobUseCases:
     store: Store
+    actor: str | None
+
+    def _by(self) -> str:
+        """`` by NAME`` for the words of an operator's event ("" for the site's own)."""
+        return f" by {self.actor}" if self.actor else ""
 
     def add_job(
         self,
@@ -66,7 +71,8 @@ class JobUseCases:
                 job_id, package_id, targets, size, max_attempts, deadline, options, action, now
             )
             what = f"{pkg.ref} to" if action == "install" else f"remove {pkg.ref} from"
-            store.add_event("created", f"job created: {what} {named(targets)}", job_id, now=now)
+            message = f"job created: {what} {named(targets)}{self._by()}"
+            store.add_event("created", message, job_id, now=now, actor=self.actor)
             store.notify()
         return job_id
 
@@ -127,7 +133,8 @@ class JobUseCases:
             store.get_job(job_id)
             ids = [r["id"] for r in store.job_instructions(job_id, states.sources("cancel"))]
             n = len(store.apply("cancel", ids, now, **ended(now, None)))
-            store.add_event("cancelled", f"job cancelled ({n} instruction(s))", job_id, now=now)
+            message = f"job cancelled ({n} instruction(s)){self._by()}"
+            store.add_event("cancelled", message, job_id, now=now, actor=self.actor)
         return n
 
     def retry_job(self, job_id: str, now: float) -> int:
@@ -154,7 +161,8 @@ class JobUseCases:
                 self.supersede(job.package_id, servers, job.action, job_id, now)
             waiting = [r["id"] for r in store.job_instructions(job_id, states.sources("wake"))]
             n = len(revived) + len(store.apply("wake", waiting, now, next_attempt_at=now))
-            store.add_event("retry", f"operator retry ({n} instruction(s))", job_id, now=now)
+            message = f"operator retry ({n} instruction(s)){self._by()}"
+            store.add_event("retry", message, job_id, now=now, actor=self.actor)
             store.notify()
         return n
 

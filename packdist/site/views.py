@@ -176,6 +176,7 @@ def event_json(e: EventRecord) -> dict[str, Any]:
         "job": e.job_id,
         "server": e.server,
         "message": e.message,
+        "by": e.actor,  # the operator whose action it records; null: the site's own
     }
 
 

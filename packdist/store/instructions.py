@@ -342,7 +342,14 @@ class InstructionQueries:
         job_id: str | None = None,
         server: str | None = None,
         now: float = 0.0,
+        actor: str | None = None,
     ) -> None:
         self.db.run(
-            "insert_event", at=now, job_id=job_id, server=server, kind=kind, message=message
+            "insert_event",
+            at=now,
+            job_id=job_id,
+            server=server,
+            kind=kind,
+            message=message,
+            actor=actor,
         )

@@ -363,21 +363,21 @@ FROM attempts ORDER BY instruction_id, attempt
 -- === events =================================================================================
 
 -- name: insert_event
-INSERT INTO events (at, job_id, server, kind, message)
-VALUES (:at, :job_id, :server, :kind, :message)
+INSERT INTO events (at, job_id, server, kind, message, actor)
+VALUES (:at, :job_id, :server, :kind, :message, :actor)
 
 -- name: events_after
-SELECT id, at, job_id, server, kind, message FROM events WHERE id > :after ORDER BY id
+SELECT id, at, job_id, server, kind, message, actor FROM events WHERE id > :after ORDER BY id
 
 -- name: job_events_after
-SELECT id, at, job_id, server, kind, message FROM events
+SELECT id, at, job_id, server, kind, message, actor FROM events
 WHERE id > :after AND job_id = :job_id ORDER BY id
 
 -- name: newest_events
-SELECT id, at, job_id, server, kind, message FROM events ORDER BY id DESC LIMIT :limit
+SELECT id, at, job_id, server, kind, message, actor FROM events ORDER BY id DESC LIMIT :limit
 
 -- name: newest_job_events
-SELECT id, at, job_id, server, kind, message FROM events WHERE job_id = :job_id
+SELECT id, at, job_id, server, kind, message, actor FROM events WHERE job_id = :job_id
 ORDER BY id DESC LIMIT :limit
 
 -- === views ==================================================================================

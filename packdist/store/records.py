@@ -124,6 +124,7 @@ class EventRecord:
     server: str | None
     kind: str
     message: str
+    actor: str | None = None  # the operator whose action it records (None: the site's own)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ def _event(row: Row) -> EventRecord:
         server=row["server"],
         kind=row["kind"],
         message=row["message"],
+        actor=row["actor"],
     )
 
 

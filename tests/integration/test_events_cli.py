@@ -157,3 +157,28 @@ def test_events_without_a_site_says_so(tmp_path: Path) -> None:
     proc = run_packdist(tmp_path / "nothing", "events", check=False)
     assert proc.returncode != 0
     assert "no site" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_every_operator_action_is_an_event_naming_who_did_it(site_home: Path, tree: Path) -> None:
+    def as_(who: str, *args: str) -> str:
+        return run_packdist(site_home, *args, env={"PACKDIST_OPERATOR": who}).stdout
+
+    as_("alice", "server", "add", "dp1", "--url", "http://127.0.0.1:9")
+    as_("alice", "server", "add", "dp2", "--url", "http://127.0.0.1:9")
+    as_("alice", "package", "create", str(tree), "--name", "app", "--version", "1")
+    job = json.loads(as_("bob", "distribute", "app@1", "--to", "dp1,dp2", "--json"))["job"]
+    as_("carol", "job", "cancel", job)
+    as_("dave", "job", "retry", job)
+    as_("erin", "server", "remove", "dp2")
+    events = json.loads(run_packdist(site_home, "events", "--json").stdout)
+    by = {(e["kind"], e["by"]) for e in events if e["by"] is not None}
+    assert {
+        ("server", "alice"),
+        ("created", "bob"),
+        ("cancelled", "carol"),
+        ("retry", "dave"),
+        ("server", "erin"),
+    } <= by, events
+    for e in events:
+        if e["by"] is not None:
+            assert e["message"].endswith(f" by {e['by']}"), e

@@ -300,6 +300,7 @@ DROP_SQLITE = (
     "DROP INDEX instructions_job_state",
     "DROP INDEX server_packages_package",  # and version 9's
     "DROP INDEX jobs_package",
+    "ALTER TABLE events DROP COLUMN actor",  # and version 10's
     "PRAGMA user_version=7",
 )
 DROP_POSTGRESQL = (
@@ -316,6 +317,7 @@ DROP_POSTGRESQL = (
     "DROP INDEX instructions_job_state",
     "DROP INDEX server_packages_package",  # and version 9's
     "DROP INDEX jobs_package",
+    "ALTER TABLE events DROP COLUMN actor",  # and version 10's
     "DELETE FROM schema_version WHERE version >= 8",
 )
 
