@@ -3,9 +3,10 @@
 * Enrollment tokens: one per distribution server, shown once by ``server add``, stored on
   the site only as a SHA-256 hash. An agent presents it to the site (``Authorization:
   Bearer``) for heartbeats and chunk fetches. After a dot, a token carries the fingerprint
-  of the site's certificate authority (as kubeadm's discovery hash): what lets an agent
-  given nothing but the token verify the site before it sends anything. Only the secret
-  before the dot is a credential; the site takes a token with or without its fingerprint.
+  of the site's certificate authority (as kubeadm's discovery hash): once the site serves
+  TLS (not yet), what lets an agent given nothing but the token verify the site before it
+  sends anything. Only the secret before the dot is a credential; the site takes a token
+  with or without its fingerprint.
 * Site credentials: short-lived assertions signed with the site's Ed25519 key, naming the
   server they are meant for (``aud``) and the one request they allow: its method (``htm``)
   and path without the query (``htu``). An agent accepts a request only with one it can

@@ -1,42 +1,62 @@
 """The agent's TLS identity: a key made here that never leaves the agent's home, the
 certificate the site signed for it, and the site's certificate authority, taken only when
-it is the one the enrollment token names by fingerprint (kubeadm's discovery hash: the
-token is all an agent needs to know the site).
+it is the one the enrollment token names by fingerprint (kubeadm's discovery hash). A token
+without a fingerprint (made before sites had an authority) pins the first authority the
+site shows, with a warning; from then on no other is taken.
 
 Files, in ``tls/`` of the agent's home: ``agent.key`` (0600), ``agent.pem``, ``ca.pem``. A
-certificate is renewed once two thirds of its life have passed, with no operator action.
+certificate is renewed between 60% and 75% into its life (a fleet enrolled in one day does
+not come back for its certificates in one minute), with no operator action.
+
+Not yet: the agent neither serves nor dials with these (``docs/security.md``); until it
+does, the authority arrives over the same plain HTTP as everything else, so the check
+proves nothing against someone on the path. It is built now so that agents enrolled today
+hold their certificates and pins when TLS arrives.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import time
 from pathlib import Path
 
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
 from packdist.core import tls
 from packdist.core.fsutil import write_atomic
-from packdist.errors import AuthError, UserError
-from packdist.protocol.messages import CertificateAnswer
+from packdist.errors import AuthError, PackdistError, UserError
+from packdist.protocol.messages import CertificateAnswer, CertificateRequest
+from packdist.protocol.site_api import SiteClient
 
 log = logging.getLogger("packdist.agent")
 
-RENEW_AFTER = 2 / 3  # of a certificate's life: then a new one is asked for
+RENEW_BETWEEN = (0.60, 0.75)  # of a certificate's life: when a new one is asked for
 RETRY_AFTER = 300.0  # seconds after a refused or failed request before the next
 
 
+class SiteKeyChanged(AuthError):
+    """The site answered with a key other than the one this agent pinned at enrollment."""
+
+
+class SiteIdentityChanged(AuthError):
+    """The site showed an authority other than the one this agent pinned (or its token
+    names): it is not our site, or it was replaced; refused until an operator decides."""
+
+
 class AgentIdentity:
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, rng: random.Random | None = None) -> None:
         folder = home / "tls"
         self.key_path, self.cert_path, self.ca_path = (
             folder / "agent.key",
             folder / "agent.pem",
             folder / "ca.pem",
         )
+        self._rng = rng or random.Random()
         self._renew_at: float | None = None  # when the certificate held is due for renewal
 
-    def request(self, name: str) -> str:
+    def request(self) -> str:
         """A certificate request for this agent's key (made on first use)."""
         if self.key_path.exists():
             key = tls.load_key(self.key_path)
@@ -44,7 +64,7 @@ class AgentIdentity:
             self.key_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             key = tls.new_private_key()
             tls.save_key(key, self.key_path)
-        return tls.certificate_request(key, name).decode()
+        return tls.certificate_request(key).decode()
 
     def due(self, now: float | None = None) -> bool:
         """Whether this agent has no certificate yet, or one past its renewal point."""
@@ -56,7 +76,7 @@ class AgentIdentity:
                 return True
             start = cert.not_valid_before_utc.timestamp()
             end = cert.not_valid_after_utc.timestamp()
-            self._renew_at = start + RENEW_AFTER * (end - start)
+            self._renew_at = start + self._rng.uniform(*RENEW_BETWEEN) * (end - start)
         return now >= self._renew_at
 
     def retry_later(self, now: float | None = None) -> None:
@@ -64,35 +84,53 @@ class AgentIdentity:
         try, not one per heartbeat)."""
         self._renew_at = (time.time() if now is None else now) + RETRY_AFTER
 
-    def take(self, answer: CertificateAnswer, fingerprint: str | None) -> None:
-        """Keep what the site signed, once it holds: the authority must be the one the
-        token names (AuthError otherwise: a site that is not ours), the certificate must be
-        the authority's and for this agent's key."""
+    async def renew(self, site: SiteClient, pinned: str | None) -> str | None:
+        """Ask the site for a certificate if one is due; returns the fingerprint of the
+        authority pinned now (``pinned``, or the first one taken). SiteIdentityChanged when
+        the site shows another authority; any other failure is logged once and retried
+        after :data:`RETRY_AFTER` (a certificate is not needed yet to work)."""
+        if not self.due():
+            return pinned
+        try:
+            answer = await site.certificate(CertificateRequest(self.request()))
+            return self.take(answer, pinned)
+        except SiteIdentityChanged:  # asked again at each enrollment: never waved through
+            raise
+        except (PackdistError, OSError) as exc:  # unreachable, refused, a disk error
+            self.retry_later()
+            log.warning("no certificate from the site yet: %s", exc)
+            return pinned
+
+    def take(self, answer: CertificateAnswer, pinned: str | None) -> str:
+        """Keep what the site signed, once it holds: the authority must be the pinned one,
+        the certificate that authority's and for this agent's key. Returns the
+        authority's fingerprint."""
         authority = answer.authority.encode()
-        if fingerprint is not None and not tls.matches_fingerprint(authority, fingerprint):
-            raise AuthError(
-                "the site's certificate authority is not the one the enrollment token names:"
-                " refusing it"
+        if pinned is not None and not tls.matches_fingerprint(authority, pinned):
+            raise SiteIdentityChanged(
+                "the site's certificate authority is not the one the enrollment token names"
+                " (or this agent pinned): refusing the site"
             )
         ca = tls.load_certificate(authority)
         cert = tls.load_certificate(answer.certificate.encode())
         try:
             cert.verify_directly_issued_by(ca)
-        except Exception as exc:  # InvalidSignature, ValueError, TypeError: all "not theirs"
+        except (InvalidSignature, ValueError, TypeError) as exc:
             raise AuthError(f"the certificate the site sent is not its authority's: {exc}") from exc
+        spki = serialization.PublicFormat.SubjectPublicKeyInfo
         ours = (
-            tls.load_key(self.key_path)
-            .public_key()
-            .public_bytes(
-                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
+            tls.load_key(self.key_path).public_key().public_bytes(serialization.Encoding.DER, spki)
         )
-        theirs = cert.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        if ours != theirs:
+        if cert.public_key().public_bytes(serialization.Encoding.DER, spki) != ours:
             raise AuthError("the certificate the site sent is not for this agent's key")
+        if pinned is None:
+            log.warning(
+                "the enrollment token names no certificate authority: pinning the site's"
+                " first (%s); enroll with a new token to have it checked",
+                tls.fingerprint(ca),
+            )
         write_atomic(self.ca_path, authority, mode=0o644)
         write_atomic(self.cert_path, answer.certificate.encode(), mode=0o644)
         self._renew_at = None
         log.info("certificate from the site, valid until %s", cert.not_valid_after_utc)
+        return pinned or tls.fingerprint(ca)

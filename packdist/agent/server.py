@@ -20,7 +20,7 @@ import aiohttp
 from aiohttp import web
 
 from packdist.agent.home import DEFAULT_CACHE_LIMIT, ENROLLMENT, AgentHome, is_package_id
-from packdist.agent.identity import AgentIdentity
+from packdist.agent.identity import AgentIdentity, SiteIdentityChanged, SiteKeyChanged
 from packdist.agent.inputs import expect_handler, no_route, query_seconds, read_json
 from packdist.agent.installer import Installer, InstallState
 from packdist.agent.peering import PeerService
@@ -39,7 +39,6 @@ from packdist.core.signing import VerifyKey
 from packdist.errors import AuthError, IntegrityError, Overloaded, PackdistError, UserError
 from packdist.http import error_middleware, error_response, new_session, peer
 from packdist.protocol.messages import (
-    CertificateRequest,
     Heartbeat,
     InstallRequest,
     RemoveRequest,
@@ -69,10 +68,6 @@ class Limits:
 CLAIMS = web.RequestKey("claims", dict[str, object])
 
 
-class SiteKeyChanged(AuthError):
-    """The site answered with a key other than the one this agent pinned at enrollment."""
-
-
 class Agent:
     def __init__(
         self, home: AgentHome, site_url: str, token: str, limits: Limits | None = None
@@ -83,7 +78,7 @@ class Agent:
         self.site_urls = site_urls(site_url)  # one site, maybe several workers
         self.site_url = self.site_urls[0]
         self.token = token_secret(token)  # the credential; the rest names the site's authority
-        self.site_ca = token_fingerprint(token)  # pinned at enrollment (docs/security.md)
+        self.site_ca = token_fingerprint(token)  # the authority pinned (agent/identity.py)
         self.boot_id = uuid.uuid4().hex
         self.session: aiohttp.ClientSession | None = None
         self.liveness: aiohttp.ClientSession | None = None
@@ -169,6 +164,7 @@ class Agent:
                 "the site's key differs from the one this agent enrolled with; refusing it "
                 f"(remove {self.home.root / 'agent.json'} to enroll again)"
             )
+        self.site_ca = await self.identity.renew(self.site, self.site_ca)  # refuses a stranger
         self.server_name = answer["server"]
         self.site_key = VerifyKey.from_hex(key_hex)
         self.pace.answered(answer)
@@ -182,20 +178,18 @@ class Agent:
             }
         )
         log.info("enrolled as %s with site %s", self.server_name, answer["site"])
-        await self._renew_certificate()
 
     async def _renew_certificate(self) -> None:
-        """Ask the site for a certificate when this agent has none or its is due for
-        renewal. Not served with yet (docs/security.md): a failure is logged, not fatal."""
-        if not self.identity.due() or self.site is None or self.server_name is None:
+        """A certificate when due (see agent/identity.py); a newly pinned authority is
+        written to the enrollment file."""
+        if self.site is None or self.server_name is None:
             return
-        try:
-            asked = await asyncio.to_thread(self.identity.request, self.server_name)
-            answer = await self.site.certificate(CertificateRequest(asked))
-            await asyncio.to_thread(self.identity.take, answer, self.site_ca)
-        except PackdistError as exc:
-            self.identity.retry_later()
-            log.warning("no certificate from the site yet: %s", exc.message)
+        pinned = await self.identity.renew(self.site, self.site_ca)
+        if pinned != self.site_ca:
+            self.site_ca = pinned
+            enrolled = self.home.load_enrollment()
+            if enrolled is not None:
+                self.home.save_enrollment({**enrolled, "site_ca": pinned})
 
     def _heartbeat_payload(self) -> Heartbeat:
         """What a heartbeat says (reads the disk: run it in a thread)."""
@@ -225,7 +219,8 @@ class Agent:
                 wait = pace.shed(exc.retry_after)
                 if pace.sheds == 1:  # one line per busy spell, not one per heartbeat
                     log.info("site busy (%s); heartbeats back off", exc.message)
-            except SiteKeyChanged as exc:
+            except (SiteKeyChanged, SiteIdentityChanged) as exc:
+                enrolled_now = False  # nothing more for this site until it is ours again
                 log.error("%s", exc.message)
             except AuthError as exc:
                 log.warning("site refused this agent: %s", exc.message)

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import time
+from urllib.parse import urlsplit
 
 import click
 from rich.console import Console
 from rich.table import Table
 
 from packdist.auth import hash_token, new_token
-from packdist.cli.common import ago, home_option, iso, json_option, print_json, resolve_home
+from packdist.cli.common import (
+    ago,
+    home_option,
+    iso,
+    json_option,
+    operator_name,
+    print_json,
+    resolve_home,
+)
 from packdist.core.fsutil import human_bytes
 from packdist.core.names import check_group_name, check_server_name, parse_label
+from packdist.core.tls import check_host
 from packdist.errors import UserError
 from packdist.service import Service
 from packdist.site.home import SiteHome
@@ -21,6 +31,11 @@ from packdist.site.views import online
 def _check_url(url: str) -> str:
     if not (url.startswith("http://") or url.startswith("https://")) or len(url) < 10:
         raise UserError(f"server URL {url!r} must start with http:// or https://")
+    try:
+        host = urlsplit(url).hostname
+    except ValueError as exc:
+        raise UserError(f"server URL {url!r}: {exc}") from None
+    check_host(host or "")  # its certificate will name it
     return url.rstrip("/")
 
 
@@ -57,7 +72,9 @@ def server_add(
     token = new_token(home.authority().fingerprint)  # the agent verifies the site with it
     store = home.store()
     try:
-        Service(store).add_server(name, url, hash_token(token), list(groups), labels, time.time())
+        Service(store, operator_name()).add_server(
+            name, url, hash_token(token), list(groups), labels, time.time()
+        )
     finally:
         store.close()
     if as_json:
@@ -131,7 +148,7 @@ def server_remove(name: str, as_json: bool) -> None:
     home = SiteHome.open(resolve_home())
     store = home.store()
     try:
-        cancelled = Service(store).remove_server(name, time.time())
+        cancelled = Service(store, operator_name()).remove_server(name, time.time())
     finally:
         store.close()
     if as_json:

@@ -1,11 +1,12 @@
 """Transport security that both ends share: keys, certificate requests, fingerprints and the
 TLS contexts every packdist link uses.
 
-Every link is TLS 1.3 and verified against the site's own certificate authority (see
+These contexts are TLS 1.3 and verify against the site's own certificate authority (see
 ``packdist/site/authority.py``), never the system's trust store: a packdist certificate is
 only good for packdist, and a public one is never good for packdist. Both ends are checked
 where both ends are ours — the one that connects verifies the name it dialled, the one that
-accepts verifies that a certificate of the same authority was presented.
+accepts verifies that a certificate of the same authority was presented. Not yet: no link
+serves or dials with them (``docs/security.md``).
 
 Keys are ECDSA P-256: every TLS 1.3 stack takes them, the browsers that show the dashboard
 included (they take no Ed25519 certificate).
@@ -17,13 +18,13 @@ import base64
 import binascii
 import hashlib
 import ipaddress
+import re
 import ssl
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from packdist.core.fsutil import write_atomic
 from packdist.errors import UserError
@@ -60,12 +61,12 @@ def load_key(path: Path) -> ec.EllipticCurvePrivateKey:
     return key
 
 
-def certificate_request(key: ec.EllipticCurvePrivateKey, name: str) -> bytes:
-    """A certificate signing request (PEM) for ``name``; the authority decides the rest
-    (which addresses the certificate is good for, for how long)."""
+def certificate_request(key: ec.EllipticCurvePrivateKey) -> bytes:
+    """A certificate signing request (PEM) for ``key``, naming nothing: the authority
+    decides all a certificate says (whose it is, where it is good, for how long)."""
     csr = (
         x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .subject_name(x509.Name([]))
         .sign(key, hashes.SHA256())
     )
     return csr.public_bytes(serialization.Encoding.PEM)
@@ -101,11 +102,32 @@ def matches_fingerprint(cert_pem: bytes, expected: str) -> bool:
     return len(wanted) == 32 and hashlib.sha256(der).digest() == wanted
 
 
+_DNS_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+
+
+def check_host(host: str) -> str:
+    """``host`` as a certificate can name it (lower case, brackets off an IPv6 address), or
+    a UserError: an address, or a DNS name of ASCII labels; no wildcard, nothing empty."""
+    plain = host.strip().strip("[]").lower()
+    try:
+        return str(ipaddress.ip_address(plain))
+    except ValueError:
+        pass
+    labels = plain.removesuffix(".").split(".")
+    if len(plain) > 253 or not all(_DNS_LABEL.fullmatch(label) for label in labels):
+        raise UserError(
+            f"host {host!r} cannot be named in a certificate: an IP address or a DNS name of"
+            " letters, digits and hyphens (IDNA-encoded), no wildcard"
+        )
+    return ".".join(labels)
+
+
 def subject_names(hosts: list[str]) -> list[x509.GeneralName]:
     """The subject alternative names for ``hosts``: an IP address as an address, anything
-    else as a DNS name (a name TLS can check either way)."""
+    else as a DNS name (a name TLS can check either way); UserError for a host that is
+    neither (:func:`check_host`)."""
     names: list[x509.GeneralName] = []
-    for host in dict.fromkeys(h.strip("[]").lower() for h in hosts):
+    for host in dict.fromkeys(check_host(h) for h in hosts):
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(host)))
         except ValueError:
@@ -139,6 +161,8 @@ def client_context(ca: Path, cert: Path | None = None, key: Path | None = None) 
     ctx = _context(ssl.Purpose.SERVER_AUTH, ca)
     ctx.check_hostname = True
     ctx.verify_mode = ssl.CERT_REQUIRED
+    if (cert is None) != (key is None):
+        raise ValueError("a client certificate needs its key, and a key its certificate")
     if cert is not None and key is not None:
         ctx.load_cert_chain(str(cert), str(key))
     return ctx

@@ -197,7 +197,12 @@ MAX_PEM = 16 * 1024  # characters of a certificate or a request, at most
 
 def _pem(body: dict[str, Any], key: str, what: str) -> str:
     value = body.get(key)
-    if not isinstance(value, str) or not value.startswith("-----BEGIN ") or len(value) > MAX_PEM:
+    if (
+        not isinstance(value, str)
+        or not value.isascii()  # PEM is ASCII; a lone surrogate would not even encode
+        or not value.startswith("-----BEGIN ")
+        or len(value) > MAX_PEM
+    ):
         raise UserError(f"malformed {what}: {key} must be PEM text of at most {MAX_PEM} characters")
     return value
 

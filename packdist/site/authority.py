@@ -4,9 +4,11 @@ certificate and each agent's at enrollment, so no operator ever handles a certif
 * ``tls/ca.key`` (mode 0600) and ``tls/ca.pem``: the authority, ten years, allowed to sign
   end certificates only (``path_length=0``). Its fingerprint travels in every enrollment
   token, which is how an agent knows the site before it has sent anything.
-* End certificates live :data:`LEAF_LIFETIME` and name their holder twice: the common name
-  is the server's (or ``site``), the subject alternative names are the hosts it is reached
-  at, which is what TLS checks. Each is good for serving and for presenting as a client.
+* End certificates live :data:`LEAF_LIFETIME` and name their holder twice: a URI
+  ``packdist:server/NAME`` (or ``packdist:site/NAME``), which says who holds it whatever the
+  host, and the hosts it is reached at (DNS names, addresses), which is what TLS checks.
+  The common name is for people only. Each is good for serving and for presenting as a
+  client. Keys are P-256: the site signs no other.
 
 Not yet: the site and agents do not serve TLS with these yet (``docs/security.md``).
 """
@@ -14,9 +16,13 @@ Not yet: the site and agents do not serve TLS with these yet (``docs/security.md
 from __future__ import annotations
 
 import datetime as dt
-import secrets
+import fcntl
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -26,18 +32,21 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from packdist.core import tls
 from packdist.core.fsutil import write_atomic
-from packdist.errors import UserError
+from packdist.errors import AlreadyExists, UserError
 
 CA_LIFETIME = dt.timedelta(days=3650)
 LEAF_LIFETIME = dt.timedelta(days=30)  # renewed well before, without operator action
 BACKDATE = dt.timedelta(minutes=5)  # a peer whose clock runs a little behind still takes it
 MAX_HOSTS = 16  # names one certificate may carry
 MAX_REQUEST = 16 * 1024  # bytes of a certificate request, at most
+MAX_COMMON_NAME = 64  # characters X.509 allows in a common name
+ROLES = ("server", "site")  # what the holder of a certificate is, in its packdist: URI
 
 
 @dataclass(frozen=True)
 class Issued:
-    """A certificate the authority signed: its PEM and serial (kept for revocation)."""
+    """A certificate the authority signed: its PEM, serial and end (the serial logged;
+    revocation, not built yet, will keep it)."""
 
     pem: bytes
     serial: int
@@ -56,28 +65,41 @@ class SiteAuthority:
 
     @classmethod
     def create(cls, home: Path, site_name: str, now: float) -> SiteAuthority:
+        """Make the authority of the site in ``home``: both files written in a folder of
+        their own, then renamed into place whole (a crash leaves either no authority or a
+        complete one), under a lock (workers starting together make one, not several)."""
         cert_path, key_path = cls.paths(home)
-        if key_path.exists():
-            raise UserError(f"{key_path} already exists: the site has its authority")
-        key_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        key = tls.new_private_key()
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"packdist site {site_name}")])
-        start = dt.datetime.fromtimestamp(now, dt.UTC) - BACKDATE
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(start)
-            .not_valid_after(start + CA_LIFETIME)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(_usage(cert_sign=True), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-            .sign(key, hashes.SHA256())
-        )
-        tls.save_key(key, key_path)  # the key first: a certificate alone marks nothing
-        write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+        folder = key_path.parent
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with _locked(home):
+            if folder.exists():
+                raise AlreadyExists(f"{folder} already exists: the site has its authority")
+            key = tls.new_private_key()
+            title = f"packdist site {site_name}"[:MAX_COMMON_NAME]
+            name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, title)])
+            start = dt.datetime.fromtimestamp(now, dt.UTC) - BACKDATE
+            cert = (
+                x509.CertificateBuilder()
+                .subject_name(name)
+                .issuer_name(name)
+                .public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(start)
+                .not_valid_after(start + CA_LIFETIME)
+                .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+                .add_extension(_usage(cert_sign=True), critical=True)
+                .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+                .sign(key, hashes.SHA256())
+            )
+            staging = Path(tempfile.mkdtemp(prefix=".tls-", dir=home))
+            try:
+                tls.save_key(key, staging / key_path.name)
+                pem = cert.public_bytes(serialization.Encoding.PEM)
+                write_atomic(staging / cert_path.name, pem, mode=0o644)
+                os.rename(staging, folder)  # mkdtemp made it 0700
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
         return cls(cert, key)
 
     @classmethod
@@ -87,7 +109,10 @@ class SiteAuthority:
             cert = tls.load_certificate(cert_path.read_bytes())
         except FileNotFoundError:
             raise UserError(f"{cert_path}: the site has no certificate authority") from None
-        return cls(cert, tls.load_key(key_path))
+        key = tls.load_key(key_path)
+        if key.public_key() != cert.public_key():
+            raise UserError(f"{key_path} is not the key of {cert_path}: the authority is damaged")
+        return cls(cert, key)
 
     @property
     def pem(self) -> bytes:
@@ -110,27 +135,32 @@ class SiteAuthority:
             raise UserError(f"not a valid certificate request ({exc})") from exc
         if not holds:
             raise UserError("certificate request: its signature does not hold")
-        if not isinstance(public, ec.EllipticCurvePublicKey):
-            raise UserError("certificate request: not an ECDSA key")
-        return self._sign(public, name, hosts, now)
+        if not isinstance(public, ec.EllipticCurvePublicKey) or not isinstance(
+            public.curve, ec.SECP256R1
+        ):
+            raise UserError("certificate request: not a P-256 key (the only kind signed)")
+        return self._sign(public, "server", name, hosts, now)
 
     def issue_for_key(
         self, key: ec.EllipticCurvePrivateKey, name: str, hosts: list[str], now: float
     ) -> Issued:
         """A certificate for a key the site holds itself (its own serving certificate)."""
-        return self._sign(key.public_key(), name, hosts, now)
+        return self._sign(key.public_key(), "site", name, hosts, now)
 
     def _sign(
-        self, public: ec.EllipticCurvePublicKey, name: str, hosts: list[str], now: float
+        self, public: ec.EllipticCurvePublicKey, role: str, name: str, hosts: list[str], now: float
     ) -> Issued:
         if not hosts or len(hosts) > MAX_HOSTS:
             raise UserError(f"a certificate names 1 to {MAX_HOSTS} hosts, not {len(hosts)}")
+        assert role in ROLES, role
+        holder = x509.UniformResourceIdentifier(f"packdist:{role}/{quote(name, safe='')}")
         start = dt.datetime.fromtimestamp(now, dt.UTC) - BACKDATE
         end = start + BACKDATE + LEAF_LIFETIME
-        serial = secrets.randbits(63) | 1  # positive, never 0
+        serial = x509.random_serial_number()
+        title = name[:MAX_COMMON_NAME] or role
         cert = (
             x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, title)]))
             .issuer_name(self.cert.subject)
             .public_key(public)
             .serial_number(serial)
@@ -144,7 +174,9 @@ class SiteAuthority:
                 ),
                 critical=False,
             )
-            .add_extension(x509.SubjectAlternativeName(tls.subject_names(hosts)), critical=False)
+            .add_extension(
+                x509.SubjectAlternativeName([holder, *tls.subject_names(hosts)]), critical=False
+            )
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),
                 critical=False,
@@ -173,3 +205,18 @@ def _usage(cert_sign: bool) -> x509.KeyUsage:
         encipher_only=False,
         decipher_only=False,
     )
+
+
+class _locked:
+    """An exclusive lock on ``HOME/.tls.lock`` for as long as the ``with`` lasts."""
+
+    def __init__(self, home: Path) -> None:
+        self.path = home / ".tls.lock"
+        self._fd = -1
+
+    def __enter__(self) -> None:
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self._fd)  # closing drops the lock

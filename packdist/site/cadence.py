@@ -14,8 +14,9 @@ moment ago still waits 10 s, whatever the fleet did since).
 
 **Shedding.** Under overload the site answers heartbeats and hellos ``503`` with a
 ``Retry-After`` before anything else suffers (:class:`Admission`): when more heartbeats
-arrive per second than ``RATE_LIMIT``, when the event loop runs late (``LAG_LIMIT``), or when
-``STORE_SLOTS`` heartbeats already wait on the store (where claims of new work and the
+arrive than ``RATE_LIMIT`` a second (a token bucket: ``RATE_BURST`` seconds' worth may come
+at once), when the event loop runs late (``LAG_LIMIT``, at ``LAG_LOOKS`` looks in a row), or
+when ``STORE_SLOTS`` heartbeats already wait on the store (where claims of new work and the
 dashboard queue too). A shed heartbeat still proves the server alive: it is never what
 makes a server look offline, or "back".
 """

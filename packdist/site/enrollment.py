@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from packdist.core.timefmt import iso
+from packdist.core.tls import check_host
+from packdist.errors import UserError
 from packdist.protocol.messages import CertificateAnswer, CertificateRequest
 from packdist.site.authority import SiteAuthority
 from packdist.site.beats import Beats, json_body
@@ -27,9 +29,12 @@ class CertificateDesk:
         self.beats = beats
 
     async def certificate(self, request: web.Request) -> web.Response:
-        server = await self.beats.agent(request)
+        now = time.time()
+        if self.beats.admission.overloaded(now):  # a fleet upgraded at once asks at once
+            return self.beats.shed(request, now)
+        server = await self.beats.agent(request, counted=True)
         asked = CertificateRequest.from_json(await json_body(request))
-        host = urlsplit(server.url).hostname or server.name
+        host = _host_of(server.url)
         issued = await asyncio.to_thread(
             self.authority.issue, asked.request.encode(), server.name, [host], time.time()
         )
@@ -44,3 +49,15 @@ class CertificateDesk:
             issued.pem.decode(), self.authority.pem.decode(), issued.not_after
         )
         return web.json_response(answer.to_json())
+
+
+def _host_of(url: str) -> str:
+    """The host of a server's URL as a certificate names it (a UserError, so a 400, for a
+    URL that has none a certificate can name: such a server cannot be given one)."""
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        host = None
+    if not host:
+        raise UserError(f"the server's URL {url!r} has no host a certificate can name")
+    return check_host(host)

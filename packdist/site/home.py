@@ -77,9 +77,9 @@ class SiteHome:
         os.chmod(root, 0o700)
         # Keys and library first, database last: the database marks a complete site.
         SigningKey.generate().save(home.key_path)
-        SiteAuthority.create(root, site_name, time.time())
-        home.library.create()
         try:
+            SiteAuthority.create(root, site_name, time.time())
+            home.library.create()
             home._init_store(site_name, store_url)
         except BaseException:  # refused (a database that holds a site already): undo
             home.key_path.unlink(missing_ok=True)
@@ -113,7 +113,16 @@ class SiteHome:
         return SigningKey.load(self.key_path)
 
     def authority(self) -> SiteAuthority:
-        """The site's certificate authority; a home made before sites had one gets it now."""
-        if not SiteAuthority.paths(self.root)[1].exists():
-            return SiteAuthority.create(self.root, self.root.name, time.time())
+        """The site's certificate authority; a home made before sites had one gets it now
+        (once: workers starting together wait on the same lock, then load it)."""
+        if not SiteAuthority.paths(self.root)[1].parent.exists():
+            store = self.store()
+            try:
+                name = store.site_name()
+            finally:
+                store.close()
+            try:
+                return SiteAuthority.create(self.root, name, time.time())
+            except AlreadyExists:  # another worker made it first
+                pass
         return SiteAuthority.load(self.root)

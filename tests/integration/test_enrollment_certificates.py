@@ -5,6 +5,7 @@ the site's. Real ``site serve`` and ``agent serve`` processes."""
 from __future__ import annotations
 
 import ipaddress
+import json
 import stat
 import time
 from pathlib import Path
@@ -48,10 +49,12 @@ def test_an_agent_gets_a_certificate_of_the_site_for_its_own_key_at_enrollment(
             )
             == mine
         )
-        assert not (c.site.home / "tls" / "agent.key").exists(), "the key left the agent"
         first = cert.serial_number
-        c.agents["dp1"].restart()  # a certificate still good is kept, not asked for again
-        time.sleep(1.0)
+        agent = c.agents["dp1"]
+        agent.restart()  # a certificate still good is kept, not asked for again
+        h.wait_until(
+            lambda: agent.log_tail(400).count("enrolled as dp1") >= 2, 15, message="re-enrolled"
+        )
         again = tls.load_certificate((tls_dir / "agent.pem").read_bytes())
         assert again.serial_number == first
     finally:
@@ -76,6 +79,7 @@ def test_an_agent_whose_token_names_another_authority_refuses_the_sites(tmp_path
             )
             assert not (agent.home / "tls" / "agent.pem").exists()
             assert not (agent.home / "tls" / "ca.pem").exists()
+            assert not (agent.home / "agent.json").exists(), "enrolled with a stranger"
         finally:
             agent.stop()
     finally:
@@ -90,16 +94,41 @@ def test_a_certificate_is_signed_only_for_a_token_and_a_request_that_holds(
     try:
         token = site.add_server("dp1", "http://127.0.0.1:9")
         url = f"{site.url}/v1/agent/certificate"
-        good = {"request": tls.certificate_request(tls.new_private_key(), "dp1").decode()}
+        good = {"request": tls.certificate_request(tls.new_private_key()).decode()}
         status, body = h.http_request("POST", url, good)
         assert status == 401, body
         auth = {"Authorization": f"Bearer {token_secret(token)}"}
+        lone_surrogate = {"request": "-----BEGIN \ud800"}
         for bad in ({}, {"request": 5}, {"request": "hello"}, {"request": "-----BEGIN x"}):
             status, body = h.http_request("POST", url, bad, headers=auth)
             assert status == 400 and b"request" in body, (bad, status, body)
+        status, body = h.http_request("POST", url, lone_surrogate, headers=auth)
+        assert status == 400, body
         status, body = h.http_request("POST", url, good, headers=auth)
         assert status == 200, body
         log = site.log_tail(200)
         assert "Traceback" not in log, log
+    finally:
+        site.stop()
+
+
+def test_a_token_without_a_fingerprint_pins_the_first_authority_the_site_shows(
+    tmp_path: Path,
+) -> None:
+    site = h.make_site(tmp_path)
+    site.start()
+    try:
+        token = site.add_server("dp1", "http://127.0.0.1:9")
+        agent = h.Agent("dp1", tmp_path / "agent-dp1", tmp_path / "logs", site_url=site.url)
+        agent.token = token_secret(token)  # a token made before sites had an authority
+        agent.start()
+        try:
+            h.wait_until(lambda: (agent.home / "tls" / "agent.pem").exists(), 15, message="a cert")
+            ca = tls.load_certificate((site.home / "tls" / "ca.pem").read_bytes())
+            pinned = json.loads((agent.home / "agent.json").read_text())["site_ca"]
+            assert pinned == tls.fingerprint(ca)
+            assert "names no certificate authority: pinning" in agent.log_tail(200)
+        finally:
+            agent.stop()
     finally:
         site.stop()

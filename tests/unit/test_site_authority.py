@@ -7,13 +7,15 @@ import asyncio
 import socket
 import ssl
 import stat
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from packdist.core import tls
@@ -30,7 +32,7 @@ def _holder(ca: SiteAuthority, folder: Path, name: str, hosts: list[str]) -> tup
     """A key made by its holder, a certificate the authority signed from its request."""
     folder.mkdir(parents=True, exist_ok=True)
     key = tls.new_private_key()
-    issued = ca.issue(tls.certificate_request(key, name), name, hosts, time.time())
+    issued = ca.issue(tls.certificate_request(key), name, hosts, time.time())
     tls.save_key(key, folder / f"{name}.key")
     (folder / f"{name}.pem").write_bytes(issued.pem)
     return folder / f"{name}.pem", folder / f"{name}.key"
@@ -126,19 +128,26 @@ def test_an_issued_certificate_names_its_holder_and_hosts_and_lives_a_month(
     ca: SiteAuthority,
 ) -> None:
     key = tls.new_private_key()
-    # the request asks for a name of its own: the site decides what is signed
-    issued = ca.issue(
-        tls.certificate_request(key, "root-of-everything"),
-        "dp1",
-        ["10.0.0.7", "dp1.lan"],
-        time.time(),
+    # the request asks for a name, an address and CA powers of its own: the site decides
+    greedy = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "root")]))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("*.example"), x509.DNSName("site")]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
     )
+    issued = ca.issue(greedy, "dp1", ["10.0.0.7", "DP1.lan"], time.time())
     cert = tls.load_certificate(issued.pem)
     ca.verify(cert)
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "dp1"
     sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["10.0.0.7"]
     assert sans.get_values_for_type(x509.DNSName) == ["dp1.lan"]
+    assert sans.get_values_for_type(x509.UniformResourceIdentifier) == ["packdist:server/dp1"]
     assert not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
     assert LEAF_LIFETIME <= lifetime <= LEAF_LIFETIME * 1.01
@@ -146,14 +155,37 @@ def test_an_issued_certificate_names_its_holder_and_hosts_and_lives_a_month(
 
 
 def test_a_request_that_is_garbage_or_tampered_with_is_refused(ca: SiteAuthority) -> None:
-    good = tls.certificate_request(tls.new_private_key(), "dp1")
-    tampered = bytearray(good)
-    tampered[len(good) // 2] ^= 0x01
-    for bad in (b"", b"hello", bytes(tampered), good * 50):
+    good = tls.certificate_request(tls.new_private_key())
+    der = bytearray(x509.load_pem_x509_csr(good).public_bytes(serialization.Encoding.DER))
+    der[-1] ^= 0x01  # the signature's last byte: the request no longer proves its key
+    tampered = x509.load_der_x509_csr(bytes(der)).public_bytes(serialization.Encoding.PEM)
+    for bad in (b"", b"hello", tampered, good * 60):
         with pytest.raises(UserError):
             ca.issue(bad, "dp1", ["127.0.0.1"], time.time())
     with pytest.raises(UserError, match="hosts"):
         ca.issue(good, "dp1", [], time.time())
+    for host in ("*.corp.example", "dpé.example", "", "a..b", "-x.example"):
+        with pytest.raises(UserError, match="cannot be named in a certificate"):
+            ca.issue(good, "dp1", [host], time.time())
+
+
+def test_only_p256_keys_are_signed_and_long_names_do_not_break_a_certificate(
+    ca: SiteAuthority,
+) -> None:
+    for curve in (ec.SECP192R1(), ec.SECP256K1(), ec.SECP384R1()):
+        request = tls.certificate_request(ec.generate_private_key(curve))
+        with pytest.raises(UserError, match="P-256"):
+            ca.issue(request, "dp1", ["127.0.0.1"], time.time())
+    name = "d" * 128  # the longest server name packdist takes; X.509 names take 64
+    issued = ca.issue(tls.certificate_request(tls.new_private_key()), name, ["h1"], time.time())
+    sans = tls.load_certificate(issued.pem).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName
+    )
+    assert sans.value.get_values_for_type(x509.UniformResourceIdentifier) == [
+        f"packdist:server/{name}"
+    ]
+    SiteAuthority.create(ca_home := Path(tempfile.mkdtemp()), "s" * 100, time.time())
+    assert SiteAuthority.load(ca_home).fingerprint
 
 
 def test_a_holder_of_the_sites_certificate_is_verified_both_ways(
@@ -196,13 +228,17 @@ def test_a_client_without_a_certificate_of_the_site_is_refused_where_both_ends_a
         server.handshake_with(tls.client_context(ca_path, cert, key))
 
 
-def test_a_client_offering_only_tls_1_2_is_refused(serving: tuple[_Server, Path]) -> None:
+def test_a_client_offering_only_tls_1_2_is_refused(
+    ca: SiteAuthority, tmp_path: Path, serving: tuple[_Server, Path]
+) -> None:
     server, ca_path = serving
-    old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    old.load_verify_locations(cafile=str(ca_path))
+    cert, key = _holder(ca, tmp_path / "site-side", "site", ["127.0.0.1"])
+    old = tls.client_context(ca_path, cert, key)  # everything right but the version
+    old.minimum_version = ssl.TLSVersion.TLSv1_2
     old.maximum_version = ssl.TLSVersion.TLSv1_2
-    with pytest.raises((ssl.SSLError, ConnectionError)):
+    with pytest.raises((ssl.SSLError, ConnectionError)):  # the server hangs up
         server.handshake_with(old)
+    assert server.handshake_with(tls.client_context(ca_path, cert, key)) == "site"
 
 
 def test_a_renewed_certificate_is_presented_from_the_next_handshake_without_a_restart(
