@@ -19,6 +19,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+
+from packdist.auth import token_fingerprint
+from packdist.core import tls
+
 PACKDIST = [sys.executable, "-m", "packdist"]
 
 
@@ -112,6 +117,19 @@ def make_sample(src: Path) -> None:
     (src / "current").symlink_to("bin/hello")
 
 
+def certificate_line(agent_home: Path, token: str) -> str:
+    """Who the agent's certificate names, until when, and whether its authority is the one
+    the enrollment token names."""
+    tls_dir = agent_home / "tls"
+    cert = tls.load_certificate((tls_dir / "agent.pem").read_bytes())
+    holder = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    uri = holder.get_values_for_type(x509.UniformResourceIdentifier)[0]
+    named = token_fingerprint(token) or ""
+    same = tls.matches_fingerprint((tls_dir / "ca.pem").read_bytes(), named)
+    until = cert.not_valid_after_utc.date().isoformat()
+    return f"{uri}, until {until}; authority {'as its token names' if same else 'UNEXPECTED'}"
+
+
 def main() -> int:
     started = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="packdist-demo-"))
@@ -187,6 +205,10 @@ def main() -> int:
                 return 1
             print(f"  {name}: {tree} matches the source")
         demo.run("status")
+        say("Each server holds a certificate of the site's own authority, for its own key")
+        for name, server in demo.servers.items():
+            print(f"  {name}: {certificate_line(root / name, server['token'])}")
+        print("  (the links do not use them yet: TLS on every link is next, docs/security.md)")
         say("The job's timeline, as the dashboard shows it")
         demo.run("events", "--job", job)
         print(f"\ndemo finished in {time.monotonic() - started:.0f}s")
