@@ -25,7 +25,7 @@ from packdist.core.tls import check_host
 from packdist.errors import UserError
 from packdist.service import Service
 from packdist.site.home import SiteHome
-from packdist.site.views import online
+from packdist.site.views import online, online_after
 
 
 def _check_url(url: str) -> str:
@@ -101,6 +101,7 @@ def server_list(as_json: bool) -> None:
     finally:
         store.close()
     now = time.time()
+    after = online_after(len(servers))
     if as_json:
         print_json(
             {
@@ -110,7 +111,7 @@ def server_list(as_json: bool) -> None:
                         "url": s.url,
                         "groups": list(s.groups),
                         "labels": dict(s.labels),
-                        "online": online(s, now),
+                        "online": online(s, now, after),
                         "last_seen": iso(s.last_seen),
                         "disk_free": s.disk_free,
                     }
@@ -126,7 +127,7 @@ def server_list(as_json: bool) -> None:
     for col in ("server", "url", "groups", "labels", "online", "last heartbeat", "free disk"):
         table.add_column(col)
     for s in servers:
-        up = online(s, now)
+        up = online(s, now, after)
         table.add_row(
             s.name,
             s.url,

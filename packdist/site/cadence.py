@@ -67,6 +67,13 @@ def interval_for(servers: int) -> float:
     return min(MAX_INTERVAL, max(MIN_INTERVAL, math.ceil(wanted * 2) / 2))
 
 
+def offline_after_for(servers: int) -> float:
+    """Seconds of silence after which a server of a fleet of ``servers`` counts as offline,
+    at the interval such a fleet is given (:meth:`Cadence.offline_after` follows the
+    intervals actually handed out; this is for views that only know the fleet's size)."""
+    return OFFLINE_INTERVALS * interval_for(servers) + SLACK
+
+
 class Cadence:
     """The interval this site hands out, and the silences that follow from it."""
 
@@ -80,7 +87,7 @@ class Cadence:
         now = time.monotonic() if now is None else now
         new = interval_for(servers)
         if self.interval > new:  # agents told the longer one still wait it out
-            self._longest = self.interval
+            self._longest = max(self.longest(now), self.interval)  # a second drop as well
             self._longest_until = now + OFFLINE_INTERVALS * MAX_INTERVAL
         self.interval = new
         return new

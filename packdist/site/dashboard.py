@@ -21,7 +21,7 @@ import math
 import re
 import time
 from importlib import resources
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from aiohttp import web
@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 FAILED_LOGIN_DELAY = 1.0  # seconds; the password is random, this only slows a guesser more
 MAX_JOB_PAGE = 5000  # instructions on one page of a job
 LOGIN_BODY = 4096  # bytes of a login form: a password and a path
+#: seconds one read of the overview serves every dashboard open: each tab refreshes every
+#: 1.5 s, and the read walks every server on the store thread heartbeats and claims share
+OVERVIEW_FRESH = 1.0
 FORM_TYPE = "application/x-www-form-urlencoded"
 #: what a ``next=`` path may be made of: a path and query in plain URL characters (no
 #: whitespace, no control characters, no backslash)
@@ -68,6 +71,8 @@ class Dashboard:
         self.credentials = CredentialCache(site.home.root)
         self.gate = PasswordGate()
         self.static = {name: _static(name) for name in _STATIC_TYPES}
+        self._overview: tuple[float, dict[str, Any]] | None = None  # (when read, what)
+        self._overview_read: asyncio.Future[tuple[float, dict[str, Any]]] | None = None
 
     @property
     def settings(self) -> Settings:
@@ -141,10 +146,25 @@ class Dashboard:
             text=text, status=status, content_type="text/html", headers=_SECURITY_HEADERS
         )
 
+    async def _overview_doc(self) -> tuple[float, dict[str, Any]]:
+        """The overview as read at most OVERVIEW_FRESH ago, and when; one read at a time,
+        shared by every request that comes meanwhile."""
+        if self._overview is not None and time.time() - self._overview[0] < OVERVIEW_FRESH:
+            return self._overview
+        if self._overview_read is None or self._overview_read.done():
+            now = time.time()
+
+            async def read() -> tuple[float, dict[str, Any]]:
+                doc = await self.site.db(lambda s: views.overview(s, now))
+                self._overview = (now, doc)
+                return self._overview
+
+            self._overview_read = asyncio.ensure_future(read())
+        return await asyncio.shield(self._overview_read)
+
     async def overview_page(self, request: web.Request) -> web.Response:
         await self._page_guard(request)
-        now = time.time()
-        doc = await self.site.db(lambda s: views.overview(s, now))
+        now, doc = await self._overview_doc()
         body = pages.live("/api/overview", pages.overview_content(doc, now))
         return self._html(pages.page(f"packdist {doc['site']}", doc["site"], body, refresh=True))
 
@@ -229,10 +249,9 @@ class Dashboard:
 
     async def overview_api(self, request: web.Request) -> web.Response:
         await self._api_guard(request)
-        now = time.time()
-        doc = await self.site.db(lambda s: views.overview(s, now))
-        doc["html"] = pages.overview_content(doc, now)
-        return web.json_response(doc, headers={"Cache-Control": "no-store"})
+        now, doc = await self._overview_doc()
+        shown = {**doc, "html": pages.overview_content(doc, now)}  # the shared read unchanged
+        return web.json_response(shown, headers={"Cache-Control": "no-store"})
 
     async def job_api(self, request: web.Request) -> web.Response:
         await self._api_guard(request)
@@ -249,7 +268,7 @@ class Dashboard:
         after = _query_count(request, "after", 0)
         limit = min(max(_query_count(request, "limit", 500), 1), 10_000)
         if after:
-            events = await self.site.db(lambda s: s.events(job, after)[:limit])
+            events = await self.site.db(lambda s: s.events(job, after, limit))
         else:
             events = await self.site.db(lambda s: s.recent_events(limit, job))
         return web.json_response(

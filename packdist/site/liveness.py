@@ -52,6 +52,7 @@ class Liveness:
         self._seen: dict[str, _Seen] = {}
         self._tokens: dict[str, tuple[ServerRecord, float]] = {}
         self._unreached: set[str] = set()  # a call to them failed since their last heartbeat
+        self._dirty: set[str] = set()  # heard since the last write (a batch walks only these)
 
     @property
     def offline_after(self) -> float:
@@ -93,6 +94,7 @@ class Liveness:
         seen.last_seen = max(seen.last_seen, now)
         seen.disk_free = beat.disk_free
         seen.dirty = True
+        self._dirty.add(server)
         return True
 
     def recorded(self, server: str, beat: Heartbeat, now: float) -> None:
@@ -118,12 +120,15 @@ class Liveness:
             seen.last_seen = max(seen.last_seen, now)
             seen.excused_until = max(seen.excused_until, now + told_to_wait)
             seen.dirty = True
+            self._dirty.add(server)
 
     def take_dirty(self) -> list[tuple[str, float, int | None]]:
         """``(server, last_seen, disk_free)`` heard since the last call, to be written."""
         out = []
-        for name, seen in self._seen.items():
-            if seen.dirty:
+        names, self._dirty = self._dirty, set()
+        for name in names:
+            seen = self._seen.get(name)
+            if seen is not None and seen.dirty:
                 seen.dirty = False
                 out.append((name, seen.last_seen, seen.disk_free))
         return out
@@ -173,4 +178,8 @@ class Liveness:
             else:
                 del self._tokens[token_hash]
                 dropped.append(token_hash)
+                # removed (or enrolled again): not counted in the fleet the interval is
+                # for, and its next heartbeat, if any, is recorded in full
+                self.forget(found[0].name)
+                self._unreached.discard(found[0].name)
         return dropped

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import math
 
-from packdist.site.views import ONLINE_AFTER
 from packdist.site.views import online as is_online
+from packdist.site.views import online_after
 from packdist.store.base import MetricsTotals, ServerRecord
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -84,10 +84,11 @@ def render(totals: MetricsTotals, servers: list[ServerRecord], now: float) -> st
     out.sample(f"{name}_sum", totals.transfer_sum)
     out.sample(f"{name}_count", totals.transfer_count)
 
-    online = {s.name for s in servers if is_online(s, now)}
+    after = online_after(len(servers))
+    online = {s.name for s in servers if is_online(s, now, after)}
     out.family("packdist_servers", "gauge", "Enrolled distribution servers.")
     out.sample("packdist_servers", len(servers))
-    out.family("packdist_servers_online", "gauge", f"Servers heard from within {ONLINE_AFTER:g}s.")
+    out.family("packdist_servers_online", "gauge", f"Servers heard from within {after:g}s.")
     out.sample("packdist_servers_online", len(online))
     out.family("packdist_server_up", "gauge", "1 if the server's agent is heartbeating.")
     for s in servers:

@@ -12,6 +12,8 @@ from typing import Any
 
 from packdist.core.timefmt import ago, iso
 from packdist.errors import ErrorKind
+from packdist.site.cadence import offline_after_for
+from packdist.site.liveness import FLUSH_EVERY
 from packdist.states import InstructionState
 from packdist.store.base import EventRecord, JobRecord, ServerRecord, StatusCell, Store
 
@@ -51,8 +53,17 @@ def is_corruption(error_kind: str | None) -> bool:
     return error_kind == ErrorKind.INTEGRITY.value
 
 
-def online(server: ServerRecord, now: float) -> bool:
-    return server.last_seen is not None and now - server.last_seen < ONLINE_AFTER
+def online_after(servers: int) -> float:
+    """Seconds within which a server must have been heard from to show as online, in a
+    fleet of ``servers``: the silence after which the site counts a server offline at the
+    heartbeat interval it gives such a fleet, plus the batched write of quiet heartbeats
+    (at 10,000 servers a healthy agent heartbeats every 10 s: a fixed 10 s showed it
+    offline half the time). At least ONLINE_AFTER."""
+    return max(ONLINE_AFTER, offline_after_for(servers) + FLUSH_EVERY)
+
+
+def online(server: ServerRecord, now: float, after: float = ONLINE_AFTER) -> bool:
+    return server.last_seen is not None and now - server.last_seen < after
 
 
 def cell_view(cell: StatusCell | None, now: float) -> dict[str, Any]:
@@ -180,13 +191,15 @@ def event_json(e: EventRecord) -> dict[str, Any]:
     }
 
 
-def server_json(s: ServerRecord, now: float, installed: list[str]) -> dict[str, Any]:
+def server_json(
+    s: ServerRecord, now: float, installed: list[str], after: float = ONLINE_AFTER
+) -> dict[str, Any]:
     return {
         "name": s.name,
         "url": s.url,
         "groups": list(s.groups),
         "labels": dict(s.labels),
-        "online": online(s, now),
+        "online": online(s, now, after),
         "last_seen": iso(s.last_seen),
         "last_seen_ago": ago(s.last_seen, now),
         "disk_free": s.disk_free,
@@ -199,11 +212,14 @@ def status(
     now: float,
     only: list[str] | None = None,
     read: list[StatusCell] | None = None,
+    after: float | None = None,
 ) -> dict[str, Any]:
     """The package x server matrix with a word and a reason per cell: of every server, or
-    of the servers named in ``only`` (a page); from the cells ``read`` if given."""
+    of the servers named in ``only`` (a page); from the cells ``read`` if given. ``after``:
+    the :func:`online_after` of the fleet (worked out here when every server is read)."""
     if only is None:
         servers = store.list_servers()
+        after = online_after(len(servers)) if after is None else after
     else:
         named = [store.server(n) for n in only]
         servers = [s for s in named if s is not None]
@@ -219,7 +235,10 @@ def status(
         if c.installed and server in installed:
             installed[server].append(ref)
     return {
-        "servers": [server_json(s, now, installed[s.name]) for s in servers],
+        "servers": [
+            server_json(s, now, installed[s.name], ONLINE_AFTER if after is None else after)
+            for s in servers
+        ],
         "packages": packages,
         "matrix": matrix,
     }
@@ -286,10 +305,11 @@ def overview(store: Store, now: float, servers_shown: int = OVERVIEW_SERVERS) ->
     per package, one page of servers (trouble first) with their cells, the newest jobs with
     their counts and a few instructions each (trouble first), the newest events. What it
     reads grows with packages and the pages, not with the fleet's history."""
-    online_since = now - ONLINE_AFTER
+    after = online_after(store.server_counts(now)[0])
+    online_since = now - after
     total, up = store.server_counts(online_since)
     page = store.servers_attention_first(online_since, servers_shown)
-    st = status(store, now, page)
+    st = status(store, now, page, after=after)
     words = tally(store, now)
     jobs = store.list_jobs(RECENT_JOBS)
     return {

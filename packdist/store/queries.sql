@@ -368,10 +368,11 @@ VALUES (:at, :job_id, :server, :kind, :message, :actor)
 
 -- name: events_after
 SELECT id, at, job_id, server, kind, message, actor FROM events WHERE id > :after ORDER BY id
+LIMIT :limit
 
 -- name: job_events_after
 SELECT id, at, job_id, server, kind, message, actor FROM events
-WHERE id > :after AND job_id = :job_id ORDER BY id
+WHERE id > :after AND job_id = :job_id ORDER BY id LIMIT :limit
 
 -- name: newest_events
 SELECT id, at, job_id, server, kind, message, actor FROM events ORDER BY id DESC LIMIT :limit

@@ -10,6 +10,7 @@ from packdist.store.records import EventRecord, MetricsTotals, StatusCell
 S = InstructionState
 _STATES = {s.value: s for s in S}
 _SERVER_BATCH = 500  # names per query (SQLite's placeholders are limited)
+NO_LIMIT = 2**62  # a LIMIT both dialects take as "every row"
 
 
 def _event(row: Row) -> EventRecord:
@@ -97,11 +98,16 @@ class ReportQueries:
         cells.sort(key=lambda c: (c.package_ref, c.server))
         return cells
 
-    def events(self, job_id: str | None = None, after_id: int = 0) -> list[EventRecord]:
+    def events(
+        self, job_id: str | None = None, after_id: int = 0, limit: int | None = None
+    ) -> list[EventRecord]:
+        """The events after ``after_id``, oldest first; at most ``limit`` of them (a poll
+        never reads the whole history into memory to keep a page of it)."""
+        most = NO_LIMIT if limit is None else limit
         if job_id is None:
-            rows = self.db.rows("events_after", after=after_id)
+            rows = self.db.rows("events_after", after=after_id, limit=most)
         else:
-            rows = self.db.rows("job_events_after", after=after_id, job_id=job_id)
+            rows = self.db.rows("job_events_after", after=after_id, job_id=job_id, limit=most)
         return [_event(r) for r in rows]
 
     def recent_events(self, limit: int, job_id: str | None = None) -> list[EventRecord]:

@@ -27,6 +27,8 @@ from packdist.site.cadence import (
     interval_for,
 )
 from packdist.site.liveness import Liveness
+from packdist.site.views import online, online_after
+from packdist.store.records import ServerRecord
 
 
 def test_the_interval_follows_the_fleet_size_and_keeps_heartbeats_within_the_budget() -> None:
@@ -143,3 +145,17 @@ def _lag_seen(pauses: list[float]) -> float:
 def test_one_pause_of_the_event_loop_sheds_nothing_but_a_loop_late_at_every_look_does() -> None:
     assert _lag_seen([0.6]) <= LAG_LIMIT, "one pause counted as overload"
     assert _lag_seen([0.4] * (3 * LAG_LOOKS)) > LAG_LIMIT, "a loop late at every look passed"
+
+
+def test_a_second_drop_of_the_interval_still_remembers_the_longest_handed_out() -> None:
+    cadence = Cadence(10_000)  # 10 s
+    cadence.follow(5_000, now=1000.0)  # 5 s
+    cadence.follow(0, now=1001.0)  # 2 s: agents told 10 s a moment ago still wait it out
+    assert cadence.longest(now=1002.0) == MAX_INTERVAL
+
+
+def test_a_healthy_server_of_a_large_fleet_shows_online_between_its_heartbeats() -> None:
+    server = ServerRecord("dp1", "http://dp1:8701", (), 0.0, last_seen=1000.0, disk_free=None)
+    # 10,000 servers heartbeat every 10 s, written in batches every 2 s: 12.5 s is healthy
+    assert online(server, 1012.5, online_after(10_000))
+    assert not online(server, 1012.5, online_after(10)), "a small fleet heartbeats every 2 s"

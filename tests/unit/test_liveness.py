@@ -14,6 +14,7 @@ from packdist.protocol.messages import Heartbeat
 from packdist.protocol.site_api import SiteClient
 from packdist.service import Service
 from packdist.site.liveness import Liveness
+from packdist.store.records import ServerRecord
 from packdist.store.sqlite import SQLiteStore
 from tests.harness import free_port
 from tests.unit.store_conformance import T0, add_package, add_server
@@ -122,3 +123,17 @@ def test_heartbeats_ride_one_kept_alive_connection() -> None:
 
     asyncio.run(scenario())
     assert len(ports) == 5 and len(set(ports)) == 1, ports
+
+
+def test_a_removed_servers_liveness_is_forgotten_with_its_token() -> None:
+    live = Liveness(7.0)
+    beat = Heartbeat("b", 1, [])
+    record = ServerRecord("dp1", "http://dp1:8701", (), 0.0, last_seen=None, disk_free=None)
+    live.remember_token("h1", record, now=0.0)
+    live.recorded("dp1", beat, 0.0)
+    live.recorded("dp2", beat, 0.0)
+    assert live.servers() == 2
+    assert live.tokens_checked(["h1"], set(), now=1.0) == ["h1"]  # dp1 was removed
+    assert live.servers() == 1, "a removed server still counted in the fleet"
+    assert live.last_heard("dp1") is None
+    assert not live.quiet("dp1", beat, 2.0), "its next heartbeat must be recorded in full"
