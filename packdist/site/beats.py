@@ -22,7 +22,7 @@ from aiohttp import web
 
 from packdist.auth import bearer, hash_token, looks_like_token
 from packdist.despooler import SILENT_AFTER
-from packdist.errors import AuthError, UserError
+from packdist.errors import AuthError, StoreError, UserError
 from packdist.http import error_response
 from packdist.protocol.messages import Heartbeat
 from packdist.protocol.site_api import MAX_INTERVAL, SHED_MAX
@@ -179,7 +179,14 @@ class Beats:
         except Exception as exc:  # the next heartbeat of each is recorded in full instead
             for name, _, _ in heard:
                 self.liveness.forget(name)
-            log.warning("writing %d heartbeat(s) failed: %s", len(heard), exc)
+            # a store's failure in one line; anything else is a bug: with its traceback
+            log.log(
+                logging.WARNING if isinstance(exc, StoreError) else logging.ERROR,
+                "writing %d heartbeat(s) failed: %s",
+                len(heard),
+                exc,
+                exc_info=not isinstance(exc, StoreError),
+            )
 
     async def check_tokens(self) -> None:
         """Drop the kept tokens of servers removed or enrolled again: one query for all."""
@@ -189,7 +196,13 @@ class Beats:
         try:
             valid = await self.db(lambda s: s.live_token_hashes(kept))
         except Exception as exc:  # kept until TOKEN_TTL; checked again next time
-            log.warning("checking %d enrollment token(s) failed: %s", len(kept), exc)
+            log.log(
+                logging.WARNING if isinstance(exc, StoreError) else logging.ERROR,
+                "checking %d enrollment token(s) failed: %s",
+                len(kept),
+                exc,
+                exc_info=not isinstance(exc, StoreError),
+            )
             return
         dropped = self.liveness.tokens_checked(kept, valid)
         if dropped:

@@ -15,7 +15,7 @@ from typing import Any
 
 from packdist.core.fsutil import human_bytes
 from packdist.core.timefmt import ago
-from packdist.site.views import EVENT_TITLES
+from packdist.site.views import EVENT_TITLES, JOB_PAGE
 from packdist.states import DONE
 
 REFRESH_WITHOUT_JS = 10  # seconds
@@ -367,6 +367,7 @@ def _pager(job: dict[str, Any], page: dict[str, Any]) -> str:
     def link(text: str, new_state: str | None, new_offset: int) -> str:
         query = [f"state={new_state}"] if new_state else []
         query += [f"offset={new_offset}"] if new_offset else []
+        query += [f"limit={limit}"] if limit != JOB_PAGE else []  # the pages stay aligned
         href = base + ("?" + "&".join(query) if query else "")
         return f'<a href="{h(href)}">{h(text)}</a>'
 

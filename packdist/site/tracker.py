@@ -138,7 +138,8 @@ class Swarm:
         chosen = [m for m in holders if m.server != server and self._alive(m, now)]
         del chosen[MAX_HOLDERS:]
         taken = 0  # every receiver here sees the same first ones, by name
-        for m in self.receivers.get(here, ()):
+        # looked at: at most 4x what is offered, however many are silent or holding by now
+        for m in self.receivers.get(here, ())[: 4 * MAX_SWARM]:
             if taken == MAX_SWARM:
                 break
             if m.server != server and m.server not in self._now_holding and self._alive(m, now):

@@ -27,8 +27,6 @@ JOB_PAGE = 200  # instructions per page of a job's own page
 #: the order a job's instructions are previewed in: what needs an operator first
 ATTENTION_ORDER = (S.FAILED, S.RETRYING, S.SENDING, S.PENDING, S.CANCELLED, S.INSTALLED, S.REMOVED)
 
-#: words for the matrix, best news first
-
 #: how each event kind reads on a timeline
 EVENT_TITLES = {
     "created": "job created",

@@ -45,8 +45,11 @@ def test_the_job_page_shows_one_page_and_links_to_the_next_and_to_each_state(
     assert doc["page"] == {"state": None, "offset": 10, "limit": 10, "matching": 30}
     html = pages.job_content(doc, T0 + 3)
     assert "11-20 of 30" in html
-    assert f'href="/jobs/{job_id}?offset=20"' in html and f'href="/jobs/{job_id}"' in html
-    assert f'href="/jobs/{job_id}?state=retrying"' in html and "retrying (5)" in html
+    # the page size asked for stays in every link: "previous" and "next" are its neighbours
+    assert f'href="/jobs/{job_id}?offset=20&amp;limit=10"' in html
+    assert f'href="/jobs/{job_id}?limit=10"' in html
+    assert f'href="/jobs/{job_id}?state=retrying&amp;limit=10"' in html
+    assert "retrying (5)" in html
     retrying = views.job_page(store, job_id, T0 + 3, state=S.RETRYING)
     assert {i["state"] for i in retrying["job"]["instructions"]} == {"retrying"}
     assert retrying["page"]["matching"] == 5
