@@ -38,6 +38,7 @@ from packdist.protocol.agent_api import AgentClient
 from packdist.protocol.messages import InstallStatus
 from packdist.retry import RetryPolicy
 from packdist.service import Service
+from packdist.site import cadence
 from packdist.site.install_inputs import InstallInputs, chunk_fault
 from packdist.site.library import ContentLibrary
 from packdist.site.store_runner import StoreRunner, WriteBatch
@@ -51,7 +52,7 @@ __all__ = ["Despooler", "PeerSettings", "StoreRunner"]  # StoreRunner: its old h
 
 LONG_POLL = 2.0  # an agent answers a status question at the latest after this long
 RENEW_EVERY = 2.0  # at most this long between two lease renewals (and progress writes)
-SILENT_AFTER = 10.0  # a server not heard from for this long is likely unreachable
+SILENT_AFTER = cadence.SILENT_AFTER  # re-exported: its home is the heartbeat cadence
 MAX_IDLE = 1.0  # with notifications, the longest wait between two looks for work
 STALL_LIMIT = 120.0  # an install that makes no progress this long is given up (and retried)
 CLAIM_BATCH = 64  # instructions claimed in one transaction (one lease name for the batch)

@@ -21,14 +21,13 @@ import aiohttp
 from aiohttp import web
 
 from packdist.auth import bearer, hash_token, looks_like_token
-from packdist.despooler import SILENT_AFTER
 from packdist.errors import AuthError, StoreError, UserError
 from packdist.http import error_response
 from packdist.protocol.messages import Heartbeat
 from packdist.protocol.site_api import MAX_INTERVAL, SHED_MAX
 from packdist.service import Service
 from packdist.serving import open_connections
-from packdist.site.cadence import OFFLINE_INTERVALS, Admission, Cadence
+from packdist.site.cadence import OFFLINE_INTERVALS, SILENT_AFTER, Admission, Cadence
 from packdist.site.liveness import FLUSH_EVERY, TOKEN_CHECK_EVERY, Liveness
 from packdist.site.store_runner import StoreRunner
 from packdist.store.base import ServerRecord

@@ -36,6 +36,9 @@ MIN_INTERVAL = 2.0  # seconds: a small fleet heartbeats this often
 # MAX_INTERVAL (10 s, the agents' own bound): however large the fleet, a returning server
 # that did not notice its outage waits at most this (see protocol/site_api.py)
 OFFLINE_INTERVALS = 3  # silent for this many intervals (plus SLACK): offline
+#: the floor of every "silent": a server not heard from for this long is likely unreachable
+#: (the despooler's cap on attempts to such servers, the tracker's offers)
+SILENT_AFTER = 10.0
 SLACK = 1.0
 #: above this many heartbeats a second, on average, the rest are shed: agents that obey the
 #: interval stay well under it

@@ -27,10 +27,11 @@ from typing import Any
 
 from packdist.auth import peer_assertion
 from packdist.core.signing import SigningKey
+from packdist.site.cadence import SILENT_AFTER
 from packdist.store.base import SwarmMember
 
-#: a server silent for longer than this is not offered as a peer
-ALIVE_WITHIN = 10.0
+#: a server silent for longer than this is not offered as a peer (the one floor of silence)
+ALIVE_WITHIN = SILENT_AFTER
 #: seconds a package's swarm, as read from the store, serves the installs that follow
 REFRESH = 2.0
 #: a server the swarm does not know (a new job's, a retry come due) calls for a new read,
