@@ -78,6 +78,13 @@ EFFECTS: dict[str, frozenset[str]] = {
 
 TERMINAL: frozenset[InstructionState] = frozenset({S.INSTALLED, S.REMOVED, S.FAILED, S.CANCELLED})
 
+#: the states of an instruction whose server receives its package now or soon (a peer to
+#: the others: the tracker's swarm); a retrying one only once its retry is due
+RECEIVING: frozenset[InstructionState] = frozenset({S.PENDING, S.SENDING, S.RETRYING})
+BACKING_OFF: InstructionState = S.RETRYING  # of RECEIVING, the one that may wait a back-off
+#: the states an operator is shown first (a server's newest instruction in one: in trouble)
+TROUBLE: frozenset[InstructionState] = frozenset({S.RETRYING, S.FAILED})
+
 #: the terminal state that means "done" for each job action
 DONE: dict[str, InstructionState] = {"install": S.INSTALLED, "remove": S.REMOVED}
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from packdist import states
 from packdist.core.digest import Digest
 from packdist.core.manifest import Manifest
 from packdist.errors import AlreadyExists, NotFound, StoreError
@@ -215,7 +216,13 @@ class CatalogQueries:
             SwarmMember(
                 r["name"], r["url"], labels_of(r["labels"]), r["last_seen"], bool(r["holder"])
             )
-            for r in self.db.rows("swarm", pkg=package_id, now=now)
+            for r in self.db.rows(
+                "swarm",
+                pkg=package_id,
+                now=now,
+                receiving=sorted(s.value for s in states.RECEIVING),
+                backing_off=states.BACKING_OFF.value,
+            )
         ]
 
     def server_liveness(self, name: str) -> Row | None:

@@ -121,8 +121,8 @@ UNION
 SELECT s.name, s.url, s.labels, s.last_seen, 0 AS holder
 FROM jobs j JOIN instructions i ON i.job_id = j.id JOIN servers s ON s.name = i.server
 WHERE j.package_id = :pkg AND j.action = 'install' AND s.removed = 0
-AND i.state IN ('pending', 'sending', 'retrying')
-AND (i.state != 'retrying' OR i.next_attempt_at <= :now)
+AND i.state IN (:receiving)
+AND (i.state != :backing_off OR i.next_attempt_at <= :now)
 AND NOT EXISTS (SELECT 1 FROM server_packages p WHERE p.server = s.name
                 AND p.package_id = :pkg AND p.corrupt IS NULL)
 ORDER BY 1
@@ -437,7 +437,7 @@ SELECT s.name FROM servers s WHERE s.removed = 0
 ORDER BY CASE
     WHEN EXISTS (SELECT 1 FROM newest_instructions n JOIN instructions i
                  ON i.id = n.instruction_id
-                 WHERE n.server = s.name AND i.state IN ('retrying', 'failed')) THEN 0
+                 WHERE n.server = s.name AND i.state IN (:trouble)) THEN 0
     WHEN EXISTS (SELECT 1 FROM server_packages sp
                  WHERE sp.server = s.name AND sp.corrupt IS NOT NULL) THEN 0
     WHEN s.last_seen IS NULL OR s.last_seen < :online_since THEN 1

@@ -13,6 +13,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+from packdist import states
 from packdist.errors import NotFound
 from packdist.states import InstructionState
 from packdist.store.db import Database, Row
@@ -142,5 +143,10 @@ class SummaryQueries:
     def servers_attention_first(self, online_since: float, limit: int) -> list[str]:
         """Up to ``limit`` server names: those with a cell in trouble first, then those
         not heard from since ``online_since``, then the rest, each by name."""
-        rows = self.db.rows("servers_attention_first", online_since=online_since, limit=limit)
+        rows = self.db.rows(
+            "servers_attention_first",
+            online_since=online_since,
+            limit=limit,
+            trouble=sorted(s.value for s in states.TROUBLE),
+        )
         return [r["name"] for r in rows]
