@@ -133,8 +133,8 @@ class CatalogQueries:
         url: str,
         token_hash: str,
         groups: list[str],
-        labels: dict[str, str] | None = None,
-        now: float = 0.0,
+        labels: dict[str, str] | None,
+        now: float,
     ) -> None:
         """Enrol a server; a removed server of that name enrols again with no old state."""
         fields: dict[str, Any] = {

@@ -254,7 +254,7 @@ def test_the_chunk_route_still_takes_a_large_body(site: tuple[SiteHome, str]) ->
     try:
         from packdist.auth import hash_token
 
-        store.add_server("dp1", "http://127.0.0.1:9", hash_token(token), [])
+        store.add_server("dp1", "http://127.0.0.1:9", hash_token(token), [], None, time.time())
     finally:
         store.close()
     body = {"digests": ["ab" * 32] * 4096, "accept": ["raw"]}  # ~270 KB: above SMALL_BODY
