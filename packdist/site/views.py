@@ -219,8 +219,8 @@ def status(
         servers = store.list_servers()
         after = online_after(len(servers)) if after is None else after
     else:
-        named = [store.server(n) for n in only]
-        servers = [s for s in named if s is not None]
+        by_name = {s.name: s for s in store.servers_named(only)}
+        servers = [by_name[n] for n in only if n in by_name]  # in the order asked
     packages = [p.ref for p in store.list_packages()]
     if read is None:
         read = store.status_cells(only)

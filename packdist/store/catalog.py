@@ -187,6 +187,16 @@ class CatalogQueries:
             groups.setdefault(g["server"], []).append(g["grp"])
         return self._servers(self.db.rows("live_servers"), groups)
 
+    def servers_named(self, names: list[str]) -> list[ServerRecord]:
+        """The enrolled servers among ``names``, by name: two queries, whatever the count
+        (a page of the dashboard, not one query per server)."""
+        if not names:
+            return []
+        groups: dict[str, list[str]] = {}
+        for g in self.db.rows("groups_of_servers", names=names):
+            groups.setdefault(g["server"], []).append(g["grp"])
+        return self._servers(self.db.rows("live_servers_named", names=names), groups)
+
     def server(self, name: str) -> ServerRecord | None:
         """A server that is enrolled (not removed)."""
         return self._one_server(self.db.row("live_server_by_name", name=name))

@@ -79,6 +79,13 @@ WHERE removed = 0 ORDER BY name
 -- name: live_server_names
 SELECT name FROM servers WHERE removed = 0 ORDER BY name
 
+-- name: live_servers_named
+SELECT name, url, created_at, last_seen, disk_free, labels FROM servers
+WHERE removed = 0 AND name IN (:names) ORDER BY name
+
+-- name: groups_of_servers
+SELECT server, grp FROM server_groups WHERE server IN (:names) ORDER BY server, grp
+
 -- name: live_server_by_name
 SELECT name, url, created_at, last_seen, disk_free, labels FROM servers
 WHERE removed = 0 AND name = :name

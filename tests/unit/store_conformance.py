@@ -181,6 +181,18 @@ class StoreConformance:
         assert found.name == "dp2"
         assert store.server_by_token_hash("hash-of-nobody") is None
 
+    def test_servers_named_are_the_enrolled_ones_with_their_groups(
+        self, store: Store, servers: list[str]
+    ) -> None:
+        Service(store).remove_server("dp3", T0 + 1)
+        found = store.servers_named(["dp2", "nobody", "dp1", "dp3"])
+        assert [(s.name, s.groups) for s in found] == [
+            ("dp1", ("all", "g0")),
+            ("dp2", ("all", "g1")),
+        ]
+        assert found == [s for s in store.list_servers() if s.name in ("dp1", "dp2")]
+        assert store.servers_named([]) == []
+
     def test_server_name_exists_once(self, store: Store, servers: list[str]) -> None:
         with pytest.raises(AlreadyExists):
             Service(store).add_server("dp1", "http://elsewhere", "another-hash", [], None, T0)
