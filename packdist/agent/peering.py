@@ -87,6 +87,9 @@ class PeerService:
         self.pulse = pulse
         self.upload = upload
         self._installed: OrderedDict[str, ChunkView] = OrderedDict()
+        #: servers the site removed lately (its heartbeat answers say): a peer credential
+        #: naming one is refused, though its signature still holds
+        self.revoked: frozenset[str] = frozenset()
 
     async def view(self, package_id: str) -> ChunkView | None:
         active = self.active_view(package_id)
@@ -114,6 +117,8 @@ class PeerService:
         package_id, digests, wait = _parse(await read_json(request))
         if claims.get("pkg") != package_id or not claims.get("sub"):
             raise AuthError("credential is for another package")
+        if claims["sub"] in self.revoked:  # the site removed it after signing this
+            raise AuthError(f"server {claims['sub']} was removed from the site")
         stall = _Stall(wait)
         resp = web.StreamResponse(headers={"Content-Type": "application/x-packdist-chunks"})
         await resp.prepare(request)

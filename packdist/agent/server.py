@@ -43,7 +43,13 @@ from packdist.protocol.messages import (
     InstallRequest,
     RemoveRequest,
 )
-from packdist.protocol.site_api import DEFAULT_INTERVAL, HeartbeatPace, SiteClient, site_urls
+from packdist.protocol.site_api import (
+    DEFAULT_INTERVAL,
+    HeartbeatPace,
+    SiteClient,
+    revoked_of,
+    site_urls,
+)
 from packdist.ratelimit import Bucket
 from packdist.serving import guard, serve_until_stopped
 
@@ -212,7 +218,11 @@ class Agent:
                     enrolled_now = True
                 assert self.site is not None
                 payload = await asyncio.to_thread(self._heartbeat_payload)
-                wait = pace.answered(await self.site.heartbeat(payload))
+                answer = await self.site.heartbeat(payload)
+                wait = pace.answered(answer)
+                revoked = revoked_of(answer)
+                if revoked is not None:  # removed servers: their peer credentials are void
+                    self.peers.revoked = revoked
                 if self.identity.due():  # renewal, two thirds into the certificate's life
                     await self._renew_certificate()
             except Overloaded as exc:

@@ -82,6 +82,22 @@ class HeartbeatPace:
         return float(wait * self._rng.uniform(0.5, 1.0))
 
 
+#: names of removed servers a heartbeat answer carries, at most (the newest removed first):
+#: the answer every agent gets every few seconds stays small. Of more removals than this
+#: within a peer credential's life (4 h), the oldest go unnamed: their credentials are then
+#: refused only when they expire (a list fetched by version would lift this)
+MAX_REVOKED = 1_000
+
+
+def revoked_of(answer: dict[str, Any]) -> frozenset[str] | None:
+    """The servers a heartbeat answer names as removed (None: it says nothing of them, an
+    older site); peers refuse the peer credentials that name them."""
+    said = answer.get("revoked", [])
+    if not isinstance(said, list):
+        return None
+    return frozenset(n for n in said[:MAX_REVOKED] if isinstance(n, str))
+
+
 def site_urls(text: str) -> list[str]:
     """``URL1,URL2`` as a list (trailing slashes dropped, duplicates once)."""
     urls = [u.strip().rstrip("/") for u in text.split(",") if u.strip()]

@@ -42,7 +42,7 @@ class FleetUseCases(AttemptUseCases):
         returns how many."""
         store = self.store
         with store.transaction():
-            store.mark_server_removed(name)
+            store.mark_server_removed(name, now)
             ids = store.server_instructions(name, states.sources("server_removed"))
             n = len(store.apply("server_removed", ids, now, **ended(now, "server removed")))
             message = f"server {name} removed{self._by()}"

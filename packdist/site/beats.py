@@ -20,11 +20,11 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from packdist.auth import bearer, hash_token, looks_like_token
+from packdist.auth import PEER_TTL, bearer, hash_token, looks_like_token
 from packdist.errors import AuthError, StoreError, UserError
 from packdist.http import error_response
 from packdist.protocol.messages import Heartbeat
-from packdist.protocol.site_api import MAX_INTERVAL, SHED_MAX
+from packdist.protocol.site_api import MAX_INTERVAL, MAX_REVOKED, SHED_MAX
 from packdist.service import Service
 from packdist.serving import open_connections
 from packdist.site.cadence import OFFLINE_INTERVALS, SILENT_AFTER, Admission, Cadence
@@ -63,11 +63,16 @@ class Beats:
         self._enrolled = 0
         self._started = time.monotonic()
         self._quiet_answer, self._quiet_interval = b"", 0.0
+        #: servers removed within a peer credential's life: every heartbeat answer names
+        #: them, and peers refuse the credentials that name them (read every
+        #: TOKEN_CHECK_EVERY: a removed server is refused by its peers within seconds)
+        self.revoked: list[str] = []
         self.files_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]  # raised at start
 
     async def start(self) -> None:
         """The fleet as enrolled, until this process has heard from it (see follow_fleet)."""
         self._enrolled = await self.db(lambda s: len(s.list_servers()))
+        await self.read_revoked()
         self._started = time.monotonic()
         self.cadence.follow(self._enrolled)
 
@@ -128,7 +133,10 @@ class Beats:
     def answer(self, woken: int) -> web.Response:
         interval = self.cadence.interval
         if woken or interval != self._quiet_interval:  # the common answer, encoded once
-            body = json.dumps({"ok": True, "woken": woken, "interval": interval}).encode()
+            said: dict[str, object] = {"ok": True, "woken": woken, "interval": interval}
+            if self.revoked:
+                said["revoked"] = self.revoked
+            body = json.dumps(said).encode()
             if woken:
                 return self._closing_if_short(web.Response(body=body, content_type=JSON))
             self._quiet_answer, self._quiet_interval = body, interval
@@ -187,6 +195,18 @@ class Beats:
                 exc_info=not isinstance(exc, StoreError),
             )
 
+    async def read_revoked(self) -> None:
+        """Which servers were removed within a peer credential's life (one query)."""
+        since = time.time() - PEER_TTL
+        try:
+            revoked = await self.db(lambda s: s.servers_removed_since(since, MAX_REVOKED))
+        except StoreError as exc:  # the list as last read stands; read again next time
+            log.warning("reading the servers removed lately failed: %s", exc)
+            return
+        if revoked != self.revoked:
+            self.revoked = revoked
+            self._quiet_interval = 0.0  # the common answer is encoded again, with them
+
     async def check_tokens(self) -> None:
         """Drop the kept tokens of servers removed or enrolled again: one query for all."""
         kept = self.liveness.tokens_kept()
@@ -215,6 +235,7 @@ class Beats:
             if time.monotonic() - checked >= TOKEN_CHECK_EVERY:
                 checked = time.monotonic()
                 await self.check_tokens()
+                await self.read_revoked()
             self.follow_fleet()
             if time.monotonic() - told >= SHED_LOG_EVERY:  # one line a while, not one a shed
                 told = time.monotonic()

@@ -156,10 +156,14 @@ class CatalogQueries:
                 self.db.run("clear_server_holdings", name=name)
             self.db.run_many("insert_server_group", [{"server": name, "grp": g} for g in groups])
 
-    def mark_server_removed(self, name: str) -> None:
+    def mark_server_removed(self, name: str, now: float) -> None:
         """The server is gone (its token revoked); NotFound if it was not enrolled."""
-        if not self.db.rows("mark_server_removed", name=name):
+        if not self.db.rows("mark_server_removed", name=name, now=now):
             raise NotFound(f"no server named {name}")
+
+    def servers_removed_since(self, since: float, limit: int) -> list[str]:
+        """The servers removed at ``since`` or later, newest first, at most ``limit``."""
+        return [r["name"] for r in self.db.rows("servers_removed_since", since=since, limit=limit)]
 
     def _servers(self, rows: list[Row], groups: dict[str, list[str]]) -> list[ServerRecord]:
         return [

@@ -56,7 +56,8 @@ VALUES (:name, :url, :token_hash, :now, :labels)
 
 -- name: reenrol_server
 UPDATE servers SET url = :url, token_hash = :token_hash, created_at = :now, removed = 0,
-    last_seen = NULL, boot_id = NULL, disk_free = NULL, back_at = NULL, labels = :labels
+    last_seen = NULL, boot_id = NULL, disk_free = NULL, back_at = NULL, labels = :labels,
+    removed_at = NULL
 WHERE name = :name
 
 -- name: clear_server_groups
@@ -69,8 +70,12 @@ DELETE FROM server_packages WHERE server = :name
 INSERT INTO server_groups (server, grp) VALUES (:server, :grp) ON CONFLICT DO NOTHING
 
 -- name: mark_server_removed
-UPDATE servers SET removed = 1, token_hash = 'removed:' || name
+UPDATE servers SET removed = 1, token_hash = 'removed:' || name, removed_at = :now
 WHERE name = :name AND removed = 0 RETURNING name
+
+-- name: servers_removed_since
+SELECT name FROM servers WHERE removed = 1 AND removed_at >= :since
+ORDER BY removed_at DESC, name LIMIT :limit
 
 -- name: live_servers
 SELECT name, url, created_at, last_seen, disk_free, labels FROM servers

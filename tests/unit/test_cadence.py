@@ -11,10 +11,12 @@ from packdist.protocol.messages import Heartbeat
 from packdist.protocol.site_api import (
     DEFAULT_INTERVAL,
     MAX_INTERVAL,
+    MAX_REVOKED,
     MIN_INTERVAL,
     RETRY_MAX,
     SHED_MAX,
     HeartbeatPace,
+    revoked_of,
 )
 from packdist.site.cadence import (
     HEARTBEAT_BUDGET,
@@ -159,3 +161,10 @@ def test_a_healthy_server_of_a_large_fleet_shows_online_between_its_heartbeats()
     # 10,000 servers heartbeat every 10 s, written in batches every 2 s: 12.5 s is healthy
     assert online(server, 1012.5, online_after(10_000))
     assert not online(server, 1012.5, online_after(10)), "a small fleet heartbeats every 2 s"
+
+
+def test_the_removed_servers_a_heartbeat_answer_names_are_read_whatever_it_holds() -> None:
+    assert revoked_of({"interval": 2}) == frozenset()  # none removed lately
+    assert revoked_of({"revoked": ["dp2", 7, None, "dp3"]}) == {"dp2", "dp3"}
+    assert revoked_of({"revoked": "dp2"}) is None  # not a list: what was known stands
+    assert len(revoked_of({"revoked": [f"s{i}" for i in range(5_000)]}) or ()) == MAX_REVOKED

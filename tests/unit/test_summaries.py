@@ -301,6 +301,7 @@ DROP_SQLITE = (
     "DROP INDEX server_packages_package",  # and version 9's
     "DROP INDEX jobs_package",
     "ALTER TABLE events DROP COLUMN actor",  # and version 10's
+    "ALTER TABLE servers DROP COLUMN removed_at",  # and version 11's
     "PRAGMA user_version=7",
 )
 DROP_POSTGRESQL = (
@@ -318,6 +319,7 @@ DROP_POSTGRESQL = (
     "DROP INDEX server_packages_package",  # and version 9's
     "DROP INDEX jobs_package",
     "ALTER TABLE events DROP COLUMN actor",  # and version 10's
+    "ALTER TABLE servers DROP COLUMN removed_at",  # and version 11's
     "DELETE FROM schema_version WHERE version >= 8",
 )
 
