@@ -1,29 +1,25 @@
-"""The agent's HTTP server, its enrollment and its heartbeat to the site.
+"""The agent's HTTP server; its enrollment and heartbeats are in ``agent/site_link.py``.
 
 ``GET /healthz`` answers anyone; every other route needs a credential signed by the site
 key learned at enrollment, addressed to this server and bound to the request's method and
 path.
-
-The site key is pinned: once ``agent.json`` holds it, it is loaded at every start, whatever
-spelling of the site's URL ``--site`` uses, and a site answering with another key is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from packdist.agent.home import DEFAULT_CACHE_LIMIT, ENROLLMENT, AgentHome, is_package_id
-from packdist.agent.identity import AgentIdentity, SiteIdentityChanged, SiteKeyChanged
+from packdist.agent.home import DEFAULT_CACHE_LIMIT, AgentHome, is_package_id
 from packdist.agent.inputs import expect_handler, no_route, query_seconds, read_json
 from packdist.agent.installer import Installer, InstallState
 from packdist.agent.peering import PeerService
+from packdist.agent.site_link import ENROLL_RETRY, SiteLink
 from packdist.agent.sources import Peer, peer_chunks
 from packdist.agent.validation import validate_installed
 from packdist.auth import (
@@ -31,23 +27,18 @@ from packdist.auth import (
     PEER_CHUNKS_PATH,
     bearer,
     check_site_assertion,
-    token_fingerprint,
-    token_secret,
 )
 from packdist.core.digest import Digest
 from packdist.core.signing import VerifyKey
-from packdist.errors import AuthError, IntegrityError, Overloaded, PackdistError, UserError
+from packdist.errors import AuthError, IntegrityError, PackdistError, UserError
 from packdist.http import error_middleware, error_response, new_session, peer
 from packdist.protocol.messages import (
-    Heartbeat,
     InstallRequest,
     RemoveRequest,
 )
 from packdist.protocol.site_api import (
     DEFAULT_INTERVAL,
-    HeartbeatPace,
     SiteClient,
-    revoked_of,
     site_urls,
 )
 from packdist.ratelimit import Bucket
@@ -55,10 +46,12 @@ from packdist.serving import guard, serve_until_stopped
 
 log = logging.getLogger("packdist.agent")
 
+#: ENROLL_RETRY: its home is agent/site_link.py now, re-exported for those who import it here
+__all__ = ["ENROLL_RETRY", "HEARTBEAT_INTERVAL", "MAX_LONG_POLL", "Agent", "Limits", "run_agent"]
+
 HEARTBEAT_INTERVAL = DEFAULT_INTERVAL  # until the site names its own (see HeartbeatPace)
 FIRST_ENROLL_WAIT = 3.0  # at start-up, how long to wait for the site before serving anyway
 MAX_LONG_POLL = 5.0
-ENROLL_RETRY = 2.0
 MAX_BODY = 256 * 1024 * 1024  # bytes of a request body (an install carries its manifest)
 
 
@@ -81,47 +74,33 @@ class Agent:
         self.home = home
         self.limits = limits or Limits()
         self.download = Bucket(self.limits.download)
-        self.site_urls = site_urls(site_url)  # one site, maybe several workers
-        self.site_url = self.site_urls[0]
-        self.token = token_secret(token)  # the credential; the rest names the site's authority
-        self.site_ca = token_fingerprint(token)  # the authority pinned (agent/identity.py)
-        self.boot_id = uuid.uuid4().hex
         self.session: aiohttp.ClientSession | None = None
         self.liveness: aiohttp.ClientSession | None = None
-        self.site: SiteClient | None = None
-        self.server_name: str | None = None
-        self.site_key: VerifyKey | None = None
         self.installer = Installer(
             home,
             self._fetch,
-            source=peer(self.site_url),
+            source=peer(site_urls(site_url)[0]),
             peer_fetch=self._fetch_from_peer,
             download=self.download,
         )
         self.peers = PeerService(
             home, self.installer.chunk_view, self.installer.pulse, Bucket(self.limits.upload)
         )
+        self.link = SiteLink(home, site_url, token, self.peers)  # enrollment, heartbeats
         self._background: list[asyncio.Task[None]] = []
-        self.pace = HeartbeatPace()
-        self.identity = AgentIdentity(home.root)
-        enrolled = home.load_enrollment()
-        if enrolled is not None:
-            if enrolled["site_url"].rstrip("/") not in self.site_urls:
-                log.warning(
-                    "--site %s differs from the site this agent enrolled with (%s); keeping "
-                    "the site key pinned then: a site with another key will be refused",
-                    site_url,
-                    enrolled["site_url"],
-                )
-            try:
-                self.site_key = VerifyKey.from_hex(enrolled["site_public_key"])
-            except ValueError as exc:
-                raise UserError(
-                    f"{home.root / ENROLLMENT}: corrupt enrollment file (bad site key); remove "
-                    "it to enroll again"
-                ) from exc
-            self.server_name = enrolled["server"]
-            self.site_ca = enrolled.get("site_ca") or self.site_ca  # pinned: kept as the key
+
+    # what the site link learned at enrollment, read by the routes
+    @property
+    def site(self) -> SiteClient | None:
+        return self.link.site
+
+    @property
+    def site_key(self) -> VerifyKey | None:
+        return self.link.site_key
+
+    @property
+    def server_name(self) -> str | None:
+        return self.link.server_name
 
     def _fetch(self, digests: Any, bases: Any) -> Any:
         assert self.site is not None
@@ -139,16 +118,17 @@ class Agent:
         self.installer.trim_cache()  # the limit may have changed since the last run
         self.session = new_session()
         self.liveness = new_session(fresh_connections=True)
-        self.site = SiteClient(self.site_urls, self.token, self.session, self.liveness)
+        link = self.link
+        link.site = SiteClient(link.site_urls, link.token, self.session, self.liveness)
         enrolled = False
         try:  # enroll before serving when the site answers, so no install finds us unready
-            await asyncio.wait_for(self._enroll(), timeout=FIRST_ENROLL_WAIT)
+            await asyncio.wait_for(link.enroll(), timeout=FIRST_ENROLL_WAIT)
             enrolled = True
         except (PackdistError, TimeoutError) as exc:
             why = exc.message if isinstance(exc, PackdistError) else "no answer"
             log.warning("not enrolled yet (%s); serving and retrying in the background", why)
         self._background.append(
-            asyncio.create_task(self._heartbeat_loop(enrolled), name="heartbeat")
+            asyncio.create_task(link.heartbeat_loop(enrolled), name="heartbeat")
         )
 
     async def stop(self) -> None:
@@ -160,86 +140,6 @@ class Agent:
         for session in (self.session, self.liveness):
             if session is not None:
                 await session.close()
-
-    async def _enroll(self) -> None:
-        assert self.site is not None
-        answer = await self.site.hello()
-        key_hex = answer["site_public_key"]
-        if self.site_key is not None and self.site_key.hex != key_hex:
-            raise SiteKeyChanged(
-                "the site's key differs from the one this agent enrolled with; refusing it "
-                f"(remove {self.home.root / 'agent.json'} to enroll again)"
-            )
-        self.site_ca = await self.identity.renew(self.site, self.site_ca)  # refuses a stranger
-        self.server_name = answer["server"]
-        self.site_key = VerifyKey.from_hex(key_hex)
-        self.pace.answered(answer)
-        self.home.save_enrollment(
-            {
-                "site_url": self.site.base_url,
-                "server": self.server_name,
-                "site": answer["site"],
-                "site_public_key": key_hex,
-                "site_ca": self.site_ca,
-            }
-        )
-        log.info("enrolled as %s with site %s", self.server_name, answer["site"])
-
-    async def _renew_certificate(self) -> None:
-        """A certificate when due (see agent/identity.py); a newly pinned authority is
-        written to the enrollment file."""
-        if self.site is None or self.server_name is None:
-            return
-        pinned = await self.identity.renew(self.site, self.site_ca)
-        if pinned != self.site_ca:
-            self.site_ca = pinned
-            enrolled = self.home.load_enrollment()
-            if enrolled is not None:
-                self.home.save_enrollment({**enrolled, "site_ca": pinned})
-
-    def _heartbeat_payload(self) -> Heartbeat:
-        """What a heartbeat says (reads the disk: run it in a thread)."""
-        return Heartbeat(
-            boot_id=self.boot_id,
-            disk_free=self.home.free_bytes(),
-            installed=sorted(set(self.home.installed().values())),
-        )
-
-    async def _heartbeat_loop(self, enrolled_now: bool) -> None:
-        """Heartbeat at the interval the site names; sooner after a failure (so a server
-        whose cable was pulled is heard from within seconds of its return); later, with
-        jitter, when the site sheds heartbeats (so its load drops)."""
-        pace = self.pace
-        while True:
-            wait = pace.interval if enrolled_now else ENROLL_RETRY
-            try:
-                if not enrolled_now:
-                    await self._enroll()
-                    enrolled_now = True
-                assert self.site is not None
-                payload = await asyncio.to_thread(self._heartbeat_payload)
-                answer = await self.site.heartbeat(payload)
-                wait = pace.answered(answer)
-                revoked = revoked_of(answer)
-                if revoked is not None:  # removed servers: their peer credentials are void
-                    self.peers.revoked = revoked
-                if self.identity.due():  # renewal, two thirds into the certificate's life
-                    await self._renew_certificate()
-            except Overloaded as exc:
-                wait = pace.shed(exc.retry_after)
-                if pace.sheds == 1:  # one line per busy spell, not one per heartbeat
-                    log.info("site busy (%s); heartbeats back off", exc.message)
-            except (SiteKeyChanged, SiteIdentityChanged) as exc:
-                enrolled_now = False  # nothing more for this site until it is ours again
-                log.error("%s", exc.message)
-            except AuthError as exc:
-                log.warning("site refused this agent: %s", exc.message)
-            except PackdistError as exc:
-                wait = pace.failed() if enrolled_now else ENROLL_RETRY
-                log.warning("site unreachable: %s", exc.message)
-            except Exception:
-                log.exception("heartbeat failed")
-            await asyncio.sleep(wait)
 
     # --- HTTP -----------------------------------------------------------------------------
 

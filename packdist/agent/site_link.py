@@ -1,0 +1,143 @@
+"""The agent's side of its site: enrollment (the site's key and certificate authority
+pinned), the agent's certificate, and the heartbeat loop.
+
+The site key is pinned: once ``agent.json`` holds it, it is loaded at every start, whatever
+spelling of the site's URL ``--site`` uses, and a site answering with another key is refused;
+so is one showing another certificate authority (``agent/identity.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+
+from packdist.agent.home import ENROLLMENT, AgentHome
+from packdist.agent.identity import AgentIdentity, SiteIdentityChanged, SiteKeyChanged
+from packdist.agent.peering import PeerService
+from packdist.auth import token_fingerprint, token_secret
+from packdist.core.signing import VerifyKey
+from packdist.errors import AuthError, Overloaded, PackdistError, UserError
+from packdist.protocol.messages import Heartbeat
+from packdist.protocol.site_api import HeartbeatPace, SiteClient, revoked_of, site_urls
+
+log = logging.getLogger("packdist.agent")
+
+ENROLL_RETRY = 2.0  # seconds between two tries to enroll
+
+
+class SiteLink:
+    def __init__(self, home: AgentHome, site_url: str, token: str, peers: PeerService) -> None:
+        self.home = home
+        self.site_urls = site_urls(site_url)  # one site, maybe several workers
+        self.token = token_secret(token)  # the credential; the rest names the site's authority
+        self.site_ca = token_fingerprint(token)  # the authority pinned (agent/identity.py)
+        self.boot_id = uuid.uuid4().hex
+        self.site: SiteClient | None = None  # once the agent's HTTP sessions are open
+        self.server_name: str | None = None
+        self.site_key: VerifyKey | None = None
+        self.pace = HeartbeatPace()
+        self.identity = AgentIdentity(home.root)
+        self.peers = peers  # told which servers the site removed
+        self._load_pinned(site_url)
+
+    def _load_pinned(self, site_url: str) -> None:
+        enrolled = self.home.load_enrollment()
+        if enrolled is None:
+            return
+        if enrolled["site_url"].rstrip("/") not in self.site_urls:
+            log.warning(
+                "--site %s differs from the site this agent enrolled with (%s); keeping "
+                "the site key pinned then: a site with another key will be refused",
+                site_url,
+                enrolled["site_url"],
+            )
+        try:
+            self.site_key = VerifyKey.from_hex(enrolled["site_public_key"])
+        except ValueError as exc:
+            raise UserError(
+                f"{self.home.root / ENROLLMENT}: corrupt enrollment file (bad site key); remove "
+                "it to enroll again"
+            ) from exc
+        self.server_name = enrolled["server"]
+        self.site_ca = enrolled.get("site_ca") or self.site_ca  # pinned: kept as the key
+
+    async def enroll(self) -> None:
+        assert self.site is not None
+        answer = await self.site.hello()
+        key_hex = answer["site_public_key"]
+        if self.site_key is not None and self.site_key.hex != key_hex:
+            raise SiteKeyChanged(
+                "the site's key differs from the one this agent enrolled with; refusing it "
+                f"(remove {self.home.root / ENROLLMENT} to enroll again)"
+            )
+        self.site_ca = await self.identity.renew(self.site, self.site_ca)  # refuses a stranger
+        self.server_name = answer["server"]
+        self.site_key = VerifyKey.from_hex(key_hex)
+        self.pace.answered(answer)
+        self.home.save_enrollment(
+            {
+                "site_url": self.site.base_url,
+                "server": self.server_name,
+                "site": answer["site"],
+                "site_public_key": key_hex,
+                "site_ca": self.site_ca,
+            }
+        )
+        log.info("enrolled as %s with site %s", self.server_name, answer["site"])
+
+    async def renew_certificate(self) -> None:
+        """A certificate when due (see agent/identity.py); a newly pinned authority is
+        written to the enrollment file."""
+        if self.site is None or self.server_name is None:
+            return
+        pinned = await self.identity.renew(self.site, self.site_ca)
+        if pinned != self.site_ca:
+            self.site_ca = pinned
+            enrolled = self.home.load_enrollment()
+            if enrolled is not None:
+                self.home.save_enrollment({**enrolled, "site_ca": pinned})
+
+    def heartbeat_payload(self) -> Heartbeat:
+        """What a heartbeat says (reads the disk: run it in a thread)."""
+        return Heartbeat(
+            boot_id=self.boot_id,
+            disk_free=self.home.free_bytes(),
+            installed=sorted(set(self.home.installed().values())),
+        )
+
+    async def heartbeat_loop(self, enrolled_now: bool) -> None:
+        """Heartbeat at the interval the site names; sooner after a failure (so a server
+        whose cable was pulled is heard from within seconds of its return); later, with
+        jitter, when the site sheds heartbeats (so its load drops)."""
+        pace = self.pace
+        while True:
+            wait = pace.interval if enrolled_now else ENROLL_RETRY
+            try:
+                if not enrolled_now:
+                    await self.enroll()
+                    enrolled_now = True
+                assert self.site is not None
+                payload = await asyncio.to_thread(self.heartbeat_payload)
+                answer = await self.site.heartbeat(payload)
+                wait = pace.answered(answer)
+                revoked = revoked_of(answer)
+                if revoked is not None:  # removed servers: their peer credentials are void
+                    self.peers.revoked = revoked
+                if self.identity.due():  # renewal, 60-75% into the certificate's life
+                    await self.renew_certificate()
+            except Overloaded as exc:
+                wait = pace.shed(exc.retry_after)
+                if pace.sheds == 1:  # one line per busy spell, not one per heartbeat
+                    log.info("site busy (%s); heartbeats back off", exc.message)
+            except (SiteKeyChanged, SiteIdentityChanged) as exc:
+                enrolled_now = False  # nothing more for this site until it is ours again
+                log.error("%s", exc.message)
+            except AuthError as exc:
+                log.warning("site refused this agent: %s", exc.message)
+            except PackdistError as exc:
+                wait = pace.failed() if enrolled_now else ENROLL_RETRY
+                log.warning("site unreachable: %s", exc.message)
+            except Exception:
+                log.exception("heartbeat failed")
+            await asyncio.sleep(wait)
