@@ -38,18 +38,17 @@ import json
 import logging
 import os
 import secrets
-import threading
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
-from dataclasses import dataclass, field
-from enum import StrEnum
+from collections.abc import AsyncGenerator, Callable, Iterable
 from pathlib import Path
 
-from packdist.agent.bases import BaseChunk, choose_bases, read_base
+from packdist.agent.bases import choose_bases, read_base
 from packdist.agent.home import SWAP_SUFFIX, AgentHome, delete_quietly
+from packdist.agent.install_record import Install, InstallState, Phase
 from packdist.agent.peering import ChunkView
 from packdist.agent.sources import MISSING, PEER_BATCH, Peer, Pulse, split_work
+from packdist.agent.write_plan import Location, WritePlan, pread, pwrite_fd
 from packdist.core.codec import Encoding, decode
 from packdist.core.digest import Digest
 from packdist.core.fsutil import (
@@ -73,10 +72,12 @@ from packdist.errors import (
     TransferError,
 )
 from packdist.http import Frame
-from packdist.protocol.messages import InstallStatus
 from packdist.ratelimit import Bucket
 
 log = logging.getLogger("packdist.agent")
+
+#: Install, InstallState and Phase live in agent/install_record.py now; re-exported here
+__all__ = ["FETCH_ERROR_PREFIX", "RESERVE", "Install", "InstallState", "Installer", "Phase"]
 
 BATCH_BYTES = 32 * 1024 * 1024
 BATCH_CHUNKS = 1024
@@ -86,7 +87,6 @@ PARALLEL_BATCHES = 3
 PEER_SLOW_AFTER = 10.0
 PEER_MIN_RATE = 1_000_000.0  # bytes/s
 PEER_WRITE_FRAMES = 4  # chunks from a peer held in memory before they are written
-CLOSE_WAIT = 30.0  # seconds to wait for a write left running by a cancelled task
 WRITE_BATCH = 1024 * 1024  # received chunks held in memory before they are written: what a
 # SIGKILL can lose (a cut stream loses nothing: what arrived whole is written first)
 RESERVE = 16 * 1024 * 1024  # head room kept free beyond the package itself
@@ -101,149 +101,6 @@ FetchChunks = Callable[[list[Digest], dict[Digest, list[Digest]]], AsyncGenerato
 
 #: streams a peer's frames for chunks of a package (raw, or MISSING), not yet verified
 PeerFetch = Callable[[Peer, str, list[Digest]], AsyncGenerator[Frame, None]]
-
-
-class InstallState(StrEnum):
-    INSTALLING = "installing"  # laying out, fetching or building
-    INSTALLED = "installed"  # the tree is in place, verified
-    FAILED = "failed"  # this attempt failed; ``error`` says why
-    CANCELLED = "cancelled"  # the site cancelled it; the staging tree is kept for a resume
-
-
-class Phase(StrEnum):
-    LAYOUT = "layout"  # creating the staging tree, every file preallocated
-    LOCAL = "local"  # finding chunks in the staging tree and installed versions
-    FETCH = "fetch"  # fetching the missing chunks from the site
-    FINISH = "finish"  # modes, times, symlinks, sync, rename into place
-
-
-@dataclass
-class Install:
-    package_id: str
-    ref: str
-    bytes_total: int
-    state: InstallState = InstallState.INSTALLING
-    error: str | None = None
-    error_kind: ErrorKind | None = None  # travels to the site: its retry policy reads it
-    error_chunk: str | None = None
-    cancel_requested: bool = False  # the site asked to stop it (not the agent stopping)
-    bytes_received: int = 0  # chunk bytes received (decoded sizes)
-    bytes_wire: int = 0  # what they took on the wire: frames, compressed or not
-    bytes_present: int = 0
-    ended_at: float | None = None  # time.monotonic() when the install ended
-    phase: Phase = Phase.LAYOUT
-    progress: int = 0  # grows whenever the install does anything (see the module docstring)
-    task: asyncio.Task[None] | None = None
-    view: ChunkView | None = None  # the chunks that landed so far, once laid out (peers)
-    peers: list[Peer] = field(default_factory=list)  # where else chunks may come from
-    me: str = ""  # this server's name, as the site and the peers know it
-    bytes_from_peers: int = 0  # of bytes_wire, what came from peers
-    finished: asyncio.Event = field(default_factory=asyncio.Event)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def tick(self, n: int = 1) -> None:
-        """Count ``n`` steps of work (called from the loop and from worker threads)."""
-        with self._lock:
-            self.progress += n
-
-    def enter(self, phase: Phase) -> None:
-        self.phase = phase
-        self.tick()
-
-    def end(
-        self,
-        state: InstallState,
-        error: str | None = None,
-        kind: ErrorKind | None = None,
-        chunk: str | None = None,
-    ) -> None:
-        self.state, self.error, self.error_kind, self.error_chunk = state, error, kind, chunk
-        self.ended_at = time.monotonic()
-        self.finished.set()
-
-    async def wait(self, seconds: float) -> None:
-        """Return when the install ends, or after ``seconds`` (for long polls)."""
-        try:
-            await asyncio.wait_for(self.finished.wait(), timeout=seconds)
-        except TimeoutError:
-            pass
-
-    def status(self) -> InstallStatus:
-        return InstallStatus(
-            package_id=self.package_id,
-            package=self.ref,
-            state=self.state.value,
-            error=self.error,
-            error_kind=self.error_kind.value if self.error_kind else None,
-            error_chunk=self.error_chunk,
-            bytes_received=self.bytes_received,
-            bytes_wire=self.bytes_wire,
-            bytes_from_peers=self.bytes_from_peers,
-            bytes_done=min(self.bytes_total, self.bytes_present + self.bytes_received),
-            bytes_total=self.bytes_total,
-            phase=self.phase.value,
-            progress=self.progress,
-        )
-
-    def to_json(self) -> dict[str, object]:
-        return self.status().to_json()
-
-
-Location = tuple[str, int]  # (relative path, offset)
-
-
-class _Plan:
-    """Where each chunk of a manifest goes, and which are still missing."""
-
-    def __init__(self, manifest: Manifest) -> None:
-        self.sizes = manifest.chunk_sizes()
-        self.locations: dict[Digest, list[Location]] = {}
-        for path, offset, c in manifest.chunk_places():
-            self.locations.setdefault(c.digest, []).append((path, offset))
-        self.bases: dict[Digest, list[BaseChunk]] = {}  # see packdist.agent.bases
-        self._fds: dict[Path, int] = {}
-        self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
-        self._writers = 0  # worker threads using the descriptors now
-        self._closed = False
-
-    @contextlib.contextmanager
-    def writing(self) -> Iterator[None]:
-        """Held by a worker thread while it writes: :meth:`close` waits for it. (Cancelling
-        the task that awaits a thread does not stop the thread.)"""
-        with self._lock:
-            if self._closed:
-                raise TransferError("the install ended while chunks were being written")
-            self._writers += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._writers -= 1
-                self._idle.notify_all()
-
-    def fd(self, path: Path) -> int:
-        """A write descriptor for a staging file, opened once per fetch (not per chunk)."""
-        with self._lock:
-            if self._closed:
-                raise TransferError("the install ended while chunks were being written")
-            fd = self._fds.get(path)
-            if fd is None:
-                fd = self._fds[path] = os.open(path, os.O_WRONLY)
-            return fd
-
-    def close(self) -> None:
-        """Close the descriptors once no thread writes through them any more."""
-        with self._lock:
-            self._closed = True
-            if not self._idle.wait_for(lambda: self._writers == 0, timeout=CLOSE_WAIT):
-                log.warning(
-                    "a write to staging did not end in %ss: descriptors left open", CLOSE_WAIT
-                )
-                return  # never close a descriptor a thread may still write through
-            for fd in self._fds.values():
-                os.close(fd)
-            self._fds.clear()
 
 
 class Installer:
@@ -458,7 +315,7 @@ class Installer:
 
     async def _install(self, inst: Install, manifest: Manifest) -> None:
         t0 = time.monotonic()
-        plan = _Plan(manifest)
+        plan = WritePlan(manifest)
         staging = self.home.staging / manifest.id.hex
         inst.enter(Phase.LAYOUT)
         if await asyncio.to_thread(self._settle, self._journal(manifest.id.hex)):
@@ -541,7 +398,7 @@ class Installer:
             raise
 
     def _fill_locally(
-        self, inst: Install, plan: _Plan, staging: Path, resumed: bool
+        self, inst: Install, plan: WritePlan, staging: Path, resumed: bool
     ) -> list[Digest]:
         """Verify what a resumed staging tree already holds, copy what an installed version
         has; return the digests that must be fetched."""
@@ -549,7 +406,7 @@ class Installer:
             return self._fill_locally_writing(inst, plan, staging, resumed)
 
     def _fill_locally_writing(
-        self, inst: Install, plan: _Plan, staging: Path, resumed: bool
+        self, inst: Install, plan: WritePlan, staging: Path, resumed: bool
     ) -> list[Digest]:
         local = self._installed_sources()
         used: set[str] = set()  # source files chunks were copied from
@@ -560,7 +417,7 @@ class Installer:
             good: bytes | None = None
             absent: list[Location] = []
             for path, offset in locations:
-                data = _pread(staging / path, offset, size) if resumed else None
+                data = pread(staging / path, offset, size) if resumed else None
                 if data is not None and Digest.of(data) == digest:
                     good = data
                 else:
@@ -568,7 +425,7 @@ class Installer:
             if not absent:
                 continue
             for src_path, src_offset in local.get(digest, ()) if good is None else ():
-                data = _pread(src_path, src_offset, size)
+                data = pread(src_path, src_offset, size)
                 if data is not None and Digest.of(data) == digest:
                     good = data
                     used.add(src_path)
@@ -577,7 +434,7 @@ class Installer:
                 missing.append(digest)
             else:
                 for path, offset in absent:
-                    _pwrite_fd(plan.fd(staging / path), offset, good)
+                    pwrite_fd(plan.fd(staging / path), offset, good)
         cache = self.home.cache
         for tree in {
             cache / Path(p).relative_to(cache).parts[0]
@@ -598,7 +455,7 @@ class Installer:
         return out
 
     async def _fetch_batch(
-        self, inst: Install, plan: _Plan, staging: Path, batch: list[Digest]
+        self, inst: Install, plan: WritePlan, staging: Path, batch: list[Digest]
     ) -> None:
         wanted = set(batch)
         bases = {d: [b.digest for b in plan.bases[d]] for d in batch if d in plan.bases}
@@ -633,7 +490,7 @@ class Installer:
             raise _fetch_error(exc) from exc
 
     async def _salvage(
-        self, inst: Install, plan: _Plan, staging: Path, frames: list[Frame], source: str = ""
+        self, inst: Install, plan: WritePlan, staging: Path, frames: list[Frame], source: str = ""
     ) -> None:
         """Write what verifies of the frames a broken stream delivered; ignore the rest (the
         next attempt fetches it)."""
@@ -643,7 +500,7 @@ class Installer:
             log.info("%s: kept part of a broken stream only: %s", inst.ref, exc.message)
 
     async def _fetch_all(
-        self, inst: Install, plan: _Plan, staging: Path, missing: list[Digest]
+        self, inst: Install, plan: WritePlan, staging: Path, missing: list[Digest]
     ) -> None:
         """Fetch from the site and from peers at once (see :mod:`packdist.agent.sources`).
 
@@ -740,7 +597,7 @@ class Installer:
             raise TransferError(f"{len(left)} chunk(s) still missing after the transfer")
 
     async def _fetch_from_peer(
-        self, inst: Install, plan: _Plan, staging: Path, peer: Peer, batch: list[Digest]
+        self, inst: Install, plan: WritePlan, staging: Path, peer: Peer, batch: list[Digest]
     ) -> tuple[int, list[Digest]]:
         """Ask ``peer`` for ``batch``; returns (chunks received, chunks it lacked). A wrong
         or undecodable chunk raises: the caller drops that peer."""
@@ -782,14 +639,14 @@ class Installer:
         return got, [*lacking, *wanted]
 
     async def _write_from_peer(
-        self, inst: Install, plan: _Plan, staging: Path, frames: list[Frame], source: str
+        self, inst: Install, plan: WritePlan, staging: Path, frames: list[Frame], source: str
     ) -> None:
         try:
             await asyncio.to_thread(self._write_chunks, inst, plan, staging, frames, source)
         finally:
             self._count_from_peer(inst, plan, frames)
 
-    def _count_from_peer(self, inst: Install, plan: _Plan, frames: list[Frame]) -> None:
+    def _count_from_peer(self, inst: Install, plan: WritePlan, frames: list[Frame]) -> None:
         """Count what a peer sent once it verified: a liar's bytes are not "from peers" (the
         site sends those chunks again, and they count there)."""
         have = inst.view.have if inst.view is not None else None
@@ -800,7 +657,7 @@ class Installer:
                 inst.bytes_from_peers += f.wire_bytes
 
     def _write_chunks(
-        self, inst: Install, plan: _Plan, staging: Path, frames: list[Frame], source: str = ""
+        self, inst: Install, plan: WritePlan, staging: Path, frames: list[Frame], source: str = ""
     ) -> None:
         """Decode each chunk (never beyond its size in the manifest), verify it against its
         digest, then write it wherever the tree needs it. ``source``: where the frames came
@@ -825,7 +682,7 @@ class Installer:
                     digest.verify(data, "chunk")
                     for path, offset in plan.locations[digest]:
                         fd = plan.fd(staging / path)
-                        _pwrite_fd(fd, offset, data)
+                        pwrite_fd(fd, offset, data)
                         touched.add(fd)
                     written.append(digest)
                     inst.tick()
@@ -898,25 +755,6 @@ def _fetch_error(exc: TransferError) -> TransferError:
 def _remove(path: Path) -> None:
     """Remove a tree, a file or a symlink (never following it); quietly if already gone."""
     delete_quietly(path)
-
-
-def _pread(path: Path | str, offset: int, size: int) -> bytes | None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        data = os.pread(fd, size, offset)
-    finally:
-        os.close(fd)
-    return data if len(data) == size else None
-
-
-def _pwrite_fd(fd: int, offset: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view, offset = view[n:], offset + n
 
 
 def _os_error_words(exc: OSError) -> str:
