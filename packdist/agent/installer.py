@@ -7,17 +7,20 @@ Steps, so that a server holds the whole version or none of it:
    repair: then it is rebuilt, taking from the damaged tree every chunk that still verifies);
 3. lay out ``staging/<package id>/`` (same file system as ``packages/``) with every file
    preallocated: a disk that cannot hold the version fails here, before any transfer,
-   with "disk full: need N, have M", and nothing is left behind;
+   with "disk full: need N, have M", and nothing is left behind (``local_stage.py``);
 4. find each chunk locally if possible: already in the staging tree from an interrupted
-   attempt (re-verified), or in an installed version that shares it (verified on read);
+   attempt (re-verified), or in an installed version that shares it (verified on read;
+   ``local_stage.py``);
 5. fetch the rest in streamed batches, naming for each chunk the chunks of an installed
    version it probably resembles (:mod:`packdist.agent.bases`) so the site can send it
    compressed against them; every chunk is decoded (:mod:`packdist.core.codec`) and
-   verified against its digest before it is written at its offsets;
+   verified against its digest before it is written at its offsets (here);
 6. set modes and times, create symlinks, ``syncfs``, then one ``rename`` into
    ``packages/NAME/VERSION`` -- or, if a tree is already there, one atomic exchange of the
    two names (``renameat2(RENAME_EXCHANGE)``), journalled so a crash at any point leaves a
-   whole version in place and :meth:`Installer.recover` can tell which one (see there).
+   whole version in place and start-up recovery can tell which one (``commit_stage.py``).
+
+The install's record is ``install_record.py``; where chunks go, ``write_plan.py``.
 
 Bytes are written once, straight into the staging tree. The staging tree of an unfinished
 install is kept across agent restarts, so chunks received before a crash are not fetched
@@ -34,32 +37,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import json
 import logging
-import os
-import secrets
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Iterable
 from pathlib import Path
 
 from packdist.agent.bases import choose_bases, read_base
-from packdist.agent.home import SWAP_SUFFIX, AgentHome, delete_quietly
+from packdist.agent.commit_stage import journal_of, put_in_place, recover, settle
+from packdist.agent.home import AgentHome
 from packdist.agent.install_record import Install, InstallState, Phase
+from packdist.agent.local_stage import RESERVE, fill_locally, lay_out
 from packdist.agent.peering import ChunkView
 from packdist.agent.sources import MISSING, PEER_BATCH, Peer, Pulse, split_work
-from packdist.agent.write_plan import Location, WritePlan, pread, pwrite_fd
+from packdist.agent.write_plan import WritePlan, pwrite_fd
 from packdist.core.codec import Encoding, decode
 from packdist.core.digest import Digest
 from packdist.core.fsutil import (
-    exchange,
-    fsync_dir,
     human_bytes,
     start_writeback,
-    syncfs,
-    write_atomic,
 )
-from packdist.core.manifest import EntryType, Manifest, SignedManifest
+from packdist.core.manifest import Manifest, SignedManifest
 from packdist.core.signing import VerifyKey
 from packdist.errors import (
     Busy,
@@ -89,8 +87,6 @@ PEER_MIN_RATE = 1_000_000.0  # bytes/s
 PEER_WRITE_FRAMES = 4  # chunks from a peer held in memory before they are written
 WRITE_BATCH = 1024 * 1024  # received chunks held in memory before they are written: what a
 # SIGKILL can lose (a cut stream loses nothing: what arrived whole is written first)
-RESERVE = 16 * 1024 * 1024  # head room kept free beyond the package itself
-STAGING_TTL = 7 * 24 * 3600  # an unfinished staging tree untouched this long is dropped
 
 FETCH_ERROR_PREFIX = "agent could not fetch chunks from the site: "
 
@@ -203,77 +199,8 @@ class Installer:
         return inst
 
     def recover(self) -> None:
-        """Start-up recovery: settle renames a crash interrupted, then drop staging trees of
-        versions installed since, layouts left by a crash and trees abandoned for a week;
-        keep the others so their installs resume.
-
-        Putting a version in place is journalled. Before ``staging/<id>`` is renamed to
-        ``packages/NAME/VERSION`` (or, when a tree is already there, exchanged with it in one
-        atomic ``renameat2(RENAME_EXCHANGE)``), ``staging/<id>.swap`` records the staged
-        tree's device and inode; it is removed once the new version is recorded in
-        ``installed.json``. A journal found here means a crash (or a failure) came between
-        the two, and the inode settles which way round the trees are:
-
-        * the installed path carries the staged inode: the rename or exchange happened, so
-          the new version is in place and is recorded now; ``staging/<id>`` then holds the
-          version it replaced and is dropped -- only now that its successor is recorded;
-        * otherwise nothing moved: ``staging/<id>`` is still the complete new tree and is
-          kept, so the install resumes and finishes without fetching anything.
-
-        Nothing dropped is ever the only copy of an installed version: the exchange keeps a
-        whole tree at ``packages/NAME/VERSION`` at every instant (there is no moment without
-        one, as there was with two renames), a layout or abandoned staging tree is not
-        installed anywhere, and ``staging/<id>`` with ``<id>`` recorded is a replaced tree.
-        """
-        for journal in sorted(self.home.staging.glob(f"*{SWAP_SUFFIX}")):
-            self._settle(journal)
-        installed = set(self.home.installed().values())
-        too_old = time.time() - STAGING_TTL
-        for leftover in self.home.staging.iterdir():
-            name = leftover.name
-            if (
-                name.startswith(".")  # a journal's temporary (write_atomic)
-                or name.startswith("old-")  # a swap left by earlier versions of the agent
-                or ".layout-" in name
-                or name in installed
-                or leftover.lstat().st_mtime < too_old
-            ):
-                _remove(leftover)
-
-    def _journal(self, package_id: str) -> Path:
-        return self.home.staging / f"{package_id}{SWAP_SUFFIX}"
-
-    def _settle(self, journal: Path) -> bool:
-        """Settle an interrupted rename into place (see :meth:`recover`); True if the new
-        version turned out to be in place (and is now recorded)."""
-        package_id = journal.name.removesuffix(SWAP_SUFFIX)
-        staged = self.home.staging / package_id
-        try:
-            info = json.loads(journal.read_bytes())
-            ref, dev, ino = str(info["ref"]), int(info["dev"]), int(info["ino"])
-            name, version = ref.split("@", 1)
-        except FileNotFoundError:
-            return False
-        except (ValueError, KeyError, TypeError):
-            # write_atomic never leaves half a journal; if one is unreadable anyway, which
-            # side holds what cannot be told, and the staged side is never the only copy of
-            # an installed version (one whole tree is always in place): drop it.
-            log.warning("unreadable journal %s: dropping %s", journal, staged)
-            _remove(staged)
-            journal.unlink(missing_ok=True)
-            return False
-        try:
-            st = os.lstat(self.home.package_dir(name, version))
-            moved = (st.st_dev, st.st_ino) == (dev, ino)
-        except FileNotFoundError:
-            moved = False
-        if moved:
-            self.home.record_installed(ref, package_id)
-            log.info("%s: finished putting %s in place after a crash", ref, package_id[:12])
-        journal.unlink(missing_ok=True)
-        if moved:
-            _remove(staged)  # the replaced version, now that its successor is recorded
-        return moved
+        """Start-up recovery (see :func:`packdist.agent.commit_stage.recover`)."""
+        recover(self.home)
 
     # --- the install ----------------------------------------------------------------------
 
@@ -318,13 +245,15 @@ class Installer:
         plan = WritePlan(manifest)
         staging = self.home.staging / manifest.id.hex
         inst.enter(Phase.LAYOUT)
-        if await asyncio.to_thread(self._settle, self._journal(manifest.id.hex)):
+        if await asyncio.to_thread(settle, self.home, journal_of(self.home, manifest.id.hex)):
             inst.bytes_present = manifest.total_size  # an earlier attempt got it in place
             return
-        resumed = await asyncio.to_thread(self._lay_out, inst, manifest, staging)
+        resumed = await asyncio.to_thread(
+            lay_out, self.home, self.trim_cache, inst, manifest, staging
+        )
         inst.enter(Phase.LOCAL)
         try:
-            missing = await asyncio.to_thread(self._fill_locally, inst, plan, staging, resumed)
+            missing = await asyncio.to_thread(fill_locally, self.home, inst, plan, staging, resumed)
             inst.bytes_present = manifest.total_size - sum(
                 plan.sizes[d] * len(plan.locations[d]) for d in missing
             )
@@ -344,7 +273,7 @@ class Installer:
             await asyncio.to_thread(plan.close)
         t2 = time.monotonic()
         inst.enter(Phase.FINISH)
-        await asyncio.to_thread(self._finish, inst, manifest, staging)
+        await asyncio.to_thread(put_in_place, self.home, inst, manifest, staging)
         log.info(
             "%s: prepared in %.2fs (%s local), fetched %s (%s on the wire) in %.2fs,"
             " finished in %.2fs",
@@ -356,103 +285,6 @@ class Installer:
             t2 - t1,
             time.monotonic() - t2,
         )
-
-    def _lay_out(self, inst: Install, manifest: Manifest, staging: Path) -> bool:
-        """Create the staging tree with every file preallocated; True if it existed (an
-        interrupted install to resume)."""
-        if staging.exists():
-            return True
-        if self.home.take_cached(manifest.id.hex, staging):  # removed earlier, still cached
-            return True
-        need = manifest.total_size + RESERVE
-        have = self.home.free_bytes()
-        if need > have:  # the chunk cache gives way first, if that makes the version fit
-            self.trim_cache(need)
-            have = self.home.free_bytes()
-        if need > have:
-            raise DiskFull(f"disk full: need {human_bytes(need)}, have {human_bytes(have)}")
-        tmp = staging.with_name(f"{staging.name}.layout-{secrets.token_hex(4)}")
-        tmp.mkdir(mode=0o755)
-        try:
-            for e in manifest.entries:
-                path = tmp / e.path
-                if e.type is EntryType.DIR:
-                    path.mkdir(mode=0o755)
-                elif e.type is EntryType.FILE:
-                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                    try:
-                        if e.size:
-                            os.posix_fallocate(fd, 0, e.size)
-                    finally:
-                        os.close(fd)
-                inst.tick()
-            os.rename(tmp, staging)
-            return False
-        except OSError as exc:
-            delete_quietly(tmp)
-            if exc.errno == errno.ENOSPC:
-                have = self.home.free_bytes()
-                raise DiskFull(
-                    f"disk full: need {human_bytes(need)}, have {human_bytes(have)}"
-                ) from exc
-            raise
-
-    def _fill_locally(
-        self, inst: Install, plan: WritePlan, staging: Path, resumed: bool
-    ) -> list[Digest]:
-        """Verify what a resumed staging tree already holds, copy what an installed version
-        has; return the digests that must be fetched."""
-        with plan.writing():
-            return self._fill_locally_writing(inst, plan, staging, resumed)
-
-    def _fill_locally_writing(
-        self, inst: Install, plan: WritePlan, staging: Path, resumed: bool
-    ) -> list[Digest]:
-        local = self._installed_sources()
-        used: set[str] = set()  # source files chunks were copied from
-        missing: list[Digest] = []
-        for digest, locations in plan.locations.items():
-            inst.tick()
-            size = plan.sizes[digest]
-            good: bytes | None = None
-            absent: list[Location] = []
-            for path, offset in locations:
-                data = pread(staging / path, offset, size) if resumed else None
-                if data is not None and Digest.of(data) == digest:
-                    good = data
-                else:
-                    absent.append((path, offset))
-            if not absent:
-                continue
-            for src_path, src_offset in local.get(digest, ()) if good is None else ():
-                data = pread(src_path, src_offset, size)
-                if data is not None and Digest.of(data) == digest:
-                    good = data
-                    used.add(src_path)
-                    break
-            if good is None:
-                missing.append(digest)
-            else:
-                for path, offset in absent:
-                    pwrite_fd(plan.fd(staging / path), offset, good)
-        cache = self.home.cache
-        for tree in {
-            cache / Path(p).relative_to(cache).parts[0]
-            for p in used
-            if Path(p).is_relative_to(cache)
-        }:
-            self.home.touch(tree)  # a cached version was useful: evicted last
-        return missing
-
-    def _installed_sources(self) -> dict[Digest, list[Location]]:
-        """Chunks of installed versions and of removed versions kept in the cache: digest ->
-        [(absolute path, offset)], every place each is found (a repair takes a chunk from
-        wherever it still verifies)."""
-        out: dict[Digest, list[Location]] = {}
-        for m, root in self.home.local_sources():
-            for path, offset, c in m.chunk_places():
-                out.setdefault(c.digest, []).append((str(root / path), offset))
-        return out
 
     async def _fetch_batch(
         self, inst: Install, plan: WritePlan, staging: Path, batch: list[Digest]
@@ -702,42 +534,6 @@ class Installer:
             if self._loop is not None and self.pulse.waiting:
                 self._loop.call_soon_threadsafe(self.pulse.fire)
 
-    def _finish(self, inst: Install, manifest: Manifest, staging: Path) -> None:
-        for e in manifest.entries:
-            path = staging / e.path
-            if e.type is EntryType.SYMLINK:
-                if not path.is_symlink():
-                    os.symlink(e.target, path)
-            elif e.type is EntryType.FILE:
-                os.chmod(path, 0o755 if e.executable else 0o644)
-                os.utime(path, ns=(e.mtime_ns, e.mtime_ns))
-            inst.tick()
-        syncfs(self.home.root)
-        final = self.home.package_dir(manifest.name, manifest.version)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        self.home.save_manifest(manifest.id.hex, manifest.canonical())
-        # Journal first (see recover): which inode is the new tree, in case we die midway.
-        st = os.lstat(staging)
-        journal = self._journal(manifest.id.hex)
-        write_atomic(
-            journal,
-            json.dumps({"ref": manifest.ref, "dev": st.st_dev, "ino": st.st_ino}).encode(),
-        )
-        replacing = os.path.lexists(final)
-        if replacing:  # an unrecorded or different tree: exchange, never mix nor leave a gap
-            exchange(staging, final)
-        else:
-            os.rename(staging, final)
-        if inst.view is not None:  # peers read the chunks from where the tree is now
-            inst.view.root = final
-        fsync_dir(final.parent)
-        fsync_dir(staging.parent)
-        inst.tick()
-        self.home.record_installed(manifest.ref, manifest.id.hex)
-        journal.unlink()
-        if replacing:
-            _remove(staging)  # the replaced tree, dropped once its successor is recorded
-
 
 def _fetch_error(exc: TransferError) -> TransferError:
     """The same kind of error, saying it was this agent fetching from the site: the words
@@ -750,11 +546,6 @@ def _fetch_error(exc: TransferError) -> TransferError:
         return type(exc)(message)
     except TypeError:  # a subclass with another constructor: keep the words, lose the kind
         return TransferError(message)
-
-
-def _remove(path: Path) -> None:
-    """Remove a tree, a file or a symlink (never following it); quietly if already gone."""
-    delete_quietly(path)
 
 
 def _os_error_words(exc: OSError) -> str:

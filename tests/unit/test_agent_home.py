@@ -322,7 +322,7 @@ def test_crash_just_before_the_exchange_keeps_both_versions(
         raise Crash
 
     with monkeypatch.context() as m:
-        m.setattr("packdist.agent.installer.exchange", dies)
+        m.setattr("packdist.agent.commit_stage.exchange", dies)
 
         async def crashing() -> None:
             inst = await start(Installer(home, serve(new)), new)
