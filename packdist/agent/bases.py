@@ -152,7 +152,7 @@ def read_base(bases: Iterable[BaseChunk]) -> bytes | None:
             return None
         finally:
             os.close(fd)
-        if len(data) != b.size or Digest.of(data) != b.digest:
+        if len(data) != b.size or not b.digest.holds(data):
             return None
         parts.append(data)
     return b"".join(parts)

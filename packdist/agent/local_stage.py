@@ -92,7 +92,7 @@ def _fill_locally_writing(
         absent: list[Location] = []
         for path, offset in locations:
             data = pread(staging / path, offset, size) if resumed else None
-            if data is not None and Digest.of(data) == digest:
+            if digest.holds(data):
                 good = data
             else:
                 absent.append((path, offset))
@@ -100,7 +100,7 @@ def _fill_locally_writing(
             continue
         for src_path, src_offset in local.get(digest, ()) if good is None else ():
             data = pread(src_path, src_offset, size)
-            if data is not None and Digest.of(data) == digest:
+            if digest.holds(data):
                 good = data
                 used.add(src_path)
                 break

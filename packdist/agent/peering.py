@@ -67,7 +67,7 @@ class ChunkView:
                 data = os.pread(f.fileno(), size, offset)
         except OSError:
             return None
-        return data if len(data) == size and Digest.of(data) == digest else None
+        return data if len(data) == size and digest.holds(data) else None
 
 
 class PeerService:

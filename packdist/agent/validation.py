@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from packdist.agent.home import AgentHome
-from packdist.core.digest import Digest
 from packdist.core.fsutil import walk_tree
 from packdist.core.manifest import Entry, EntryType, Manifest
 from packdist.errors import PackdistError
@@ -127,7 +126,7 @@ def check_entry(root: os.PathLike[str] | str, entry: Entry) -> str | None:
                     if not more:
                         return ALTERED
                     data += more
-                if Digest.of(data) != c.digest:
+                if not c.digest.holds(data):
                     return ALTERED
     except PermissionError:
         return ALTERED

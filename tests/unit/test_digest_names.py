@@ -227,3 +227,9 @@ def test_a_listen_port_must_be_ascii_digits() -> None:
     for bad in ("h:٨٧٠٠", "h:8700\n", "h: 8700"):
         with pytest.raises(ValueError):
             split_listen(bad)
+
+
+def test_a_chunk_holds_only_its_own_content() -> None:
+    digest = Digest.of(b"chunk")
+    assert digest.holds(b"chunk") and digest.holds(memoryview(b"chunk"))
+    assert not digest.holds(b"chunK") and not digest.holds(b"") and not digest.holds(None)
