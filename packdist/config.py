@@ -165,6 +165,14 @@ class Spec:
 
 SPECS: tuple[Spec, ...] = (
     Spec("listen", None, "listen", _listen, "HOST:PORT the site listens on", "text"),
+    Spec(
+        "plain_http",
+        None,
+        "plain_http",
+        _bool,
+        "serve plain HTTP instead of HTTPS (a lab on loopback only: traffic can be read)",
+        "bool",
+    ),
     Spec("workers", None, "workers", _int(1), "instructions in flight at once", "int"),
     Spec("retry_initial", "retry", "initial", parse_duration, "first backoff", "duration"),
     Spec("retry_factor", "retry", "factor", _float(1.0), "backoff growth per attempt", "number"),
@@ -250,6 +258,7 @@ class Settings:
     """The effective settings of a site (see the module docstring for the sources)."""
 
     listen: str = "127.0.0.1:8700"
+    plain_http: bool = False
     workers: int = 64
     retry_initial: float = 1.0
     retry_factor: float = 2.0

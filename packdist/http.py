@@ -33,6 +33,7 @@ import asyncio
 import errno
 import logging
 import math
+import ssl
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -86,12 +87,20 @@ STREAM = Timeouts(connect=3.0, read=15.0, total=None)
 HEARTBEAT = Timeouts(connect=2.0, read=3.0, total=4.0)
 
 
-def new_session(fresh_connections: bool = False) -> aiohttp.ClientSession:
+def new_session(
+    fresh_connections: bool = False, tls: ssl.SSLContext | None = None
+) -> aiohttp.ClientSession:
     """A client session. ``fresh_connections``: a new TCP connection per request, for
-    liveness calls that must not wait on a pooled connection that died with a cable."""
+    liveness calls that must not wait on a pooled connection that died with a cable.
+    ``tls``: what ``https://`` URLs are dialled with (``core/tls.py``'s client context; the
+    scheme of each URL decides, an ``http://`` one goes in clear)."""
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(
-            limit=0, ttl_dns_cache=60, enable_cleanup_closed=True, force_close=fresh_connections
+            limit=0,
+            ttl_dns_cache=60,
+            enable_cleanup_closed=True,
+            force_close=fresh_connections,
+            ssl=tls if tls is not None else True,
         ),
         raise_for_status=False,
     )
@@ -123,6 +132,11 @@ def translate(exc: BaseException, url: str) -> PackdistError:
         return RemoteTimeout(f"read timeout from {url} (no answer)")
     if isinstance(exc, asyncio.TimeoutError | TimeoutError):
         return RemoteTimeout(f"timeout talking to {url}")
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        why = getattr(exc.certificate_error, "verify_message", None) or exc.certificate_error
+        return ConnectError(f"TLS: {url} is not verified by the site's authority ({why})")
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return ConnectError(f"TLS handshake with {url} failed: {exc}")
     if isinstance(exc, aiohttp.ClientConnectorError):
         code = exc.os_error.errno if exc.os_error else None
         if code in _ERRNO_WORDS:

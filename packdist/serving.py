@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -168,9 +169,12 @@ _server_log.addFilter(_OneLine())
 
 
 @asynccontextmanager
-async def serving(app: web.Application, host: str, port: int) -> AsyncIterator[int]:
+async def serving(
+    app: web.Application, host: str, port: int, tls: ssl.SSLContext | None = None
+) -> AsyncIterator[int]:
     """Serve ``app`` on ``host:port`` with the bounds above until the block ends; yields
-    the port listened on (``port`` 0: one the kernel chose)."""
+    the port listened on (``port`` 0: one the kernel chose). With ``tls``, HTTPS only: the
+    handshake has a deadline of its own, as long as the header deadline that follows it."""
     runner = web.AppRunner(
         app,
         access_log=None,
@@ -184,7 +188,12 @@ async def serving(app: web.Application, host: str, port: int) -> AsyncIterator[i
     loop = asyncio.get_running_loop()
     try:
         listener = await loop.create_server(
-            lambda: _Connection(server(), HEADER_TIMEOUT), host, port, reuse_address=True
+            lambda: _Connection(server(), HEADER_TIMEOUT),
+            host,
+            port,
+            reuse_address=True,
+            ssl=tls,
+            ssl_handshake_timeout=HEADER_TIMEOUT if tls is not None else None,
         )
     except BaseException:
         await runner.cleanup()
@@ -196,7 +205,10 @@ async def serving(app: web.Application, host: str, port: int) -> AsyncIterator[i
         await runner.cleanup()
 
 
-async def serve_until_stopped(app: web.Application, listen: str) -> None:
+async def serve_until_stopped(
+    app: web.Application, listen: str, tls: ssl.SSLContext | None = None
+) -> None:
+    """Serve ``app`` on ``listen`` (HTTPS with ``tls``) until SIGTERM or SIGINT."""
     try:
         host, port = split_listen(listen)
     except ValueError as exc:
@@ -206,8 +218,8 @@ async def serve_until_stopped(app: web.Application, listen: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        async with serving(app, host, port):
-            log.info("listening on %s", listen)
+        async with serving(app, host, port, tls):
+            log.info("listening on %s (%s)", listen, "https" if tls is not None else "plain http")
             await stop.wait()
     except OSError as exc:
         raise UserError(f"cannot listen on {listen}: {exc.strerror or exc}") from exc

@@ -69,7 +69,12 @@ CLAIMS = web.RequestKey("claims", dict[str, object])
 
 class Agent:
     def __init__(
-        self, home: AgentHome, site_url: str, token: str, limits: Limits | None = None
+        self,
+        home: AgentHome,
+        site_url: str,
+        token: str,
+        limits: Limits | None = None,
+        plain_http: bool = False,
     ) -> None:
         self.home = home
         self.limits = limits or Limits()
@@ -86,7 +91,8 @@ class Agent:
         self.peers = PeerService(
             home, self.installer.chunk_view, self.installer.pulse, Bucket(self.limits.upload)
         )
-        self.link = SiteLink(home, site_url, token, self.peers)  # enrollment, heartbeats
+        # enrollment, heartbeats, TLS
+        self.link = SiteLink(home, site_url, token, self.peers, plain_http)
         self._background: list[asyncio.Task[None]] = []
 
     # what the site link learned at enrollment, read by the routes
@@ -116,9 +122,9 @@ class Agent:
         self.home.prepare()
         self.installer.recover()
         self.installer.trim_cache()  # the limit may have changed since the last run
-        self.session = new_session()
-        self.liveness = new_session(fresh_connections=True)
         link = self.link
+        self.session = new_session(tls=link.transport.client)
+        self.liveness = new_session(fresh_connections=True, tls=link.transport.client)
         link.site = SiteClient(link.site_urls, link.token, self.session, self.liveness)
         enrolled = False
         try:  # enroll before serving when the site answers, so no install finds us unready
@@ -301,14 +307,18 @@ def run_agent(
     token: str,
     limits: Limits | None = None,
     cache_limit: int = DEFAULT_CACHE_LIMIT,
+    plain_http: bool = False,
 ) -> None:
     logging.getLogger("packdist").setLevel(logging.INFO)
-    agent = Agent(AgentHome(root, cache_limit=cache_limit), site_url, token, limits)
+    home = AgentHome(root, cache_limit=cache_limit)
+    agent = Agent(home, site_url, token, limits, plain_http)
+    if plain_http:
+        log.warning("serving plain HTTP (--plain-http): traffic can be read on the path")
 
     async def main() -> None:
         await agent.start()
         try:
-            await serve_until_stopped(agent.app(), listen)
+            await serve_until_stopped(agent.app(), listen, agent.link.transport.serving_context())
         finally:
             await agent.stop()
 

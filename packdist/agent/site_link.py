@@ -15,6 +15,7 @@ import uuid
 from packdist.agent.home import ENROLLMENT, AgentHome
 from packdist.agent.identity import AgentIdentity, SiteIdentityChanged, SiteKeyChanged
 from packdist.agent.peering import PeerService
+from packdist.agent.transport import AgentTransport
 from packdist.auth import token_fingerprint, token_secret
 from packdist.core.signing import VerifyKey
 from packdist.errors import AuthError, Overloaded, PackdistError, UserError
@@ -27,7 +28,14 @@ ENROLL_RETRY = 2.0  # seconds between two tries to enroll
 
 
 class SiteLink:
-    def __init__(self, home: AgentHome, site_url: str, token: str, peers: PeerService) -> None:
+    def __init__(
+        self,
+        home: AgentHome,
+        site_url: str,
+        token: str,
+        peers: PeerService,
+        plain_http: bool = False,
+    ) -> None:
         self.home = home
         self.site_urls = site_urls(site_url)  # one site, maybe several workers
         self.token = token_secret(token)  # the credential; the rest names the site's authority
@@ -38,6 +46,7 @@ class SiteLink:
         self.site_key: VerifyKey | None = None
         self.pace = HeartbeatPace()
         self.identity = AgentIdentity(home.root)
+        self.transport = AgentTransport(self.identity, plain_http)  # serving and dialling
         self.peers = peers  # told which servers the site removed
         self._load_pinned(site_url)
 
@@ -64,6 +73,8 @@ class SiteLink:
 
     async def enroll(self) -> None:
         assert self.site is not None
+        # the site's authority pinned (and checked) before the token is sent to it
+        self.site_ca = await self.transport.discover(self.site, self.site_ca)
         answer = await self.site.hello()
         key_hex = answer["site_public_key"]
         if self.site_key is not None and self.site_key.hex != key_hex:
@@ -72,6 +83,7 @@ class SiteLink:
                 f"(remove {self.home.root / ENROLLMENT} to enroll again)"
             )
         self.site_ca = await self.identity.renew(self.site, self.site_ca)  # refuses a stranger
+        self.transport.refresh()  # a new certificate served and presented from now on
         self.server_name = answer["server"]
         self.site_key = VerifyKey.from_hex(key_hex)
         self.pace.answered(answer)
@@ -92,6 +104,7 @@ class SiteLink:
         if self.site is None or self.server_name is None:
             return
         pinned = await self.identity.renew(self.site, self.site_ca)
+        self.transport.refresh()
         if pinned != self.site_ca:
             self.site_ca = pinned
             enrolled = self.home.load_enrollment()

@@ -59,6 +59,12 @@ def agent() -> None:
     help="Most bytes the chunk cache (removed versions, unfinished installs) keeps, e.g. "
     "500MiB or 10G; the least recently used go first (0: removed versions are deleted).",
 )
+@click.option(
+    "--plain-http",
+    is_flag=True,
+    envvar="PACKDIST_AGENT_PLAIN_HTTP",
+    help="Serve plain HTTP instead of HTTPS (a lab on loopback only: traffic can be read).",
+)
 def agent_serve(
     listen: str,
     site_url: str,
@@ -66,6 +72,7 @@ def agent_serve(
     download_limit: str,
     upload_limit: str,
     cache_limit: str,
+    plain_http: bool,
 ) -> None:
     """Serve installs for the site until SIGTERM/SIGINT."""
     from packdist.agent.server import Limits, run_agent
@@ -82,4 +89,18 @@ def agent_serve(
         raise UserError(
             f"--cache-limit / PACKDIST_AGENT_CACHE_LIMIT {exc} (got {cache_limit!r})"
         ) from None
-    run_agent(resolve_home(), listen, site_url.rstrip("/"), token.strip(), limits, cache_bytes)
+    if plain_http:
+        click.echo(
+            "packdist agent: WARNING: --plain-http: serving without TLS, traffic can be read"
+            " and changed on the path; for a lab on loopback only",
+            err=True,
+        )
+    run_agent(
+        resolve_home(),
+        listen,
+        site_url.rstrip("/"),
+        token.strip(),
+        limits,
+        cache_bytes,
+        plain_http,
+    )

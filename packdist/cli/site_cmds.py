@@ -98,8 +98,8 @@ def site_init(name: str | None, store_url: str | None, as_json: bool) -> None:
         click.echo(f"configuration: {config_path} (every setting commented at its default)")
         click.echo(f"certificate authority: {fingerprint} (every enrollment token carries it)")
         click.echo(
-            "dashboard: once 'packdist site serve' runs, open http://HOST:PORT/ of its listen"
-            f" address (default http://{listen}/) and log in with this password"
+            "dashboard: once 'packdist site serve' runs, open https://HOST:PORT/ of its listen"
+            f" address (default https://{listen}/) and log in with this password"
         )
 
 
@@ -116,9 +116,16 @@ def site_serve(**values: Any) -> None:
     root = resolve_home()
     home = SiteHome.open(root)
     settings = config.load(root, _flags(values)).settings
+    scheme = "http" if settings.plain_http else "https"
+    if settings.plain_http:
+        click.echo(
+            "packdist site: WARNING: --plain-http: serving without TLS, traffic (tokens"
+            " included) can be read and changed on the path; for a lab on loopback only",
+            err=True,
+        )
     click.echo(
-        f"packdist site: listening on {settings.listen}; dashboard at"
-        f" http://{settings.listen}/ (operator password from 'site init')",
+        f"packdist site: listening on {scheme}://{settings.listen}; dashboard at"
+        f" {scheme}://{settings.listen}/ (operator password from 'site init')",
         err=True,
     )
     run_site(home, settings.listen, settings.workers, settings)

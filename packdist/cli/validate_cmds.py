@@ -64,7 +64,7 @@ def validate(servers: tuple[str, ...], packages: tuple[str, ...], as_json: bool)
                 if pkg is None:
                     raise NotFound(f"no package {ref}")
                 package_ids.append(pkg.id)
-        report = asyncio.run(_run(store, key, targets, package_ids))
+        report = asyncio.run(_run(store, key, targets, package_ids, home))
     finally:
         store.close()
     bad = _corrupt(report)
@@ -83,15 +83,19 @@ def _corrupt(report: list[dict[str, Any]]) -> int:
     return corrupt_count(report)
 
 
-async def _run(store: Store, key: Any, targets: list[Any], package_ids: list[str] | None) -> Any:
+async def _run(
+    store: Store, key: Any, targets: list[Any], package_ids: list[str] | None, home: SiteHome
+) -> Any:
     # aiohttp is imported here, not with the module: every other command starts faster
     from packdist.http import new_session
+    from packdist.site.serving_tls import dialing_context
     from packdist.site.validation import validate_servers
 
     async def db(fn: Any) -> Any:
         return fn(store)
 
-    session = new_session()
+    home.authority()  # a home older than its authority gets one (as 'site serve' does)
+    session = new_session(tls=dialing_context(home.root))
     try:
         return await validate_servers(db, key, session, targets, package_ids)
     finally:

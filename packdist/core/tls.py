@@ -5,8 +5,9 @@ These contexts are TLS 1.3 and verify against the site's own certificate authori
 ``packdist/site/authority.py``), never the system's trust store: a packdist certificate is
 only good for packdist, and a public one is never good for packdist. Both ends are checked
 where both ends are ours — the one that connects verifies the name it dialled, the one that
-accepts verifies that a certificate of the same authority was presented. Not yet: no link
-serves or dials with them (``docs/security.md``).
+accepts verifies that a certificate presented is of the same authority. The site and the
+agents serve with them unless started with ``--plain-http``; the scheme of a URL
+(``https://`` or ``http://``) decides whether a client dials with TLS.
 
 Keys are ECDSA P-256: every TLS 1.3 stack takes them, the browsers that show the dashboard
 included (they take no Ed25519 certificate).
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import hashlib
 import ipaddress
 import re
@@ -135,29 +137,39 @@ def subject_names(hosts: list[str]) -> list[x509.GeneralName]:
     return names
 
 
-def _context(purpose: ssl.Purpose, ca: Path) -> ssl.SSLContext:
+def _context(purpose: ssl.Purpose, ca: Path | None) -> ssl.SSLContext:
     ctx = ssl.SSLContext(
         ssl.PROTOCOL_TLS_SERVER if purpose is ssl.Purpose.CLIENT_AUTH else ssl.PROTOCOL_TLS_CLIENT
     )
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    ctx.load_verify_locations(cafile=str(ca))  # the site's authority only
+    if ca is not None:  # None: trusting nothing yet (an agent before it pinned its site)
+        trust(ctx, ca)
     return ctx
 
 
-def server_context(cert: Path, key: Path, ca: Path, require_client: bool) -> ssl.SSLContext:
+def trust(ctx: ssl.SSLContext, ca: Path) -> None:
+    """Trust the site's authority in ``ctx`` from its next handshake on (a context made
+    before the agent had pinned it trusts nothing until then)."""
+    ctx.load_verify_locations(cafile=str(ca))  # the site's authority only
+
+
+def server_context(cert: Path, key: Path, ca: Path | None, require_client: bool) -> ssl.SSLContext:
     """What a packdist server (the site, an agent) accepts connections with. With
     ``require_client`` a client must present a certificate of the same authority (links
     where both ends are ours); without it, one is checked when presented (the dashboard's
-    browser presents none)."""
+    browser presents none, nor does ``packdist fetch``)."""
     ctx = _context(ssl.Purpose.CLIENT_AUTH, ca)
     ctx.verify_mode = ssl.CERT_REQUIRED if require_client else ssl.CERT_OPTIONAL
     ctx.load_cert_chain(str(cert), str(key))
     return ctx
 
 
-def client_context(ca: Path, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
+def client_context(
+    ca: Path | None, cert: Path | None = None, key: Path | None = None
+) -> ssl.SSLContext:
     """What a packdist client connects with: the server's certificate must be of the site's
-    authority and name the host dialled; ``cert`` and ``key`` are presented when given."""
+    authority and name the host dialled; ``cert`` and ``key`` are presented when given.
+    ``ca`` None: no server is trusted until :func:`trust` names the authority."""
     ctx = _context(ssl.Purpose.SERVER_AUTH, ca)
     ctx.check_hostname = True
     ctx.verify_mode = ssl.CERT_REQUIRED
@@ -172,3 +184,43 @@ def reload(ctx: ssl.SSLContext, cert: Path, key: Path) -> None:
     """Put a renewed certificate in use: handshakes from now on present it, connections
     already open keep theirs (no restart, no dropped transfer)."""
     ctx.load_cert_chain(str(cert), str(key))
+
+
+def temporary_certificate(
+    key: ec.EllipticCurvePrivateKey, hosts: list[str], now: float, days: int = 2
+) -> bytes:
+    """A self-signed certificate (PEM) for ``key`` at ``hosts``: what an agent serves with
+    until the site has signed its own (no packdist client takes it: none trusts it)."""
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "packdist unenrolled")])
+    start = dt.datetime.fromtimestamp(now, dt.UTC) - dt.timedelta(minutes=5)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(subject_names(hosts)), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only (``localhost``, 127.0.0.0/8, ``::1``)."""
+    plain = host.strip("[]").lower()
+    if plain == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(plain).is_loopback
+    except ValueError:
+        return False
+
+
+def unspecified(host: str) -> bool:
+    """Whether ``host`` is a listen address meaning every address (``0.0.0.0``, ``::``)."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        return host == ""

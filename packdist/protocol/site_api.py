@@ -98,6 +98,9 @@ def revoked_of(answer: dict[str, Any]) -> frozenset[str] | None:
     return frozenset(n for n in said[:MAX_REVOKED] if isinstance(n, str))
 
 
+MAX_AUTHORITY = 16 * 1024  # bytes of the authority's PEM, at most (it is under 1 KiB)
+
+
 def site_urls(text: str) -> list[str]:
     """``URL1,URL2`` as a list (trailing slashes dropped, duplicates once)."""
     urls = [u.strip().rstrip("/") for u in text.split(",") if u.strip()]
@@ -171,6 +174,23 @@ class SiteClient:
             ) as resp:
                 data: dict[str, Any] = await resp.json()
                 return data
+
+        return await self._any(call)
+
+    async def authority(self) -> bytes:
+        """The site's certificate authority (PEM), fetched without verifying the site and
+        without the token: what the caller must check against its pinned fingerprint before
+        it trusts the site with anything (``agent/transport.py``)."""
+
+        async def call(url: str) -> bytes:
+            async with request(
+                self._liveness,
+                "GET",
+                f"{url}/v1/site/authority",
+                timeouts=HEARTBEAT,
+                ssl=False,  # nothing is trusted yet: the fingerprint check is the proof
+            ) as resp:
+                return await resp.content.read(MAX_AUTHORITY + 1)
 
         return await self._any(call)
 

@@ -10,7 +10,7 @@ certificate and each agent's at enrollment, so no operator ever handles a certif
   The common name is for people only. Each is good for serving and for presenting as a
   client. Keys are P-256: the site signs no other.
 
-Not yet: the site and agents do not serve TLS with these yet (``docs/security.md``).
+The site's serving certificate is made and renewed by ``site/serving_tls.py``.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class SiteAuthority:
         cert_path, key_path = cls.paths(home)
         folder = key_path.parent
         home.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with _locked(home):
+        with HomeLock(home):
             if folder.exists():
                 raise AlreadyExists(f"{folder} already exists: the site has its authority")
             key = tls.new_private_key()
@@ -207,8 +207,9 @@ def _usage(cert_sign: bool) -> x509.KeyUsage:
     )
 
 
-class _locked:
-    """An exclusive lock on ``HOME/.tls.lock`` for as long as the ``with`` lasts."""
+class HomeLock:
+    """An exclusive lock on ``HOME/.tls.lock`` for as long as the ``with`` lasts (workers
+    starting together make one authority, one serving certificate)."""
 
     def __init__(self, home: Path) -> None:
         self.path = home / ".tls.lock"

@@ -3,6 +3,9 @@
 Routes (JSON unless noted):
 
 * ``GET /healthz`` — anyone; 200 once the site is ready.
+* ``GET /v1/site/authority`` — anyone: the site's certificate authority (PEM), which an
+  agent checks against its token's fingerprint before it trusts the site (the discovery
+  step: fetched over TLS without verification, then pinned).
 * ``POST /v1/agent/hello`` — enrollment token: the server's name and the site public key.
 * ``POST /v1/agent/certificate`` — enrollment token: a certificate for the agent's key,
   signed by the site's authority (see :mod:`packdist.site.enrollment`).
@@ -37,6 +40,7 @@ from packdist.config import Settings
 from packdist.core import codec
 from packdist.core.codec import Encoding
 from packdist.core.digest import Digest
+from packdist.core.names import split_listen
 from packdist.despooler import Despooler, PeerSettings
 from packdist.errors import NotFound, PackdistError, UserError
 from packdist.http import (
@@ -53,6 +57,7 @@ from packdist.site import dashboard
 from packdist.site.beats import Beats, json_body
 from packdist.site.enrollment import CertificateDesk
 from packdist.site.home import SiteHome
+from packdist.site.serving_tls import dialing_context, site_context
 from packdist.site.store_runner import StoreRunner
 from packdist.site.validation import validation_loop
 from packdist.store.base import ServerRecord
@@ -121,6 +126,7 @@ class SiteServer:
             middlewares=[guard(limits, SMALL_BODY), error_middleware], client_max_size=LARGE_BODY
         )
         app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/v1/site/authority", self.authority)
         app.router.add_post("/v1/agent/hello", self.hello)
         app.router.add_post("/v1/agent/certificate", self.certificates.certificate)
         app.router.add_post("/v1/agent/heartbeat", self.heartbeat)
@@ -137,6 +143,11 @@ class SiteServer:
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "site": self.site_name})
+
+    async def authority(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=self.certificates.authority.pem, content_type="application/x-pem-file"
+        )
 
     async def hello(self, request: web.Request) -> web.Response:
         now = time.time()
@@ -304,8 +315,16 @@ class SiteServer:
 
     async def run(self, listen: str) -> None:
         self.site_name = await self.db(lambda s: s.site_name())
+        host = _listen_host(listen)
+        authority = self.certificates.authority
+        # made even with --plain-http: the site presents it when it dials https:// agents
+        serving_tls = await asyncio.to_thread(
+            site_context, self.home.root, authority, self.site_name, host
+        )
+        if self.settings.plain_http:
+            log.warning("serving plain HTTP (--plain-http): traffic can be read on the path")
         await self.beats.start()
-        session = new_session()
+        session = new_session(tls=dialing_context(self.home.root))
         self._despooler = Despooler(
             self.db,
             self.key,
@@ -332,7 +351,9 @@ class SiteServer:
                 )
             )
         try:
-            await serve_until_stopped(self.app(), listen)
+            await serve_until_stopped(
+                self.app(), listen, None if self.settings.plain_http else serving_tls
+            )
         finally:
             for task in background:
                 task.cancel()
@@ -341,6 +362,13 @@ class SiteServer:
             await self.despooler.shutdown()
             await session.close()
             self.db.close()
+
+
+def _listen_host(listen: str) -> str:
+    try:
+        return split_listen(listen)[0]
+    except ValueError as exc:
+        raise UserError(f"--listen {listen!r}: {exc}") from exc
 
 
 class _Bases:

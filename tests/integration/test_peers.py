@@ -170,7 +170,8 @@ def test_bandwidth_limits_hold(tmp_path: Path, tree: Path, where: str) -> None:
     """With a 2 MB/s limit (the agent's download, or the site's upload), no 2-second window
     of the transfer moves more than the limit allows, and the package still arrives whole."""
     site = h.make_site(tmp_path)
-    proxy = h.ThrottledProxy(site.host, site.port).start()  # counts what the site sends
+    # counts what the site sends
+    proxy = h.ThrottledProxy(site.host, site.port, tls=site.tls).start()
     agents = h.add_agents(site, tmp_path, ["dp1"], site_urls={"dp1": proxy.url})
     if where == "agent download":
         agents["dp1"].env = {"PACKDIST_AGENT_DOWNLOAD_LIMIT": str(LIMIT)}

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from packdist.auth import hash_token, new_token
+from packdist.config import Settings
 from packdist.errors import Overloaded
 from packdist.http import new_session
 from packdist.protocol.messages import Heartbeat
@@ -33,7 +34,8 @@ def _site_with(tmp_path: Path, servers: int) -> tuple[SiteServer, str]:
                 )
     finally:
         store.close()
-    return SiteServer(home), tokens[0]
+    # plain HTTP: these measure the site's heartbeat handling, not TLS handshakes
+    return SiteServer(home, settings=Settings(plain_http=True)), tokens[0]
 
 
 async def _serving(server: SiteServer) -> tuple[asyncio.Task[None], str]:

@@ -70,14 +70,14 @@ def test_serve_listens_where_the_config_file_says(site_home: Path) -> None:
     proc = _serve(site_home)
     try:
         h.wait_until(
-            lambda: h.healthy(f"http://127.0.0.1:{port}/healthz") or proc.poll() is not None,
+            lambda: h.healthy(f"https://127.0.0.1:{port}/healthz") or proc.poll() is not None,
             20,
             message=f"the site on port {port}",
         )
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
     finally:
         err = _stop(proc)
-    assert f"dashboard at http://127.0.0.1:{port}/" in err
+    assert f"dashboard at https://127.0.0.1:{port}/" in err
 
     # the environment beats the file, a flag beats both
     env_port, flag_port = h.free_port(), h.free_port()
@@ -100,7 +100,7 @@ def test_serve_listens_where_the_config_file_says(site_home: Path) -> None:
     )  # an invalid env value is overridden by the flag, so it does not matter
     try:
         h.wait_until(
-            lambda: h.healthy(f"http://127.0.0.1:{flag_port}/healthz") or proc.poll() is not None,
+            lambda: h.healthy(f"https://127.0.0.1:{flag_port}/healthz") or proc.poll() is not None,
             20,
         )
         assert proc.poll() is None
