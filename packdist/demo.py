@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -42,7 +43,7 @@ class Demo:
         self.root = root
         self.site_home = root / "site"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.site_url = f"http://127.0.0.1:{free_port()}"
+        self.site_url = f"https://127.0.0.1:{free_port()}"
         self.servers: dict[str, dict[str, Any]] = {}
 
     def run(self, *args: str, show: bool = True) -> str:
@@ -63,10 +64,14 @@ class Demo:
         self.procs[name] = subprocess.Popen(
             [*PACKDIST, *args], stdout=log, stderr=log, start_new_session=True
         )
+        # whether it answers, only: an agent not yet enrolled serves a temporary certificate
+        probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        probe.check_hostname, probe.verify_mode = False, ssl.CERT_NONE
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
-                with urllib.request.urlopen(f"{health_url}/healthz", timeout=1) as r:
+                url = f"{health_url}/healthz"
+                with urllib.request.urlopen(url, timeout=1, context=probe) as r:
                     if r.status == 200:
                         return
             except OSError:
@@ -144,7 +149,7 @@ def main() -> int:
         say("Three distribution servers enrolled, each with its own token")
         for name in ("dp1", "dp2", "dp3"):
             port = free_port()
-            url = f"http://127.0.0.1:{port}"
+            url = f"https://127.0.0.1:{port}"
             doc = json.loads(demo.run("server", "add", name, "--url", url, "--json", show=False))
             print(f"$ packdist server add {name} --url {url}   (token {doc['token'][:10]}…)")
             demo.servers[name] = {"port": port, "url": url, "token": doc["token"]}
@@ -158,7 +163,7 @@ def main() -> int:
                 "site",
                 "serve",
                 "--listen",
-                demo.site_url.removeprefix("http://"),
+                demo.site_url.removeprefix("https://"),
             ],
             demo.site_url,
         )

@@ -8,10 +8,10 @@ Files, in ``tls/`` of the agent's home: ``agent.key`` (0600), ``agent.pem``, ``c
 certificate is renewed between 60% and 75% into its life (a fleet enrolled in one day does
 not come back for its certificates in one minute), with no operator action.
 
-Not yet: the agent neither serves nor dials with these (``docs/security.md``); until it
-does, the authority arrives over the same plain HTTP as everything else, so the check
-proves nothing against someone on the path. It is built now so that agents enrolled today
-hold their certificates and pins when TLS arrives.
+The agent serves and dials with these (``agent/transport.py``). With an ``https://`` site
+the authority is pinned before the token is sent (discovery, ``agent/transport.py``); with
+an ``http://`` one (a site run with ``--plain-http``) it arrives in clear with the
+certificate, and the check proves nothing against someone on the path.
 """
 
 from __future__ import annotations
