@@ -83,15 +83,15 @@ def test_a_package_is_installed_over_https_by_agents_given_only_the_site_url_and
         assert b" 200 " in _get(site.port, verified, host)
 
 
-def test_an_agent_serving_https_refuses_plain_http(cluster: h.Cluster) -> None:
-    agent = cluster.agents["dp1"]
-    assert b" 200 " in _get(agent.port, _unverifying())
-    try:
-        answer = _get(agent.port, None)
-    except OSError:
-        answer = b""
-    assert b"HTTP/1.1 200" not in answer, answer
-    assert b"enrolled" not in answer, answer
+def test_an_agent_or_a_site_serving_https_refuses_plain_http(cluster: h.Cluster) -> None:
+    for port in (cluster.agents["dp1"].port, cluster.site.port):
+        assert b" 200 " in _get(port, _unverifying())
+        try:
+            answer = _get(port, None)
+        except OSError:
+            answer = b""
+        assert b"HTTP/1.1 200" not in answer, answer
+        assert b'"ok"' not in answer, answer
 
 
 def test_an_agent_serves_the_certificate_the_site_signed_for_its_url(cluster: h.Cluster) -> None:
@@ -141,3 +141,15 @@ def test_an_agent_that_starts_before_its_site_serves_its_real_certificate_once_e
 
         h.wait_until(real, 20, message="the agent to serve the certificate the site signed")
         assert agent.starts == 1, "the agent was restarted"
+
+
+def test_plain_http_is_served_only_when_asked_for_and_with_a_warning(tmp_path: Path) -> None:
+    site = h.make_site(tmp_path, tls=False)
+    agents = h.add_agents(site, tmp_path, ["dp1"])
+    with h.Cluster(site, agents):
+        h.start_all([site, *agents.values()])
+        assert site.url.startswith("http://")
+        assert b" 200 " in _get(site.port, None)
+        assert b" 200 " in _get(agents["dp1"].port, None)
+        for component in (site, agents["dp1"]):
+            assert "WARNING: --plain-http" in component.log_tail(100), component.log_tail(100)
