@@ -411,6 +411,7 @@ class PackdistSetup:
                 "serve",
                 "--listen",
                 self.site_url.removeprefix("http://"),
+                "--plain-http",  # measures distribution; the cost of TLS is not measured yet
             ],
             self.site_url,
         )
@@ -461,6 +462,7 @@ class PackdistSetup:
                 site_url or self.site_url,
                 "--token",
                 doc["token"],
+                "--plain-http",
             ],
             url,
         )

@@ -226,7 +226,9 @@ class Fleet:
     def _start_site(self, k: int) -> str:
         url = f"http://127.0.0.1:{free_port()}"
         log = self.work / f"site-{k}.log"
-        argv = packdist_argv("--home", self.home, "site", "serve", "--listen", url[7:])
+        argv = packdist_argv(
+            "--home", self.home, "site", "serve", "--listen", url[7:], "--plain-http"
+        )  # simulated agents speak plain HTTP
         with open(log, "ab") as out:
             proc = subprocess.Popen(argv, stdout=out, stderr=out)
         self.sites.append(proc)
