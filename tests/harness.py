@@ -665,13 +665,14 @@ def start_cluster(
     root: Path,
     servers: Iterable[str] = ("dp1", "dp2", "dp3"),
     throttle: dict[str, float] | None = None,
+    tls: bool | None = None,
 ) -> Cluster:
     """Site + one running agent per server name, all on 127.0.0.1.
 
     ``throttle`` maps some server names to a rate in bytes/s: those agents reach the site
     through their own :class:`ThrottledProxy` (``cluster.proxies[name]``).
     """
-    site = make_site(root)
+    site = make_site(root, tls=tls)
     proxies = {
         n: ThrottledProxy(site.host, site.port, rate, site.tls)
         for n, rate in (throttle or {}).items()

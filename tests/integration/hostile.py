@@ -63,7 +63,7 @@ def log_problems(path: Path) -> list[str]:
 def started_site(root: Path) -> tuple[h.Site, str]:
     """A running site with one server (dp1, nobody serving it); returns it and dp1's
     enrollment token."""
-    site = h.make_site(root)
+    site = h.make_site(root, tls=False)  # raw HTTP bytes on a socket: the layer under TLS
     token = site.add_server("dp1", "http://127.0.0.1:9")
     site.start()
     return site, token

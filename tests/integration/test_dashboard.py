@@ -58,6 +58,9 @@ def browser_page() -> Iterator[Any]:
                 headless=True,
                 args=CHROMIUM_ARGS,
                 viewport={"width": 1280, "height": 1000},
+                # the site's authority is not in the browser's store (an operator imports
+                # it, or takes the certificate the first time, as here)
+                ignore_https_errors=True,
             )
             try:
                 yield context.new_page()

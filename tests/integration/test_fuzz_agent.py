@@ -60,7 +60,8 @@ def _snapshot(root: Path, skip: set[Path]) -> dict[str, tuple[int, int]]:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     root = tmp_path_factory.mktemp("fuzz-agent")
     tree = h.make_tree(root / "src", {"data/blob.bin": 300_000}, seed=5)
-    c = h.start_cluster(root / "cluster", ["dp1"])
+    # raw HTTP bytes on a socket: the layer under TLS
+    c = h.start_cluster(root / "cluster", ["dp1"], tls=False)
     try:
         c.site.create_package(tree, "app", "1.0")
         job = c.site.distribute("app@1.0", ["dp1"])

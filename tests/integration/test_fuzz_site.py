@@ -56,7 +56,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     outside = [root / name for name in ("cwd", "home", "tmp")]
     for d in outside:
         d.mkdir()
-    site = h.make_site(root)
+    site = h.make_site(root, tls=False)  # raw HTTP bytes on a socket: the layer under TLS
     token = site.add_server("dp1", "http://127.0.0.1:9")
     tree = h.make_tree(root / "src", {"data/blob.bin": 300_000}, seed=3)
     package = site.create_package(tree, "app", "1.0")

@@ -77,7 +77,7 @@ class SheddingProxy:
 def test_a_shed_agent_waits_out_retry_after_then_comes_back_to_normal_heartbeats(
     tmp_path: Path,
 ) -> None:
-    site = h.make_site(tmp_path)
+    site = h.make_site(tmp_path, tls=False)  # the proxy reads the HTTP it relays
     site.start()
     proxy = SheddingProxy(site.url)
     agents = h.add_agents(site, tmp_path, ["dp1"], site_url=proxy.url)
@@ -195,11 +195,13 @@ def test_a_server_reached_again_gets_its_work_at_its_next_heartbeat_not_its_next
 ) -> None:
     """The site cannot reach dp1 for a moment (its heartbeats go on): the failed install is
     retried at dp1's next heartbeat, not after the 30 s backoff."""
-    site = h.make_site(tmp_path)
+    site = h.make_site(tmp_path, tls=False)  # CutLink relays plain HTTP
     site.env["PACKDIST_RETRY_INITIAL"] = "30s"
     site.env["PACKDIST_RETRY_JITTER"] = "0"
     site.start()
-    agent = h.Agent("dp1", tmp_path / "agent-dp1", tmp_path / "logs", site_url=site.url)
+    agent = h.Agent(
+        "dp1", tmp_path / "agent-dp1", tmp_path / "logs", site_url=site.url, tls=site.tls
+    )
     link = CutLink(agent.port)
     agent.token = site.add_server("dp1", link.url)
     try:

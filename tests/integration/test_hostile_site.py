@@ -126,7 +126,9 @@ def test_clients_trickling_headers_or_a_body_are_dropped_while_others_are_served
     tmp_path: Path,
 ) -> None:
     site, token = started_site(tmp_path)
-    agent = h.Agent("dp1", tmp_path / "agent", tmp_path / "logs", site_url=site.url, token=token)
+    agent = h.Agent(
+        "dp1", tmp_path / "agent", tmp_path / "logs", site_url=site.url, token=token, tls=False
+    )  # raw HTTP bytes on a socket, as the site's (hostile.started_site)
     agent.start()
     done = threading.Event()
     try:
