@@ -73,11 +73,17 @@ def certificate_request(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def load_certificate(data: bytes) -> x509.Certificate:
-    """A PEM certificate, or a UserError naming what is wrong with it."""
+    """The one PEM certificate ``data`` holds, or a UserError naming what is wrong with it.
+    A bundle is refused: whoever checks the first certificate must be able to trust that it
+    is all there is (an authority's fingerprint checked on the first of two would pin both
+    once the bytes are written as they came)."""
     try:
-        return x509.load_pem_x509_certificate(data)
+        found = x509.load_pem_x509_certificates(data)
     except ValueError as exc:
         raise UserError(f"not a PEM certificate ({exc})") from exc
+    if len(found) != 1:
+        raise UserError(f"expected one PEM certificate, found {len(found)}")
+    return found[0]
 
 
 def fingerprint(cert: x509.Certificate) -> str:
@@ -95,8 +101,8 @@ def matches_fingerprint(cert_pem: bytes, expected: str) -> bool:
     try:
         text = expected.removeprefix(FINGERPRINT_PREFIX)
         wanted = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        cert = x509.load_pem_x509_certificate(cert_pem)
-    except (ValueError, binascii.Error):
+        cert = load_certificate(cert_pem)  # exactly one: a bundle never matches
+    except (ValueError, binascii.Error, UserError):
         return False
     der = cert.public_bytes(serialization.Encoding.DER)
     return len(wanted) == 32 and hashlib.sha256(der).digest() == wanted
