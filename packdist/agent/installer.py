@@ -14,7 +14,7 @@ Steps, so that a server holds the whole version or none of it:
 5. fetch the rest in streamed batches, naming for each chunk the chunks of an installed
    version it probably resembles (:mod:`packdist.agent.bases`) so the site can send it
    compressed against them; every chunk is decoded (:mod:`packdist.core.codec`) and
-   verified against its digest before it is written at its offsets (here);
+   verified against its digest before it is written at its offsets (``fetch_stage.py``);
 6. set modes and times, create symlinks, ``syncfs``, then one ``rename`` into
    ``packages/NAME/VERSION`` -- or, if a tree is already there, one atomic exchange of the
    two names (``renameat2(RENAME_EXCHANGE)``), journalled so a crash at any point leaves a
@@ -49,9 +49,7 @@ from packdist.agent.local_stage import RESERVE, fill_locally, lay_out
 from packdist.agent.peering import ChunkView
 from packdist.agent.sources import Peer, Pulse
 from packdist.agent.write_plan import WritePlan
-from packdist.core.fsutil import (
-    human_bytes,
-)
+from packdist.core.fsutil import human_bytes
 from packdist.core.manifest import Manifest, SignedManifest
 from packdist.core.signing import VerifyKey
 from packdist.errors import (
