@@ -87,7 +87,6 @@ class SimAgent:
     conn: Connection | None = None
     pace: HeartbeatPace = field(default_factory=HeartbeatPace)
     retry_after: float | None = None  # of the last answer
-    normal: bool = False  # its last heartbeat was answered 200 (not shed, not failed)
     last: str = "not yet"  # what its last heartbeat met: "ok", "shed", a status, an error
 
     def request(self, path: str, body: bytes) -> bytes:
@@ -217,7 +216,6 @@ class Fleet:
             window = self.window
             try:
                 status, body = await agent.post(agent.beat, timeout)
-                agent.normal = status == 200
                 agent.last = "ok" if status == 200 else "shed" if status == 503 else str(status)
                 if status == 200:
                     window.latencies.append(time.monotonic() - started)
@@ -231,13 +229,11 @@ class Fleet:
                     if status >= 500:
                         agent.next_site()
             except TimeoutError:
-                agent.normal = False
                 agent.last = "timeout"
                 window.failures["timeout"] = window.failures.get("timeout", 0) + 1
                 wait = pace.failed()
                 agent.next_site()
             except (OSError, ValueError) as exc:
-                agent.normal = False
                 what = agent.last = type(exc).__name__
                 window.failures[what] = window.failures.get(what, 0) + 1
                 wait = pace.failed()
@@ -356,7 +352,7 @@ class Fleet:
                 "enrolled": self.enrolled,
                 "errors": self.errors,
                 # agents whose last heartbeat was answered (not shed, not failed)
-                "agents_normal": sum(1 for a in self.agents.values() if a.normal),
+                "agents_normal": sum(1 for a in self.agents.values() if a.last == "ok"),
                 "agents_by_last": dict(Counter(a.last for a in self.agents.values())),
             }
             | self.window.report()

@@ -129,8 +129,10 @@ class AgentIdentity:
                 " first (%s); enroll with a new token to have it checked",
                 tls.fingerprint(ca),
             )
-        write_atomic(self.ca_path, authority, mode=0o644)
-        write_atomic(self.cert_path, answer.certificate.encode(), mode=0o644)
+        # what was parsed and checked is written, never the bytes as they came
+        pem = serialization.Encoding.PEM
+        write_atomic(self.ca_path, ca.public_bytes(pem), mode=0o644)
+        write_atomic(self.cert_path, cert.public_bytes(pem), mode=0o644)
         self._renew_at = None
         log.info("certificate from the site, valid until %s", cert.not_valid_after_utc)
         return pinned or tls.fingerprint(ca)

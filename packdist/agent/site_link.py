@@ -137,8 +137,7 @@ class SiteLink:
                 revoked = revoked_of(answer)
                 if revoked is not None:  # removed servers: their peer credentials are void
                     self.peers.revoked = revoked
-                if self.identity.due():  # renewal, 60-75% into the certificate's life
-                    await self.renew_certificate()
+                await self.renew_certificate()  # once due: 60-75% into the certificate's life
             except Overloaded as exc:
                 wait = pace.shed(exc.retry_after)
                 if pace.sheds == 1:  # one line per busy spell, not one per heartbeat

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from urllib.parse import urlsplit
 
 import click
 from rich.console import Console
@@ -21,7 +20,7 @@ from packdist.cli.common import (
 )
 from packdist.core.fsutil import human_bytes
 from packdist.core.names import check_group_name, check_server_name, parse_label
-from packdist.core.tls import check_host
+from packdist.core.tls import check_host, url_host
 from packdist.errors import UserError
 from packdist.service import Service
 from packdist.site.home import SiteHome
@@ -32,7 +31,7 @@ def _check_url(url: str) -> str:
     if not (url.startswith("http://") or url.startswith("https://")) or len(url) < 10:
         raise UserError(f"server URL {url!r} must start with http:// or https://")
     try:
-        host = urlsplit(url).hostname
+        host = url_host(url)
     except ValueError as exc:
         raise UserError(f"server URL {url!r}: {exc}") from None
     check_host(host or "")  # its certificate will name it

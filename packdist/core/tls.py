@@ -16,13 +16,13 @@ included (they take no Ed25519 certificate).
 from __future__ import annotations
 
 import base64
-import binascii
 import datetime as dt
 import hashlib
 import ipaddress
 import re
 import ssl
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -75,11 +75,17 @@ def certificate_request(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def load_certificate(data: bytes) -> x509.Certificate:
-    """A PEM certificate, or a UserError naming what is wrong with it."""
+    """The one PEM certificate ``data`` holds, or a UserError naming what is wrong with it.
+    A bundle is refused: whoever checks the first certificate must be able to trust that it
+    is all there is (an authority's fingerprint checked on the first of two would pin both
+    once the bytes are written as they came)."""
     try:
-        return x509.load_pem_x509_certificate(data)
+        found = x509.load_pem_x509_certificates(data)
     except ValueError as exc:
         raise UserError(f"not a PEM certificate ({exc})") from exc
+    if len(found) != 1:
+        raise UserError(f"expected one PEM certificate, found {len(found)}")
+    return found[0]
 
 
 def fingerprint(cert: x509.Certificate) -> str:
@@ -91,17 +97,12 @@ def fingerprint(cert: x509.Certificate) -> str:
 
 
 def matches_fingerprint(cert_pem: bytes, expected: str) -> bool:
-    """Whether ``cert_pem`` is the certificate ``expected`` names (a malformed one never is)."""
-    if not expected.startswith(FINGERPRINT_PREFIX):
-        return False
+    """Whether ``cert_pem`` is the one certificate ``expected`` names (a bundle or anything
+    malformed never is)."""
     try:
-        text = expected.removeprefix(FINGERPRINT_PREFIX)
-        wanted = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        cert = x509.load_pem_x509_certificate(cert_pem)
-    except (ValueError, binascii.Error):
+        return fingerprint(load_certificate(cert_pem)) == expected  # public: no timing to hide
+    except UserError:
         return False
-    der = cert.public_bytes(serialization.Encoding.DER)
-    return len(wanted) == 32 and hashlib.sha256(der).digest() == wanted
 
 
 _DNS_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
@@ -122,6 +123,11 @@ def check_host(host: str) -> str:
             " letters, digits and hyphens (IDNA-encoded), no wildcard"
         )
     return ".".join(labels)
+
+
+def url_host(url: str) -> str | None:
+    """The host of ``url`` (None: it names none); ValueError for a URL that does not parse."""
+    return urlsplit(url).hostname
 
 
 def subject_names(hosts: list[str]) -> list[x509.GeneralName]:

@@ -186,14 +186,7 @@ class Beats:
         except Exception as exc:  # the next heartbeat of each is recorded in full instead
             for name, _, _ in heard:
                 self.liveness.forget(name)
-            # a store's failure in one line; anything else is a bug: with its traceback
-            log.log(
-                logging.WARNING if isinstance(exc, StoreError) else logging.ERROR,
-                "writing %d heartbeat(s) failed: %s",
-                len(heard),
-                exc,
-                exc_info=not isinstance(exc, StoreError),
-            )
+            _log_failure("writing %d heartbeat(s) failed: %s", len(heard), exc)
 
     async def read_revoked(self) -> None:
         """Which servers were removed within a peer credential's life (one query)."""
@@ -215,13 +208,7 @@ class Beats:
         try:
             valid = await self.db(lambda s: s.live_token_hashes(kept))
         except Exception as exc:  # kept until TOKEN_TTL; checked again next time
-            log.log(
-                logging.WARNING if isinstance(exc, StoreError) else logging.ERROR,
-                "checking %d enrollment token(s) failed: %s",
-                len(kept),
-                exc,
-                exc_info=not isinstance(exc, StoreError),
-            )
+            _log_failure("checking %d enrollment token(s) failed: %s", len(kept), exc)
             return
         dropped = self.liveness.tokens_checked(kept, valid)
         if dropped:
@@ -245,3 +232,9 @@ class Beats:
                         words,
                         self.cadence.interval,
                     )
+
+
+def _log_failure(words: str, n: int, exc: Exception) -> None:
+    """A store's failure in one line; anything else is a bug: with its traceback."""
+    store = isinstance(exc, StoreError)
+    log.log(logging.WARNING if store else logging.ERROR, words, n, exc, exc_info=not store)

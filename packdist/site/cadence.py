@@ -70,11 +70,15 @@ def interval_for(servers: int) -> float:
     return min(MAX_INTERVAL, max(MIN_INTERVAL, math.ceil(wanted * 2) / 2))
 
 
+def _offline(interval: float) -> float:
+    return OFFLINE_INTERVALS * interval + SLACK
+
+
 def offline_after_for(servers: int) -> float:
     """Seconds of silence after which a server of a fleet of ``servers`` counts as offline,
     at the interval such a fleet is given (:meth:`Cadence.offline_after` follows the
     intervals actually handed out; this is for views that only know the fleet's size)."""
-    return OFFLINE_INTERVALS * interval_for(servers) + SLACK
+    return _offline(interval_for(servers))
 
 
 class Cadence:
@@ -104,7 +108,7 @@ class Cadence:
     def offline_after(self) -> float:
         """Seconds of silence after which a server counts as offline (and, heard from again,
         as back: its retrying work is woken)."""
-        return OFFLINE_INTERVALS * self.longest() + SLACK
+        return _offline(self.longest())
 
     def retry_after(self) -> float:
         """Seconds a shed agent is told to wait (it adds its own jitter)."""

@@ -9,12 +9,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from packdist.core.timefmt import iso
-from packdist.core.tls import check_host
+from packdist.core.tls import check_host, url_host
 from packdist.errors import UserError
 from packdist.protocol.messages import CertificateAnswer, CertificateRequest
 from packdist.site.authority import SiteAuthority
@@ -55,7 +54,7 @@ def _host_of(url: str) -> str:
     """The host of a server's URL as a certificate names it (a UserError, so a 400, for a
     URL that has none a certificate can name: such a server cannot be given one)."""
     try:
-        host = urlsplit(url).hostname
+        host = url_host(url)
     except ValueError:
         host = None
     if not host:

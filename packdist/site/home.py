@@ -83,8 +83,8 @@ class SiteHome:
             home._init_store(site_name, store_url)
         except BaseException:  # refused (a database that holds a site already): undo
             home.key_path.unlink(missing_ok=True)
-            shutil.rmtree(home.root / "tls", ignore_errors=True)
-            shutil.rmtree(home.root / "library", ignore_errors=True)
+            for part in PARTS:
+                shutil.rmtree(home.root / part, ignore_errors=True)
             home.db_path.unlink(missing_ok=True)
             raise
         return home

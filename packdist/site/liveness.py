@@ -38,7 +38,6 @@ class _Seen:
     boot_id: str
     disk_free: int | None
     installed: frozenset[str]
-    dirty: bool = False  # heard since the last write
     excused_until: float = 0.0  # told to wait (shed) until about then: not offline before
 
 
@@ -93,12 +92,12 @@ class Liveness:
             return False
         seen.last_seen = max(seen.last_seen, now)
         seen.disk_free = beat.disk_free
-        seen.dirty = True
         self._dirty.add(server)
         return True
 
     def recorded(self, server: str, beat: Heartbeat, now: float) -> None:
         """A heartbeat was recorded in full (the store is up to date for it)."""
+        self._dirty.discard(server)
         self._seen[server] = _Seen(now, beat.boot_id, beat.disk_free, frozenset(beat.installed))
 
     def installed(self, server: str, package_id: str) -> None:
@@ -119,7 +118,6 @@ class Liveness:
         ):
             seen.last_seen = max(seen.last_seen, now)
             seen.excused_until = max(seen.excused_until, now + told_to_wait)
-            seen.dirty = True
             self._dirty.add(server)
 
     def take_dirty(self) -> list[tuple[str, float, int | None]]:
@@ -128,14 +126,14 @@ class Liveness:
         names, self._dirty = self._dirty, set()
         for name in names:
             seen = self._seen.get(name)
-            if seen is not None and seen.dirty:
-                seen.dirty = False
+            if seen is not None:
                 out.append((name, seen.last_seen, seen.disk_free))
         return out
 
     def forget(self, server: str) -> None:
         """Record the next heartbeat in full (the last write failed, or the server left)."""
         self._seen.pop(server, None)
+        self._dirty.discard(server)
 
     # --- enrollment tokens ------------------------------------------------------------------
 

@@ -12,13 +12,13 @@ from typing import Any
 
 from packdist.core.timefmt import ago, iso
 from packdist.errors import ErrorKind
-from packdist.site.cadence import offline_after_for
+from packdist.site.cadence import SILENT_AFTER, offline_after_for
 from packdist.site.liveness import FLUSH_EVERY
 from packdist.states import InstructionState
 from packdist.store.base import EventRecord, JobRecord, ServerRecord, StatusCell, Store
 
 S = InstructionState
-ONLINE_AFTER = 10.0  # a server heard from within this many seconds is online
+ONLINE_AFTER = SILENT_AFTER  # at least: a server heard from within this long is online
 RECENT_JOBS = 20
 RECENT_EVENTS = 60
 OVERVIEW_SERVERS = 100  # servers (and their matrix cells) on the front page, trouble first

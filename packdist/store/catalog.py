@@ -186,9 +186,7 @@ class CatalogQueries:
         return self._servers([row], {row["name"]: groups})[0]
 
     def list_servers(self) -> list[ServerRecord]:
-        groups: dict[str, list[str]] = {}
-        for g in self.db.rows("all_server_groups"):
-            groups.setdefault(g["server"], []).append(g["grp"])
+        groups = _group_map(self.db.rows("all_server_groups"))
         return self._servers(self.db.rows("live_servers"), groups)
 
     def servers_named(self, names: list[str]) -> list[ServerRecord]:
@@ -196,9 +194,7 @@ class CatalogQueries:
         (a page of the dashboard, not one query per server)."""
         if not names:
             return []
-        groups: dict[str, list[str]] = {}
-        for g in self.db.rows("groups_of_servers", names=names):
-            groups.setdefault(g["server"], []).append(g["grp"])
+        groups = _group_map(self.db.rows("groups_of_servers", names=names))
         return self._servers(self.db.rows("live_servers_named", names=names), groups)
 
     def server(self, name: str) -> ServerRecord | None:
@@ -292,3 +288,11 @@ class CatalogQueries:
             r["server"]
             for r in self.db.rows("package_holders", pkg=package_id, unfinished=unfinished)
         ]
+
+
+def _group_map(rows: list[Row]) -> dict[str, list[str]]:
+    """server -> its groups, from ``(server, grp)`` rows in order."""
+    groups: dict[str, list[str]] = {}
+    for g in rows:
+        groups.setdefault(g["server"], []).append(g["grp"])
+    return groups

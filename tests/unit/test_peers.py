@@ -344,7 +344,7 @@ def test_an_honest_peer_supplies_everything(tmp_path: Path) -> None:
 def test_a_peer_too_slow_is_dropped_and_the_site_fills_in(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import packdist.agent.installer as installer_module
+    import packdist.agent.fetch_stage as installer_module
 
     monkeypatch.setattr(installer_module, "PEER_SLOW_AFTER", 0.5)
     pkg = v(3)

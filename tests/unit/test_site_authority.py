@@ -261,3 +261,14 @@ def test_a_renewed_certificate_is_presented_from_the_next_handshake_without_a_re
         assert presented[0] != presented[1]
     finally:
         server.close()
+
+
+def test_a_bundle_never_passes_for_the_authority_its_first_certificate_is(
+    ca: SiteAuthority, tmp_path: Path
+) -> None:
+    stranger = SiteAuthority.create(tmp_path / "stranger", "stranger", time.time())
+    for bundle in (ca.pem + stranger.pem, b"junk before\n" + ca.pem + stranger.pem):
+        assert not tls.matches_fingerprint(bundle, ca.fingerprint)
+        with pytest.raises(UserError, match="one PEM certificate"):
+            tls.load_certificate(bundle)
+    assert tls.matches_fingerprint(b"a comment first\n" + ca.pem, ca.fingerprint)
