@@ -26,6 +26,7 @@ from typing import Any
 from packdist.core.fsutil import human_bytes
 from packdist.core.names import check_label_key, split_listen
 from packdist.core.rates import number_with_unit, parse_rate
+from packdist.core.tls import check_host
 from packdist.errors import UserError
 from packdist.retry import RetryPolicy
 
@@ -108,6 +109,18 @@ def _label_key(v: Any) -> str:
         raise ValueError("must be a label key such as site")
     try:
         return check_label_key(v)
+    except UserError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _hosts(v: Any) -> str:
+    """Host names and addresses, comma-separated (or a TOML list), each one a certificate
+    can name; kept as one normalized comma-separated string."""
+    items = v.split(",") if isinstance(v, str) else v
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+        raise ValueError("must be host names or addresses, comma-separated")
+    try:
+        return ",".join(dict.fromkeys(check_host(i) for i in items if i.strip()))
     except UserError as exc:
         raise ValueError(str(exc)) from None
 
@@ -242,6 +255,15 @@ SPECS: tuple[Spec, ...] = (
         "how long a dashboard login lasts",
         "duration",
     ),
+    Spec(
+        "tls_hosts",
+        "tls",
+        "hosts",
+        _hosts,
+        "more names and addresses the site's certificate names, comma-separated (beside its"
+        " listen host; with 0.0.0.0, the machine's names), e.g. site.example.com,10.0.0.5",
+        "hosts",
+    ),
 )
 BY_NAME = {s.name: s for s in SPECS}
 assert all(s.name == s.toml_path.replace(".", "_") for s in SPECS), "one spelling per setting"
@@ -259,6 +281,7 @@ class Settings:
 
     listen: str = "127.0.0.1:8700"
     plain_http: bool = False
+    tls_hosts: str = ""
     workers: int = 64
     retry_initial: float = 1.0
     retry_factor: float = 2.0
@@ -403,7 +426,7 @@ def default_file_text() -> str:
             shown = f'"{format_duration(float(value))}"'
         elif spec.kind == "rate":
             shown = str(int(value))
-        elif spec.kind in ("text", "label"):
+        elif spec.kind in ("text", "label", "hosts"):
             shown = f'"{value}"'
         elif isinstance(value, bool):
             shown = "true" if value else "false"

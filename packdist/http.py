@@ -87,20 +87,19 @@ STREAM = Timeouts(connect=3.0, read=15.0, total=None)
 HEARTBEAT = Timeouts(connect=2.0, read=3.0, total=4.0)
 
 
-def new_session(
-    fresh_connections: bool = False, tls: ssl.SSLContext | None = None
-) -> aiohttp.ClientSession:
-    """A client session. ``fresh_connections``: a new TCP connection per request, for
-    liveness calls that must not wait on a pooled connection that died with a cable.
-    ``tls``: what ``https://`` URLs are dialled with (``core/tls.py``'s client context; the
-    scheme of each URL decides, an ``http://`` one goes in clear)."""
+def new_session(*, tls: ssl.SSLContext, fresh_connections: bool = False) -> aiohttp.ClientSession:
+    """A client session. ``tls``: what ``https://`` URLs are dialled with (``core/tls.py``'s
+    client context, trusting the site's authority only; there is no default, so no session
+    ever falls back to the system's trust store); the scheme of each URL decides, an
+    ``http://`` one goes in clear. ``fresh_connections``: a new TCP connection per request,
+    for liveness calls that must not wait on a pooled connection that died with a cable."""
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(
             limit=0,
             ttl_dns_cache=60,
             enable_cleanup_closed=True,
             force_close=fresh_connections,
-            ssl=tls if tls is not None else True,
+            ssl=tls,
         ),
         raise_for_status=False,
     )

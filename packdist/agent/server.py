@@ -124,7 +124,8 @@ class Agent:
         self.installer.trim_cache()  # the limit may have changed since the last run
         link = self.link
         self.session = new_session(tls=link.transport.client)
-        self.liveness = new_session(fresh_connections=True, tls=link.transport.client)
+        # enrollment and certificate requests: the token is the credential, no certificate
+        self.liveness = new_session(fresh_connections=True, tls=link.transport.anonymous)
         link.site = SiteClient(link.site_urls, link.token, self.session, self.liveness)
         enrolled = False
         try:  # enroll before serving when the site answers, so no install finds us unready

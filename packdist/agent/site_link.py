@@ -46,9 +46,9 @@ class SiteLink:
         self.site_key: VerifyKey | None = None
         self.pace = HeartbeatPace()
         self.identity = AgentIdentity(home.root)
-        self.transport = AgentTransport(self.identity, plain_http)  # serving and dialling
         self.peers = peers  # told which servers the site removed
         self._load_pinned(site_url)
+        self.transport = AgentTransport(self.identity, plain_http, self.site_ca)
 
     def _load_pinned(self, site_url: str) -> None:
         enrolled = self.home.load_enrollment()
@@ -131,13 +131,15 @@ class SiteLink:
                     await self.enroll()
                     enrolled_now = True
                 assert self.site is not None
+                # once due (60-75% into its life), and first: a lapsed certificate is
+                # refused at the heartbeat's handshake, never at the request's
+                await self.renew_certificate()
                 payload = await asyncio.to_thread(self.heartbeat_payload)
                 answer = await self.site.heartbeat(payload)
                 wait = pace.answered(answer)
                 revoked = revoked_of(answer)
                 if revoked is not None:  # removed servers: their peer credentials are void
                     self.peers.revoked = revoked
-                await self.renew_certificate()  # once due: 60-75% into the certificate's life
             except Overloaded as exc:
                 wait = pace.shed(exc.retry_after)
                 if pace.sheds == 1:  # one line per busy spell, not one per heartbeat

@@ -8,8 +8,14 @@
   one is; no restart. A client's certificate is checked when presented (``packdist
   fetch``'s clients and ``/healthz`` probes present none; the site and peers do).
 * **Dialling.** ``https://`` URLs only with the pinned authority (``tls/ca.pem``), the host
-  dialled checked, the agent's own certificate presented; an ``http://`` URL goes in clear
-  (the scheme the operator gave decides).
+  dialled checked; an ``http://`` URL goes in clear (the scheme the operator gave decides).
+  Two contexts: :attr:`client` presents the agent's certificate (chunks and manifests from
+  the site and peers, heartbeats); :attr:`anonymous` presents none (enrollment and the
+  certificate request, which the token authenticates), so an agent whose certificate
+  lapsed while it was off still gets a new one rather than being refused at the handshake.
+* **A stale authority.** A ``tls/ca.pem`` that is not the one the agent pinned (its token
+  or enrollment names another) is moved aside (``ca.pem.stale``), never trusted: the site's
+  is discovered again.
 * **Discovery.** An agent that has pinned no authority yet fetches it from the site
   (``GET /v1/site/authority``) over TLS *without* verifying, sends nothing else, and keeps
   it only if it is the one its token names by fingerprint (kubeadm's discovery pattern);
@@ -24,6 +30,8 @@ import ssl
 import time
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
+
 from packdist.agent.identity import AgentIdentity, SiteIdentityChanged
 from packdist.core import tls
 from packdist.core.fsutil import write_atomic
@@ -36,13 +44,16 @@ TEMPORARY_HOSTS = ["localhost", "127.0.0.1"]  # a self-signed certificate names 
 
 
 class AgentTransport:
-    def __init__(self, identity: AgentIdentity, plain_http: bool = False) -> None:
+    def __init__(
+        self, identity: AgentIdentity, plain_http: bool = False, pinned: str | None = None
+    ) -> None:
         self.identity = identity
         self.plain_http = plain_http
-        ca = identity.ca_path if identity.ca_path.exists() else None
+        ca = identity.ca_path if _holds(identity.ca_path, pinned) else None
         self._trusted = ca is not None
         self._loaded: int | None = None  # mtime of the certificate the contexts hold
         self.client = tls.client_context(ca)
+        self.anonymous = tls.client_context(ca)
         self.server: ssl.SSLContext | None = None
         self.refresh()
 
@@ -55,12 +66,12 @@ class AgentTransport:
             return None
         if self.server is None:
             ident = self.identity
-            real = self._has_certificate()
-            cert = ident.cert_path if real else self._temporary()
             ca = ident.ca_path if self._trusted else None
-            self.server = tls.server_context(cert, ident.key_path, ca, require_client=False)
-            if not real:
-                self._loaded = None  # the real one, once it comes, is loaded by refresh
+            if self._has_certificate() and self._loaded is not None:
+                self.server = tls.server_context(ident.cert_path, ident.key_path, ca, False)
+            else:  # none yet, or not usable: the real one, once it comes, loaded by refresh
+                temporary = self._temporary()
+                self.server = tls.server_context(temporary, ident.key_path, ca, False)
         return self.server
 
     def _temporary(self) -> Path:
@@ -78,15 +89,21 @@ class AgentTransport:
         ident = self.identity
         if not self._trusted and ident.ca_path.exists():
             tls.trust(self.client, ident.ca_path)
+            tls.trust(self.anonymous, ident.ca_path)
             if self.server is not None:
                 tls.trust(self.server, ident.ca_path)
             self._trusted = True
         if self._has_certificate():
             mtime = ident.cert_path.stat().st_mtime_ns
             if self._loaded != mtime:
-                self.client.load_cert_chain(str(ident.cert_path), str(ident.key_path))
-                if self.server is not None:
-                    tls.reload(self.server, ident.cert_path, ident.key_path)
+                try:
+                    tls.reload(self.client, ident.cert_path, ident.key_path)
+                    if self.server is not None:
+                        tls.reload(self.server, ident.cert_path, ident.key_path)
+                except UserError as exc:  # damaged: served and presented once renewed
+                    log.warning("%s; a new certificate will be asked for", exc.message)
+                    ident.cert_path.unlink(missing_ok=True)
+                    return
                 self._loaded = mtime
 
     async def discover(self, site: SiteClient, pinned: str | None) -> str | None:
@@ -112,7 +129,34 @@ class AgentTransport:
                 tls.fingerprint(ca),
             )
         self.identity.ca_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        write_atomic(self.identity.ca_path, pem, mode=0o644)
+        # what was parsed and checked is written, never the bytes as they came
+        write_atomic(self.identity.ca_path, ca.public_bytes(serialization.Encoding.PEM), 0o644)
         self.refresh()
         log.info("pinned the site's certificate authority %s", tls.fingerprint(ca))
         return pinned or tls.fingerprint(ca)
+
+
+def _holds(ca_path: Path, pinned: str | None) -> bool:
+    """Whether ``ca_path`` holds the authority ``pinned`` names (any one when none is); one
+    that does not is moved aside."""
+    try:
+        pem = ca_path.read_bytes()
+    except FileNotFoundError:
+        return False
+    if pinned is None:
+        try:
+            tls.load_certificate(pem)
+            return True
+        except UserError:
+            pass
+    elif tls.matches_fingerprint(pem, pinned):
+        return True
+    stale = ca_path.with_name(ca_path.name + ".stale")
+    ca_path.replace(stale)  # kept for whoever looks into why, never trusted again
+    log.warning(
+        "%s is not the certificate authority this agent's token or enrollment names:"
+        " not trusted (moved to %s), the site's will be discovered again",
+        ca_path,
+        stale.name,
+    )
+    return False

@@ -25,6 +25,7 @@ _METAVARS = {
     "duration": "DURATION",
     "rate": "RATE",
     "label": "KEY",
+    "hosts": "HOSTS",
 }
 
 

@@ -156,17 +156,33 @@ def _context(purpose: ssl.Purpose, ca: Path | None) -> ssl.SSLContext:
 def trust(ctx: ssl.SSLContext, ca: Path) -> None:
     """Trust the site's authority in ``ctx`` from its next handshake on (a context made
     before the agent had pinned it trusts nothing until then)."""
-    ctx.load_verify_locations(cafile=str(ca))  # the site's authority only
+    try:
+        ctx.load_verify_locations(cafile=str(ca))  # the site's authority only
+    except (ssl.SSLError, OSError) as exc:
+        why = getattr(exc, "reason", None) or exc.strerror or exc
+        raise UserError(f"{ca}: not a usable certificate authority ({why})") from exc
 
 
-def server_context(cert: Path, key: Path, ca: Path | None, require_client: bool) -> ssl.SSLContext:
+def _load_chain(ctx: ssl.SSLContext, cert: Path, key: Path) -> None:
+    try:
+        ctx.load_cert_chain(str(cert), str(key))
+    except (ssl.SSLError, OSError) as exc:
+        why = getattr(exc, "reason", None) or exc.strerror or exc
+        raise UserError(f"{cert} with {key}: not a usable certificate and key ({why})") from exc
+
+
+def server_context(
+    cert: Path | None, key: Path | None, ca: Path | None, require_client: bool
+) -> ssl.SSLContext:
     """What a packdist server (the site, an agent) accepts connections with. With
     ``require_client`` a client must present a certificate of the same authority (links
     where both ends are ours); without it, one is checked when presented (the dashboard's
-    browser presents none, nor does ``packdist fetch``)."""
+    browser presents none, nor does ``packdist fetch``). ``cert`` None: loaded later with
+    :func:`reload`."""
     ctx = _context(ssl.Purpose.CLIENT_AUTH, ca)
     ctx.verify_mode = ssl.CERT_REQUIRED if require_client else ssl.CERT_OPTIONAL
-    ctx.load_cert_chain(str(cert), str(key))
+    if cert is not None and key is not None:
+        _load_chain(ctx, cert, key)
     return ctx
 
 
@@ -182,14 +198,15 @@ def client_context(
     if (cert is None) != (key is None):
         raise ValueError("a client certificate needs its key, and a key its certificate")
     if cert is not None and key is not None:
-        ctx.load_cert_chain(str(cert), str(key))
+        _load_chain(ctx, cert, key)
     return ctx
 
 
 def reload(ctx: ssl.SSLContext, cert: Path, key: Path) -> None:
     """Put a renewed certificate in use: handshakes from now on present it, connections
-    already open keep theirs (no restart, no dropped transfer)."""
-    ctx.load_cert_chain(str(cert), str(key))
+    already open keep theirs (no restart, no dropped transfer); a UserError naming the files
+    when they are not a usable pair (the context keeps what it had)."""
+    _load_chain(ctx, cert, key)
 
 
 def temporary_certificate(

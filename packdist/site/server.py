@@ -57,7 +57,7 @@ from packdist.site import dashboard
 from packdist.site.beats import Beats, json_body
 from packdist.site.enrollment import CertificateDesk
 from packdist.site.home import SiteHome
-from packdist.site.serving_tls import dialing_context, site_context
+from packdist.site.serving_tls import SiteTLS, dialing_context, renewal_loop
 from packdist.site.store_runner import StoreRunner
 from packdist.site.validation import validation_loop
 from packdist.store.base import ServerRecord
@@ -315,16 +315,21 @@ class SiteServer:
 
     async def run(self, listen: str) -> None:
         self.site_name = await self.db(lambda s: s.site_name())
-        host = _listen_host(listen)
-        authority = self.certificates.authority
-        # made even with --plain-http: the site presents it when it dials https:// agents
-        serving_tls = await asyncio.to_thread(
-            site_context, self.home.root, authority, self.site_name, host
-        )
+        site_tls = None
         if self.settings.plain_http:
             log.warning("serving plain HTTP (--plain-http): traffic can be read on the path")
+            session = new_session(tls=dialing_context(self.home.root))  # https:// agents still
+        else:
+            site_tls = await asyncio.to_thread(
+                SiteTLS,
+                self.home.root,
+                self.certificates.authority,
+                self.site_name,
+                _listen_host(listen),
+                self.settings.tls_hosts,
+            )
+            session = new_session(tls=site_tls.client)
         await self.beats.start()
-        session = new_session(tls=dialing_context(self.home.root))
         self._despooler = Despooler(
             self.db,
             self.key,
@@ -342,6 +347,8 @@ class SiteServer:
         flusher = asyncio.create_task(self.beats.flush_loop(), name="liveness")
         lag = asyncio.create_task(self.admission.watch_lag(), name="loop lag")
         background = [despooler, flusher, lag]
+        if site_tls is not None:
+            background.append(asyncio.create_task(renewal_loop(site_tls), name="certificate"))
         interval = self.settings.validation_interval
         if interval > 0:  # scheduled validation, in the background: never blocks other work
             background.append(
@@ -352,7 +359,7 @@ class SiteServer:
             )
         try:
             await serve_until_stopped(
-                self.app(), listen, None if self.settings.plain_http else serving_tls
+                self.app(), listen, site_tls.server if site_tls is not None else None
             )
         finally:
             for task in background:

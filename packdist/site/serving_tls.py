@@ -1,15 +1,19 @@
 """The site's own serving certificate: signed by its authority for the host it listens on,
-kept in ``HOME/tls/site.pem`` and ``site.key`` (0600), made or renewed at start when due.
+kept in ``HOME/tls/site.pem`` and ``site.key`` (0600), made at start and renewed past two
+thirds of its life while the site runs (checked hourly), put in use with no restart.
 
 Hosts named: the listen host; with a loopback one, ``localhost``, ``127.0.0.1`` and ``::1``
 too (a lab reaches it by any of them); listening on every address, the machine's names and
-the loopback ones (the site cannot know every address it will be dialled at: an agent
-given an address the certificate does not name is refused by its own TLS check, so name the
-site by its host name).
+the loopback ones; and the ``tls_hosts`` setting's (the site cannot know every address it
+will be dialled at: an agent given one the certificate does not name is refused by its own
+TLS check, so name the site by its host name or list its addresses in ``tls_hosts``). A
+certificate made again keeps the names the last one had: several workers of one home
+listening on different hosts share one certificate naming them all.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import ssl
@@ -26,7 +30,8 @@ from packdist.site.authority import HomeLock, SiteAuthority
 
 log = logging.getLogger("packdist.site")
 
-RENEW_AT = 2 / 3  # of a certificate's life: renewed at the first start past this
+RENEW_AT = 2 / 3  # of a certificate's life: renewed at the first check past this
+RENEW_CHECK = 3600.0  # seconds between two checks while the site runs
 LOOPBACK_NAMES = ["localhost", "127.0.0.1", "::1"]
 
 
@@ -35,14 +40,16 @@ def paths(home: Path) -> tuple[Path, Path]:
     return home / "tls" / "site.pem", home / "tls" / "site.key"
 
 
-def hosts_for(listen_host: str) -> list[str]:
-    """The hosts the serving certificate names for a site listening on ``listen_host``."""
+def hosts_for(listen_host: str, extra: str = "") -> list[str]:
+    """The hosts the serving certificate names for a site listening on ``listen_host``, with
+    ``extra`` (the ``tls_hosts`` setting: comma-separated) beside them."""
     if tls.unspecified(listen_host):
         wanted = [socket.getfqdn(), socket.gethostname(), *LOOPBACK_NAMES]
     elif tls.loopback(listen_host):
         wanted = [listen_host, *LOOPBACK_NAMES]
     else:
         wanted = [listen_host]
+    wanted += [h for h in extra.split(",") if h]
     hosts: list[str] = []
     for host in wanted:
         try:
@@ -50,6 +57,14 @@ def hosts_for(listen_host: str) -> list[str]:
         except UserError:  # a machine name a certificate cannot carry: not named
             continue
     return list(dict.fromkeys(hosts))
+
+
+def _held_hosts(cert: x509.Certificate) -> list[str]:
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [str(n.value) for n in names if not isinstance(n, x509.UniformResourceIdentifier)]
 
 
 def _due(cert_path: Path, authority: SiteAuthority, hosts: list[str], now: float) -> str | None:
@@ -68,55 +83,102 @@ def _due(cert_path: Path, authority: SiteAuthority, hosts: list[str], now: float
     end = cert.not_valid_after_utc.timestamp()
     if now >= start + RENEW_AT * (end - start):
         return "due for renewal"
-    try:
-        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return "names no host"
-    held = {str(n.value) for n in names if not isinstance(n, x509.UniformResourceIdentifier)}
-    if not set(hosts) <= held:
+    if not set(hosts) <= set(_held_hosts(cert)):
         return "for other hosts"
     return None
 
 
-def site_certificate(
-    home: Path, authority: SiteAuthority, site_name: str, listen_host: str, now: float | None = None
-) -> tuple[Path, Path]:
-    """The paths of a serving certificate good for ``listen_host``, made or renewed first if
-    it is missing, due, for other hosts or of another authority."""
-    now = time.time() if now is None else now
+def _kept_hosts(cert_path: Path, authority: SiteAuthority) -> list[str]:
+    """The hosts a certificate of this authority already names: kept in the next one, so
+    workers of one site listening on different hosts never take each other's name away."""
+    try:
+        cert = tls.load_certificate(cert_path.read_bytes())
+        authority.verify(cert)
+    except (OSError, UserError):
+        return []
+    return _held_hosts(cert)
+
+
+def _renewed(
+    home: Path, authority: SiteAuthority, site_name: str, hosts: list[str], now: float
+) -> str | None:
+    """Make the serving certificate again if it is due (the caller holds the home's lock);
+    returns why it was made (None: it was good)."""
     cert_path, key_path = paths(home)
-    hosts = hosts_for(listen_host)
-    if not hosts:
-        raise UserError(f"--listen host {listen_host!r}: no name a certificate can carry")
-    with HomeLock(home):
-        why = _due(cert_path, authority, hosts, now)
-        if why is None:
-            return cert_path, key_path
+    why = _due(cert_path, authority, hosts, now)
+    if why is None:
+        return None
+    named = list(dict.fromkeys([*hosts, *_kept_hosts(cert_path, authority)]))
+    try:
+        key = tls.load_key(key_path)
+    except UserError:  # none yet, or damaged: a new one
+        key = tls.new_private_key()
+        tls.save_key(key, key_path)
+    issued = authority.issue_for_key(key, site_name, named, now)
+    write_atomic(cert_path, issued.pem, mode=0o644)
+    log.info("serving certificate (%s): %s, until %s", why, ", ".join(named), iso(issued.not_after))
+    return why
+
+
+class SiteTLS:
+    """The site's two TLS contexts: what it serves with (its certificate; a client's checked
+    when presented: the dashboard's browser presents none, agents authenticate with their
+    token) and what it dials its agents' ``https://`` URLs with (their certificate must be of
+    its authority and name the host dialled; its own is presented). :meth:`renew` makes the
+    certificate again when due and puts it in both from the next handshake (no restart);
+    another worker of the same home that renewed it first is noticed the same way."""
+
+    def __init__(
+        self,
+        home: Path,
+        authority: SiteAuthority,
+        site_name: str,
+        listen_host: str,
+        extra: str = "",
+        now: float | None = None,
+    ) -> None:
+        self.home = home
+        self.authority = authority
+        self.site_name = site_name
+        self.hosts = hosts_for(listen_host, extra)
+        if not self.hosts:
+            raise UserError(f"--listen host {listen_host!r}: no name a certificate can carry")
+        ca, _ = SiteAuthority.paths(home)
+        self.server = tls.server_context(None, None, ca, require_client=False)
+        self.client = tls.client_context(ca)
+        self._loaded: tuple[int, int] | None = None  # (inode, mtime) of the certificate held
+        self.renew(now)
+
+    def renew(self, now: float | None = None) -> bool:
+        """Make the certificate again if due and load it if it changed; whether it did."""
+        now = time.time() if now is None else now
+        cert, key = paths(self.home)
+        with HomeLock(self.home):  # the pair read as one writer left it
+            _renewed(self.home, self.authority, self.site_name, self.hosts, now)
+            st = cert.stat()
+            if self._loaded == (st.st_ino, st.st_mtime_ns):
+                return False
+            tls.reload(self.server, cert, key)
+            tls.reload(self.client, cert, key)
+            self._loaded = (st.st_ino, st.st_mtime_ns)
+        return True
+
+
+async def renewal_loop(site_tls: SiteTLS) -> None:
+    """Renew the serving certificate while the site runs (a site up for months never serves
+    an expired one); a failure is logged and tried again at the next check."""
+    while True:
+        await asyncio.sleep(RENEW_CHECK)
         try:
-            key = tls.load_key(key_path)
-        except UserError:  # none yet, or damaged: a new one
-            key = tls.new_private_key()
-            tls.save_key(key, key_path)
-        issued = authority.issue_for_key(key, site_name, hosts, now)
-        write_atomic(cert_path, issued.pem, mode=0o644)
-    log.info("serving certificate (%s): %s, until %s", why, ", ".join(hosts), iso(issued.not_after))
-    return cert_path, key_path
-
-
-def site_context(
-    home: Path, authority: SiteAuthority, site_name: str, listen_host: str
-) -> ssl.SSLContext:
-    """What the site serves with: its certificate, a client's checked when presented (the
-    dashboard's browser presents none; agents authenticate with their token)."""
-    cert, key = site_certificate(home, authority, site_name, listen_host)
-    ca, _ = SiteAuthority.paths(home)
-    return tls.server_context(cert, key, ca, require_client=False)
+            await asyncio.to_thread(site_tls.renew)
+        except (UserError, OSError) as exc:
+            log.error("cannot renew the site's serving certificate: %s", exc)
 
 
 def dialing_context(home: Path) -> ssl.SSLContext:
-    """What the site dials its agents with (their ``https://`` URLs): their certificate
-    must be of its authority and name the host dialled; its own is presented once it has
-    one (``site validate`` in a home that never served presents none)."""
+    """What ``site validate`` and other one-shot commands dial agents with: their
+    certificate must be of the site's authority and name the host dialled; the site's own
+    is presented once it has one (a home that never served presents none)."""
     cert, key = paths(home)
     ca, _ = SiteAuthority.paths(home)
     if cert.exists() and key.exists():

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from packdist.auth import hash_token, new_token
 from packdist.config import Settings
+from packdist.core.tls import client_context
 from packdist.errors import Overloaded
 from packdist.http import new_session
 from packdist.protocol.messages import Heartbeat
@@ -17,6 +18,8 @@ from packdist.service import Service
 from packdist.site.home import SiteHome
 from packdist.site.server import SiteServer
 from tests import harness as h
+
+TRUSTS_NONE = client_context(None)  # plain HTTP here: no https:// URL is trusted
 
 
 def _site_with(tmp_path: Path, servers: int) -> tuple[SiteServer, str]:
@@ -63,7 +66,10 @@ def test_the_interval_in_the_site_answers_follows_the_fleet_size(tmp_path: Path)
 
     async def run() -> tuple[float, float]:
         task, url = await _serving(server)
-        async with new_session() as session, new_session(True) as fresh:
+        async with (
+            new_session(tls=TRUSTS_NONE) as session,
+            new_session(tls=TRUSTS_NONE, fresh_connections=True) as fresh,
+        ):
             client = SiteClient(url, token, session, fresh)
             try:
                 hello = await client.hello()
@@ -80,7 +86,10 @@ def test_shed_heartbeats_never_make_a_server_look_offline_nor_come_back(tmp_path
 
     async def run() -> int:
         task, url = await _serving(server)
-        async with new_session() as session, new_session(True) as fresh:
+        async with (
+            new_session(tls=TRUSTS_NONE) as session,
+            new_session(tls=TRUSTS_NONE, fresh_connections=True) as fresh,
+        ):
             client = SiteClient(url, token, session, fresh)
             try:
                 await client.hello()
@@ -127,7 +136,10 @@ def test_a_removed_servers_token_is_refused_within_seconds_while_others_cost_no_
 
     async def run() -> float:
         task, url = await _serving(server)
-        async with new_session() as session, new_session(True) as fresh:
+        async with (
+            new_session(tls=TRUSTS_NONE) as session,
+            new_session(tls=TRUSTS_NONE, fresh_connections=True) as fresh,
+        ):
             client = SiteClient(url, token, session, fresh)
             try:
                 await client.hello()
@@ -161,7 +173,7 @@ def test_heartbeats_give_up_kept_connections_when_descriptors_run_short(tmp_path
         headers = {"Authorization": f"Bearer {token}"}
         body = Heartbeat("boot", 1, []).to_json()
         try:
-            async with new_session() as session:
+            async with new_session(tls=TRUSTS_NONE) as session:
                 async with session.post(
                     f"{url}/v1/agent/heartbeat", json=body, headers=headers
                 ) as r:

@@ -153,3 +153,46 @@ def test_plain_http_is_served_only_when_asked_for_and_with_a_warning(tmp_path: P
         assert b" 200 " in _get(agents["dp1"].port, None)
         for component in (site, agents["dp1"]):
             assert "WARNING: --plain-http" in component.log_tail(100), component.log_tail(100)
+
+
+@pytest.mark.parametrize("left", ["lapsed", "damaged"])
+def test_an_agent_whose_certificate_lapsed_or_was_damaged_while_off_gets_a_new_one_and_installs(
+    tmp_path: Path, left: str
+) -> None:
+    site = h.make_site(tmp_path, tls=True)
+    agent = h.add_agents(site, tmp_path, ["dp1"])["dp1"]
+    with h.Cluster(site, {"dp1": agent}) as c:
+        h.start_all([site, agent])
+        agent.stop()
+        # what the site signed 40 days ago, for the agent's own key: expired 10 days since
+        authority = SiteAuthority.load(site.home)
+        request = tls.certificate_request(tls.load_key(agent.home / "tls" / "agent.key"))
+        lapsed = authority.issue(request, "dp1", ["127.0.0.1"], time.time() - 40 * 86400).pem
+        written = lapsed if left == "lapsed" else lapsed[:100] + b"garbage" + lapsed[100:]
+        cert = agent.home / "tls" / "agent.pem"
+        cert.write_bytes(written)
+        agent.start()
+        renewed = lambda: cert.exists() and cert.read_bytes() != written  # noqa: E731
+        h.wait_until(renewed, 30, message=lambda: "a new certificate" + c.dump_logs())
+        tree = h.make_tree(tmp_path / "src", {"a.bin": 300_000}, seed=5)
+        site.create_package(tree, "app", "1.0")
+        job = site.distribute("app@1.0", ["dp1"])
+        assert site.wait_job(job, 60) == 0, h.describe_job(site.job(job)) + c.dump_logs()
+        h.assert_same_tree(tree, agent.package_dir("app", "1.0"))
+
+
+def test_an_authority_left_in_an_agents_home_that_its_token_does_not_name_is_not_trusted(
+    tmp_path: Path,
+) -> None:
+    site = h.make_site(tmp_path, tls=True)
+    agent = h.add_agents(site, tmp_path, ["dp1"])["dp1"]
+    stranger = SiteAuthority.create(tmp_path / "stranger", "stranger", time.time())
+    (agent.home / "tls").mkdir(parents=True, exist_ok=True)
+    (agent.home / "tls" / "ca.pem").write_bytes(stranger.pem)  # from another site, once
+    with h.Cluster(site, {"dp1": agent}) as c:
+        h.start_all([site, agent])
+        h.wait_until(
+            lambda: site.server_seen("dp1"), 30, message=lambda: "enrollment" + c.dump_logs()
+        )
+        assert (agent.home / "tls" / "ca.pem").read_bytes() == site.ca.read_bytes()
+        assert "not the certificate authority this agent's token" in agent.log_tail(200)

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from packdist.auth import bearer, check_site_assertion
 from packdist.core.signing import VerifyKey
+from packdist.core.tls import client_context
 from packdist.despooler import Despooler, PeerSettings, StoreRunner
 from packdist.http import new_session
 from packdist.retry import RetryPolicy
@@ -28,6 +29,8 @@ from packdist.site.home import SiteHome
 from packdist.site.importer import import_tree
 from packdist.store.core import Store
 from tests.harness import free_port
+
+TRUSTS_NONE = client_context(None)  # plain HTTP here: no https:// URL is trusted
 
 PACKAGE = web.AppKey("package_id", str)
 SITE_KEY = web.AppKey("site_key", VerifyKey)
@@ -184,7 +187,7 @@ async def drive(
     """Run a despooler on the rig's site until ``until(job)`` holds (or ``timeout``), then
     stop it as ``site serve`` does (its attempts under way handed back)."""
     runner = StoreRunner(rig.home.store())
-    session = new_session()
+    session = new_session(tls=TRUSTS_NONE)
     despooler = Despooler(
         runner,
         rig.home.signing_key(),

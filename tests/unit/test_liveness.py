@@ -9,6 +9,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from packdist.core.tls import client_context
 from packdist.http import new_session
 from packdist.protocol.messages import Heartbeat
 from packdist.protocol.site_api import SiteClient
@@ -18,6 +19,8 @@ from packdist.store.records import ServerRecord
 from packdist.store.sqlite import SQLiteStore
 from tests.harness import free_port
 from tests.unit.store_conformance import T0, add_package, add_server
+
+TRUSTS_NONE = client_context(None)  # plain HTTP here: no https:// URL is trusted
 
 OFFLINE_AFTER = 7.0
 
@@ -111,7 +114,10 @@ def test_heartbeats_ride_one_kept_alive_connection() -> None:
         await runner.setup()
         port = free_port()
         await web.TCPSite(runner, "127.0.0.1", port).start()
-        session, fresh = new_session(), new_session(fresh_connections=True)
+        session, fresh = (
+            new_session(tls=TRUSTS_NONE),
+            new_session(tls=TRUSTS_NONE, fresh_connections=True),
+        )
         try:
             client = SiteClient(f"http://127.0.0.1:{port}", "pdt_x", session, fresh)
             for _ in range(5):

@@ -136,11 +136,12 @@ def test_one_credential_in_an_install_request_serves_every_peer_that_brings_none
 
 def test_asking_a_peer_whose_url_the_client_refuses_is_a_transfer_error() -> None:
     from packdist.agent.sources import peer_chunks
+    from packdist.core.tls import client_context
     from packdist.errors import TransferError
     from packdist.http import new_session
 
     async def ask() -> None:
-        async with new_session() as session:
+        async with new_session(tls=client_context(None)) as session:
             peer = Peer("dp2", "http://[::1", "t", True)  # past the list's checks somehow
             async for _ in peer_chunks(session, peer, "ab" * 32, [Digest.of(b"x")]):
                 pass
