@@ -70,10 +70,10 @@ def wait_until(
 
 
 #: whether the harness's sites and agents serve HTTPS (as `site serve` and `agent serve` do
-#: by default) or plain HTTP (`--plain-http`). Plain by default on this branch: the suite
-#: was written against http:// and is switched over test by test; PACKDIST_TEST_TLS=1 runs
-#: every harness test over TLS, and `tls=True` on a component runs that one over TLS.
-TLS = os.environ.get("PACKDIST_TEST_TLS", "0") == "1"
+#: by default: so does the suite) or plain HTTP (`--plain-http`). PACKDIST_TEST_TLS=0 runs
+#: every harness test in clear (to tell a TLS fault from another); `tls=False` on a
+#: component runs that one in clear (tests that write raw HTTP to a socket).
+TLS = os.environ.get("PACKDIST_TEST_TLS", "1") != "0"
 
 
 #: what the harness's probes (and any urllib call of a test) verify ``https://`` answers
