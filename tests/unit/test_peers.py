@@ -368,7 +368,7 @@ def test_a_peer_too_slow_is_dropped_and_the_site_fills_in(
 def test_a_request_reads_each_base_once_and_within_its_budget(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from packdist.site import server
+    from packdist.site import content_routes as server
 
     monkeypatch.setattr(server, "BASE_BUDGET", 250)
     reads: list[Digest] = []

@@ -137,7 +137,7 @@ def test_a_chunk_stream_to_an_agent_that_stops_reading_is_dropped(
         f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
         "Connection: close\r\n\r\n"
     ).encode() + payload
-    monkeypatch.setattr("packdist.site.server.WRITE_TIMEOUT", 1.0)
+    monkeypatch.setattr("packdist.site.content_routes.WRITE_TIMEOUT", 1.0)
     server = SiteServer(home)
 
     def read_all(sock: socket.socket) -> bytes:
