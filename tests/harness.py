@@ -99,6 +99,23 @@ def tls_context(ca: Path | None) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(ca))
 
 
+def as_server(site_home: Path, name: str, folder: Path) -> ssl.SSLContext:
+    """A client context presenting a certificate the site's authority signed for server
+    ``name`` (as that server's agent presents its own to a peer), verifying the site's."""
+    from packdist.core import tls
+    from packdist.site.authority import SiteAuthority
+
+    folder.mkdir(parents=True, exist_ok=True)
+    key = tls.new_private_key()
+    tls.save_key(key, folder / f"{name}.key")
+    issued = SiteAuthority.load(site_home).issue(
+        tls.certificate_request(key), name, ["127.0.0.1"], time.time()
+    )
+    (folder / f"{name}.pem").write_bytes(issued.pem)
+    ca = site_home / "tls" / "ca.pem"
+    return tls.client_context(ca, folder / f"{name}.pem", folder / f"{name}.key")
+
+
 def http_get(
     url: str, headers: dict[str, str] | None = None, timeout: float = 5.0, ca: Path | None = None
 ) -> tuple[int, bytes]:
@@ -113,14 +130,19 @@ def http_request(
     headers: dict[str, str] | None = None,
     timeout: float = 5.0,
     ca: Path | None = None,
+    context: ssl.SSLContext | None = None,
 ) -> tuple[int, bytes]:
     """``method url`` with an optional JSON ``body``; ``(status, body)`` of any answer. An
-    ``https://`` URL is verified against ``ca`` when given (see :func:`tls_context`)."""
+    ``https://`` URL is dialled with ``context`` when given, else verified against ``ca``
+    when given (see :func:`tls_context`)."""
     data = None if body is None else json.dumps(body).encode()
     hdrs = {**({"Content-Type": "application/json"} if data is not None else {}), **(headers or {})}
     req = urllib.request.Request(url, data=data, headers=hdrs, method=method)
     try:
-        context = tls_context(ca) if url.startswith("https://") else None
+        if not url.startswith("https://"):
+            context = None
+        elif context is None:
+            context = tls_context(ca)
         with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
             return int(resp.status), resp.read()
     except urllib.error.HTTPError as exc:

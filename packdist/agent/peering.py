@@ -2,7 +2,9 @@
 
 A peer asks for chunks of one package (``{"package": id, "digests": [hex, ...], "wait":
 seconds}``) with a peer credential the site signed for it and for that package
-(:func:`packdist.auth.peer_assertion`). The agent answers with a chunk stream
+(:func:`packdist.auth.peer_assertion`); over TLS it must present the certificate the site
+signed for the same server (a credential lifted off one server is no good from another),
+and neither is taken once the site says it removed that server. The agent answers with a chunk stream
 (:mod:`packdist.http` framing): each chunk raw, in the order asked, read from the installed
 tree or, while the package is still being received here, from its staging tree once the
 chunk has landed and been verified. A chunk that does not land within ``wait`` seconds is
@@ -29,6 +31,7 @@ from aiohttp import web
 from packdist.agent.home import AgentHome
 from packdist.agent.inputs import read_json, seconds
 from packdist.agent.sources import MISSING, PEER_CHUNK_MAX, Pulse
+from packdist.core import tls
 from packdist.core.codec import Encoding
 from packdist.core.digest import Digest
 from packdist.core.manifest import Manifest
@@ -119,6 +122,13 @@ class PeerService:
             raise AuthError("credential is for another package")
         if claims["sub"] in self.revoked:  # the site removed it after signing this
             raise AuthError(f"server {claims['sub']} was removed from the site")
+        if request.secure:  # over TLS a peer shows its certificate, and it is the credential's
+            peercert = request.transport.get_extra_info("peercert") if request.transport else None
+            if tls.holder(peercert) != f"server/{claims['sub']}":
+                raise AuthError(
+                    f"the peer credential of {claims['sub']} came without that server's"
+                    " certificate"
+                )
         stall = _Stall(wait)
         resp = web.StreamResponse(headers={"Content-Type": "application/x-packdist-chunks"})
         await resp.prepare(request)

@@ -247,3 +247,15 @@ def unspecified(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_unspecified
     except ValueError:
         return host == ""
+
+
+def holder(peercert: object) -> str | None:
+    """Who a verified peer certificate names as its holder (``server/NAME``, from its
+    ``packdist:`` URI), from what ``ssl`` gives of it (``getpeercert()``); None when no
+    certificate was presented or it names none."""
+    if not isinstance(peercert, dict):
+        return None
+    for kind, value in peercert.get("subjectAltName", ()):
+        if kind == "URI" and isinstance(value, str) and value.startswith("packdist:"):
+            return value.removeprefix("packdist:")
+    return None

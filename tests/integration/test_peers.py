@@ -7,7 +7,7 @@ servers, 100 Mbit/s cables) is in tests/lab/test_fanout.py.
 
 from __future__ import annotations
 
-import json
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -112,16 +112,12 @@ def test_a_peer_passes_on_no_rot(tmp_path: Path, tree: Path) -> None:
         c.close()
 
 
-def _peer_request(url: str, token: str | None, package: str) -> tuple[int, bytes]:
-    body = json.dumps({"package": package, "digests": [], "wait": 0}).encode()
-    req = urllib.request.Request(url + PEER_CHUNKS_PATH, data=body, method="POST")
-    if token is not None:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+def _peer_request(
+    url: str, token: str | None, package: str, context: ssl.SSLContext | None = None
+) -> tuple[int, bytes]:
+    body = {"package": package, "digests": [], "wait": 0}
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    return h.http_request("POST", url + PEER_CHUNKS_PATH, body, headers=headers, context=context)
 
 
 def test_peers_are_served_only_with_the_sites_credential_for_that_package(
@@ -141,8 +137,15 @@ def test_peers_are_served_only_with_the_sites_credential_for_that_package(
         other = peer_assertion(site_key, "dp9", "cd" * 32)
         status, body = _peer_request(url, other, pkg)
         assert status == 401 and b"another package" in body, body
-        status, _ = _peer_request(url, peer_assertion(site_key, "dp9", pkg), pkg)
+        as_dp9 = h.as_server(c.site.home, "dp9", tmp_path / "certs")
+        status, _ = _peer_request(url, peer_assertion(site_key, "dp9", pkg), pkg, as_dp9)
         assert status == 200
+        if url.startswith("https://"):  # dp9's credential, lifted: no good without its cert
+            as_dp8 = h.as_server(c.site.home, "dp8", tmp_path / "certs")
+            status, body = _peer_request(url, peer_assertion(site_key, "dp9", pkg), pkg, as_dp8)
+            assert status == 401 and b"without that server's certificate" in body, body
+            status, body = _peer_request(url, peer_assertion(site_key, "dp9", pkg), pkg)
+            assert status == 401 and b"without that server's certificate" in body, body
         # a credential good at any peer is good on the peer route only: not for an install
         anyone = site_assertion(site_key, ANY_PEER, "POST", "/v1/validate")
         req = urllib.request.Request(url + "/v1/validate", data=b"{}", method="POST")
