@@ -135,6 +135,30 @@ def certificate_line(agent_home: Path, token: str) -> str:
     return f"{uri}, until {until}; authority {'as its token names' if same else 'UNEXPECTED'}"
 
 
+def link_lines(demo: Demo) -> list[str]:
+    """What a client trusting the site's authority alone sees of the site and of dp1, and
+    what a plain-HTTP request to dp1 gets."""
+    trusted = tls.client_context(demo.site_home / "tls" / "ca.pem")
+    lines = []
+    for name, url in (("site", demo.site_url), ("dp1", demo.servers["dp1"]["url"])):
+        port = int(url.rsplit(":", 1)[1])
+        raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+        with trusted.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
+            der = conn.getpeercert(binary_form=True) or b""
+            version = conn.version()
+        sans = x509.load_der_x509_certificate(der).extensions
+        names = sans.get_extension_for_class(x509.SubjectAlternativeName).value
+        uri = (names.get_values_for_type(x509.UniformResourceIdentifier) or ["-"])[0]
+        lines.append(f"{name} at {url}: {version}, certificate of the site's authority ({uri})")
+    port = int(demo.servers["dp1"]["url"].rsplit(":", 1)[1])
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
+            lines.append(f"plain HTTP to dp1: answered {resp.status} (UNEXPECTED)")
+    except OSError as exc:  # the TLS server takes no clear text
+        lines.append(f"plain HTTP to dp1: refused ({type(exc).__name__})")
+    return lines
+
+
 def main() -> int:
     started = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="packdist-demo-"))
@@ -213,7 +237,9 @@ def main() -> int:
         say("Each server holds a certificate of the site's own authority, for its own key")
         for name, server in demo.servers.items():
             print(f"  {name}: {certificate_line(root / name, server['token'])}")
-        print("  (the links do not use them yet: TLS on every link is next, docs/security.md)")
+        say("Every link is TLS 1.3, verified against that authority; plain HTTP is refused")
+        for line in link_lines(demo):
+            print(f"  {line}")
         say("The job's timeline, as the dashboard shows it")
         demo.run("events", "--job", job)
         print(f"\ndemo finished in {time.monotonic() - started:.0f}s")

@@ -126,8 +126,7 @@ class PeerService:
             peercert = request.transport.get_extra_info("peercert") if request.transport else None
             if tls.holder(peercert) != f"server/{claims['sub']}":
                 raise AuthError(
-                    f"the peer credential of {claims['sub']} came without that server's"
-                    " certificate"
+                    f"the peer credential of {claims['sub']} came without that server's certificate"
                 )
         stall = _Stall(wait)
         resp = web.StreamResponse(headers={"Content-Type": "application/x-packdist-chunks"})
