@@ -21,6 +21,7 @@ import aiohttp
 from aiohttp import web
 
 from packdist.auth import PEER_TTL, bearer, hash_token, looks_like_token
+from packdist.core import tls
 from packdist.errors import AuthError, StoreError, UserError
 from packdist.http import error_response
 from packdist.protocol.messages import Heartbeat
@@ -77,7 +78,8 @@ class Beats:
         self.cadence.follow(self._enrolled)
 
     async def agent(self, request: web.Request, counted: bool = False) -> ServerRecord:
-        """The server whose enrollment token the request carries (AuthError if none);
+        """The server whose enrollment token the request carries (AuthError if none, or if
+        the request presented the certificate of another);
         ``counted``: a lookup of the heartbeat path (see :meth:`store_call`)."""
         token = bearer(request.headers.get("Authorization"))
         if not looks_like_token(token):  # refused without a database lookup
@@ -89,6 +91,12 @@ class Beats:
             if server is None:
                 raise AuthError("unknown or revoked enrollment token")
             self.liveness.remember_token(token_hash, server)
+        # a certificate presented with the token must be that server's: one server's token
+        # and another's certificate are two stolen things, not one server
+        transport = request.transport if request.secure else None
+        presented = tls.holder(transport.get_extra_info("peercert")) if transport else None
+        if presented is not None and presented != f"server/{server.name}":
+            raise AuthError(f"the certificate presented is {presented}'s, not {server.name}'s")
         return server
 
     async def store_call(self, fn: Callable[[Any], Any], counted: bool) -> Any:

@@ -196,3 +196,16 @@ def test_an_authority_left_in_an_agents_home_that_its_token_does_not_name_is_not
         )
         assert (agent.home / "tls" / "ca.pem").read_bytes() == site.ca.read_bytes()
         assert "not the certificate authority this agent's token" in agent.log_tail(200)
+
+
+def test_the_site_refuses_a_servers_token_that_comes_with_another_servers_certificate(
+    cluster: h.Cluster, tmp_path: Path
+) -> None:
+    site, dp1 = cluster.site, cluster.agents["dp1"]
+    auth = {"Authorization": f"Bearer {dp1.token}"}
+    url = site.url + "/v1/agent/hello"
+    as_dp1 = h.as_server(site.home, "dp1", tmp_path)
+    assert h.http_request("POST", url, {}, headers=auth, context=as_dp1)[0] == 200
+    as_dp2 = h.as_server(site.home, "dp2", tmp_path)
+    status, body = h.http_request("POST", url, {}, headers=auth, context=as_dp2)
+    assert status == 401 and b"server/dp2's, not dp1's" in body, body
