@@ -45,6 +45,7 @@ import aiohttp
 from aiohttp import web
 
 from packdist.core.digest import DIGEST_SIZE, Digest
+from packdist.core.tls import holder as tls_holder
 from packdist.errors import (
     AuthError,
     BadSignature,
@@ -87,6 +88,44 @@ STREAM = Timeouts(connect=3.0, read=15.0, total=None)
 HEARTBEAT = Timeouts(connect=2.0, read=3.0, total=4.0)
 
 
+#: who a request expects to answer it: ``site`` (a site's certificate) or ``server/NAME``
+#: (that server's). Checked by the session once the TLS handshake is done, before a byte of
+#: the request is sent: a certificate of the site's authority and for the host dialled is
+#: not enough, since every server holds one (an agent on the site's machine must not pass
+#: for the site, nor one server for another at a reused address).
+HOLDER_HEADER = "X-Packdist-Holder"
+
+
+class WrongHolder(AuthError):
+    """The other end's certificate is good but not of whom the request was for."""
+
+
+def _holds(held: str | None, expected: str) -> bool:
+    if expected == "site":
+        return held is not None and held.startswith("site/")
+    return held == expected
+
+
+class _HolderCheckingConnector(aiohttp.TCPConnector):
+    """A connector that checks :data:`HOLDER_HEADER` on every new ``https://`` connection."""
+
+    async def _wrap_create_connection(
+        self, *args: Any, req: aiohttp.ClientRequest, **kwargs: Any
+    ) -> Any:
+        transport, protocol = await super()._wrap_create_connection(*args, req=req, **kwargs)
+        expected = req.headers.get(HOLDER_HEADER)
+        if expected and req.url.scheme == "https":
+            held = tls_holder(transport.get_extra_info("peercert"))
+            if not _holds(held, expected):
+                transport.close()
+                where = f"{req.url.host}:{req.url.port}"
+                raise WrongHolder(
+                    f"TLS: {where} holds the certificate of {held or 'no packdist holder'},"
+                    f" not of {expected}: refusing it"
+                )
+        return transport, protocol
+
+
 def new_session(*, tls: ssl.SSLContext, fresh_connections: bool = False) -> aiohttp.ClientSession:
     """A client session. ``tls``: what ``https://`` URLs are dialled with (``core/tls.py``'s
     client context, trusting the site's authority only; there is no default, so no session
@@ -94,7 +133,7 @@ def new_session(*, tls: ssl.SSLContext, fresh_connections: bool = False) -> aioh
     ``http://`` one goes in clear. ``fresh_connections``: a new TCP connection per request,
     for liveness calls that must not wait on a pooled connection that died with a cable."""
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(
+        connector=_HolderCheckingConnector(
             limit=0,
             ttl_dns_cache=60,
             enable_cleanup_closed=True,
@@ -135,7 +174,10 @@ def translate(exc: BaseException, url: str) -> PackdistError:
         why = getattr(exc.certificate_error, "verify_message", None) or exc.certificate_error
         return ConnectError(f"TLS: {url} is not verified by the site's authority ({why})")
     if isinstance(exc, aiohttp.ClientSSLError):
-        return ConnectError(f"TLS handshake with {url} failed: {exc}")
+        why = getattr(exc.os_error, "reason", None) or getattr(exc.os_error, "strerror", None)
+        return ConnectError(
+            f"TLS handshake with {url} failed ({why or type(exc.os_error).__name__})"
+        )
     if isinstance(exc, aiohttp.ClientConnectorError):
         code = exc.os_error.errno if exc.os_error else None
         if code in _ERRNO_WORDS:

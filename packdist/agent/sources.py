@@ -35,7 +35,7 @@ import yarl
 from packdist.auth import PEER_CHUNKS_PATH
 from packdist.core.digest import Digest
 from packdist.errors import TransferError, UserError
-from packdist.http import Frame, Timeouts, read_frames, request
+from packdist.http import HOLDER_HEADER, Frame, Timeouts, read_frames, request
 
 #: the encoding byte of a frame that says "not here (yet)"
 MISSING = 0xFE
@@ -165,7 +165,7 @@ async def peer_chunks(
             "POST",
             url,
             json=body,
-            headers={"Authorization": f"Bearer {peer.token}"},
+            headers={"Authorization": f"Bearer {peer.token}", HOLDER_HEADER: f"server/{peer.name}"},
             timeouts=PEER_TIMEOUTS,
         ) as resp:
             async for frame in read_frames(resp.content, url, PEER_MAX_PAYLOAD):

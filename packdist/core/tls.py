@@ -22,7 +22,7 @@ import ipaddress
 import re
 import ssl
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -165,6 +165,9 @@ def trust(ctx: ssl.SSLContext, ca: Path) -> None:
 
 def _load_chain(ctx: ssl.SSLContext, cert: Path, key: Path) -> None:
     try:
+        # first into a context of its own: OpenSSL leaves a context that failed to take a
+        # certificate and a key that do not match unable to complete any handshake
+        ssl.SSLContext(ctx.protocol).load_cert_chain(str(cert), str(key))
         ctx.load_cert_chain(str(cert), str(key))
     except (ssl.SSLError, OSError) as exc:
         why = getattr(exc, "reason", None) or exc.strerror or exc
@@ -257,5 +260,6 @@ def holder(peercert: object) -> str | None:
         return None
     for kind, value in peercert.get("subjectAltName", ()):
         if kind == "URI" and isinstance(value, str) and value.startswith("packdist:"):
-            return value.removeprefix("packdist:")
+            role, _, name = value.removeprefix("packdist:").partition("/")
+            return f"{role}/{unquote(name)}"  # the authority quotes a name (dp+1: dp%2B1)
     return None

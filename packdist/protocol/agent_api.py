@@ -10,7 +10,7 @@ import aiohttp
 from packdist.auth import site_assertion
 from packdist.core.signing import SigningKey
 from packdist.errors import RemoteError, UserError
-from packdist.http import CONTROL, Timeouts, request
+from packdist.http import CONTROL, HOLDER_HEADER, Timeouts, request
 from packdist.protocol.messages import InstallRequest, InstallStatus, RemoveRequest
 
 #: a validation answers once every byte is re-hashed: allow it time
@@ -29,7 +29,7 @@ class AgentClient:
     def _headers(self, method: str, url: str) -> dict[str, str]:
         """A credential for this one request: the agent checks method and path."""
         token = site_assertion(self._key, self.server, method, url)
-        return {"Authorization": f"Bearer {token}"}
+        return {"Authorization": f"Bearer {token}", HOLDER_HEADER: f"server/{self.server}"}
 
     async def install(
         self,

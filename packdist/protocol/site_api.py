@@ -23,7 +23,7 @@ import aiohttp
 from packdist.core.codec import Encoding
 from packdist.core.digest import Digest
 from packdist.errors import AuthError, Overloaded, PackdistError, RemoteError, TransferError
-from packdist.http import HEARTBEAT, STREAM, Frame, read_frames, request
+from packdist.http import HEARTBEAT, HOLDER_HEADER, STREAM, Frame, read_frames, request
 from packdist.protocol.messages import CertificateAnswer, CertificateRequest, Heartbeat
 
 log = logging.getLogger("packdist.agent")
@@ -128,7 +128,7 @@ class SiteClient:
         if not self.urls:
             raise ValueError("no site URL")
         self._current = 0
-        self._auth = {"Authorization": f"Bearer {token}"}
+        self._auth = {"Authorization": f"Bearer {token}", HOLDER_HEADER: "site"}
         self._session = session
         self._liveness = liveness  # a fresh connection per call: enrollment
 
@@ -189,6 +189,7 @@ class SiteClient:
                 f"{url}/v1/site/authority",
                 timeouts=HEARTBEAT,
                 ssl=False,  # nothing is trusted yet: the fingerprint check is the proof
+                allow_redirects=False,  # the site's own answer, or none
             ) as resp:
                 return await resp.content.read(MAX_AUTHORITY + 1)
 

@@ -151,16 +151,26 @@ class SiteTLS:
 
     def renew(self, now: float | None = None) -> bool:
         """Make the certificate again if due and load it if it changed; whether it did."""
+        self.renew_files(now)
+        return self.load()
+
+    def renew_files(self, now: float | None = None) -> None:
+        """Make the certificate again if it is due (file work: run it in a thread)."""
         now = time.time() if now is None else now
-        cert, key = paths(self.home)
-        with HomeLock(self.home):  # the pair read as one writer left it
+        with HomeLock(self.home):
             _renewed(self.home, self.authority, self.site_name, self.hosts, now)
-            st = cert.stat()
-            if self._loaded == (st.st_ino, st.st_mtime_ns):
-                return False
-            tls.reload(self.server, cert, key)
-            tls.reload(self.client, cert, key)
-            self._loaded = (st.st_ino, st.st_mtime_ns)
+
+    def load(self) -> bool:
+        """Put the certificate in the home in use if it is not the one held (renewed here
+        or by another worker of the home); whether it was. Call it on the event loop's
+        thread while the site serves: handshakes read the same contexts."""
+        cert, key = paths(self.home)
+        st = cert.stat()
+        if self._loaded == (st.st_ino, st.st_mtime_ns):
+            return False
+        tls.reload(self.server, cert, key)  # the key is kept across renewals: a matching pair
+        tls.reload(self.client, cert, key)
+        self._loaded = (st.st_ino, st.st_mtime_ns)
         return True
 
 
@@ -170,17 +180,26 @@ async def renewal_loop(site_tls: SiteTLS) -> None:
     while True:
         await asyncio.sleep(RENEW_CHECK)
         try:
-            await asyncio.to_thread(site_tls.renew)
+            await asyncio.to_thread(site_tls.renew_files)
+            site_tls.load()  # on the loop's thread: no handshake reads a context mid-load
         except (UserError, OSError) as exc:
             log.error("cannot renew the site's serving certificate: %s", exc)
+        except Exception:  # never the end of renewal: an expired certificate strands agents
+            log.exception("cannot renew the site's serving certificate")
 
 
 def dialing_context(home: Path) -> ssl.SSLContext:
-    """What ``site validate`` and other one-shot commands dial agents with: their
-    certificate must be of the site's authority and name the host dialled; the site's own
-    is presented once it has one (a home that never served presents none)."""
+    """What ``site validate``, other one-shot commands and a ``--plain-http`` site dial
+    agents with: their certificate must be of the site's authority and name the host
+    dialled; the site's own is presented while it is good (a home that never served, or
+    whose certificate lapsed while it served plain HTTP, presents none)."""
     cert, key = paths(home)
     ca, _ = SiteAuthority.paths(home)
-    if cert.exists() and key.exists():
-        return tls.client_context(ca, cert, key)
-    return tls.client_context(ca)
+    try:
+        held = tls.load_certificate(cert.read_bytes())
+        SiteAuthority.load(home).verify(held)
+        good = held.not_valid_after_utc.timestamp() > time.time() and key.exists()
+    except (OSError, UserError):
+        good = False
+    # an expired or foreign one would be refused at the handshake: better none
+    return tls.client_context(ca, cert, key) if good else tls.client_context(ca)

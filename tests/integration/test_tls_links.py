@@ -209,3 +209,40 @@ def test_the_site_refuses_a_servers_token_that_comes_with_another_servers_certif
     as_dp2 = h.as_server(site.home, "dp2", tmp_path)
     status, body = h.http_request("POST", url, {}, headers=auth, context=as_dp2)
     assert status == 401 and b"server/dp2's, not dp1's" in body, body
+
+
+def test_the_site_sends_nothing_to_another_server_found_at_a_servers_address(
+    tmp_path: Path,
+) -> None:
+    site = h.make_site(tmp_path, tls=True)
+    agents = h.add_agents(site, tmp_path, ["dp1"])
+    with h.Cluster(site, agents) as c:
+        h.start_all([site, *agents.values()])
+        # dp2 was added at an address dp1's agent answers at now (a reused address)
+        site.add_server("dp2", agents["dp1"].url)
+        tree = h.make_tree(tmp_path / "src", {"a.bin": 1000}, seed=7)
+        site.create_package(tree, "app", "1.0")
+        job = site.distribute("app@1.0", ["dp2"])
+
+        def refused() -> str:
+            (i,) = site.job(job)["instructions"]
+            return str(i["last_error"] or "")
+
+        h.wait_until(lambda: "server/dp1" in refused(), 30, message=lambda: c.dump_logs())
+        assert "not of server/dp2" in refused(), refused()
+        assert "refused the credential" not in agents["dp1"].log_tail(200)
+
+
+def test_a_server_whose_name_needs_quoting_in_its_certificate_installs_over_tls(
+    tmp_path: Path,
+) -> None:
+    site = h.make_site(tmp_path, tls=True)
+    agents = h.add_agents(site, tmp_path, ["dp+1", "dp+2"])
+    with h.Cluster(site, agents) as c:
+        h.start_all([site, *agents.values()])
+        tree = h.make_tree(tmp_path / "src", {"a.bin": 3 * 1024 * 1024}, seed=8)
+        site.create_package(tree, "app", "1.0")
+        job = site.distribute("app@1.0", ["dp+1", "dp+2"])
+        assert site.wait_job(job, 60) == 0, h.describe_job(site.job(job)) + c.dump_logs()
+        for agent in agents.values():
+            h.assert_same_tree(tree, agent.package_dir("app", "1.0"))

@@ -10,9 +10,11 @@ import stat
 import time
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 
 from packdist.core import tls
+from packdist.errors import UserError
 from packdist.site import serving_tls
 from packdist.site.authority import LEAF_LIFETIME, SiteAuthority
 
@@ -153,3 +155,18 @@ def test_a_certificate_of_another_authority_in_the_home_is_replaced(tmp_path: Pa
     cert_path.write_bytes(stranger.issue_for_key(key, "beta", ["127.0.0.1"], time.time()).pem)
     serving_tls.SiteTLS(home, ca, "alpha", "127.0.0.1")
     ca.verify(_cert(home))
+
+
+def test_a_certificate_that_does_not_match_the_key_is_refused_and_the_old_one_still_served(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "site"
+    ca = SiteAuthority.create(home, "alpha", time.time())
+    site = serving_tls.SiteTLS(home, ca, "alpha", "127.0.0.1")
+    served = _cert(home).serial_number
+    other = tls.new_private_key()
+    stray = tmp_path / "stray.pem"
+    stray.write_bytes(ca.issue_for_key(other, "alpha", ["127.0.0.1"], time.time()).pem)
+    with pytest.raises(UserError, match="not a usable certificate and key"):
+        tls.reload(site.server, stray, serving_tls.paths(home)[1])
+    assert _served_serial(site.server, SiteAuthority.paths(home)[0]) == served
