@@ -212,21 +212,31 @@ def reload(ctx: ssl.SSLContext, cert: Path, key: Path) -> None:
     _load_chain(ctx, cert, key)
 
 
-def temporary_certificate(
-    key: ec.EllipticCurvePrivateKey, hosts: list[str], now: float, days: int = 2
-) -> bytes:
-    """A self-signed certificate (PEM) for ``key`` at ``hosts``: what an agent serves with
-    until the site has signed its own (no packdist client takes it: none trusts it)."""
-    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "packdist unenrolled")])
-    start = dt.datetime.fromtimestamp(now, dt.UTC) - dt.timedelta(minutes=5)
-    cert = (
+def self_signed(
+    key: ec.EllipticCurvePrivateKey, title: str, start: dt.datetime, end: dt.datetime
+) -> x509.CertificateBuilder:
+    """A certificate builder for ``key`` named ``title`` by itself, valid from ``start`` to
+    ``end``: the extensions, then signing with ``key``, are the caller's."""
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, title)])
+    return (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
-        .not_valid_after(start + dt.timedelta(days=days))
+        .not_valid_after(end)
+    )
+
+
+def temporary_certificate(
+    key: ec.EllipticCurvePrivateKey, hosts: list[str], now: float, days: int = 2
+) -> bytes:
+    """A self-signed certificate (PEM) for ``key`` at ``hosts``: what an agent serves with
+    until the site has signed its own (no packdist client takes it: none trusts it)."""
+    start = dt.datetime.fromtimestamp(now, dt.UTC) - dt.timedelta(minutes=5)
+    cert = (
+        self_signed(key, "packdist unenrolled", start, start + dt.timedelta(days=days))
         .add_extension(x509.SubjectAlternativeName(subject_names(hosts)), critical=False)
         .sign(key, hashes.SHA256())
     )

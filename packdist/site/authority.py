@@ -76,16 +76,9 @@ class SiteAuthority:
                 raise AlreadyExists(f"{folder} already exists: the site has its authority")
             key = tls.new_private_key()
             title = f"packdist site {site_name}"[:MAX_COMMON_NAME]
-            name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, title)])
             start = dt.datetime.fromtimestamp(now, dt.UTC) - BACKDATE
             cert = (
-                x509.CertificateBuilder()
-                .subject_name(name)
-                .issuer_name(name)
-                .public_key(key.public_key())
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(start)
-                .not_valid_after(start + CA_LIFETIME)
+                tls.self_signed(key, title, start, start + CA_LIFETIME)
                 .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
                 .add_extension(_usage(cert_sign=True), critical=True)
                 .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
