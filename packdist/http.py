@@ -53,6 +53,7 @@ from packdist.errors import (
     DecodeError,
     DiskFull,
     ErrorKind,
+    Forbidden,
     NotFound,
     Overloaded,
     PackdistError,
@@ -221,6 +222,8 @@ def status_of(exc: PackdistError) -> int:
         return 401
     if isinstance(exc, RateLimited):
         return 429
+    if isinstance(exc, Forbidden):
+        return 403
     if isinstance(exc, Busy):
         return 409
     if isinstance(exc, NotFound):

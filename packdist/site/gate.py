@@ -6,8 +6,11 @@ agents' chunk requests. So, before any scrypt:
 
 * a credential without the shape of an operator password is refused outright
   (:func:`packdist.site.operator.looks_like_password`, checked by the caller);
-* attempts are rate-limited per client address and for the whole site (token buckets); an
-  attempt over a limit is answered 429 with ``Retry-After``;
+* attempts are rate-limited per client address, per operator name the credential names, and
+  for the whole site (token buckets); an attempt over a limit is answered 429 with
+  ``Retry-After``. Per address: a guesser spraying many names from one address is slowed
+  as much as one guessing one name (an attempt on a name nobody has counts the same). Per
+  name: guessers spread over many addresses, all after ``admin``, share one bucket;
 * scrypt runs on one dedicated thread, one check at a time: an attempt arriving while one
   runs is answered 429 at once, never queued behind it.
 
@@ -29,6 +32,8 @@ PER_CLIENT_BURST = 5.0  # attempts a client address may make at once ...
 PER_CLIENT_RATE = 0.2  # ... then this many per second
 SITE_BURST = 10.0  # attempts from everyone together at once ...
 SITE_RATE = 2.0  # ... then this many per second: at most a tenth of a core on scrypt
+PER_NAME_BURST = 5.0  # attempts on one operator's name at once, from everywhere ...
+PER_NAME_RATE = 0.2  # ... then this many per second
 MAX_CLIENTS = 4096  # addresses remembered; beyond, the full (idle) buckets are forgotten
 
 
@@ -64,14 +69,16 @@ class PasswordGate:
 
     def __init__(self) -> None:
         self.clients = Buckets(PER_CLIENT_RATE, PER_CLIENT_BURST)
+        self.names = Buckets(PER_NAME_RATE, PER_NAME_BURST)
         self.site = Buckets(SITE_RATE, SITE_BURST)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="scrypt")
         self._busy = False
         self.refused = 0  # attempts answered 429, for tests and curious operators
 
-    async def check(self, client: str, check: Callable[[], bool]) -> bool:
+    async def check(self, client: str, check: Callable[[], bool], name: str = "") -> bool:
         """``check()`` (a password check) on the scrypt thread, or RateLimited when
-        ``client`` or the site is over its limit or another check is running."""
+        ``client``, the operator ``name`` or the site is over its limit or another check
+        is running."""
         now = time.monotonic()
         if self._busy:
             self.refused += 1
@@ -82,11 +89,20 @@ class PasswordGate:
             raise RateLimited(
                 f"too many password attempts from {client}; try again in {math.ceil(wait)}s", wait
             )
+        wait = self.names.wait(name, now) if name else 0.0
+        if wait > 0:
+            self.refused += 1
+            raise RateLimited(
+                f"too many password attempts for operator {name}; try again in {math.ceil(wait)}s",
+                wait,
+            )
         wait = self.site.wait("", now)
         if wait > 0:
             self.refused += 1
             raise RateLimited(f"too many password attempts; try again in {math.ceil(wait)}s", wait)
         self.clients.take(client, now)
+        if name:
+            self.names.take(name, now)
         self.site.take("", now)
         self._busy = True
         try:
