@@ -10,7 +10,9 @@ agents' chunk requests. So, before any scrypt:
   for the whole site (token buckets); an attempt over a limit is answered 429 with
   ``Retry-After``. Per address: a guesser spraying many names from one address is slowed
   as much as one guessing one name (an attempt on a name nobody has counts the same). Per
-  name: guessers spread over many addresses, all after ``admin``, share one bucket;
+  name: guessers spread over many addresses, all after ``admin``, share one bucket (a
+  right credential gives its attempt back there: an operator is never locked out by its
+  own logins, only by guesses);
 * scrypt runs on one dedicated thread, one check at a time: an attempt arriving while one
   runs is answered 429 at once, never queued behind it.
 
@@ -53,6 +55,11 @@ class Buckets:
         """Seconds until ``key`` may make an attempt (0: now)."""
         tokens = self._tokens(key, now)
         return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
+
+    def give_back(self, key: str, now: float) -> None:
+        """Return the attempt ``take`` counted (it was no guess: it was right)."""
+        if key in self._level:
+            self._level[key] = (min(self.burst, self._tokens(key, now) + 1.0), now)
 
     def take(self, key: str, now: float) -> None:
         self._level[key] = (self._tokens(key, now) - 1.0, now)
@@ -106,9 +113,12 @@ class PasswordGate:
         self.site.take("", now)
         self._busy = True
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, check)
+            ok = await asyncio.get_running_loop().run_in_executor(self._pool, check)
         finally:
             self._busy = False
+        if ok and name:  # an operator logging in often is not guessing its own name
+            self.names.give_back(name, time.monotonic())
+        return ok
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)

@@ -59,9 +59,7 @@ def test_a_bearer_header_of_any_characters_is_refused_as_a_credential_error(
 
 @FUZZ
 @given(
-    st.one_of(
-        header_text, st.from_regex(r"v2\.admin\.[0-9]{1,12}\.[A-Za-z0-9_-]{1,20}\..{0,50}")
-    )
+    st.one_of(header_text, st.from_regex(r"v2\.admin\.[0-9]{1,12}\.[A-Za-z0-9_-]{1,20}\..{0,50}"))
 )
 def test_a_session_cookie_of_any_characters_is_refused_not_raised(cookie: str) -> None:
     assert _CRED.check_session(cookie) is False
