@@ -41,7 +41,7 @@ from packdist.site.operator import (
     looks_like_password,
     named_in,
 )
-from packdist.site.operator_api import Caller, OperatorApi
+from packdist.site.operator_api import Caller, OperatorApi, action_buttons
 from packdist.states import InstructionState
 from packdist.store.base import Store
 
@@ -199,7 +199,7 @@ class Dashboard:
         return self._html(pages.page(f"packdist {doc['site']}", doc["site"], body, refresh=True))
 
     async def job_page(self, request: web.Request) -> web.Response:
-        await self._page_guard(request)
+        caller = await self._page_guard(request)
         job_id = request.match_info["job_id"]
         state, offset, limit = _job_paging(request)
         now = time.time()
@@ -209,6 +209,7 @@ class Dashboard:
             return self._html(pages.not_found_page(self.site.site_name, exc.message), 404)
         query = f"?{request.rel_url.query_string}" if request.rel_url.query_string else ""
         body = pages.live(f"/api/jobs/{quote(job_id)}{query}", pages.job_content(doc, now))
+        body = action_buttons(job_id, caller) + body
         title = f"packdist {doc['site']}: job {job_id}"
         return self._html(pages.page(title, doc["site"], body, refresh=True))
 

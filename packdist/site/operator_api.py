@@ -19,11 +19,12 @@ site cannot send without a CORS preflight this site never answers) and, if it se
 
 from __future__ import annotations
 
+import html
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from aiohttp import web
 
@@ -103,6 +104,22 @@ class OperatorApi:
         job_id = request.match_info["job_id"]
         n = await self._run(lambda s: Service(s, caller.name).retry_job(job_id, time.time()))
         return _json({"job": job_id, "retried": n, "by": caller.name})
+
+
+def action_buttons(job_id: str, caller: Caller) -> str:
+    """The job page's cancel and retry buttons (``dashboard.js`` sends them with the action
+    header), for a caller whose role may use them: none for a viewer."""
+    if not caller.operator.role.allows(Role.OPERATOR):
+        return ""
+    base = html.escape(f"/api/jobs/{quote(job_id, safe='')}")
+    who = html.escape(caller.name)
+    return (
+        f'<div class="actions" data-by="{who}">'
+        f'<button type="button" data-post="{base}/cancel"'
+        ' data-confirm="Cancel every unfinished instruction of this job?">Cancel job</button>'
+        f'<button type="button" data-post="{base}/retry">Retry job</button>'
+        '<span class="action-result muted" role="status"></span></div>'
+    )
 
 
 def _json(doc: dict[str, object]) -> web.Response:

@@ -305,3 +305,34 @@ def test_a_job_page_pages_through_its_instructions_and_refuses_an_unknown_state(
             assert len(body.strip().splitlines()) == 1 and "Traceback" not in body
 
     run(home, script)
+
+
+def test_the_job_page_offers_cancel_and_retry_to_an_operator_and_not_to_a_viewer(
+    site: tuple[SiteHome, str, str],
+) -> None:
+    from packdist.site.operator import Role
+    from packdist.site.operator_book import add_operator
+    from tests.unit.store_conformance import add_package
+
+    home, password, _ = site
+    viewer = add_operator(home.root, "vera", Role.VIEWER)
+    store = home.store()
+    try:
+        job = Service(store).distribute(add_package(store, "app").id, ["dp1"], 1.0)
+    finally:
+        store.close()
+
+    async def script(s: aiohttp.ClientSession, base: str) -> tuple[str, str]:
+        pages = []
+        for credential in (password, viewer):
+            status, _, body = await get(
+                s, f"{base}/jobs/{job}", {"Authorization": f"Bearer {credential}"}
+            )
+            assert status == 200
+            pages.append(body)
+        return pages[0], pages[1]
+
+    admin_page, viewer_page = run(home, script)
+    assert f'<button type="button" data-post="/api/jobs/{job}/cancel"' in admin_page
+    assert f'<button type="button" data-post="/api/jobs/{job}/retry"' in admin_page
+    assert "data-post" not in viewer_page
