@@ -3,7 +3,7 @@
 * ``POST /api/jobs/{id}/cancel`` — cancel every unfinished instruction of the job;
   ``{"job": ID, "cancelled": N, "by": NAME}``.
 * ``POST /api/jobs/{id}/retry`` — revive its failed and cancelled instructions, make its
-  waiting retries due now; ``{"job": ID, "retried": N, "by": NAME}``.
+  waiting retries due now; ``{"job": ID, "queued": N, "by": NAME}`` (as ``job retry --json``).
 
 Each needs the role ``operator`` or ``admin`` (a viewer is answered 403 and nothing
 changes), and runs the same use case as ``packdist job cancel|retry``
@@ -103,7 +103,7 @@ class OperatorApi:
         caller = await self._acting(request, "retrying a job")
         job_id = request.match_info["job_id"]
         n = await self._run(lambda s: Service(s, caller.name).retry_job(job_id, time.time()))
-        return _json({"job": job_id, "retried": n, "by": caller.name})
+        return _json({"job": job_id, "queued": n, "by": caller.name})
 
 
 def action_buttons(job_id: str, caller: Caller) -> str:

@@ -147,7 +147,7 @@ def test_an_operators_cancel_and_retry_over_the_api_are_events_naming_that_opera
         site, "POST", f"/api/jobs/{job_id}/retry", {**cookie, "X-Packdist-Action": "1"}
     )
     assert status == 200, body
-    assert json.loads(body) == {"job": job_id, "retried": 1, "by": "olga"}
+    assert json.loads(body) == {"job": job_id, "queued": 1, "by": "olga"}
     assert site.job(job_id)["state"] == "active"
 
     by_kind = {e["kind"]: e for e in events_of(site, job_id)}

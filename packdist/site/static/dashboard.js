@@ -23,7 +23,7 @@
         var d = r.doc;
         if (r.status === 200) {
           out.textContent = "cancelled" in d ? d.cancelled + " instruction(s) cancelled by " + d.by
-            : d.retried + " instruction(s) retried by " + d.by;
+            : d.queued + " instruction(s) queued again by " + d.by;
         } else {
           out.textContent = d.error || "the site answered " + r.status;
         }
