@@ -11,6 +11,7 @@ as ``__cause__``::
     │   ├── NotFound              unknown package, server, job
     │   ├── AlreadyExists         site home taken, package version with other content, ...
     │   ├── NoTargets             a job with no target servers
+    │   ├── Forbidden             the credential is good, its role may not do this
     │   └── RateLimited           too many attempts (password guesses) for now
     ├── IntegrityError            content does not match its digest or signature
     │   ├── HashMismatch          a chunk's bytes do not hash to its digest
@@ -83,6 +84,10 @@ class AlreadyExists(UserError):
 
 class NoTargets(UserError):
     """A job needs at least one target server."""
+
+
+class Forbidden(UserError):
+    """The credential is good, but its role may not do this."""
 
 
 class RateLimited(UserError):

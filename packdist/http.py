@@ -54,6 +54,7 @@ from packdist.errors import (
     DecodeError,
     DiskFull,
     ErrorKind,
+    Forbidden,
     NotFound,
     Overloaded,
     PackdistError,
@@ -262,6 +263,8 @@ def status_of(exc: PackdistError) -> int:
         return 401
     if isinstance(exc, RateLimited):
         return 429
+    if isinstance(exc, Forbidden):
+        return 403
     if isinstance(exc, Busy):
         return 409
     if isinstance(exc, NotFound):

@@ -20,6 +20,7 @@ COMMANDS = {
     "distribute": ("job_cmds", "distribute"),
     "events": ("event_cmds", "events"),
     "job": ("job_cmds", "job"),
+    "operator": ("operator_cmds", "operator"),
     "package": ("package_cmds", "package"),
     "server": ("server_cmds", "server"),
     "site": ("site_cmds", "site"),

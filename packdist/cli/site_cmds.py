@@ -86,6 +86,7 @@ def site_init(name: str | None, store_url: str | None, as_json: bool) -> None:
             {
                 "site": site_name,
                 "home": str(root),
+                "operator": operator.ADMIN,
                 "operator_password": password,
                 "config": str(config_path),
                 "ca_fingerprint": fingerprint,
@@ -95,7 +96,10 @@ def site_init(name: str | None, store_url: str | None, as_json: bool) -> None:
         click.echo(f"site {site_name} created in {root}")
         if store_url is not None:
             click.echo(f"store: {redacted(store_url)}")
-        click.echo(f"operator password (shown once; the dashboard's login): {password}")
+        click.echo(
+            f"operator password of {operator.ADMIN} (role admin; shown once; the dashboard's"
+            f" login, 'packdist operator add' makes more): {password}"
+        )
         click.echo(f"configuration: {config_path} (every setting commented at its default)")
         click.echo(f"certificate authority: {fingerprint} (every enrollment token carries it)")
         click.echo(
@@ -126,7 +130,7 @@ def site_serve(**values: Any) -> None:
         )
     click.echo(
         f"packdist site: listening on {scheme}://{settings.listen}; dashboard at"
-        f" {scheme}://{settings.listen}/ (operator password from 'site init')",
+        f" {scheme}://{settings.listen}/ (operator credentials: 'site init', 'operator add')",
         err=True,
     )
     run_site(home, settings.listen, settings.workers, settings)
@@ -187,14 +191,15 @@ def site_config(as_json: bool, **values: Any) -> None:
 @home_option
 @json_option
 def site_operator_password(as_json: bool) -> None:
-    """Create or replace the operator password (dashboard login, /metrics bearer).
+    """Create or replace the credential of the operator admin (role admin: dashboard login,
+    API and /metrics bearer).
 
-    The new password is printed once; the old one and every dashboard session stop working,
-    also on a running site."""
+    The new credential is printed once; the old one and every dashboard session of admin
+    stop working, also on a running site. Other operators are kept ('packdist operator')."""
     root = resolve_home()
     SiteHome.open(root)
     password = operator.create(root)
     if as_json:
-        print_json({"operator_password": password})
+        print_json({"operator": operator.ADMIN, "operator_password": password})
     else:
-        click.echo(f"operator password (shown once): {password}")
+        click.echo(f"operator {operator.ADMIN} credential (shown once): {password}")

@@ -1,7 +1,8 @@
 """The operator dashboard, its JSON API and ``/metrics``, served by ``site serve``.
 
-Routes (all but the login page need the operator credential: the session cookie set by the
-login form, or ``Authorization: Bearer <operator password>``):
+Routes (all but the login page need an operator's credential: the session cookie set by
+the login form, or ``Authorization: Bearer <operator credential>``; every role may read
+them, see :mod:`packdist.site.operator`):
 
 * ``GET /`` — the overview: package x server matrix, jobs, servers, events (HTML).
 * ``GET /jobs/{id}?state=S&offset=N&limit=N`` — one job: its counts per state, one page of
@@ -11,6 +12,8 @@ login form, or ``Authorization: Bearer <operator password>``):
   rendered live part in ``"html"`` (what the page's script swaps in every 1.5 s).
 * ``GET /api/events?job=J&after=ID&limit=N`` — the timeline as JSON.
 * ``GET /metrics`` — Prometheus text; open to anyone if ``metrics.auth = false``.
+* ``POST /api/jobs/{id}/cancel``, ``POST /api/jobs/{id}/retry`` — role operator or admin;
+  see :mod:`packdist.site.operator_api`.
 * ``GET /static/dashboard.{css,js}`` — open.
 """
 
@@ -31,7 +34,14 @@ from packdist.config import Settings
 from packdist.errors import AuthError, NotFound, RateLimited, UserError
 from packdist.site import metrics, pages, views
 from packdist.site.gate import PasswordGate
-from packdist.site.operator import CredentialCache, looks_like_password
+from packdist.site.operator import (
+    CredentialCache,
+    OperatorCredential,
+    Operators,
+    looks_like_password,
+    named_in,
+)
+from packdist.site.operator_api import Caller, OperatorApi, action_buttons
 from packdist.states import InstructionState
 from packdist.store.base import Store
 
@@ -99,45 +109,65 @@ class Dashboard:
 
     # --- who is asking ----------------------------------------------------------------------
 
-    async def _authorized(self, request: web.Request) -> bool:
-        """Whether the request carries the operator credential: a session cookie (a MAC to
-        check), or the password as a bearer (one scrypt, within the gate's limits, unless
-        it was found correct before); RateLimited when over the limits."""
-        cred = await asyncio.to_thread(self.credentials.get)
-        if cred is None:
-            return False
+    async def who(self, request: web.Request) -> Caller | None:
+        """The operator the request carries the credential of: a session cookie (a MAC to
+        check), or its credential as a bearer (one scrypt, within the gate's limits, unless
+        it was found correct before); None if none; RateLimited when over the limits."""
+        operators = await asyncio.to_thread(self.credentials.get)
+        if operators is None:
+            return None
         cookie = request.cookies.get(self.cookie_name)
-        if cookie and cred.check_session(cookie):
-            return True
+        if cookie:
+            op = operators.for_session(cookie)
+            if op is not None:
+                return Caller(op, by_session=True)
         header = request.headers.get("Authorization")
         if header is None:
-            return False
+            return None
         try:
             token = bearer(header)
         except AuthError:
-            return False
+            return None
         if not looks_like_password(token):
-            return False  # no scrypt for what cannot be the password
-        if self.credentials.remembered(token):
-            return True
-        ok = await self.gate.check(_client(request), lambda: cred.check_password(token))
-        if ok:
-            self.credentials.remember(token)
-        return ok
+            return None  # no scrypt for what cannot be a credential
+        op = self.credentials.remembered(token)
+        if op is None:
+            op = await self._check_password(request, operators, token)
+            if op is not None:
+                self.credentials.remember(token, op)
+        return None if op is None else Caller(op, by_session=False)
 
-    async def _page_guard(self, request: web.Request) -> None:
+    async def _check_password(
+        self, request: web.Request, operators: Operators, password: str
+    ) -> OperatorCredential | None:
+        """The operator whose credential ``password`` is, checked within the gate's limits
+        (per client, per operator name, for the site); RateLimited when over them."""
+        op = operators.for_password(password)
+        name = named_in(password) or (op.name if op is not None else "")
+
+        def check() -> bool:
+            return op is not None and op.check_password(password)
+
+        ok = await self.gate.check(_client(request), check, name=name)
+        return op if ok else None
+
+    async def _page_guard(self, request: web.Request) -> Caller:
         """HTML pages: not logged in goes to the login form, and back here after."""
-        if not await self._authorized(request):
+        caller = await self.who(request)
+        if caller is None:
             raise web.HTTPSeeOther(f"/login?next={quote(request.rel_url.path)}")
+        return caller
 
-    async def _api_guard(self, request: web.Request) -> None:
-        if not await self._authorized(request):
+    async def api_guard(self, request: web.Request) -> Caller:
+        caller = await self.who(request)
+        if caller is None:
             raise web.HTTPUnauthorized(
                 text='{"error": "operator credential required (log in, or send'
-                ' Authorization: Bearer <operator password>)"}',
+                ' Authorization: Bearer <operator credential>)"}',
                 content_type="application/json",
                 headers={"WWW-Authenticate": 'Bearer realm="packdist"'},
             )
+        return caller
 
     # --- pages ------------------------------------------------------------------------------
 
@@ -169,7 +199,7 @@ class Dashboard:
         return self._html(pages.page(f"packdist {doc['site']}", doc["site"], body, refresh=True))
 
     async def job_page(self, request: web.Request) -> web.Response:
-        await self._page_guard(request)
+        caller = await self._page_guard(request)
         job_id = request.match_info["job_id"]
         state, offset, limit = _job_paging(request)
         now = time.time()
@@ -179,6 +209,7 @@ class Dashboard:
             return self._html(pages.not_found_page(self.site.site_name, exc.message), 404)
         query = f"?{request.rel_url.query_string}" if request.rel_url.query_string else ""
         body = pages.live(f"/api/jobs/{quote(job_id)}{query}", pages.job_content(doc, now))
+        body = action_buttons(job_id, caller) + body
         title = f"packdist {doc['site']}: job {job_id}"
         return self._html(pages.page(title, doc["site"], body, refresh=True))
 
@@ -209,21 +240,21 @@ class Dashboard:
     async def login(self, request: web.Request) -> web.Response:
         password, raw_next = await _login_fields(request)
         nxt = self._next(raw_next)
-        cred = await asyncio.to_thread(self.credentials.get)
-        if cred is None:
+        operators = await asyncio.to_thread(self.credentials.get)
+        if operators is None:
             return self._html(
                 pages.login_page(self.site.site_name, nxt, configured=False), status=401
             )
-        ok = False
-        if looks_like_password(password):  # no scrypt for what cannot be the password
+        op = None
+        if looks_like_password(password):  # no scrypt for what cannot be a credential
             try:
-                ok = await self.gate.check(_client(request), lambda: cred.check_password(password))
+                op = await self._check_password(request, operators, password)
             except RateLimited as exc:
                 page = pages.login_page(self.site.site_name, nxt, error=exc.message)
                 resp = self._html(page, status=429)
                 resp.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
                 return resp
-        if not ok:
+        if op is None:
             await asyncio.sleep(FAILED_LOGIN_DELAY)
             page = pages.login_page(self.site.site_name, nxt, error="Wrong password.")
             return self._html(page, status=401)
@@ -231,7 +262,7 @@ class Dashboard:
         resp = _see_other(nxt)
         resp.set_cookie(
             self.cookie_name,
-            cred.new_session(ttl),
+            op.new_session(ttl),
             max_age=int(ttl),
             path="/",
             httponly=True,
@@ -248,13 +279,13 @@ class Dashboard:
     # --- JSON API ---------------------------------------------------------------------------
 
     async def overview_api(self, request: web.Request) -> web.Response:
-        await self._api_guard(request)
+        await self.api_guard(request)
         now, doc = await self._overview_doc()
         shown = {**doc, "html": pages.overview_content(doc, now)}  # the shared read unchanged
         return web.json_response(shown, headers={"Cache-Control": "no-store"})
 
     async def job_api(self, request: web.Request) -> web.Response:
-        await self._api_guard(request)
+        await self.api_guard(request)
         job_id = request.match_info["job_id"]
         state, offset, limit = _job_paging(request)
         now = time.time()
@@ -263,7 +294,7 @@ class Dashboard:
         return web.json_response(doc, headers={"Cache-Control": "no-store"})
 
     async def events_api(self, request: web.Request) -> web.Response:
-        await self._api_guard(request)
+        await self.api_guard(request)
         job = request.query.get("job") or None
         after = _query_count(request, "after", 0)
         limit = min(max(_query_count(request, "limit", 500), 1), 10_000)
@@ -280,7 +311,7 @@ class Dashboard:
 
     async def metrics(self, request: web.Request) -> web.Response:
         if self.settings.metrics_auth:
-            await self._api_guard(request)
+            await self.api_guard(request)
         now = time.time()
 
         def collect(store: Store) -> str:
@@ -357,4 +388,5 @@ def setup(app: web.Application, site: SiteServer) -> Dashboard:
     """Add the dashboard, its API and ``/metrics`` to the site's application."""
     dashboard = Dashboard(site)
     dashboard.routes(app)
+    OperatorApi(dashboard).routes(app)
     return dashboard

@@ -6,8 +6,13 @@ agents' chunk requests. So, before any scrypt:
 
 * a credential without the shape of an operator password is refused outright
   (:func:`packdist.site.operator.looks_like_password`, checked by the caller);
-* attempts are rate-limited per client address and for the whole site (token buckets); an
-  attempt over a limit is answered 429 with ``Retry-After``;
+* attempts are rate-limited per client address, per operator name the credential names, and
+  for the whole site (token buckets); an attempt over a limit is answered 429 with
+  ``Retry-After``. Per address: a guesser spraying many names from one address is slowed
+  as much as one guessing one name (an attempt on a name nobody has counts the same). Per
+  name: guessers spread over many addresses, all after ``admin``, share one bucket (a
+  right credential gives its attempt back there: an operator is never locked out by its
+  own logins, only by guesses);
 * scrypt runs on one dedicated thread, one check at a time: an attempt arriving while one
   runs is answered 429 at once, never queued behind it.
 
@@ -29,6 +34,8 @@ PER_CLIENT_BURST = 5.0  # attempts a client address may make at once ...
 PER_CLIENT_RATE = 0.2  # ... then this many per second
 SITE_BURST = 10.0  # attempts from everyone together at once ...
 SITE_RATE = 2.0  # ... then this many per second: at most a tenth of a core on scrypt
+PER_NAME_BURST = 5.0  # attempts on one operator's name at once, from everywhere ...
+PER_NAME_RATE = 0.2  # ... then this many per second
 MAX_CLIENTS = 4096  # addresses remembered; beyond, the full (idle) buckets are forgotten
 
 
@@ -49,6 +56,11 @@ class Buckets:
         tokens = self._tokens(key, now)
         return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
 
+    def give_back(self, key: str, now: float) -> None:
+        """Return the attempt ``take`` counted (it was no guess: it was right)."""
+        if key in self._level:
+            self._level[key] = (min(self.burst, self._tokens(key, now) + 1.0), now)
+
     def take(self, key: str, now: float) -> None:
         self._level[key] = (self._tokens(key, now) - 1.0, now)
         if len(self._level) > self.max_keys:
@@ -64,14 +76,16 @@ class PasswordGate:
 
     def __init__(self) -> None:
         self.clients = Buckets(PER_CLIENT_RATE, PER_CLIENT_BURST)
+        self.names = Buckets(PER_NAME_RATE, PER_NAME_BURST)
         self.site = Buckets(SITE_RATE, SITE_BURST)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="scrypt")
         self._busy = False
         self.refused = 0  # attempts answered 429, for tests and curious operators
 
-    async def check(self, client: str, check: Callable[[], bool]) -> bool:
+    async def check(self, client: str, check: Callable[[], bool], name: str = "") -> bool:
         """``check()`` (a password check) on the scrypt thread, or RateLimited when
-        ``client`` or the site is over its limit or another check is running."""
+        ``client``, the operator ``name`` or the site is over its limit or another check
+        is running."""
         now = time.monotonic()
         if self._busy:
             self.refused += 1
@@ -82,17 +96,29 @@ class PasswordGate:
             raise RateLimited(
                 f"too many password attempts from {client}; try again in {math.ceil(wait)}s", wait
             )
+        wait = self.names.wait(name, now) if name else 0.0
+        if wait > 0:
+            self.refused += 1
+            raise RateLimited(
+                f"too many password attempts for operator {name}; try again in {math.ceil(wait)}s",
+                wait,
+            )
         wait = self.site.wait("", now)
         if wait > 0:
             self.refused += 1
             raise RateLimited(f"too many password attempts; try again in {math.ceil(wait)}s", wait)
         self.clients.take(client, now)
+        if name:
+            self.names.take(name, now)
         self.site.take("", now)
         self._busy = True
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, check)
+            ok = await asyncio.get_running_loop().run_in_executor(self._pool, check)
         finally:
             self._busy = False
+        if ok and name:  # an operator logging in often is not guessing its own name
+            self.names.give_back(name, time.monotonic())
+        return ok
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)

@@ -108,8 +108,9 @@ def login_page(site: str, next_path: str, error: str = "", configured: bool = Tr
             '<input id="password" name="password" type="password" autocomplete="current-password"'
             " required autofocus>"
             '<button type="submit">Log in</button></form>'
-            '<p class="muted">The password was printed once by <code>packdist site init</code>;'
-            " <code>packdist site operator-password</code> replaces it.</p>"
+            '<p class="muted">Your operator password (it names you) was printed once by'
+            " <code>packdist operator add</code> (admin's: <code>packdist site init</code>);"
+            " <code>packdist operator reset NAME</code> replaces it.</p>"
         )
     body = f'<main class="narrow"><h1>Log in to {h(site)}</h1>{form}</main>'
     return page(f"packdist {site}: log in", site, body, logged_in=False)

@@ -148,3 +148,36 @@ def test_dashboard_shows_failing_server_cause_then_installed_after_it_returns(
     page.wait_for_url(f"{site.url}/login")
     page.goto(f"{site.url}/")
     assert "/login" in page.url
+
+
+def test_an_operator_cancels_a_job_from_its_page_and_the_event_names_them(
+    tmp_path: Path, browser_page: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    page = browser_page
+    site = h.make_site(tmp_path)
+    site.add_server("dp1", f"http://127.0.0.1:{h.free_port()}")  # never answers
+    tree = h.make_tree(tmp_path / "src", {"a.txt": 10}, seed=3)
+    try:
+        site.start()
+        site.create_package(tree, "app", "1.0")
+        job_id = site.distribute("app@1.0", ["dp1"])
+        olga = site.json("operator", "add", "olga", "--role", "operator")["password"]
+        page.goto(f"{site.url}/login?next=/jobs/{job_id}")
+        page.fill("#password", olga)
+        page.click("button[type=submit]")
+        page.wait_for_url(f"{site.url}/jobs/{job_id}")
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click("button[data-post$='/cancel']")
+        expect(page.locator(".action-result")).to_have_text(
+            "1 instruction(s) cancelled by olga", timeout=10_000
+        )
+        expect(page.locator(f"#job-{job_id}")).to_have_attribute(
+            "data-state", "cancelled", timeout=10_000
+        )
+        page.screenshot(path=str(ARTIFACTS / "dashboard-job-cancelled.png"), full_page=True)
+        events = site.json("events", "--job", job_id)
+        assert [e["by"] for e in events if e["kind"] == "cancelled"] == ["olga"]
+    finally:
+        site.close()

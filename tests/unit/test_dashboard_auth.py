@@ -25,32 +25,40 @@ from packdist.site.server import SiteServer
 # --- the credential itself --------------------------------------------------------------------
 
 
+def admin_of(home: Path) -> operator.OperatorCredential:
+    operators = operator.load(home)
+    assert operators is not None
+    found = operators.get(operator.ADMIN)
+    assert found is not None
+    return found
+
+
 def test_password_is_stored_only_as_a_hash(tmp_path: Path) -> None:
     password = operator.create(tmp_path)
     text = (tmp_path / operator.FILE_NAME).read_text()
     assert password not in text
     assert (tmp_path / operator.FILE_NAME).stat().st_mode & 0o077 == 0
-    cred = operator.load(tmp_path)
-    assert cred is not None
+    cred = admin_of(tmp_path)
     assert cred.check_password(password)
     assert not cred.check_password(password + "x")
     assert not cred.check_password("")
+    assert cred.salt.hex() not in repr(cred) and "session_secret" not in repr(cred)
 
 
 def test_sessions_expire_and_cannot_be_forged(tmp_path: Path) -> None:
     operator.create(tmp_path)
-    cred = operator.load(tmp_path)
-    assert cred is not None
+    cred = admin_of(tmp_path)
     now = 1_000_000.0
     cookie = cred.new_session(60, now=now)
     assert cred.check_session(cookie, now=now + 59)
     assert not cred.check_session(cookie, now=now + 61)
     body, _, mac = cookie.rpartition(".")
-    version, expires, nonce = body.split(".")
-    longer = f"{version}.{int(expires) + 3600}.{nonce}.{mac}"
+    version, name, expires, nonce = body.split(".")
+    assert (version, name) == ("v2", "admin")  # the cookie says which operator it is
+    longer = f"{version}.{name}.{int(expires) + 3600}.{nonce}.{mac}"
     assert not cred.check_session(longer, now=now)
     assert not cred.check_session("", now=now)
-    assert not cred.check_session("v1.9999999999.x.", now=now)
+    assert not cred.check_session("v2.admin.9999999999.x.", now=now)
 
 
 def test_new_password_ends_old_password_and_sessions(tmp_path: Path) -> None:
@@ -58,14 +66,15 @@ def test_new_password_ends_old_password_and_sessions(tmp_path: Path) -> None:
     cache = operator.CredentialCache(tmp_path)
     first = cache.get()
     assert first is not None and cache.check_bearer(old)
-    cookie = first.new_session(3600)
+    cookie = admin_of(tmp_path).new_session(3600)
+    assert first.for_session(cookie) is not None
     time.sleep(0.01)  # a new mtime for the cache to notice
     new = operator.create(tmp_path)
     second = cache.get()
     assert second is not None and second != first
     assert not cache.check_bearer(old)
     assert cache.check_bearer(new)
-    assert not second.check_session(cookie)
+    assert second.for_session(cookie) is None
 
 
 def test_site_without_credential_accepts_nobody(tmp_path: Path) -> None:
@@ -229,7 +238,7 @@ def test_no_secret_and_no_unescaped_value_reaches_a_page(
     site: tuple[SiteHome, str, str],
 ) -> None:
     home, password, token = site
-    stored = json.loads((home.root / operator.FILE_NAME).read_text())
+    stored = json.loads((home.root / operator.FILE_NAME).read_text())["operators"]["admin"]
 
     async def script(s: aiohttp.ClientSession, base: str) -> list[str]:
         _, headers, _ = await login(s, base, password)
@@ -296,3 +305,34 @@ def test_a_job_page_pages_through_its_instructions_and_refuses_an_unknown_state(
             assert len(body.strip().splitlines()) == 1 and "Traceback" not in body
 
     run(home, script)
+
+
+def test_the_job_page_offers_cancel_and_retry_to_an_operator_and_not_to_a_viewer(
+    site: tuple[SiteHome, str, str],
+) -> None:
+    from packdist.site.operator import Role
+    from packdist.site.operator_book import add_operator
+    from tests.unit.store_conformance import add_package
+
+    home, password, _ = site
+    viewer = add_operator(home.root, "vera", Role.VIEWER)
+    store = home.store()
+    try:
+        job = Service(store).distribute(add_package(store, "app").id, ["dp1"], 1.0)
+    finally:
+        store.close()
+
+    async def script(s: aiohttp.ClientSession, base: str) -> tuple[str, str]:
+        pages = []
+        for credential in (password, viewer):
+            status, _, body = await get(
+                s, f"{base}/jobs/{job}", {"Authorization": f"Bearer {credential}"}
+            )
+            assert status == 200
+            pages.append(body)
+        return pages[0], pages[1]
+
+    admin_page, viewer_page = run(home, script)
+    assert f'<button type="button" data-post="/api/jobs/{job}/cancel"' in admin_page
+    assert f'<button type="button" data-post="/api/jobs/{job}/retry"' in admin_page
+    assert "data-post" not in viewer_page

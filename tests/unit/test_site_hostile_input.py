@@ -58,7 +58,9 @@ def test_a_bearer_header_of_any_characters_is_refused_as_a_credential_error(
 
 
 @FUZZ
-@given(st.one_of(header_text, st.from_regex(r"v1\.[0-9]{1,12}\.[A-Za-z0-9_-]{1,20}\..{0,50}")))
+@given(
+    st.one_of(header_text, st.from_regex(r"v2\.admin\.[0-9]{1,12}\.[A-Za-z0-9_-]{1,20}\..{0,50}"))
+)
 def test_a_session_cookie_of_any_characters_is_refused_not_raised(cookie: str) -> None:
     assert _CRED.check_session(cookie) is False
 
@@ -68,7 +70,8 @@ def _credential() -> operator.OperatorCredential:
 
     root = Path(tempfile.mkdtemp(prefix="packdist-op-"))
     operator.create(root)
-    cred = operator.load(root)
+    operators = operator.load(root)
+    cred = operators.get(operator.ADMIN) if operators is not None else None
     assert cred is not None
     return cred
 
@@ -81,7 +84,7 @@ def test_a_forged_cookie_with_unicode_digits_or_non_ascii_mac_is_refused() -> No
     body, _, mac = real.rpartition(".")
     assert _CRED.check_session(real)
     assert not _CRED.check_session(f"{body}.{mac[:-1]}é")  # compare_digest raised on this
-    assert not _CRED.check_session("v1.²³.abc." + mac)  # '²'.isdigit() is True
+    assert not _CRED.check_session("v2.admin.²³.abc." + mac)  # '²'.isdigit() is True
 
 
 # --- next= never leaves the site -------------------------------------------------------------
@@ -404,6 +407,7 @@ def test_a_login_with_a_tricky_next_redirects_to_the_front_page_over_http(
     home, password = site
     monkeypatch.setattr(gate, "PER_CLIENT_BURST", 100.0)  # one login per trick, all right
     monkeypatch.setattr(gate, "SITE_BURST", 100.0)
+    monkeypatch.setattr(gate, "PER_NAME_BURST", 100.0)
 
     async def main() -> list[str]:
         out = []

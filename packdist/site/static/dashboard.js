@@ -3,6 +3,34 @@
 // JSON API every 1.5 s, and the header says when the data is stale.
 (function () {
   "use strict";
+  // The job page's cancel and retry buttons (shown to operators and admins only): a POST
+  // with the header the site requires of a write carried by the session cookie.
+  document.addEventListener("click", function (ev) {
+    var btn = ev.target && ev.target.closest ? ev.target.closest("button[data-post]") : null;
+    if (!btn) { return; }
+    var question = btn.getAttribute("data-confirm");
+    if (question && !window.confirm(question)) { return; }
+    var out = btn.parentNode.querySelector(".action-result");
+    btn.disabled = true;
+    fetch(btn.getAttribute("data-post"), {
+      method: "POST", credentials: "same-origin", cache: "no-store",
+      headers: { "Accept": "application/json", "X-Packdist-Action": "1" }
+    })
+      .then(function (resp) {
+        return resp.json().then(function (doc) { return { status: resp.status, doc: doc }; });
+      })
+      .then(function (r) {
+        var d = r.doc;
+        if (r.status === 200) {
+          out.textContent = "cancelled" in d ? d.cancelled + " instruction(s) cancelled by " + d.by
+            : d.queued + " instruction(s) queued again by " + d.by;
+        } else {
+          out.textContent = d.error || "the site answered " + r.status;
+        }
+      })
+      .catch(function (err) { out.textContent = "not done: " + (err && err.message ? err.message : "site unreachable"); })
+      .then(function () { btn.disabled = false; });
+  });
   var live = document.getElementById("live");
   var conn = document.getElementById("conn");
   if (!live || !conn) { return; }
