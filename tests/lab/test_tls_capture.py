@@ -117,14 +117,14 @@ class Tcpdump:
 
     def start(self) -> None:
         with self.err_path.open("wb") as err:
-            self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=err)
+            proc = self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=err)
         h.wait_until(
-            lambda: "listening on" in self.stderr() or self.proc.poll() is not None,  # type: ignore[union-attr]
+            lambda: "listening on" in self.stderr() or proc.poll() is not None,
             10,
             interval=0.05,
             message=lambda: f"tcpdump on {self.host}'s cable to start: {self.stderr()}",
         )
-        assert self.proc.poll() is None, f"tcpdump on {self.host} exited: {self.stderr()}"
+        assert proc.poll() is None, f"tcpdump on {self.host} exited: {self.stderr()}"
 
     def stop(self) -> str:
         """SIGINT (tcpdump writes out what it holds and says what it caught); its report."""
