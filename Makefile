@@ -18,12 +18,13 @@ $(STAMP): pyproject.toml
 
 # System tools the tests and benchmarks use (iproute2 for lab tests, rsync as an anchor,
 # chromium for the dashboard's browser test: Playwright drives /usr/bin/chromium, it never
-# downloads a browser of its own; PostgreSQL for the second store: each test session starts
+# downloads a browser of its own; tcpdump for the lab test that reads a capture of the
+# cables for the package's bytes in clear; PostgreSQL for the second store: each test session starts
 # a throwaway cluster of its own, so Debian's own cluster is not needed; systemd-analyze
 # checks the units in deploy/). Installed when
 # missing if we are root with apt-get; otherwise what is missing is said, with why, and the
 # tiers needing it are skipped (failed under CI=true: see tests/conftest.py).
-SYSTEM_TOOLS := ip:iproute2 rsync:rsync zstd:zstd /usr/bin/chromium:chromium \
+SYSTEM_TOOLS := ip:iproute2 rsync:rsync zstd:zstd /usr/bin/chromium:chromium tcpdump:tcpdump \
 	/usr/lib/postgresql/15/bin/initdb:postgresql systemd-analyze:systemd
 
 system-deps:

@@ -17,6 +17,7 @@ import random
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -356,12 +357,15 @@ def free_port() -> int:
 
 
 def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    # /healthz only says whether it answers: an https:// one is not verified (an agent not
+    # enrolled yet serves a temporary certificate nobody trusts)
+    context = ssl._create_unverified_context() if url.startswith("https://") else None
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise ChildFailed(f"{url} exited: {log.read_text()[-2000:]}")
         try:
-            with urllib.request.urlopen(f"{url}/healthz", timeout=1):
+            with urllib.request.urlopen(f"{url}/healthz", timeout=1, context=context):
                 return
         except OSError:
             time.sleep(0.1)
@@ -374,11 +378,15 @@ class PackdistSetup:
     ``PackdistSetup(work)`` initialises the site's home; :meth:`create` imports versions
     (untimed), :meth:`serve` starts the site, :meth:`fresh_agent` enrolls and starts a
     server with an empty home, :meth:`distribute` times ``packdist distribute --wait``.
+
+    ``tls``: the site and the agents serve HTTPS, as they do by default (the agents given
+    only the site's URL and their token); otherwise ``--plain-http`` everywhere.
     """
 
-    def __init__(self, work: Path, package: str = "bench") -> None:
+    def __init__(self, work: Path, package: str = "bench", *, tls: bool = False) -> None:
         self.work = work
         self.package = package
+        self.tls = tls
         self.site = work / "site"
         self.site_url = ""
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -400,19 +408,20 @@ class PackdistSetup:
             )
         )
 
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    @property
+    def plain_flag(self) -> list[str]:
+        return [] if self.tls else ["--plain-http"]
+
     def serve(self) -> None:
-        self.site_url = f"http://127.0.0.1:{free_port()}"
+        listen = f"127.0.0.1:{free_port()}"
+        self.site_url = f"{self.scheme}://{listen}"
         self._start(
             "site",
-            [
-                "--home",
-                str(self.site),
-                "site",
-                "serve",
-                "--listen",
-                self.site_url.removeprefix("http://"),
-                "--plain-http",  # measures distribution; the cost of TLS is not measured yet
-            ],
+            ["--home", str(self.site), "site", "serve", "--listen", listen, *self.plain_flag],
             self.site_url,
         )
 
@@ -434,7 +443,8 @@ class PackdistSetup:
         """
         self.round += 1
         name = f"dp{self.round}"
-        url = f"http://127.0.0.1:{free_port()}"
+        listen = f"127.0.0.1:{free_port()}"
+        url = f"{self.scheme}://{listen}"
         doc = json.loads(
             run_quiet(
                 packdist_argv(
@@ -457,17 +467,34 @@ class PackdistSetup:
                 "agent",
                 "serve",
                 "--listen",
-                url.removeprefix("http://"),
+                listen,
                 "--site",
                 site_url or self.site_url,
                 "--token",
                 doc["token"],
-                "--plain-http",
+                *self.plain_flag,
             ],
             url,
         )
-        time.sleep(0.5)  # let it enroll (its first heartbeat)
+        self._wait_enrolled(name)
+        time.sleep(0.5)  # let its first heartbeat land
         return name
+
+    def _wait_enrolled(self, name: str) -> None:
+        """Until the agent says it enrolled: over TLS it serves the certificate the site
+        signed from then on (a job sent before would be refused by the site's check)."""
+        log = self.work / f"{name}.log"
+        deadline = time.monotonic() + 30
+        while "enrolled as " not in log.read_text(errors="replace"):
+            if time.monotonic() >= deadline:
+                raise ChildFailed(f"agent {name} did not enroll: {log.read_text()[-2000:]}")
+            time.sleep(0.05)
+
+    def cpu_seconds(self, name: str) -> float:
+        """CPU time (user + system) the running process ``name`` (``site`` or an agent)
+        has used so far, from ``/proc/PID/stat``."""
+        fields = Path(f"/proc/{self.procs[name].pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def agent_home(self, name: str) -> Path:
         return self.work / name

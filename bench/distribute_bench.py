@@ -1,13 +1,20 @@
-"""``python -m bench distribute``: one package to one server over loopback, packdist vs rsync.
+"""``python -m bench distribute``: one package to one server over loopback, packdist vs rsync,
+and packdist over HTTPS against packdist over plain HTTP.
 
 packdist: a real site (``site serve``) and a real agent (``agent serve``) on 127.0.0.1; the
 package is imported first (untimed); the timed command is ``packdist distribute --wait``,
-from the job's creation to the agent's verified, synced, renamed tree.
+from the job's creation to the agent's verified, synced, renamed tree. It runs over HTTPS
+(the default of ``site serve`` and ``agent serve``: the agent given only the site's URL and
+its token) and over plain HTTP (``--plain-http`` on both), each with a site of its own
+holding the same package, the two modes alternating round by round (plain first in even
+rounds, HTTPS first in odd ones) so that a drift of the machine's load hits both alike.
+The plain-HTTP figure is the anchor of the TLS cost; ``--tls on`` or ``--tls off`` runs one
+mode only.
 
 Anchors: ``rsync -a`` from an rsync daemon on 127.0.0.1 into an empty folder, and the same
 followed by ``sync -f`` on the target (like for like: packdist syncs before it reports a
 version installed). Every method starts from an empty target and a warm page cache on the
-source side; repeated, best time reported.
+source side; repeated, best time reported. ``--no-rsync`` leaves the anchors out.
 """
 
 from __future__ import annotations
@@ -15,13 +22,17 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from bench.common import (
     MIB,
     WORK_DIR,
     PackdistSetup,
     RsyncDaemon,
+    Run,
     Tally,
+    TreeInfo,
     fmt,
     format_table,
     generate_tree,
@@ -31,71 +42,153 @@ from bench.common import (
     settle,
 )
 
-DESCRIPTION = "distribute a ~1 GiB package to one server on loopback: packdist vs rsync daemon"
+DESCRIPTION = (
+    "distribute a ~1 GiB package to one server on loopback: packdist (HTTPS and plain HTTP)"
+    " vs rsync daemon"
+)
+MODES = {"off": ["plain"], "on": ["tls"], "both": ["plain", "tls"]}
+LABELS = {"plain": "packdist distribute (plain HTTP)", "tls": "packdist distribute (HTTPS)"}
+RSYNC = ("rsync -a (daemon)", "rsync -a (daemon) + sync")
+
+
+@dataclass
+class ModeRuns:
+    """A mode's setup and what its runs cost beyond the timed command: the CPU-seconds of
+    the site and of the agent during each distribution, and the agent's own summary."""
+
+    setup: PackdistSetup
+    site_cpu: list[float] = field(default_factory=list)
+    agent_cpu: list[float] = field(default_factory=list)
+    said: list[str] = field(default_factory=list)
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench distribute", description=DESCRIPTION)
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument(
+        "--tls",
+        choices=sorted(MODES),
+        default="both",
+        help="packdist over HTTPS (on), plain HTTP (off) or both, alternating (default)",
+    )
+    parser.add_argument("--no-rsync", action="store_true", help="leave the rsync anchors out")
     args = parser.parse_args(argv)
-    if shutil.which("rsync") is None:
+    if not args.no_rsync and shutil.which("rsync") is None:
         print("bench distribute: rsync is not installed (make bench installs it as root)")
         return 2
     tree = generate_tree(args.size_mib)
     work = scratch(WORK_DIR, "distribute-")
+    modes = MODES[args.tls]
     tallies = {
-        n: Tally(n)
-        for n in ("packdist distribute", "rsync -a (daemon)", "rsync -a (daemon) + sync")
+        n: Tally(n) for n in [*(LABELS[m] for m in modes), *([] if args.no_rsync else RSYNC)]
     }
-    said: list[str] = []
-    setup = PackdistSetup(work)
-    setup.create(tree.root, "1")
-    setup.serve()
-    daemon = RsyncDaemon({"src": tree.root}, work)
+    runs: dict[str, ModeRuns] = {}
+    daemon: RsyncDaemon | None = None
     try:
+        for mode in modes:
+            setup = PackdistSetup(work / mode, tls=mode == "tls")
+            runs[mode] = ModeRuns(setup)
+            setup.create(tree.root, "1")
+            setup.serve()
+        if not args.no_rsync:
+            daemon = RsyncDaemon({"src": tree.root}, work)
         for r in range(args.repeat):
-            settle(tree.root, cold=False)
-            read_tree(setup.site / "library")  # warm like rsync's source: packdist reads here
-            name = setup.fresh_agent()
-            tallies["packdist distribute"].runs.append(setup.distribute(name, "1"))
-            said.append(setup.agent_said(name, "1"))
-            for label, synced in (("rsync -a (daemon)", False), ("rsync -a (daemon) + sync", True)):
-                settle(tree.root, cold=False)
-                dest = work / f"rsync-{r}-{int(synced)}"
-                dest.mkdir()
-                cmd = ["rsync", "-a", daemon.url(), str(dest)]
-                if synced:
-                    cmd = [
-                        "sh",
-                        "-c",
-                        'rsync -a "$0" "$1" && sync -f "$1"',
-                        daemon.url(),
-                        str(dest),
-                    ]
-                tallies[label].runs.append(run_child(cmd))
-                shutil.rmtree(dest)
-            setup.stop_agent(name)
-            shutil.rmtree(setup.agent_home(name), ignore_errors=True)
+            for mode in modes if r % 2 == 0 else modes[::-1]:
+                tallies[LABELS[mode]].runs.append(measure_packdist(tree, runs[mode]))
+            if daemon is not None:
+                for label in RSYNC:
+                    tallies[label].runs.append(measure_rsync(tree, daemon, work, r, label))
     finally:
-        setup.stop()
-        daemon.stop()
-    base = tallies["rsync -a (daemon)"].best.seconds
+        for mode_runs in runs.values():
+            mode_runs.setup.stop()
+        if daemon is not None:
+            daemon.stop()
+    report(tree, args.repeat, tallies, runs)
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def measure_packdist(tree: TreeInfo, mode: ModeRuns) -> Run:
+    """One timed ``distribute --wait`` to a fresh agent of ``mode``'s site."""
+    setup = mode.setup
+    settle(tree.root, cold=False)
+    read_tree(setup.site / "library")  # warm like rsync's source: packdist reads here
+    name = setup.fresh_agent()
+    site0, agent0 = setup.cpu_seconds("site"), setup.cpu_seconds(name)
+    run = setup.distribute(name, "1")
+    mode.site_cpu.append(setup.cpu_seconds("site") - site0)
+    mode.agent_cpu.append(setup.cpu_seconds(name) - agent0)
+    mode.said.append(setup.agent_said(name, "1"))
+    setup.stop_agent(name)
+    shutil.rmtree(setup.agent_home(name), ignore_errors=True)
+    return run
+
+
+def measure_rsync(tree: TreeInfo, daemon: RsyncDaemon, work: Path, r: int, label: str) -> Run:
+    synced = label.endswith("+ sync")
+    settle(tree.root, cold=False)
+    dest = work / f"rsync-{r}-{int(synced)}"
+    dest.mkdir()
+    cmd = ["rsync", "-a", daemon.url(), str(dest)]
+    if synced:
+        cmd = ["sh", "-c", 'rsync -a "$0" "$1" && sync -f "$1"', daemon.url(), str(dest)]
+    run = run_child(cmd)
+    shutil.rmtree(dest)
+    return run
+
+
+def report(
+    tree: TreeInfo, repeat: int, tallies: dict[str, Tally], runs: dict[str, ModeRuns]
+) -> None:
+    print(
+        f"\none package of {tree.bytes / MIB:.0f} MiB ({tree.files} files) to one server over"
+        f" loopback, best of {repeat}"
+    )
+    anchor = tallies.get(RSYNC[0])
     rows = []
     for t in tallies.values():
         s = t.best.seconds
-        rows.append([t.name, fmt(s, 2), fmt(tree.bytes / s / 1e6, 0), fmt(base / s, 2)])
-    print(
-        f"\none package of {tree.bytes / MIB:.0f} MiB ({tree.files} files) to one server over"
-        f" loopback, best of {args.repeat}"
-    )
-    print(format_table(["method", "seconds", "MB/s", "speed vs rsync -a"], rows))
+        row = [t.name, fmt(s, 2), fmt(tree.bytes / s / 1e6, 0)]
+        rows.append([*row, fmt(anchor.best.seconds / s, 2)] if anchor else row)
+    headers = ["method", "seconds", "MB/s", *(["speed vs rsync -a"] if anchor else [])]
+    print(format_table(headers, rows))
+    if len(runs) == 2:
+        print(f"\nthe cost of TLS (anchor: plain HTTP), best of {repeat}")
+        print(format_table(*tls_cost(tallies, runs)))
     for t in tallies.values():
         print(f"  {t.name}: runs {', '.join(fmt(r.seconds, 2) for r in t.runs)} s")
-    for line in said:
-        print(f"  agent: {line}")
-    shutil.rmtree(work, ignore_errors=True)
-    return 0
+    for mode, mode_runs in runs.items():
+        site = ", ".join(fmt(c, 2) for c in mode_runs.site_cpu)
+        agent = ", ".join(fmt(c, 2) for c in mode_runs.agent_cpu)
+        print(f"  {LABELS[mode]}: CPU-seconds of the site {site}; of the agent {agent}")
+        for line in mode_runs.said:
+            print(f"    agent: {line}")
+
+
+def tls_cost(
+    tallies: dict[str, Tally], runs: dict[str, ModeRuns]
+) -> tuple[list[str], list[list[str]]]:
+    """The table: each mode's best time, the site's and the agent's CPU-seconds in that
+    run, and the ratio to plain HTTP's."""
+    plain = tallies[LABELS["plain"]].best.seconds
+    rows = []
+    for mode in ("plain", "tls"):
+        t, mode_runs = tallies[LABELS[mode]], runs[mode]
+        best = t.runs.index(t.best)
+        s = t.best.seconds
+        rows.append(
+            [
+                "HTTPS" if mode == "tls" else "plain HTTP",
+                fmt(s, 2),
+                fmt(mode_runs.site_cpu[best], 2),
+                fmt(mode_runs.agent_cpu[best], 2),
+                f"{s / plain:.2f}x",
+                f"{100 * (s / plain - 1):+.0f}%",
+            ]
+        )
+    headers = ["transport", "seconds", "site CPU s", "agent CPU s", "vs plain", "cost"]
+    return headers, rows
 
 
 if __name__ == "__main__":
