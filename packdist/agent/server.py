@@ -28,6 +28,7 @@ from packdist.auth import (
     bearer,
     check_site_assertion,
 )
+from packdist.core import tls
 from packdist.core.digest import Digest
 from packdist.core.signing import VerifyKey
 from packdist.errors import AuthError, IntegrityError, PackdistError, UserError
@@ -188,6 +189,8 @@ class Agent:
                 method=request.method,
                 path=request.rel_url.raw_path,
             )
+            if not peer_route and request.secure:  # the site's own, both ways over TLS
+                _site_certificate_presented(request)
         except AuthError as exc:
             return error_response(401, exc.message)
         response = await handler(request)
@@ -299,6 +302,17 @@ class Agent:
         if wait:
             await inst.wait(wait)
         return web.json_response(inst.to_json())
+
+
+def _site_certificate_presented(request: web.Request) -> None:
+    """AuthError unless the request came with a site's certificate (the site's assertion
+    is the credential; the certificate proves the connection is the site's too)."""
+    transport = request.transport
+    held = tls.holder(transport.get_extra_info("peercert")) if transport else None
+    if held is None or not held.startswith("site/"):
+        raise AuthError(
+            f"a site's request must come with the site's certificate, not {held or 'none'}"
+        )
 
 
 def run_agent(

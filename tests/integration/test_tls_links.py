@@ -247,3 +247,23 @@ def test_a_server_whose_name_needs_quoting_in_its_certificate_installs_over_tls(
         assert site.wait_job(job, 60) == 0, h.describe_job(site.job(job)) + c.dump_logs()
         for agent in agents.values():
             h.assert_same_tree(tree, agent.package_dir("app", "1.0"))
+
+
+def test_an_agent_takes_the_sites_requests_only_with_the_sites_certificate(
+    cluster: h.Cluster, tmp_path: Path
+) -> None:
+    from packdist.auth import site_assertion
+    from packdist.core.signing import SigningKey
+
+    site, dp1 = cluster.site, cluster.agents["dp1"]
+    key = SigningKey.load(site.home / "site.key")  # the site's credential, stolen say
+    url = dp1.url + "/v1/validate"
+
+    def ask(context: ssl.SSLContext | None) -> tuple[int, bytes]:
+        auth = {"Authorization": "Bearer " + site_assertion(key, "dp1", "POST", "/v1/validate")}
+        return h.http_request("POST", url, {}, headers=auth, context=context)
+
+    status, body = ask(h.as_server(site.home, "dp2", tmp_path))  # a server's certificate
+    assert status == 401 and b"site's certificate, not server/dp2" in body, body
+    status, body = ask(None)  # none at all
+    assert status == 401 and b"not none" in body, body
