@@ -34,6 +34,7 @@ log = logging.getLogger("packdist.agent")
 
 RENEW_BETWEEN = (0.60, 0.75)  # of a certificate's life: when a new one is asked for
 RETRY_AFTER = 300.0  # seconds after a refused or failed request before the next
+RETRY_WITHOUT = 5.0  # the same, for an agent that holds none, or an expired one
 
 
 class SiteKeyChanged(AuthError):
@@ -81,8 +82,18 @@ class AgentIdentity:
 
     def retry_later(self, now: float | None = None) -> None:
         """The last request failed: not again for :data:`RETRY_AFTER` (one log line per
-        try, not one per heartbeat)."""
-        self._renew_at = (time.time() if now is None else now) + RETRY_AFTER
+        try, not one per heartbeat), or :data:`RETRY_WITHOUT` while the agent holds no good
+        certificate (the site takes its heartbeats over TLS only with one)."""
+        now = time.time() if now is None else now
+        self._renew_at = now + (RETRY_AFTER if self._holds_good(now) else RETRY_WITHOUT)
+
+    def _holds_good(self, now: float) -> bool:
+        """Whether the agent holds a certificate that has not expired."""
+        try:
+            cert = tls.load_certificate(self.cert_path.read_bytes())
+        except (OSError, UserError):
+            return False
+        return now < cert.not_valid_after_utc.timestamp()
 
     async def renew(self, site: SiteClient, pinned: str | None) -> str | None:
         """Ask the site for a certificate if one is due; returns the fingerprint of the

@@ -77,9 +77,13 @@ class Beats:
         self._started = time.monotonic()
         self.cadence.follow(self._enrolled)
 
-    async def agent(self, request: web.Request, counted: bool = False) -> ServerRecord:
+    async def agent(
+        self, request: web.Request, counted: bool = False, certified: bool = True
+    ) -> ServerRecord:
         """The server whose enrollment token the request carries (AuthError if none, or if
-        the request presented the certificate of another);
+        the request presented the certificate of another); ``certified``: over TLS, the
+        request must come with that server's certificate too (all but enrollment and the
+        certificate request itself, which an agent with none yet or a lapsed one makes);
         ``counted``: a lookup of the heartbeat path (see :meth:`store_call`)."""
         token = bearer(request.headers.get("Authorization"))
         if not looks_like_token(token):  # refused without a database lookup
@@ -97,6 +101,8 @@ class Beats:
         presented = tls.holder(transport.get_extra_info("peercert")) if transport else None
         if presented is not None and presented != f"server/{server.name}":
             raise AuthError(f"the certificate presented is {presented}'s, not {server.name}'s")
+        if presented is None and certified and transport is not None:
+            raise AuthError(f"a request of {server.name} over TLS must come with its certificate")
         return server
 
     async def store_call(self, fn: Callable[[Any], Any], counted: bool) -> Any:

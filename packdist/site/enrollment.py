@@ -31,7 +31,7 @@ class CertificateDesk:
         now = time.time()
         if self.beats.admission.overloaded(now):  # a fleet upgraded at once asks at once
             return self.beats.shed(request, now)
-        server = await self.beats.agent(request, counted=True)
+        server = await self.beats.agent(request, counted=True, certified=False)
         asked = CertificateRequest.from_json(await json_body(request))
         host = _host_of(server.url)
         issued = await asyncio.to_thread(

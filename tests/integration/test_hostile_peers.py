@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import threading
 import time
 import urllib.request
@@ -31,8 +32,9 @@ MB = 1024 * 1024
 class LyingPeer:
     """A peer that answers every chunk request the way ``mode`` says."""
 
-    def __init__(self, mode: str, site_url: str) -> None:
+    def __init__(self, mode: str, site_url: str, context: ssl.SSLContext | None = None) -> None:
         self.mode, self.site_url = mode, site_url
+        self.context = context  # over TLS: a certificate of the site's for "liar", presented
         self.token = ""  # its enrollment token, once the site has it registered
         self.asked = 0
         self.stop = threading.Event()
@@ -85,7 +87,8 @@ class LyingPeer:
             headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
             method="POST",
         )
-        with urllib.request.urlopen(req, timeout=5) as resp:
+        context = self.context if self.site_url.startswith("https://") else None
+        with urllib.request.urlopen(req, timeout=5, context=context) as resp:
             resp.read()
 
     def _heartbeats(self) -> None:
@@ -129,13 +132,14 @@ def cluster1(tmp_path: Path) -> Iterator[h.Cluster]:
 
 @pytest.mark.parametrize("mode", ["wrong-bytes", "oversized", "unasked", "noise", "trickle"])
 def test_a_lying_peer_is_dropped_and_the_site_sends_everything(
-    cluster1: h.Cluster, tree: Path, mode: str
+    cluster1: h.Cluster, tree: Path, mode: str, tmp_path: Path
 ) -> None:
     c = cluster1
     created = c.site.create_package(tree, "app", "1.0")
     package_id = created["id"]
     liar = LyingPeer(mode, c.site.url)
     liar.token = c.site.add_server("liar", liar.url)
+    liar.context = h.as_server(c.site.home, "liar", tmp_path / "certs")  # enrolled, lying
     liar.holding = [package_id]
     with liar:
         h.wait_until(lambda: _offered(c, "liar"), 15, message="the site to hear from the liar")

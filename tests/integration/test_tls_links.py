@@ -267,3 +267,16 @@ def test_an_agent_takes_the_sites_requests_only_with_the_sites_certificate(
     assert status == 401 and b"site's certificate, not server/dp2" in body, body
     status, body = ask(None)  # none at all
     assert status == 401 and b"not none" in body, body
+
+
+def test_the_site_takes_a_heartbeat_over_tls_only_with_the_servers_certificate(
+    cluster: h.Cluster, tmp_path: Path
+) -> None:
+    site, dp1 = cluster.site, cluster.agents["dp1"]
+    auth = {"Authorization": f"Bearer {dp1.token}"}  # the token alone, stolen say
+    beat = {"boot_id": "x", "disk_free": 1, "installed": []}
+    url = site.url + "/v1/agent/heartbeat"
+    status, body = h.http_request("POST", url, beat, headers=auth)
+    assert status == 401 and b"must come with its certificate" in body, body
+    as_dp1 = h.as_server(site.home, "dp1", tmp_path)
+    assert h.http_request("POST", url, beat, headers=auth, context=as_dp1)[0] == 200
