@@ -24,7 +24,7 @@ class StaticWeb(h.Component):
     kind = "web"
 
     def __init__(self, name: str, directory: Path, log_dir: Path, **kwargs: Any) -> None:
-        super().__init__(name, directory, log_dir, **kwargs)
+        super().__init__(name, directory, log_dir, tls=False, **kwargs)  # it speaks clear text
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "healthz").write_text("ok\n")
