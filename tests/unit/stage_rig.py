@@ -61,3 +61,15 @@ def stage(home: AgentHome, pkg: Package) -> Staged:
     assert not resumed
     inst.view = ChunkView.of(pkg.manifest, staging, set())
     return Staged(home, pkg, inst, WritePlan(pkg.manifest), staging)
+
+
+def complete(s: Staged) -> Staged:
+    """Write every chunk at each of its places, as the local and fetch stages would."""
+    for d, data in s.pkg.chunks.items():
+        for path, offset in s.plan.locations[d]:
+            with open(s.staging / path, "r+b") as f:
+                f.seek(offset)
+                f.write(data)
+    s.have.update(s.pkg.chunks)
+    s.plan.close()
+    return s

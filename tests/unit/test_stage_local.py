@@ -17,11 +17,11 @@ from packdist.agent.home import AgentHome
 from packdist.agent.install_record import Install
 from packdist.agent.installer import Installer
 from packdist.agent.local_stage import RESERVE, fill_locally, lay_out
-from packdist.agent.write_plan import pread
+from packdist.agent.write_plan import WritePlan, pread
 from packdist.core.digest import Digest
 from packdist.errors import DiskFull
 from tests.fuzzing import fuzz, tried
-from tests.unit.stage_rig import Staged, new_home, stage
+from tests.unit.stage_rig import Staged, complete, new_home, stage
 from tests.unit.test_agent_home import PIECE, Package, install, package, serve, tree_of, v
 
 
@@ -149,11 +149,8 @@ def test_a_resumed_staging_tree_keeps_what_verifies_and_refills_what_does_not(
 ) -> None:
     home = new_home(tmp_path / "agent")
     s = stage(home, OLD)
-    for d, data in OLD.chunks.items():  # an earlier attempt got every chunk in ...
-        for path, offset in s.plan.locations[d]:
-            with open(s.staging / path, "r+b") as f:
-                f.seek(offset)
-                f.write(data)
+    complete(s)  # an earlier attempt got every chunk in ...
+    s.plan = WritePlan(OLD.manifest)
     repeated = Digest.of(SHARED)
     readme = Digest.of(OLD.files["README"])
     flip(s.staging / "lib/data.bin", 0)  # ... then one copy of the repeated chunk rotted,
