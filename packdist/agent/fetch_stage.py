@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
-from collections.abc import AsyncGenerator, Callable, Iterable
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 
 from packdist.agent.bases import read_base
+from packdist.agent.fetch_plan import FetchSchedule, PeerPace
 from packdist.agent.install_record import Install
-from packdist.agent.sources import MISSING, PEER_BATCH, Peer, Pulse, split_work
+from packdist.agent.sources import MISSING, Peer, Pulse
 from packdist.agent.write_plan import WritePlan, pwrite_fd
 from packdist.core.codec import Encoding, decode
 from packdist.core.digest import Digest
@@ -32,9 +32,7 @@ from packdist.ratelimit import Bucket
 
 log = logging.getLogger("packdist.agent")
 
-BATCH_BYTES = 32 * 1024 * 1024
-BATCH_CHUNKS = 1024
-PARALLEL_BATCHES = 3
+PARALLEL_BATCHES = 3  # site requests at once (their size: agent/fetch_plan.py)
 #: a peer is dropped as slow when one request takes longer than this many seconds plus its
 #: bytes at PEER_MIN_RATE (waiting for chunks it is still receiving included)
 PEER_SLOW_AFTER = 10.0
@@ -55,14 +53,25 @@ PeerFetch = Callable[[Peer, str, list[Digest]], AsyncGenerator[Frame, None]]
 
 
 class FetchStage:
-    """What the installer fetches with: set up by :class:`Installer`."""
+    """The fetch stage: :meth:`fetch_missing` (the installer is one; a test may run it alone).
 
-    _fetch: FetchChunks
-    _peer_fetch: PeerFetch | None
-    source: str
-    pulse: Pulse
-    download: Bucket
-    _loop: asyncio.AbstractEventLoop | None
+    ``fetch`` streams chunks from the site (``source`` names it in messages), ``peer_fetch``
+    from a peer (None: no peers); ``download`` is the agent's download limit, all sources.
+    """
+
+    def __init__(
+        self,
+        fetch: FetchChunks,
+        source: str = "the site",
+        peer_fetch: PeerFetch | None = None,
+        download: Bucket | None = None,
+    ) -> None:
+        self._fetch = fetch
+        self._peer_fetch = peer_fetch
+        self.source = source  # where fetched chunks come from, for messages
+        self.pulse = Pulse()  # fires when an install starts or chunks land (peers wait on it)
+        self.download = download or Bucket()
+        self._loop: asyncio.AbstractEventLoop | None = None  # set once running: see _landed
 
     async def _fetch_batch(
         self, inst: Install, plan: WritePlan, staging: Path, batch: list[Digest]
@@ -109,37 +118,30 @@ class FetchStage:
         except PackdistError as exc:
             log.info("%s: kept part of a broken stream only: %s", inst.ref, exc.message)
 
-    async def _fetch_all(
+    async def fetch_missing(
         self, inst: Install, plan: WritePlan, staging: Path, missing: list[Digest]
     ) -> None:
-        """Fetch from the site and from peers at once (see :mod:`packdist.agent.sources`).
+        """Fetch ``missing`` from the site and from peers at once, as a
+        :class:`~packdist.agent.fetch_plan.FetchSchedule` says.
 
-        One task per peer asks it for the chunks it owns, in order. What a peer lacks in
-        time, or everything it still owed when it fails, moves to the site's queue, which
-        ``PARALLEL_BATCHES`` tasks drain in batches until no peer task is left (without
-        peers: the site's queue holds everything from the start).
+        One task per peer asks it for the chunks it owns, in order; ``PARALLEL_BATCHES``
+        tasks drain the site's queue in batches until it is empty and no peer task is left
+        that could hand work back. Raises unless every chunk landed.
         """
         assert inst.view is not None and inst.view.have is not None
+        self._loop = asyncio.get_running_loop()  # writer threads wake waiting peers through it
         have = inst.view.have
         peers = inst.peers if self._peer_fetch is not None else []
-        site_first, by_peer = split_work(missing, inst.me, peers)
-        site_queue: deque[Digest] = deque(site_first)
+        pace = PeerPace.under_limit(
+            PEER_SLOW_AFTER, PEER_MIN_RATE, self.download.rate, len(peers) + PARALLEL_BATCHES
+        )
+        schedule = FetchSchedule(missing, inst.me, peers, plan.sizes, have, pace)
         more = asyncio.Event()  # work for the site, or a peer task ended
-        peers_left = 0
-        # a peer is too slow below PEER_MIN_RATE, or below its fair part of our own limit
-        streams = len(peers) + PARALLEL_BATCHES
-        min_rate = min(PEER_MIN_RATE, self.download.rate / streams or PEER_MIN_RATE) / 2
 
-        def to_site(digests: Iterable[Digest]) -> None:
-            site_queue.extend(d for d in digests if d not in have)
-            more.set()
-
-        async def peer_worker(peer: Peer, work: deque[Digest]) -> None:
-            nonlocal peers_left
+        async def peer_worker(peer: Peer) -> None:
             try:
-                while work:
-                    batch = [work.popleft() for _ in range(min(PEER_BATCH, len(work)))]
-                    budget = PEER_SLOW_AFTER + sum(plan.sizes[d] for d in batch) / min_rate
+                while batch := schedule.peer_batch(peer):
+                    budget = schedule.peer_budget(batch)
                     try:
                         async with asyncio.timeout(budget):
                             got, lacking = await self._fetch_from_peer(
@@ -148,53 +150,34 @@ class FetchStage:
                     except TimeoutError:  # a slow source: the site (or another) does better
                         log.info("%s: peer %s dropped for this transfer: too slow (%d chunks"
                                  " not in %.0fs)", inst.ref, peer.name, len(batch), budget)  # fmt: skip
-                        to_site([*batch, *work])
+                        schedule.peer_dropped(peer, batch)
                         return
                     except DiskFull:
                         raise
                     except PackdistError as exc:
                         log.info("%s: peer %s dropped for this transfer: %s", inst.ref, peer.name,
                                  exc.message)  # fmt: skip
-                        to_site([*batch, *work])
+                        schedule.peer_dropped(peer, batch)
                         return
+                    schedule.peer_answered(peer, got, lacking)
                     if lacking:
-                        to_site(lacking)
-                        if not got:  # it has none of them: stop asking it
-                            to_site(work)
-                            return
+                        more.set()
             finally:
-                peers_left -= 1
+                schedule.peer_ended(peer)
                 more.set()
 
         async def site_worker() -> None:
             while True:
-                if site_queue:
-                    batch: list[Digest] = []
-                    taken: set[Digest] = set()
-                    size = 0
-                    while site_queue and len(batch) < BATCH_CHUNKS:
-                        d = site_queue[0]
-                        if batch and size + plan.sizes[d] > BATCH_BYTES:
-                            break
-                        site_queue.popleft()
-                        if d not in have and d not in taken:
-                            batch.append(d)
-                            taken.add(d)
-                            size += plan.sizes[d]
-                    if batch:
-                        await self._fetch_batch(inst, plan, staging, batch)
+                batch = schedule.site_batch()
+                if batch:
+                    await self._fetch_batch(inst, plan, staging, batch)
                     continue
-                if peers_left == 0:
+                if not schedule.peers_active:
                     return
                 more.clear()
                 await more.wait()
 
-        tasks = []
-        for peer in peers:
-            work = deque(by_peer.get(peer.name, ()))
-            if work:
-                peers_left += 1
-                tasks.append(asyncio.create_task(peer_worker(peer, work)))
+        tasks = [asyncio.create_task(peer_worker(peer)) for peer in schedule.peers]
         tasks += [asyncio.create_task(site_worker()) for _ in range(PARALLEL_BATCHES)]
         try:
             await asyncio.gather(*tasks)

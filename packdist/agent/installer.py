@@ -47,7 +47,7 @@ from packdist.agent.home import AgentHome
 from packdist.agent.install_record import Install, InstallState, Phase
 from packdist.agent.local_stage import RESERVE, fill_locally, lay_out
 from packdist.agent.peering import ChunkView
-from packdist.agent.sources import Peer, Pulse
+from packdist.agent.sources import Peer
 from packdist.agent.write_plan import WritePlan
 from packdist.core.fsutil import human_bytes
 from packdist.core.manifest import Manifest, SignedManifest
@@ -77,15 +77,10 @@ class Installer(FetchStage):
         peer_fetch: PeerFetch | None = None,
         download: Bucket | None = None,
     ) -> None:
+        super().__init__(fetch, source, peer_fetch, download)
         self.home = home
-        self._fetch = fetch
-        self._peer_fetch = peer_fetch
-        self.source = source  # where fetched chunks come from, for messages
         self.installs: dict[str, Install] = {}
-        self.pulse = Pulse()  # fires when an install starts or chunks land (peers wait on it)
         self.removing: set[str] = set()  # NAME@VERSION being removed now: no install starts
-        self.download = download or Bucket()  # the agent's download limit, all sources
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     def chunk_view(self, package_id: str) -> ChunkView | None:
         """Where the chunks of a package being received here can be read, for peers."""
@@ -235,7 +230,7 @@ class Installer(FetchStage):
                 plan.bases = await asyncio.to_thread(
                     choose_bases, self.home, manifest, wanted, inst.tick
                 )
-                await self._fetch_all(inst, plan, staging, missing)
+                await self.fetch_missing(inst, plan, staging, missing)
         finally:
             # in a thread: closing waits for chunk writers, which must not stall the loop
             # (heartbeats, status polls, peers) when an install is cancelled mid-write
