@@ -70,12 +70,8 @@ def set_operator(home: Path, name: str, role: Role, replace: bool, damaged_ok: b
 def reset_operator(home: Path, name: str) -> tuple[OperatorCredential, str]:
     """A new credential for operator ``name`` (its role kept); the old credential and every
     session of it stop working. Returns the operator and the credential (shown once)."""
-    check_name(name)
     with _locked(home):
-        operators = _current(home)
-        found = operators.get(name)
-        if found is None:
-            raise NotFound(f"no operator {name}{_known(operators)}")
+        operators, found = _existing(home, name)
         made, password = OperatorCredential.make(name, found.role)
         save(home, Operators({**operators.by_name, name: made}))
     return made, password
@@ -83,18 +79,25 @@ def reset_operator(home: Path, name: str) -> tuple[OperatorCredential, str]:
 
 def remove_operator(home: Path, name: str) -> OperatorCredential:
     """Remove operator ``name``: its credential and every session of it stop working."""
-    check_name(name)
     with _locked(home):
-        operators = _current(home)
-        found = operators.get(name)
-        if found is None:
-            raise NotFound(f"no operator {name}{_known(operators)}")
+        operators, found = _existing(home, name)
         save(home, Operators({k: v for k, v in operators.by_name.items() if k != name}))
     return found
 
 
 def list_operators(home: Path) -> list[OperatorCredential]:
     return sorted(_current(home).by_name.values(), key=lambda o: o.name)
+
+
+def _existing(home: Path, name: str) -> tuple[Operators, OperatorCredential]:
+    """The operators, and operator ``name`` among them (NotFound naming those there are);
+    the caller holds the lock."""
+    check_name(name)
+    operators = _current(home)
+    found = operators.get(name)
+    if found is None:
+        raise NotFound(f"no operator {name}{_known(operators)}")
+    return operators, found
 
 
 def _known(operators: Operators) -> str:
