@@ -58,13 +58,18 @@ class AgentIdentity:
         self._renew_at: float | None = None  # when the certificate held is due for renewal
 
     def request(self) -> str:
-        """A certificate request for this agent's key (made on first use)."""
-        if self.key_path.exists():
+        """A certificate request for this agent's key (made on first use, and made again
+        when the one on disk is damaged: its certificate is then no use either)."""
+        try:
             key = tls.load_key(self.key_path)
-        else:
+        except UserError as exc:
+            if self.key_path.exists():
+                log.warning("%s; making a new key (and asking for its certificate)", exc.message)
+                self.cert_path.unlink(missing_ok=True)
             self.key_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             key = tls.new_private_key()
             tls.save_key(key, self.key_path)
+            self._renew_at = None
         return tls.certificate_request(key).decode()
 
     def due(self, now: float | None = None) -> bool:

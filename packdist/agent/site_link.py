@@ -25,6 +25,7 @@ from packdist.protocol.site_api import HeartbeatPace, SiteClient, revoked_of, si
 log = logging.getLogger("packdist.agent")
 
 ENROLL_RETRY = 2.0  # seconds between two tries to enroll
+STRANGER_RETRY = 60.0  # seconds before asking again a site that is not the one pinned
 
 
 class SiteLink:
@@ -146,6 +147,7 @@ class SiteLink:
                     log.info("site busy (%s); heartbeats back off", exc.message)
             except (SiteKeyChanged, SiteIdentityChanged) as exc:
                 enrolled_now = False  # nothing more for this site until it is ours again
+                wait = STRANGER_RETRY  # an operator's matter: not a log line every 2 s
                 log.error("%s", exc.message)
             except AuthError as exc:
                 log.warning("site refused this agent: %s", exc.message)

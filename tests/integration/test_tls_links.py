@@ -156,7 +156,7 @@ def test_plain_http_is_served_only_when_asked_for_and_with_a_warning(tmp_path: P
             assert "WARNING: --plain-http" in component.log_tail(100), component.log_tail(100)
 
 
-@pytest.mark.parametrize("left", ["lapsed", "damaged"])
+@pytest.mark.parametrize("left", ["lapsed", "damaged", "key damaged"])
 def test_an_agent_whose_certificate_lapsed_or_was_damaged_while_off_gets_a_new_one_and_installs(
     tmp_path: Path, left: str
 ) -> None:
@@ -164,14 +164,19 @@ def test_an_agent_whose_certificate_lapsed_or_was_damaged_while_off_gets_a_new_o
     agent = h.add_agents(site, tmp_path, ["dp1"])["dp1"]
     with h.Cluster(site, {"dp1": agent}) as c:
         h.start_all([site, agent])
+        cert = agent.home / "tls" / "agent.pem"
+        h.wait_until(cert.exists, 30, message="the agent's first certificate")
         agent.stop()
         # what the site signed 40 days ago, for the agent's own key: expired 10 days since
         authority = SiteAuthority.load(site.home)
         request = tls.certificate_request(tls.load_key(agent.home / "tls" / "agent.key"))
         lapsed = authority.issue(request, "dp1", ["127.0.0.1"], time.time() - 40 * 86400).pem
-        written = lapsed if left == "lapsed" else lapsed[:100] + b"garbage" + lapsed[100:]
-        cert = agent.home / "tls" / "agent.pem"
-        cert.write_bytes(written)
+        if left == "key damaged":  # the certificate good, its key not
+            written = cert.read_bytes()
+            (agent.home / "tls" / "agent.key").write_bytes(b"-----BEGIN PRIVATE KEY-----\nxx")
+        else:
+            written = lapsed if left == "lapsed" else lapsed[:100] + b"garbage" + lapsed[100:]
+            cert.write_bytes(written)
         agent.start()
         renewed = lambda: cert.exists() and cert.read_bytes() != written  # noqa: E731
         h.wait_until(renewed, 30, message=lambda: "a new certificate" + c.dump_logs())
