@@ -14,19 +14,25 @@ Durations are seconds, as a number or a string with a unit (``"90s"``, ``"5m"``,
 from __future__ import annotations
 
 import difflib
-import math
 import os
-import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from packdist.core.fsutil import human_bytes
-from packdist.core.names import check_label_key, split_listen
-from packdist.core.rates import number_with_unit, parse_rate
-from packdist.core.tls import check_host
+from packdist.config_values import (
+    boolean,
+    format_duration,
+    format_rate,
+    host_list,
+    integer,
+    label_key,
+    listen_address,
+    number,
+    parse_duration,
+    transfer_rate,
+)
 from packdist.errors import UserError
 from packdist.retry import RetryPolicy
 
@@ -36,116 +42,6 @@ ENV_PREFIX = "PACKDIST_"
 
 class ConfigError(UserError):
     """The configuration is invalid."""
-
-
-# --- value parsers: text or TOML value -> typed value, or ValueError saying what is wanted ----
-
-
-def _listen(v: Any) -> str:
-    if not isinstance(v, str):
-        raise ValueError("must be a string HOST:PORT")
-    split_listen(v)
-    return v
-
-
-def _int(minimum: int) -> Callable[[Any], int]:
-    def parse(v: Any) -> int:
-        if isinstance(v, bool):
-            raise ValueError("must be an integer")
-        if isinstance(v, str):
-            v = v.strip()
-            if not re.fullmatch(r"[+-]?\d+", v):
-                raise ValueError("must be an integer")
-            v = int(v)
-        if not isinstance(v, int):
-            raise ValueError("must be an integer")
-        if v < minimum:
-            raise ValueError(f"must be at least {minimum}")
-        return v
-
-    return parse
-
-
-def _float(minimum: float, maximum: float = math.inf) -> Callable[[Any], float]:
-    def parse(v: Any) -> float:
-        if isinstance(v, bool):
-            raise ValueError("must be a number")
-        try:
-            f = float(v.strip() if isinstance(v, str) else v)
-        except (TypeError, ValueError):
-            raise ValueError("must be a number") from None
-        if not math.isfinite(f) or not minimum <= f <= maximum:
-            bound = (
-                f"between {minimum:g} and {maximum:g}" if maximum < math.inf else f">= {minimum:g}"
-            )
-            raise ValueError(f"must be a number {bound}")
-        return f
-
-    return parse
-
-
-_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(v: Any) -> float:
-    """Seconds from ``30``, ``1.5``, ``"90s"``, ``"5m"``, ``"24h"``, ``"7d"``."""
-    seconds = number_with_unit(v, _UNITS, "a duration such as 30s, 5m, 24h", True)
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError("must be a duration of 0 or more")
-    return seconds
-
-
-def _rate(v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, int | float | str):
-        raise ValueError("must be a rate such as 100mbit, 12MB or 0")
-    try:
-        return parse_rate(v)
-    except UserError:
-        raise ValueError("must be a rate such as 100mbit, 12MB or 0") from None
-
-
-def _label_key(v: Any) -> str:
-    if not isinstance(v, str):
-        raise ValueError("must be a label key such as site")
-    try:
-        return check_label_key(v)
-    except UserError as exc:
-        raise ValueError(str(exc)) from None
-
-
-def _hosts(v: Any) -> str:
-    """Host names and addresses, comma-separated (or a TOML list), each one a certificate
-    can name; kept as one normalized comma-separated string."""
-    items = v.split(",") if isinstance(v, str) else v
-    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
-        raise ValueError("must be host names or addresses, comma-separated")
-    try:
-        return ",".join(dict.fromkeys(check_host(i) for i in items if i.strip()))
-    except UserError as exc:
-        raise ValueError(str(exc)) from None
-
-
-def format_rate(rate: float) -> str:
-    return f"{human_bytes(int(rate))}/s ({rate * 8 / 1e6:g} Mbit/s)"
-
-
-def _bool(v: Any) -> bool:
-    if isinstance(v, bool):
-        return v
-    if isinstance(v, str):
-        word = v.strip().lower()
-        if word in ("1", "true", "yes", "on"):
-            return True
-        if word in ("0", "false", "no", "off"):
-            return False
-    raise ValueError("must be true or false")
-
-
-def format_duration(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds / size:g}{unit}"
-    return f"{seconds:g}s"
 
 
 # --- the settings ---------------------------------------------------------------------------
@@ -177,25 +73,25 @@ class Spec:
 
 
 SPECS: tuple[Spec, ...] = (
-    Spec("listen", None, "listen", _listen, "HOST:PORT the site listens on", "text"),
+    Spec("listen", None, "listen", listen_address, "HOST:PORT the site listens on", "text"),
     Spec(
         "plain_http",
         None,
         "plain_http",
-        _bool,
+        boolean,
         "serve plain HTTP instead of HTTPS (a lab on loopback only: traffic can be read)",
         "bool",
     ),
-    Spec("workers", None, "workers", _int(1), "instructions in flight at once", "int"),
+    Spec("workers", None, "workers", integer(1), "instructions in flight at once", "int"),
     Spec("retry_initial", "retry", "initial", parse_duration, "first backoff", "duration"),
-    Spec("retry_factor", "retry", "factor", _float(1.0), "backoff growth per attempt", "number"),
+    Spec("retry_factor", "retry", "factor", number(1.0), "backoff growth per attempt", "number"),
     Spec("retry_cap", "retry", "cap", parse_duration, "longest backoff", "duration"),
-    Spec("retry_jitter", "retry", "jitter", _float(0.0, 1.0), "backoff spread, 0..1", "number"),
+    Spec("retry_jitter", "retry", "jitter", number(0.0, 1.0), "backoff spread, 0..1", "number"),
     Spec(
         "retry_max_attempts",
         "retry",
         "max_attempts",
-        _int(0),
+        integer(0),
         "attempts per target before it is failed (0: no limit)",
         "int",
     ),
@@ -219,7 +115,7 @@ SPECS: tuple[Spec, ...] = (
         "peers_enabled",
         "peers",
         "enabled",
-        _bool,
+        boolean,
         "whether agents fetch chunks from peers that hold or receive the same package",
         "bool",
     ),
@@ -227,7 +123,7 @@ SPECS: tuple[Spec, ...] = (
         "peers_location_label",
         "peers",
         "location_label",
-        _label_key,
+        label_key,
         "server label that names a location: peers must share its value",
         "label",
     ),
@@ -235,7 +131,7 @@ SPECS: tuple[Spec, ...] = (
         "transfer_upload_limit",
         "transfer",
         "upload_limit",
-        _rate,
+        transfer_rate,
         "the most the site sends to agents per second, e.g. 100mbit or 12MB (0: no limit)",
         "rate",
     ),
@@ -243,7 +139,7 @@ SPECS: tuple[Spec, ...] = (
         "metrics_auth",
         "metrics",
         "auth",
-        _bool,
+        boolean,
         "whether /metrics requires the operator credential",
         "bool",
     ),
@@ -259,7 +155,7 @@ SPECS: tuple[Spec, ...] = (
         "tls_hosts",
         "tls",
         "hosts",
-        _hosts,
+        host_list,
         "more names and addresses the site's certificate names, comma-separated (beside its"
         " listen host; with 0.0.0.0, the machine's names), e.g. site.example.com,10.0.0.5",
         "hosts",
