@@ -25,7 +25,7 @@ from packdist.core import tls
 from packdist.errors import AuthError, StoreError, UserError
 from packdist.http import error_response
 from packdist.protocol.messages import Heartbeat
-from packdist.protocol.site_api import MAX_INTERVAL, MAX_REVOKED, SHED_MAX
+from packdist.protocol.pace import MAX_INTERVAL, MAX_REVOKED, SHED_MAX
 from packdist.service import Service
 from packdist.serving import open_connections
 from packdist.site.cadence import OFFLINE_INTERVALS, SILENT_AFTER, Admission, Cadence

@@ -29,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from packdist.protocol.site_api import MAX_INTERVAL
+from packdist.protocol.pace import MAX_INTERVAL
 
 HEARTBEAT_BUDGET = 1000.0  # heartbeats per second a fleet is spread to
 MIN_INTERVAL = 2.0  # seconds: a small fleet heartbeats this often
