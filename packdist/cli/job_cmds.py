@@ -53,6 +53,17 @@ def wait_for(job_id: str, timeout: float | None, quiet: bool = False) -> int:
         store.close()
 
 
+#: seconds between two looks at a job by ``--wait`` without a terminal: small jobs end in a
+#: few tens of milliseconds after they start (a one-file package on a near server), so the
+#: first looks come soon; later ones every 0.1 s (each is one small read of the store)
+FIRST_LOOKS = (0.01, 0.01, 0.02, 0.02, 0.03, 0.05)
+LATER_LOOKS = 0.1
+
+
+def _between_looks(looks: int) -> float:
+    return FIRST_LOOKS[looks - 1] if looks <= len(FIRST_LOOKS) else LATER_LOOKS
+
+
 def _wait(store: Store, job_id: str, timeout: float | None, quiet: bool) -> int:
     deadline = None if timeout is None else time.monotonic() + timeout
     console = Console(stderr=True)
@@ -90,10 +101,12 @@ def _wait(store: Store, job_id: str, timeout: float | None, quiet: bool) -> int:
             meter.add(job, time.monotonic())
             view.update(_job_table(job, time.time(), meter))
     else:
+        looks = 0
         while not step():
             if deadline is not None and time.monotonic() >= deadline:
                 break
-            time.sleep(0.1)  # one small read of the store: cheap, and scripts wait less
+            looks += 1
+            time.sleep(_between_looks(looks))
     if job.state is JobState.ACTIVE:
         return EXIT_TIMEOUT
     return EXIT_OK if job.state is JobState.SUCCEEDED else EXIT_FAILED

@@ -19,8 +19,13 @@ from packdist.cli.common import (
     resolve_home,
 )
 from packdist.core.fsutil import human_bytes
-from packdist.core.names import check_group_name, check_server_name, parse_label
-from packdist.core.tls import check_host, url_host
+from packdist.core.names import (
+    check_group_name,
+    check_host,
+    check_server_name,
+    parse_label,
+    url_host,
+)
 from packdist.errors import UserError
 from packdist.service import Service
 from packdist.site.home import SiteHome

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
+from urllib.parse import urlsplit
 
-from packdist.errors import InvalidName
+from packdist.errors import InvalidName, UserError
 
 MAX_LEN = 128
 # Matched whole (fullmatch): with ``match`` and ``$``, a trailing newline slips through
@@ -70,3 +72,28 @@ def split_listen(listen: str) -> tuple[str, int]:
     if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ValueError("must be HOST:PORT with a port between 1 and 65535")
     return host.strip("[]") or "0.0.0.0", int(port)
+
+
+_DNS_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+
+
+def check_host(host: str) -> str:
+    """``host`` as a certificate can name it (lower case, brackets off an IPv6 address), or
+    a UserError: an address, or a DNS name of ASCII labels; no wildcard, nothing empty."""
+    plain = host.strip().strip("[]").lower()
+    try:
+        return str(ipaddress.ip_address(plain))
+    except ValueError:
+        pass
+    labels = plain.removesuffix(".").split(".")
+    if len(plain) > 253 or not all(_DNS_LABEL.fullmatch(label) for label in labels):
+        raise UserError(
+            f"host {host!r} cannot be named in a certificate: an IP address or a DNS name of"
+            " letters, digits and hyphens (IDNA-encoded), no wildcard"
+        )
+    return ".".join(labels)
+
+
+def url_host(url: str) -> str | None:
+    """The host of ``url`` (None: it names none); ValueError for a URL that does not parse."""
+    return urlsplit(url).hostname

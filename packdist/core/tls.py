@@ -19,16 +19,16 @@ import base64
 import datetime as dt
 import hashlib
 import ipaddress
-import re
 import ssl
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from packdist.core.fsutil import write_atomic
+from packdist.core.names import check_host
 from packdist.errors import UserError
 
 FINGERPRINT_PREFIX = "sha256:"  # as kubeadm's discovery hash, but base64url, not hex
@@ -103,31 +103,6 @@ def matches_fingerprint(cert_pem: bytes, expected: str) -> bool:
         return fingerprint(load_certificate(cert_pem)) == expected  # public: no timing to hide
     except UserError:
         return False
-
-
-_DNS_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
-
-
-def check_host(host: str) -> str:
-    """``host`` as a certificate can name it (lower case, brackets off an IPv6 address), or
-    a UserError: an address, or a DNS name of ASCII labels; no wildcard, nothing empty."""
-    plain = host.strip().strip("[]").lower()
-    try:
-        return str(ipaddress.ip_address(plain))
-    except ValueError:
-        pass
-    labels = plain.removesuffix(".").split(".")
-    if len(plain) > 253 or not all(_DNS_LABEL.fullmatch(label) for label in labels):
-        raise UserError(
-            f"host {host!r} cannot be named in a certificate: an IP address or a DNS name of"
-            " letters, digits and hyphens (IDNA-encoded), no wildcard"
-        )
-    return ".".join(labels)
-
-
-def url_host(url: str) -> str | None:
-    """The host of ``url`` (None: it names none); ValueError for a URL that does not parse."""
-    return urlsplit(url).hostname
 
 
 def subject_names(hosts: list[str]) -> list[x509.GeneralName]:

@@ -23,7 +23,6 @@ makes a server look offline, or "back".
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from collections import deque
@@ -189,6 +188,8 @@ class Admission:
 
     async def watch_lag(self) -> None:
         """Measure how late the event loop runs, until cancelled."""
+        import asyncio  # here: the command line's views import this module, and start fast
+
         loop = asyncio.get_running_loop()
         looks: deque[float] = deque([0.0], maxlen=LAG_LOOKS)
         while True:

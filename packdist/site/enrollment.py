@@ -12,8 +12,8 @@ import time
 
 from aiohttp import web
 
+from packdist.core.names import check_host, url_host
 from packdist.core.timefmt import iso
-from packdist.core.tls import check_host, url_host
 from packdist.errors import UserError
 from packdist.protocol.messages import CertificateAnswer, CertificateRequest
 from packdist.site.authority import SiteAuthority

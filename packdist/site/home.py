@@ -14,15 +14,18 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from packdist.core.fsutil import write_atomic
 from packdist.core.names import check_server_name
 from packdist.core.signing import SigningKey
 from packdist.errors import AlreadyExists, UserError
-from packdist.site.authority import SiteAuthority
 from packdist.site.library import ContentLibrary
 from packdist.store import Store, is_store_url, open_store
 from packdist.store.postgres import redacted
+
+if TYPE_CHECKING:
+    from packdist.site.authority import SiteAuthority
 
 DB_NAME = "site.db"
 STORE_URL_NAME = "store.url"
@@ -78,6 +81,8 @@ class SiteHome:
         # Keys and library first, database last: the database marks a complete site.
         SigningKey.generate().save(home.key_path)
         try:
+            from packdist.site.authority import SiteAuthority  # x509: only where needed
+
             SiteAuthority.create(root, site_name, time.time())
             home.library.create()
             home._init_store(site_name, store_url)
@@ -113,6 +118,10 @@ class SiteHome:
         return SigningKey.load(self.key_path)
 
     def authority(self) -> SiteAuthority:
+        from packdist.site.authority import (
+            SiteAuthority,  # x509: the CLI's store commands need none
+        )
+
         """The site's certificate authority; a home made before sites had one gets it now
         (once: workers starting together wait on the same lock, then load it)."""
         if not SiteAuthority.paths(self.root)[1].parent.exists():

@@ -24,6 +24,7 @@ from cryptography import x509
 
 from packdist.core import tls
 from packdist.core.fsutil import write_atomic
+from packdist.core.names import check_host
 from packdist.core.timefmt import iso
 from packdist.errors import UserError
 from packdist.site.authority import HomeLock, SiteAuthority
@@ -53,7 +54,7 @@ def hosts_for(listen_host: str, extra: str = "") -> list[str]:
     hosts: list[str] = []
     for host in wanted:
         try:
-            hosts.append(tls.check_host(host))
+            hosts.append(check_host(host))
         except UserError:  # a machine name a certificate cannot carry: not named
             continue
     return list(dict.fromkeys(hosts))
