@@ -101,10 +101,18 @@ class WrongHolder(AuthError):
     """The other end's certificate is good but not of whom the request was for."""
 
 
-def _holds(held: str | None, expected: str) -> bool:
+def holds(held: str | None, expected: str) -> bool:
+    """Whether a certificate's holder ``held`` is ``expected`` (``site``: any site's)."""
     if expected == "site":
         return held is not None and held.startswith("site/")
     return held == expected
+
+
+def presented(request: web.Request) -> str | None:
+    """The holder of the certificate the client presented over TLS (None: it presented
+    none, or the request came in clear)."""
+    transport = request.transport if request.secure else None
+    return tls_holder(transport.get_extra_info("peercert")) if transport is not None else None
 
 
 class _HolderCheckingConnector(aiohttp.TCPConnector):
@@ -117,7 +125,7 @@ class _HolderCheckingConnector(aiohttp.TCPConnector):
         expected = req.headers.get(HOLDER_HEADER)
         if expected and req.url.scheme == "https":
             held = tls_holder(transport.get_extra_info("peercert"))
-            if not _holds(held, expected):
+            if not holds(held, expected):
                 transport.close()
                 where = f"{req.url.host}:{req.url.port}"
                 raise WrongHolder(

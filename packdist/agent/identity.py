@@ -21,8 +21,10 @@ import random
 import time
 from pathlib import Path
 
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from packdist.core import tls
 from packdist.core.fsutil import write_atomic
@@ -58,8 +60,12 @@ class AgentIdentity:
         self._renew_at: float | None = None  # when the certificate held is due for renewal
 
     def request(self) -> str:
-        """A certificate request for this agent's key (made on first use, and made again
-        when the one on disk is damaged: its certificate is then no use either)."""
+        """A certificate request for this agent's key."""
+        return tls.certificate_request(self.key()).decode()
+
+    def key(self) -> ec.EllipticCurvePrivateKey:
+        """This agent's key (made on first use, and made again when the one on disk is
+        damaged: its certificate is then no use either)."""
         try:
             key = tls.load_key(self.key_path)
         except UserError as exc:
@@ -70,7 +76,7 @@ class AgentIdentity:
             key = tls.new_private_key()
             tls.save_key(key, self.key_path)
             self._renew_at = None
-        return tls.certificate_request(key).decode()
+        return key
 
     def due(self, now: float | None = None) -> bool:
         """Whether this agent has no certificate yet, or one past its renewal point."""
@@ -121,13 +127,7 @@ class AgentIdentity:
         """Keep what the site signed, once it holds: the authority must be the pinned one,
         the certificate that authority's and for this agent's key. Returns the
         authority's fingerprint."""
-        authority = answer.authority.encode()
-        if pinned is not None and not tls.matches_fingerprint(authority, pinned):
-            raise SiteIdentityChanged(
-                "the site's certificate authority is not the one the enrollment token names"
-                " (or this agent pinned): refusing the site"
-            )
-        ca = tls.load_certificate(authority)
+        ca = check_authority(answer.authority.encode(), pinned)
         cert = tls.load_certificate(answer.certificate.encode())
         try:
             cert.verify_directly_issued_by(ca)
@@ -139,16 +139,34 @@ class AgentIdentity:
         )
         if cert.public_key().public_bytes(serialization.Encoding.DER, spki) != ours:
             raise AuthError("the certificate the site sent is not for this agent's key")
+        pinned_now = self.pin_authority(ca, pinned)
+        # what was parsed and checked is written, never the bytes as they came
+        write_atomic(self.cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+        self._renew_at = None
+        log.info("certificate from the site, valid until %s", cert.not_valid_after_utc)
+        return pinned_now
+
+    def pin_authority(self, ca: x509.Certificate, pinned: str | None) -> str:
+        """Keep ``ca`` (checked by :func:`check_authority`) as the site's authority;
+        returns its fingerprint. With ``pinned`` None, trust on first use, with a warning."""
         if pinned is None:
             log.warning(
                 "the enrollment token names no certificate authority: pinning the site's"
                 " first (%s); enroll with a new token to have it checked",
                 tls.fingerprint(ca),
             )
+        self.ca_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         # what was parsed and checked is written, never the bytes as they came
-        pem = serialization.Encoding.PEM
-        write_atomic(self.ca_path, ca.public_bytes(pem), mode=0o644)
-        write_atomic(self.cert_path, cert.public_bytes(pem), mode=0o644)
-        self._renew_at = None
-        log.info("certificate from the site, valid until %s", cert.not_valid_after_utc)
+        write_atomic(self.ca_path, ca.public_bytes(serialization.Encoding.PEM), mode=0o644)
         return pinned or tls.fingerprint(ca)
+
+
+def check_authority(pem: bytes, pinned: str | None) -> x509.Certificate:
+    """The one certificate ``pem`` holds, if it is the authority ``pinned`` names (any,
+    when none is); SiteIdentityChanged when it is another, UserError when it is none."""
+    if pinned is not None and not tls.matches_fingerprint(pem, pinned):
+        raise SiteIdentityChanged(
+            "the site's certificate authority is not the one the enrollment token names"
+            " (or this agent pinned): refusing the site"
+        )
+    return tls.load_certificate(pem)

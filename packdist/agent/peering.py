@@ -31,12 +31,11 @@ from aiohttp import web
 from packdist.agent.home import AgentHome
 from packdist.agent.inputs import read_json, seconds
 from packdist.agent.sources import MISSING, PEER_CHUNK_MAX, Pulse
-from packdist.core import tls
 from packdist.core.codec import Encoding
 from packdist.core.digest import Digest
 from packdist.core.manifest import Manifest
 from packdist.errors import AuthError, UserError
-from packdist.http import frame_header
+from packdist.http import frame_header, holds, presented
 from packdist.ratelimit import Bucket
 
 MAX_WAIT = 30.0  # the longest a peer may ask us to hold its request
@@ -122,12 +121,11 @@ class PeerService:
             raise AuthError("credential is for another package")
         if claims["sub"] in self.revoked:  # the site removed it after signing this
             raise AuthError(f"server {claims['sub']} was removed from the site")
-        if request.secure:  # over TLS a peer shows its certificate, and it is the credential's
-            peercert = request.transport.get_extra_info("peercert") if request.transport else None
-            if tls.holder(peercert) != f"server/{claims['sub']}":
-                raise AuthError(
-                    f"the peer credential of {claims['sub']} came without that server's certificate"
-                )
+        # over TLS a peer shows its certificate, and it is the credential's
+        if request.secure and not holds(presented(request), f"server/{claims['sub']}"):
+            raise AuthError(
+                f"the peer credential of {claims['sub']} came without that server's certificate"
+            )
         stall = _Stall(wait)
         resp = web.StreamResponse(headers={"Content-Type": "application/x-packdist-chunks"})
         await resp.prepare(request)

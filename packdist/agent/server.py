@@ -28,11 +28,10 @@ from packdist.auth import (
     bearer,
     check_site_assertion,
 )
-from packdist.core import tls
 from packdist.core.digest import Digest
 from packdist.core.signing import VerifyKey
 from packdist.errors import AuthError, IntegrityError, PackdistError, UserError
-from packdist.http import error_middleware, error_response, new_session, peer
+from packdist.http import error_middleware, error_response, holds, new_session, peer, presented
 from packdist.protocol.messages import (
     InstallRequest,
     RemoveRequest,
@@ -307,9 +306,8 @@ class Agent:
 def _site_certificate_presented(request: web.Request) -> None:
     """AuthError unless the request came with a site's certificate (the site's assertion
     is the credential; the certificate proves the connection is the site's too)."""
-    transport = request.transport
-    held = tls.holder(transport.get_extra_info("peercert")) if transport else None
-    if held is None or not held.startswith("site/"):
+    held = presented(request)
+    if not holds(held, "site"):
         raise AuthError(
             f"a site's request must come with the site's certificate, not {held or 'none'}"
         )

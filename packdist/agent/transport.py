@@ -30,9 +30,7 @@ import ssl
 import time
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-
-from packdist.agent.identity import AgentIdentity, SiteIdentityChanged
+from packdist.agent.identity import AgentIdentity, check_authority
 from packdist.core import tls
 from packdist.core.fsutil import write_atomic
 from packdist.errors import AuthError, UserError
@@ -76,8 +74,7 @@ class AgentTransport:
 
     def _temporary(self) -> Path:
         """A self-signed certificate for the agent's key, until the site signs one."""
-        self.identity.request()  # makes the key on first use
-        key = tls.load_key(self.identity.key_path)
+        key = self.identity.key()  # made on first use
         path = self.identity.key_path.parent / "temporary.pem"
         write_atomic(path, tls.temporary_certificate(key, TEMPORARY_HOSTS, time.time()), 0o644)
         log.warning("no certificate from the site yet: serving with a temporary self-signed one")
@@ -97,9 +94,8 @@ class AgentTransport:
             mtime = ident.cert_path.stat().st_mtime_ns
             if self._loaded != mtime:
                 try:
-                    tls.reload(self.client, ident.cert_path, ident.key_path)
-                    if self.server is not None:
-                        tls.reload(self.server, ident.cert_path, ident.key_path)
+                    serving = () if self.server is None else (self.server,)
+                    tls.reload(self.client, ident.cert_path, ident.key_path, *serving)
                 except UserError as exc:  # damaged: served and presented once renewed
                     log.warning("%s; a new certificate will be asked for", exc.message)
                     ident.cert_path.unlink(missing_ok=True)
@@ -112,28 +108,14 @@ class AgentTransport:
         another than the one ``pinned`` names."""
         if self._trusted or not any(u.startswith("https://") for u in site.urls):
             return pinned
-        pem = await site.authority()
-        if pinned is not None and not tls.matches_fingerprint(pem, pinned):
-            raise SiteIdentityChanged(
-                "the site's certificate authority is not the one the enrollment token names"
-                " (or this agent pinned): refusing the site"
-            )
         try:
-            ca = tls.load_certificate(pem)
-        except UserError as exc:
+            ca = check_authority(await site.authority(), pinned)
+        except UserError as exc:  # (another authority is SiteIdentityChanged: not caught)
             raise AuthError(f"the site sent no certificate authority: {exc.message}") from exc
-        if pinned is None:
-            log.warning(
-                "the enrollment token names no certificate authority: pinning the site's"
-                " first (%s); enroll with a new token to have it checked",
-                tls.fingerprint(ca),
-            )
-        self.identity.ca_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # what was parsed and checked is written, never the bytes as they came
-        write_atomic(self.identity.ca_path, ca.public_bytes(serialization.Encoding.PEM), 0o644)
+        pinned_now = self.identity.pin_authority(ca, pinned)
         self.refresh()
-        log.info("pinned the site's certificate authority %s", tls.fingerprint(ca))
-        return pinned or tls.fingerprint(ca)
+        log.info("pinned the site's certificate authority %s", pinned_now)
+        return pinned_now
 
 
 def _holds(ca_path: Path, pinned: str | None) -> bool:

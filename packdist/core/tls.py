@@ -138,12 +138,13 @@ def trust(ctx: ssl.SSLContext, ca: Path) -> None:
         raise UserError(f"{ca}: not a usable certificate authority ({why})") from exc
 
 
-def _load_chain(ctx: ssl.SSLContext, cert: Path, key: Path) -> None:
+def _load_chain(ctx: ssl.SSLContext, cert: Path, key: Path, *more: ssl.SSLContext) -> None:
     try:
         # first into a context of its own: OpenSSL leaves a context that failed to take a
         # certificate and a key that do not match unable to complete any handshake
         ssl.SSLContext(ctx.protocol).load_cert_chain(str(cert), str(key))
-        ctx.load_cert_chain(str(cert), str(key))
+        for each in (ctx, *more):
+            each.load_cert_chain(str(cert), str(key))
     except (ssl.SSLError, OSError) as exc:
         why = getattr(exc, "reason", None) or exc.strerror or exc
         raise UserError(f"{cert} with {key}: not a usable certificate and key ({why})") from exc
@@ -180,11 +181,12 @@ def client_context(
     return ctx
 
 
-def reload(ctx: ssl.SSLContext, cert: Path, key: Path) -> None:
-    """Put a renewed certificate in use: handshakes from now on present it, connections
-    already open keep theirs (no restart, no dropped transfer); a UserError naming the files
-    when they are not a usable pair (the context keeps what it had)."""
-    _load_chain(ctx, cert, key)
+def reload(ctx: ssl.SSLContext, cert: Path, key: Path, *more: ssl.SSLContext) -> None:
+    """Put a renewed certificate in use in ``ctx`` (and ``more``): handshakes from now on
+    present it, connections already open keep theirs (no restart, no dropped transfer); a
+    UserError naming the files when they are not a usable pair (the contexts keep what they
+    had: the pair is tried once, in a context of its own, first)."""
+    _load_chain(ctx, cert, key, *more)
 
 
 def self_signed(

@@ -201,11 +201,12 @@ def _usage(cert_sign: bool) -> x509.KeyUsage:
 
 
 class HomeLock:
-    """An exclusive lock on ``HOME/.tls.lock`` for as long as the ``with`` lasts (workers
-    starting together make one authority, one serving certificate)."""
+    """An exclusive lock on ``HOME/NAME`` (``.tls.lock`` by default) for as long as the
+    ``with`` lasts (workers starting together make one authority, one serving certificate;
+    commands changing the operators one at a time)."""
 
-    def __init__(self, home: Path) -> None:
-        self.path = home / ".tls.lock"
+    def __init__(self, home: Path, name: str = ".tls.lock") -> None:
+        self.path = home / name
         self._fd = -1
 
     def __enter__(self) -> None:

@@ -21,9 +21,8 @@ import aiohttp
 from aiohttp import web
 
 from packdist.auth import PEER_TTL, bearer, hash_token, looks_like_token
-from packdist.core import tls
 from packdist.errors import AuthError, StoreError, UserError
-from packdist.http import error_response
+from packdist.http import error_response, presented
 from packdist.protocol.messages import Heartbeat
 from packdist.protocol.pace import MAX_INTERVAL, MAX_REVOKED, SHED_MAX
 from packdist.service import Service
@@ -63,7 +62,9 @@ class Beats:
         self.liveness = Liveness(self.cadence.offline_after)
         self._enrolled = 0
         self._started = time.monotonic()
+        # the common answer, encoded once for the interval and the removed servers it says
         self._quiet_answer, self._quiet_interval = b"", 0.0
+        self._quiet_revoked: list[str] | None = None
         #: servers removed within a peer credential's life: every heartbeat answer names
         #: them, and peers refuse the credentials that name them (read every
         #: TOKEN_CHECK_EVERY: a removed server is refused by its peers within seconds)
@@ -97,11 +98,10 @@ class Beats:
             self.liveness.remember_token(token_hash, server)
         # a certificate presented with the token must be that server's: one server's token
         # and another's certificate are two stolen things, not one server
-        transport = request.transport if request.secure else None
-        presented = tls.holder(transport.get_extra_info("peercert")) if transport else None
-        if presented is not None and presented != f"server/{server.name}":
-            raise AuthError(f"the certificate presented is {presented}'s, not {server.name}'s")
-        if presented is None and certified and transport is not None:
+        held = presented(request)
+        if held is not None and held != f"server/{server.name}":
+            raise AuthError(f"the certificate presented is {held}'s, not {server.name}'s")
+        if held is None and certified and request.secure:
             raise AuthError(f"a request of {server.name} over TLS must come with its certificate")
         return server
 
@@ -146,7 +146,8 @@ class Beats:
 
     def answer(self, woken: int) -> web.Response:
         interval = self.cadence.interval
-        if woken or interval != self._quiet_interval:  # the common answer, encoded once
+        quiet_stale = interval != self._quiet_interval or self.revoked is not self._quiet_revoked
+        if woken or quiet_stale:
             said: dict[str, object] = {"ok": True, "woken": woken, "interval": interval}
             if self.revoked:
                 said["revoked"] = self.revoked
@@ -154,6 +155,7 @@ class Beats:
             if woken:
                 return self._closing_if_short(web.Response(body=body, content_type=JSON))
             self._quiet_answer, self._quiet_interval = body, interval
+            self._quiet_revoked = self.revoked
         return self._closing_if_short(web.Response(body=self._quiet_answer, content_type=JSON))
 
     def _closing_if_short(self, resp: web.Response) -> web.Response:
@@ -211,8 +213,7 @@ class Beats:
             log.warning("reading the servers removed lately failed: %s", exc)
             return
         if revoked != self.revoked:
-            self.revoked = revoked
-            self._quiet_interval = 0.0  # the common answer is encoded again, with them
+            self.revoked = revoked  # a new list: the common answer is encoded again
 
     async def check_tokens(self) -> None:
         """Drop the kept tokens of servers removed or enrolled again: one query for all."""

@@ -8,13 +8,10 @@ name, an unknown role, a name taken or unknown) raises before anything is writte
 
 from __future__ import annotations
 
-import fcntl
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from packdist.errors import AlreadyExists, NotFound, UserError
+from packdist.site.authority import HomeLock
 from packdist.site.operator import (
     OperatorCredential,
     Operators,
@@ -25,16 +22,6 @@ from packdist.site.operator import (
 )
 
 LOCK_NAME = "operator.lock"
-
-
-@contextmanager
-def _locked(home: Path) -> Iterator[None]:
-    fd = os.open(home / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 def _current(home: Path, damaged_ok: bool = False) -> Operators:
@@ -55,7 +42,7 @@ def set_operator(home: Path, name: str, role: Role, replace: bool, damaged_ok: b
     """Add operator ``name`` (``replace``: or give it a new credential and ``role`` if it
     exists); returns the new credential. ``damaged_ok``: a damaged file is replaced."""
     check_name(name)
-    with _locked(home):
+    with HomeLock(home, LOCK_NAME):
         operators = _current(home, damaged_ok)
         if not replace and name in operators.by_name:
             raise AlreadyExists(
@@ -70,7 +57,7 @@ def set_operator(home: Path, name: str, role: Role, replace: bool, damaged_ok: b
 def reset_operator(home: Path, name: str) -> tuple[OperatorCredential, str]:
     """A new credential for operator ``name`` (its role kept); the old credential and every
     session of it stop working. Returns the operator and the credential (shown once)."""
-    with _locked(home):
+    with HomeLock(home, LOCK_NAME):
         operators, found = _existing(home, name)
         made, password = OperatorCredential.make(name, found.role)
         save(home, Operators({**operators.by_name, name: made}))
@@ -79,7 +66,7 @@ def reset_operator(home: Path, name: str) -> tuple[OperatorCredential, str]:
 
 def remove_operator(home: Path, name: str) -> OperatorCredential:
     """Remove operator ``name``: its credential and every session of it stop working."""
-    with _locked(home):
+    with HomeLock(home, LOCK_NAME):
         operators, found = _existing(home, name)
         save(home, Operators({k: v for k, v in operators.by_name.items() if k != name}))
     return found

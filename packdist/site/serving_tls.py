@@ -68,36 +68,32 @@ def _held_hosts(cert: x509.Certificate) -> list[str]:
     return [str(n.value) for n in names if not isinstance(n, x509.UniformResourceIdentifier)]
 
 
-def _due(cert_path: Path, authority: SiteAuthority, hosts: list[str], now: float) -> str | None:
-    """Why the certificate in ``cert_path`` must be made again (None: it is good)."""
+def _held(cert_path: Path, authority: SiteAuthority) -> x509.Certificate | str:
+    """The certificate in ``cert_path`` if it is of this authority, else why not."""
     try:
         cert = tls.load_certificate(cert_path.read_bytes())
     except FileNotFoundError:
         return "none yet"
-    except UserError:
+    except (OSError, UserError):
         return "unreadable"
     try:
         authority.verify(cert)
     except UserError:
         return "not of this site's authority"
-    start = cert.not_valid_before_utc.timestamp()
-    end = cert.not_valid_after_utc.timestamp()
+    return cert
+
+
+def _due(held: x509.Certificate | str, hosts: list[str], now: float) -> str | None:
+    """Why the certificate ``held`` (:func:`_held`) must be made again (None: it is good)."""
+    if isinstance(held, str):
+        return held
+    start = held.not_valid_before_utc.timestamp()
+    end = held.not_valid_after_utc.timestamp()
     if now >= start + RENEW_AT * (end - start):
         return "due for renewal"
-    if not set(hosts) <= set(_held_hosts(cert)):
+    if not set(hosts) <= set(_held_hosts(held)):
         return "for other hosts"
     return None
-
-
-def _kept_hosts(cert_path: Path, authority: SiteAuthority) -> list[str]:
-    """The hosts a certificate of this authority already names: kept in the next one, so
-    workers of one site listening on different hosts never take each other's name away."""
-    try:
-        cert = tls.load_certificate(cert_path.read_bytes())
-        authority.verify(cert)
-    except (OSError, UserError):
-        return []
-    return _held_hosts(cert)
 
 
 def _renewed(
@@ -106,10 +102,14 @@ def _renewed(
     """Make the serving certificate again if it is due (the caller holds the home's lock);
     returns why it was made (None: it was good)."""
     cert_path, key_path = paths(home)
-    why = _due(cert_path, authority, hosts, now)
+    held = _held(cert_path, authority)
+    why = _due(held, hosts, now)
     if why is None:
         return None
-    named = list(dict.fromkeys([*hosts, *_kept_hosts(cert_path, authority)]))
+    # the names a certificate of this authority already has are kept: workers of one site
+    # listening on different hosts never take each other's name away
+    kept = [] if isinstance(held, str) else _held_hosts(held)
+    named = list(dict.fromkeys([*hosts, *kept]))
     try:
         key = tls.load_key(key_path)
     except UserError:  # none yet, or damaged: a new one
@@ -169,8 +169,7 @@ class SiteTLS:
         st = cert.stat()
         if self._loaded == (st.st_ino, st.st_mtime_ns):
             return False
-        tls.reload(self.server, cert, key)  # the key is kept across renewals: a matching pair
-        tls.reload(self.client, cert, key)
+        tls.reload(self.server, cert, key, self.client)  # the key is kept across renewals
         self._loaded = (st.st_ino, st.st_mtime_ns)
         return True
 
@@ -197,10 +196,13 @@ def dialing_context(home: Path) -> ssl.SSLContext:
     cert, key = paths(home)
     ca, _ = SiteAuthority.paths(home)
     try:
-        held = tls.load_certificate(cert.read_bytes())
-        SiteAuthority.load(home).verify(held)
-        good = held.not_valid_after_utc.timestamp() > time.time() and key.exists()
-    except (OSError, UserError):
-        good = False
+        held = _held(cert, SiteAuthority.load(home))
+    except UserError:  # no authority to check it with
+        held = "unreadable"
+    good = (
+        not isinstance(held, str)
+        and held.not_valid_after_utc.timestamp() > time.time()
+        and key.exists()
+    )
     # an expired or foreign one would be refused at the handshake: better none
     return tls.client_context(ca, cert, key) if good else tls.client_context(ca)
