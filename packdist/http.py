@@ -197,11 +197,16 @@ def translate(exc: BaseException, url: str) -> PackdistError:
         return TransferError(f"connection to {url} dropped mid-transfer")
     if isinstance(exc, aiohttp.ClientError):
         return TransferError(f"transfer with {url} failed: {exc}")
-    if isinstance(exc, OSError) and exc.errno in _ERRNO_WORDS:
-        return ConnectError(_ERRNO_WORDS[exc.errno].format(peer=url))
     if isinstance(exc, OSError):
-        return TransferError(f"network error with {url}: {exc.strerror or exc}")
+        return os_error(exc, url)
     return TransferError(f"transfer with {url} failed: {exc!r}")
+
+
+def os_error(exc: OSError, where: str) -> PackdistError:
+    """An OS error talking to ``where`` (``scheme://host:port``) as a packdist error."""
+    if exc.errno in _ERRNO_WORDS:
+        return ConnectError(_ERRNO_WORDS[exc.errno].format(peer=where))
+    return TransferError(f"network error with {where}: {exc.strerror or exc}")
 
 
 async def raise_for_answer(resp: aiohttp.ClientResponse, url: str) -> None:
@@ -218,14 +223,14 @@ async def raise_for_answer(resp: aiohttp.ClientResponse, url: str) -> None:
     if resp.status in (401, 403):
         raise AuthError(f"{url} refused the credential: {detail}")
     if resp.status == 503:
-        retry_after = _seconds(resp.headers.get("Retry-After"))
+        retry_after = retry_after_seconds(resp.headers.get("Retry-After"))
         if retry_after is not None:
             raise Overloaded(f"{url} is busy: {detail}", retry_after)
         raise RemoteError(f"{url} not ready: {detail}", status=503)
     raise RemoteError(f"{url} answered {resp.status}: {detail}", status=resp.status, kind=kind)
 
 
-def _seconds(header: str | None) -> float | None:
+def retry_after_seconds(header: str | None) -> float | None:
     """A Retry-After header given in seconds (an HTTP date, or garbage: None)."""
     try:
         value = float(header) if header is not None else math.nan
@@ -320,8 +325,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 # --- chunk stream framing ----------------------------------------------------------------
 # See the module docstring ("Chunk streams").
 
-_HEAD = struct.Struct(">BII")  # encoding, chunk size, payload length; after the digest
-HEADER_SIZE = DIGEST_SIZE + _HEAD.size
+HEADER_MARKS = struct.Struct(">BII")  # encoding, chunk size, payload length; after the digest
+_HEAD = HEADER_MARKS
+HEADER_SIZE = DIGEST_SIZE + HEADER_MARKS.size
 ERROR_MARK = 0xFF  # in the encoding byte: an error frame, its payload a UTF-8 message
 MAX_PAYLOAD = 64 * 1024 * 1024  # no frame is larger (chunks are at most a few MiB)
 MAX_ERROR_BYTES = 2000  # of an error frame's message, what is kept
@@ -334,7 +340,7 @@ class Frame:
     digest: Digest
     encoding: int  # a :class:`packdist.core.codec.Encoding` value
     size: int  # the chunk's size, decoded
-    payload: bytes
+    payload: bytes | memoryview  # a view: of a buffer the stream reuses (chunk_stream.py)
 
     @property
     def wire_bytes(self) -> int:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from packdist.agent.bases import read_base
@@ -28,6 +29,7 @@ from packdist.errors import (
     TransferError,
 )
 from packdist.http import Frame
+from packdist.protocol.chunk_stream import StreamStop
 from packdist.ratelimit import Bucket
 
 log = logging.getLogger("packdist.agent")
@@ -38,14 +40,16 @@ PARALLEL_BATCHES = 3  # site requests at once (their size: agent/fetch_plan.py)
 PEER_SLOW_AFTER = 10.0
 PEER_MIN_RATE = 1_000_000.0  # bytes/s
 PEER_WRITE_FRAMES = 4  # chunks from a peer held in memory before they are written
-WRITE_BATCH = 1024 * 1024  # received chunks held in memory before they are written: what a
-# SIGKILL can lose (a cut stream loses nothing: what arrived whole is written first)
+STREAM_THREADS = 8  # site streams read at once, by every install together
+WRITEBACK_EVERY = 4 * 1024 * 1024  # bytes a stream writes between two writeback hints
 
 FETCH_ERROR_PREFIX = "agent could not fetch chunks from the site: "
 
 #: streams the requested chunks as frames (not yet decoded nor verified), each encoded raw,
-#: zstd, or against the base chunks named for it (digest -> base digests, in order)
-FetchChunks = Callable[[list[Digest], dict[Digest, list[Digest]]], AsyncGenerator[Frame, None]]
+#: zstd, or against the base chunks named for it (digest -> base digests, in order); a
+#: blocking iterator, read in a worker thread (each frame's payload valid until the next),
+#: which the StreamStop ends from the loop
+FetchChunks = Callable[[list[Digest], dict[Digest, list[Digest]], StreamStop], Iterator[Frame]]
 
 
 #: streams a peer's frames for chunks of a package (raw, or MISSING), not yet verified
@@ -72,44 +76,74 @@ class FetchStage:
         self.pulse = Pulse()  # fires when an install starts or chunks land (peers wait on it)
         self.download = download or Bucket()
         self._loop: asyncio.AbstractEventLoop | None = None  # set once running: see _landed
+        self._stream_threads: ThreadPoolExecutor | None = None  # read the site's streams
 
     async def _fetch_batch(
         self, inst: Install, plan: WritePlan, staging: Path, batch: list[Digest]
     ) -> None:
-        wanted = set(batch)
-        bases = {d: [b.digest for b in plan.bases[d]] for d in batch if d in plan.bases}
-        pending: list[Frame] = []
-        pending_bytes = 0
+        """One request to the site, read in a worker thread that writes each chunk as it
+        arrives (what arrived whole before a cut is kept: the next attempt resumes)."""
+        stop = StreamStop()
+        loop = asyncio.get_running_loop()
         try:
-            async with contextlib.aclosing(self._fetch(batch, bases)) as frames:
-                async for frame in frames:
-                    digest = frame.digest
-                    if digest not in wanted:
-                        raise RemoteError(f"site sent chunk {digest.short}… that was not asked for")
-                    wanted.discard(digest)
-                    await self.download.take(frame.wire_bytes)
-                    pending.append(frame)
-                    pending_bytes += plan.sizes[digest]  # decoded, in memory when written
-                    inst.bytes_received += plan.sizes[digest]
-                    inst.bytes_wire += frame.wire_bytes
-                    inst.tick()
-                    if pending_bytes >= WRITE_BATCH:
-                        await asyncio.to_thread(self._write_chunks, inst, plan, staging, pending)
-                        pending, pending_bytes = [], 0
-            if pending:
-                await asyncio.to_thread(self._write_chunks, inst, plan, staging, pending)
-            pending = []
-            if wanted:
-                raise TransferError(f"site stream ended with {len(wanted)} chunk(s) missing")
+            await loop.run_in_executor(
+                self._streams(), self._stream_batch, inst, plan, staging, batch, stop
+            )
+        except asyncio.CancelledError:
+            stop.stop()  # the thread's blocked read returns at once
+            raise
         except PackdistError as exc:
-            if pending:  # the stream broke: keep the chunks that arrived whole (resume)
-                await self._salvage(inst, plan, staging, pending)
             if not isinstance(exc, TransferError) or exc.message.startswith(FETCH_ERROR_PREFIX):
                 raise
             raise _fetch_error(exc) from exc
 
+    def stop_streams(self) -> None:
+        """Let the stream threads go (an agent that stops: its installs were cancelled,
+        which stopped their streams)."""
+        if self._stream_threads is not None:
+            self._stream_threads.shutdown(wait=False, cancel_futures=True)
+            self._stream_threads = None
+
+    def _streams(self) -> ThreadPoolExecutor:
+        if self._stream_threads is None:
+            self._stream_threads = ThreadPoolExecutor(STREAM_THREADS, "chunk-stream")
+        return self._stream_threads
+
+    def _stream_batch(
+        self, inst: Install, plan: WritePlan, staging: Path, batch: list[Digest], stop: StreamStop
+    ) -> None:
+        """In a worker thread: each frame of the site's stream decoded, verified and written
+        before the next is read (its payload is a view of the stream's buffer)."""
+        wanted = set(batch)
+        bases = {d: [b.digest for b in plan.bases[d]] for d in batch if d in plan.bases}
+        written = _Written()
+        frames = self._fetch(batch, bases, stop)
+        try:
+            for frame in frames:
+                digest = frame.digest
+                if digest not in wanted:
+                    raise RemoteError(f"site sent chunk {digest.short}… that was not asked for")
+                wanted.discard(digest)
+                self._take_in_thread(frame.wire_bytes)
+                with plan.writing():
+                    self._write_chunk(plan, staging, frame, self.source, written)
+                self._landed(inst, [digest])
+                inst.count(plan.sizes[digest], frame.wire_bytes)
+        finally:
+            close = getattr(frames, "close", None)
+            if close is not None:
+                close()  # the connection released now, not when the generator is collected
+            written.start_writeback()
+        if wanted:
+            raise TransferError(f"site stream ended with {len(wanted)} chunk(s) missing")
+
+    def _take_in_thread(self, n: int) -> None:
+        """The download limit, from a worker thread (its bucket lives on the loop)."""
+        if self.download.limited and self._loop is not None:
+            asyncio.run_coroutine_threadsafe(self.download.take(n), self._loop).result()
+
     async def _salvage(
-        self, inst: Install, plan: WritePlan, staging: Path, frames: list[Frame], source: str = ""
+        self, inst: Install, plan: WritePlan, staging: Path, frames: list[Frame], source: str
     ) -> None:
         """Write what verifies of the frames a broken stream delivered; ignore the rest (the
         next attempt fetches it)."""
@@ -250,39 +284,43 @@ class FetchStage:
                 inst.bytes_from_peers += f.wire_bytes
 
     def _write_chunks(
-        self, inst: Install, plan: WritePlan, staging: Path, frames: list[Frame], source: str = ""
+        self, inst: Install, plan: WritePlan, staging: Path, frames: list[Frame], source: str
     ) -> None:
-        """Decode each chunk (never beyond its size in the manifest), verify it against its
-        digest, then write it wherever the tree needs it. ``source``: where the frames came
-        from, for messages (default: the site)."""
-        source = source or self.source
-        touched: set[int] = set()
-        written: list[Digest] = []
+        """Decode, verify and write each of ``frames`` (from ``source``, for messages)."""
+        landed: list[Digest] = []
+        written = _Written()
         try:
             with plan.writing():
                 for frame in frames:
-                    digest, size = frame.digest, plan.sizes[frame.digest]
-                    base = None
-                    if frame.encoding == Encoding.ZSTD_BASE:
-                        base = read_base(plan.bases.get(digest, ()))
-                        if base is None:
-                            raise DecodeError(
-                                f"cannot decode chunk {digest.short}… from {source}: its"
-                                " base chunks are no longer intact here",
-                                digest=digest.hex,
-                            )
-                    data = decode(frame.encoding, frame.payload, size, digest, base, source)
-                    digest.verify(data, "chunk")
-                    for path, offset in plan.locations[digest]:
-                        fd = plan.fd(staging / path)
-                        pwrite_fd(fd, offset, data)
-                        touched.add(fd)
-                    written.append(digest)
+                    self._write_chunk(plan, staging, frame, source, written)
+                    landed.append(frame.digest)
                     inst.tick()
-                for fd in touched:  # the final syncfs then finds little left to write
-                    start_writeback(fd)
         finally:
-            self._landed(inst, written)  # the ones before a bad frame count too
+            written.start_writeback()
+            self._landed(inst, landed)  # the ones before a bad frame count too
+
+    def _write_chunk(
+        self, plan: WritePlan, staging: Path, frame: Frame, source: str, written: _Written
+    ) -> None:
+        """The one check of a fetched chunk, whatever its source: decoded (never beyond its
+        size in the manifest) and verified against its digest, then written wherever the
+        tree needs it. The caller holds ``plan.writing()``."""
+        digest, size = frame.digest, plan.sizes[frame.digest]
+        base = None
+        if frame.encoding == Encoding.ZSTD_BASE:
+            base = read_base(plan.bases.get(digest, ()))
+            if base is None:
+                raise DecodeError(
+                    f"cannot decode chunk {digest.short}… from {source}: its"
+                    " base chunks are no longer intact here",
+                    digest=digest.hex,
+                )
+        data = decode(frame.encoding, frame.payload, size, digest, base, source)
+        digest.verify(data, "chunk")
+        for path, offset in plan.locations[digest]:
+            fd = plan.fd(staging / path)
+            pwrite_fd(fd, offset, data)
+            written.add(fd, size)
 
     def _landed(self, inst: Install, digests: list[Digest]) -> None:
         """Chunks verified and written: peers may have them now (called from threads)."""
@@ -307,3 +345,24 @@ def _fetch_error(exc: TransferError) -> TransferError:
         return type(exc)(message)
     except TypeError:  # a subclass with another constructor: keep the words, lose the kind
         return TransferError(message)
+
+
+class _Written:
+    """The staging files a thread wrote to: their writeback started every
+    ``WRITEBACK_EVERY`` bytes and at the end, so the final ``syncfs`` finds little left."""
+
+    def __init__(self) -> None:
+        self._fds: set[int] = set()
+        self._bytes = 0
+
+    def add(self, fd: int, n: int) -> None:
+        self._fds.add(fd)
+        self._bytes += n
+        if self._bytes >= WRITEBACK_EVERY:
+            self.start_writeback()
+
+    def start_writeback(self) -> None:
+        for fd in self._fds:
+            start_writeback(fd)
+        self._fds.clear()
+        self._bytes = 0

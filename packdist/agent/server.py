@@ -32,6 +32,7 @@ from packdist.core.digest import Digest
 from packdist.core.signing import VerifyKey
 from packdist.errors import AuthError, IntegrityError, PackdistError, UserError
 from packdist.http import error_middleware, error_response, holds, new_session, peer, presented
+from packdist.protocol.chunk_stream import ChunkStreams
 from packdist.protocol.messages import (
     InstallRequest,
     RemoveRequest,
@@ -81,6 +82,7 @@ class Agent:
         self.download = Bucket(self.limits.download)
         self.session: aiohttp.ClientSession | None = None
         self.liveness: aiohttp.ClientSession | None = None
+        self.streams: ChunkStreams | None = None
         self.installer = Installer(
             home,
             self._fetch,
@@ -108,9 +110,9 @@ class Agent:
     def server_name(self) -> str | None:
         return self.link.server_name
 
-    def _fetch(self, digests: Any, bases: Any) -> Any:
+    def _fetch(self, digests: Any, bases: Any, stop: Any) -> Any:
         assert self.site is not None
-        return self.site.chunks(digests, bases)
+        return self.site.chunks(digests, bases, stop)
 
     def _fetch_from_peer(self, p: Peer, package_id: str, digests: list[Digest]) -> Any:
         assert self.session is not None
@@ -126,7 +128,10 @@ class Agent:
         self.session = new_session(tls=link.transport.client)
         # enrollment and certificate requests: the token is the credential, no certificate
         self.liveness = new_session(fresh_connections=True, tls=link.transport.anonymous)
-        link.site = SiteClient(link.site_urls, link.token, self.session, self.liveness)
+        self.streams = ChunkStreams(link.transport.client)  # chunks, read in worker threads
+        link.site = SiteClient(
+            link.site_urls, link.token, self.session, self.liveness, self.streams
+        )
         enrolled = False
         try:  # enroll before serving when the site answers, so no install finds us unready
             await asyncio.wait_for(link.enroll(), timeout=FIRST_ENROLL_WAIT)
@@ -147,6 +152,9 @@ class Agent:
         for session in (self.session, self.liveness):
             if session is not None:
                 await session.close()
+        if self.streams is not None:
+            self.streams.close()
+        self.installer.stop_streams()
 
     # --- HTTP -----------------------------------------------------------------------------
 

@@ -90,7 +90,7 @@ def pread(path: Path | str, offset: int, size: int) -> bytes | None:
     return data if len(data) == size else None
 
 
-def pwrite_fd(fd: int, offset: int, data: bytes) -> None:
+def pwrite_fd(fd: int, offset: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         n = os.pwrite(fd, view, offset)

@@ -98,12 +98,12 @@ def encode(
 
 def decode(
     encoding: int,
-    payload: bytes,
+    payload: bytes | memoryview,
     size: int,
     digest: Digest,
     base: bytes | None = None,
     source: str = "the site",
-) -> bytes:
+) -> bytes | memoryview:
     """The chunk ``digest`` of ``size`` bytes from its ``payload``; :class:`DecodeError` if
     it cannot be decoded to exactly ``size`` bytes (the caller verifies the digest).
 

@@ -13,7 +13,7 @@ the agent makes of both, and of heartbeats that fail.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import aiohttp
@@ -21,7 +21,8 @@ import aiohttp
 from packdist.core.codec import Encoding
 from packdist.core.digest import Digest
 from packdist.errors import AuthError, Overloaded, PackdistError, RemoteError, TransferError
-from packdist.http import HEARTBEAT, HOLDER_HEADER, STREAM, Frame, read_frames, request
+from packdist.http import HEARTBEAT, HOLDER_HEADER, Frame, request
+from packdist.protocol.chunk_stream import ChunkStreams, StreamStop
 from packdist.protocol.messages import CertificateAnswer, CertificateRequest, Heartbeat
 from packdist.protocol.pace import (  # re-exported: their home was this module
     DEFAULT_INTERVAL,
@@ -64,6 +65,7 @@ class SiteClient:
         token: str,
         session: aiohttp.ClientSession,
         liveness: aiohttp.ClientSession,
+        streams: ChunkStreams | None = None,
     ) -> None:
         self.urls = site_urls(base_url) if isinstance(base_url, str) else list(base_url)
         if not self.urls:
@@ -72,6 +74,7 @@ class SiteClient:
         self._auth = {"Authorization": f"Bearer {token}", HOLDER_HEADER: "site"}
         self._session = session
         self._liveness = liveness  # a fresh connection per call: enrollment
+        self._streams = streams  # chunk streams, read in worker threads
 
     @property
     def base_url(self) -> str:
@@ -152,19 +155,24 @@ class SiteClient:
         timeout and is dropped; the next heartbeat opens a new one."""
         return await self._post("/v1/agent/heartbeat", beat.to_json(), self._session)
 
-    async def chunks(
-        self, digests: list[Digest], bases: dict[Digest, list[Digest]] | None = None
-    ) -> AsyncGenerator[Frame, None]:
+    def chunks(
+        self,
+        digests: list[Digest],
+        bases: dict[Digest, list[Digest]] | None = None,
+        stop: StreamStop | None = None,
+    ) -> Iterator[Frame]:
         """Stream the requested chunks as frames (not decoded nor verified: the caller
-        decodes each, against the ``bases`` it offered, and checks every digest).
+        decodes each, against the ``bases`` it offered, and checks every digest). Blocking:
+        a worker thread reads the stream (:mod:`packdist.protocol.chunk_stream`), and each
+        frame's payload is valid until the next is asked for.
 
         A worker that cannot be reached before the first frame is passed over for the next;
         one that fails mid-stream ends this stream (the caller asks again for what is
-        missing, and the next request goes to another worker).
-
-        An async generator: close it (``contextlib.aclosing``) when stopping early, so the
-        connection is released at once rather than whenever the generator is collected.
+        missing, and the next request goes to another worker). ``stop`` ends it from
+        another thread.
         """
+        if self._streams is None:
+            raise TransferError("this site client was made without chunk streams")
         body: dict[str, Any] = {
             "digests": [d.hex for d in digests],
             "accept": [e.label for e in Encoding],
@@ -176,15 +184,12 @@ class SiteClient:
             url = f"{self.base_url}/v1/chunks"
             started = False
             try:
-                async with request(
-                    self._session, "POST", url, headers=self._auth, json=body, timeouts=STREAM
-                ) as resp:
-                    async for frame in read_frames(resp.content, url):
-                        started = True
-                        yield frame
+                for frame in self._streams.post(url, self._auth, body, stop):
+                    started = True
+                    yield frame
                 return
             except PackdistError as exc:
-                if not _unreachable(exc):
+                if not _unreachable(exc) or (stop is not None and stop.stopped):
                     raise
                 self._next(self.base_url, exc)
                 if started:

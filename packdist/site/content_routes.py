@@ -26,6 +26,7 @@ from aiohttp import web
 
 from packdist.core import codec
 from packdist.core.codec import Encoding
+from packdist.core.cpu import CpuTimes
 from packdist.core.digest import Digest
 from packdist.errors import NotFound, PackdistError, UserError
 from packdist.http import error_frame, frame_header
@@ -45,7 +46,18 @@ WRITE_TIMEOUT = 15.0  # an agent that takes no bytes of a chunk stream this long
 #: compression comes back. zstd level 1 runs at ~200-300 MB/s per core on text.
 FAST_LINK = 250e6
 RATE_SAMPLE = 8 * 1024 * 1024  # bytes written before the rate is trusted (socket buffers
-# take the first few MiB at once, whatever the link)
+# take the first few MiB at once, whatever the link), then measured again every as many
+RAW_MEMORY = 100_000  # servers whose last stream's choice is remembered
+#: the share of a window's time a stream waits for the agent to take its bytes: below
+#: SITE_BOUND the site is what holds it back (reading, encoding: on loopback, or a fast LAN
+#: with a busy site), and compressing would only slow it further; above LINK_BOUND the
+#: link is, and compressing pays
+SITE_BOUND = 0.2
+LINK_BOUND = 0.5
+#: below this share of idle processor time on the machine, compressing takes its time from
+#: the transfer itself: chunks go raw (on loopback the agent shares the cores; see
+#: packdist/core/cpu.py)
+BUSY_IDLE = 0.15
 #: base chunk bytes one chunk request may make the site read (distinct bases; about 4x the
 #: largest batch an agent asks for in one request)
 BASE_BUDGET = 128 * 1024 * 1024
@@ -60,6 +72,8 @@ class ContentRoutes:
         self.db = db
         self.library = library
         self.upload = upload
+        #: whether a server's last stream ended sending plain chunks raw (see ``chunks``)
+        self._raw: dict[str, bool] = {}
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chunks", self.chunks)
@@ -85,7 +99,7 @@ class ContentRoutes:
         return web.Response(body=data, content_type="application/octet-stream")
 
     async def chunks(self, request: web.Request) -> web.StreamResponse:
-        await self.beats.agent(request)
+        server = (await self.beats.agent(request)).name
         digests, accept, bases = _chunks_body(await json_body(request))
         known = await self.db(lambda s: s.known_chunks(digests))
         unknown = [d for d in digests if d not in known]
@@ -109,11 +123,15 @@ class ContentRoutes:
                 async with asyncio.timeout(WRITE_TIMEOUT):
                     await resp.write(piece)
 
-        # Plain zstd pays only on a link slower than the compressor. Measured on this very
-        # stream: the bytes written over the time spent waiting for the agent to take them
-        # (deltas always pay; until enough is measured, assume a slow link).
-        encodings = accept
-        written, waited = 0, 0.0
+        # Plain zstd pays only where the link, not the site, is what the stream waits on.
+        # Measured on this very stream, window by window: the share of the time spent
+        # waiting for the agent (or the upload limit) to take the bytes; and the bytes
+        # written over that time, against the compressor's speed (deltas always pay; until
+        # a window is measured, assume a slow link).
+        # An agent asks for a package in many requests: each starts as the last one left off.
+        encodings = accept - {Encoding.ZSTD} if self._raw.get(server) else accept
+        written, waited, window_start = 0, 0.0, time.monotonic()
+        cpu = CpuTimes.now()
         base_cache = _Bases()  # verified base chunks of this request, read once each
         try:
             while True:  # keep READ_AHEAD groups of file reads under way while we write
@@ -131,11 +149,16 @@ class ContentRoutes:
                 written += len(frames)
                 waited += time.monotonic() - started
                 if written >= RATE_SAMPLE:
+                    now, cpu_now = time.monotonic(), CpuTimes.now()
+                    held = waited / max(now - window_start, 1e-6)
                     rate = written / max(waited, 1e-6)
-                    if rate > FAST_LINK:
-                        encodings = accept - {Encoding.ZSTD}
-                    elif rate < FAST_LINK / 2:
-                        encodings = accept
+                    idle = cpu_now.idle_share_since(cpu) if cpu_now is not None else 1.0
+                    zstd = compress_next(Encoding.ZSTD in encodings, rate, held, idle)
+                    encodings = accept if zstd else accept - {Encoding.ZSTD}
+                    written, waited, window_start, cpu = 0, 0.0, now, cpu_now
+                    if len(self._raw) >= RAW_MEMORY:  # bounded: forgetting costs one window
+                        self._raw.clear()
+                    self._raw[server] = Encoding.ZSTD not in encodings
                 if error is not None:
                     await send(error_frame(error))
                     break
@@ -201,6 +224,20 @@ class ContentRoutes:
         except (PackdistError, OSError):
             return None
         return data
+
+
+def compress_next(now: bool, rate: float, held: float, idle: float) -> bool:
+    """Whether a stream's next window gets plain zstd (``now``: this one did), from what
+    this one measured: ``rate``, the bytes/s at which the agent took them; ``held``, the
+    share of the window spent waiting for it to; ``idle``, the machine's idle share. Raw
+    where the link is fast, where the site holds the stream back, or where no processor
+    has time to spare; zstd again only where all three say the link is the bound (apart,
+    so that a stream near one bound does not flip every window)."""
+    if rate > FAST_LINK or held < SITE_BOUND or idle < BUSY_IDLE:
+        return False
+    if rate < FAST_LINK / 2 and held > LINK_BOUND and idle > 2 * BUSY_IDLE:
+        return True
+    return now
 
 
 class _Bases:

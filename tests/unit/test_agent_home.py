@@ -8,7 +8,8 @@ import errno
 import json
 import os
 import threading
-from collections.abc import AsyncGenerator
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from packdist.core.manifest import ChunkRef, Entry, EntryType, Manifest, SignedM
 from packdist.core.signing import SigningKey
 from packdist.errors import ConnectError, UserError
 from packdist.http import Frame
+from packdist.protocol.chunk_stream import StreamStop
 
 KEY = SigningKey.generate()
 PIECE = 1000  # bytes per chunk in these manifests
@@ -94,20 +96,24 @@ def raw_frame(digest: Digest, data: bytes) -> Frame:
 def serve(pkg: Package, delay: float = 0.0, calls: list[int] | None = None) -> Any:
     """A fetch function handing out ``pkg``'s chunks (``calls`` counts requests)."""
 
-    async def fetch(digests: list[Digest], bases: object = None) -> AsyncGenerator[Frame, None]:
+    def fetch(
+        digests: list[Digest], bases: object = None, stop: StreamStop | None = None
+    ) -> Iterator[Frame]:
         if calls is not None:
             calls.append(len(digests))
         for d in digests:
             if delay:
-                await asyncio.sleep(delay)
+                time.sleep(delay)  # read in a worker thread, as the site's stream is
+            if stop is not None:
+                stop.check()
             yield raw_frame(d, pkg.chunks[d])
 
     return fetch
 
 
-async def no_fetch(digests: list[Digest], bases: object = None) -> AsyncGenerator[Frame, None]:
+def no_fetch(digests: list[Digest], bases: object = None, stop: object = None) -> Iterator[Frame]:
     raise AssertionError(f"nothing should be fetched, asked for {len(digests)} chunk(s)")
-    yield  # an async generator
+    yield  # a generator
 
 
 def tree_of(root: Path) -> dict[str, bytes]:
@@ -406,9 +412,11 @@ def test_two_requests_at_once_make_one_install(home: AgentHome) -> None:
 def test_a_fetch_failure_says_the_agent_could_not_reach_the_site(home: AgentHome) -> None:
     pkg = v(4)
 
-    async def refused(digests: list[Digest], bases: object = None) -> AsyncGenerator[Frame, None]:
+    def refused(
+        digests: list[Digest], bases: object = None, stop: object = None
+    ) -> Iterator[Frame]:
         raise ConnectError("connection refused by http://site:8700")
-        yield  # an async generator
+        yield  # a generator
 
     inst = asyncio.run(install(Installer(home, refused), pkg))
     assert inst.state is InstallState.FAILED
@@ -419,7 +427,9 @@ def test_a_fetch_failure_says_the_agent_could_not_reach_the_site(home: AgentHome
 def test_a_corrupt_chunk_is_reported_as_such_not_as_a_fetch_failure(home: AgentHome) -> None:
     pkg = v(5)
 
-    async def corrupt(digests: list[Digest], bases: object = None) -> AsyncGenerator[Frame, None]:
+    def corrupt(
+        digests: list[Digest], bases: object = None, stop: object = None
+    ) -> Iterator[Frame]:
         for d in digests:
             yield raw_frame(d, b"x" * len(pkg.chunks[d]))
 
@@ -432,7 +442,7 @@ def test_a_stream_is_closed_as_soon_as_the_install_gives_it_up(home: AgentHome) 
     pkg = v(6)
     closed: list[bool] = []
 
-    async def stray(digests: list[Digest], bases: object = None) -> AsyncGenerator[Frame, None]:
+    def stray(digests: list[Digest], bases: object = None, stop: object = None) -> Iterator[Frame]:
         try:
             yield raw_frame(Digest.of(b"not asked for"), b"not asked for")
             yield raw_frame(digests[0], pkg.chunks[digests[0]])

@@ -5,7 +5,7 @@ every one of its places in a real staging tree; what is refused, and what a cut 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -57,9 +57,8 @@ def fetch(
 def site_of(frames: Callable[[list[Digest]], list[Frame]], cut: bool = False) -> FetchChunks:
     """A site streaming ``frames(asked)``, then cut off (a reset) if ``cut``."""
 
-    async def site(asked: list[Digest], bases: object = None) -> AsyncGenerator[Frame, None]:
-        for frame in frames(asked):
-            yield frame
+    def site(asked: list[Digest], bases: object = None, stop: object = None) -> Iterator[Frame]:
+        yield from frames(asked)
         if cut:
             raise TransferError("connection reset by http://site:8700")
 

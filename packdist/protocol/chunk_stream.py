@@ -1,0 +1,305 @@
+"""Chunk streams read in a worker thread, not on the event loop.
+
+The agent's fetch stage runs one thread per stream from the site: the thread reads each
+frame straight from the socket into a buffer the stream reuses (``readinto``), then decodes,
+verifies and writes it at once, so a chunk crosses no queue, no event-loop hop and no copy
+beyond the kernel's. BLAKE3, ``pwrite`` and the socket reads release the GIL, so three
+streams use both cores. Read on the event loop through aiohttp's parser and
+``StreamReader``, the same GiB cost the agent 2.4 CPU-seconds (``docs/benchmarks.md``).
+
+The client is the standard library's ``http.client``, one kept-alive connection per
+thread, over TLS with the same context (and the same check of whom it reached, before a
+byte of the request goes) as the agent's aiohttp sessions. Failures are the packdist
+errors :mod:`packdist.http` gives, in the same words.
+"""
+
+from __future__ import annotations
+
+import errno
+import http.client
+import json
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+from packdist.core.digest import DIGEST_SIZE, Digest
+from packdist.core.tls import holder as tls_holder
+from packdist.errors import (
+    AuthError,
+    ConnectError,
+    ErrorKind,
+    Overloaded,
+    PackdistError,
+    RemoteError,
+    RemoteTimeout,
+    TransferError,
+    kind_named,
+)
+from packdist.http import (
+    ERROR_MARK,
+    HEADER_MARKS,
+    HEADER_SIZE,
+    HOLDER_HEADER,
+    MAX_ERROR_BYTES,
+    MAX_PAYLOAD,
+    STREAM,
+    Frame,
+    Timeouts,
+    WrongHolder,
+    holds,
+    os_error,
+    peer,
+    retry_after_seconds,
+)
+
+MAX_ERROR_BODY = 64 * 1024  # bytes of an error answer read, at most
+IDLE_PER_ORIGIN = 8  # kept-alive connections kept per site worker or peer
+
+
+class StreamStop:
+    """Ends a stream that a thread is reading, from another thread (the event loop's, when
+    the install is cancelled): the socket is shut down, so a blocked read returns at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self.stopped = False
+
+    def attach(self, sock: socket.socket | None) -> None:
+        with self._lock:
+            self._sock = sock
+            if self.stopped:
+                _shut(sock)
+
+    def stop(self) -> None:
+        with self._lock:
+            self.stopped = True
+            _shut(self._sock)
+
+    def check(self) -> None:
+        if self.stopped:
+            raise TransferError("the transfer was stopped")
+
+
+def _shut(sock: socket.socket | None) -> None:
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+class ChunkStreams:
+    """Blocking chunk-stream requests over kept-alive connections, for worker threads.
+
+    ``tls``: what ``https://`` URLs are dialled with (an ``http://`` URL goes in clear, as
+    with :func:`packdist.http.new_session`)."""
+
+    def __init__(self, tls: ssl.SSLContext, timeouts: Timeouts = STREAM) -> None:
+        self._tls = tls
+        self._timeouts = timeouts
+        self._idle: dict[str, list[http.client.HTTPConnection]] = {}
+        self._lock = threading.Lock()
+
+    def post(
+        self,
+        url: str,
+        headers: dict[str, str],
+        body: dict[str, Any],
+        stop: StreamStop | None = None,
+        max_payload: int = MAX_PAYLOAD,
+    ) -> Iterator[Frame]:
+        """POST ``body`` (JSON) to ``url`` and yield the frames of the answer until it ends.
+
+        A frame's payload is a view of the stream's buffer, valid until the next frame is
+        asked for: the caller verifies and writes it, or copies it, before that. An error
+        frame, an error answer or a broken stream raises a packdist error; ``stop`` ends
+        the stream from another thread."""
+        stop = stop or StreamStop()
+        data = json.dumps(body).encode()
+        send = {**headers, "Content-Type": "application/json", "Content-Length": str(len(data))}
+        conn, resp = self._answer(url, send, data, stop)
+        done = False
+        try:
+            yield from _frames(resp, url, max_payload)
+            done = True
+        except (OSError, http.client.HTTPException) as exc:
+            stop.check()
+            raise _translate(exc, url, sent=True) from exc
+        finally:
+            stop.attach(None)
+            if done and not stop.stopped:
+                self._keep(url, conn)
+            else:  # stopped early, or broken: what is left unread makes it unusable
+                conn.close()
+
+    def close(self) -> None:
+        """Close the idle connections (an install that ends leaves none in use)."""
+        with self._lock:
+            idle, self._idle = self._idle, {}
+        for conns in idle.values():
+            for conn in conns:
+                conn.close()
+
+    def _answer(
+        self, url: str, headers: dict[str, str], data: bytes, stop: StreamStop
+    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """The request sent and its answer's head read: on a kept-alive connection when one
+        is idle (tried again once on a fresh one if the other end had closed it)."""
+        parts = urlsplit(url)
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        reused = self._take(url)
+        for conn in ([reused] if reused is not None else []) + [None]:
+            fresh = conn is None
+            if conn is None:
+                conn = self._connect(url, headers, stop)
+            else:
+                stop.attach(conn.sock)
+            try:
+                stop.check()
+                conn.request("POST", target, body=data, headers=headers)
+                resp = conn.getresponse()
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                stop.check()
+                if not fresh and _closed_by_peer(exc):
+                    continue  # the other end closed an idle connection: dial again
+                raise _translate(exc, url, sent=True) from exc
+            if resp.status >= 400:
+                try:
+                    _raise_for_answer(resp, url)
+                finally:
+                    conn.close()
+            return conn, resp
+        raise AssertionError("unreachable: the fresh connection either answers or raises")
+
+    def _connect(
+        self, url: str, headers: dict[str, str], stop: StreamStop
+    ) -> http.client.HTTPConnection:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port
+        conn: http.client.HTTPConnection
+        if parts.scheme == "https":
+            conn = http.client.HTTPSConnection(
+                host, port, timeout=self._timeouts.connect, context=self._tls
+            )
+        else:
+            conn = http.client.HTTPConnection(host, port, timeout=self._timeouts.connect)
+        try:
+            conn.connect()
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise _translate(exc, url, sent=False) from exc
+        assert conn.sock is not None
+        conn.sock.settimeout(self._timeouts.read)
+        stop.attach(conn.sock)
+        expected = headers.get(HOLDER_HEADER)
+        if expected and parts.scheme == "https":  # whom we reached, before the request goes
+            assert isinstance(conn.sock, ssl.SSLSocket)
+            held = tls_holder(conn.sock.getpeercert())
+            if not holds(held, expected):
+                conn.close()
+                raise WrongHolder(
+                    f"TLS: {parts.hostname}:{port} holds the certificate of"
+                    f" {held or 'no packdist holder'}, not of {expected}: refusing it"
+                )
+        return conn
+
+    def _take(self, url: str) -> http.client.HTTPConnection | None:
+        with self._lock:
+            conns = self._idle.get(peer(url))
+            return conns.pop() if conns else None
+
+    def _keep(self, url: str, conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            conns = self._idle.setdefault(peer(url), [])
+            if len(conns) < IDLE_PER_ORIGIN:
+                conns.append(conn)
+                return
+        conn.close()
+
+
+def _frames(resp: http.client.HTTPResponse, url: str, max_payload: int) -> Iterator[Frame]:
+    head = bytearray(HEADER_SIZE)
+    head_view = memoryview(head)
+    buffer = memoryview(bytearray(0))
+    while True:
+        got = _read_full(resp, head_view)
+        if got == 0:
+            return
+        if got < HEADER_SIZE:
+            raise TransferError(f"stream from {url} cut mid-frame")
+        encoding, size, length = HEADER_MARKS.unpack_from(head, DIGEST_SIZE)
+        if length > max_payload:
+            raise TransferError(f"stream from {url} announced a frame of {length} bytes")
+        if len(buffer) < length:  # grown, never shrunk: the largest frame so far
+            buffer = memoryview(bytearray(length))
+        payload = buffer[:length]
+        if _read_full(resp, payload) < length:
+            raise TransferError(f"stream from {url} cut mid-chunk")
+        if encoding == ERROR_MARK:
+            raise RemoteError(bytes(payload[:MAX_ERROR_BYTES]).decode(errors="replace"))
+        yield Frame(Digest(bytes(head[:DIGEST_SIZE])), encoding, size, payload)
+
+
+def _read_full(resp: http.client.HTTPResponse, into: memoryview) -> int:
+    """Bytes read into ``into``: all of it, or fewer where the answer ended."""
+    done = 0
+    while done < len(into):
+        n = resp.readinto(into[done:])
+        if not n:
+            break
+        done += n
+    return done
+
+
+def _raise_for_answer(resp: http.client.HTTPResponse, url: str) -> None:
+    """An error answer as the packdist error :func:`packdist.http.raise_for_answer` gives."""
+    raw = resp.read(MAX_ERROR_BODY)
+    kind = ErrorKind.TRANSIENT
+    try:
+        body = json.loads(raw)
+        detail = str(body.get("error", body))
+        kind = kind_named(body.get("kind"))
+    except (ValueError, AttributeError):
+        detail = raw[:200].decode(errors="replace")
+    where = peer(url)
+    if resp.status in (401, 403):
+        raise AuthError(f"{where} refused the credential: {detail}")
+    if resp.status == 503:
+        retry_after = retry_after_seconds(resp.getheader("Retry-After"))
+        if retry_after is not None:
+            raise Overloaded(f"{where} is busy: {detail}", retry_after)
+        raise RemoteError(f"{where} not ready: {detail}", status=503)
+    raise RemoteError(f"{where} answered {resp.status}: {detail}", status=resp.status, kind=kind)
+
+
+def _closed_by_peer(exc: BaseException) -> bool:
+    return isinstance(
+        exc, http.client.RemoteDisconnected | BrokenPipeError | ConnectionResetError
+    ) or (isinstance(exc, OSError) and exc.errno in (errno.EPIPE, errno.ECONNRESET))
+
+
+def _translate(exc: BaseException, url: str, sent: bool) -> PackdistError:
+    """A driver/OS error as a packdist error naming the cause and the peer (the words of
+    :func:`packdist.http.translate`). ``sent``: the connection was up."""
+    if isinstance(exc, PackdistError):
+        return exc
+    where = peer(url)
+    if isinstance(exc, TimeoutError):
+        if sent:
+            return RemoteTimeout(f"read timeout from {where} (no answer)")
+        return RemoteTimeout(f"connect timeout to {where}")
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        why = exc.verify_message or exc.reason
+        return ConnectError(f"TLS: {where} is not verified by the site's authority ({why})")
+    if isinstance(exc, ssl.SSLError):
+        return ConnectError(f"TLS handshake with {where} failed ({exc.reason or exc})")
+    if sent and isinstance(exc, http.client.HTTPException | ConnectionResetError):
+        return TransferError(f"connection to {where} dropped mid-transfer")
+    if isinstance(exc, OSError):
+        return os_error(exc, where)
+    return TransferError(f"transfer with {where} failed: {exc!r}")
