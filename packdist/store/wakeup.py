@@ -95,17 +95,19 @@ class StoreWatcher:
             if left <= 0:
                 return False
             self._poller.poll(math.ceil(left * 1000))
-        self.settle()
+        # not past the caller's deadline: a commit missed so is told again by its own write
+        self.settle(SETTLE_MOST if deadline is None else deadline - time.monotonic())
         return True
 
-    def settle(self) -> None:
+    def settle(self, most: float = SETTLE_MOST) -> None:
         """Wait until a writer under way has made its commit visible: take the write lock
-        it holds until then, and let it go (a lock held past ``SETTLE_MOST``: go on)."""
+        it holds until then, and let it go (a lock held past ``most`` seconds: go on)."""
         try:
             if self._settler is None:
                 self._settler = sqlite3.connect(
-                    self.path, timeout=SETTLE_MOST, isolation_level=None, check_same_thread=False
+                    self.path, isolation_level=None, check_same_thread=False
                 )
+            self._settler.execute(f"PRAGMA busy_timeout = {max(10, int(most * 1000))}")
             self._settler.execute("BEGIN IMMEDIATE")
             self._settler.execute("ROLLBACK")
         except sqlite3.Error as exc:  # busy that long, or the file gone: the look says
