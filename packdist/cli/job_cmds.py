@@ -87,7 +87,7 @@ def _pause(watcher: StoreWatcher | None, most: float, gap: float, last_look: flo
     if rest > 0:  # commits meanwhile are read by the same look
         time.sleep(rest)
         if watcher.changed():
-            watcher.settle()
+            watcher.settle(most)  # not much past the timeout, whatever holds the lock
     return True
 
 
