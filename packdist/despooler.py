@@ -12,6 +12,7 @@ that dies keeps nothing: its lease expires and the instruction returns to the qu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -45,6 +46,7 @@ from packdist.site.store_runner import StoreRunner, WriteBatch
 from packdist.site.tracker import DEFAULT_LOCATION_LABEL
 from packdist.states import InstructionState as S
 from packdist.store.base import Claim, Store
+from packdist.store.wakeup import SAFETY, woken
 
 log = logging.getLogger("packdist.despooler")
 
@@ -53,7 +55,7 @@ __all__ = ["Despooler", "PeerSettings", "StoreRunner"]  # StoreRunner: its old h
 LONG_POLL = 2.0  # an agent answers a status question at the latest after this long
 RENEW_EVERY = 2.0  # at most this long between two lease renewals (and progress writes)
 SILENT_AFTER = cadence.SILENT_AFTER  # re-exported: its home is the heartbeat cadence
-MAX_IDLE = 1.0  # with notifications, the longest wait between two looks for work
+MAX_IDLE = SAFETY  # with wake-ups, the longest wait between two looks (store/wakeup.py)
 STALL_LIMIT = 120.0  # an install that makes no progress this long is given up (and retried)
 CLAIM_BATCH = 64  # instructions claimed in one transaction (one lease name for the batch)
 
@@ -75,7 +77,8 @@ class Despooler:
         policy: RetryPolicy | None = None,
         max_in_flight: int = 64,
         lease: float = 10.0,
-        poll: float = 0.1,  # seconds between looks for new work (a new job, a due retry)
+        poll: float = 0.1,  # without wake-ups (no inotify here): seconds between looks
+        safety: float = MAX_IDLE,  # with wake-ups: the longest wait between two looks
         peers: PeerSettings | None = None,
         library: ContentLibrary | None = None,  # the site's chunks: to tell where damage came from
         on_installed: Callable[[str, str], None] | None = None,  # (server, package id) recorded
@@ -83,22 +86,15 @@ class Despooler:
         on_retry: Callable[[str], None] | None = None,  # told the server of a failed attempt
         heard: Callable[[str], float | None] = lambda server: None,  # the site's liveness
     ) -> None:
-        self.on_installed = on_installed
-        self.db = db
+        self.db, self.key, self.session = db, key, session
+        self.on_installed, self.on_retry, self.silent_after = on_installed, on_retry, silent_after
         self.results = WriteBatch(db)  # attempts that end together share one commit
-        self.silent_after = silent_after
-        self.on_retry = on_retry
-        self.library = library
-        self.peers = peers or PeerSettings()
-        self.key = key
-        self.session = session
+        self.library, self.peers = library, peers or PeerSettings()
         self.policy = policy or RetryPolicy()
-        self.max_in_flight = max_in_flight
-        self.lease = lease
+        self.max_in_flight, self.lease, self.poll, self.safety = max_in_flight, lease, poll, safety
         # Renewed three times per lease at least: a renewal late by a busy moment (or a
         # slow database) still comes before the lease runs out.
         self.renew_every = min(RENEW_EVERY, lease / 3)
-        self.poll = poll
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.wake = asyncio.Event()
         self.in_flight: dict[int, asyncio.Task[None]] = {}
@@ -108,7 +104,7 @@ class Despooler:
         self.in_flight_silent: set[int] = set()
         self._claims = 0
         self._next_due: float | None = None  # as last read: when work is due next
-        self._notified = False  # other workers and the CLI wake us (PostgreSQL's NOTIFY)
+        self._notified = False  # other workers and the CLI wake us (NOTIFY, inotify)
         self._held_back = False  # due work waits for a free slot (see _claim)
         self.inputs = InstallInputs(db, key, self.peers.location_label, silent_after, heard)
 
@@ -118,39 +114,37 @@ class Despooler:
         last_recovery = 0.0
         loop = asyncio.get_running_loop()
 
-        def wake_soon() -> None:  # called from the store's listening thread
+        def wake_soon() -> None:  # called from the store's listening (or watching) thread
             loop.call_soon_threadsafe(self.wake.set)
 
-        self._notified = await self.db(lambda s: s.listen(wake_soon))
-        while True:
-            try:
-                if time.monotonic() - last_recovery > self.lease / 2:
-                    recovered = await self.db(
-                        lambda s: Service(s).recover_expired_leases(time.time())
-                    )
-                    if recovered:
-                        log.info("returned %d instruction(s) of a stopped worker", recovered)
-                    last_recovery = time.monotonic()
-                await self._claim_and_start()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("despooler pass failed; trying again in 1s")
-                await asyncio.sleep(1.0)
-            try:
-                await asyncio.wait_for(self.wake.wait(), timeout=self._idle())
-            except TimeoutError:
-                pass
-            self.wake.clear()
+        listening = await self.db(lambda s: s.listen(wake_soon))  # PostgreSQL's NOTIFY
+        with woken(self.db.store, listening, wake_soon) as self._notified:  # or SQLite's file
+            while True:
+                try:
+                    if time.monotonic() - last_recovery > self.lease / 2:
+                        recovered = await self.db(
+                            lambda s: Service(s).recover_expired_leases(time.time())
+                        )
+                        if recovered:
+                            log.info("returned %d instruction(s) of a stopped worker", recovered)
+                        last_recovery = time.monotonic()
+                    await self._claim_and_start()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("despooler pass failed; trying again in 1s")
+                    await asyncio.sleep(1.0)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), timeout=self._idle())
+                self.wake.clear()
 
     def _idle(self) -> float:
-        """How long to wait for a wake-up: with notifications, until the next retry is due
-        (at most ``MAX_IDLE``); without, ``poll`` (the CLI writes jobs from elsewhere)."""
+        """How long to wait for a wake-up: until due work, at most ``safety``; else ``poll``."""
         if not self._notified:
             return self.poll
         if self._next_due is None or self._held_back:
-            return MAX_IDLE
-        return min(MAX_IDLE, max(0.005, self._next_due - time.time()))
+            return self.safety
+        return min(self.safety, max(0.005, self._next_due - time.time()))
 
     async def _claim_and_start(self) -> None:
         """Claim due instructions in batches as slots are free, each batch under a lease

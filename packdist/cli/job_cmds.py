@@ -27,6 +27,7 @@ from packdist.site.home import SiteHome
 from packdist.site.views import job_counts, job_json
 from packdist.states import TERMINAL, InstructionState, JobState
 from packdist.store.base import JobRecord, Store
+from packdist.store.wakeup import SAFETY, StoreWatcher, watch
 
 EXIT_OK, EXIT_FAILED, EXIT_TIMEOUT = 0, 1, 75
 HUMAN_PAGE = 50  # rows of ``job show`` (and ``job wait``) on a terminal unless told otherwise
@@ -47,24 +48,52 @@ def _load(
 def wait_for(job_id: str, timeout: float | None, quiet: bool = False) -> int:
     """Wait until every instruction is terminal; returns the exit code of ``job wait``."""
     store = SiteHome.open(resolve_home()).store()  # one store for every look (WAL: each
-    try:  # read sees the site's latest commits)
-        return _wait(store, job_id, timeout, quiet)
+    watcher = watch(store)  # read sees the site's latest commits); watched before the first
+    try:  # look, so a commit after it always wakes us
+        return _wait(store, watcher, job_id, timeout, quiet)
     finally:
+        if watcher is not None:
+            watcher.close()
         store.close()
 
 
-#: seconds between two looks at a job by ``--wait`` without a terminal: small jobs end in a
-#: few tens of milliseconds after they start (a one-file package on a near server), so the
-#: first looks come soon; later ones every 0.1 s (each is one small read of the store)
+#: without a watcher of the store (PostgreSQL, or no inotify here), seconds between two
+#: looks at a job by ``--wait`` without a terminal: small jobs end in a few tens of
+#: milliseconds after they start (a one-file package on a near server), so the first looks
+#: come soon; later ones every 0.1 s (each is one small read of the store)
 FIRST_LOOKS = (0.01, 0.01, 0.02, 0.02, 0.03, 0.05)
 LATER_LOOKS = 0.1
+#: with a watcher, a look follows each commit of the site; after the first few (a small
+#: job ends in about three), at most one per ``LATER_LOOKS``: a big job's many commits
+#: are read together
+QUICK_LOOKS = len(FIRST_LOOKS)
+LIVE_REFRESH = 0.25  # seconds between two redraws of the live table (rates, ages)
 
 
 def _between_looks(looks: int) -> float:
     return FIRST_LOOKS[looks - 1] if looks <= len(FIRST_LOOKS) else LATER_LOOKS
 
 
-def _wait(store: Store, job_id: str, timeout: float | None, quiet: bool) -> int:
+def _pause(watcher: StoreWatcher | None, most: float, gap: float, last_look: float) -> bool:
+    """Wait before the next look, at most ``most`` seconds: until the store changes (then
+    no sooner than ``gap`` after the last look), or all of it without a watcher. True if
+    the store may have changed."""
+    if watcher is None:
+        time.sleep(most)
+        return True
+    if not watcher.wait(most):
+        return False
+    rest = gap - (time.monotonic() - last_look)
+    if rest > 0:  # commits meanwhile are read by the same look
+        time.sleep(rest)
+        if watcher.changed():
+            watcher.settle(most)  # not much past the timeout, whatever holds the lock
+    return True
+
+
+def _wait(
+    store: Store, watcher: StoreWatcher | None, job_id: str, timeout: float | None, quiet: bool
+) -> int:
     deadline = None if timeout is None else time.monotonic() + timeout
     console = Console(stderr=True)
     live = console.is_terminal and not quiet
@@ -75,10 +104,11 @@ def _wait(store: Store, job_id: str, timeout: float | None, quiet: bool) -> int:
     job = store.get_job(job_id, limit=page)
     if page is None and job.total > PLAIN_ROWS:
         page = 0
+    looked_at = time.monotonic()
 
     def step() -> bool:
-        nonlocal job, last_line
-        job = store.get_job(job_id, limit=page)
+        nonlocal job, last_line, looked_at
+        job, looked_at = store.get_job(job_id, limit=page), time.monotonic()
         if not live and not quiet:
             line = _plain_line(job)
             if line != last_line:
@@ -86,27 +116,33 @@ def _wait(store: Store, job_id: str, timeout: float | None, quiet: bool) -> int:
                 last_line = line
         return job.state is not JobState.ACTIVE
 
+    def pause(looks: int, most: float) -> bool:
+        if deadline is not None:
+            most = max(0.0, min(most, deadline - time.monotonic()))
+        return _pause(watcher, most, LATER_LOOKS if looks > QUICK_LOOKS else 0.0, looked_at)
+
+    looks = 0
     if live:
         meter = RateMeter()
         meter.add(job, time.monotonic())
         with Live(
             _job_table(job, time.time(), meter), console=console, refresh_per_second=4
         ) as view:
-            while not step():
+            done = step()
+            while not done and (deadline is None or time.monotonic() < deadline):
                 meter.add(job, time.monotonic())
                 view.update(_job_table(job, time.time(), meter))
-                if deadline is not None and time.monotonic() >= deadline:
-                    break
-                time.sleep(0.25)
+                looks += 1
+                if pause(looks, LIVE_REFRESH):  # redrawn meanwhile: rates and ages move
+                    done = step()
             meter.add(job, time.monotonic())
             view.update(_job_table(job, time.time(), meter))
     else:
-        looks = 0
         while not step():
             if deadline is not None and time.monotonic() >= deadline:
                 break
             looks += 1
-            time.sleep(_between_looks(looks))
+            pause(looks, _between_looks(looks) if watcher is None else SAFETY)
     if job.state is JobState.ACTIVE:
         return EXIT_TIMEOUT
     return EXIT_OK if job.state is JobState.SUCCEEDED else EXIT_FAILED
