@@ -7,9 +7,8 @@ offsets in the staging tree. :class:`packdist.agent.installer.Installer` runs it
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -39,8 +38,10 @@ PARALLEL_BATCHES = 3  # site requests at once (their size: agent/fetch_plan.py)
 #: bytes at PEER_MIN_RATE (waiting for chunks it is still receiving included)
 PEER_SLOW_AFTER = 10.0
 PEER_MIN_RATE = 1_000_000.0  # bytes/s
-PEER_WRITE_FRAMES = 4  # chunks from a peer held in memory before they are written
-STREAM_THREADS = 8  # site streams read at once, by every install together
+#: threads reading streams, every install together: more than the schedules ask at once
+#: (three site streams and one per peer offered, at most 64, per install), since a stream
+#: that waited for a thread would spend its peer's time budget in the queue; made as needed
+STREAM_THREADS = 256
 WRITEBACK_EVERY = 4 * 1024 * 1024  # bytes a stream writes between two writeback hints
 
 FETCH_ERROR_PREFIX = "agent could not fetch chunks from the site: "
@@ -52,8 +53,9 @@ FETCH_ERROR_PREFIX = "agent could not fetch chunks from the site: "
 FetchChunks = Callable[[list[Digest], dict[Digest, list[Digest]], StreamStop], Iterator[Frame]]
 
 
-#: streams a peer's frames for chunks of a package (raw, or MISSING), not yet verified
-PeerFetch = Callable[[Peer, str, list[Digest]], AsyncGenerator[Frame, None]]
+#: streams a peer's frames for chunks of a package (raw, or MISSING), not yet verified; read
+#: in a worker thread as the site's are
+PeerFetch = Callable[[Peer, str, list[Digest], StreamStop], Iterator[Frame]]
 
 
 class FetchStage:
@@ -142,16 +144,6 @@ class FetchStage:
         if self.download.limited and self._loop is not None:
             asyncio.run_coroutine_threadsafe(self.download.take(n), self._loop).result()
 
-    async def _salvage(
-        self, inst: Install, plan: WritePlan, staging: Path, frames: list[Frame], source: str
-    ) -> None:
-        """Write what verifies of the frames a broken stream delivered; ignore the rest (the
-        next attempt fetches it)."""
-        try:
-            await asyncio.to_thread(self._write_chunks, inst, plan, staging, frames, source)
-        except PackdistError as exc:
-            log.info("%s: kept part of a broken stream only: %s", inst.ref, exc.message)
-
     async def fetch_missing(
         self, inst: Install, plan: WritePlan, staging: Path, missing: list[Digest]
     ) -> None:
@@ -226,78 +218,61 @@ class FetchStage:
     async def _fetch_from_peer(
         self, inst: Install, plan: WritePlan, staging: Path, peer: Peer, batch: list[Digest]
     ) -> tuple[int, list[Digest]]:
-        """Ask ``peer`` for ``batch``; returns (chunks received, chunks it lacked). A wrong
-        or undecodable chunk raises: the caller drops that peer."""
+        """Ask ``peer`` for ``batch``, read in a worker thread that writes each chunk as it
+        arrives; returns (chunks received, chunks it lacked). A wrong or undecodable chunk
+        raises: the caller drops that peer. Cancelled (the caller's time is up), the stream
+        is stopped; what landed is kept and counted."""
+        stop = StreamStop()
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(
+                self._streams(), self._peer_stream, inst, plan, staging, peer, batch, stop
+            )
+        except BaseException:
+            stop.stop()
+            raise
+
+    def _peer_stream(
+        self,
+        inst: Install,
+        plan: WritePlan,
+        staging: Path,
+        peer: Peer,
+        batch: list[Digest],
+        stop: StreamStop,
+    ) -> tuple[int, list[Digest]]:
         assert self._peer_fetch is not None
         source = f"peer {peer.name} ({peer.url})"
         wanted = set(batch)
         lacking: list[Digest] = []
-        frames: list[Frame] = []
         got = 0
-        try:
-            async with contextlib.aclosing(
-                self._peer_fetch(peer, inst.package_id, batch)
-            ) as stream:
-                async for frame in stream:
-                    if frame.digest not in wanted:
-                        raise RemoteError(
-                            f"peer {peer.name} sent chunk {frame.digest.short}… unasked"
-                        )
-                    wanted.discard(frame.digest)
-                    await self.download.take(frame.wire_bytes)
-                    if frame.encoding == MISSING:
-                        lacking.append(frame.digest)
-                        continue
-                    if frame.encoding != Encoding.RAW:
-                        raise RemoteError(f"peer {peer.name} sent an encoding it may not use")
-                    frames.append(frame)
-                    got += 1
-                    inst.tick()
-                    if len(frames) >= PEER_WRITE_FRAMES:
-                        await self._write_from_peer(inst, plan, staging, frames, source)
-                        frames = []
-        except BaseException:  # failed, too slow, cut: keep the chunks that arrived whole
-            if frames:
-                await self._salvage(inst, plan, staging, frames, source)
-                self._count_from_peer(inst, plan, frames)
-            raise
-        if frames:
-            await self._write_from_peer(inst, plan, staging, frames, source)
-        return got, [*lacking, *wanted]
-
-    async def _write_from_peer(
-        self, inst: Install, plan: WritePlan, staging: Path, frames: list[Frame], source: str
-    ) -> None:
-        try:
-            await asyncio.to_thread(self._write_chunks, inst, plan, staging, frames, source)
-        finally:
-            self._count_from_peer(inst, plan, frames)
-
-    def _count_from_peer(self, inst: Install, plan: WritePlan, frames: list[Frame]) -> None:
-        """Count what a peer sent once it verified: a liar's bytes are not "from peers" (the
-        site sends those chunks again, and they count there)."""
-        have = inst.view.have if inst.view is not None else None
-        for f in frames:
-            if have is None or f.digest in have:
-                inst.bytes_received += plan.sizes[f.digest]
-                inst.bytes_wire += f.wire_bytes
-                inst.bytes_from_peers += f.wire_bytes
-
-    def _write_chunks(
-        self, inst: Install, plan: WritePlan, staging: Path, frames: list[Frame], source: str
-    ) -> None:
-        """Decode, verify and write each of ``frames`` (from ``source``, for messages)."""
-        landed: list[Digest] = []
         written = _Written()
+        frames = self._peer_fetch(peer, inst.package_id, batch, stop)
         try:
-            with plan.writing():
-                for frame in frames:
+            for frame in frames:
+                digest = frame.digest
+                if digest not in wanted:
+                    raise RemoteError(f"peer {peer.name} sent chunk {digest.short}… unasked")
+                wanted.discard(digest)
+                self._take_in_thread(frame.wire_bytes)
+                if frame.encoding == MISSING:
+                    lacking.append(digest)
+                    continue
+                if frame.encoding != Encoding.RAW:
+                    raise RemoteError(f"peer {peer.name} sent an encoding it may not use")
+                with plan.writing():
                     self._write_chunk(plan, staging, frame, source, written)
-                    landed.append(frame.digest)
-                    inst.tick()
+                self._landed(inst, [digest])
+                # counted once it verified: a liar's bytes are not "from peers" (the site
+                # sends those chunks again, and they count there)
+                inst.count(plan.sizes[digest], frame.wire_bytes, from_peer=True)
+                got += 1
         finally:
+            close = getattr(frames, "close", None)
+            if close is not None:
+                close()
             written.start_writeback()
-            self._landed(inst, landed)  # the ones before a bad frame count too
+        return got, [*lacking, *wanted]
 
     def _write_chunk(
         self, plan: WritePlan, staging: Path, frame: Frame, source: str, written: _Written

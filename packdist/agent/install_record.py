@@ -60,12 +60,14 @@ class Install:
         with self._lock:
             self.progress += n
 
-    def count(self, received: int, wire: int) -> None:
+    def count(self, received: int, wire: int, from_peer: bool = False) -> None:
         """A chunk of ``received`` bytes landed, ``wire`` bytes on the wire (from worker
         threads: several at once)."""
         with self._lock:
             self.bytes_received += received
             self.bytes_wire += wire
+            if from_peer:
+                self.bytes_from_peers += wire
             self.progress += 1
 
     def enter(self, phase: Phase) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,7 @@ from packdist.agent.inputs import expect_handler, no_route, query_seconds, read_
 from packdist.agent.installer import Installer, InstallState
 from packdist.agent.peering import PeerService
 from packdist.agent.site_link import ENROLL_RETRY, SiteLink
-from packdist.agent.sources import Peer, peer_chunks
+from packdist.agent.sources import PEER_TIMEOUTS, Peer, peer_chunks
 from packdist.agent.validation import validate_installed
 from packdist.auth import (
     ANY_PEER,
@@ -31,8 +32,16 @@ from packdist.auth import (
 from packdist.core.digest import Digest
 from packdist.core.signing import VerifyKey
 from packdist.errors import AuthError, IntegrityError, PackdistError, UserError
-from packdist.http import error_middleware, error_response, holds, new_session, peer, presented
-from packdist.protocol.chunk_stream import ChunkStreams
+from packdist.http import (
+    Frame,
+    error_middleware,
+    error_response,
+    holds,
+    new_session,
+    peer,
+    presented,
+)
+from packdist.protocol.chunk_stream import ChunkStreams, StreamStop
 from packdist.protocol.messages import (
     InstallRequest,
     RemoveRequest,
@@ -83,6 +92,7 @@ class Agent:
         self.session: aiohttp.ClientSession | None = None
         self.liveness: aiohttp.ClientSession | None = None
         self.streams: ChunkStreams | None = None
+        self.peer_streams: ChunkStreams | None = None
         self.installer = Installer(
             home,
             self._fetch,
@@ -114,9 +124,11 @@ class Agent:
         assert self.site is not None
         return self.site.chunks(digests, bases, stop)
 
-    def _fetch_from_peer(self, p: Peer, package_id: str, digests: list[Digest]) -> Any:
-        assert self.session is not None
-        return peer_chunks(self.session, p, package_id, digests)
+    def _fetch_from_peer(
+        self, p: Peer, package_id: str, digests: list[Digest], stop: StreamStop
+    ) -> Iterator[Frame]:
+        assert self.peer_streams is not None
+        return peer_chunks(self.peer_streams, p, package_id, digests, stop)
 
     # --- life cycle -----------------------------------------------------------------------
 
@@ -129,6 +141,7 @@ class Agent:
         # enrollment and certificate requests: the token is the credential, no certificate
         self.liveness = new_session(fresh_connections=True, tls=link.transport.anonymous)
         self.streams = ChunkStreams(link.transport.client)  # chunks, read in worker threads
+        self.peer_streams = ChunkStreams(link.transport.client, PEER_TIMEOUTS)
         link.site = SiteClient(
             link.site_urls, link.token, self.session, self.liveness, self.streams
         )
@@ -152,8 +165,9 @@ class Agent:
         for session in (self.session, self.liveness):
             if session is not None:
                 await session.close()
-        if self.streams is not None:
-            self.streams.close()
+        for streams in (self.streams, self.peer_streams):
+            if streams is not None:
+                streams.close()
         self.installer.stop_streams()
 
     # --- HTTP -----------------------------------------------------------------------------

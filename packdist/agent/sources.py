@@ -25,17 +25,18 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Sequence
+import http.client
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import yarl
 
 from packdist.auth import PEER_CHUNKS_PATH
 from packdist.core.digest import Digest
 from packdist.errors import TransferError, UserError
-from packdist.http import HOLDER_HEADER, Frame, Timeouts, read_frames, request
+from packdist.http import HOLDER_HEADER, Frame, Timeouts
+from packdist.protocol.chunk_stream import ChunkStreams, StreamStop
 
 #: the encoding byte of a frame that says "not here (yet)"
 MISSING = 0xFE
@@ -149,26 +150,20 @@ class Pulse:
             self.waiting -= 1
 
 
-async def peer_chunks(
-    session: aiohttp.ClientSession,
+def peer_chunks(
+    streams: ChunkStreams,
     peer: Peer,
     package_id: str,
     digests: list[Digest],
+    stop: StreamStop | None = None,
     wait: float = PEER_WAIT,
-) -> AsyncIterator[Frame]:
-    """The frames a peer sends for ``digests`` (raw or ``MISSING``), in the order asked."""
+) -> Iterator[Frame]:
+    """The frames a peer sends for ``digests`` (raw or ``MISSING``), in the order asked;
+    blocking, read in a worker thread (``streams``: made with :data:`PEER_TIMEOUTS`)."""
     url = f"{peer.url}{PEER_CHUNKS_PATH}"
     body = {"package": package_id, "digests": [d.hex for d in digests], "wait": wait}
+    headers = {"Authorization": f"Bearer {peer.token}", HOLDER_HEADER: f"server/{peer.name}"}
     try:
-        async with request(
-            session,
-            "POST",
-            url,
-            json=body,
-            headers={"Authorization": f"Bearer {peer.token}", HOLDER_HEADER: f"server/{peer.name}"},
-            timeouts=PEER_TIMEOUTS,
-        ) as resp:
-            async for frame in read_frames(resp.content, url, PEER_MAX_PAYLOAD):
-                yield frame
-    except ValueError as exc:  # a URL or header the client refuses: this peer is no use
+        yield from streams.post(url, headers, body, stop, PEER_MAX_PAYLOAD)
+    except (ValueError, http.client.InvalidURL) as exc:  # a URL or header refused: no use
         raise TransferError(f"cannot ask peer {peer.name}: {exc}") from exc

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,9 @@ from packdist.auth import (
 )
 from packdist.core.digest import Digest
 from packdist.core.signing import SigningKey
-from packdist.errors import AuthError, UserError
+from packdist.errors import AuthError, TransferError, UserError
 from packdist.http import Frame
+from packdist.protocol.chunk_stream import StreamStop
 from packdist.ratelimit import Bucket, parse_rate
 from packdist.site.tracker import (
     ALIVE_WITHIN,
@@ -137,17 +138,11 @@ def test_one_credential_in_an_install_request_serves_every_peer_that_brings_none
 def test_asking_a_peer_whose_url_the_client_refuses_is_a_transfer_error() -> None:
     from packdist.agent.sources import peer_chunks
     from packdist.core.tls import client_context
-    from packdist.errors import TransferError
-    from packdist.http import new_session
+    from packdist.protocol.chunk_stream import ChunkStreams
 
-    async def ask() -> None:
-        async with new_session(tls=client_context(None)) as session:
-            peer = Peer("dp2", "http://[::1", "t", True)  # past the list's checks somehow
-            async for _ in peer_chunks(session, peer, "ab" * 32, [Digest.of(b"x")]):
-                pass
-
+    peer = Peer("dp2", "http://[::1", "t", True)  # past the list's checks somehow
     with pytest.raises(TransferError, match="cannot ask peer dp2"):
-        asyncio.run(ask())
+        list(peer_chunks(ChunkStreams(client_context(None)), peer, "ab" * 32, [Digest.of(b"x")]))
 
 
 # --- the tracker --------------------------------------------------------------------------
@@ -305,7 +300,7 @@ def _install_with_peer(
 def test_a_peer_that_sends_wrong_bytes_is_dropped_and_the_site_fills_in(tmp_path: Path) -> None:
     asked: list[int] = []
 
-    async def liar(p: Peer, package_id: str, ds: list[Digest]) -> AsyncGenerator[Frame, None]:
+    def liar(p: Peer, package_id: str, ds: list[Digest], stop: StreamStop) -> Iterator[Frame]:
         asked.append(len(ds))
         for d in ds:
             yield raw_frame(d, b"\0" * PIECE)
@@ -319,7 +314,7 @@ def test_a_peer_that_sends_wrong_bytes_is_dropped_and_the_site_fills_in(tmp_path
 def test_a_peer_that_lacks_the_chunks_is_asked_once(tmp_path: Path) -> None:
     asked: list[int] = []
 
-    async def empty(p: Peer, package_id: str, ds: list[Digest]) -> AsyncGenerator[Frame, None]:
+    def empty(p: Peer, package_id: str, ds: list[Digest], stop: StreamStop) -> Iterator[Frame]:
         asked.append(len(ds))
         for d in ds:
             yield Frame(d, MISSING, 0, b"")
@@ -333,7 +328,7 @@ def test_a_peer_that_lacks_the_chunks_is_asked_once(tmp_path: Path) -> None:
 def test_an_honest_peer_supplies_everything(tmp_path: Path) -> None:
     pkg = v(3)
 
-    async def honest(p: Peer, package_id: str, ds: list[Digest]) -> AsyncGenerator[Frame, None]:
+    def honest(p: Peer, package_id: str, ds: list[Digest], stop: StreamStop) -> Iterator[Frame]:
         for d in ds:
             yield raw_frame(d, pkg.chunks[d])
 
@@ -351,10 +346,12 @@ def test_a_peer_too_slow_is_dropped_and_the_site_fills_in(
     pkg = v(3)
     asked: list[int] = []
 
-    async def trickle(p: Peer, package_id: str, ds: list[Digest]) -> AsyncGenerator[Frame, None]:
+    def trickle(p: Peer, package_id: str, ds: list[Digest], stop: StreamStop) -> Iterator[Frame]:
         asked.append(len(ds))
         yield raw_frame(ds[0], pkg.chunks[ds[0]])
-        await asyncio.sleep(3600)  # then nothing: alive, but useless
+        while not stop.stopped:  # then nothing: alive, but useless
+            time.sleep(0.02)
+        raise TransferError("stopped")
 
     inst, calls, _ = _install_with_peer(tmp_path, trickle, pkg)
     assert inst.state is InstallState.INSTALLED

@@ -5,7 +5,7 @@ every one of its places in a real staging tree; what is refused, and what a cut 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -214,9 +214,8 @@ def test_a_cut_keeps_every_chunk_that_arrived_whole_and_a_resume_asks_only_for_t
 
 
 def peer_of(frames: Callable[[list[Digest]], list[Frame]], cut: bool = False) -> PeerFetch:
-    async def peer(p: Peer, package_id: str, ds: list[Digest]) -> AsyncGenerator[Frame, None]:
-        for frame in frames(ds):
-            yield frame
+    def peer(p: Peer, package_id: str, ds: list[Digest], stop: object) -> Iterator[Frame]:
+        yield from frames(ds)
         if cut:
             raise TransferError(f"connection reset by {p.url}")
 
