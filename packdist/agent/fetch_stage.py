@@ -7,6 +7,7 @@ offsets in the staging tree. :class:`packdist.agent.installer.Installer` runs it
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +43,7 @@ PEER_MIN_RATE = 1_000_000.0  # bytes/s
 #: (three site streams and one per peer offered, at most 64, per install), since a stream
 #: that waited for a thread would spend its peer's time budget in the queue; made as needed
 STREAM_THREADS = 256
+LIMIT_LOOK = 0.5  # seconds between two looks at a stop while waiting for the download limit
 WRITEBACK_EVERY = 4 * 1024 * 1024  # bytes a stream writes between two writeback hints
 
 FETCH_ERROR_PREFIX = "agent could not fetch chunks from the site: "
@@ -126,7 +128,7 @@ class FetchStage:
                 if digest not in wanted:
                     raise RemoteError(f"site sent chunk {digest.short}… that was not asked for")
                 wanted.discard(digest)
-                self._take_in_thread(frame.wire_bytes)
+                self._take_in_thread(frame.wire_bytes, stop)
                 with plan.writing():
                     self._write_chunk(plan, staging, frame, self.source, written)
                 self._landed(inst, [digest])
@@ -139,10 +141,22 @@ class FetchStage:
         if wanted:
             raise TransferError(f"site stream ended with {len(wanted)} chunk(s) missing")
 
-    def _take_in_thread(self, n: int) -> None:
-        """The download limit, from a worker thread (its bucket lives on the loop)."""
-        if self.download.limited and self._loop is not None:
-            asyncio.run_coroutine_threadsafe(self.download.take(n), self._loop).result()
+    def _take_in_thread(self, n: int, stop: StreamStop) -> None:
+        """The download limit, from a worker thread (its bucket lives on the loop); given
+        up when the stream is stopped or the loop has gone (no thread waits forever)."""
+        loop = self._loop
+        if not self.download.limited or loop is None:
+            return
+        taken = asyncio.run_coroutine_threadsafe(self.download.take(n), loop)
+        while True:
+            try:
+                taken.result(timeout=LIMIT_LOOK)
+                return
+            except concurrent.futures.TimeoutError:
+                if stop.stopped or loop.is_closed() or not loop.is_running():
+                    taken.cancel()
+                    stop.check()
+                    raise TransferError("the agent is stopping") from None
 
     async def fetch_missing(
         self, inst: Install, plan: WritePlan, staging: Path, missing: list[Digest]
@@ -254,7 +268,7 @@ class FetchStage:
                 if digest not in wanted:
                     raise RemoteError(f"peer {peer.name} sent chunk {digest.short}… unasked")
                 wanted.discard(digest)
-                self._take_in_thread(frame.wire_bytes)
+                self._take_in_thread(frame.wire_bytes, stop)
                 if frame.encoding == MISSING:
                     lacking.append(digest)
                     continue

@@ -21,6 +21,7 @@ import json
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -57,6 +58,10 @@ from packdist.http import (
 
 MAX_ERROR_BODY = 64 * 1024  # bytes of an error answer read, at most
 IDLE_PER_ORIGIN = 8  # kept-alive connections kept per site worker or peer
+#: seconds a kept-alive connection may sit idle and still be used: below the servers' own
+#: idle timeout (``serving.py``), so a connection is not used just as they close it, and
+#: short enough that one a NAT or firewall forgot costs no read timeout
+IDLE_FOR = 15.0
 
 
 class StreamStop:
@@ -96,13 +101,16 @@ class ChunkStreams:
     """Blocking chunk-stream requests over kept-alive connections, for worker threads.
 
     ``tls``: what ``https://`` URLs are dialled with (an ``http://`` URL goes in clear, as
-    with :func:`packdist.http.new_session`)."""
+    with :func:`packdist.http.new_session`). A kept-alive connection is reused only for
+    the same origin and the same expected holder (it was checked for that one), and only
+    while younger than :data:`IDLE_FOR` idle."""
 
     def __init__(self, tls: ssl.SSLContext, timeouts: Timeouts = STREAM) -> None:
         self._tls = tls
         self._timeouts = timeouts
-        self._idle: dict[str, list[http.client.HTTPConnection]] = {}
+        self._idle: dict[tuple[str, str], list[tuple[float, http.client.HTTPConnection]]] = {}
         self._lock = threading.Lock()
+        self._closed = False
 
     def post(
         self,
@@ -121,7 +129,8 @@ class ChunkStreams:
         stop = stop or StreamStop()
         data = json.dumps(body).encode()
         send = {**headers, "Content-Type": "application/json", "Content-Length": str(len(data))}
-        conn, resp = self._answer(url, send, data, stop)
+        key = (peer(url), headers.get(HOLDER_HEADER, ""))
+        conn, resp = self._answer(url, key, send, data, stop)
         done = False
         try:
             yield from _frames(resp, url, max_payload)
@@ -131,27 +140,32 @@ class ChunkStreams:
             raise _translate(exc, url, sent=True) from exc
         finally:
             stop.attach(None)
-            if done and not stop.stopped:
-                self._keep(url, conn)
-            else:  # stopped early, or broken: what is left unread makes it unusable
+            if done and not stop.stopped and not resp.will_close and conn.sock is not None:
+                self._keep(key, conn)
+            else:  # stopped early, broken, or closing: what is left makes it unusable
                 conn.close()
 
     def close(self) -> None:
-        """Close the idle connections (an install that ends leaves none in use)."""
+        """Close the idle connections, and any handed back from now on."""
         with self._lock:
-            idle, self._idle = self._idle, {}
+            idle, self._idle, self._closed = self._idle, {}, True
         for conns in idle.values():
-            for conn in conns:
+            for _, conn in conns:
                 conn.close()
 
     def _answer(
-        self, url: str, headers: dict[str, str], data: bytes, stop: StreamStop
+        self,
+        url: str,
+        key: tuple[str, str],
+        headers: dict[str, str],
+        data: bytes,
+        stop: StreamStop,
     ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         """The request sent and its answer's head read: on a kept-alive connection when one
         is idle (tried again once on a fresh one if the other end had closed it)."""
         parts = urlsplit(url)
         target = parts.path + (f"?{parts.query}" if parts.query else "")
-        reused = self._take(url)
+        reused = self._take(key)
         for conn in ([reused] if reused is not None else []) + [None]:
             fresh = conn is None
             if conn is None:
@@ -168,7 +182,10 @@ class ChunkStreams:
                 if not fresh and _closed_by_peer(exc):
                     continue  # the other end closed an idle connection: dial again
                 raise _translate(exc, url, sent=True) from exc
-            if resp.status >= 400:
+            except BaseException:  # stopped, or a header the client refuses: never pooled
+                conn.close()
+                raise
+            if resp.status != 200:
                 try:
                     _raise_for_answer(resp, url)
                 finally:
@@ -188,6 +205,8 @@ class ChunkStreams:
             )
         else:
             conn = http.client.HTTPConnection(host, port, timeout=self._timeouts.connect)
+        # never dialled again behind our back: only here is whom it reached checked
+        conn.auto_open = 0
         try:
             conn.connect()
         except (OSError, http.client.HTTPException) as exc:
@@ -203,21 +222,32 @@ class ChunkStreams:
             if not holds(held, expected):
                 conn.close()
                 raise WrongHolder(
-                    f"TLS: {parts.hostname}:{port} holds the certificate of"
+                    f"TLS: {host}:{port or 443} holds the certificate of"
                     f" {held or 'no packdist holder'}, not of {expected}: refusing it"
                 )
         return conn
 
-    def _take(self, url: str) -> http.client.HTTPConnection | None:
+    def _take(self, key: tuple[str, str]) -> http.client.HTTPConnection | None:
+        stale = []
         with self._lock:
-            conns = self._idle.get(peer(url))
-            return conns.pop() if conns else None
+            conns = self._idle.get(key, [])
+            now = time.monotonic()
+            while conns:
+                since, conn = conns.pop()
+                if now - since < IDLE_FOR:
+                    break
+                stale.append(conn)
+            else:
+                conn = None
+        for old in stale:
+            old.close()
+        return conn
 
-    def _keep(self, url: str, conn: http.client.HTTPConnection) -> None:
+    def _keep(self, key: tuple[str, str], conn: http.client.HTTPConnection) -> None:
         with self._lock:
-            conns = self._idle.setdefault(peer(url), [])
-            if len(conns) < IDLE_PER_ORIGIN:
-                conns.append(conn)
+            conns = self._idle.setdefault(key, [])
+            if not self._closed and len(conns) < IDLE_PER_ORIGIN:
+                conns.append((time.monotonic(), conn))
                 return
         conn.close()
 
@@ -258,7 +288,10 @@ def _read_full(resp: http.client.HTTPResponse, into: memoryview) -> int:
 
 def _raise_for_answer(resp: http.client.HTTPResponse, url: str) -> None:
     """An error answer as the packdist error :func:`packdist.http.raise_for_answer` gives."""
-    raw = resp.read(MAX_ERROR_BODY)
+    try:
+        raw = resp.read(MAX_ERROR_BODY)
+    except (OSError, http.client.HTTPException):  # the words then come from the status
+        raw = b""
     kind = ErrorKind.TRANSIENT
     try:
         body = json.loads(raw)
@@ -296,10 +329,12 @@ def _translate(exc: BaseException, url: str, sent: bool) -> PackdistError:
     if isinstance(exc, ssl.SSLCertVerificationError):
         why = exc.verify_message or exc.reason
         return ConnectError(f"TLS: {where} is not verified by the site's authority ({why})")
+    if sent and isinstance(exc, http.client.HTTPException | ConnectionResetError | ssl.SSLError):
+        return TransferError(f"connection to {where} dropped mid-transfer")
     if isinstance(exc, ssl.SSLError):
         return ConnectError(f"TLS handshake with {where} failed ({exc.reason or exc})")
-    if sent and isinstance(exc, http.client.HTTPException | ConnectionResetError):
-        return TransferError(f"connection to {where} dropped mid-transfer")
+    if isinstance(exc, socket.gaierror):
+        return ConnectError(f"cannot connect to {where}: {exc.strerror or exc}")
     if isinstance(exc, OSError):
         return os_error(exc, where)
     return TransferError(f"transfer with {where} failed: {exc!r}")

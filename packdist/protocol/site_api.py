@@ -13,6 +13,7 @@ the agent makes of both, and of heartbeats that fail.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
@@ -71,6 +72,7 @@ class SiteClient:
         if not self.urls:
             raise ValueError("no site URL")
         self._current = 0
+        self._moving = threading.Lock()
         self._auth = {"Authorization": f"Bearer {token}", HOLDER_HEADER: "site"}
         self._session = session
         self._liveness = liveness  # a fresh connection per call: enrollment
@@ -82,9 +84,12 @@ class SiteClient:
         return self.urls[self._current]
 
     def _next(self, failed: str, exc: PackdistError) -> None:
-        if len(self.urls) > 1 and self.urls[self._current] == failed:
-            self._current = (self._current + 1) % len(self.urls)
-            log.info("site worker %s: %s; trying %s", failed, exc.message, self.base_url)
+        """Move on from ``failed``, unless another call already did (streams fail in worker
+        threads at once: only the first moves)."""
+        with self._moving:
+            if len(self.urls) > 1 and self.urls[self._current] == failed:
+                self._current = (self._current + 1) % len(self.urls)
+                log.info("site worker %s: %s; trying %s", failed, exc.message, self.base_url)
 
     async def _any(self, call: Callable[[str], Awaitable[T]]) -> T:
         """``call(url)`` on the worker in use, then on each other one until one answers."""
@@ -181,7 +186,8 @@ class SiteClient:
             body["bases"] = {d.hex: [b.hex for b in bs] for d, bs in bases.items()}
         last: PackdistError | None = None
         for _ in range(len(self.urls)):
-            url = f"{self.base_url}/v1/chunks"
+            worker = self.base_url  # the one this stream tried (others move on at once)
+            url = f"{worker}/v1/chunks"
             started = False
             try:
                 for frame in self._streams.post(url, self._auth, body, stop):
@@ -191,7 +197,7 @@ class SiteClient:
             except PackdistError as exc:
                 if not _unreachable(exc) or (stop is not None and stop.stopped):
                     raise
-                self._next(self.base_url, exc)
+                self._next(worker, exc)
                 if started:
                     raise
                 last = exc

@@ -45,8 +45,10 @@ WRITE_TIMEOUT = 15.0  # an agent that takes no bytes of a chunk stream this long
 #: it saves, and chunks go raw (deltas against bases still go encoded); below half of it,
 #: compression comes back. zstd level 1 runs at ~200-300 MB/s per core on text.
 FAST_LINK = 250e6
-RATE_SAMPLE = 8 * 1024 * 1024  # bytes written before the rate is trusted (socket buffers
-# take the first few MiB at once, whatever the link), then measured again every as many
+#: chunk bytes (decoded: a stream compressed 4x still ends its windows) sent before the rate
+#: is trusted (socket buffers take the first few MiB at once, whatever the link), then
+#: measured again every as many
+RATE_SAMPLE = 8 * 1024 * 1024
 RAW_MEMORY = 100_000  # servers whose last stream's choice is remembered
 #: the share of a window's time a stream waits for the agent to take its bytes: below
 #: SITE_BOUND the site is what holds it back (reading, encoding: on loopback, or a fast LAN
@@ -109,7 +111,7 @@ class ContentRoutes:
         await resp.prepare(request)
         loop = asyncio.get_running_loop()
         groups = [digests[i : i + GROUP_CHUNKS] for i in range(0, len(digests), GROUP_CHUNKS)]
-        reads: deque[asyncio.Future[tuple[bytes, str | None]]] = deque()
+        reads: deque[asyncio.Future[tuple[bytes, int, str | None]]] = deque()
         queue = iter(groups)
 
         async def send(data: bytes) -> None:
@@ -130,7 +132,7 @@ class ContentRoutes:
         # a window is measured, assume a slow link).
         # An agent asks for a package in many requests: each starts as the last one left off.
         encodings = accept - {Encoding.ZSTD} if self._raw.get(server) else accept
-        written, waited, window_start = 0, 0.0, time.monotonic()
+        written, decoded, waited, window_start = 0, 0, 0.0, time.monotonic()
         cpu = CpuTimes.now()
         base_cache = _Bases()  # verified base chunks of this request, read once each
         try:
@@ -143,19 +145,20 @@ class ContentRoutes:
                     )
                 if not reads:
                     break
-                frames, error = await reads.popleft()
+                frames, sizes, error = await reads.popleft()
                 started = time.monotonic()
                 await send(frames)
                 written += len(frames)
+                decoded += sizes
                 waited += time.monotonic() - started
-                if written >= RATE_SAMPLE:
+                if decoded >= RATE_SAMPLE:
                     now, cpu_now = time.monotonic(), CpuTimes.now()
                     held = waited / max(now - window_start, 1e-6)
                     rate = written / max(waited, 1e-6)
                     idle = cpu_now.idle_share_since(cpu) if cpu_now is not None else 1.0
                     zstd = compress_next(Encoding.ZSTD in encodings, rate, held, idle)
                     encodings = accept if zstd else accept - {Encoding.ZSTD}
-                    written, waited, window_start, cpu = 0, 0.0, now, cpu_now
+                    written, decoded, waited, window_start, cpu = 0, 0, 0.0, now, cpu_now
                     if len(self._raw) >= RAW_MEMORY:  # bounded: forgetting costs one window
                         self._raw.clear()
                     self._raw[server] = Encoding.ZSTD not in encodings
@@ -185,21 +188,23 @@ class ContentRoutes:
         accept: frozenset[Encoding],
         bases: dict[Digest, list[Digest]],
         base_cache: _Bases,
-    ) -> tuple[bytes, str | None]:
+    ) -> tuple[bytes, int, str | None]:
         """A group of chunks read from the library, each encoded as it pays (see
         :mod:`packdist.core.codec`) and framed, as one buffer (one write per group, not two
         per chunk); the error that stopped it, if any."""
         parts: list[bytes] = []
+        sizes = 0
         for d in group:
             try:
                 data = self.library.read(d)
             except PackdistError as exc:
-                return b"".join(parts), exc.message
+                return b"".join(parts), sizes, exc.message
             base = self._base(bases.get(d, ()), base_cache)
             encoding, payload = codec.encode(data, accept, base)
             parts.append(frame_header(d, encoding, len(data), len(payload)))
             parts.append(payload)
-        return b"".join(parts), None
+            sizes += len(data)
+        return b"".join(parts), sizes, None
 
     def _base(self, digests: Sequence[Digest], cache: _Bases) -> bytes | None:
         """The bytes of an agent's base chunks, if the library holds every one intact (and
@@ -233,9 +238,14 @@ def compress_next(now: bool, rate: float, held: float, idle: float) -> bool:
     where the link is fast, where the site holds the stream back, or where no processor
     has time to spare; zstd again only where all three say the link is the bound (apart,
     so that a stream near one bound does not flip every window)."""
-    if rate > FAST_LINK or held < SITE_BOUND or idle < BUSY_IDLE:
+    busy = rate > FAST_LINK / 4 and idle < BUSY_IDLE  # a WAN stays compressed on a busy host
+    if rate > FAST_LINK or held < SITE_BOUND or busy:
         return False
-    if rate < FAST_LINK / 2 and held > LINK_BOUND and idle > 2 * BUSY_IDLE:
+    if (
+        rate < FAST_LINK / 2
+        and held > LINK_BOUND
+        and (idle > 2 * BUSY_IDLE or rate < FAST_LINK / 4)
+    ):
         return True
     return now
 

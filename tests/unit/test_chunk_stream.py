@@ -24,7 +24,7 @@ from packdist.core import tls
 from packdist.core.codec import Encoding
 from packdist.core.digest import Digest
 from packdist.errors import AuthError, ConnectError, RemoteError, TransferError
-from packdist.http import HOLDER_HEADER, WrongHolder, error_frame, frame_header
+from packdist.http import HOLDER_HEADER, Timeouts, WrongHolder, error_frame, frame_header
 from packdist.protocol.chunk_stream import ChunkStreams, StreamStop
 from packdist.site import serving_tls
 from packdist.site.authority import SiteAuthority
@@ -127,7 +127,7 @@ def test_a_kept_alive_connection_serves_the_next_request_and_one_closed_since_is
         assert peers[0] == peers[1], "the second request dialled again"
         # the server drops its idle connections: the next request dials again, unharmed
         for conns in streams._idle.values():
-            for conn in conns:
+            for _, conn in conns:
                 assert conn.sock is not None
                 conn.sock.shutdown(2)
         assert ask(streams, url, CHUNKS[6:9]) == CHUNKS[6:9]
@@ -252,3 +252,40 @@ def test_over_tls_a_server_holding_another_certificate_of_the_authority_is_sent_
         list(streams.post(url, site_holder, body))  # a server's, at the site's address
     streams.close()
     assert len(bodies) == 1, "the request went to a server that is not the site"
+
+
+def test_after_an_answer_that_closes_its_connection_the_next_request_dials_afresh() -> None:
+    # http.client would otherwise dial again by itself, unchecked and with the connect
+    # timeout as its read timeout: the slow second answer would then time out
+    answers = 0
+
+    async def closing_then_slow(request: web.Request) -> web.StreamResponse:
+        nonlocal answers
+        answers += 1
+        if answers == 1:
+            resp = await stream_all(request)
+            resp.force_close()
+            return resp
+        await asyncio.sleep(1.0)  # longer than the connect timeout, within the read timeout
+        return await stream_all(request)
+
+    streams = ChunkStreams(tls.client_context(None), Timeouts(connect=0.3, read=5.0, total=None))
+    with serving(closing_then_slow) as url:
+        assert ask(streams, url, CHUNKS[:2]) == CHUNKS[:2]
+        assert ask(streams, url, CHUNKS[2:4]) == CHUNKS[2:4]
+    streams.close()
+
+
+def test_an_error_answer_whose_body_is_cut_is_still_the_error_in_words(
+    streams: ChunkStreams,
+) -> None:
+    async def dying(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(status=500)
+        await resp.prepare(request)
+        await resp.write(b'{"error": "disk')
+        assert request.transport is not None
+        request.transport.close()
+        return resp
+
+    with serving(dying) as url, pytest.raises(RemoteError, match=r"answered 500"):
+        ask(streams, url, CHUNKS[:1])

@@ -29,7 +29,13 @@ def test_a_stream_the_site_itself_holds_back_goes_raw() -> None:
 
 def test_a_machine_with_no_processor_to_spare_sends_raw_as_on_loopback() -> None:
     # on loopback the agent shares the cores: compressing takes from the transfer itself
-    assert not compress_next(True, SLOW, WAITING, 0.05)
+    assert not compress_next(True, 0.6 * FAST_LINK, WAITING, 0.05)
+
+
+def test_a_wan_stays_compressed_on_a_busy_machine() -> None:
+    # at WAN rates compressing pays back whatever else the processors do
+    assert compress_next(True, SLOW, WAITING, 0.05)
+    assert compress_next(False, SLOW, WAITING, 0.05)
 
 
 def test_a_stream_between_the_bounds_keeps_its_choice() -> None:
