@@ -10,7 +10,8 @@ Order of work, so that a refusal or a crash leaves nothing visible:
 4. ``syncfs`` the library, then record chunks and the signed manifest in one transaction.
 
 An interruption before step 4 commits removes the chunks this import wrote; a hard crash can
-leave unreferenced chunk files, never a referenced one that is not fully written.
+leave unreferenced chunk files (perhaps partial: a later import replaces them whole), never
+a referenced one that is not fully written.
 
 The pipeline of step 3 lives in ``import_pipeline.py``. Step 4's ``syncfs`` runs on a
 thread of its own while the calling thread builds and signs the manifest, which needs no
