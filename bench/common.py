@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -288,7 +288,12 @@ def _become_subreaper() -> None:
         _subreaper = True
 
 
-def run_child(argv: Sequence[str | os.PathLike[str]], *, cwd: Path | None = None) -> Run:
+def run_child(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Run:
     """Run ``argv``, timed; its peak RSS and CPU time come from ``os.wait4``.
 
     Peak RSS is that of the largest single process of the command's tree (a pipeline's
@@ -304,6 +309,7 @@ def run_child(argv: Sequence[str | os.PathLike[str]], *, cwd: Path | None = None
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             cwd=cwd,
+            env=env,
             check=True,
         )
         _pid, status, usage = os.wait4(int(launched.stdout), 0)
@@ -316,10 +322,15 @@ def run_child(argv: Sequence[str | os.PathLike[str]], *, cwd: Path | None = None
     return Run(seconds, usage.ru_maxrss, usage.ru_utime, usage.ru_stime, stdout)
 
 
-def run_quiet(argv: Sequence[str | os.PathLike[str]], *, cwd: Path | None = None) -> str:
+def run_quiet(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> str:
     """Run an untimed preparation step; raise with its stderr if it fails."""
     args = [os.fspath(a) for a in argv]
-    res = subprocess.run(args, capture_output=True, text=True, cwd=cwd, check=False)
+    res = subprocess.run(args, capture_output=True, text=True, cwd=cwd, env=env, check=False)
     if res.returncode != 0:
         raise ChildFailed(f"{' '.join(args)}: {res.stderr.strip()[-2000:]}")
     return res.stdout
