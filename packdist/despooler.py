@@ -134,8 +134,11 @@ class Despooler:
                 except Exception:
                     log.exception("despooler pass failed; trying again in 1s")
                     await asyncio.sleep(1.0)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+                # cancellation that comes as the event is set (the site then never stops)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), timeout=self._idle())
+                    async with asyncio.timeout(self._idle()):
+                        await self.wake.wait()
                 self.wake.clear()
 
     def _idle(self) -> float:

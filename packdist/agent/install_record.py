@@ -87,8 +87,9 @@ class Install:
 
     async def wait(self, seconds: float) -> None:
         """Return when the install ends, or after ``seconds`` (for long polls)."""
-        try:
-            await asyncio.wait_for(self.finished.wait(), timeout=seconds)
+        try:  # not wait_for: on Python 3.11 it can swallow a cancellation (despooler.py)
+            async with asyncio.timeout(seconds):
+                await self.finished.wait()
         except TimeoutError:
             pass
 

@@ -142,8 +142,9 @@ class Pulse:
         if timeout <= 0:
             return
         self.waiting += 1
-        try:
-            await asyncio.wait_for(self._event.wait(), timeout)
+        try:  # not wait_for: on Python 3.11 it can swallow a cancellation (despooler.py)
+            async with asyncio.timeout(timeout):
+                await self._event.wait()
         except TimeoutError:
             pass
         finally:
