@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -121,25 +121,38 @@ class FetchStage:
         wanted = set(batch)
         bases = {d: [b.digest for b in plan.bases[d]] for d in batch if d in plan.bases}
         written = _Written()
-        frames = self._fetch(batch, bases, stop)
+        frames = self._asked(self._fetch(batch, bases, stop), wanted, "site", stop)
         try:
             for frame in frames:
-                digest = frame.digest
-                if digest not in wanted:
-                    raise RemoteError(f"site sent chunk {digest.short}… that was not asked for")
-                wanted.discard(digest)
-                self._take_in_thread(frame.wire_bytes, stop)
                 with plan.writing():
                     self._write_chunk(plan, staging, frame, self.source, written)
-                self._landed(inst, [digest])
-                inst.count(plan.sizes[digest], frame.wire_bytes)
+                self._landed(inst, [frame.digest])
+                inst.count(plan.sizes[frame.digest], frame.wire_bytes)
         finally:
-            close = getattr(frames, "close", None)
-            if close is not None:
-                close()  # the connection released now, not when the generator is collected
+            frames.close()
             written.start_writeback()
         if wanted:
             raise TransferError(f"site stream ended with {len(wanted)} chunk(s) missing")
+
+    def _asked(
+        self, frames: Iterator[Frame], wanted: set[Digest], sender: str, stop: StreamStop
+    ) -> Generator[Frame, None, None]:
+        """The frames of a stream, each one of ``wanted`` (taken out of it) and the download
+        limit taken for it; the stream closed however this ends, so its connection is let go
+        at once rather than when the generator is collected."""
+        try:
+            for frame in frames:
+                if frame.digest not in wanted:
+                    raise RemoteError(
+                        f"{sender} sent chunk {frame.digest.short}… that was not asked for"
+                    )
+                wanted.discard(frame.digest)
+                self._take_in_thread(frame.wire_bytes, stop)
+                yield frame
+        finally:
+            close = getattr(frames, "close", None)
+            if close is not None:
+                close()
 
     def _take_in_thread(self, n: int, stop: StreamStop) -> None:
         """The download limit, from a worker thread (its bucket lives on the loop); given
@@ -261,14 +274,11 @@ class FetchStage:
         lacking: list[Digest] = []
         got = 0
         written = _Written()
-        frames = self._peer_fetch(peer, inst.package_id, batch, stop)
+        stream = self._peer_fetch(peer, inst.package_id, batch, stop)
+        frames = self._asked(stream, wanted, f"peer {peer.name}", stop)
         try:
             for frame in frames:
                 digest = frame.digest
-                if digest not in wanted:
-                    raise RemoteError(f"peer {peer.name} sent chunk {digest.short}… unasked")
-                wanted.discard(digest)
-                self._take_in_thread(frame.wire_bytes, stop)
                 if frame.encoding == MISSING:
                     lacking.append(digest)
                     continue
@@ -282,9 +292,7 @@ class FetchStage:
                 inst.count(plan.sizes[digest], frame.wire_bytes, from_peer=True)
                 got += 1
         finally:
-            close = getattr(frames, "close", None)
-            if close is not None:
-                close()
+            frames.close()
             written.start_writeback()
         return got, [*lacking, *wanted]
 
