@@ -133,7 +133,8 @@ def _wait(
                 meter.add(job, time.monotonic())
                 view.update(_job_table(job, time.time(), meter))
                 looks += 1
-                if pause(looks, LIVE_REFRESH):  # redrawn meanwhile: rates and ages move
+                heard = pause(looks, LIVE_REFRESH)  # redrawn meanwhile: rates and ages move
+                if heard or time.monotonic() - looked_at >= SAFETY:  # a look a second anyway
                     done = step()
             meter.add(job, time.monotonic())
             view.update(_job_table(job, time.time(), meter))

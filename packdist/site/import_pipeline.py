@@ -12,6 +12,7 @@ tree. Measurements: ``docs/chunking.md`` and ``docs/benchmarks.md``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
@@ -51,6 +52,9 @@ class ChunkFiles:
         self.library = library
         self._shards: dict[str, int] = {}
         self._lock = threading.Lock()
+        #: the files this import wrote whole, by the (device, inode) they got: what an
+        #: abort may remove (a name another import wrote since holds another inode)
+        self.created: dict[Digest, tuple[int, int]] = {}
 
     def write(self, digest: Digest, data: memoryview) -> None:
         name = digest.hex
@@ -58,17 +62,37 @@ class ChunkFiles:
             fd = os.open(name, _NEW_FILE, 0o644, dir_fd=self._shard(name[:2]))
         except FileExistsError:
             self.library.write(digest, data, start_writeback=True)
+            with contextlib.suppress(OSError):  # replaced since: not ours to remove
+                st = os.stat(self.library.path(digest), follow_symlinks=False)
+                self._created(digest, st)
             return
         try:
             view = data
             while view:
                 view = view[os.write(fd, view) :]
             fsutil.start_writeback(fd)
+            self._created(digest, os.fstat(fd))
         except BaseException:
             self._remove_own(name, fd)
             raise
         finally:
             os.close(fd)
+
+    def _created(self, digest: Digest, st: os.stat_result) -> None:
+        with self._lock:
+            self.created[digest] = (st.st_dev, st.st_ino)
+
+    def discard_own(self, digest: Digest) -> None:
+        """Remove the chunk file this import wrote, unless its name now holds another's
+        (a concurrent import's, which that import may be about to record)."""
+        mine = self.created.get(digest)
+        path = self.library.path(digest)
+        try:
+            there = os.stat(path, follow_symlinks=False)
+            if mine == (there.st_dev, there.st_ino):
+                os.unlink(path)
+        except OSError:
+            pass
 
     def close(self) -> None:
         with self._lock:
@@ -218,11 +242,13 @@ class Pipeline:
         self._raise_error()
 
     def abort(self, still_unrecorded: Callable[[list[Digest]], set[Digest]]) -> None:
-        """Remove what this import wrote, unless another import has recorded it since."""
+        """Remove the files this import wrote, unless another import has recorded their
+        chunk since or written its own file under the name (it may be about to record it);
+        chunks it meant to write but did not are left alone."""
         self._cancelled = True
         self._stop()
-        for digest in still_unrecorded(list(self.written)):
-            self.library.discard(digest)
+        for digest in still_unrecorded(list(self._files.created)):
+            self._files.discard_own(digest)
 
     def _segment(self) -> _Segment:
         while True:

@@ -55,6 +55,7 @@ class StoreWatcher:
     def __init__(self, path: Path) -> None:
         from inotify_simple import INotify, flags  # here: only the commands that wait load it
 
+        path = path.resolve()  # SQLite keeps the log beside a symlink's target
         self.path = path
         self._names = {path.name, f"{path.name}-wal"}
         self._overflow = int(flags.Q_OVERFLOW | flags.IGNORED)
@@ -85,6 +86,8 @@ class StoreWatcher:
         then or :meth:`stop`). True if it was; its commit is then visible to a read that
         starts now (see :meth:`settle`)."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        if self.stopped:  # commits that keep coming do not keep a stopped watcher going
+            return False
         while not self.changed():
             if self.stopped:
                 return False

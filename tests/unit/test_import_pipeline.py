@@ -196,3 +196,28 @@ def test_chunk_writes_from_many_threads_each_land_whole(tmp_path: Path) -> None:
     files.close()
     stored = library_contents(library)
     assert stored == {f"{Digest.of(c).shard}/{Digest.of(c).hex}": c for c in chunks}
+
+
+def test_an_import_that_gives_up_removes_only_the_chunk_files_it_wrote_itself(
+    tmp_path: Path,
+) -> None:
+    # import A wrote X, then import B wrote X again (its own file under the name, which B
+    # is about to record); A fails: B's file stays. A chunk A never wrote is not touched.
+    library = ContentLibrary(tmp_path / "library")
+    library.create()
+    a, b = ChunkFiles(library), ChunkFiles(library)
+    x, mine, never = b"shared chunk" * 100, b"only a's" * 100, b"b's alone" * 100
+    try:
+        a.write(Digest.of(x), memoryview(x))
+        a.write(Digest.of(mine), memoryview(mine))
+        b.write(Digest.of(x), memoryview(x))  # the name exists: replaced whole by b
+        b.write(Digest.of(never), memoryview(never))
+        for digest in [*a.created, Digest.of(never)]:
+            a.discard_own(digest)
+    finally:
+        a.close()
+        b.close()
+    left = {
+        f"{d.shard}/{d.hex}": data for d, data in ((Digest.of(x), x), (Digest.of(never), never))
+    }
+    assert library_contents(library) == left
