@@ -8,9 +8,10 @@ import os
 import random
 import resource
 import signal
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -145,34 +146,45 @@ def test_a_failed_syncfs_records_nothing_and_removes_the_new_chunks(
         store.close()
 
 
-@pytest.fixture
-def file_size_limit() -> Iterator[int]:
-    """Files may not grow past 4 KiB while the test runs (writes fail with EFBIG)."""
-    limit = 4096
-    old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
-    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, old_limit[1]))
-    try:
-        yield limit
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
-        signal.signal(signal.SIGXFSZ, old_handler)
+#: a chunk write under a file-size limit, in a process of its own: the limit would also
+#: stop this process's own writes (pytest's output to a log file already past it)
+LIMITED_WRITE = """
+import errno, random, sys
+from pathlib import Path
+from packdist.core.digest import Digest
+from packdist.site.import_pipeline import ChunkFiles
+from packdist.site.library import ContentLibrary
+files = ChunkFiles(ContentLibrary(Path(sys.argv[1])))
+data = random.Random(3).randbytes(3 * int(sys.argv[2]))
+try:
+    files.write(Digest.of(data), memoryview(data))
+except OSError as exc:
+    print(errno.errorcode[exc.errno])
+finally:
+    files.close()
+"""
 
 
-def test_a_chunk_write_that_fails_part_way_leaves_no_file_behind(
-    tmp_path: Path, file_size_limit: int
-) -> None:
+def _limit_file_size(limit: int) -> None:
+    """In the child: files may not grow past ``limit`` (writes fail with EFBIG)."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+
+def test_a_chunk_write_that_fails_part_way_leaves_no_file_behind(tmp_path: Path) -> None:
     library = ContentLibrary(tmp_path / "library")
     library.create()
-    files = ChunkFiles(library)
-    data = random.Random(3).randbytes(3 * file_size_limit)
-    digest = Digest.of(data)
-    try:
-        with pytest.raises(OSError) as failed:
-            files.write(digest, memoryview(data))
-    finally:
-        files.close()
-    assert failed.value.errno == errno.EFBIG
+    limit = 4096
+    child = subprocess.run(
+        [sys.executable, "-c", LIMITED_WRITE, str(library.root), str(limit)],
+        capture_output=True,
+        text=True,
+        preexec_fn=lambda: _limit_file_size(limit),
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        timeout=60,
+        check=False,
+    )
+    assert child.stdout.strip() == "EFBIG", child.stderr
     assert library_contents(library) == {}
 
 
