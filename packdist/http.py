@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import logging
 import math
 import ssl
@@ -210,24 +211,29 @@ def os_error(exc: OSError, where: str) -> PackdistError:
 
 
 async def raise_for_answer(resp: aiohttp.ClientResponse, url: str) -> None:
-    if resp.status < 400:
-        return
+    if resp.status >= 400:
+        raise answer_error(resp.status, await resp.read(), resp.headers.get("Retry-After"), url)
+
+
+def answer_error(status: int, body: bytes, retry_after: str | None, url: str) -> PackdistError:
+    """The packdist error that an error answer (``status`` of 400 or more, its ``body``
+    and ``Retry-After`` header) from ``url`` means, whichever client read it."""
     kind = ErrorKind.TRANSIENT
     try:
-        body = await resp.json(content_type=None)
-        detail = str(body.get("error", body))
-        kind = kind_named(body.get("kind"))
-    except Exception:  # a non-JSON error page
-        detail = (await resp.text())[:200]
+        doc = json.loads(body)
+        detail = str(doc.get("error", doc))
+        kind = kind_named(doc.get("kind"))
+    except (ValueError, AttributeError):  # a non-JSON error page
+        detail = body[:200].decode(errors="replace")
     url = peer(url)
-    if resp.status in (401, 403):
-        raise AuthError(f"{url} refused the credential: {detail}")
-    if resp.status == 503:
-        retry_after = retry_after_seconds(resp.headers.get("Retry-After"))
-        if retry_after is not None:
-            raise Overloaded(f"{url} is busy: {detail}", retry_after)
-        raise RemoteError(f"{url} not ready: {detail}", status=503)
-    raise RemoteError(f"{url} answered {resp.status}: {detail}", status=resp.status, kind=kind)
+    if status in (401, 403):
+        return AuthError(f"{url} refused the credential: {detail}")
+    if status == 503:
+        seconds = retry_after_seconds(retry_after)
+        if seconds is not None:
+            return Overloaded(f"{url} is busy: {detail}", seconds)
+        return RemoteError(f"{url} not ready: {detail}", status=503)
+    return RemoteError(f"{url} answered {status}: {detail}", status=status, kind=kind)
 
 
 def retry_after_seconds(header: str | None) -> float | None:
@@ -326,7 +332,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 # See the module docstring ("Chunk streams").
 
 HEADER_MARKS = struct.Struct(">BII")  # encoding, chunk size, payload length; after the digest
-_HEAD = HEADER_MARKS
 HEADER_SIZE = DIGEST_SIZE + HEADER_MARKS.size
 ERROR_MARK = 0xFF  # in the encoding byte: an error frame, its payload a UTF-8 message
 MAX_PAYLOAD = 64 * 1024 * 1024  # no frame is larger (chunks are at most a few MiB)
@@ -349,33 +354,9 @@ class Frame:
 
 
 def frame_header(digest: Digest, encoding: int, size: int, length: int) -> bytes:
-    return digest.raw + _HEAD.pack(encoding, size, length)
+    return digest.raw + HEADER_MARKS.pack(encoding, size, length)
 
 
 def error_frame(message: str) -> bytes:
     data = message.encode()
-    return b"\0" * DIGEST_SIZE + _HEAD.pack(ERROR_MARK, 0, len(data)) + data
-
-
-async def read_frames(
-    content: aiohttp.StreamReader, url: str, max_payload: int = MAX_PAYLOAD
-) -> AsyncIterator[Frame]:
-    """Yield the frames of a chunk stream until it ends; an error frame raises RemoteError.
-    A frame announcing more than ``max_payload`` bytes ends the stream before it is read."""
-    while True:
-        try:
-            head = await content.readexactly(HEADER_SIZE)
-        except asyncio.IncompleteReadError as exc:
-            if not exc.partial:
-                return
-            raise TransferError(f"stream from {url} cut mid-frame") from exc
-        encoding, size, length = _HEAD.unpack_from(head, DIGEST_SIZE)
-        if length > max_payload:
-            raise TransferError(f"stream from {url} announced a frame of {length} bytes")
-        try:
-            data = await content.readexactly(length)
-        except asyncio.IncompleteReadError as exc:
-            raise TransferError(f"stream from {url} cut mid-chunk") from exc
-        if encoding == ERROR_MARK:
-            raise RemoteError(data[:MAX_ERROR_BYTES].decode(errors="replace"))
-        yield Frame(Digest(head[:DIGEST_SIZE]), encoding, size, data)
+    return b"\0" * DIGEST_SIZE + HEADER_MARKS.pack(ERROR_MARK, 0, len(data)) + data

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
 from packdist.agent.bases import read_base
 from packdist.agent.fetch_plan import FetchSchedule, PeerPace
@@ -33,6 +35,7 @@ from packdist.protocol.chunk_stream import StreamStop
 from packdist.ratelimit import Bucket
 
 log = logging.getLogger("packdist.agent")
+T = TypeVar("T")
 
 PARALLEL_BATCHES = 3  # site requests at once (their size: agent/fetch_plan.py)
 #: a peer is dropped as slow when one request takes longer than this many seconds plus its
@@ -87,19 +90,23 @@ class FetchStage:
     ) -> None:
         """One request to the site, read in a worker thread that writes each chunk as it
         arrives (what arrived whole before a cut is kept: the next attempt resumes)."""
-        stop = StreamStop()
-        loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(
-                self._streams(), self._stream_batch, inst, plan, staging, batch, stop
-            )
-        except asyncio.CancelledError:
-            stop.stop()  # the thread's blocked read returns at once
-            raise
+            await self._in_stream_thread(self._stream_batch, inst, plan, staging, batch)
         except PackdistError as exc:
             if not isinstance(exc, TransferError) or exc.message.startswith(FETCH_ERROR_PREFIX):
                 raise
             raise _fetch_error(exc) from exc
+
+    async def _in_stream_thread(self, read: Callable[..., T], *args: Any) -> T:
+        """``read(*args, stop)`` in a stream thread; cancelled (the install stops, a
+        peer's time is up), the stream is stopped: the thread's blocked read returns."""
+        stop = StreamStop()
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._streams(), functools.partial(read, *args, stop))
+        except BaseException:
+            stop.stop()
+            raise
 
     def stop_streams(self) -> None:
         """Let the stream threads go (an agent that stops: its installs were cancelled,
@@ -249,15 +256,7 @@ class FetchStage:
         arrives; returns (chunks received, chunks it lacked). A wrong or undecodable chunk
         raises: the caller drops that peer. Cancelled (the caller's time is up), the stream
         is stopped; what landed is kept and counted."""
-        stop = StreamStop()
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(
-                self._streams(), self._peer_stream, inst, plan, staging, peer, batch, stop
-            )
-        except BaseException:
-            stop.stop()
-            raise
+        return await self._in_stream_thread(self._peer_stream, inst, plan, staging, peer, batch)
 
     def _peer_stream(
         self,

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import http.client
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -166,5 +165,5 @@ def peer_chunks(
     headers = {"Authorization": f"Bearer {peer.token}", HOLDER_HEADER: f"server/{peer.name}"}
     try:
         yield from streams.post(url, headers, body, stop, PEER_MAX_PAYLOAD)
-    except (ValueError, http.client.InvalidURL) as exc:  # a URL or header refused: no use
+    except ValueError as exc:  # a URL or header the client refuses (InvalidURL): no use
         raise TransferError(f"cannot ask peer {peer.name}: {exc}") from exc

@@ -23,21 +23,17 @@ import ssl
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from packdist.core.digest import DIGEST_SIZE, Digest
 from packdist.core.tls import holder as tls_holder
 from packdist.errors import (
-    AuthError,
     ConnectError,
-    ErrorKind,
-    Overloaded,
     PackdistError,
     RemoteError,
     RemoteTimeout,
     TransferError,
-    kind_named,
 )
 from packdist.http import (
     ERROR_MARK,
@@ -50,10 +46,10 @@ from packdist.http import (
     Frame,
     Timeouts,
     WrongHolder,
+    answer_error,
     holds,
     os_error,
     peer,
-    retry_after_seconds,
 )
 
 MAX_ERROR_BODY = 64 * 1024  # bytes of an error answer read, at most
@@ -133,7 +129,7 @@ class ChunkStreams:
         conn, resp = self._answer(url, key, send, data, stop)
         done = False
         try:
-            yield from _frames(resp, url, max_payload)
+            yield from read_frames(resp, url, max_payload)
             done = True
         except (OSError, http.client.HTTPException) as exc:
             stop.check()
@@ -252,7 +248,16 @@ class ChunkStreams:
         conn.close()
 
 
-def _frames(resp: http.client.HTTPResponse, url: str, max_payload: int) -> Iterator[Frame]:
+class ReadsInto(Protocol):
+    """What frames are read from: an HTTP answer's body (or, in tests, any byte stream)."""
+
+    def readinto(self, buffer: memoryview, /) -> int | None: ...
+
+
+def read_frames(resp: ReadsInto, url: str, max_payload: int = MAX_PAYLOAD) -> Iterator[Frame]:
+    """The frames of a chunk stream until it ends (see :mod:`packdist.http`); an error frame
+    raises RemoteError, a frame announcing more than ``max_payload`` bytes or cut short a
+    TransferError. Each payload is a view of a buffer reused for the next frame."""
     head = bytearray(HEADER_SIZE)
     head_view = memoryview(head)
     buffer = memoryview(bytearray(0))
@@ -275,7 +280,7 @@ def _frames(resp: http.client.HTTPResponse, url: str, max_payload: int) -> Itera
         yield Frame(Digest(bytes(head[:DIGEST_SIZE])), encoding, size, payload)
 
 
-def _read_full(resp: http.client.HTTPResponse, into: memoryview) -> int:
+def _read_full(resp: ReadsInto, into: memoryview) -> int:
     """Bytes read into ``into``: all of it, or fewer where the answer ended."""
     done = 0
     while done < len(into):
@@ -287,27 +292,12 @@ def _read_full(resp: http.client.HTTPResponse, into: memoryview) -> int:
 
 
 def _raise_for_answer(resp: http.client.HTTPResponse, url: str) -> None:
-    """An error answer as the packdist error :func:`packdist.http.raise_for_answer` gives."""
+    """An error answer as the packdist error :func:`packdist.http.answer_error` says."""
     try:
         raw = resp.read(MAX_ERROR_BODY)
     except (OSError, http.client.HTTPException):  # the words then come from the status
         raw = b""
-    kind = ErrorKind.TRANSIENT
-    try:
-        body = json.loads(raw)
-        detail = str(body.get("error", body))
-        kind = kind_named(body.get("kind"))
-    except (ValueError, AttributeError):
-        detail = raw[:200].decode(errors="replace")
-    where = peer(url)
-    if resp.status in (401, 403):
-        raise AuthError(f"{where} refused the credential: {detail}")
-    if resp.status == 503:
-        retry_after = retry_after_seconds(resp.getheader("Retry-After"))
-        if retry_after is not None:
-            raise Overloaded(f"{where} is busy: {detail}", retry_after)
-        raise RemoteError(f"{where} not ready: {detail}", status=503)
-    raise RemoteError(f"{where} answered {resp.status}: {detail}", status=resp.status, kind=kind)
+    raise answer_error(resp.status, raw, resp.getheader("Retry-After"), url)
 
 
 def _closed_by_peer(exc: BaseException) -> bool:

@@ -5,7 +5,7 @@ produces more than the chunk's size. Example counts: tests/fuzzing.py."""
 
 from __future__ import annotations
 
-import asyncio
+import io
 from typing import Any
 
 import pytest
@@ -18,7 +18,8 @@ from packdist.core.codec import Encoding, decode
 from packdist.core.digest import Digest
 from packdist.core.manifest import Manifest, ManifestError
 from packdist.errors import PackdistError
-from packdist.http import HEADER_SIZE, frame_header, read_frames
+from packdist.http import HEADER_SIZE, frame_header
+from packdist.protocol.chunk_stream import read_frames
 from tests.fuzzing import fuzz, tried
 from tests.unit.test_manifest import _canonical_doc, _doc, _sample
 
@@ -142,11 +143,8 @@ def test_a_manifest_whose_chunker_is_not_an_object_is_refused() -> None:
 # --- chunk-stream frames --------------------------------------------------------------------
 
 
-async def _frames(stream: bytes, max_payload: int) -> list[Any]:
-    reader = asyncio.StreamReader()
-    reader.feed_data(stream)
-    reader.feed_eof()
-    return [f async for f in read_frames(reader, "http://peer", max_payload)]  # type: ignore[arg-type]
+def _frames(stream: bytes, max_payload: int) -> list[Any]:
+    return list(read_frames(io.BytesIO(stream), "http://peer", max_payload))
 
 
 @st.composite
@@ -175,7 +173,7 @@ def frame_streams(draw: st.DrawFn) -> bytes:
 def test_any_chunk_stream_yields_bounded_frames_or_a_transfer_error(stream: bytes) -> None:
     tried("chunk-stream frame decoding")
     try:
-        frames = asyncio.run(_frames(stream, PEER_MAX_PAYLOAD))
+        frames = _frames(stream, PEER_MAX_PAYLOAD)
     except PackdistError:
         return
     assert sum(HEADER_SIZE + len(f.payload) for f in frames) == len(stream)
