@@ -385,8 +385,10 @@ class Site(Component):
         super().__init__(*args, **kwargs)
         self.site_name = site_name
         self.operator_password = ""  # printed once by ``site init``
+        self.parent_url: str | None = None  # a child site: its parent (the token in env)
 
     def command(self) -> list[str]:
+        parent = [] if self.parent_url is None else ["--parent", self.parent_url]
         return [
             *PACKDIST,
             "--home",
@@ -395,8 +397,20 @@ class Site(Component):
             "serve",
             "--listen",
             self.listen,
+            *parent,
             *self.plain_flag,
         ]
+
+    def add_child(self, child: Site) -> str:
+        """Register ``child`` here (``site add-child``) and make it join this site."""
+        token = str(self.json("site", "add-child", child.name, "--url", child.url)["token"])
+        child.parent_url = self.url
+        child.env["PACKDIST_PARENT_TOKEN"] = token  # kept out of the process list
+        return token
+
+    def children(self) -> dict[str, Any]:
+        """``site children --json``, by child name."""
+        return {c["name"]: c for c in self.json("site", "children")["children"]}
 
     @property
     def ca(self) -> Path:
@@ -603,9 +617,11 @@ class Cluster:
         )
 
 
-def make_site(root: Path, name: str = "testsite", netns: str | None = None, **kw: Any) -> Site:
-    """An initialised (not yet started) site with its home in ``root/site``."""
-    return Site(name, root / "site", root / "logs", netns=netns, site_name=name, **kw).init()
+def make_site(
+    root: Path, name: str = "testsite", netns: str | None = None, home: str = "site", **kw: Any
+) -> Site:
+    """An initialised (not yet started) site with its home in ``root/HOME``."""
+    return Site(name, root / home, root / "logs", netns=netns, site_name=name, **kw).init()
 
 
 def add_agents(

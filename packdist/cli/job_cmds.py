@@ -155,6 +155,7 @@ def _wait(
 @click.option("--to", "to", help="Comma-separated server names.")
 @click.option("--group", "group", help="Every server of this group.")
 @click.option("--all", "all_servers", is_flag=True, help="Every server.")
+@click.option("--site", "child", metavar="CHILD", help="Every server of this child site (not yet).")
 @click.option(
     "--max-attempts", type=click.IntRange(min=1), help="Give a target up after N attempts."
 )
@@ -178,6 +179,7 @@ def distribute(
     to: str | None,
     group: str | None,
     all_servers: bool,
+    child: str | None,
     max_attempts: int | None,
     deadline: float | None,
     no_peers: bool,
@@ -188,9 +190,15 @@ def distribute(
     """Distribute NAME@VERSION to servers: one instruction per target."""
     if timeout is not None and not wait:
         raise UserError("--timeout needs --wait")
-    chosen = [x for x in (to, group, all_servers or None) if x]
+    chosen = [x for x in (to, group, all_servers or None, child) if x]
     if len(chosen) != 1:
-        raise UserError("choose the targets with exactly one of --to, --group or --all")
+        raise UserError("choose the targets with exactly one of --to, --group, --all or --site")
+    through = child or next((s.strip() for s in (to or "").split(",") if "/" in s), None)
+    if through is not None:
+        raise UserError(
+            f"{through}: packages do not cross to child sites yet (their servers are listed"
+            " by 'packdist site children'; distribute at the child site meanwhile)"
+        )
     name, version = parse_ref(ref)
     store = SiteHome.open(resolve_home()).store()
     try:

@@ -32,13 +32,13 @@ from packdist.site.home import SiteHome
 from packdist.site.views import online, online_after
 
 
-def _check_url(url: str) -> str:
+def check_url(url: str, what: str = "server URL") -> str:
     if not (url.startswith("http://") or url.startswith("https://")) or len(url) < 10:
-        raise UserError(f"server URL {url!r} must start with http:// or https://")
+        raise UserError(f"{what} {url!r} must start with http:// or https://")
     try:
         host = url_host(url)
     except ValueError as exc:
-        raise UserError(f"server URL {url!r}: {exc}") from None
+        raise UserError(f"{what} {url!r}: {exc}") from None
     check_host(host or "")  # its certificate will name it
     return url.rstrip("/")
 
@@ -68,7 +68,7 @@ def server_add(
 ) -> None:
     """Register a distribution server and print its enrollment token."""
     check_server_name(name)
-    url = _check_url(url)
+    url = check_url(url)
     for g in groups:
         check_group_name(g)
     labels = dict(parse_label(x) for x in label_args)

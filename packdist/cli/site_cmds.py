@@ -11,7 +11,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from packdist import config
+from packdist.cli.child_cmds import site_add_child, site_children
 from packdist.cli.common import home_option, json_option, print_json, resolve_home
+from packdist.errors import UserError
 from packdist.site import operator
 from packdist.site.home import SiteHome
 from packdist.store.postgres import redacted
@@ -54,6 +56,10 @@ def _flags(values: dict[str, Any]) -> dict[str, Any]:
 @home_option
 def site() -> None:
     """Create and run the site server."""
+
+
+site.add_command(site_add_child)
+site.add_command(site_children)
 
 
 @site.command("init")
@@ -110,14 +116,31 @@ def site_init(name: str | None, store_url: str | None, as_json: bool) -> None:
 
 @site.command("serve")
 @home_option
+@click.option(
+    "--parent",
+    metavar="URL",
+    help="Join a parent site as its child site (the URL of the parent's 'site serve').",
+)
+@click.option(
+    "--token",
+    envvar="PACKDIST_PARENT_TOKEN",
+    metavar="TOKEN",
+    help="With --parent: the token 'packdist site add-child' printed at the parent"
+    " (env PACKDIST_PARENT_TOKEN, which keeps it out of the process list).",
+)
 @setting_options
-def site_serve(**values: Any) -> None:
+def site_serve(parent: str | None, token: str | None, **values: Any) -> None:
     """Run the site server (API, despooler, dashboard) until SIGTERM/SIGINT.
 
     Settings come from the flags, else PACKDIST_* variables, else HOME/packdist.toml, else
     the defaults ('packdist site config' shows them)."""
+    from packdist.site.parent_link import check_parent
     from packdist.site.server import run_site
 
+    if (parent is None) != (token is None):
+        raise UserError("--parent and --token go together: the parent's URL and this site's token")
+    if parent is not None and token is not None:
+        parent = check_parent(parent, token)
     root = resolve_home()
     home = SiteHome.open(root)
     settings = config.load(root, _flags(values)).settings
@@ -133,7 +156,15 @@ def site_serve(**values: Any) -> None:
         f" {scheme}://{settings.listen}/ (operator credentials: 'site init', 'operator add')",
         err=True,
     )
-    run_site(home, settings.listen, settings.workers, settings)
+    if parent is not None and token is not None:
+        click.echo(f"packdist site: a child site of {parent}", err=True)
+    run_site(
+        home,
+        settings.listen,
+        settings.workers,
+        settings,
+        None if parent is None or token is None else (parent, token),
+    )
 
 
 @site.command("config")

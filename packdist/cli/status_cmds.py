@@ -26,6 +26,11 @@ def status(as_json: bool) -> None:
         cells = store.status_cells()  # one read of the holdings and the newest instructions
         matrix = store.status_matrix(cells) if as_json else {}  # the JSON's "packages" only
         doc = views.status(store, now, read=cells)
+        children = []
+        if as_json:  # (imported here: the plain matrix needs no token machinery)
+            from packdist.cli.child_cmds import child_sites_json
+
+            children = child_sites_json(store, now)
     finally:
         store.close()
     servers = [s["name"] for s in doc["servers"]]
@@ -37,6 +42,7 @@ def status(as_json: bool) -> None:
                 "packages": {p: matrix.get(p, {}) for p in packages},
                 "cells": doc["matrix"],
                 "server_details": doc["servers"],
+                "child_sites": children,
             }
         )
         return

@@ -15,6 +15,8 @@ Routes (JSON unless noted):
   :mod:`packdist.site.cadence`).
 * ``POST /v1/chunks``, ``GET /v1/chunks/{digest}``, ``GET /v1/packages/{id}/manifest`` —
   enrollment token: a package's content; see :mod:`packdist.site.content_routes`.
+* ``POST /v1/child/report`` — a child site's token: its servers (see
+  :mod:`packdist.site.children`).
 * the dashboard, its JSON API and ``/metrics`` — operator credential; see
   :mod:`packdist.site.dashboard`.
 """
@@ -43,9 +45,11 @@ from packdist.ratelimit import Bucket
 from packdist.serving import guard, serve_until_stopped
 from packdist.site import dashboard
 from packdist.site.beats import Beats, json_body
+from packdist.site.children import ChildDesk
 from packdist.site.content_routes import ContentRoutes
 from packdist.site.enrollment import CertificateDesk
 from packdist.site.home import SiteHome
+from packdist.site.parent_link import ParentLink
 from packdist.site.serving_tls import SiteTLS, dialing_context, renewal_loop
 from packdist.site.store_runner import StoreRunner
 from packdist.site.validation import validation_loop
@@ -62,7 +66,11 @@ SMALL_BODY = 64 * 1024
 
 class SiteServer:
     def __init__(
-        self, home: SiteHome, max_in_flight: int = 64, settings: Settings | None = None
+        self,
+        home: SiteHome,
+        max_in_flight: int = 64,
+        settings: Settings | None = None,
+        parent: tuple[str, str] | None = None,
     ) -> None:
         self.home = home
         self.settings = settings or Settings()
@@ -76,6 +84,9 @@ class SiteServer:
         self.beats = Beats(self.db)  # heartbeats: interval, liveness, shedding
         self.certificates = CertificateDesk(home.authority(), self.beats)
         self.content = ContentRoutes(self.beats, self.db, self.library, self.upload)
+        self.children = ChildDesk(self.db)
+        #: ``site serve --parent URL --token T``: this site reports to its parent
+        self.parent = None if parent is None else ParentLink(home.root, *parent, self.db)
         self.beats.admission.busy = self._moving_packages
         self.cadence, self.admission, self.liveness = (
             self.beats.cadence,
@@ -96,6 +107,7 @@ class SiteServer:
         limits = {
             "POST /v1/agent/heartbeat": LARGE_BODY,
             "POST /v1/chunks": LARGE_BODY,
+            "POST /v1/child/report": LARGE_BODY,
             "POST /login": dashboard.LOGIN_BODY,
         }
         app = web.Application(
@@ -107,6 +119,7 @@ class SiteServer:
         app.router.add_post("/v1/agent/certificate", self.certificates.certificate)
         app.router.add_post("/v1/agent/heartbeat", self.heartbeat)
         self.content.routes(app)
+        self.children.routes(app)
         dashboard.setup(app, self)
         return app
 
@@ -153,6 +166,7 @@ class SiteServer:
 
     async def run(self, listen: str) -> None:
         self.site_name = await self.db(lambda s: s.site_name())
+        self.children.site_name = self.site_name
         site_tls = None
         if self.settings.plain_http:
             log.warning("serving plain HTTP (--plain-http): traffic can be read on the path")
@@ -185,6 +199,10 @@ class SiteServer:
         flusher = asyncio.create_task(self.beats.flush_loop(), name="liveness")
         lag = asyncio.create_task(self.admission.watch_lag(), name="loop lag")
         background = [despooler, flusher, lag]
+        if self.parent is not None:
+            background.append(
+                asyncio.create_task(self.parent.run(self.site_name), name="parent link")
+            )
         if site_tls is not None:
             background.append(asyncio.create_task(renewal_loop(site_tls), name="certificate"))
         interval = self.settings.validation_interval
@@ -217,12 +235,16 @@ def _listen_host(listen: str) -> str:
 
 
 def run_site(
-    home: SiteHome, listen: str, max_in_flight: int, settings: Settings | None = None
+    home: SiteHome,
+    listen: str,
+    max_in_flight: int,
+    settings: Settings | None = None,
+    parent: tuple[str, str] | None = None,
 ) -> None:
     logging.getLogger("packdist").setLevel(logging.INFO)
     if max_in_flight < 1:
         raise UserError("--workers must be at least 1")
-    server = SiteServer(home, max_in_flight, settings)
+    server = SiteServer(home, max_in_flight, settings, parent)
 
     async def main() -> None:
         # the process's own set-up for thousands of agents (see process.py): here, not in

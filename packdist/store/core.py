@@ -12,13 +12,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from packdist.store.catalog import CatalogQueries
+from packdist.store.children import ChildQueries
 from packdist.store.db import Database
 from packdist.store.instructions import InstructionQueries
 from packdist.store.reports import ReportQueries
 from packdist.store.summaries import SummaryQueries
 
 
-class Store(CatalogQueries, InstructionQueries, SummaryQueries, ReportQueries):
+class Store(CatalogQueries, ChildQueries, InstructionQueries, SummaryQueries, ReportQueries):
     def __init__(self, db: Database) -> None:
         self.db = db
 

@@ -473,6 +473,30 @@ JOIN jobs j ON j.id = c.job_id GROUP BY c.job_id, c.state, j.action
 -- name: events_by_kind
 SELECT kind, sum(n) AS n FROM event_counts GROUP BY kind
 
+-- === child sites ============================================================================
+
+-- name: insert_child_site
+INSERT INTO child_sites (name, url, token_hash, created_at) VALUES (:name, :url, :token_hash, :now)
+
+-- name: child_site_exists
+SELECT name FROM child_sites WHERE name = :name
+
+-- name: child_site_by_token
+SELECT name, url, created_at, last_seen, site_name, report FROM child_sites
+WHERE token_hash = :token_hash
+
+-- name: verified_holdings
+-- what every server not removed holds, as last verified (a child site's report)
+SELECT sp.server, sp.package_id FROM server_packages sp JOIN servers s ON s.name = sp.server
+WHERE s.removed = 0 AND sp.corrupt IS NULL
+
+-- name: list_child_sites
+SELECT name, url, created_at, last_seen, site_name, report FROM child_sites ORDER BY name
+
+-- name: record_child_report
+UPDATE child_sites SET last_seen = :now, site_name = :site_name, report = :report
+WHERE name = :name
+
 -- === PostgreSQL's own plumbing ==============================================================
 
 -- name: migration_lock [postgresql]

@@ -171,3 +171,16 @@ def describe_problems(problems: list[dict[str, str]], limit: int = 10) -> str:
     if len(problems) > limit:
         words.append(f"and {len(problems) - limit} more")
     return ", ".join(words)
+
+
+@dataclass(frozen=True)
+class ChildSiteRecord:
+    """A child site as its parent knows it: where it is reached, and its last report (the
+    JSON of :class:`packdist.protocol.hierarchy.ChildReport`, read by the service)."""
+
+    name: str
+    url: str
+    created_at: float
+    last_seen: float | None
+    site_name: str | None
+    report: str

@@ -37,10 +37,12 @@ from packdist.store.base import Claim
 from packdist.store.sqlite import SQLiteStore
 from tests.pgcluster import Cluster
 
-if "tests.unit.store_conformance" not in sys.modules:  # else pytest warns: too late to rewrite
-    pytest.register_assert_rewrite("tests.unit.store_conformance")
+for _suite in ("tests.unit.store_conformance", "tests.unit.child_conformance"):
+    if _suite not in sys.modules:  # else pytest warns: too late to rewrite
+        pytest.register_assert_rewrite(_suite)
 
-from tests.unit.store_conformance import (
+from tests.unit.child_conformance import ChildSitesConformance  # noqa: E402
+from tests.unit.store_conformance import (  # noqa: E402
     T0,
     Backend,
     PeersConformance,
@@ -108,7 +110,9 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-class TestStoreConformance(StoreConformance, WakeupConformance, PeersConformance):
+class TestStoreConformance(
+    StoreConformance, WakeupConformance, PeersConformance, ChildSitesConformance
+):
     """The whole suite, once per backend in ``BACKENDS``."""
 
 

@@ -302,6 +302,8 @@ DROP_SQLITE = (
     "DROP INDEX jobs_package",
     "ALTER TABLE events DROP COLUMN actor",  # and version 10's
     "ALTER TABLE servers DROP COLUMN removed_at",  # and version 11's
+    "ALTER TABLE servers DROP COLUMN child",  # and version 12's
+    "DROP TABLE child_sites",
     "PRAGMA user_version=7",
 )
 DROP_POSTGRESQL = (
@@ -320,6 +322,8 @@ DROP_POSTGRESQL = (
     "DROP INDEX jobs_package",
     "ALTER TABLE events DROP COLUMN actor",  # and version 10's
     "ALTER TABLE servers DROP COLUMN removed_at",  # and version 11's
+    "ALTER TABLE servers DROP COLUMN child",  # and version 12's
+    "DROP TABLE child_sites",
     "DELETE FROM schema_version WHERE version >= 8",
 )
 

@@ -1,0 +1,134 @@
+"""What a child site and its parent say to each other, typed once (the child's client of
+its parent is :mod:`packdist.protocol.parent_api`; this module loads no HTTP client, so the
+store's commands that read reports start without one).
+
+A child site is a whole site of its own (its store, despooler, content library and
+servers); it reports to its parent every few seconds (``POST /v1/child/report``, with the
+token ``site add-child`` printed at the parent): its own servers and those its own children
+reported, each named as the child names it (``dp1``, ``GRANDCHILD/dp1``). The parent names
+them ``CHILD/…`` in turn, so a grandchild's servers reach the top as ``CHILD/GRANDCHILD/dp1``.
+
+Each message checks what it reads, as :mod:`packdist.protocol.messages` does: a malformed
+report is a one-line 400 naming the problem, never a 500.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from packdist.core.names import check_server_name
+from packdist.errors import UserError
+from packdist.protocol.messages import MAX_INSTALLED
+
+REPORT_PATH = "/v1/child/report"
+MAX_REPORTED = 100_000  # servers one report may list (a child's own and its descendants')
+MAX_DEPTH = 8  # levels of child sites under one site: a name has at most this many parts
+
+
+def check_reported_name(name: Any) -> str:
+    """A server's name as a child reports it: ``dp1`` or ``GRANDCHILD/…/dp1``, each part a
+    valid server name; UserError otherwise."""
+    if not isinstance(name, str) or not name:
+        raise UserError("a reported server's name must be a non-empty string")
+    parts = name.split("/")
+    if len(parts) > MAX_DEPTH:
+        raise UserError(f"reported server {name[:80]!r}: more than {MAX_DEPTH} levels of sites")
+    for part in parts:
+        check_server_name(part)
+    return name
+
+
+@dataclass(frozen=True)
+class ReportedServer:
+    """One server in a child's report."""
+
+    name: str  # as the child names it
+    online: bool  # as the site that enrolled it judges (it knows its fleet's heartbeat pace)
+    seen_ago: float | None  # seconds since that site last heard from it; None: never
+    disk_free: int | None
+    installed: tuple[str, ...]  # package ids it holds, verified
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "online": self.online,
+            "seen_ago": self.seen_ago,
+            "disk_free": self.disk_free,
+            "installed": list(self.installed),
+        }
+
+    @classmethod
+    def from_json(cls, body: Any) -> ReportedServer:
+        if not isinstance(body, dict):
+            raise UserError("each reported server must be a JSON object")
+        name = check_reported_name(body.get("name"))
+        online = body.get("online")
+        if not isinstance(online, bool):
+            raise UserError(f"reported server {name}: online must be true or false")
+        ago = body.get("seen_ago")
+        if ago is not None and (
+            isinstance(ago, bool) or not isinstance(ago, int | float) or not math.isfinite(ago)
+        ):
+            raise UserError(f"reported server {name}: seen_ago must be a number or null")
+        disk = body.get("disk_free")
+        if disk is not None and (isinstance(disk, bool) or not isinstance(disk, int) or disk < 0):
+            raise UserError(f"reported server {name}: disk_free must be a non-negative integer")
+        installed = body.get("installed", [])
+        if not isinstance(installed, list) or not all(
+            isinstance(x, str) and len(x) == 64 for x in installed
+        ):
+            raise UserError(f"reported server {name}: installed must be a list of package ids")
+        seen = None if ago is None else max(0.0, float(ago))
+        return cls(name, online, seen, disk, tuple(installed[:MAX_INSTALLED]))
+
+
+@dataclass(frozen=True)
+class ChildReport:
+    """A child site to its parent, every few seconds."""
+
+    site: str  # the child's own name (``site init --name``)
+    servers: tuple[ReportedServer, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"site": self.site, "servers": [s.to_json() for s in self.servers]}
+
+    @classmethod
+    def from_json(cls, body: Any) -> ChildReport:
+        if not isinstance(body, dict):
+            raise UserError("child report must be a JSON object")
+        site = body.get("site")
+        if not isinstance(site, str) or not site or len(site) > 200:
+            raise UserError("child report site must be the child's name")
+        servers = body.get("servers", [])
+        if not isinstance(servers, list):
+            raise UserError("child report servers must be a list")
+        if len(servers) > MAX_REPORTED:
+            raise UserError(f"a child report lists at most {MAX_REPORTED} servers")
+        parsed = tuple(ReportedServer.from_json(s) for s in servers)
+        if len({s.name for s in parsed}) != len(parsed):
+            raise UserError("child report names a server twice")
+        return cls(site, parsed)
+
+
+@dataclass(frozen=True)
+class ReportAnswer:
+    """The parent's answer: who it is, and how long to wait before the next report."""
+
+    parent: str
+    interval: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"parent": self.parent, "interval": self.interval}
+
+    @classmethod
+    def from_json(cls, body: Any) -> ReportAnswer:
+        if not isinstance(body, dict):
+            raise UserError("the parent's answer must be a JSON object")
+        parent, interval = body.get("parent"), body.get("interval")
+        if not isinstance(parent, str):
+            raise UserError("the parent's answer must name the parent")
+        if isinstance(interval, bool) or not isinstance(interval, int | float):
+            raise UserError("the parent's answer must carry an interval")
+        return cls(parent, min(max(float(interval), 1.0), 60.0))

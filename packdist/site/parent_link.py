@@ -1,0 +1,175 @@
+"""A child site's side of its parent (``site serve --parent URL --token TOKEN``): the
+parent's authority pinned, then a report every few seconds, for as long as the child runs.
+
+The child is a whole site: it serves its own servers whether or not the parent answers.
+The link never stops the site; a parent that does not answer, or refuses the token, is
+logged when that changes (not at every report) and tried again, at the parent's interval
+while it answers and backing off to ``RETRY_MAX`` while it does not. A report is built from
+the child's own store each time (its servers, what each holds, and its own children's
+reports), so a parent that comes back learns the whole present state at once.
+
+Trust: the token ``site add-child`` printed carries the fingerprint of the parent's
+authority. Before anything else is sent to an ``https://`` parent, the child fetches the
+authority without verifying, keeps it only if it is the one the token names, and writes it
+to ``HOME/parent/ca.pem``; every report then verifies the parent against it (and that the
+certificate is a site's). A token without a fingerprint is refused for an ``https://``
+parent: a child has no first use to trust.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+
+from packdist.auth import looks_like_token, token_fingerprint
+from packdist.core import tls
+from packdist.core.fsutil import write_atomic
+from packdist.errors import AuthError, PackdistError, UserError
+from packdist.http import new_session
+from packdist.protocol.hierarchy import ChildReport, ReportedServer
+from packdist.protocol.parent_api import ParentClient
+from packdist.service import Service
+from packdist.site.store_runner import StoreRunner
+from packdist.site.views import online, online_after
+from packdist.store.core import Store
+
+log = logging.getLogger("packdist.site")
+
+RETRY_FIRST = 1.0  # seconds before the first retry of a report that failed
+RETRY_MAX = 30.0  # and at most this long between two while the parent does not answer
+REFUSED_RETRY = 60.0  # a refused token: the operator must act; asking often changes nothing
+
+
+def check_parent(url: str, token: str) -> str:
+    """The parent's URL as given to ``--parent``, checked with its token (UserError, one
+    line, for either that cannot work)."""
+    if not url.startswith(("http://", "https://")) or len(url) < 10:
+        raise UserError(f"--parent {url!r} must be a URL starting with https:// (or http://)")
+    if not looks_like_token(token):
+        raise UserError(
+            "--token is not a child site token (the one 'packdist site add-child' printed)"
+        )
+    if url.startswith("https://") and token_fingerprint(token) is None:
+        raise UserError(
+            "--token carries no fingerprint of the parent's certificate authority; use the"
+            " token 'packdist site add-child' printed"
+        )
+    return url.rstrip("/")
+
+
+def build_report(store: Store, site_name: str, now: float) -> ChildReport:
+    """This site's servers (online as this site judges it) and what each holds, then the
+    servers its own children reported, named under them."""
+    servers = store.list_servers()
+    held = store.verified_holdings()
+    after = online_after(len(servers))
+    reported = [
+        ReportedServer(
+            s.name,
+            online(s, now, after),
+            None if s.last_seen is None else max(0.0, now - s.last_seen),
+            s.disk_free,
+            tuple(held.get(s.name, ())),
+        )
+        for s in servers
+    ]
+    for child in Service(store).child_sites(now):
+        for cs in child.servers:
+            ago = None if cs.last_seen is None else max(0.0, now - cs.last_seen)
+            reported.append(ReportedServer(cs.name, cs.online, ago, cs.disk_free, cs.installed))
+    return ChildReport(site_name, tuple(reported))
+
+
+class ParentLink:
+    def __init__(self, home: Path, url: str, token: str, db: StoreRunner) -> None:
+        self.url = check_parent(url, token)
+        self.token = token
+        self.db = db
+        self.ca_path = home / "parent" / "ca.pem"
+        self.pinned = token_fingerprint(token)
+        self.parent_name: str | None = None
+        self.last_report: float | None = None  # when the parent last took one
+
+    async def run(self, site_name: str) -> None:
+        """Report until cancelled; never raises for what the parent does or says."""
+        context = await self._trust()
+        session = new_session(tls=context)
+        client = ParentClient(self.url, self.token, session)
+        trouble: str | None = None  # what went wrong last, logged once until it changes
+        wait = RETRY_FIRST
+        try:
+            while True:
+                try:
+                    report = await self.db(lambda s: build_report(s, site_name, time.time()))
+                    answer = await client.report(report)
+                except AuthError as exc:
+                    trouble = self._trouble(trouble, f"the parent refused this site: {exc.message}")
+                    await asyncio.sleep(REFUSED_RETRY)
+                    continue
+                except PackdistError as exc:
+                    trouble = self._trouble(
+                        trouble,
+                        f"parent {self.url} unreachable: {exc.message}; this site goes on"
+                        " serving its own servers",
+                    )
+                    await asyncio.sleep(wait)
+                    wait = min(wait * 2, RETRY_MAX)
+                    continue
+                if trouble is not None or self.parent_name is None:
+                    log.info(
+                        "reporting to parent site %s at %s (%d server(s))",
+                        answer.parent,
+                        self.url,
+                        len(report.servers),
+                    )
+                trouble, wait = None, RETRY_FIRST
+                self.parent_name, self.last_report = answer.parent, time.time()
+                await asyncio.sleep(answer.interval)
+        finally:
+            await session.close()
+
+    @staticmethod
+    def _trouble(before: str | None, now: str) -> str:
+        if now != before:
+            log.warning("%s", now)
+        return now
+
+    async def _trust(self) -> ssl.SSLContext:
+        """A client context that trusts only the parent's authority, pinned first if it is
+        not yet (retried until the parent answers: the site runs meanwhile)."""
+        if not self.url.startswith("https://"):
+            return tls.client_context(None)
+        assert self.pinned is not None
+        if self.ca_path.exists() and tls.matches_fingerprint(
+            self.ca_path.read_bytes(), self.pinned
+        ):
+            return tls.client_context(self.ca_path)
+        wait, said = RETRY_FIRST, None
+        discovery = new_session(tls=tls.client_context(None), fresh_connections=True)
+        try:
+            while True:
+                try:
+                    pem = await ParentClient(self.url, self.token, discovery).authority(discovery)
+                    if not tls.matches_fingerprint(pem, self.pinned):
+                        raise AuthError(
+                            "its certificate authority is not the one the token names:"
+                            " refusing the parent"
+                        )
+                    ca = tls.load_certificate(pem)
+                    break
+                except PackdistError as exc:
+                    said = self._trouble(said, f"parent {self.url}: {exc.message}")
+                    await asyncio.sleep(wait)
+                    wait = min(wait * 2, RETRY_MAX)
+        finally:
+            await discovery.close()
+        self.ca_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # what was parsed and checked is written, never the bytes as they came
+        write_atomic(self.ca_path, ca.public_bytes(serialization.Encoding.PEM), mode=0o644)
+        log.info("pinned the parent's certificate authority %s", self.pinned)
+        return tls.client_context(self.ca_path)

@@ -1,0 +1,15 @@
+-- packdist site schema, version 12: child sites, whole sites of their own that report to
+-- this one (their parent), and what each last said of its servers.
+CREATE TABLE child_sites (
+    name        TEXT PRIMARY KEY,
+    url         TEXT NOT NULL,              -- where this site reaches the child
+    token_hash  TEXT NOT NULL UNIQUE,       -- sha256 of the child's enrollment token
+    created_at  DOUBLE PRECISION NOT NULL,
+    last_seen   DOUBLE PRECISION,           -- the child's last report
+    site_name   TEXT,                       -- what the child calls itself (site init --name)
+    report      TEXT NOT NULL DEFAULT '{}'  -- its last report: its servers and theirs, as JSON
+);
+
+-- the child site a server belongs to: its servers are rows here too, named CHILD/SERVER,
+-- kept from the child's reports (NULL: this site's own, enrolled here)
+ALTER TABLE servers ADD COLUMN child TEXT REFERENCES child_sites(name)
