@@ -2,7 +2,8 @@
 
 Steps, so that a server holds the whole version or none of it:
 
-1. check the site's signature, then parse the manifest (which validates every path);
+1. check the signature (the site's key, or a key of a site above it: ``signers.py``), then
+   parse the manifest (which validates every path);
 2. a version already installed with the same package id is done at once (unless it is a
    repair: then it is rebuilt, taking from the damaged tree every chunk that still verifies);
 3. lay out ``staging/<package id>/`` (same file system as ``packages/``) with every file
@@ -47,11 +48,11 @@ from packdist.agent.home import AgentHome
 from packdist.agent.install_record import Install, InstallState, Phase
 from packdist.agent.local_stage import RESERVE, fill_locally, lay_out
 from packdist.agent.peering import ChunkView
+from packdist.agent.signers import TrustedSigners
 from packdist.agent.sources import Peer
 from packdist.agent.write_plan import WritePlan
 from packdist.core.fsutil import human_bytes
-from packdist.core.manifest import Manifest, SignedManifest
-from packdist.core.signing import VerifyKey
+from packdist.core.manifest import Manifest
 from packdist.errors import (
     Busy,
     DecodeError,
@@ -95,7 +96,7 @@ class Installer(FetchStage):
         self,
         data: bytes,
         signature: bytes,
-        key: VerifyKey,
+        signers: TrustedSigners,
         repair: bool = False,
         peers: list[Peer] | None = None,
         me: str = "",
@@ -113,7 +114,7 @@ class Installer(FetchStage):
         """
 
         def check() -> tuple[Manifest, bool]:
-            manifest = SignedManifest.verify(data, signature, key).manifest
+            manifest = signers.verify_manifest(data, signature)
             return manifest, self.home.installed().get(manifest.ref) == manifest.id.hex
 
         self._loop = asyncio.get_running_loop()

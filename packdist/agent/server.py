@@ -2,7 +2,8 @@
 
 ``GET /healthz`` answers anyone; every other route needs a credential signed by the site
 key learned at enrollment, addressed to this server and bound to the request's method and
-path.
+path. That key alone: the keys of the sites above (``agent/signers.py``) sign manifests an
+install may carry, never a credential.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from packdist.agent.home import DEFAULT_CACHE_LIMIT, AgentHome, is_package_id
 from packdist.agent.inputs import expect_handler, no_route, query_seconds, read_json
 from packdist.agent.installer import Installer, InstallState
 from packdist.agent.peering import PeerService
+from packdist.agent.signers import TrustedSigners
 from packdist.agent.site_link import ENROLL_RETRY, SiteLink
 from packdist.agent.sources import PEER_TIMEOUTS, Peer, peer_chunks
 from packdist.agent.validation import validate_installed
@@ -117,6 +119,10 @@ class Agent:
         return self.link.site_key
 
     @property
+    def signers(self) -> TrustedSigners | None:
+        return self.link.signers
+
+    @property
     def server_name(self) -> str | None:
         return self.link.server_name
 
@@ -201,7 +207,8 @@ class Agent:
             credential = bearer(request.headers.get("Authorization"))
             if self.site_key is None or self.server_name is None:
                 return error_response(503, "agent is not enrolled with its site yet")
-            # a peer credential names no one server: it is good at any peer, on that route
+            # a peer credential names no one server: it is good at any peer, on that route;
+            # the site's own key, never one of a site above (those sign manifests only)
             peer_route = request.path == PEER_CHUNKS_PATH
             request[CLAIMS] = check_site_assertion(
                 credential,
@@ -227,12 +234,12 @@ class Agent:
             peers = Peer.parse_list(asked.peers, asked.peer_token)
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
             raise UserError(f"malformed install request: {exc}") from exc
-        assert self.site_key is not None
+        assert self.signers is not None  # enrolled: the middleware checked
         try:
             inst = await self.installer.start(
                 data,
                 signature,
-                self.site_key,
+                self.signers,
                 repair=repair,
                 peers=peers,
                 me=self.server_name or "",

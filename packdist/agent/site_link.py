@@ -4,6 +4,10 @@ pinned), the agent's certificate, and the heartbeat loop.
 The site key is pinned: once ``agent.json`` holds it, it is loaded at every start, whatever
 spelling of the site's URL ``--site`` uses, and a site answering with another key is refused;
 so is one showing another certificate authority (``agent/identity.py``).
+
+The keys of the sites above it (``trusted_keys`` of its hello and heartbeat answers) are kept
+beside it in ``agent.json``: manifests signed with them are installed too
+(``agent/signers.py``); credentials are checked with the site's own key alone.
 """
 
 from __future__ import annotations
@@ -11,15 +15,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from typing import Any
 
 from packdist.agent.home import ENROLLMENT, AgentHome
 from packdist.agent.identity import AgentIdentity, SiteIdentityChanged, SiteKeyChanged
 from packdist.agent.peering import PeerService
+from packdist.agent.signers import TrustedSigners
 from packdist.agent.transport import AgentTransport
 from packdist.auth import token_fingerprint, token_secret
 from packdist.core.signing import VerifyKey
 from packdist.errors import AuthError, Overloaded, PackdistError, UserError
 from packdist.protocol.messages import Heartbeat
+from packdist.protocol.pace import trusted_keys_of
 from packdist.protocol.site_api import HeartbeatPace, SiteClient, revoked_of, site_urls
 
 log = logging.getLogger("packdist.agent")
@@ -44,7 +51,11 @@ class SiteLink:
         self.boot_id = uuid.uuid4().hex
         self.site: SiteClient | None = None  # once the agent's HTTP sessions are open
         self.server_name: str | None = None
+        #: the site's own key: the one key of credentials (auth.check_site_assertion)
         self.site_key: VerifyKey | None = None
+        #: the site's key and those of the sites above: the keys of manifests, never of
+        #: credentials
+        self.signers: TrustedSigners | None = None
         self.pace = HeartbeatPace()
         self.identity = AgentIdentity(home.root)
         self.peers = peers  # told which servers the site removed
@@ -62,12 +73,16 @@ class SiteLink:
                 site_url,
                 enrolled["site_url"],
             )
+        above = enrolled.get("trusted_keys", [])  # none in a file older than the chain
         try:
+            if not isinstance(above, list) or not all(isinstance(k, str) for k in above):
+                raise PackdistError("trusted_keys is not a list of keys")
             self.site_key = VerifyKey.from_hex(enrolled["site_public_key"])
-        except ValueError as exc:
+            self.signers = TrustedSigners.of(self.site_key, tuple(above))
+        except PackdistError as exc:  # what VerifyKey.from_hex raises
             raise UserError(
-                f"{self.home.root / ENROLLMENT}: corrupt enrollment file (bad site key); remove "
-                "it to enroll again"
+                f"{self.home.root / ENROLLMENT}: corrupt enrollment file (bad site key or "
+                "trusted_keys); remove it to enroll again"
             ) from exc
         self.server_name = enrolled["server"]
         self.site_ca = enrolled.get("site_ca") or self.site_ca  # pinned: kept as the key
@@ -87,6 +102,11 @@ class SiteLink:
         self.transport.refresh()  # a new certificate served and presented from now on
         self.server_name = answer["server"]
         self.site_key = VerifyKey.from_hex(key_hex)
+        above = trusted_keys_of(answer)
+        if above is None:  # absent: none (an older site); malformed: the keys kept so far
+            kept = self.signers.above_hex if self.signers is not None else ()
+            above = kept if "trusted_keys" in answer else ()
+        self.signers = TrustedSigners.of(self.site_key, above)
         self.pace.answered(answer)
         self.home.save_enrollment(
             {
@@ -95,6 +115,7 @@ class SiteLink:
                 "site": answer["site"],
                 "site_public_key": key_hex,
                 "site_ca": self.site_ca,
+                "trusted_keys": list(above),
             }
         )
         log.info("enrolled as %s with site %s", self.server_name, answer["site"])
@@ -111,6 +132,19 @@ class SiteLink:
             enrolled = self.home.load_enrollment()
             if enrolled is not None:
                 self.home.save_enrollment({**enrolled, "site_ca": pinned})
+
+    def take_trusted_keys(self, answer: dict[str, Any]) -> None:
+        """The keys of the sites above, as a heartbeat answer names them (a site may join a
+        parent after its agents enrolled): kept, and written to the enrollment file, when
+        they differ from those held; an answer without them (or malformed) changes nothing."""
+        above = trusted_keys_of(answer)
+        if above is None or self.signers is None or above == self.signers.above_hex:
+            return
+        self.signers = TrustedSigners.of(self.signers.site, above)
+        enrolled = self.home.load_enrollment()
+        if enrolled is not None:
+            self.home.save_enrollment({**enrolled, "trusted_keys": list(above)})
+        log.info("manifests of %d site(s) above this one are now accepted", len(above))
 
     def heartbeat_payload(self) -> Heartbeat:
         """What a heartbeat says (reads the disk: run it in a thread)."""
@@ -141,6 +175,7 @@ class SiteLink:
                 revoked = revoked_of(answer)
                 if revoked is not None:  # removed servers: their peer credentials are void
                     self.peers.revoked = revoked
+                self.take_trusted_keys(answer)
             except Overloaded as exc:
                 wait = pace.shed(exc.retry_after)
                 if pace.sheds == 1:  # one line per busy spell, not one per heartbeat

@@ -1,14 +1,20 @@
 """How often an agent heartbeats: the bounds of the interval the site names, and
 :class:`HeartbeatPace`, what the agent makes of the site's answers, its sheds (503 with
-``Retry-After``) and heartbeats that fail; and the removed servers an answer names. Both
-sides read it; it needs no HTTP client (the CLI's views import it, and start fast).
+``Retry-After``) and heartbeats that fail; and what else a heartbeat (or hello) answer
+carries for the agent: the removed servers, the keys of the sites above. Both sides read
+it; it needs no HTTP client (the CLI's views import it, and start fast).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from typing import Any
+
+from packdist.errors import PackdistError
+
+log = logging.getLogger("packdist.agent")
 
 #: seconds between two heartbeats when the site does not say (a site older than ``interval``)
 DEFAULT_INTERVAL = 2.0
@@ -76,3 +82,31 @@ def revoked_of(answer: dict[str, Any]) -> frozenset[str] | None:
     if not isinstance(said, list):
         return None
     return frozenset(n for n in said[:MAX_REVOKED] if isinstance(n, str))
+
+
+#: keys of the sites above a site (parent, grandparent, ...) an answer may name, at most
+MAX_TRUSTED_KEYS = 8
+
+
+def trusted_keys_of(answer: dict[str, Any]) -> tuple[str, ...] | None:
+    """The Ed25519 public keys (hex, lower case, in the site's order) of the sites above
+    the one answering, whose manifests its agents accept too; None: the answer says nothing
+    of them (an older site), or says it wrongly: then one warning line, and nothing changes
+    (an answer from the site never stops the agent)."""
+    said = answer.get("trusted_keys")
+    if said is None:
+        return None
+    from packdist.core.signing import VerifyKey  # here: the CLI need not load cryptography
+
+    try:
+        if not isinstance(said, list) or len(said) > MAX_TRUSTED_KEYS:
+            raise PackdistError(f"a list of at most {MAX_TRUSTED_KEYS} keys, not {said!r:.80}")
+        keys = []
+        for k in said:
+            if not isinstance(k, str):
+                raise PackdistError(f"not a key in hex: {k!r:.80}")
+            keys.append(VerifyKey.from_hex(k).hex)
+    except PackdistError as exc:
+        log.warning("ignoring the site's trusted_keys: %s", exc.message)
+        return None
+    return tuple(dict.fromkeys(keys))  # each once, in order

@@ -19,6 +19,7 @@ import pytest
 from packdist.agent.home import ENROLLMENT, AgentHome
 from packdist.agent.installer import FETCH_ERROR_PREFIX, Install, Installer, InstallState
 from packdist.agent.server import Agent
+from packdist.agent.signers import TrustedSigners
 from packdist.core.chunking import DEFAULT_PARAMS
 from packdist.core.codec import Encoding
 from packdist.core.digest import Digest
@@ -126,7 +127,9 @@ def tree_of(root: Path) -> dict[str, bytes]:
 
 
 async def start(installer: Installer, pkg: Package) -> Install:
-    return await installer.start(pkg.manifest.canonical(), pkg.signed.signature, KEY.public)
+    return await installer.start(
+        pkg.manifest.canonical(), pkg.signed.signature, TrustedSigners(KEY.public)
+    )
 
 
 async def install(installer: Installer, pkg: Package) -> Install:

@@ -10,6 +10,7 @@ import pytest
 
 from packdist.agent.home import AgentHome
 from packdist.agent.installer import Installer, InstallState
+from packdist.agent.signers import TrustedSigners
 from packdist.agent.validation import validate_installed
 from tests.unit.test_agent_home import (
     KEY,
@@ -88,13 +89,13 @@ def test_repair_fetches_only_damaged_chunks_and_restores_the_tree(home: AgentHom
         plain = await installer.start(
             pkg.manifest.canonical(),
             pkg.signed.signature,
-            KEY.public,
+            TrustedSigners(KEY.public),
         )
         assert plain.state is InstallState.INSTALLED and not calls
         inst = await installer.start(
             pkg.manifest.canonical(),
             pkg.signed.signature,
-            KEY.public,
+            TrustedSigners(KEY.public),
             repair=True,
         )
         await inst.finished.wait()
@@ -149,7 +150,7 @@ def test_an_added_file_is_taken_away_by_a_repair(home: AgentHome) -> None:
 
     async def repair() -> InstallState:
         inst = await installer.start(
-            pkg.manifest.canonical(), pkg.signed.signature, KEY.public, repair=True
+            pkg.manifest.canonical(), pkg.signed.signature, TrustedSigners(KEY.public), repair=True
         )
         await inst.finished.wait()
         return inst.state

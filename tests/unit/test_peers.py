@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from packdist.agent.home import AgentHome
 from packdist.agent.installer import Install, Installer, InstallState
+from packdist.agent.signers import TrustedSigners
 from packdist.agent.sources import MISSING, Peer, split_work
 from packdist.auth import (
     ANY_PEER,
@@ -285,7 +286,7 @@ def _install_with_peer(
         inst = await installer.start(
             pkg.manifest.canonical(),
             pkg.signed.signature,
-            AGENT_KEY.public,
+            TrustedSigners(AGENT_KEY.public),
             peers=[Peer("evil", "http://evil:8701", "token", holder=True)],
             me="dp1",
         )
