@@ -35,9 +35,9 @@ from packdist.errors import (
     RemoteError,
     TransferError,
 )
-from packdist.protocol.agent_api import AgentClient
 from packdist.protocol.messages import InstallStatus
 from packdist.retry import RetryPolicy
+from packdist.sender import Sender, behind_child
 from packdist.service import Service
 from packdist.site import cadence
 from packdist.site.install_inputs import InstallInputs, chunk_fault
@@ -106,6 +106,7 @@ class Despooler:
         self._next_due: float | None = None  # as last read: when work is due next
         self._notified = False  # other workers and the CLI wake us (NOTIFY, inotify)
         self._held_back = False  # due work waits for a free slot (see _claim)
+        self.sender = Sender(db, key, session)  # an agent, or a child site for its servers
         self.inputs = InstallInputs(db, key, self.peers.location_label, silent_after, heard)
 
     async def run(self) -> None:
@@ -268,7 +269,7 @@ class Despooler:
         # a repair) may be driving right now: leave it to that one.
         if await self.db(lambda s: s.installs_under_way(c.server, c.package_id)):
             return
-        client = AgentClient(c.server, c.server_url, self.key, self.session)
+        client = await self.sender.client(c)
         try:
             await client.cancel(c.package_id)
             log.info("told %s to stop installing %s", c.server, c.package_ref)
@@ -292,13 +293,13 @@ class Despooler:
     async def _peers(self, c: Claim) -> tuple[str, list[dict[str, Any]]]:
         """The peers and their credential, unless peers are off for the site or for this
         job (``--no-peers``)."""
-        if not self.peers.enabled or c.options.get("peers") is False:
-            return "", []
+        if not self.peers.enabled or c.options.get("peers") is False or behind_child(c.server):
+            return "", []  # (a child's servers take peers from their own site)
         return await self.inputs.peers(c)
 
     async def _install(self, c: Claim, progress: _Progress) -> None:
         manifest, signature = await self.inputs.manifest(c.package_id)
-        client = AgentClient(c.server, c.server_url, self.key, self.session)
+        client = await self.sender.client(c)
         repair = bool(c.options.get("repair"))  # a flag of the job: every attempt reads it
         token, peers = await self._peers(c)
         status: InstallStatus | None = await client.install(
@@ -350,7 +351,7 @@ class Despooler:
     async def _remove(self, c: Claim) -> None:
         """A removal: one call; the agent answers once the version is out of ``packages/``
         (or refuses while it is installing that version: retried like any failure)."""
-        client = AgentClient(c.server, c.server_url, self.key, self.session)
+        client = await self.sender.client(c)
         answer = await client.remove(c.package_id, c.package_ref)
         if answer.get("state") != "removed":
             raise RemoteError(str(answer.get("error") or f"{c.server} did not confirm the removal"))

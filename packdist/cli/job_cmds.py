@@ -19,8 +19,9 @@ from packdist.cli.common import (
     resolve_home,
 )
 from packdist.cli.job_view import RateMeter, _job_table, _plain_line
-from packdist.core.names import check_server_name, parse_ref
+from packdist.core.names import parse_ref
 from packdist.errors import NoTargets, NotFound, UserError
+from packdist.protocol.hierarchy import check_reported_name  # CHILD/SERVER too
 from packdist.service import Service
 from packdist.service.jobs import named
 from packdist.site.home import SiteHome
@@ -155,7 +156,12 @@ def _wait(
 @click.option("--to", "to", help="Comma-separated server names.")
 @click.option("--group", "group", help="Every server of this group.")
 @click.option("--all", "all_servers", is_flag=True, help="Every server.")
-@click.option("--site", "child", metavar="CHILD", help="Every server of this child site (not yet).")
+@click.option(
+    "--site",
+    "child",
+    metavar="CHILD",
+    help="Every server of this child site and of its own children.",
+)
 @click.option(
     "--max-attempts", type=click.IntRange(min=1), help="Give a target up after N attempts."
 )
@@ -193,12 +199,6 @@ def distribute(
     chosen = [x for x in (to, group, all_servers or None, child) if x]
     if len(chosen) != 1:
         raise UserError("choose the targets with exactly one of --to, --group, --all or --site")
-    through = child or next((s.strip() for s in (to or "").split(",") if "/" in s), None)
-    if through is not None:
-        raise UserError(
-            f"{through}: packages do not cross to child sites yet (their servers are listed"
-            " by 'packdist site children'; distribute at the child site meanwhile)"
-        )
     name, version = parse_ref(ref)
     store = SiteHome.open(resolve_home()).store()
     try:
@@ -206,13 +206,19 @@ def distribute(
         if pkg is None:
             raise NotFound(f"no package {name}@{version}")
         if to:
-            targets = [check_server_name(s.strip()) for s in to.split(",") if s.strip()]
+            targets = [check_reported_name(s.strip()) for s in to.split(",") if s.strip()]
             if not targets:
                 raise NoTargets("--to names no server")
         elif group:
             targets = store.servers_in_group(group)
             if not targets:
                 raise NoTargets(f"group {group} has no servers")
+        elif child:
+            if store.child_site(child) is None:
+                raise NotFound(f"no child site named {child} (see 'packdist site children')")
+            targets = [n for n in store.server_names() if n.startswith(f"{child}/")]
+            if not targets:
+                raise NoTargets(f"child site {child} has reported no servers yet")
         else:
             targets = store.server_names()
             if not targets:

@@ -10,8 +10,9 @@ import click
 
 from packdist.cli.common import home_option, json_option, operator_name, print_json, resolve_home
 from packdist.cli.job_cmds import EXIT_OK, _load, wait_for
-from packdist.core.names import check_server_name, parse_ref
+from packdist.core.names import parse_ref
 from packdist.errors import NoTargets, NotFound, UserError
+from packdist.protocol.hierarchy import check_reported_name  # CHILD/SERVER too
 from packdist.service import Service
 from packdist.service.jobs import named
 from packdist.site.home import SiteHome
@@ -68,7 +69,7 @@ def package_remove(
         if pkg is None:
             raise NotFound(f"no package {name}@{version}")
         if from_:
-            targets = [check_server_name(s.strip()) for s in from_.split(",") if s.strip()]
+            targets = [check_reported_name(s.strip()) for s in from_.split(",") if s.strip()]
             if not targets:
                 raise NoTargets("--from names no server")
         elif group:

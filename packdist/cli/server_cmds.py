@@ -150,6 +150,12 @@ def server_list(as_json: bool) -> None:
 @json_option
 def server_remove(name: str, as_json: bool) -> None:
     """Remove a server; its unfinished instructions are cancelled."""
+    child, slash, rest = name.partition("/")
+    if slash:  # kept from the child's reports: removed there, it goes here too
+        raise UserError(
+            f"{name} is a server of child site {child}: remove it there"
+            f" ('packdist server remove {rest}' in the child's home)"
+        )
     home = SiteHome.open(resolve_home())
     store = home.store()
     try:

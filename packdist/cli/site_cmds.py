@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from packdist import config
-from packdist.cli.child_cmds import site_add_child, site_children
+from packdist.cli.child_cmds import site_add_child, site_children, site_set_child
 from packdist.cli.common import home_option, json_option, print_json, resolve_home
 from packdist.errors import UserError
 from packdist.site import operator
@@ -60,6 +60,7 @@ def site() -> None:
 
 site.add_command(site_add_child)
 site.add_command(site_children)
+site.add_command(site_set_child)
 
 
 @site.command("init")

@@ -25,6 +25,8 @@ from packdist.protocol.messages import MAX_INSTALLED
 REPORT_PATH = "/v1/child/report"
 MAX_REPORTED = 100_000  # servers one report may list (a child's own and its descendants')
 MAX_DEPTH = 8  # levels of child sites under one site: a name has at most this many parts
+MAX_AUTHORITY_PEM = 16 * 1024  # characters of a site authority's PEM (it is under 1 KiB)
+MAX_CHAIN = MAX_DEPTH  # public keys of the sites above one site
 
 
 def check_reported_name(name: Any) -> str:
@@ -90,9 +92,12 @@ class ChildReport:
 
     site: str  # the child's own name (``site init --name``)
     servers: tuple[ReportedServer, ...]
+    #: the child's certificate authority (PEM): the parent dials the child with it (the
+    #: report comes over the TLS the token pinned, with the child's token)
+    ca: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"site": self.site, "servers": [s.to_json() for s in self.servers]}
+        return {"site": self.site, "servers": [s.to_json() for s in self.servers], "ca": self.ca}
 
     @classmethod
     def from_json(cls, body: Any) -> ChildReport:
@@ -109,18 +114,32 @@ class ChildReport:
         parsed = tuple(ReportedServer.from_json(s) for s in servers)
         if len({s.name for s in parsed}) != len(parsed):
             raise UserError("child report names a server twice")
-        return cls(site, parsed)
+        ca = body.get("ca")
+        if ca is not None and (not isinstance(ca, str) or len(ca) > MAX_AUTHORITY_PEM):
+            raise UserError("child report ca must be its authority's certificate (PEM)")
+        return cls(site, parsed, ca)
 
 
 @dataclass(frozen=True)
 class ReportAnswer:
-    """The parent's answer: who it is, and how long to wait before the next report."""
+    """The parent's answer: who it is, how long to wait before the next report, the name it
+    gives the child, and the keys the child must trust: the parent's own (its manifests and
+    its credentials) and those of the sites above it (their manifests only)."""
 
     parent: str
     interval: float
+    child: str = ""  # the child's name at the parent (``site add-child NAME``)
+    key: str = ""  # the parent's public key (hex)
+    chain: tuple[str, ...] = ()  # the public keys of the sites above the parent (hex)
 
     def to_json(self) -> dict[str, Any]:
-        return {"parent": self.parent, "interval": self.interval}
+        return {
+            "parent": self.parent,
+            "interval": self.interval,
+            "child": self.child,
+            "key": self.key,
+            "chain": list(self.chain),
+        }
 
     @classmethod
     def from_json(cls, body: Any) -> ReportAnswer:
@@ -131,4 +150,15 @@ class ReportAnswer:
             raise UserError("the parent's answer must name the parent")
         if isinstance(interval, bool) or not isinstance(interval, int | float):
             raise UserError("the parent's answer must carry an interval")
-        return cls(parent, min(max(float(interval), 1.0), 60.0))
+        child, key, chain = body.get("child", ""), body.get("key", ""), body.get("chain", [])
+        if not isinstance(child, str) or not isinstance(key, str):
+            raise UserError("the parent's answer must name the child and the parent's key")
+        if key and not _is_key(key):
+            raise UserError("the parent's key must be 64 hex digits")
+        if not isinstance(chain, list) or len(chain) > MAX_CHAIN or not all(map(_is_key, chain)):
+            raise UserError(f"the parent's chain must be at most {MAX_CHAIN} keys (hex)")
+        return cls(parent, min(max(float(interval), 1.0), 60.0), child, key, tuple(chain))
+
+
+def _is_key(text: Any) -> bool:
+    return isinstance(text, str) and len(text) == 64 and all(c in "0123456789abcdef" for c in text)

@@ -1,14 +1,12 @@
 """Use cases of a site hierarchy, at the parent: child sites registered, their reports taken,
 and what the parent knows of each child's servers.
 
-A child site reports every few seconds (:mod:`packdist.protocol.hierarchy`); the parent
-keeps the last report whole and reads it here. A child's server is online at the parent
-while the child is (its reports arrive) and the child says so; its ``last_seen`` is put on
-the parent's clock (the report says how long ago, not when), so clocks that differ between
-sites do not make a server look stale or ahead.
-
-Not yet: packages do not cross to child sites (the sender); a job cannot target a child's
-servers, and ``distribute`` says so.
+A child site reports every few seconds (:mod:`packdist.protocol.hierarchy`). Its servers
+are kept here as rows of ``servers`` named ``CHILD/SERVER`` (a grandchild's
+``CHILD/GRANDCHILD/SERVER``), so a job's instructions name them like any other; their
+``last_seen`` is put on the parent's clock (a report says how long ago, not when), so clocks
+that differ between sites do not make a server look stale or ahead. A child's server is
+online here while the child is (its reports arrive) and its child heard from it lately.
 """
 
 from __future__ import annotations
@@ -17,16 +15,29 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from packdist import states
+from packdist.config_values import format_rate
+from packdist.core.schedule import Schedule
 from packdist.errors import UserError
 from packdist.protocol.hierarchy import ChildReport
 from packdist.service.fleet import FleetUseCases
+from packdist.service.jobs import UNFINISHED, ended
+from packdist.store.children import ChildServerRow
 from packdist.store.records import ChildSiteRecord
+
+ALWAYS = Schedule()  # a link with no windows
 
 #: seconds between two reports of a child (the parent's answer says so; the child obeys)
 REPORT_INTERVAL = 3.0
 #: a child not heard from for this long is offline, and so are its servers, whatever its
 #: last report said (three reports missed, and one more for a slow link)
 CHILD_OFFLINE_AFTER = 4 * REPORT_INTERVAL
+#: a child's server heard from (by its child) longer ago than this is offline here: a site's
+#: own bound for a small fleet (15 s) and the age of a report
+SERVER_ONLINE_AFTER = 15.0 + REPORT_INTERVAL
+#: a server whose last heartbeat (as its child reports it) jumps forward by more than this
+#: was silent in between: it is back, and its retrying work here wakes
+SILENCE = 10.0
 
 
 @dataclass(frozen=True)
@@ -56,6 +67,8 @@ class ChildSiteView:
     last_seen: float | None
     online: bool
     servers: tuple[ChildServerView, ...]
+    bandwidth: float | None = None
+    schedule: Schedule = ALWAYS
 
     @property
     def state(self) -> str:
@@ -72,26 +85,31 @@ class ChildSiteView:
             "online": self.online,
             "created_at": self.created_at,
             "last_seen": self.last_seen,
+            "bandwidth": self.bandwidth,
+            "windows": self.schedule.text(),
             "servers": [s.to_json(refs) for s in self.servers],
         }
 
 
-def child_view(child: ChildSiteRecord, now: float) -> ChildSiteView:
-    """What the parent knows of one child, from its last report."""
+def child_view(
+    child: ChildSiteRecord,
+    servers: dict[str, ChildServerRow],
+    held: dict[str, list[str]],
+    now: float,
+) -> ChildSiteView:
+    """What the parent knows of one child: its state, and its servers as kept here."""
     online = child.last_seen is not None and now - child.last_seen < CHILD_OFFLINE_AFTER
-    servers: list[ChildServerView] = []
-    if child.last_seen is not None:
-        try:
-            report = ChildReport.from_json(json.loads(child.report))
-        except (ValueError, UserError):  # checked when taken; a damaged row shows none
-            report = ChildReport(child.site_name or child.name, ())
-        for s in report.servers:
-            seen = None if s.seen_ago is None else child.last_seen - s.seen_ago
-            servers.append(
-                ChildServerView(
-                    f"{child.name}/{s.name}", online and s.online, seen, s.disk_free, s.installed
-                )
-            )
+    views = tuple(
+        ChildServerView(
+            r.name,
+            online and r.last_seen is not None and now - r.last_seen < SERVER_ONLINE_AFTER,
+            r.last_seen,
+            r.disk_free,
+            tuple(held.get(r.name, ())),
+        )
+        for r in sorted(servers.values(), key=lambda r: r.name)
+        if not r.removed
+    )
     return ChildSiteView(
         child.name,
         child.url,
@@ -99,36 +117,178 @@ def child_view(child: ChildSiteRecord, now: float) -> ChildSiteView:
         child.created_at,
         child.last_seen,
         online,
-        tuple(servers),
+        views,
+        child.bandwidth,
+        Schedule.from_json(child.windows),
     )
 
 
+def _link_words(bandwidth: float | None, schedule: Schedule | None) -> str:
+    parts = []
+    if bandwidth:
+        parts.append(f"at most {format_rate(bandwidth)}")
+    if schedule is not None and schedule.windows:
+        parts.append(f"windows {schedule.text()}")
+    return f"; {', '.join(parts)}" if parts else ""
+
+
+def _installed_before(child: ChildSiteRecord) -> dict[str, tuple[str, ...]]:
+    """What each server held by the child's previous report (kept whole), by its name here;
+    only a server whose holdings changed since is compared with the store."""
+    try:
+        report = ChildReport.from_json(json.loads(child.report))
+    except (ValueError, UserError):  # none yet ('{}'), or damaged: compare every server
+        return {}
+    return {f"{child.name}/{s.name}": s.installed for s in report.servers}
+
+
 class HierarchyUseCases(FleetUseCases):
-    def add_child(self, name: str, url: str, token_hash: str, now: float) -> None:
+    def add_child(
+        self,
+        name: str,
+        url: str,
+        token_hash: str,
+        now: float,
+        bandwidth: float | None = None,
+        schedule: Schedule | None = None,
+    ) -> None:
         store = self.store
+        windows = (schedule or Schedule()).to_json()
         with store.transaction():
-            store.add_child_site(name, url, token_hash, now)
-            message = f"child site {name} added ({url}){self._by()}"
+            store.add_child_site(name, url, token_hash, now, bandwidth, windows)
+            message = (
+                f"child site {name} added ({url}){_link_words(bandwidth, schedule)}{self._by()}"
+            )
             store.add_event("child", message, now=now, actor=self.actor)
 
-    def record_child_report(self, child: ChildSiteRecord, report: ChildReport, now: float) -> None:
-        """Keep a child's report whole; an event when it reports for the first time, or
-        again after it was offline."""
+    def set_child_link(
+        self, name: str, bandwidth: float | None, schedule: Schedule, now: float
+    ) -> None:
+        """The link's limits: its bandwidth (None: unlimited) and its windows."""
         store = self.store
         with store.transaction():
-            body = json.dumps(report.to_json(), separators=(",", ":"))
-            store.record_child_report(child.name, report.site, body, now)
-            n = len(report.servers)
-            held = f"{n} server{'' if n == 1 else 's'}"
-            if child.last_seen is None:
-                message = (
-                    f"child site {child.name} ({report.site}) reported for the first time: {held}"
+            store.set_child_link(name, bandwidth, schedule.to_json())
+            words = _link_words(bandwidth, schedule) or " unlimited, always open"
+            message = f"link to child site {name}:{words.removeprefix(';')}{self._by()}"
+            store.add_event("child", message, now=now, actor=self.actor)
+
+    def record_child_report(self, child: ChildSiteRecord, report: ChildReport, now: float) -> int:
+        """Take a child's report: its servers kept as rows here (``CHILD/SERVER``), what
+        each holds, the ones it no longer has removed (their unfinished work cancelled); the
+        retrying work of a server that is back or holds more wakes. An event when the child
+        reports for the first time, or again after it was offline. Returns how many
+        instructions woke."""
+        store = self.store
+        with store.transaction():
+            before = _installed_before(child)
+            kept = store.servers_of_child(child.name)
+            woken = 0
+            for s in report.servers:
+                name = f"{child.name}/{s.name}"
+                seen = None if s.seen_ago is None else now - s.seen_ago
+                row = kept.get(name)
+                store.put_child_server(name, child.name, child.url, seen, s.disk_free, now, row)
+                gained = False
+                if row is None or row.removed or before.get(name) != s.installed:
+                    gained = self._holdings(name, s.installed, now)
+                back = seen is not None and (
+                    row is None or row.last_seen is None or seen - row.last_seen > SILENCE
                 )
-                store.add_event("child", message, now=now)
-            elif now - child.last_seen >= CHILD_OFFLINE_AFTER:
-                gone = round(now - child.last_seen)
-                message = f"child site {child.name} is back after {gone}s: {held}"
-                store.add_event("child", message, now=now)
+                if (gained or back) and now - (seen or 0) < SERVER_ONLINE_AFTER:
+                    due = store.waiting_retries(name, now)
+                    woken += len(store.apply("wake", due, now, next_attempt_at=now))
+            reported = {f"{child.name}/{s.name}" for s in report.servers}
+            for name, row in kept.items():
+                if not row.removed and name not in reported:
+                    self._child_server_gone(child.name, name, now)
+            kept_report = {**report.to_json(), "ca": None}  # the authority has its column
+            body = json.dumps(kept_report, separators=(",", ":"))
+            store.record_child_report(child.name, report.site, body, report.ca, now)
+            self._report_events(child, report, now)
+            if woken:
+                store.notify()
+        return woken
+
+    def _holdings(self, server: str, installed: tuple[str, ...], now: float) -> bool:
+        """What a child's server holds, as reported (only changes written; packages this
+        site does not know are left out); whether it holds one more than before."""
+        store = self.store
+        recorded, reported = store.holdings(server), set(installed)
+        for gone in sorted(recorded - reported):
+            store.drop_holding(server, gone)
+        gained = False
+        for new in sorted(reported - recorded):
+            if store.package_by_id(new) is not None:
+                store.add_holding(server, new, now)
+                gained = True
+        return gained
+
+    def _child_server_gone(self, child: str, server: str, now: float) -> None:
+        store = self.store
+        store.mark_server_removed(server, now)
+        ids = store.server_instructions(server, states.sources("server_removed"))
+        why = f"server removed at child site {child}"
+        n = len(store.apply("server_removed", ids, now, **ended(now, why)))
+        message = f"server {server} is no longer reported by child site {child}"
+        if n:
+            message += f"; {n} unfinished instruction(s) cancelled"
+        store.add_event("server", message, server=server, now=now)
+
+    def _report_events(self, child: ChildSiteRecord, report: ChildReport, now: float) -> None:
+        n = len(report.servers)
+        held = f"{n} server{'' if n == 1 else 's'}"
+        if child.last_seen is None:
+            words = f"child site {child.name} ({report.site}) reported for the first time: {held}"
+            self.store.add_event("child", words, now=now)
+        elif now - child.last_seen >= CHILD_OFFLINE_AFTER:
+            gone = round(now - child.last_seen)
+            words = f"child site {child.name} is back after {gone}s: {held}"
+            self.store.add_event("child", words, now=now)
 
     def child_sites(self, now: float) -> list[ChildSiteView]:
-        return [child_view(c, now) for c in self.store.list_child_sites()]
+        store = self.store
+        return [
+            child_view(c, store.servers_of_child(c.name), store.child_holdings(c.name), now)
+            for c in store.list_child_sites()
+        ]
+
+    # --- at a child: the work its parent sends ------------------------------------------
+
+    def relay_install(
+        self, package_id: str, server: str, parent: str, repair: bool, now: float
+    ) -> str | None:
+        """The parent wants the package on ``server``: a job here for it, unless one is
+        under way already or the server holds it (and no repair is asked); the new job's id."""
+        store = self.store
+        with store.transaction():
+            if store.unfinished_of_package(package_id, [server], "install", UNFINISHED):
+                return None
+            if not repair and package_id in store.holdings(server):
+                return None
+            options = {"repair": True} if repair else {}
+            job = self.distribute(package_id, [server], now, options=options)
+            store.add_event("child", f"job {job} sent by parent site {parent}", job, now=now)
+            return job
+
+    def relay_remove(self, package_id: str, server: str, parent: str, now: float) -> str | None:
+        """The parent wants the package off ``server``: a removal job here, unless one is
+        under way already; its id."""
+        store = self.store
+        with store.transaction():
+            if store.unfinished_of_package(package_id, [server], "remove", UNFINISHED):
+                return None
+            job = self.remove(package_id, [server], now)
+            store.add_event("child", f"job {job} sent by parent site {parent}", job, now=now)
+            return job
+
+    def cancel_relayed(self, package_id: str, server: str, parent: str, now: float) -> int:
+        """The parent stopped its attempt: the unfinished installs it sent here stop too."""
+        store = self.store
+        with store.transaction():
+            rows = store.unfinished_of_package(package_id, [server], "install", UNFINISHED)
+            ids = [r["id"] for r in rows]
+            n = len(store.apply("cancel", ids, now, **ended(now, f"cancelled by parent {parent}")))
+            if n:
+                words = f"parent site {parent} cancelled the install on {server}"
+                store.add_event("cancelled", words, server=server, now=now)
+        return n

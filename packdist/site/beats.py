@@ -65,6 +65,10 @@ class Beats:
         # the common answer, encoded once for the interval and the removed servers it says
         self._quiet_answer, self._quiet_interval = b"", 0.0
         self._quiet_revoked: list[str] | None = None
+        self._quiet_trusted: list[str] | None = None
+        #: the keys of the sites above this one (a child site's parent, its parent...): agents
+        #: accept manifests signed by them too (``trusted_keys`` in every answer)
+        self.trusted: list[str] = []
         #: servers removed within a peer credential's life: every heartbeat answer names
         #: them, and peers refuse the credentials that name them (read every
         #: TOKEN_CHECK_EVERY: a removed server is refused by its peers within seconds)
@@ -146,16 +150,22 @@ class Beats:
 
     def answer(self, woken: int) -> web.Response:
         interval = self.cadence.interval
-        quiet_stale = interval != self._quiet_interval or self.revoked is not self._quiet_revoked
+        quiet_stale = (
+            interval != self._quiet_interval
+            or self.revoked is not self._quiet_revoked
+            or self.trusted is not self._quiet_trusted
+        )
         if woken or quiet_stale:
             said: dict[str, object] = {"ok": True, "woken": woken, "interval": interval}
             if self.revoked:
                 said["revoked"] = self.revoked
+            if self.trusted:
+                said["trusted_keys"] = self.trusted
             body = json.dumps(said).encode()
             if woken:
                 return self._closing_if_short(web.Response(body=body, content_type=JSON))
             self._quiet_answer, self._quiet_interval = body, interval
-            self._quiet_revoked = self.revoked
+            self._quiet_revoked, self._quiet_trusted = self.revoked, self.trusted
         return self._closing_if_short(web.Response(body=self._quiet_answer, content_type=JSON))
 
     def _closing_if_short(self, resp: web.Response) -> web.Response:

@@ -8,7 +8,8 @@ its chunks one at a time or as a framed stream, each encoded as it pays).
   against a base the agent holds (see :mod:`packdist.http`); the upload limit shared by
   every stream, a stalled agent dropped.
 
-Each needs the agent's enrollment token (:meth:`packdist.site.beats.Beats.agent`).
+Each needs an agent's enrollment token (:meth:`packdist.site.beats.Beats.agent`) or a child
+site's token (a child fetches the packages it is sent as an agent would).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -28,7 +30,7 @@ from packdist.core import codec
 from packdist.core.codec import Encoding
 from packdist.core.cpu import CpuTimes
 from packdist.core.digest import Digest
-from packdist.errors import NotFound, PackdistError, UserError
+from packdist.errors import Busy, NotFound, PackdistError, UserError
 from packdist.http import error_frame, frame_header
 from packdist.ratelimit import Bucket
 from packdist.site.beats import Beats, json_body
@@ -66,16 +68,39 @@ BASE_BUDGET = 128 * 1024 * 1024
 SEND_SLICE = 256 * 1024  # bytes written (and taken from the upload limit) at a time
 
 
+@dataclass(frozen=True)
+class Reader:
+    """Who a content request comes from, and what bounds what it is sent."""
+
+    name: str  # an agent's server name, or "child site NAME"
+    limit: Bucket | None = None  # a child site's bandwidth, shared by all its streams
+    #: a child site's schedule: the words saying why its link is closed now, or None
+    closed: Callable[[float], str | None] | None = None
+
+    def closed_now(self) -> str | None:
+        return None if self.closed is None else self.closed(time.time())
+
+
 class ContentRoutes:
     def __init__(
-        self, beats: Beats, db: StoreRunner, library: ContentLibrary, upload: Bucket
+        self,
+        beats: Beats,
+        db: StoreRunner,
+        library: ContentLibrary,
+        upload: Bucket,
+        reader: Callable[[web.Request], Awaitable[Reader]] | None = None,
     ) -> None:
         self.beats = beats
+        #: who a request comes from (an agent's server name, or a child site), or AuthError
+        self.reader = reader or self._agent
         self.db = db
         self.library = library
         self.upload = upload
         #: whether a server's last stream ended sending plain chunks raw (see ``chunks``)
         self._raw: dict[str, bool] = {}
+
+    async def _agent(self, request: web.Request) -> Reader:
+        return Reader((await self.beats.agent(request)).name)
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chunks", self.chunks)
@@ -83,7 +108,7 @@ class ContentRoutes:
         app.router.add_get("/v1/packages/{package_id}/manifest", self.manifest)
 
     async def manifest(self, request: web.Request) -> web.Response:
-        await self.beats.agent(request)
+        await self.reader(request)
         pid = request.match_info["package_id"]
         data, sig = await self.db(lambda s: s.package_manifest(pid))
         return web.Response(
@@ -93,7 +118,7 @@ class ContentRoutes:
         )
 
     async def chunk(self, request: web.Request) -> web.Response:
-        await self.beats.agent(request)
+        await self.reader(request)
         digest = Digest.parse(request.match_info["digest"])
         if not await self.db(lambda s: s.known_chunks([digest])):
             raise NotFound(f"no chunk {digest.short}… on this site")
@@ -101,7 +126,10 @@ class ContentRoutes:
         return web.Response(body=data, content_type="application/octet-stream")
 
     async def chunks(self, request: web.Request) -> web.StreamResponse:
-        server = (await self.beats.agent(request)).name
+        reader = await self.reader(request)
+        server = reader.name
+        if words := reader.closed_now():  # before anything is read or sent
+            raise Busy(f"{server}: {words}")
         digests, accept, bases = _chunks_body(await json_body(request))
         known = await self.db(lambda s: s.known_chunks(digests))
         unknown = [d for d in digests if d not in known]
@@ -121,6 +149,8 @@ class ContentRoutes:
             for i in range(0, len(view), SEND_SLICE):
                 piece = view[i : i + SEND_SLICE]
                 await self.upload.take(len(piece))
+                if reader.limit is not None:
+                    await reader.limit.take(len(piece))
                 # Bounded: an agent that stops reading must not hold this handler forever.
                 async with asyncio.timeout(WRITE_TIMEOUT):
                     await resp.write(piece)
@@ -144,6 +174,11 @@ class ContentRoutes:
                         )
                     )
                 if not reads:
+                    break
+                if words := reader.closed_now():  # a window closed: what was sent is kept
+                    await send(error_frame(f"{server}: {words}"))
+                    for rest in reads:
+                        rest.cancel()
                     break
                 frames, sizes, error = await reads.popleft()
                 started = time.monotonic()

@@ -19,9 +19,12 @@ parent: a child has no first use to trust.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import ssl
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -29,11 +32,12 @@ from cryptography.hazmat.primitives import serialization
 from packdist.auth import looks_like_token, token_fingerprint
 from packdist.core import tls
 from packdist.core.fsutil import write_atomic
-from packdist.errors import AuthError, PackdistError, UserError
+from packdist.core.signing import VerifyKey
+from packdist.errors import AuthError, PackdistError, TransferError, UserError
 from packdist.http import new_session
-from packdist.protocol.hierarchy import ChildReport, ReportedServer
+from packdist.protocol.chunk_stream import ChunkStreams
+from packdist.protocol.hierarchy import ChildReport, ReportAnswer, ReportedServer
 from packdist.protocol.parent_api import ParentClient
-from packdist.service import Service
 from packdist.site.store_runner import StoreRunner
 from packdist.site.views import online, online_after
 from packdist.store.core import Store
@@ -42,6 +46,7 @@ log = logging.getLogger("packdist.site")
 
 RETRY_FIRST = 1.0  # seconds before the first retry of a report that failed
 RETRY_MAX = 30.0  # and at most this long between two while the parent does not answer
+LINK_FILE = "link.json"
 REFUSED_RETRY = 60.0  # a refused token: the operator must act; asking often changes nothing
 
 
@@ -62,9 +67,11 @@ def check_parent(url: str, token: str) -> str:
     return url.rstrip("/")
 
 
-def build_report(store: Store, site_name: str, now: float) -> ChildReport:
-    """This site's servers (online as this site judges it) and what each holds, then the
-    servers its own children reported, named under them."""
+def build_report(
+    store: Store, site_name: str, now: float, ca_pem: str | None = None
+) -> ChildReport:
+    """This site's servers (online as this site judges it) and what each holds: its own,
+    and those its children reported (rows here too, named under them)."""
     servers = store.list_servers()
     held = store.verified_holdings()
     after = online_after(len(servers))
@@ -78,11 +85,40 @@ def build_report(store: Store, site_name: str, now: float) -> ChildReport:
         )
         for s in servers
     ]
-    for child in Service(store).child_sites(now):
-        for cs in child.servers:
-            ago = None if cs.last_seen is None else max(0.0, now - cs.last_seen)
-            reported.append(ReportedServer(cs.name, cs.online, ago, cs.disk_free, cs.installed))
-    return ChildReport(site_name, tuple(reported))
+    return ChildReport(site_name, tuple(reported), ca_pem)
+
+
+@dataclass(frozen=True)
+class Joined:
+    """What a child learnt of its parent from its answers, kept in ``HOME/parent/link.json``
+    so that it holds from the start after a restart: the name the parent gives this site,
+    the parent's key (its credentials and manifests) and the keys above it (manifests)."""
+
+    parent: str
+    child: str
+    key: str
+    chain: tuple[str, ...]
+
+    @property
+    def trusted_keys(self) -> list[str]:
+        """The keys this site's agents accept manifests from, besides this site's own."""
+        return [k for k in (self.key, *self.chain) if k]
+
+    def verify_key(self) -> VerifyKey | None:
+        return VerifyKey.from_hex(self.key) if self.key else None
+
+
+def load_joined(home: Path) -> Joined | None:
+    """What this site learnt of its parent, if it ever reported to one."""
+    try:
+        doc = json.loads((home / "parent" / LINK_FILE).read_text())
+        answer = ReportAnswer.from_json({"interval": 1, **doc})
+    except FileNotFoundError:
+        return None
+    except (ValueError, UserError) as exc:
+        log.warning("%s: unreadable (%s); learnt again from the parent", LINK_FILE, exc)
+        return None
+    return Joined(answer.parent, answer.child, answer.key, answer.chain)
 
 
 class ParentLink:
@@ -90,14 +126,46 @@ class ParentLink:
         self.url = check_parent(url, token)
         self.token = token
         self.db = db
+        self.home = home
         self.ca_path = home / "parent" / "ca.pem"
         self.pinned = token_fingerprint(token)
+        self.joined = load_joined(home)
         self.parent_name: str | None = None
         self.last_report: float | None = None  # when the parent last took one
+        #: called when the parent's answer changes what this site trusts (its agents learn it)
+        self.on_joined: Callable[[Joined], None] = lambda joined: None
+        self.context: ssl.SSLContext | None = None  # once the parent's authority is pinned
+        self._streams: ChunkStreams | None = None
 
-    async def run(self, site_name: str) -> None:
+    def streams(self) -> ChunkStreams:
+        """Chunk streams from the parent (what packages it sends are fetched with), over the
+        TLS its authority was pinned for."""
+        if self.context is None:
+            raise TransferError("the parent's authority is not pinned yet")
+        if self._streams is None:
+            self._streams = ChunkStreams(self.context)
+        return self._streams
+
+    def keys(self) -> list[VerifyKey]:
+        """The keys this site accepts the parent's packages signed with."""
+        joined = self.joined
+        return [] if joined is None else [VerifyKey.from_hex(k) for k in joined.trusted_keys]
+
+    def _took(self, answer: ReportAnswer) -> None:
+        joined = Joined(answer.parent, answer.child, answer.key, answer.chain)
+        if joined == self.joined:
+            return
+        self.joined = joined
+        doc = {**ReportAnswer(joined.parent, 1.0, joined.child, joined.key, joined.chain).to_json()}
+        del doc["interval"]
+        (self.home / "parent").mkdir(mode=0o700, exist_ok=True)
+        write_atomic(self.home / "parent" / LINK_FILE, json.dumps(doc).encode(), mode=0o644)
+        log.info("parent %s names this site %s", joined.parent, joined.child)
+        self.on_joined(joined)
+
+    async def run(self, site_name: str, ca_pem: str | None = None) -> None:
         """Report until cancelled; never raises for what the parent does or says."""
-        context = await self._trust()
+        context = self.context = await self._trust()
         session = new_session(tls=context)
         client = ParentClient(self.url, self.token, session)
         trouble: str | None = None  # what went wrong last, logged once until it changes
@@ -105,7 +173,9 @@ class ParentLink:
         try:
             while True:
                 try:
-                    report = await self.db(lambda s: build_report(s, site_name, time.time()))
+                    report = await self.db(
+                        lambda s: build_report(s, site_name, time.time(), ca_pem)
+                    )
                     answer = await client.report(report)
                 except AuthError as exc:
                     trouble = self._trouble(trouble, f"the parent refused this site: {exc.message}")
@@ -129,9 +199,12 @@ class ParentLink:
                     )
                 trouble, wait = None, RETRY_FIRST
                 self.parent_name, self.last_report = answer.parent, time.time()
+                self._took(answer)
                 await asyncio.sleep(answer.interval)
         finally:
             await session.close()
+            if self._streams is not None:
+                self._streams.close()
 
     @staticmethod
     def _trouble(before: str | None, now: str) -> str:

@@ -34,7 +34,7 @@ from aiohttp import web
 from packdist.config import Settings
 from packdist.core.names import split_listen
 from packdist.despooler import Despooler, PeerSettings
-from packdist.errors import UserError
+from packdist.errors import AuthError, UserError
 from packdist.http import (
     error_middleware,
     new_session,
@@ -46,10 +46,12 @@ from packdist.serving import guard, serve_until_stopped
 from packdist.site import dashboard
 from packdist.site.beats import Beats, json_body
 from packdist.site.children import ChildDesk
-from packdist.site.content_routes import ContentRoutes
+from packdist.site.content_routes import ContentRoutes, Reader
 from packdist.site.enrollment import CertificateDesk
 from packdist.site.home import SiteHome
-from packdist.site.parent_link import ParentLink
+from packdist.site.package_pull import PackagePulls
+from packdist.site.parent_link import Joined, ParentLink, load_joined
+from packdist.site.relay import Relay
 from packdist.site.serving_tls import SiteTLS, dialing_context, renewal_loop
 from packdist.site.store_runner import StoreRunner
 from packdist.site.validation import validation_loop
@@ -83,16 +85,33 @@ class SiteServer:
         self._despooler: Despooler | None = None
         self.beats = Beats(self.db)  # heartbeats: interval, liveness, shedding
         self.certificates = CertificateDesk(home.authority(), self.beats)
-        self.content = ContentRoutes(self.beats, self.db, self.library, self.upload)
-        self.children = ChildDesk(self.db)
+        self.content = ContentRoutes(self.beats, self.db, self.library, self.upload, self._reader)
         #: ``site serve --parent URL --token T``: this site reports to its parent
         self.parent = None if parent is None else ParentLink(home.root, *parent, self.db)
+        self.joined = self.parent.joined if self.parent is not None else load_joined(home.root)
+        self.beats.trusted = self.joined.trusted_keys if self.joined is not None else []
+        if self.parent is not None:
+            self.parent.on_joined = self._joined
+        self.children = ChildDesk(self.db, self.key.public.hex, lambda: self.beats.trusted)
+        self.relay: Relay | None = None  # a child site: what its parent's sender calls
+        if self.parent is not None:
+            link = self.parent
+            pulls = PackagePulls(
+                self.db, self.library, link.url, link.token, link.streams, link.keys
+            )
+            self.relay = Relay(self.db, link, pulls)
         self.beats.admission.busy = self._moving_packages
         self.cadence, self.admission, self.liveness = (
             self.beats.cadence,
             self.beats.admission,
             self.beats.liveness,
         )
+
+    def _joined(self, joined: Joined) -> None:
+        """The parent's answer changed what this site trusts: its agents learn it with their
+        next heartbeat, its children with their next report."""
+        self.joined = joined
+        self.beats.trusted = joined.trusted_keys
 
     def _moving_packages(self) -> bool:
         """Whether the despooler has attempts under way (heartbeats give way to them)."""
@@ -120,11 +139,24 @@ class SiteServer:
         app.router.add_post("/v1/agent/heartbeat", self.heartbeat)
         self.content.routes(app)
         self.children.routes(app)
+        if self.relay is not None:
+            self.relay.routes(app)
         dashboard.setup(app, self)
         return app
 
     async def _agent(self, request: web.Request) -> ServerRecord:
         return await self.beats.agent(request)
+
+    async def _reader(self, request: web.Request) -> Reader:
+        """Who asks for a package's content: an agent, else a child site this site sends
+        packages to (with its link's bandwidth and windows); AuthError for anyone else."""
+        try:
+            return Reader((await self.beats.agent(request)).name)
+        except AuthError:
+            child = await self.children.child_or_none(request)
+            if child is None:
+                raise
+            return self.children.reader(child)
 
     # --- routes ---------------------------------------------------------------------------
 
@@ -141,14 +173,15 @@ class SiteServer:
         if self.admission.overloaded(now):
             return self.beats.shed(request, now)
         server = await self.beats.agent(request, counted=True, certified=False)
-        return web.json_response(
-            {
-                "server": server.name,
-                "site": self.site_name,
-                "site_public_key": self.key.public.hex,
-                "interval": self.cadence.interval,
-            }
-        )
+        answer: dict[str, object] = {
+            "server": server.name,
+            "site": self.site_name,
+            "site_public_key": self.key.public.hex,
+            "interval": self.cadence.interval,
+        }
+        if self.beats.trusted:  # the sites above this one: their manifests are good too
+            answer["trusted_keys"] = self.beats.trusted
+        return web.json_response(answer)
 
     async def heartbeat(self, request: web.Request) -> web.Response:
         now = time.time()
@@ -199,9 +232,11 @@ class SiteServer:
         flusher = asyncio.create_task(self.beats.flush_loop(), name="liveness")
         lag = asyncio.create_task(self.admission.watch_lag(), name="loop lag")
         background = [despooler, flusher, lag]
+        self.children.on_woken = lambda n: self.despooler.wake.set()
         if self.parent is not None:
+            ca = self.certificates.authority.pem.decode()
             background.append(
-                asyncio.create_task(self.parent.run(self.site_name), name="parent link")
+                asyncio.create_task(self.parent.run(self.site_name, ca), name="parent link")
             )
         if site_tls is not None:
             background.append(asyncio.create_task(renewal_loop(site_tls), name="certificate"))

@@ -128,11 +128,11 @@ WHERE g.grp = :grp AND s.removed = 0 ORDER BY g.server
 -- this package's rows: nothing proportional to the fleet.
 SELECT s.name, s.url, s.labels, s.last_seen, 1 AS holder
 FROM server_packages p JOIN servers s ON s.name = p.server
-WHERE p.package_id = :pkg AND p.corrupt IS NULL AND s.removed = 0
+WHERE p.package_id = :pkg AND p.corrupt IS NULL AND s.removed = 0 AND s.child IS NULL
 UNION
 SELECT s.name, s.url, s.labels, s.last_seen, 0 AS holder
 FROM jobs j JOIN instructions i ON i.job_id = j.id JOIN servers s ON s.name = i.server
-WHERE j.package_id = :pkg AND j.action = 'install' AND s.removed = 0
+WHERE j.package_id = :pkg AND j.action = 'install' AND s.removed = 0 AND s.child IS NULL
 AND i.state IN (:receiving)
 AND (i.state != :backing_off OR i.next_attempt_at <= :now)
 AND NOT EXISTS (SELECT 1 FROM server_packages p WHERE p.server = s.name
@@ -476,13 +476,18 @@ SELECT kind, sum(n) AS n FROM event_counts GROUP BY kind
 -- === child sites ============================================================================
 
 -- name: insert_child_site
-INSERT INTO child_sites (name, url, token_hash, created_at) VALUES (:name, :url, :token_hash, :now)
+INSERT INTO child_sites (name, url, token_hash, created_at, bandwidth, windows)
+VALUES (:name, :url, :token_hash, :now, :bandwidth, :windows)
+
+-- name: set_child_link
+UPDATE child_sites SET bandwidth = :bandwidth, windows = :windows WHERE name = :name
 
 -- name: child_site_exists
 SELECT name FROM child_sites WHERE name = :name
 
 -- name: child_site_by_token
-SELECT name, url, created_at, last_seen, site_name, report FROM child_sites
+SELECT name, url, created_at, last_seen, site_name, report, ca, bandwidth, windows
+FROM child_sites
 WHERE token_hash = :token_hash
 
 -- name: verified_holdings
@@ -490,11 +495,47 @@ WHERE token_hash = :token_hash
 SELECT sp.server, sp.package_id FROM server_packages sp JOIN servers s ON s.name = sp.server
 WHERE s.removed = 0 AND sp.corrupt IS NULL
 
+-- name: child_site_named
+SELECT name, url, created_at, last_seen, site_name, report, ca, bandwidth, windows
+FROM child_sites
+WHERE name = :name
+
 -- name: list_child_sites
-SELECT name, url, created_at, last_seen, site_name, report FROM child_sites ORDER BY name
+SELECT name, url, created_at, last_seen, site_name, report, ca, bandwidth, windows
+FROM child_sites ORDER BY name
+
+-- name: servers_of_child
+-- a child site's servers as this site keeps them (from its reports), removed ones too
+SELECT name, removed, last_seen, disk_free FROM servers WHERE child = :child
+
+-- name: child_holdings
+-- what a child site's servers hold, verified, as it reported
+SELECT sp.server, sp.package_id FROM server_packages sp JOIN servers s ON s.name = sp.server
+WHERE s.child = :child AND s.removed = 0 AND sp.corrupt IS NULL
+
+-- name: insert_child_server
+INSERT INTO servers (name, url, token_hash, created_at, labels, child, last_seen, disk_free)
+VALUES (:name, :url, 'child:' || :name, :now, '{}', :child, :last_seen, :disk_free)
+
+-- name: reenrol_child_server
+UPDATE servers SET url = :url, token_hash = 'child:' || name, created_at = :now, removed = 0,
+    last_seen = :last_seen, boot_id = NULL, disk_free = :disk_free, back_at = NULL,
+    labels = '{}', removed_at = NULL, child = :child
+WHERE name = :name
+
+-- name: update_child_server
+UPDATE servers SET last_seen = :last_seen, disk_free = :disk_free WHERE name = :name
+
+-- name: newest_instruction_for
+-- the newest instruction of this action for this package on this server (a child site says
+-- with it how far the work its parent sent has come)
+SELECT i.id, i.state, i.attempts, i.last_error, i.error_kind, i.bytes_sent, i.bytes_total,
+    i.updated_at FROM instructions i JOIN jobs j ON j.id = i.job_id
+WHERE j.package_id = :package_id AND j.action = :action AND i.server = :server
+ORDER BY i.id DESC LIMIT 1
 
 -- name: record_child_report
-UPDATE child_sites SET last_seen = :now, site_name = :site_name, report = :report
+UPDATE child_sites SET last_seen = :now, site_name = :site_name, report = :report, ca = :ca
 WHERE name = :name
 
 -- === PostgreSQL's own plumbing ==============================================================

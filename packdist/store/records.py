@@ -184,3 +184,6 @@ class ChildSiteRecord:
     last_seen: float | None
     site_name: str | None
     report: str
+    ca: str | None = None  # the child's certificate authority (PEM): what its TLS is checked with
+    bandwidth: float | None = None  # bytes/s sent to it at most, all its streams together
+    windows: str = "{}"  # when the link may carry packages (JSON: see packdist.core.schedule)

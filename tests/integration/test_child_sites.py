@@ -1,11 +1,12 @@
-"""Child sites report to their parent: real ``site serve`` processes over HTTPS on
-127.0.0.1, a central site (hq), a branch (br) that joined it with ``--parent`` and the token
-``site add-child`` printed, and a branch of the branch (gc). Each serves its own servers;
-the parent sees them, named under the child, within seconds, and a parent that goes away
-stops nothing at the child."""
+"""Child sites: real ``site serve`` processes over HTTPS on 127.0.0.1, a central site (hq),
+a branch (br) that joined it with ``--parent`` and the token ``site add-child`` printed, and
+a branch of the branch (gc). Each serves its own servers; the parent sees them, named
+under the child, within seconds; a parent that goes away stops nothing at the child; a
+package sent from the top reaches the servers behind both, crossing each link once."""
 
 from __future__ import annotations
 
+import datetime as dt
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,8 +39,9 @@ class Hierarchy:
         self.gc = h.make_site(root, "gc", home="gc")
         self.hq.add_child(self.br)
         self.br.add_child(self.gc)
+        self.hq.env["PACKDIST_RETRY_CAP"] = "3"  # a window that opens is taken within seconds
         self.agents = {
-            **h.add_agents(self.br, root / "br-servers", ["dp1"]),
+            **h.add_agents(self.br, root / "br-servers", ["dp1", "dp2"]),
             **h.add_agents(self.gc, root / "gc-servers", ["dp9"]),
         }
         self.all = [self.hq, self.br, self.gc, *self.agents.values()]
@@ -138,15 +140,78 @@ def _fingerprint(site: h.Site) -> str:
     return tls.fingerprint(tls.load_certificate(site.ca.read_bytes()))
 
 
-def test_distributing_to_a_child_sites_servers_says_it_is_not_built_yet(
+PACKAGE_BYTES = 3 * 1024 * 1024 + 17  # random: it crosses each link at its size
+
+
+def _package(tree: Hierarchy, root: Path, version: str) -> None:
+    src = h.make_tree(root / f"src-{version}", {"data/blob.bin": PACKAGE_BYTES}, seed=int(version))
+    tree.hq.create_package(src, "app", f"{version}.0")
+
+
+def _distribute(tree: Hierarchy, version: str, *targets: str) -> str:
+    doc = tree.hq.json("distribute", f"app@{version}.0", *targets)
+    return str(doc["job"])
+
+
+def test_a_package_reaches_every_server_behind_a_child_crossing_its_link_once(
     tree: Hierarchy, tmp_path: Path
 ) -> None:
-    src = h.make_tree(tmp_path / "src", {"a.txt": 100}, seed=1)
-    tree.hq.create_package(src, "app", "1.0")
-    for targets in (["--site", "br"], ["--to", "br/dp1"]):
-        proc = tree.hq.cli("distribute", "app@1.0", *targets, check=False)
-        _one_line_refusal(proc, "packages do not cross to child sites yet")
-    assert tree.hq.jobs() == []
+    h.wait_until(
+        lambda: {"br/dp1", "br/dp2", "br/gc/dp9"} <= _online(tree.hq),
+        SEEN_WITHIN,
+        message=lambda: f"every server online at hq: {_online(tree.hq)}\n{tree.logs()}",
+    )
+    _package(tree, tmp_path, "1")
+    job = _distribute(tree, "1", "--site", "br")
+    assert tree.hq.wait_job(job, 120) == 0, h.describe_job(tree.hq.job(job)) + tree.logs()
+    doc = tree.hq.job(job)
+    assert sorted(i["server"] for i in doc["instructions"]) == ["br/dp1", "br/dp2", "br/gc/dp9"]
+    for name in ("dp1", "dp2", "dp9"):
+        assert tree.agents[name].has_package("app", "1.0"), name
+    # the package crossed hq's link to br once, though three servers behind it needed it
+    crossed = sum(i["bytes_sent"] for i in doc["instructions"])
+    assert PACKAGE_BYTES * 0.9 < crossed < PACKAGE_BYTES * 1.1, h.describe_job(doc)
+    # and the child did the work with a job of its own, saying who sent it
+    words = [e["message"] for e in tree.br.json("events")]
+    assert any("sent by parent site hq" in w for w in words), words
+
+
+def test_a_package_removed_at_the_parent_goes_from_the_server_behind_the_child(
+    tree: Hierarchy, tmp_path: Path
+) -> None:
+    if not tree.agents["dp2"].has_package("app", "1.0"):
+        _package(tree, tmp_path, "1")
+        job = _distribute(tree, "1", "--to", "br/dp2")
+        assert tree.hq.wait_job(job, 120) == 0, h.describe_job(tree.hq.job(job))
+    job = str(tree.hq.json("package", "remove", "app@1.0", "--from", "br/dp2")["job"])
+    assert tree.hq.wait_job(job, 120) == 0, h.describe_job(tree.hq.job(job)) + tree.logs()
+    assert not tree.agents["dp2"].has_package("app", "1.0")
+
+
+def test_a_closed_window_holds_the_package_at_the_parent_until_it_opens(
+    tree: Hierarchy, tmp_path: Path
+) -> None:
+    tomorrow = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).strftime("%a")
+    tree.hq.cli("site", "set-child", "br", "--window", f"{tomorrow} 00:00-01:00")
+    try:
+        _package(tree, tmp_path, "2")
+        job = _distribute(tree, "2", "--to", "br/dp1")
+        cell = h.wait_until(
+            lambda: (i := h.instruction(tree.hq.job(job), "br/dp1"))["last_error"] and i,
+            SEEN_WITHIN,
+            message="a cause for br/dp1",
+        )
+        assert f"at br: waiting for window, opens {tomorrow} 00:00 (UTC)" in cell["last_error"]
+        assert cell["bytes_sent"] == 0
+        assert not tree.agents["dp1"].has_package("app", "2.0")
+    finally:
+        tree.hq.cli("site", "set-child", "br", "--always")
+    assert tree.hq.wait_job(job, 120) == 0, h.describe_job(tree.hq.job(job)) + tree.logs()
+    assert tree.agents["dp1"].has_package("app", "2.0")
+
+
+def _online(site: h.Site) -> set[str]:
+    return {s["name"] for s in site.json("server", "list")["servers"] if s["online"]}
 
 
 # --- the command line, no process running ---------------------------------------------------

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from packdist.errors import AlreadyExists
+from packdist.errors import AlreadyExists, ErrorKind
 from packdist.protocol.hierarchy import ChildReport, ReportedServer
+from packdist.retry import RetryPolicy
 from packdist.service import Service
 from packdist.service.hierarchy import CHILD_OFFLINE_AFTER
+from packdist.states import InstructionState as S
 from packdist.store.base import PackageRecord, Store
+from packdist.store.records import ChildSiteRecord
 from tests.unit.store_conformance import T0, add_server
 
 
@@ -76,3 +79,71 @@ class ChildSitesConformance:
         store.add_holding("dp2", pkg.id, T0)
         store.mark_corrupt("dp2", pkg.id, "chunk ab12… does not match", T0)
         assert store.verified_holdings() == {"dp1": [pkg.id]}
+
+    def test_a_childs_servers_are_servers_here_that_jobs_can_name(
+        self, store: Store, pkg: PackageRecord
+    ) -> None:
+        service = Service(store)
+        service.add_child("br", "https://br.test:8700", "hash-br", T0)
+        child = _child(store)
+        service.record_child_report(
+            child, _report(ReportedServer("dp1", True, 1.0, 7, (pkg.id, "cd" * 32))), T0 + 5
+        )
+        assert [s.name for s in store.list_servers()] == ["br/dp1"]
+        (row,) = store.list_servers()
+        assert (row.url, row.last_seen, row.disk_free) == ("https://br.test:8700", T0 + 4, 7)
+        assert store.holdings("br/dp1") == {pkg.id}  # a package unknown here is left out
+        job = service.distribute(pkg.id, ["br/dp1"], T0 + 6)
+        assert [i.server for i in store.get_job(job).instructions] == ["br/dp1"]
+        # a child's server is never offered as a peer to this site's own servers
+        assert store.swarm(pkg.id, T0 + 6) == []
+
+    def test_a_server_the_child_no_longer_reports_is_removed_with_its_work(
+        self, store: Store, pkg: PackageRecord
+    ) -> None:
+        service = Service(store)
+        service.add_child("br", "https://br.test:8700", "hash-br", T0)
+        service.record_child_report(
+            _child(store), _report(ReportedServer("dp1", True, 0.0, None, ())), T0
+        )
+        job = service.distribute(pkg.id, ["br/dp1"], T0 + 1)
+        service.record_child_report(_child(store), _report(), T0 + 3)
+        assert store.list_servers() == []
+        (i,) = store.get_job(job).instructions
+        assert i.state is S.CANCELLED
+        assert i.last_error == "server removed at child site br"
+        # reported again later: enrolled again, with nothing of before
+        service.record_child_report(
+            _child(store), _report(ReportedServer("dp1", True, 0.0, None, ())), T0 + 9
+        )
+        assert [s.name for s in store.list_servers()] == ["br/dp1"]
+
+    def test_a_report_that_a_server_holds_the_package_wakes_its_retrying_instruction(
+        self, store: Store, pkg: PackageRecord
+    ) -> None:
+        service = Service(store)
+        service.add_child("br", "https://br.test:8700", "hash-br", T0)
+        service.record_child_report(
+            _child(store), _report(ReportedServer("dp1", True, 0.0, None, ())), T0
+        )
+        service.distribute(pkg.id, ["br/dp1"], T0)
+        (c,) = service.claim_ready("w", 30, 8, T0 + 1)
+        service.record_failure(
+            c,
+            "at br: dp1 unreachable; br retries it",
+            ErrorKind.TRANSIENT,
+            RetryPolicy(initial=60),
+            T0 + 2,
+        )
+        assert service.claim_ready("w", 30, 8, T0 + 3) == []
+        woken = service.record_child_report(
+            _child(store), _report(ReportedServer("dp1", True, 0.0, None, (pkg.id,))), T0 + 3
+        )
+        assert woken == 1
+        assert [x.server for x in service.claim_ready("w", 30, 8, T0 + 3)] == ["br/dp1"]
+
+
+def _child(store: Store) -> ChildSiteRecord:
+    child = store.child_site("br")
+    assert child is not None
+    return child

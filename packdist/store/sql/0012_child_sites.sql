@@ -7,7 +7,10 @@ CREATE TABLE child_sites (
     created_at  REAL NOT NULL,
     last_seen   REAL,                       -- the child's last report
     site_name   TEXT,                       -- what the child calls itself (site init --name)
-    report      TEXT NOT NULL DEFAULT '{}'  -- its last report: its servers and theirs, as JSON
+    report      TEXT NOT NULL DEFAULT '{}', -- its last report: its servers and theirs, as JSON
+    ca          TEXT,                       -- its certificate authority (PEM), as it reported
+    bandwidth   REAL,                       -- bytes/s this site sends it at most, all streams together
+    windows     TEXT NOT NULL DEFAULT '{}'  -- when the link may carry packages (core/schedule.py)
 );
 
 -- the child site a server belongs to: its servers are rows here too, named CHILD/SERVER,

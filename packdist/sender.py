@@ -1,0 +1,67 @@
+"""The sender: how the despooler reaches the target of an instruction. A server of this
+site is reached at its agent (:class:`~packdist.protocol.agent_api.AgentClient`); a server
+behind a child site (named ``CHILD/SERVER``) through that child
+(:class:`~packdist.protocol.child_api.ChildClient`), which fetches the package once and
+installs it on its servers itself. Both answer the same calls, so the despooler's attempt,
+its lease, its retries and its failure kinds are the same for either.
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+
+import aiohttp
+
+from packdist.core import tls
+from packdist.core.schedule import Schedule
+from packdist.core.signing import SigningKey
+from packdist.errors import Busy, ConnectError
+from packdist.protocol.agent_api import AgentClient
+from packdist.protocol.child_api import ChildClient
+from packdist.site.store_runner import StoreRunner
+from packdist.store.records import ChildSiteRecord, Claim
+
+TargetClient = AgentClient | ChildClient
+
+
+def behind_child(server: str) -> tuple[str, str] | None:
+    """``(child, server as the child names it)`` for a server behind a child site; None for
+    one of this site's own (whose names never hold a ``/``)."""
+    child, slash, rest = server.partition("/")
+    return (child, rest) if slash else None
+
+
+class Sender:
+    def __init__(self, db: StoreRunner, key: SigningKey, session: aiohttp.ClientSession) -> None:
+        self.db, self.key, self.session = db, key, session
+        self._tls: dict[str, tuple[str, ssl.SSLContext]] = {}  # child: (its CA, a context)
+
+    async def client(self, c: Claim) -> TargetClient:
+        found = behind_child(c.server)
+        if found is None:
+            return AgentClient(c.server, c.server_url, self.key, self.session)
+        child, server = found
+        record = await self.db(lambda s: s.child_site(child))
+        if record is None:
+            raise ConnectError(f"child site {child} is not registered here")
+        if words := Schedule.from_json(record.windows).closed_words(time.time()):
+            raise Busy(f"at {child}: {words}")  # nothing is sent: the attempt waits its turn
+        context = self._child_tls(record) if c.server_url.startswith("https://") else None
+        return ChildClient(child, server, c.server_url, self.key, self.session, context)
+
+    def _child_tls(self, record: ChildSiteRecord) -> ssl.SSLContext:
+        """A client context trusting the child's own authority, as it last reported it."""
+        name = record.name
+        if not record.ca:
+            raise ConnectError(f"child site {name} has not reported its authority yet")
+        kept = self._tls.get(name)
+        if kept is not None and kept[0] == record.ca:
+            return kept[1]
+        context = tls.client_context(None)
+        try:
+            context.load_verify_locations(cadata=record.ca)
+        except ssl.SSLError as exc:
+            raise ConnectError(f"child site {name} reported an unusable authority: {exc}") from exc
+        self._tls[name] = (record.ca, context)
+        return context
