@@ -287,6 +287,7 @@ class Despooler:
                 progress.total,
                 progress.from_peers,
                 progress.done,
+                progress.phase,
             )
         )
 
@@ -312,6 +313,7 @@ class Despooler:
             progress.total = status.bytes_total
             progress.from_peers = status.bytes_from_peers
             progress.done = status.bytes_done
+            progress.phase = status.phase
             if status.state == "installed":
                 if status.package_id != c.package_id:
                     raise IntegrityError(
@@ -402,4 +404,5 @@ class _Progress:
     total: int = 0
     from_peers: int = 0  # of ``received``, what came from peers
     done: int = 0  # of ``total``, what the agent holds so far
+    phase: str | None = None  # where it is, in the target's words
     lost: bool = False

@@ -141,6 +141,12 @@ def _job_table(job: JobRecord, now: float, meter: RateMeter | None = None, more:
     parts.append(table)
     if more:
         parts.append(Text(more, style="italic"))
+    where = [i for i in job.instructions if i.phase and i.state.value == "sending"]
+    if where:  # a server behind a child site: where its package is
+        parts.append(Text("where", style="bold"))
+        width = max(len(i.server) for i in where)
+        for i in where:
+            parts.append(Text(f"  {i.server:<{width}}  {i.phase}"))
     errors = [i for i in job.instructions if i.last_error]
     if errors:
         parts.append(Text("last error", style="bold"))

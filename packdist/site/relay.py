@@ -168,7 +168,7 @@ def _pulling(pull: Pull, server: str, joined: Joined) -> InstallStatus:
         bytes_wire=pull.wire if server == pull.first else 0,
         bytes_total=pull.total,
         bytes_done=pull.received,
-        phase=f"at {here}: receiving from {joined.parent}",
+        phase=f"at {here}: receiving from {joined.parent}, {_percent(pull.received, pull.total)}",
         progress=pull.received,
     )
 
@@ -186,7 +186,7 @@ def _installing(
         "bytes_wire": wire,
         "bytes_received": wire,
         "bytes_total": row["bytes_total"],
-        "bytes_done": row["bytes_sent"] if state is not S.INSTALLED else row["bytes_total"],
+        "bytes_done": row["bytes_done"] if state is not S.INSTALLED else row["bytes_total"],
     }
     if state is S.INSTALLED:
         return InstallStatus(pid, "installed", **common)
@@ -204,7 +204,21 @@ def _installing(
     return InstallStatus(
         pid,
         "installing",
-        phase=f"at {here}: sending to {server}",
+        phase=_sending_words(here, server, row, state),
         progress=int(row["bytes_sent"]) + int(row["attempts"]),
         **common,
     )
+
+
+def _sending_words(here: str, server: str, row: Row, state: S) -> str:
+    """Where this site's own attempt is: sending to its server, or, for a server behind
+    one of its children, where that child says it is ("at br: at gc: receiving from br")."""
+    if state is not S.SENDING:
+        return f"at {here}: waiting for a worker to send to {server}"
+    if "/" in server and row["phase"]:
+        return f"at {here}: {row['phase']}"
+    return f"at {here}: sending to {server}, {_percent(row['bytes_done'], row['bytes_total'])}"
+
+
+def _percent(done: int, total: int) -> str:
+    return f"{100 * done // total if total else 0}%"

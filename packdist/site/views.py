@@ -141,6 +141,7 @@ def instruction_json(i: Any, now: float | None = None) -> dict[str, Any]:
         "bytes_from_peers": i.bytes_from_peers,
         "bytes_done": i.bytes_total if i.state is S.INSTALLED else i.bytes_done,
         "bytes_total": i.bytes_total,
+        "phase": i.phase if i.state is S.SENDING else None,
         "updated_at": iso(i.updated_at),
         "finished_at": iso(i.finished_at),
     }

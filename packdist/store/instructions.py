@@ -58,6 +58,7 @@ def instruction_record(row: Row) -> InstructionRecord:
         bytes_from_peers=row["bytes_from_peers"],
         bytes_done=row["bytes_done"],
         error_kind=row["error_kind"],
+        phase=row["phase"],
     )
 
 
@@ -287,10 +288,12 @@ class InstructionQueries:
         bytes_total: int,
         bytes_from_peers: int = 0,
         bytes_done: int = 0,
+        phase: str | None = None,
     ) -> bool:
         """Extend a held lease and record progress (``bytes_sent``: all bytes the server
         received on the wire, ``bytes_from_peers`` of them from peers; ``bytes_done``: how
-        much of the package it holds so far); False if the worker lost the lease
+        much of the package it holds so far; ``phase``: where the attempt is, in the target's
+        words); False if the worker lost the lease
         (cancelled, expired). The state is not touched."""
         with self.db.transaction():
             changed = self.db.run(
@@ -302,6 +305,7 @@ class InstructionQueries:
                 bytes_total=bytes_total,
                 bytes_from_peers=bytes_from_peers,
                 bytes_done=bytes_done,
+                phase=phase,
             )
         return changed > 0
 

@@ -216,18 +216,18 @@ FROM jobs j JOIN packages p ON p.id = j.package_id ORDER BY j.created_at DESC LI
 
 -- name: instructions_of_job
 SELECT id, job_id, server, state, attempts, last_error, next_attempt_at, bytes_sent,
-    bytes_total, updated_at, finished_at, bytes_from_peers, bytes_done, error_kind
+    bytes_total, updated_at, finished_at, bytes_from_peers, bytes_done, error_kind, phase
 FROM instructions WHERE job_id = :job_id ORDER BY server
 
 -- name: instructions_of_job_page
 SELECT id, job_id, server, state, attempts, last_error, next_attempt_at, bytes_sent,
-    bytes_total, updated_at, finished_at, bytes_from_peers, bytes_done, error_kind
+    bytes_total, updated_at, finished_at, bytes_from_peers, bytes_done, error_kind, phase
 FROM instructions WHERE job_id = :job_id ORDER BY server LIMIT :limit OFFSET :offset
 
 -- name: instructions_of_job_in_page
 -- served by the index on (job_id, state, server) for one state
 SELECT id, job_id, server, state, attempts, last_error, next_attempt_at, bytes_sent,
-    bytes_total, updated_at, finished_at, bytes_from_peers, bytes_done, error_kind
+    bytes_total, updated_at, finished_at, bytes_from_peers, bytes_done, error_kind, phase
 FROM instructions WHERE job_id = :job_id AND state IN (:states) ORDER BY server
 LIMIT :limit OFFSET :offset
 
@@ -346,7 +346,8 @@ UPDATE instructions SET lease_expires_at = :until,
     bytes_total = :bytes_total,
     bytes_from_peers = CASE WHEN bytes_from_peers > :bytes_from_peers
                             THEN bytes_from_peers ELSE :bytes_from_peers END,
-    bytes_done = CASE WHEN bytes_done > :bytes_done THEN bytes_done ELSE :bytes_done END
+    bytes_done = CASE WHEN bytes_done > :bytes_done THEN bytes_done ELSE :bytes_done END,
+    phase = :phase
 WHERE id = :id AND state = 'sending' AND lease_owner = :owner
 
 -- name: expired_leases
@@ -530,7 +531,7 @@ UPDATE servers SET last_seen = :last_seen, disk_free = :disk_free WHERE name = :
 -- the newest instruction of this action for this package on this server (a child site says
 -- with it how far the work its parent sent has come)
 SELECT i.id, i.state, i.attempts, i.last_error, i.error_kind, i.bytes_sent, i.bytes_total,
-    i.updated_at FROM instructions i JOIN jobs j ON j.id = i.job_id
+    i.bytes_done, i.phase, i.updated_at FROM instructions i JOIN jobs j ON j.id = i.job_id
 WHERE j.package_id = :package_id AND j.action = :action AND i.server = :server
 ORDER BY i.id DESC LIMIT 1
 

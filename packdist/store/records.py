@@ -65,6 +65,7 @@ class InstructionRecord:
     bytes_from_peers: int = 0  # of bytes_sent, what came from peers (the rest: the site)
     bytes_done: int = 0  # of bytes_total, what the server holds so far (the progress)
     error_kind: str | None = None  # the kind of the last failure (packdist.errors.ErrorKind)
+    phase: str | None = None  # where the attempt under way is, in its target's words
 
 
 @dataclass(frozen=True)

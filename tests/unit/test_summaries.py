@@ -303,6 +303,7 @@ DROP_SQLITE = (
     "ALTER TABLE events DROP COLUMN actor",  # and version 10's
     "ALTER TABLE servers DROP COLUMN removed_at",  # and version 11's
     "ALTER TABLE servers DROP COLUMN child",  # and version 12's
+    "ALTER TABLE instructions DROP COLUMN phase",
     "DROP TABLE child_sites",
     "PRAGMA user_version=7",
 )
@@ -323,6 +324,7 @@ DROP_POSTGRESQL = (
     "ALTER TABLE events DROP COLUMN actor",  # and version 10's
     "ALTER TABLE servers DROP COLUMN removed_at",  # and version 11's
     "ALTER TABLE servers DROP COLUMN child",  # and version 12's
+    "ALTER TABLE instructions DROP COLUMN phase",
     "DROP TABLE child_sites",
     "DELETE FROM schema_version WHERE version >= 8",
 )

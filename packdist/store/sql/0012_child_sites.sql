@@ -15,4 +15,9 @@ CREATE TABLE child_sites (
 
 -- the child site a server belongs to: its servers are rows here too, named CHILD/SERVER,
 -- kept from the child's reports (NULL: this site's own, enrolled here)
-ALTER TABLE servers ADD COLUMN child TEXT REFERENCES child_sites(name)
+ALTER TABLE servers ADD COLUMN child TEXT REFERENCES child_sites(name);
+
+
+-- where an attempt under way is, in its target's words ("at br: receiving from hq",
+-- "fetching"): written with its progress, shown while it is sending
+ALTER TABLE instructions ADD COLUMN phase TEXT
