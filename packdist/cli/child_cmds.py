@@ -14,7 +14,6 @@ from packdist.auth import hash_token, new_token
 from packdist.cli.common import (
     ago,
     home_option,
-    iso,
     json_option,
     operator_name,
     print_json,
@@ -174,13 +173,8 @@ def site_children(as_json: bool) -> None:
 
 
 def child_sites_json(store: Any, now: float) -> list[dict[str, Any]]:
-    """The child sites and their servers as ``status --json`` shows them."""
-    children = Service(store).child_sites(now)
-    refs = store.package_refs() if children else {}
-    docs = [c.to_json(refs) for c in children]
-    for doc in docs:
-        doc["last_seen"] = iso(doc["last_seen"])
-        doc["created_at"] = iso(doc["created_at"])
-        for s in doc["servers"]:
-            s["last_seen"] = iso(s["last_seen"])
-    return docs
+    """The child sites and their servers as ``status --json`` and ``site children --json``
+    show them (the dashboard's own view)."""
+    from packdist.site.views import child_sites
+
+    return child_sites(store, now)

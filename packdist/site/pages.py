@@ -291,6 +291,31 @@ def _jobs(jobs: list[dict[str, Any]], now: float) -> str:
     return "<section><h2>Jobs</h2>" + "".join(job_block(j, now) for j in jobs) + "</section>"
 
 
+def child_sites_block(children: list[dict[str, Any]]) -> str:
+    """The child sites, when there are any: state, last report, servers online, link."""
+    if not children:
+        return ""
+    rows = []
+    for c in children:
+        up = sum(1 for s in c["servers"] if s["online"])
+        link = human_bytes(int(c["bandwidth"])) + "/s" if c["bandwidth"] else "unlimited"
+        link += f", {c['waiting']}" if c["waiting"] else ""
+        rows.append(
+            f'<tr data-child="{h(c["name"])}"><th scope="row">{h(c["name"])}</th>'
+            f"<td>{_badge(c['state'] if c['state'] != 'never reported' else 'offline')}</td>"
+            f'<td title="{h(c["last_seen"] or "never")}">{h(c["last_seen_ago"])}</td>'
+            f'<td class="num">{up} of {len(c["servers"])}</td><td>{h(link)}</td>'
+            f'<td class="muted">{h(c["url"])}</td></tr>'
+        )
+    return (
+        '<section><h2>Child sites</h2><div class="scroll"><table class="servers"><thead><tr>'
+        '<th scope="col">child site</th><th scope="col">state</th>'
+        '<th scope="col">last report</th><th scope="col">servers online</th>'
+        f'<th scope="col">link</th><th scope="col">url</th></tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div></section>"
+    )
+
+
 def _servers(servers: list[dict[str, Any]]) -> str:
     if not servers:
         return '<section><h2>Servers</h2><p class="muted">no servers yet</p></section>'
@@ -343,6 +368,7 @@ def overview_content(doc: dict[str, Any], now: float) -> str:
         + _matrix(doc)
         + _jobs(doc["jobs"], now)
         + _servers(doc["servers"])
+        + child_sites_block(doc.get("child_sites", []))
         + events_block(doc["events"], now)
     )
 

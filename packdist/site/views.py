@@ -12,6 +12,7 @@ from typing import Any
 
 from packdist.core.timefmt import ago, iso
 from packdist.errors import ErrorKind
+from packdist.service import Service
 from packdist.site.cadence import SILENT_AFTER, offline_after_for
 from packdist.site.liveness import FLUSH_EVERY
 from packdist.states import InstructionState
@@ -320,7 +321,24 @@ def overview(store: Store, now: float, servers_shown: int = OVERVIEW_SERVERS) ->
         "servers_total": total,
         "jobs": [job_json(preview(store, j)) for j in jobs],
         "events": [event_json(e) for e in store.recent_events(RECENT_EVENTS)],
+        "child_sites": child_sites(store, now),
     }
+
+
+def child_sites(store: Store, now: float) -> list[dict[str, Any]]:
+    """The child sites, each with its state, link and servers (times as ISO stamps)."""
+    children = Service(store).child_sites(now)
+    refs = store.package_refs() if children else {}
+    docs = []
+    for c in children:
+        doc = c.to_json(refs)
+        doc["waiting"] = c.schedule.closed_words(now)
+        doc["last_seen_ago"] = ago(c.last_seen, now)
+        doc["last_seen"], doc["created_at"] = iso(c.last_seen), iso(c.created_at)
+        for server in doc["servers"]:
+            server["last_seen"] = iso(server["last_seen"])
+        docs.append(doc)
+    return docs
 
 
 def preview(store: Store, job: JobRecord, rows: int = OVERVIEW_JOB_ROWS) -> JobRecord:

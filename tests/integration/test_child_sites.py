@@ -81,6 +81,11 @@ def test_a_child_and_its_servers_show_at_the_parent_within_seconds(tree: Hierarc
     assert "br/dp1" in [s["name"] for s in status["child_sites"][0]["servers"]]
     words = [e["message"] for e in tree.hq.json("events")]
     assert any("child site br (br) reported for the first time" in w for w in words), words
+    code, page = tree.hq.operator_get("/")  # the dashboard: the child, and its servers
+    assert code == 200
+    html = page.decode()
+    assert "Child sites" in html and 'data-child="br"' in html
+    assert 'data-server="br/dp1"' in html
 
 
 def test_a_grandchilds_servers_reach_the_top_named_under_both(tree: Hierarchy) -> None:
