@@ -46,11 +46,12 @@ class Demo:
         self.site_url = f"https://127.0.0.1:{free_port()}"
         self.servers: dict[str, dict[str, Any]] = {}
 
-    def run(self, *args: str, show: bool = True) -> str:
+    def run(self, *args: str, show: bool = True, home: Path | None = None) -> str:
         if show:
-            print(f"$ packdist {' '.join(args)}", flush=True)
+            where = "" if home is None else f"--home {home.name} "
+            print(f"$ packdist {where}{' '.join(args)}", flush=True)
         out = subprocess.run(
-            [*PACKDIST, "--home", str(self.site_home), *args],
+            [*PACKDIST, "--home", str(home or self.site_home), *args],
             check=True,
             capture_output=True,
             text=True,
@@ -78,7 +79,7 @@ class Demo:
                 time.sleep(0.1)
         raise SystemExit(f"{name} did not start; see {self.root / (name + '.log')}")
 
-    def start_agent(self, name: str) -> None:
+    def start_agent(self, name: str, site_url: str | None = None) -> None:
         s = self.servers[name]
         self.start(
             name,
@@ -90,7 +91,7 @@ class Demo:
                 "--listen",
                 f"127.0.0.1:{s['port']}",
                 "--site",
-                self.site_url,
+                site_url or self.site_url,
                 "--token",
                 s["token"],
             ],
@@ -157,6 +158,58 @@ def link_lines(demo: Demo) -> list[str]:
     except OSError as exc:  # the TLS server takes no clear text
         lines.append(f"plain HTTP to dp1: refused ({type(exc).__name__})")
     return lines
+
+
+def _online(demo: Demo, server: str) -> bool:
+    listed = json.loads(demo.run("server", "list", "--json", show=False))["servers"]
+    return any(s["name"] == server and s["online"] for s in listed)
+
+
+def branch_office(demo: Demo, src: Path) -> None:
+    """A child site at a branch, with a server of its own that never talks to the central
+    site: the package crosses to the branch once, and the branch installs it."""
+    say("A branch office: a child site with its own server, joined to this site")
+    branch = demo.root / "branch"
+    branch_url = f"https://127.0.0.1:{free_port()}"
+    demo.run("site", "init", "--name", "branch", "--json", show=False, home=branch)
+    print("$ packdist --home branch site init --name branch")
+    port = free_port()
+    url = f"https://127.0.0.1:{port}"
+    doc = json.loads(
+        demo.run("server", "add", "bdp1", "--url", url, "--json", show=False, home=branch)
+    )
+    print(f"$ packdist --home branch server add bdp1 --url {url}   (token {doc['token'][:10]}…)")
+    demo.servers["bdp1"] = {"port": port, "url": url, "token": doc["token"]}
+    child = json.loads(
+        demo.run("site", "add-child", "branch", "--url", branch_url, "--json", show=False)
+    )
+    print(f"$ packdist site add-child branch --url {branch_url}   (token {child['token'][:10]}…)")
+    print(f"$ packdist --home branch site serve --parent {demo.site_url}   (token in env)")
+    listen = branch_url.removeprefix("https://")
+    os.environ["PACKDIST_PARENT_TOKEN"] = child["token"]  # kept out of the process list
+    try:
+        demo.start(
+            "branch",
+            ["--home", str(branch), "site", "serve", "--listen", listen, "--parent", demo.site_url],
+            branch_url,
+        )
+    finally:
+        del os.environ["PACKDIST_PARENT_TOKEN"]
+    demo.start_agent("bdp1", site_url=branch_url)  # it knows only the branch
+    deadline = time.monotonic() + 30
+    while not _online(demo, "branch/bdp1"):
+        if time.monotonic() > deadline:
+            raise SystemExit("the branch's server did not show at the central site")
+        time.sleep(0.5)
+    demo.run("site", "children")
+    say("Distribute app@1.0 to the branch: it crosses once, the branch installs it")
+    demo.run("distribute", "app@1.0", "--site", "branch", "--wait")
+    demo.run("job", "list")
+    tree = demo.root / "bdp1" / "packages" / "app" / "1.0"
+    cmp = filecmp.dircmp(src, tree)
+    if cmp.diff_files or cmp.left_only or cmp.right_only:
+        raise SystemExit(f"bdp1: {tree} does not match the source")
+    print(f"  bdp1: {tree} matches the source")
 
 
 def main() -> int:
@@ -242,6 +295,7 @@ def main() -> int:
             print(f"  {line}")
         say("The job's timeline, as the dashboard shows it")
         demo.run("events", "--job", job)
+        branch_office(demo, src)
         print(f"\ndemo finished in {time.monotonic() - started:.0f}s")
         return 0
     finally:
