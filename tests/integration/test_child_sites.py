@@ -7,6 +7,7 @@ package sent from the top reaches the servers behind both, crossing each link on
 from __future__ import annotations
 
 import datetime as dt
+import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -271,3 +272,47 @@ def test_site_serve_refuses_a_parent_it_cannot_join_before_it_listens(
     )
     line = _one_line_refusal(proc, words)
     assert "listening" not in proc.stdout + line
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["set-child", "nobody", "--bandwidth", "1mbit"], "no child site named nobody"),
+        (["set-child", "br", "--always", "--window", "Mon 10:00-11:00"], "contradict"),
+        (["set-child", "br", "--window", "Mon-Fri"], "write it as DAYS HH:MM-HH:MM"),
+        (
+            ["set-child", "br", "--window", "Mon 10:00-11:00", "--timezone", "Mars/Olympus"],
+            "time zone",
+        ),
+        (["set-child", "br", "--bandwidth", "fast"], "rate"),
+    ],
+)
+def test_a_link_change_that_cannot_work_is_refused_in_one_line_and_changes_nothing(
+    hq: Path, args: list[str], words: str
+) -> None:
+    run_packdist(
+        hq, "site", "add-child", "br", "--url", "https://br.test:8700", "--bandwidth", "2MB"
+    )
+    before = run_packdist(hq, "site", "children", "--json").stdout
+    _one_line_refusal(run_packdist(hq, "site", *args, check=False), words)
+    assert run_packdist(hq, "site", "children", "--json").stdout == before
+
+
+def test_a_link_change_is_shown_with_the_child(hq: Path) -> None:
+    run_packdist(hq, "site", "add-child", "br", "--url", "https://br.test:8700")
+    out = run_packdist(
+        hq,
+        "site",
+        "set-child",
+        "br",
+        "--bandwidth",
+        "8mbit",
+        "--window",
+        "Mon-Fri 18:00-07:00",
+        "--timezone",
+        "Europe/Berlin",
+    ).stdout
+    assert "link to child site br: 976.6 KiB/s" in out, out
+    (child,) = json.loads(run_packdist(hq, "site", "children", "--json").stdout)["children"]
+    assert child["bandwidth"] == 1_000_000
+    assert child["windows"] == "Mon,Tue,Wed,Thu,Fri 18:00-07:00 (Europe/Berlin)"
