@@ -37,7 +37,7 @@ from packdist.errors import (
 )
 from packdist.protocol.messages import InstallStatus
 from packdist.retry import RetryPolicy
-from packdist.sender import Sender, behind_child
+from packdist.sender import Sender, WindowClosed, behind_child
 from packdist.service import Service
 from packdist.site import cadence
 from packdist.site.install_inputs import InstallInputs, chunk_fault
@@ -269,8 +269,8 @@ class Despooler:
         # a repair) may be driving right now: leave it to that one.
         if await self.db(lambda s: s.installs_under_way(c.server, c.package_id)):
             return
-        client = await self.sender.client(c)
         try:
+            client = await self.sender.client(c, transfer=False)
             await client.cancel(c.package_id)
             log.info("told %s to stop installing %s", c.server, c.package_ref)
         except PackdistError as exc:  # unreachable: it finds out when it reports
@@ -353,7 +353,7 @@ class Despooler:
     async def _remove(self, c: Claim) -> None:
         """A removal: one call; the agent answers once the version is out of ``packages/``
         (or refuses while it is installing that version: retried like any failure)."""
-        client = await self.sender.client(c)
+        client = await self.sender.client(c, transfer=False)
         answer = await client.remove(c.package_id, c.package_ref)
         if answer.get("state") != "removed":
             raise RemoteError(str(answer.get("error") or f"{c.server} did not confirm the removal"))
@@ -367,6 +367,10 @@ class Despooler:
         error, kind = exc.message, exc.kind
         now = time.time()
         try:
+            if isinstance(exc, WindowClosed):  # not a failure: due again when it opens
+                opens = exc.opens_at or now + self.policy.cap
+                await self.db(lambda s: Service(s).wait_for_window(c, error, opens, now))
+                return
             retried = await self.db(
                 lambda s: Service(s).record_failure(c, error, kind, self.policy, now)
             )

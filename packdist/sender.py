@@ -25,6 +25,14 @@ from packdist.store.records import ChildSiteRecord, Claim
 TargetClient = AgentClient | ChildClient
 
 
+class WindowClosed(Busy):
+    """The link to a child is outside its windows: nothing is sent until ``opens_at``."""
+
+    def __init__(self, message: str, opens_at: float | None) -> None:
+        super().__init__(message)
+        self.opens_at = opens_at
+
+
 def behind_child(server: str) -> tuple[str, str] | None:
     """``(child, server as the child names it)`` for a server behind a child site; None for
     one of this site's own (whose names never hold a ``/``)."""
@@ -37,7 +45,9 @@ class Sender:
         self.db, self.key, self.session = db, key, session
         self._tls: dict[str, tuple[str, ssl.SSLContext]] = {}  # child: (its CA, a context)
 
-    async def client(self, c: Claim) -> TargetClient:
+    async def client(self, c: Claim, transfer: bool = True) -> TargetClient:
+        """The client for the claim's target; ``transfer``: the call sends a package (a
+        child's windows apply: WindowClosed outside them), not a cancel or a removal."""
         found = behind_child(c.server)
         if found is None:
             return AgentClient(c.server, c.server_url, self.key, self.session)
@@ -45,8 +55,9 @@ class Sender:
         record = await self.db(lambda s: s.child_site(child))
         if record is None:
             raise ConnectError(f"child site {child} is not registered here")
-        if words := Schedule.from_json(record.windows).closed_words(time.time()):
-            raise Busy(f"at {child}: {words}")  # nothing is sent: the attempt waits its turn
+        schedule, now = Schedule.from_json(record.windows), time.time()
+        if transfer and (words := schedule.closed_words(now)):
+            raise WindowClosed(f"at {child}: {words}", schedule.next_open(now))
         context = self._child_tls(record) if c.server_url.startswith("https://") else None
         return ChildClient(child, server, c.server_url, self.key, self.session, context)
 

@@ -83,6 +83,8 @@ def site_add_child(
     named CHILD/SERVER here."""
     check_server_name(name)
     url = check_url(url, "child site URL")
+    if zone != "UTC" and not windows:
+        raise UserError("--timezone says when the --window hours are: give the windows with it")
     rate, schedule = _bandwidth(bandwidth), Schedule.parse(list(windows), zone)
     home = SiteHome.open(resolve_home())
     token = new_token(home.authority().fingerprint)  # the child verifies this site with it
@@ -116,6 +118,8 @@ def site_set_child(
     stays as it was). A running site applies it from its next transfer."""
     if always and windows:
         raise UserError("--always and --window contradict each other")
+    if zone != "UTC" and not windows:
+        raise UserError("--timezone says when the --window hours are: give the windows with it")
     store = SiteHome.open(resolve_home()).store()
     try:
         child = store.child_site(name)

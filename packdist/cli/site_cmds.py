@@ -145,6 +145,11 @@ def site_serve(parent: str | None, token: str | None, **values: Any) -> None:
     root = resolve_home()
     home = SiteHome.open(root)
     settings = config.load(root, _flags(values)).settings
+    if parent is not None and parent.startswith("http://") and not settings.plain_http:
+        raise UserError(
+            f"--parent {parent}: a child site learns its parent's key over TLS; give the"
+            " parent's https:// URL (or run with --plain-http, for a lab on loopback only)"
+        )
     scheme = "http" if settings.plain_http else "https"
     if settings.plain_http:
         click.echo(

@@ -301,8 +301,15 @@ def _raise_for_answer(resp: http.client.HTTPResponse, url: str) -> None:
 
 
 def _closed_by_peer(exc: BaseException) -> bool:
+    """Whether a kept-alive connection was found closed by the other end (idle, or a
+    process that was killed and started again: over TLS that reads as an EOF of TLS)."""
     return isinstance(
-        exc, http.client.RemoteDisconnected | BrokenPipeError | ConnectionResetError
+        exc,
+        http.client.RemoteDisconnected
+        | BrokenPipeError
+        | ConnectionResetError
+        | ssl.SSLEOFError
+        | ssl.SSLZeroReturnError,
     ) or (isinstance(exc, OSError) and exc.errno in (errno.EPIPE, errno.ECONNRESET))
 
 

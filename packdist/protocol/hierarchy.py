@@ -95,9 +95,17 @@ class ChildReport:
     #: the child's certificate authority (PEM): the parent dials the child with it (the
     #: report comes over the TLS the token pinned, with the child's token)
     ca: str | None = None
+    #: ``(package id, server)`` of the installs the parent sent that are not done yet: the
+    #: parent answers those it no longer wants (cancelled, superseded) in ``unwanted``
+    relayed: tuple[tuple[str, str], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {"site": self.site, "servers": [s.to_json() for s in self.servers], "ca": self.ca}
+        return {
+            "site": self.site,
+            "servers": [s.to_json() for s in self.servers],
+            "ca": self.ca,
+            "relayed": [list(r) for r in self.relayed],
+        }
 
     @classmethod
     def from_json(cls, body: Any) -> ChildReport:
@@ -106,7 +114,7 @@ class ChildReport:
         site = body.get("site")
         if not isinstance(site, str) or not site or len(site) > 200:
             raise UserError("child report site must be the child's name")
-        servers = body.get("servers", [])
+        servers = body.get("servers")  # required: a report that lost it must not empty a fleet
         if not isinstance(servers, list):
             raise UserError("child report servers must be a list")
         if len(servers) > MAX_REPORTED:
@@ -117,7 +125,7 @@ class ChildReport:
         ca = body.get("ca")
         if ca is not None and (not isinstance(ca, str) or len(ca) > MAX_AUTHORITY_PEM):
             raise UserError("child report ca must be its authority's certificate (PEM)")
-        return cls(site, parsed, ca)
+        return cls(site, parsed, ca, _pairs(body.get("relayed", []), "child report relayed"))
 
 
 @dataclass(frozen=True)
@@ -131,6 +139,8 @@ class ReportAnswer:
     child: str = ""  # the child's name at the parent (``site add-child NAME``)
     key: str = ""  # the parent's public key (hex)
     chain: tuple[str, ...] = ()  # the public keys of the sites above the parent (hex)
+    #: of the report's ``relayed``, those the parent no longer wants: the child stops them
+    unwanted: tuple[tuple[str, str], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -139,6 +149,7 @@ class ReportAnswer:
             "child": self.child,
             "key": self.key,
             "chain": list(self.chain),
+            "unwanted": [list(u) for u in self.unwanted],
         }
 
     @classmethod
@@ -157,7 +168,25 @@ class ReportAnswer:
             raise UserError("the parent's key must be 64 hex digits")
         if not isinstance(chain, list) or len(chain) > MAX_CHAIN or not all(map(_is_key, chain)):
             raise UserError(f"the parent's chain must be at most {MAX_CHAIN} keys (hex)")
-        return cls(parent, min(max(float(interval), 1.0), 60.0), child, key, tuple(chain))
+        unwanted = _pairs(body.get("unwanted", []), "the parent's unwanted")
+        return cls(parent, min(max(float(interval), 1.0), 60.0), child, key, tuple(chain), unwanted)
+
+
+def _pairs(value: Any, what: str) -> tuple[tuple[str, str], ...]:
+    """``[[package id, server], ...]``, checked."""
+    if not isinstance(value, list) or len(value) > MAX_REPORTED:
+        raise UserError(f"{what} must be a list of [package id, server]")
+    out = []
+    for item in value:
+        if (
+            not isinstance(item, list)
+            or len(item) != 2
+            or not isinstance(item[0], str)
+            or len(item[0]) != 64
+        ):
+            raise UserError(f"{what} must be a list of [package id, server]")
+        out.append((item[0], check_reported_name(item[1])))
+    return tuple(out)
 
 
 def _is_key(text: Any) -> bool:

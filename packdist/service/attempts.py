@@ -117,6 +117,11 @@ class AttemptUseCases(JobUseCases):
         self.schedule_retry(claim.instruction_id, claim.lease, error, decision.retry_at, now, kind)
         return True
 
+    def wait_for_window(self, claim: Claim, words: str, opens_at: float, now: float) -> None:
+        """The target is behind a link outside its windows: due again when it opens, past
+        the retry policy's limits (waiting for a window is not a failure to count)."""
+        self.schedule_retry(claim.instruction_id, claim.lease, words, opens_at, now)
+
     def schedule_retry(
         self,
         instruction_id: int,

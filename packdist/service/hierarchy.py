@@ -18,10 +18,10 @@ from typing import Any
 from packdist import states
 from packdist.config_values import format_rate
 from packdist.core.schedule import Schedule
-from packdist.errors import UserError
 from packdist.protocol.hierarchy import ChildReport
 from packdist.service.fleet import FleetUseCases
 from packdist.service.jobs import UNFINISHED, ended
+from packdist.states import InstructionState
 from packdist.store.children import ChildServerRow
 from packdist.store.records import ChildSiteRecord
 
@@ -132,16 +132,6 @@ def _link_words(bandwidth: float | None, schedule: Schedule | None) -> str:
     return f"; {', '.join(parts)}" if parts else ""
 
 
-def _installed_before(child: ChildSiteRecord) -> dict[str, tuple[str, ...]]:
-    """What each server held by the child's previous report (kept whole), by its name here;
-    only a server whose holdings changed since is compared with the store."""
-    try:
-        report = ChildReport.from_json(json.loads(child.report))
-    except (ValueError, UserError):  # none yet ('{}'), or damaged: compare every server
-        return {}
-    return {f"{child.name}/{s.name}": s.installed for s in report.servers}
-
-
 class HierarchyUseCases(FleetUseCases):
     def add_child(
         self,
@@ -164,10 +154,15 @@ class HierarchyUseCases(FleetUseCases):
     def set_child_link(
         self, name: str, bandwidth: float | None, schedule: Schedule, now: float
     ) -> None:
-        """The link's limits: its bandwidth (None: unlimited) and its windows."""
+        """The link's limits: its bandwidth (None: unlimited) and its windows. Work waiting
+        for the link (a window that was closed, a back-off) is due again at once: the
+        sender looks at the new limits."""
         store = self.store
         with store.transaction():
             store.set_child_link(name, bandwidth, schedule.to_json())
+            waiting = store.child_retries(name, [InstructionState.RETRYING.value])
+            if store.apply("wake", waiting, now, next_attempt_at=now):
+                store.notify()
             words = _link_words(bandwidth, schedule) or " unlimited, always open"
             message = f"link to child site {name}:{words.removeprefix(';')}{self._by()}"
             store.add_event("child", message, now=now, actor=self.actor)
@@ -180,7 +175,7 @@ class HierarchyUseCases(FleetUseCases):
         instructions woke."""
         store = self.store
         with store.transaction():
-            before = _installed_before(child)
+            held = store.child_holdings_all(child.name)  # one read, compared in Python
             kept = store.servers_of_child(child.name)
             woken = 0
             for s in report.servers:
@@ -189,8 +184,9 @@ class HierarchyUseCases(FleetUseCases):
                 row = kept.get(name)
                 store.put_child_server(name, child.name, child.url, seen, s.disk_free, now, row)
                 gained = False
-                if row is None or row.removed or before.get(name) != s.installed:
-                    gained = self._holdings(name, s.installed, now)
+                recorded = set(held.get(name, ())) if row is not None and not row.removed else set()
+                if recorded != set(s.installed):
+                    gained = self._holdings(name, recorded, s.installed, now)
                 back = seen is not None and (
                     row is None or row.last_seen is None or seen - row.last_seen > SILENCE
                 )
@@ -201,19 +197,21 @@ class HierarchyUseCases(FleetUseCases):
             for name, row in kept.items():
                 if not row.removed and name not in reported:
                     self._child_server_gone(child.name, name, now)
-            kept_report = {**report.to_json(), "ca": None}  # the authority has its column
-            body = json.dumps(kept_report, separators=(",", ":"))
+            # what the report said, in short (its servers are rows; its authority a column)
+            body = json.dumps({"servers": len(report.servers), "relayed": len(report.relayed)})
             store.record_child_report(child.name, report.site, body, report.ca, now)
             self._report_events(child, report, now)
             if woken:
                 store.notify()
         return woken
 
-    def _holdings(self, server: str, installed: tuple[str, ...], now: float) -> bool:
+    def _holdings(
+        self, server: str, recorded: set[str], installed: tuple[str, ...], now: float
+    ) -> bool:
         """What a child's server holds, as reported (only changes written; packages this
         site does not know are left out); whether it holds one more than before."""
         store = self.store
-        recorded, reported = store.holdings(server), set(installed)
+        reported = set(installed)
         for gone in sorted(recorded - reported):
             store.drop_holding(server, gone)
         gained = False
@@ -245,6 +243,24 @@ class HierarchyUseCases(FleetUseCases):
             words = f"child site {child.name} is back after {gone}s: {held}"
             self.store.add_event("child", words, now=now)
 
+    def unwanted_relays(
+        self, child: str, relayed: tuple[tuple[str, str], ...]
+    ) -> list[tuple[str, str]]:
+        """Of the installs a child says this site sent it and it has not finished, those
+        this site no longer wants (its instruction cancelled, superseded or gone)."""
+        by_package: dict[str, list[str]] = {}
+        for package_id, server in relayed:
+            by_package.setdefault(package_id, []).append(server)
+        unwanted = []
+        for package_id, servers in by_package.items():
+            names = [f"{child}/{s}" for s in servers]
+            rows = self.store.unfinished_of_package(package_id, names, "install", UNFINISHED)
+            wanted = {r["server"] for r in rows}
+            unwanted += [
+                (package_id, s) for s, n in zip(servers, names, strict=True) if n not in wanted
+            ]
+        return unwanted
+
     def child_sites(self, now: float) -> list[ChildSiteView]:
         store = self.store
         return [
@@ -257,38 +273,59 @@ class HierarchyUseCases(FleetUseCases):
     def relay_install(
         self, package_id: str, server: str, parent: str, repair: bool, now: float
     ) -> str | None:
-        """The parent wants the package on ``server``: a job here for it, unless one is
-        under way already or the server holds it (and no repair is asked); the new job's id."""
+        """The parent wants the package on ``server``: a job here for it (marked as the
+        parent's: ``relayed_by``), unless one is under way already or the server holds it,
+        verified (and no repair is asked); the new job's id."""
         store = self.store
         with store.transaction():
             if store.unfinished_of_package(package_id, [server], "install", UNFINISHED):
                 return None
-            if not repair and package_id in store.holdings(server):
+            if not repair and store.holds_verified(server, package_id):
                 return None
-            options = {"repair": True} if repair else {}
+            options: dict[str, Any] = {"relayed_by": parent}
+            if repair:
+                options["repair"] = True
             job = self.distribute(package_id, [server], now, options=options)
             store.add_event("child", f"job {job} sent by parent site {parent}", job, now=now)
             return job
 
     def relay_remove(self, package_id: str, server: str, parent: str, now: float) -> str | None:
-        """The parent wants the package off ``server``: a removal job here, unless one is
-        under way already; its id."""
+        """The parent wants the package off ``server``: a removal job here (which supersedes
+        any install still unfinished), unless one is under way already; its id."""
         store = self.store
         with store.transaction():
             if store.unfinished_of_package(package_id, [server], "remove", UNFINISHED):
                 return None
-            job = self.remove(package_id, [server], now)
+            job = self.add_job(
+                package_id, [server], None, None, {"relayed_by": parent}, now, "remove"
+            )
             store.add_event("child", f"job {job} sent by parent site {parent}", job, now=now)
             return job
 
     def cancel_relayed(self, package_id: str, server: str, parent: str, now: float) -> int:
-        """The parent stopped its attempt: the unfinished installs it sent here stop too."""
+        """The parent no longer wants the package on ``server``: the unfinished installs it
+        sent here stop (this site's own jobs are its operators' business)."""
         store = self.store
         with store.transaction():
             rows = store.unfinished_of_package(package_id, [server], "install", UNFINISHED)
-            ids = [r["id"] for r in rows]
+            ids = [r["id"] for r in rows if _relayed_by(r["options"]) == parent]
             n = len(store.apply("cancel", ids, now, **ended(now, f"cancelled by parent {parent}")))
             if n:
                 words = f"parent site {parent} cancelled the install on {server}"
                 store.add_event("cancelled", words, server=server, now=now)
         return n
+
+    def relayed_unfinished(self, parent: str) -> list[tuple[str, str]]:
+        """``(package id, server)`` of the installs the parent sent here that are not done:
+        what the parent is asked about in each report (it answers those it no longer wants)."""
+        rows = self.store.relayed_unfinished(sorted(s.value for s in UNFINISHED))
+        return [(r["package_id"], r["server"]) for r in rows if _relayed_by(r["options"]) == parent]
+
+
+def _relayed_by(options: Any) -> str | None:
+    try:
+        doc = json.loads(options) if isinstance(options, str) else options
+    except ValueError:
+        return None
+    found = doc.get("relayed_by") if isinstance(doc, dict) else None
+    return found if isinstance(found, str) else None

@@ -159,8 +159,8 @@ class Beats:
             said: dict[str, object] = {"ok": True, "woken": woken, "interval": interval}
             if self.revoked:
                 said["revoked"] = self.revoked
-            if self.trusted:
-                said["trusted_keys"] = self.trusted
+            # always said, empty too: a key no longer above this site is dropped by its agents
+            said["trusted_keys"] = self.trusted
             body = json.dumps(said).encode()
             if woken:
                 return self._closing_if_short(web.Response(body=body, content_type=JSON))

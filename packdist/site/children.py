@@ -26,6 +26,7 @@ from packdist.service.hierarchy import CHILD_OFFLINE_AFTER, REPORT_INTERVAL
 from packdist.site.beats import json_body
 from packdist.site.content_routes import Reader
 from packdist.site.store_runner import StoreRunner
+from packdist.store.core import Store
 from packdist.store.records import ChildSiteRecord
 
 log = logging.getLogger("packdist.site")
@@ -51,9 +52,12 @@ class ChildDesk:
             kept = (child.bandwidth, child.windows, bucket, Schedule.from_json(child.windows))
             self._links[child.name] = kept
         schedule = kept[3]
-        return Reader(
-            f"child site {child.name}", kept[2], schedule.closed_words if schedule.windows else None
-        )
+
+        async def may_read(package_id: str) -> bool:
+            return await self.db(lambda s: s.sent_to_child(child.name, package_id))
+
+        closed = schedule.closed_words if schedule.windows else None
+        return Reader(f"child site {child.name}", kept[2], closed, may_read)
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post(REPORT_PATH, self.report)
@@ -76,13 +80,24 @@ class ChildDesk:
         child = await self.child(request)
         report = ChildReport.from_json(await json_body(request))
         now = time.time()
-        woken = await self.db(lambda s: Service(s).record_child_report(child, report, now))
+
+        def take(store: Store) -> tuple[int, list[tuple[str, str]]]:
+            service = Service(store)
+            woken = service.record_child_report(child, report, now)
+            return woken, service.unwanted_relays(child.name, report.relayed)
+
+        woken, unwanted = await self.db(take)
         if child.last_seen is None or now - child.last_seen >= CHILD_OFFLINE_AFTER:
             log.info("child site %s reports: %d server(s)", child.name, len(report.servers))
         if woken:
             log.info("child site %s: %d instruction(s) woken", child.name, woken)
             self.on_woken(woken)
         answer = ReportAnswer(
-            self.site_name, REPORT_INTERVAL, child.name, self.key, tuple(self.chain())
+            self.site_name,
+            REPORT_INTERVAL,
+            child.name,
+            self.key,
+            tuple(self.chain()),
+            tuple(unwanted),
         )
         return web.json_response(answer.to_json())

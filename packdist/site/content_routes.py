@@ -30,7 +30,8 @@ from packdist.core import codec
 from packdist.core.codec import Encoding
 from packdist.core.cpu import CpuTimes
 from packdist.core.digest import Digest
-from packdist.errors import Busy, NotFound, PackdistError, UserError
+from packdist.core.manifest import Manifest
+from packdist.errors import Busy, Forbidden, NotFound, PackdistError, UserError
 from packdist.http import error_frame, frame_header
 from packdist.ratelimit import Bucket
 from packdist.site.beats import Beats, json_body
@@ -76,6 +77,9 @@ class Reader:
     limit: Bucket | None = None  # a child site's bandwidth, shared by all its streams
     #: a child site's schedule: the words saying why its link is closed now, or None
     closed: Callable[[float], str | None] | None = None
+    #: a child site reads only packages sent to it: whether this one is (None: an agent,
+    #: whose peers' and site's rules are its own)
+    may_read: Callable[[str], Awaitable[bool]] | None = None
 
     def closed_now(self) -> str | None:
         return None if self.closed is None else self.closed(time.time())
@@ -98,9 +102,32 @@ class ContentRoutes:
         self.upload = upload
         #: whether a server's last stream ended sending plain chunks raw (see ``chunks``)
         self._raw: dict[str, bool] = {}
+        self._chunks_of: dict[str, frozenset[Digest]] = {}  # packages sent to children
 
     async def _agent(self, request: web.Request) -> Reader:
         return Reader((await self.beats.agent(request)).name)
+
+    async def _only_agents(self, request: web.Request) -> None:
+        """Single chunks and manifests are for agents: a child site is handed the manifest
+        it is sent, and streams the chunks of that one package."""
+        if (await self.reader(request)).may_read is not None:
+            raise Forbidden("a child site fetches only the chunk streams of packages sent to it")
+
+    async def _check_package(self, reader: Reader, body: Any, digests: list[Digest]) -> None:
+        """A child site's request: for a package sent to it, and only that package's chunks."""
+        assert reader.may_read is not None
+        pid = body.get("package") if isinstance(body, dict) else None
+        if not isinstance(pid, str) or not await reader.may_read(pid):
+            raise Forbidden(f"{reader.name}: no package of that id was sent to it")
+        chunks = self._chunks_of.get(pid)
+        if chunks is None:
+            data, _ = await self.db(lambda s: s.package_manifest(pid))
+            chunks = frozenset(Manifest.parse(data).chunk_sizes())
+            if len(self._chunks_of) >= 16:  # a few packages on their way to children
+                self._chunks_of.clear()
+            self._chunks_of[pid] = chunks
+        if not chunks.issuperset(digests):
+            raise Forbidden(f"{reader.name}: those chunks are not all of package {pid[:12]}…")
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chunks", self.chunks)
@@ -108,7 +135,7 @@ class ContentRoutes:
         app.router.add_get("/v1/packages/{package_id}/manifest", self.manifest)
 
     async def manifest(self, request: web.Request) -> web.Response:
-        await self.reader(request)
+        await self._only_agents(request)
         pid = request.match_info["package_id"]
         data, sig = await self.db(lambda s: s.package_manifest(pid))
         return web.Response(
@@ -118,7 +145,7 @@ class ContentRoutes:
         )
 
     async def chunk(self, request: web.Request) -> web.Response:
-        await self.reader(request)
+        await self._only_agents(request)
         digest = Digest.parse(request.match_info["digest"])
         if not await self.db(lambda s: s.known_chunks([digest])):
             raise NotFound(f"no chunk {digest.short}… on this site")
@@ -130,7 +157,10 @@ class ContentRoutes:
         server = reader.name
         if words := reader.closed_now():  # before anything is read or sent
             raise Busy(f"{server}: {words}")
-        digests, accept, bases = _chunks_body(await json_body(request))
+        body = await json_body(request)
+        digests, accept, bases = _chunks_body(body)
+        if reader.may_read is not None:
+            await self._check_package(reader, body, digests)
         known = await self.db(lambda s: s.known_chunks(digests))
         unknown = [d for d in digests if d not in known]
         if unknown:

@@ -24,7 +24,7 @@ from packdist.core.codec import Encoding
 from packdist.core.digest import Digest
 from packdist.core.manifest import Manifest
 from packdist.core.signing import VerifyKey
-from packdist.errors import BadSignature, PackdistError, TransferError
+from packdist.errors import AlreadyExists, BadSignature, PackdistError, TransferError
 from packdist.http import HOLDER_HEADER
 from packdist.protocol.chunk_stream import ChunkStreams, StreamStop
 from packdist.service import Service
@@ -45,6 +45,7 @@ class Pull:
     first: str  # the server whose install started it: the link's bytes are counted there
     total: int = 0  # bytes of the chunks to fetch
     received: int = 0  # of those, fetched and written (decoded)
+    checked: int = 0  # bytes of chunks already here, hashed again before they count
     wire: int = 0  # what crossed the link for them (frames, as received)
     error: PackdistError | None = None
     done: bool = False
@@ -111,7 +112,7 @@ class PackagePulls:
         sizes = manifest.chunk_sizes()
         known = await self.db(lambda s: s.known_chunks(list(sizes)))
         unrecorded = {d: n for d, n in sizes.items() if d not in known}
-        missing = await asyncio.to_thread(self._not_on_disk, unrecorded)
+        missing = await asyncio.to_thread(self._not_on_disk, pull, unrecorded)
         pull.total = sum(unrecorded[d] for d in missing)
         started = time.monotonic()
         if missing:
@@ -132,7 +133,11 @@ class PackagePulls:
             raise
         await asyncio.to_thread(self.library.sync)
         now = time.time()
-        await self.db(lambda s: Service(s).add_package(manifest, signature, unrecorded, now))
+        try:
+            await self.db(lambda s: Service(s).add_package(manifest, signature, unrecorded, now))
+        except AlreadyExists:  # another worker of this site recorded it meanwhile: held
+            if await self.db(lambda s: s.package_by_id(pull.package_id)) is None:
+                raise
         log.info(
             "%s from the parent: %d bytes on the link in %.1fs",
             pull.ref,
@@ -140,10 +145,15 @@ class PackagePulls:
             time.monotonic() - started,
         )
 
-    def _not_on_disk(self, chunks: dict[Digest, int]) -> list[Digest]:
+    def _not_on_disk(self, pull: Pull, chunks: dict[Digest, int]) -> list[Digest]:
         """Those of ``chunks`` the library lacks (one an earlier pull wrote counts once it
         hashes to its digest again)."""
-        return [d for d, n in chunks.items() if self.library.check(d, n) is not None]
+        missing = []
+        for d, n in chunks.items():
+            if self.library.check(d, n) is not None:
+                missing.append(d)
+            pull.checked += n  # progress the parent sees: a long re-hash is not a stall
+        return missing
 
     def _fetch(
         self, pull: Pull, batch: list[Digest], sizes: dict[Digest, int], stop: StreamStop
@@ -151,7 +161,11 @@ class PackagePulls:
         """One stream of chunks from the parent, each verified and written as it arrives
         (in a worker thread)."""
         wanted = set(batch)
-        body = {"digests": [d.hex for d in batch], "accept": [e.label for e in Encoding]}
+        body = {
+            "digests": [d.hex for d in batch],
+            "accept": [e.label for e in Encoding],
+            "package": pull.package_id,  # the parent serves a child only what it sent it
+        }
         for frame in self.streams().post(f"{self.url}/v1/chunks", self._auth, body, stop):
             if frame.digest not in wanted or frame.size != sizes[frame.digest]:
                 raise TransferError(

@@ -19,6 +19,7 @@ parent: a child has no first use to trust.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import ssl
@@ -33,11 +34,12 @@ from packdist.auth import looks_like_token, token_fingerprint
 from packdist.core import tls
 from packdist.core.fsutil import write_atomic
 from packdist.core.signing import VerifyKey
-from packdist.errors import AuthError, PackdistError, TransferError, UserError
-from packdist.http import new_session
+from packdist.errors import AuthError, PackdistError, RemoteError, TransferError, UserError
+from packdist.http import WrongHolder, new_session
 from packdist.protocol.chunk_stream import ChunkStreams
 from packdist.protocol.hierarchy import ChildReport, ReportAnswer, ReportedServer
 from packdist.protocol.parent_api import ParentClient
+from packdist.service import Service
 from packdist.site.store_runner import StoreRunner
 from packdist.site.views import online, online_after
 from packdist.store.core import Store
@@ -68,7 +70,7 @@ def check_parent(url: str, token: str) -> str:
 
 
 def build_report(
-    store: Store, site_name: str, now: float, ca_pem: str | None = None
+    store: Store, site_name: str, now: float, ca_pem: str | None = None, parent: str | None = None
 ) -> ChildReport:
     """This site's servers (online as this site judges it) and what each holds: its own,
     and those its children reported (rows here too, named under them)."""
@@ -85,7 +87,8 @@ def build_report(
         )
         for s in servers
     ]
-    return ChildReport(site_name, tuple(reported), ca_pem)
+    relayed = tuple(Service(store).relayed_unfinished(parent)) if parent else ()
+    return ChildReport(site_name, tuple(reported), ca_pem, relayed)
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,20 @@ def load_joined(home: Path) -> Joined | None:
         log.warning("%s: unreadable (%s); learnt again from the parent", LINK_FILE, exc)
         return None
     return Joined(answer.parent, answer.child, answer.key, answer.chain)
+
+
+def _stop_unwanted(store: Store, answer: ReportAnswer) -> None:
+    """Stop the installs the parent sent and no longer wants (cancelled or superseded
+    there while no attempt of its was under way to tell this site)."""
+    service, now = Service(store), time.time()
+    for package_id, server in answer.unwanted:
+        if service.cancel_relayed(package_id, server, answer.parent, now):
+            log.info(
+                "parent %s no longer wants %s… on %s: stopped",
+                answer.parent,
+                package_id[:12],
+                server,
+            )
 
 
 class ParentLink:
@@ -173,20 +190,37 @@ class ParentLink:
         try:
             while True:
                 try:
+                    parent = self.joined.parent if self.joined is not None else None
                     report = await self.db(
-                        lambda s: build_report(s, site_name, time.time(), ca_pem)
+                        functools.partial(
+                            build_report,
+                            site_name=site_name,
+                            now=time.time(),
+                            ca_pem=ca_pem,
+                            parent=parent,
+                        )
                     )
                     answer = await client.report(report)
+                except WrongHolder as exc:  # the parent's certificate, not this site's token
+                    trouble = self._trouble(trouble, f"parent {self.url}: {exc.message}")
+                    await asyncio.sleep(REFUSED_RETRY)
+                    continue
                 except AuthError as exc:
                     trouble = self._trouble(trouble, f"the parent refused this site: {exc.message}")
                     await asyncio.sleep(REFUSED_RETRY)
                     continue
                 except PackdistError as exc:
-                    trouble = self._trouble(
-                        trouble,
-                        f"parent {self.url} unreachable: {exc.message}; this site goes on"
-                        " serving its own servers",
-                    )
+                    status = exc.status if isinstance(exc, RemoteError) else None
+                    if status is not None and status < 500:
+                        words = f"the parent refused the report: {exc.message}"
+                    elif isinstance(exc, UserError):  # it answered, but not as a parent does
+                        words = f"parent {self.url} answered oddly: {exc.message}"
+                    else:
+                        words = (
+                            f"parent {self.url} unreachable: {exc.message}; this site goes on"
+                            " serving its own servers"
+                        )
+                    trouble = self._trouble(trouble, words)
                     await asyncio.sleep(wait)
                     wait = min(wait * 2, RETRY_MAX)
                     continue
@@ -200,6 +234,8 @@ class ParentLink:
                 trouble, wait = None, RETRY_FIRST
                 self.parent_name, self.last_report = answer.parent, time.time()
                 self._took(answer)
+                if answer.unwanted:
+                    await self.db(functools.partial(_stop_unwanted, answer=answer))
                 await asyncio.sleep(answer.interval)
         finally:
             await session.close()

@@ -30,11 +30,13 @@ from packdist.errors import AuthError, NotFound, UserError
 from packdist.protocol.hierarchy import check_reported_name
 from packdist.protocol.messages import InstallRequest, InstallStatus, RemoveRequest
 from packdist.service import Service
+from packdist.service.jobs import UNFINISHED
 from packdist.site.beats import json_body
 from packdist.site.package_pull import PackagePulls, Pull
 from packdist.site.parent_link import Joined, ParentLink
 from packdist.site.store_runner import StoreRunner
 from packdist.states import InstructionState as S
+from packdist.store.core import Store
 from packdist.store.db import Row
 
 MAX_WAIT = 5.0  # seconds a status question is held at most (the parent asks every 2 s)
@@ -64,23 +66,26 @@ class Relay:
             raise AuthError("the parent's credential is for another server")
         return joined
 
-    async def _server(self, name: Any) -> str:
+    async def _asked(self, request: web.Request, name: Any) -> tuple[str, Joined]:
+        """The server a request of the parent names, and what this site knows of the
+        parent: the credential checked before anything is looked up (a stranger learns
+        nothing, not even which servers are here)."""
         server = check_reported_name(name)
+        joined = await self._parent(request, server)
         if await self.db(lambda s: s.server(server)) is None:
             raise NotFound(f"no server {server} at this site")
-        return server
+        return server, joined
 
     async def install(self, request: web.Request) -> web.Response:
         body = await json_body(request)
         if not isinstance(body, dict):
             raise UserError("install request must be a JSON object")
         asked = InstallRequest.from_json(body)
-        server = await self._server(body.get("server"))
-        joined = await self._parent(request, server)
+        server, joined = await self._asked(request, body.get("server"))
         manifest = self.pulls.verify(asked.manifest, asked.signature)
         pull = self.pulls.ensure(manifest, asked.signature, server)
         pid = manifest.id.hex
-        if pull.done:
+        if pull.done:  # every install request of the parent is work wanted now
             await self._job(pid, server, joined, asked.repair)
         return web.json_response((await self._state(pid, server, joined)).to_json())
 
@@ -92,8 +97,7 @@ class Relay:
 
     async def status(self, request: web.Request) -> web.Response:
         pid = request.match_info["package_id"]
-        server = await self._server(request.query.get("server"))
-        joined = await self._parent(request, server)
+        server, joined = await self._asked(request, request.query.get("server"))
         try:
             wait = min(max(float(request.query.get("wait", "0")), 0.0), MAX_WAIT)
         except ValueError:
@@ -110,8 +114,7 @@ class Relay:
 
     async def cancel(self, request: web.Request) -> web.Response:
         pid = request.match_info["package_id"]
-        server = await self._server(request.query.get("server"))
-        joined = await self._parent(request, server)
+        server, joined = await self._asked(request, request.query.get("server"))
         now = time.time()
         await self.db(lambda s: Service(s).cancel_relayed(pid, server, joined.parent, now))
         return web.json_response((await self._state(pid, server, joined)).to_json())
@@ -121,15 +124,19 @@ class Relay:
         if not isinstance(body, dict):
             raise UserError("remove request must be a JSON object")
         asked = RemoveRequest.from_json(body)
-        server = await self._server(body.get("server"))
-        joined = await self._parent(request, server)
+        server, joined = await self._asked(request, body.get("server"))
         pid = asked.package_id
-        row = await self.db(lambda s: s.newest_instruction_for(pid, server, "remove"))
-        held = await self.db(lambda s: pid in s.holdings(server))
-        if not held and (row is None or row["state"] == S.REMOVED.value):
+
+        def look(s: Store) -> tuple[bool, bool, Row | None]:
+            held = pid in s.holdings(server)
+            installing = bool(s.unfinished_of_package(pid, [server], "install", UNFINISHED))
+            return held, installing, s.newest_instruction_for(pid, server, "remove")
+
+        held, installing, row = await self.db(look)
+        if not held and not installing and (row is None or row["state"] == S.REMOVED.value):
             return web.json_response({"state": "removed"})
         if row is None or row["state"] not in (S.PENDING.value, S.SENDING.value):
-            now = time.time()
+            now = time.time()  # (a removal job supersedes an install still unfinished)
             await self.db(lambda s: Service(s).relay_remove(pid, server, joined.parent, now))
         return web.json_response(
             {"state": "removing", "error": f"at {joined.child}: removing from {server}"}
@@ -140,14 +147,22 @@ class Relay:
         pull = self.pulls.pulls.get(pid)
         if pull is not None and not pull.done:
             return _pulling(pull, server, joined)
-        row = await self.db(lambda s: s.newest_instruction_for(pid, server, "install"))
-        if row is None and pull is not None:  # fetched since the parent asked: its job now
+        row, held = await self._row(pid, server)
+        stale = row is not None and row["state"] == S.INSTALLED.value and not held
+        if pull is not None and (row is None or stale):  # fetched since: its job now
             await self._job(pid, server, joined)
-            row = await self.db(lambda s: s.newest_instruction_for(pid, server, "install"))
-        if row is None:
-            held = await self.db(lambda s: pid in s.holdings(server))
+            row, held = await self._row(pid, server)
+        if row is None or (row["state"] == S.INSTALLED.value and not held):
+            # "installed" only for what the server holds, verified, now: an old install
+            # since removed (or found corrupt) is not the one the parent asks about
             return InstallStatus(pid, "installed" if held else "unknown")
         return _installing(pid, row, server, joined, pull)
+
+    async def _row(self, pid: str, server: str) -> tuple[Row | None, bool]:
+        def read(s: Store) -> tuple[Row | None, bool]:
+            return s.newest_instruction_for(pid, server, "install"), s.holds_verified(server, pid)
+
+        return await self.db(read)
 
 
 def _pulling(pull: Pull, server: str, joined: Joined) -> InstallStatus:
@@ -169,7 +184,7 @@ def _pulling(pull: Pull, server: str, joined: Joined) -> InstallStatus:
         bytes_total=pull.total,
         bytes_done=pull.received,
         phase=f"at {here}: receiving from {joined.parent}, {_percent(pull.received, pull.total)}",
-        progress=pull.received,
+        progress=pull.received + pull.checked,
     )
 
 

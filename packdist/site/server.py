@@ -64,6 +64,9 @@ log = logging.getLogger("packdist.site")
 #: small body or none (the login form has its own, smaller limit)
 LARGE_BODY = 16 * 1024 * 1024
 SMALL_BODY = 64 * 1024
+#: a parent's install request carries the whole manifest (about 100 bytes per chunk), and a
+#: child's report every server behind it with what each holds: as large as an agent takes
+MANIFEST_BODY = 256 * 1024 * 1024
 
 
 class SiteServer:
@@ -126,11 +129,13 @@ class SiteServer:
         limits = {
             "POST /v1/agent/heartbeat": LARGE_BODY,
             "POST /v1/chunks": LARGE_BODY,
-            "POST /v1/child/report": LARGE_BODY,
+            "POST /v1/child/report": MANIFEST_BODY,
+            "POST /v1/child/install": MANIFEST_BODY,
             "POST /login": dashboard.LOGIN_BODY,
         }
         app = web.Application(
-            middlewares=[guard(limits, SMALL_BODY), error_middleware], client_max_size=LARGE_BODY
+            middlewares=[guard(limits, SMALL_BODY), error_middleware],
+            client_max_size=MANIFEST_BODY,
         )
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/v1/site/authority", self.authority)
@@ -179,8 +184,8 @@ class SiteServer:
             "site_public_key": self.key.public.hex,
             "interval": self.cadence.interval,
         }
-        if self.beats.trusted:  # the sites above this one: their manifests are good too
-            answer["trusted_keys"] = self.beats.trusted
+        # the sites above this one: their manifests are good too (always said, empty too)
+        answer["trusted_keys"] = self.beats.trusted
         return web.json_response(answer)
 
     async def heartbeat(self, request: web.Request) -> web.Response:

@@ -23,6 +23,9 @@ class ChildServerRow:
     disk_free: int | None
 
 
+LAST_SEEN_GRAIN = 2.0  # seconds a reported last heartbeat moves before it is written
+
+
 class ChildQueries:
     db: Database
 
@@ -87,10 +90,26 @@ class ChildQueries:
         """Per server of the child (not removed), the package ids it holds, verified."""
         return _by_server(self.db.rows("child_holdings", child=child))
 
+    def relayed_unfinished(self, states: list[str]) -> list[Row]:
+        return self.db.rows("relayed_unfinished", states=states)
+
+    def child_retries(self, child: str, states: list[str]) -> list[int]:
+        return [r["id"] for r in self.db.rows("child_retries", child=child, states=states)]
+
+    def sent_to_child(self, child: str, package_id: str) -> bool:
+        return self.db.value("sent_to_child", child=child, package_id=package_id) is not None
+
+    def holds_verified(self, server: str, package_id: str) -> bool:
+        """Whether the server holds the package, as last verified (not found corrupt)."""
+        return self.db.value("holds_verified", server=server, package_id=package_id) is not None
+
     def newest_instruction_for(self, package_id: str, server: str, action: str) -> Row | None:
         return self.db.row(
             "newest_instruction_for", package_id=package_id, server=server, action=action
         )
+
+    def child_holdings_all(self, child: str) -> dict[str, list[str]]:
+        return _by_server(self.db.rows("child_holdings_all", child=child))
 
     def put_child_server(
         self,
@@ -110,8 +129,16 @@ class ChildQueries:
         elif kept.removed:
             self.db.run("reenrol_child_server", **fields, url=url, child=child, now=now)
             self.db.run("clear_server_holdings", name=name)
-        elif (kept.last_seen, kept.disk_free) != (last_seen, disk_free):
+        elif kept.disk_free != disk_free or _moved(kept.last_seen, last_seen):
             self.db.run("update_child_server", **fields)
+
+
+def _moved(before: float | None, now: float | None) -> bool:
+    """Whether a server's last heartbeat, as reported, moved enough to write (to the second
+    would rewrite every row of a fleet at every report)."""
+    if before is None or now is None:
+        return before != now
+    return abs(now - before) >= LAST_SEEN_GRAIN
 
 
 def _by_server(rows: list[Row]) -> dict[str, list[str]]:
@@ -128,7 +155,6 @@ def _child(row: Row) -> ChildSiteRecord:
         created_at=row["created_at"],
         last_seen=row["last_seen"],
         site_name=row["site_name"],
-        report=row["report"],
         ca=row["ca"],
         bandwidth=row["bandwidth"],
         windows=row["windows"],

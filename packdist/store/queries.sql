@@ -487,7 +487,7 @@ UPDATE child_sites SET bandwidth = :bandwidth, windows = :windows WHERE name = :
 SELECT name FROM child_sites WHERE name = :name
 
 -- name: child_site_by_token
-SELECT name, url, created_at, last_seen, site_name, report, ca, bandwidth, windows
+SELECT name, url, created_at, last_seen, site_name, ca, bandwidth, windows
 FROM child_sites
 WHERE token_hash = :token_hash
 
@@ -497,12 +497,12 @@ SELECT sp.server, sp.package_id FROM server_packages sp JOIN servers s ON s.name
 WHERE s.removed = 0 AND sp.corrupt IS NULL
 
 -- name: child_site_named
-SELECT name, url, created_at, last_seen, site_name, report, ca, bandwidth, windows
+SELECT name, url, created_at, last_seen, site_name, ca, bandwidth, windows
 FROM child_sites
 WHERE name = :name
 
 -- name: list_child_sites
-SELECT name, url, created_at, last_seen, site_name, report, ca, bandwidth, windows
+SELECT name, url, created_at, last_seen, site_name, ca, bandwidth, windows
 FROM child_sites ORDER BY name
 
 -- name: servers_of_child
@@ -513,6 +513,12 @@ SELECT name, removed, last_seen, disk_free FROM servers WHERE child = :child
 -- what a child site's servers hold, verified, as it reported
 SELECT sp.server, sp.package_id FROM server_packages sp JOIN servers s ON s.name = sp.server
 WHERE s.child = :child AND s.removed = 0 AND sp.corrupt IS NULL
+
+-- name: child_holdings_all
+-- every holding recorded for a child's servers (found corrupt too): what a report is
+-- compared with
+SELECT sp.server, sp.package_id FROM server_packages sp JOIN servers s ON s.name = sp.server
+WHERE s.child = :child
 
 -- name: insert_child_server
 INSERT INTO servers (name, url, token_hash, created_at, labels, child, last_seen, disk_free)
@@ -526,6 +532,27 @@ WHERE name = :name
 
 -- name: update_child_server
 UPDATE servers SET last_seen = :last_seen, disk_free = :disk_free WHERE name = :name
+
+-- name: relayed_unfinished
+-- unfinished installs of jobs a parent sent (their options name it: read by the service)
+SELECT j.package_id, i.server, j.options FROM instructions i JOIN jobs j ON j.id = i.job_id
+WHERE j.action = 'install' AND i.state IN (:states) AND j.options LIKE '%relayed_by%'
+
+-- name: child_retries
+-- the retrying instructions of a child's servers (woken when its link changes)
+SELECT i.id FROM instructions i JOIN servers s ON s.name = i.server
+WHERE s.child = :child AND i.state IN (:states)
+
+-- name: sent_to_child
+-- whether this package is on its way to a server behind the child (an install unfinished)
+SELECT 1 AS sent FROM instructions i JOIN jobs j ON j.id = i.job_id
+JOIN servers s ON s.name = i.server
+WHERE s.child = :child AND j.package_id = :package_id AND j.action = 'install'
+AND i.state IN ('pending', 'sending', 'retrying') LIMIT 1
+
+-- name: holds_verified
+SELECT 1 AS held FROM server_packages
+WHERE server = :server AND package_id = :package_id AND corrupt IS NULL
 
 -- name: newest_instruction_for
 -- the newest instruction of this action for this package on this server (a child site says

@@ -176,15 +176,14 @@ def describe_problems(problems: list[dict[str, str]], limit: int = 10) -> str:
 
 @dataclass(frozen=True)
 class ChildSiteRecord:
-    """A child site as its parent knows it: where it is reached, and its last report (the
-    JSON of :class:`packdist.protocol.hierarchy.ChildReport`, read by the service)."""
+    """A child site as its parent knows it: where it is reached, when it last reported,
+    its authority and its link's limits (its servers are rows of ``servers``)."""
 
     name: str
     url: str
     created_at: float
     last_seen: float | None
     site_name: str | None
-    report: str
     ca: str | None = None  # the child's certificate authority (PEM): what its TLS is checked with
     bandwidth: float | None = None  # bytes/s sent to it at most, all its streams together
     windows: str = "{}"  # when the link may carry packages (JSON: see packdist.core.schedule)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -192,6 +193,37 @@ def test_a_package_removed_at_the_parent_goes_from_the_server_behind_the_child(
     job = str(tree.hq.json("package", "remove", "app@1.0", "--from", "br/dp2")["job"])
     assert tree.hq.wait_job(job, 120) == 0, h.describe_job(tree.hq.job(job)) + tree.logs()
     assert not tree.agents["dp2"].has_package("app", "1.0")
+    # and sent again, it is installed again (the child's earlier install does not count)
+    job = _distribute(tree, "1", "--to", "br/dp2")
+    assert tree.hq.wait_job(job, 120) == 0, h.describe_job(tree.hq.job(job)) + tree.logs()
+    assert tree.agents["dp2"].has_package("app", "1.0")
+
+
+def test_a_job_cancelled_at_the_parent_stops_the_childs_work_for_it(
+    tree: Hierarchy, tmp_path: Path
+) -> None:
+    agent = tree.agents["dp2"]
+    agent.stop()  # the child cannot finish: its job for dp2 waits
+    try:
+        _package(tree, tmp_path, "4")
+        job = _distribute(tree, "4", "--to", "br/dp2")
+        h.wait_until(
+            lambda: any(j["package"] == "app@4.0" for j in tree.br.jobs()),
+            SEEN_WITHIN,
+            message=lambda: f"br's job for app@4.0: {tree.br.jobs()}\n{tree.logs()}",
+        )
+        tree.hq.cli("job", "cancel", job)
+        h.wait_until(
+            lambda: all(
+                j["state"] == "cancelled" for j in tree.br.jobs() if j["package"] == "app@4.0"
+            ),
+            SEEN_WITHIN,
+            message=lambda: f"br's job cancelled: {tree.br.jobs()}\n{tree.logs()}",
+        )
+    finally:
+        agent.start()
+    time.sleep(3)  # the agent is back: nothing is installed behind the parent's back
+    assert not agent.has_package("app", "4.0")
 
 
 def test_a_closed_window_holds_the_package_at_the_parent_until_it_opens(

@@ -108,7 +108,7 @@ def test_a_wellformed_heartbeat_is_recorded(
 ) -> None:
     home, token = site
     status, answer = heartbeat(SiteServer(home), token, data=json.dumps(body))
-    assert (status, answer) == (200, {"ok": True, "woken": 0, "interval": 2.0})
+    assert (status, answer) == (200, {"ok": True, "woken": 0, "interval": 2.0, "trusted_keys": []})
 
 
 # --- a chunk stream nobody reads ----------------------------------------------------------
