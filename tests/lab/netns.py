@@ -16,6 +16,10 @@ finds what a crashed run left behind. A lock file makes a second lab run wait fo
 
 ``unplug(host)`` sets the host-side veth end down (the server's cable is pulled: its route to
 the lab goes, and the bridge port loses carrier); ``replug(host)`` sets it up again.
+
+A lab of several segments (a host with a leg on each of two) is
+:class:`tests.lab.segments.SegmentedLab`: the cable methods here take the leg's ``segment``
+there, through :meth:`Lab.cable`.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Self
 
 PREFIX = "pdlab-"
 SWITCH_NS = "pdlab-sw"
@@ -77,7 +82,7 @@ def clean_leftovers() -> None:
         parts = line.split(":")
         if len(parts) > 1:
             name = parts[1].strip().split("@")[0]
-            if name == BRIDGE or name.startswith(("pdh-", "pdb-")):
+            if name.startswith(("pdbr", "pdh-", "pdb-")):  # pdbr0, a segment's pdbr-NAME
                 ip("link", "del", name, check=False)
     left = lab_namespaces()
     if left:
@@ -123,8 +128,19 @@ class Lab:
     def addr(self, host: str) -> str:
         return self.hosts[host]
 
+    def cable_addr(self, host: str, segment: str) -> str:
+        """``host``'s address on ``segment`` (a lab of one segment has none by name)."""
+        raise ValueError(f"this lab has one segment: no {segment!r} leg for {host}")
+
+    def cable(self, host: str, segment: str | None = None) -> tuple[str, str, str]:
+        """``(namespace, host-side veth, bridge port)`` of ``host``'s cable (its only one:
+        a lab of one segment takes no ``segment``)."""
+        if segment is not None:
+            raise ValueError(f"this lab has one segment: no {segment!r} leg for {host}")
+        return self.ns(host), self.host_veth(host), self.bridge_port(host)
+
     # Life cycle.
-    def __enter__(self) -> Lab:
+    def __enter__(self) -> Self:
         self.setup()
         return self
 
@@ -200,17 +216,22 @@ class Lab:
                 self._lock = None
 
     # Cables.
-    def unplug(self, host: str) -> None:
+    def unplug(self, host: str, segment: str | None = None) -> None:
         """Pull ``host``'s cable: its veth end goes down (no carrier on the bridge port)."""
-        ip("-n", self.ns(host), "link", "set", self.host_veth(host), "down")
+        ns, dev, _ = self.cable(host, segment)
+        ip("-n", ns, "link", "set", dev, "down")
 
-    def replug(self, host: str) -> None:
-        ip("-n", self.ns(host), "link", "set", self.host_veth(host), "up")
+    def replug(self, host: str, segment: str | None = None) -> None:
+        ns, dev, _ = self.cable(host, segment)
+        ip("-n", ns, "link", "set", dev, "up")
 
-    def shape(self, host: str, rate: str = "100mbit", burst: str = "128kb") -> None:
+    def shape(
+        self, host: str, rate: str = "100mbit", burst: str = "128kb", segment: str | None = None
+    ) -> None:
         """Cap ``host``'s cable at ``rate`` both ways with ``tc tbf`` (egress of each veth
         end: the host side limits what it sends, the bridge port what it receives)."""
-        for ns, dev in ((self.ns(host), self.host_veth(host)), (SWITCH_NS, self.bridge_port(host))):
+        host_ns, host_dev, port = self.cable(host, segment)
+        for ns, dev in ((host_ns, host_dev), (SWITCH_NS, port)):
             proc = subprocess.run(
                 ["tc", "-n", ns, "qdisc", "replace", "dev", dev, "root", "tbf", "rate", rate,
                  "burst", burst, "latency", "50ms"],
@@ -219,15 +240,27 @@ class Lab:
             if proc.returncode != 0:
                 raise LabError(f"tc tbf on {dev} failed: {proc.stderr.strip()}")
 
-    def link_bytes(self, host: str) -> tuple[int, int]:
+    def link_bytes(self, host: str, segment: str | None = None) -> tuple[int, int]:
         """``(received, sent)`` bytes on ``host``'s cable, from the kernel's interface
         counters (every byte of every frame: payload, TCP/IP headers, retransmissions)."""
-        out = ip("-n", self.ns(host), "-j", "-s", "link", "show", self.host_veth(host)).stdout
-        stats = json.loads(out)[0]["stats64"]
+        stats = self._link_stats(host, segment)
         return int(stats["rx"]["bytes"]), int(stats["tx"]["bytes"])
 
-    def link_is_up(self, host: str) -> bool:
-        out = ip("-n", self.ns(host), "-o", "link", "show", self.host_veth(host)).stdout
+    def link_frames(self, host: str, segment: str | None = None) -> tuple[int, int]:
+        """``(received, sent)`` frames on ``host``'s cable (the kernel's packet counters; with
+        segmentation offload one frame may carry several TCP segments' worth)."""
+        stats = self._link_stats(host, segment)
+        return int(stats["rx"]["packets"]), int(stats["tx"]["packets"])
+
+    def _link_stats(self, host: str, segment: str | None) -> dict[str, dict[str, int]]:
+        ns, dev, _ = self.cable(host, segment)
+        out = ip("-n", ns, "-j", "-s", "link", "show", dev).stdout
+        stats: dict[str, dict[str, int]] = json.loads(out)[0]["stats64"]
+        return stats
+
+    def link_is_up(self, host: str, segment: str | None = None) -> bool:
+        ns, dev, _ = self.cable(host, segment)
+        out = ip("-n", ns, "-o", "link", "show", dev).stdout
         return "state UP" in out
 
     # Running things inside a host.
@@ -246,12 +279,16 @@ class Lab:
             )
         return proc
 
-    def can_connect(self, src: str, dst: str, port: int, timeout: float = 2.0) -> bool:
-        """True when a TCP connection from ``src`` to ``dst:port`` succeeds."""
+    def can_connect(
+        self, src: str, dst: str, port: int, timeout: float = 2.0, segment: str | None = None
+    ) -> bool:
+        """True when a TCP connection from ``src`` to ``dst:port`` succeeds (at ``dst``'s
+        address on ``segment``, for a lab of several)."""
+        addr = self.addr(dst) if segment is None else self.cable_addr(dst, segment)
         code = (
             "import socket, sys\n"
             "try:\n"
-            f"    socket.create_connection(({self.addr(dst)!r}, {port}), timeout={timeout}).close()\n"
+            f"    socket.create_connection(({addr!r}, {port}), timeout={timeout}).close()\n"
             "except OSError:\n"
             "    sys.exit(1)\n"
         )
