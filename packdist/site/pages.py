@@ -297,14 +297,13 @@ def child_sites_block(children: list[dict[str, Any]]) -> str:
         return ""
     rows = []
     for c in children:
-        up = sum(1 for s in c["servers"] if s["online"])
         link = human_bytes(int(c["bandwidth"])) + "/s" if c["bandwidth"] else "unlimited"
         link += f", {c['waiting']}" if c["waiting"] else ""
         rows.append(
             f'<tr data-child="{h(c["name"])}"><th scope="row">{h(c["name"])}</th>'
             f"<td>{_badge(c['state'] if c['state'] != 'never reported' else 'offline')}</td>"
             f'<td title="{h(c["last_seen"] or "never")}">{h(c["last_seen_ago"])}</td>'
-            f'<td class="num">{up} of {len(c["servers"])}</td><td>{h(link)}</td>'
+            f'<td class="num">{c["servers_online"]} of {c["servers_total"]}</td><td>{h(link)}</td>'
             f'<td class="muted">{h(c["url"])}</td></tr>'
         )
     return (

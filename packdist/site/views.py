@@ -321,17 +321,23 @@ def overview(store: Store, now: float, servers_shown: int = OVERVIEW_SERVERS) ->
         "servers_total": total,
         "jobs": [job_json(preview(store, j)) for j in jobs],
         "events": [event_json(e) for e in store.recent_events(RECENT_EVENTS)],
-        "child_sites": child_sites(store, now),
+        "child_sites": child_sites(store, now, servers=False),
     }
 
 
-def child_sites(store: Store, now: float) -> list[dict[str, Any]]:
-    """The child sites, each with its state, link and servers (times as ISO stamps)."""
+def child_sites(store: Store, now: float, servers: bool = True) -> list[dict[str, Any]]:
+    """The child sites, each with its state, link and servers (times as ISO stamps);
+    without ``servers``, only how many are online of how many (the dashboard's overview,
+    which must not grow with the fleets behind its children)."""
     children = Service(store).child_sites(now)
-    refs = store.package_refs() if children else {}
+    refs = store.package_refs() if children and servers else {}
     docs = []
     for c in children:
         doc = c.to_json(refs)
+        doc["servers_online"] = sum(1 for s in c.servers if s.online)
+        doc["servers_total"] = len(c.servers)
+        if not servers:
+            doc["servers"] = []
         doc["waiting"] = c.schedule.closed_words(now)
         doc["last_seen_ago"] = ago(c.last_seen, now)
         doc["last_seen"], doc["created_at"] = iso(c.last_seen), iso(c.created_at)
