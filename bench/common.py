@@ -27,6 +27,7 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 MIB = 1024 * 1024
 KIB = 1024
@@ -359,6 +360,15 @@ class Tally:
 
 
 # ----------------------------------------------------------------- services on loopback
+
+
+def json_document(text: str) -> dict[str, Any] | None:
+    """The one JSON object a ``--json`` command printed, or None if it printed none."""
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def free_port() -> int:

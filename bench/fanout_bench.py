@@ -26,13 +26,11 @@ read once. After it, every installed tree is compared with its source (untimed).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 # ``python -m bench`` runs from the repository root, which puts it on sys.path: ``tests`` is
 # importable like ``bench`` itself.
@@ -43,6 +41,7 @@ from bench.common import (
     du_bytes,
     fmt,
     format_table,
+    json_document,
     scratch,
     settle,
 )
@@ -195,7 +194,7 @@ def _measure(
             check=False,
             timeout=args.timeout + 60,
         )
-        doc = _json(proc.stdout)
+        doc = json_document(proc.stdout)
         if proc.returncode != 0 or doc is None:
             described = h.describe_job(doc) if doc else proc.stderr.strip()[-500:]
             result.error = f"distribute exited {proc.returncode}: {described}"
@@ -217,14 +216,6 @@ def _measure(
         print(cluster.dump_logs(15), file=sys.stderr)
     shutil.rmtree(tree, ignore_errors=True)
     return result
-
-
-def _json(text: str) -> dict[str, Any] | None:
-    try:
-        doc = json.loads(text)
-    except ValueError:
-        return None
-    return doc if isinstance(doc, dict) else None
 
 
 def _summary(r: Result) -> str:

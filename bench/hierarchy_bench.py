@@ -30,15 +30,23 @@ is compared with its source (untimed).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from bench.common import MIB, WORK_DIR, check_space, du_bytes, fmt, format_table, scratch, settle
+from bench.common import (
+    MIB,
+    WORK_DIR,
+    check_space,
+    du_bytes,
+    fmt,
+    format_table,
+    json_document,
+    scratch,
+    settle,
+)
 from bench.fanout_bench import why_no_lab
 from tests import harness as h
 from tests.lab import netns
@@ -305,7 +313,7 @@ def _measure(
     result.seconds = time.monotonic() - started
     result.wan = layout.lab.wan_bytes() - before
 
-    doc = _json(proc.stdout)
+    doc = json_document(proc.stdout)
     if proc.returncode != 0 or doc is None:
         described = h.describe_job(doc) if doc else proc.stderr.strip()[-500:]
         result.error = f"distribute exited {proc.returncode}: {described}"
@@ -320,14 +328,6 @@ def _measure(
         print(layout.logs(), file=sys.stderr)
     shutil.rmtree(tree, ignore_errors=True)
     return result
-
-
-def _json(text: str) -> dict[str, Any] | None:
-    try:
-        doc = json.loads(text)
-    except ValueError:
-        return None
-    return doc if isinstance(doc, dict) else None
 
 
 def _summary(r: Result) -> str:
