@@ -64,7 +64,7 @@ lab: $(STAMP) system-deps
 	$(BIN)/pytest -q -rs $(PYTEST_TMP) tests/lab
 
 test: $(STAMP) system-deps lint typecheck
-	$(BIN)/pytest -q -rs $(PYTEST_TMP) tests
+	$(BIN)/pytest -q -rs --durations=15 $(PYTEST_TMP) tests
 
 # Mutation testing (not part of `make test`): mutmut mutates the rules (states.py, retry.py),
 # the despooler and the service layer one change at a time, and runs the unit tests that

@@ -20,13 +20,12 @@ error and the install retry.
 
 from __future__ import annotations
 
-import bisect
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from packdist.agent.home import AgentHome
-from packdist.core import codec
+from packdist.core.bases import covering, files_of
 from packdist.core.digest import Digest
 from packdist.core.manifest import Manifest
 
@@ -50,19 +49,12 @@ class _File:
         self.chunks = chunks
 
     def around(self, offset: int, size: int) -> list[BaseChunk]:
-        """The chunks covering ``offset`` to ``offset + size`` (an edit that removes a cut
-        point merges old chunks into one) and the next one (an insertion earlier in the file
-        shifts content), within :data:`codec.MAX_BASES` and :data:`codec.MAX_BASE_BYTES`."""
-        i = max(0, bisect.bisect_right(self.starts, offset) - 1)
-        j = bisect.bisect_left(self.starts, offset + size) + 1
-        out: list[BaseChunk] = []
-        total = 0
-        for start, length, digest in self.chunks[i : min(j, i + codec.MAX_BASES)]:
-            if total + length > codec.MAX_BASE_BYTES:
-                break
-            out.append(BaseChunk(digest, self.path, start, length))
-            total += length
-        return out
+        """The bases of a chunk at ``offset`` of ``size`` bytes in this file (the rule is
+        :func:`packdist.core.bases.covering`)."""
+        return [
+            BaseChunk(digest, self.path, start, length)
+            for start, length, digest in covering(self.starts, self.chunks, offset, size)
+        ]
 
 
 def _installed_files(home: AgentHome, name: str) -> list[dict[str, _File]]:
@@ -70,10 +62,7 @@ def _installed_files(home: AgentHome, name: str) -> list[dict[str, _File]]:
     same: list[dict[str, _File]] = []
     other: list[dict[str, _File]] = []
     for m, root in home.installed_trees():
-        chunks: dict[str, list[tuple[int, int, Digest]]] = {}
-        for path, offset, c in m.chunk_places():
-            chunks.setdefault(path, []).append((offset, c.size, c.digest))
-        files = {path: _File(os.fspath(root / path), cs) for path, cs in chunks.items()}
+        files = {path: _File(os.fspath(root / path), cs) for path, cs in files_of(m).items()}
         (same if m.name == name else other).append(files)
     return same + other
 

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from packdist.core import codec
+from packdist.core.bases import covering, files_of
 from packdist.core.codec import Encoding
 from packdist.core.digest import Digest
 from packdist.core.manifest import Manifest
@@ -30,6 +31,7 @@ from packdist.protocol.chunk_stream import ChunkStreams, StreamStop
 from packdist.service import Service
 from packdist.site.library import ContentLibrary
 from packdist.site.store_runner import StoreRunner
+from packdist.store.core import Store
 
 log = logging.getLogger("packdist.site")
 
@@ -123,11 +125,13 @@ class PackagePulls:
                 pull.total,
                 len(sizes) - len(missing),
             )
+        earlier = await self.db(lambda s: _earlier_versions(s, manifest))
+        bases = await asyncio.to_thread(self._bases, manifest, missing, earlier)
         stop = StreamStop()
         try:
             for i in range(0, len(missing), BATCH):
                 batch = missing[i : i + BATCH]
-                await asyncio.to_thread(self._fetch, pull, batch, sizes, stop)
+                await asyncio.to_thread(self._fetch, pull, batch, sizes, bases, stop)
         except asyncio.CancelledError:
             stop.stop()
             raise
@@ -155,25 +159,87 @@ class PackagePulls:
             pull.checked += n  # progress the parent sees: a long re-hash is not a stall
         return missing
 
+    def _bases(
+        self, manifest: Manifest, missing: list[Digest], earlier: list[Manifest]
+    ) -> dict[Digest, list[Digest]]:
+        """For each chunk to fetch, the chunks of an earlier version in the library that it
+        probably resembles (:mod:`packdist.core.bases`): each read back intact now, so that
+        the parent may send a delta this site can decode."""
+        if not earlier:
+            return {}
+        wanted = set(missing)
+        place: dict[Digest, tuple[str, int, int]] = {}
+        for path, offset, c in manifest.chunk_places():
+            if c.digest in wanted and c.digest not in place:
+                place[c.digest] = (path, offset, c.size)
+        versions = [
+            {path: ([start for start, _, _ in cs], cs) for path, cs in files_of(m).items()}
+            for m in earlier
+        ]
+        intact: dict[Digest, bool] = {}
+        out: dict[Digest, list[Digest]] = {}
+        for digest, (path, offset, size) in place.items():
+            for files in versions:
+                if path not in files:
+                    continue
+                found = [d for _, _, d in covering(*files[path], offset, size)]
+                for d in found:
+                    if d not in intact:
+                        intact[d] = self._base_bytes([d]) is not None
+                good = [d for d in found if intact[d]]
+                if good:
+                    out[digest] = good
+                    break
+        return out
+
+    def _base_bytes(self, digests: list[Digest]) -> bytes | None:
+        """The library's bytes of ``digests``, each verified; None if one is not intact."""
+        parts = []
+        for d in digests:
+            try:
+                data = self.library.read(d)
+            except PackdistError:
+                return None
+            if not d.holds(data):
+                return None
+            parts.append(data)
+        return b"".join(parts)
+
     def _fetch(
-        self, pull: Pull, batch: list[Digest], sizes: dict[Digest, int], stop: StreamStop
+        self,
+        pull: Pull,
+        batch: list[Digest],
+        sizes: dict[Digest, int],
+        bases: dict[Digest, list[Digest]],
+        stop: StreamStop,
     ) -> None:
         """One stream of chunks from the parent, each verified and written as it arrives
         (in a worker thread)."""
         wanted = set(batch)
-        body = {
+        named = {d: bases[d] for d in batch if d in bases}
+        body: dict[str, object] = {
             "digests": [d.hex for d in batch],
             "accept": [e.label for e in Encoding],
             "package": pull.package_id,  # the parent serves a child only what it sent it
         }
+        if named:
+            body["bases"] = {d.hex: [b.hex for b in bs] for d, bs in named.items()}
         for frame in self.streams().post(f"{self.url}/v1/chunks", self._auth, body, stop):
             if frame.digest not in wanted or frame.size != sizes[frame.digest]:
                 raise TransferError(
                     f"the parent sent chunk {frame.digest.short}… that was not asked for"
                 )
             wanted.discard(frame.digest)
+            base = None
+            if frame.encoding == Encoding.ZSTD_BASE:  # read (and verified) again: as named
+                base = self._base_bytes(named.get(frame.digest, []))
+                if not base:
+                    raise TransferError(
+                        f"cannot decode chunk {frame.digest.short}… from {self.url}: its base"
+                        " chunks are no longer intact here"
+                    )
             data = codec.decode(
-                frame.encoding, frame.payload, frame.size, frame.digest, None, self.url
+                frame.encoding, frame.payload, frame.size, frame.digest, base, self.url
             )
             frame.digest.verify(data)
             self.library.write(frame.digest, data, start_writeback=True)
@@ -181,3 +247,13 @@ class PackagePulls:
             pull.wire += frame.wire_bytes
         if wanted:
             raise TransferError(f"the parent's stream ended with {len(wanted)} chunk(s) missing")
+
+
+def _earlier_versions(store: Store, manifest: Manifest, most: int = 3) -> list[Manifest]:
+    """The newest versions of the same package this site holds (a few: bases are looked
+    for in each, newest first)."""
+    found = [
+        p for p in store.list_packages() if p.name == manifest.name and p.id != manifest.id.hex
+    ]
+    found.sort(key=lambda p: p.created_at, reverse=True)
+    return [Manifest.parse(store.package_manifest(p.id)[0]) for p in found[:most]]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -183,6 +184,28 @@ def test_a_package_reaches_every_server_behind_a_child_crossing_its_link_once(
     assert any("sent by parent site hq" in w for w in words), words
 
 
+def test_a_new_version_crosses_to_the_child_as_a_delta_of_the_one_it_holds(
+    tree: Hierarchy, tmp_path: Path
+) -> None:
+    old = h.make_tree(tmp_path / "src-5", {"data/blob.bin": PACKAGE_BYTES}, seed=5)
+    tree.hq.create_package(old, "app", "5.0")
+    job = _distribute(tree, "5", "--to", "br/dp1")
+    assert tree.hq.wait_job(job, 120) == 0, h.describe_job(tree.hq.job(job))
+    new = tmp_path / "src-6"
+    shutil.copytree(old, new, symlinks=True)
+    blob = new / "data" / "blob.bin"
+    data = bytearray(blob.read_bytes())
+    data[1_000_000:1_000_100] = bytes(100)  # one small edit: one chunk or two change
+    blob.write_bytes(bytes(data))
+    tree.hq.create_package(new, "app", "6.0")
+    job = _distribute(tree, "6", "--to", "br/dp1")
+    assert tree.hq.wait_job(job, 120) == 0, h.describe_job(tree.hq.job(job)) + tree.logs()
+    (sent,) = [i["bytes_sent"] for i in tree.hq.job(job)["instructions"]]
+    # without a base the changed chunks cross whole (128 KiB or more); as a delta, a few KiB
+    assert 0 < sent < 32 * 1024, h.describe_job(tree.hq.job(job))
+    assert tree.agents["dp1"].has_package("app", "6.0")
+
+
 def test_a_package_removed_at_the_parent_goes_from_the_server_behind_the_child(
     tree: Hierarchy, tmp_path: Path
 ) -> None:
@@ -262,6 +285,21 @@ def hq(tmp_path: Path) -> Path:
     return home
 
 
+@pytest.fixture(scope="module")
+def shared_hq(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One parent home for the refusals (each must leave it as it was): child br added."""
+    home = tmp_path_factory.mktemp("refusals") / "hq"
+    run_packdist(home, "site", "init", "--name", "hq")
+    run_packdist(
+        home, "site", "add-child", "br", "--url", "https://br.test:8700", "--bandwidth", "2MB"
+    )
+    return home
+
+
+def _children(home: Path) -> str:
+    return run_packdist(home, "site", "children", "--json").stdout
+
+
 @pytest.mark.parametrize(
     ("args", "words"),
     [
@@ -270,17 +308,20 @@ def hq(tmp_path: Path) -> Path:
     ],
 )
 def test_a_bad_child_is_refused_in_one_line_and_nothing_is_added(
-    hq: Path, args: list[str], words: str
+    shared_hq: Path, args: list[str], words: str
 ) -> None:
-    _one_line_refusal(run_packdist(hq, "site", *args, check=False), words)
-    out = run_packdist(hq, "site", "children").stdout
-    assert "no child sites yet" in out
+    before = _children(shared_hq)
+    _one_line_refusal(run_packdist(shared_hq, "site", *args, check=False), words)
+    assert _children(shared_hq) == before
 
 
-def test_a_child_site_is_added_once(hq: Path) -> None:
-    run_packdist(hq, "site", "add-child", "br", "--url", "https://br.test:8700")
-    proc = run_packdist(hq, "site", "add-child", "br", "--url", "https://other:8700", check=False)
+def test_a_child_site_is_added_once(shared_hq: Path) -> None:
+    before = _children(shared_hq)
+    proc = run_packdist(
+        shared_hq, "site", "add-child", "br", "--url", "https://other:8700", check=False
+    )
     _one_line_refusal(proc, "child site br already exists")
+    assert _children(shared_hq) == before
 
 
 @pytest.mark.parametrize(
@@ -297,10 +338,17 @@ def test_a_child_site_is_added_once(hq: Path) -> None:
     ],
 )
 def test_site_serve_refuses_a_parent_it_cannot_join_before_it_listens(
-    hq: Path, args: list[str], env: dict[str, str], words: str
+    shared_hq: Path, args: list[str], env: dict[str, str], words: str
 ) -> None:
     proc = run_packdist(
-        hq, "site", "serve", "--listen", f"127.0.0.1:{h.free_port()}", *args, check=False, env=env
+        shared_hq,
+        "site",
+        "serve",
+        "--listen",
+        f"127.0.0.1:{h.free_port()}",
+        *args,
+        check=False,
+        env=env,
     )
     line = _one_line_refusal(proc, words)
     assert "listening" not in proc.stdout + line
@@ -320,14 +368,11 @@ def test_site_serve_refuses_a_parent_it_cannot_join_before_it_listens(
     ],
 )
 def test_a_link_change_that_cannot_work_is_refused_in_one_line_and_changes_nothing(
-    hq: Path, args: list[str], words: str
+    shared_hq: Path, args: list[str], words: str
 ) -> None:
-    run_packdist(
-        hq, "site", "add-child", "br", "--url", "https://br.test:8700", "--bandwidth", "2MB"
-    )
-    before = run_packdist(hq, "site", "children", "--json").stdout
-    _one_line_refusal(run_packdist(hq, "site", *args, check=False), words)
-    assert run_packdist(hq, "site", "children", "--json").stdout == before
+    before = _children(shared_hq)
+    _one_line_refusal(run_packdist(shared_hq, "site", *args, check=False), words)
+    assert _children(shared_hq) == before
 
 
 def test_a_link_change_is_shown_with_the_child(hq: Path) -> None:
