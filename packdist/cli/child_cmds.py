@@ -27,6 +27,7 @@ from packdist.core.schedule import Schedule
 from packdist.errors import NotFound, UserError
 from packdist.service import Service
 from packdist.site.home import SiteHome
+from packdist.site.views import child_sites
 
 
 def link_options(f: Any) -> Any:
@@ -62,6 +63,13 @@ def _bandwidth(text: str | None) -> float | None:
     return rate or None
 
 
+def _schedule(windows: tuple[str, ...], zone: str) -> Schedule:
+    """The windows given, in their time zone (a time zone without windows says nothing)."""
+    if zone != "UTC" and not windows:
+        raise UserError("--timezone says when the --window hours are: give the windows with it")
+    return Schedule.parse(list(windows), zone)
+
+
 @click.command("add-child")
 @home_option
 @click.argument("name")
@@ -83,9 +91,7 @@ def site_add_child(
     named CHILD/SERVER here."""
     check_server_name(name)
     url = check_url(url, "child site URL")
-    if zone != "UTC" and not windows:
-        raise UserError("--timezone says when the --window hours are: give the windows with it")
-    rate, schedule = _bandwidth(bandwidth), Schedule.parse(list(windows), zone)
+    rate, schedule = _bandwidth(bandwidth), _schedule(windows, zone)
     home = SiteHome.open(resolve_home())
     token = new_token(home.authority().fingerprint)  # the child verifies this site with it
     store = home.store()
@@ -118,8 +124,9 @@ def site_set_child(
     stays as it was). A running site applies it from its next transfer."""
     if always and windows:
         raise UserError("--always and --window contradict each other")
-    if zone != "UTC" and not windows:
-        raise UserError("--timezone says when the --window hours are: give the windows with it")
+    given = (
+        _schedule(windows, zone) if windows or zone != "UTC" else None
+    )  # refused before anything is read
     store = SiteHome.open(resolve_home()).store()
     try:
         child = store.child_site(name)
@@ -129,8 +136,8 @@ def site_set_child(
         schedule = Schedule.from_json(child.windows)
         if always:
             schedule = Schedule()
-        elif windows:
-            schedule = Schedule.parse(list(windows), zone)
+        elif given is not None:
+            schedule = given
         Service(store, operator_name()).set_child_link(name, rate, schedule, time.time())
     finally:
         store.close()
@@ -149,7 +156,7 @@ def site_children(as_json: bool) -> None:
     now = time.time()
     try:
         if as_json:
-            print_json({"children": child_sites_json(store, now)})
+            print_json({"children": child_sites(store, now)})
             return
         children = Service(store).child_sites(now)
     finally:
@@ -174,11 +181,3 @@ def site_children(as_json: bool) -> None:
             escape(link),
         )
     Console().print(table)
-
-
-def child_sites_json(store: Any, now: float) -> list[dict[str, Any]]:
-    """The child sites and their servers as ``status --json`` and ``site children --json``
-    show them (the dashboard's own view)."""
-    from packdist.site.views import child_sites
-
-    return child_sites(store, now)

@@ -26,11 +26,7 @@ def status(as_json: bool) -> None:
         cells = store.status_cells()  # one read of the holdings and the newest instructions
         matrix = store.status_matrix(cells) if as_json else {}  # the JSON's "packages" only
         doc = views.status(store, now, read=cells)
-        children = []
-        if as_json:  # (imported here: the plain matrix needs no token machinery)
-            from packdist.cli.child_cmds import child_sites_json
-
-            children = child_sites_json(store, now)
+        children = views.child_sites(store, now) if as_json else []
     finally:
         store.close()
     servers = [s["name"] for s in doc["servers"]]

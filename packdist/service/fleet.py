@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from packdist import states
 from packdist.core.digest import Digest
 from packdist.core.manifest import Manifest
@@ -42,12 +44,33 @@ class FleetUseCases(AttemptUseCases):
         returns how many."""
         store = self.store
         with store.transaction():
-            store.mark_server_removed(name, now)
-            ids = store.server_instructions(name, states.sources("server_removed"))
-            n = len(store.apply("server_removed", ids, now, **ended(now, "server removed")))
+            n = self._remove_server(name, now, "server removed")
             message = f"server {name} removed{self._by()}"
             store.add_event("server", message, server=name, now=now, actor=self.actor)
         return n
+
+    def _remove_server(self, name: str, now: float, why: str) -> int:
+        """The server gone (its token revoked) and its unfinished instructions cancelled
+        with ``why``; how many."""
+        store = self.store
+        store.mark_server_removed(name, now)
+        ids = store.server_instructions(name, states.sources("server_removed"))
+        return len(store.apply("server_removed", ids, now, **ended(now, why)))
+
+    def sync_holdings(
+        self, server: str, recorded: set[str], reported: Iterable[str], now: float
+    ) -> bool:
+        """What a server holds, as it (or its child site) reports it: only changes written,
+        packages this site does not know left out; whether it holds one more than before."""
+        store, wanted = self.store, set(reported)
+        for gone in sorted(recorded - wanted):
+            store.drop_holding(server, gone)
+        gained = False
+        for new in sorted(wanted - recorded):
+            if store.package_by_id(new) is not None:
+                store.add_holding(server, new, now)
+                gained = True
+        return gained
 
     def package_holders(self, package_id: str) -> list[str]:
         """Servers (not removed) that hold the package, as last reported, or have an
@@ -80,13 +103,7 @@ class FleetUseCases(AttemptUseCases):
             )
             store.record_liveness(server, boot_id, disk_free, now, came_back)
             # What the server holds, as it reports it: only changes are written.
-            recorded = store.holdings(server)
-            reported = set(installed)
-            for gone in sorted(recorded - reported):
-                store.drop_holding(server, gone)
-            for new in sorted(reported - recorded):
-                if store.package_by_id(new) is not None:
-                    store.add_holding(server, new, now)
+            self.sync_holdings(server, store.holdings(server), installed, now)
             if not came_back and not reached_again:
                 return 0
             woken = len(

@@ -15,7 +15,6 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from packdist import states
 from packdist.config_values import format_rate
 from packdist.core.schedule import Schedule
 from packdist.protocol.hierarchy import ChildReport
@@ -186,7 +185,7 @@ class HierarchyUseCases(FleetUseCases):
                 gained = False
                 recorded = set(held.get(name, ())) if row is not None and not row.removed else set()
                 if recorded != set(s.installed):
-                    gained = self._holdings(name, recorded, s.installed, now)
+                    gained = self.sync_holdings(name, recorded, s.installed, now)
                 back = seen is not None and (
                     row is None or row.last_seen is None or seen - row.last_seen > SILENCE
                 )
@@ -197,40 +196,18 @@ class HierarchyUseCases(FleetUseCases):
             for name, row in kept.items():
                 if not row.removed and name not in reported:
                     self._child_server_gone(child.name, name, now)
-            # what the report said, in short (its servers are rows; its authority a column)
-            body = json.dumps({"servers": len(report.servers), "relayed": len(report.relayed)})
-            store.record_child_report(child.name, report.site, body, report.ca, now)
+            store.record_child_report(child.name, report.site, report.ca, now)
             self._report_events(child, report, now)
             if woken:
                 store.notify()
         return woken
 
-    def _holdings(
-        self, server: str, recorded: set[str], installed: tuple[str, ...], now: float
-    ) -> bool:
-        """What a child's server holds, as reported (only changes written; packages this
-        site does not know are left out); whether it holds one more than before."""
-        store = self.store
-        reported = set(installed)
-        for gone in sorted(recorded - reported):
-            store.drop_holding(server, gone)
-        gained = False
-        for new in sorted(reported - recorded):
-            if store.package_by_id(new) is not None:
-                store.add_holding(server, new, now)
-                gained = True
-        return gained
-
     def _child_server_gone(self, child: str, server: str, now: float) -> None:
-        store = self.store
-        store.mark_server_removed(server, now)
-        ids = store.server_instructions(server, states.sources("server_removed"))
-        why = f"server removed at child site {child}"
-        n = len(store.apply("server_removed", ids, now, **ended(now, why)))
+        n = self._remove_server(server, now, f"server removed at child site {child}")
         message = f"server {server} is no longer reported by child site {child}"
         if n:
             message += f"; {n} unfinished instruction(s) cancelled"
-        store.add_event("server", message, server=server, now=now)
+        self.store.add_event("server", message, server=server, now=now)
 
     def _report_events(self, child: ChildSiteRecord, report: ChildReport, now: float) -> None:
         n = len(report.servers)

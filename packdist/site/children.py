@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from packdist.auth import bearer, hash_token, looks_like_token, token_secret
+from packdist.auth import bearer, hash_token, looks_like_token
 from packdist.core.schedule import Schedule
 from packdist.errors import AuthError
 from packdist.protocol.hierarchy import REPORT_PATH, ChildReport, ReportAnswer
@@ -73,7 +73,7 @@ class ChildDesk:
         token = bearer(request.headers.get("Authorization"))
         if not looks_like_token(token):  # refused without a database lookup
             return None
-        token_hash = hash_token(token_secret(token))
+        token_hash = hash_token(token)
         return await self.db(lambda s: s.child_site_by_token_hash(token_hash))
 
     async def report(self, request: web.Request) -> web.Response:

@@ -77,6 +77,15 @@ class ContentLibrary:
         except FileNotFoundError as exc:
             raise NotFound(f"chunk {digest.short}… is missing from the library") from exc
 
+    def intact(self, digest: Digest) -> bytes | None:
+        """The chunk's bytes if it is here and hashes to its digest; None otherwise (a base
+        for a delta: a damaged one would only make a chunk that fails to verify)."""
+        try:
+            data = self.read(digest)
+        except (NotFound, OSError):
+            return None
+        return data if digest.holds(data) else None
+
     def check(self, digest: Digest, size: int) -> str | None:
         """Return what is wrong with a stored chunk (``None`` if it is sound)."""
         try:

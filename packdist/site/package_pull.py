@@ -196,11 +196,8 @@ class PackagePulls:
         """The library's bytes of ``digests``, each verified; None if one is not intact."""
         parts = []
         for d in digests:
-            try:
-                data = self.library.read(d)
-            except PackdistError:
-                return None
-            if not d.holds(data):
+            data = self.library.intact(d)
+            if data is None:
                 return None
             parts.append(data)
         return b"".join(parts)

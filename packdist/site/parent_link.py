@@ -147,8 +147,6 @@ class ParentLink:
         self.ca_path = home / "parent" / "ca.pem"
         self.pinned = token_fingerprint(token)
         self.joined = load_joined(home)
-        self.parent_name: str | None = None
-        self.last_report: float | None = None  # when the parent last took one
         #: called when the parent's answer changes what this site trusts (its agents learn it)
         self.on_joined: Callable[[Joined], None] = lambda joined: None
         self.context: ssl.SSLContext | None = None  # once the parent's authority is pinned
@@ -186,7 +184,7 @@ class ParentLink:
         session = new_session(tls=context)
         client = ParentClient(self.url, self.token, session)
         trouble: str | None = None  # what went wrong last, logged once until it changes
-        wait = RETRY_FIRST
+        wait, reported = RETRY_FIRST, False
         try:
             while True:
                 try:
@@ -224,15 +222,14 @@ class ParentLink:
                     await asyncio.sleep(wait)
                     wait = min(wait * 2, RETRY_MAX)
                     continue
-                if trouble is not None or self.parent_name is None:
+                if trouble is not None or not reported:
                     log.info(
                         "reporting to parent site %s at %s (%d server(s))",
                         answer.parent,
                         self.url,
                         len(report.servers),
                     )
-                trouble, wait = None, RETRY_FIRST
-                self.parent_name, self.last_report = answer.parent, time.time()
+                trouble, wait, reported = None, RETRY_FIRST, True
                 self._took(answer)
                 if answer.unwanted:
                     await self.db(functools.partial(_stop_unwanted, answer=answer))

@@ -91,8 +91,8 @@ class SiteServer:
         self.content = ContentRoutes(self.beats, self.db, self.library, self.upload, self._reader)
         #: ``site serve --parent URL --token T``: this site reports to its parent
         self.parent = None if parent is None else ParentLink(home.root, *parent, self.db)
-        self.joined = self.parent.joined if self.parent is not None else load_joined(home.root)
-        self.beats.trusted = self.joined.trusted_keys if self.joined is not None else []
+        joined = self.parent.joined if self.parent is not None else load_joined(home.root)
+        self.beats.trusted = joined.trusted_keys if joined is not None else []
         if self.parent is not None:
             self.parent.on_joined = self._joined
         self.children = ChildDesk(self.db, self.key.public.hex, lambda: self.beats.trusted)
@@ -113,7 +113,6 @@ class SiteServer:
     def _joined(self, joined: Joined) -> None:
         """The parent's answer changed what this site trusts: its agents learn it with their
         next heartbeat, its children with their next report."""
-        self.joined = joined
         self.beats.trusted = joined.trusted_keys
 
     def _moving_packages(self) -> bool:
@@ -178,15 +177,16 @@ class SiteServer:
         if self.admission.overloaded(now):
             return self.beats.shed(request, now)
         server = await self.beats.agent(request, counted=True, certified=False)
-        answer: dict[str, object] = {
-            "server": server.name,
-            "site": self.site_name,
-            "site_public_key": self.key.public.hex,
-            "interval": self.cadence.interval,
-        }
-        # the sites above this one: their manifests are good too (always said, empty too)
-        answer["trusted_keys"] = self.beats.trusted
-        return web.json_response(answer)
+        return web.json_response(
+            {
+                "server": server.name,
+                "site": self.site_name,
+                "site_public_key": self.key.public.hex,
+                "interval": self.cadence.interval,
+                # the sites above this one: their manifests are good too (said, empty too)
+                "trusted_keys": self.beats.trusted,
+            }
+        )
 
     async def heartbeat(self, request: web.Request) -> web.Response:
         now = time.time()

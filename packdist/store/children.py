@@ -1,4 +1,4 @@
-"""The store's child sites: registered at the parent, what each last reported, and their
+"""The store's child sites: registered at the parent, when each last reported, and their
 servers, kept as rows of ``servers`` named ``CHILD/SERVER`` (``servers.child`` says whose).
 
 Plain reads and writes by intent, as in :mod:`packdist.store.catalog`; what a report means
@@ -72,12 +72,8 @@ class ChildQueries:
         """Per server not removed, the package ids it holds, verified (not found corrupt)."""
         return _by_server(self.db.rows("verified_holdings"))
 
-    def record_child_report(
-        self, name: str, site_name: str, report: str, ca: str | None, now: float
-    ) -> None:
-        self.db.run(
-            "record_child_report", name=name, site_name=site_name, report=report, ca=ca, now=now
-        )
+    def record_child_report(self, name: str, site_name: str, ca: str | None, now: float) -> None:
+        self.db.run("record_child_report", name=name, site_name=site_name, ca=ca, now=now)
 
     def servers_of_child(self, child: str) -> dict[str, ChildServerRow]:
         """The child's servers as kept here, removed ones too, by name."""

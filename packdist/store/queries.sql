@@ -563,7 +563,7 @@ WHERE j.package_id = :package_id AND j.action = :action AND i.server = :server
 ORDER BY i.id DESC LIMIT 1
 
 -- name: record_child_report
-UPDATE child_sites SET last_seen = :now, site_name = :site_name, report = :report, ca = :ca
+UPDATE child_sites SET last_seen = :now, site_name = :site_name, ca = :ca
 WHERE name = :name
 
 -- === PostgreSQL's own plumbing ==============================================================

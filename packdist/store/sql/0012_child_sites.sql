@@ -1,5 +1,5 @@
 -- packdist site schema, version 12: child sites, whole sites of their own that report to
--- this one (their parent), and what each last said of its servers.
+-- this one (their parent); their servers are rows of servers (servers.child).
 CREATE TABLE child_sites (
     name        TEXT PRIMARY KEY,
     url         TEXT NOT NULL,              -- where this site reaches the child
@@ -7,7 +7,6 @@ CREATE TABLE child_sites (
     created_at  REAL NOT NULL,
     last_seen   REAL,                       -- the child's last report
     site_name   TEXT,                       -- what the child calls itself (site init --name)
-    report      TEXT NOT NULL DEFAULT '{}', -- its last report: its servers and theirs, as JSON
     ca          TEXT,                       -- its certificate authority (PEM), as it reported
     bandwidth   REAL,                       -- bytes/s this site sends it at most, all streams together
     windows     TEXT NOT NULL DEFAULT '{}'  -- when the link may carry packages (core/schedule.py)
