@@ -46,6 +46,7 @@ from packdist.site.store_runner import StoreRunner, WriteBatch
 from packdist.site.tracker import DEFAULT_LOCATION_LABEL
 from packdist.states import InstructionState as S
 from packdist.store.base import Claim, Store
+from packdist.store.records import OWN_SERVERS
 from packdist.store.wakeup import SAFETY, woken
 
 log = logging.getLogger("packdist.despooler")
@@ -102,6 +103,10 @@ class Despooler:
         # own: thousands of them must never hold every slot while healthy servers wait.
         self.silent_cap = max(1, max_in_flight // 4)
         self.in_flight_silent: set[int] = set()
+        # Each child site likewise: its attempts wait on one transfer across its link, and a
+        # slow link with many servers behind it must not hold the slots other sites need.
+        self.child_cap = max(1, max_in_flight // 4)
+        self.in_flight_child: dict[str, set[int]] = {}
         self._claims = 0
         self._next_due: float | None = None  # as last read: when work is due next
         self._notified = False  # other workers and the CLI wake us (NOTIFY, inotify)
@@ -163,29 +168,63 @@ class Despooler:
                 return
 
     def _claim(self, lease: str, store: Store) -> list[tuple[Claim, bool]]:
-        """Up to a batch of due instructions, within the free slots: first up to the room
-        left for servers not heard from lately, then, for the rest, only servers that were.
-        Each comes with whether its server counts as silent (decided here, once)."""
+        """Up to a batch of due instructions, within the free slots: this site's own
+        servers first, then each child site's within its share. Each comes with whether
+        its server counts as silent (decided here, once)."""
         now = time.time()
         due = self._next_due = store.next_due_at()  # a plain read: no lock when idle
         self._held_back = False
         if due is None or due > now:
             return []
         free = min(CLAIM_BATCH, self.max_in_flight - len(self.in_flight))
-        silent_room = max(0, self.silent_cap - len(self.in_flight_silent))
         service = Service(store)
+        after = self.silent_after()
+        claims = [(c, _silent(c, now, after)) for c in self._claim_own(service, lease, free, now)]
+        if len(claims) < free:
+            claims += [
+                (c, False) for c in self._claim_children(service, lease, free - len(claims), now)
+            ]
+        return claims
+
+    def _claim_own(self, service: Service, lease: str, free: int, now: float) -> list[Claim]:
+        """This site's own servers: first up to the room left for servers not heard from
+        lately, then, for the rest, only servers that were."""
+        silent_room = max(0, self.silent_cap - len(self.in_flight_silent))
         first = min(free, silent_room)
-        claims = service.claim_ready(lease, self.lease, first, now) if first else []
+        claims = (
+            service.claim_ready(lease, self.lease, first, now, None, OWN_SERVERS) if first else []
+        )
         after = self.silent_after()
         silent = sum(1 for c in claims if _silent(c, now, after))
         # the rest, of servers heard from lately (unless the first took fewer than it might:
         # then nothing else is due)
         if free > len(claims) and (first == 0 or len(claims) == first):
-            heard_since = now - self.silent_after()
-            claims += service.claim_ready(lease, self.lease, free - len(claims), now, heard_since)
+            claims += service.claim_ready(
+                lease, self.lease, free - len(claims), now, now - after, OWN_SERVERS
+            )
         # due work we may not take now (silent servers at their cap) waits for a free slot
         self._held_back = len(claims) < free and silent >= silent_room
-        return [(c, _silent(c, now, after)) for c in claims]
+        return claims
+
+    def _claim_children(self, service: Service, lease: str, free: int, now: float) -> list[Claim]:
+        """The servers behind child sites, each child within its share of the slots (heard
+        from or not: a child's attempts all wait on its one link)."""
+        claims: list[Claim] = []
+        names = service.store.child_site_names()
+        turn = self._claims % len(names) if names else 0  # a different child first each pass
+        for child in names[turn:] + names[:turn]:
+            room = self.child_cap - len(self.in_flight_child.get(child, ()))
+            if room <= 0:  # its due work, if any, waits for one of its own to end
+                self._held_back = True
+                continue
+            taken = service.claim_ready(lease, self.lease, min(room, free), now, None, child)
+            claims += taken
+            free -= len(taken)
+            if len(taken) == room or free == 0:
+                self._held_back = True  # more may be due, for this child or the next
+            if free == 0:
+                break
+        return claims
 
     def _spawn(self, c: Claim, silent: bool) -> None:
         if c.instruction_id in self.in_flight:  # cannot happen with leases; never run twice
@@ -195,11 +234,16 @@ class Despooler:
         self.in_flight[c.instruction_id] = task
         if silent:
             self.in_flight_silent.add(c.instruction_id)
+        found = behind_child(c.server)
+        if found is not None:
+            self.in_flight_child.setdefault(found[0], set()).add(c.instruction_id)
 
         def done(t: asyncio.Task[None]) -> None:
             if self.in_flight.get(c.instruction_id) is t:
                 del self.in_flight[c.instruction_id]
                 self.in_flight_silent.discard(c.instruction_id)
+                if found is not None:
+                    self.in_flight_child[found[0]].discard(c.instruction_id)
                 self.wake.set()  # a slot is free: look for work at once
 
         task.add_done_callback(done)

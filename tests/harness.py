@@ -386,6 +386,7 @@ class Site(Component):
         self.site_name = site_name
         self.operator_password = ""  # printed once by ``site init``
         self.parent_url: str | None = None  # a child site: its parent (the token in env)
+        self.serve_args: list[str] = []  # more options of ``site serve`` (``--workers 2``)
 
     def command(self) -> list[str]:
         parent = [] if self.parent_url is None else ["--parent", self.parent_url]
@@ -399,6 +400,7 @@ class Site(Component):
             self.listen,
             *parent,
             *self.plain_flag,
+            *self.serve_args,
         ]
 
     def add_child(self, child: Site) -> str:

@@ -15,7 +15,7 @@ from packdist.retry import RetryPolicy
 from packdist.service.jobs import JobUseCases, ended
 from packdist.store.db import Row
 from packdist.store.instructions import Plus
-from packdist.store.records import Claim
+from packdist.store.records import ANY_SERVER, Claim
 
 #: kinds of failure that the same attempt again cannot mend: the instruction stops (failed,
 #: with the cause) until an operator fixes the cause and retries the job
@@ -32,12 +32,14 @@ class AttemptUseCases(JobUseCases):
         limit: int,
         now: float,
         heard_since: float | None = None,
+        child: str = ANY_SERVER,
     ) -> list[Claim]:
         """Take up to ``limit`` due instructions under the lease ``owner`` (with
-        ``heard_since``: only of servers heard from since then)."""
+        ``heard_since``: only of servers heard from since then; with ``child``: only this
+        site's own servers, or only those behind that child site)."""
         store = self.store
         with store.transaction():
-            ids = store.claim_candidates(now, limit, heard_since)
+            ids = store.claim_candidates(now, limit, heard_since, child)
             claimed = store.apply(
                 "claim",
                 ids,

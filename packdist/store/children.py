@@ -65,6 +65,9 @@ class ChildQueries:
         row = self.db.row("child_site_named", name=name)
         return None if row is None else _child(row)
 
+    def child_site_names(self) -> list[str]:
+        return [str(r["name"]) for r in self.db.rows("child_site_names")]
+
     def list_child_sites(self) -> list[ChildSiteRecord]:
         return [_child(r) for r in self.db.rows("list_child_sites")]
 

@@ -18,7 +18,7 @@ from packdist import states
 from packdist.errors import InvalidTransition
 from packdist.states import InstructionState
 from packdist.store.db import Database, Row
-from packdist.store.records import Claim, InstructionRecord
+from packdist.store.records import ANY_SERVER, Claim, InstructionRecord
 
 S = InstructionState
 _STATE = {s.value: s for s in S}  # faster than the enum's own lookup, for 10,000 rows
@@ -227,11 +227,12 @@ class InstructionQueries:
         return float(due) if due is not None else None
 
     def claim_candidates(
-        self, now: float, limit: int, heard_since: float | None = None
+        self, now: float, limit: int, heard_since: float | None = None, child: str = ANY_SERVER
     ) -> list[int]:
         """Due instructions, oldest due first, that no opposite attempt on their server
-        waits for (with ``heard_since``: only of servers heard from since then); on
-        PostgreSQL locked for this transaction, skipping those another worker is claiming.
+        waits for (with ``heard_since``: only of servers heard from since then; ``child``:
+        :data:`ANY_SERVER`, :data:`OWN_SERVERS` or one child site's name); on PostgreSQL
+        locked for this transaction, skipping those another worker is claiming.
 
         One query per source state: each walks the ``(state, next_attempt_at)`` index in
         order and stops at ``limit``, where one query over both states sorted every due
@@ -244,6 +245,7 @@ class InstructionQueries:
                 now=now,
                 limit=limit,
                 heard_since=-1.0 if heard_since is None else heard_since,
+                child=child,
             )
             found += [(float(r["next_attempt_at"]), int(r["id"])) for r in rows]
         return [i for _, i in sorted(found)[:limit]]

@@ -304,11 +304,13 @@ SELECT min(next_attempt_at) AS due FROM instructions WHERE state IN (:states)
 -- due work in one state of servers not removed, oldest due first (the index's order: no
 -- sort); not while an opposite attempt for the same version on the same server is under
 -- way (the newer intent waits for it to end); with heard_since (not -1), only servers
--- heard from since then
+-- heard from since then; child: '*' any server, '' only this site's own, else only the
+-- servers behind that child site
 SELECT i.id, i.next_attempt_at FROM instructions i
 JOIN servers s ON s.name = i.server JOIN jobs j ON j.id = i.job_id
 WHERE i.state = :state AND i.next_attempt_at <= :now AND s.removed = 0
 AND (:heard_since < 0 OR s.last_seen >= :heard_since)
+AND (:child = '*' OR (:child = '' AND s.child IS NULL) OR s.child = :child)
 AND NOT EXISTS (SELECT 1 FROM instructions o JOIN jobs oj ON oj.id = o.job_id
     WHERE o.server = i.server AND o.state = 'sending'
     AND oj.package_id = j.package_id AND oj.action != j.action)
@@ -320,6 +322,7 @@ SELECT i.id, i.next_attempt_at FROM instructions i
 JOIN servers s ON s.name = i.server JOIN jobs j ON j.id = i.job_id
 WHERE i.state = :state AND i.next_attempt_at <= :now AND s.removed = 0
 AND (:heard_since < 0 OR s.last_seen >= :heard_since)
+AND (:child = '*' OR (:child = '' AND s.child IS NULL) OR s.child = :child)
 AND NOT EXISTS (SELECT 1 FROM instructions o JOIN jobs oj ON oj.id = o.job_id
     WHERE o.server = i.server AND o.state = 'sending'
     AND oj.package_id = j.package_id AND oj.action != j.action)
@@ -500,6 +503,9 @@ WHERE s.removed = 0 AND sp.corrupt IS NULL
 SELECT name, url, created_at, last_seen, site_name, ca, bandwidth, windows
 FROM child_sites
 WHERE name = :name
+
+-- name: child_site_names
+SELECT name FROM child_sites ORDER BY name
 
 -- name: list_child_sites
 SELECT name, url, created_at, last_seen, site_name, ca, bandwidth, windows

@@ -96,6 +96,11 @@ class JobRecord:
         return job_state((i.state for i in self.instructions), self.action)
 
 
+#: whose due work a claim takes (``child`` of ``claim_candidates``): any server's, only this
+#: site's own servers', or else the servers' behind the child site of that name
+ANY_SERVER, OWN_SERVERS = "*", ""
+
+
 @dataclass(frozen=True)
 class Claim:
     """An instruction a despooler worker holds under a lease, with what it needs to act."""

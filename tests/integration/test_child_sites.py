@@ -393,3 +393,46 @@ def test_a_link_change_is_shown_with_the_child(hq: Path) -> None:
     (child,) = json.loads(run_packdist(hq, "site", "children", "--json").stdout)["children"]
     assert child["bandwidth"] == 1_000_000
     assert child["windows"] == "Mon,Tue,Wed,Thu,Fri 18:00-07:00 (Europe/Berlin)"
+
+
+def test_a_slow_child_with_many_servers_waiting_never_delays_another_child(
+    tmp_path: Path,
+) -> None:
+    """hq has two despooler slots. Behind slow, a thin link and two servers wanting the
+    package; behind fast, one. Each child has its share of the slots, so fast's server is
+    installed while slow's are still receiving: without the share, slow's two attempts
+    held both slots until its link carried the whole package."""
+    hq = h.make_site(tmp_path, "hq", home="hq")
+    hq.serve_args = ["--workers", "2"]
+    slow = h.make_site(tmp_path, "slow", home="slow")
+    fast = h.make_site(tmp_path, "fast", home="fast")
+    hq.add_child(slow)
+    hq.add_child(fast)
+    hq.cli("site", "set-child", "slow", "--bandwidth", "200kbit")  # 3 MiB: two minutes
+    agents = {
+        **h.add_agents(slow, tmp_path / "slow-servers", ["dp1", "dp2"]),
+        **h.add_agents(fast, tmp_path / "fast-servers", ["dp3"]),
+    }
+    everything = [hq, slow, fast, *agents.values()]
+    try:
+        h.start_all(everything)
+        wanted = {"slow/dp1", "slow/dp2", "fast/dp3"}
+        h.wait_until(
+            lambda: wanted <= _online(hq),
+            SEEN_WITHIN,
+            message=lambda: f"every server online at hq: {_online(hq)}",
+        )
+        src = h.make_tree(tmp_path / "src", {"data/blob.bin": PACKAGE_BYTES}, seed=11)
+        hq.create_package(src, "app", "1.0")
+        # slow's job first: its two servers are due before fast's and would take both slots
+        behind = str(hq.json("distribute", "app@1.0", "--site", "slow")["job"])
+        job = str(hq.json("distribute", "app@1.0", "--site", "fast")["job"])
+        assert hq.wait_job(job, 60) == 0, h.describe_job(hq.job(job))
+        assert agents["dp3"].has_package("app", "1.0")
+        waiting = hq.job(behind)
+        assert waiting["state"] != "complete", h.describe_job(waiting)
+        assert not agents["dp1"].has_package("app", "1.0")
+        hq.cli("job", "cancel", behind)
+    finally:
+        for c in everything:
+            c.close()

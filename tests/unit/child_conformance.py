@@ -12,7 +12,7 @@ from packdist.service import Service
 from packdist.service.hierarchy import CHILD_OFFLINE_AFTER
 from packdist.states import InstructionState as S
 from packdist.store.base import PackageRecord, Store
-from packdist.store.records import ChildSiteRecord
+from packdist.store.records import ANY_SERVER, OWN_SERVERS, ChildSiteRecord
 from tests.unit.store_conformance import T0, add_server
 
 
@@ -141,6 +141,31 @@ class ChildSitesConformance:
         )
         assert woken == 1
         assert [x.server for x in service.claim_ready("w", 30, 8, T0 + 3)] == ["br/dp1"]
+
+    def test_a_claim_takes_this_sites_own_servers_or_one_childs_as_asked(
+        self, store: Store, pkg: PackageRecord
+    ) -> None:
+        service = Service(store)
+        add_server(store, "dp0")
+        for name in ("br", "ws"):
+            service.add_child(name, f"https://{name}.test:8700", f"hash-{name}", T0)
+            child = store.child_site(name)
+            assert child is not None
+            service.record_child_report(
+                child,
+                _report(*(ReportedServer(s, True, 0.0, None, ()) for s in ("dp1", "dp2"))),
+                T0,
+            )
+        assert store.child_site_names() == ["br", "ws"]
+        service.distribute(pkg.id, ["br/dp1", "br/dp2", "dp0", "ws/dp1"], T0)
+        assert [c.server for c in service.claim_ready("w", 30, 8, T0, None, "br")] == [
+            "br/dp1",
+            "br/dp2",
+        ]
+        assert [c.server for c in service.claim_ready("w", 30, 8, T0, None, OWN_SERVERS)] == ["dp0"]
+        assert [c.server for c in service.claim_ready("w", 30, 8, T0, None, ANY_SERVER)] == [
+            "ws/dp1"
+        ]
 
 
 def _child(store: Store) -> ChildSiteRecord:
