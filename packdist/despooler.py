@@ -42,11 +42,11 @@ from packdist.service import Service
 from packdist.site import cadence
 from packdist.site.install_inputs import InstallInputs, chunk_fault
 from packdist.site.library import ContentLibrary
+from packdist.site.slot_shares import SlotShares
 from packdist.site.store_runner import StoreRunner, WriteBatch
 from packdist.site.tracker import DEFAULT_LOCATION_LABEL
 from packdist.states import InstructionState as S
 from packdist.store.base import Claim, Store
-from packdist.store.records import OWN_SERVERS
 from packdist.store.wakeup import SAFETY, woken
 
 log = logging.getLogger("packdist.despooler")
@@ -58,7 +58,6 @@ RENEW_EVERY = 2.0  # at most this long between two lease renewals (and progress 
 SILENT_AFTER = cadence.SILENT_AFTER  # re-exported: its home is the heartbeat cadence
 MAX_IDLE = SAFETY  # with wake-ups, the longest wait between two looks (store/wakeup.py)
 STALL_LIMIT = 120.0  # an install that makes no progress this long is given up (and retried)
-CLAIM_BATCH = 64  # instructions claimed in one transaction (one lease name for the batch)
 
 
 @dataclass(frozen=True)
@@ -99,18 +98,12 @@ class Despooler:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.wake = asyncio.Event()
         self.in_flight: dict[int, asyncio.Task[None]] = {}
-        # Attempts to servers not heard from lately (unplugged, hung) have a share of their
-        # own: thousands of them must never hold every slot while healthy servers wait.
-        self.silent_cap = max(1, max_in_flight // 4)
-        self.in_flight_silent: set[int] = set()
-        # Each child site likewise: its attempts wait on one transfer across its link, and a
-        # slow link with many servers behind it must not hold the slots other sites need.
-        self.child_cap = max(1, max_in_flight // 4)
-        self.in_flight_child: dict[str, set[int]] = {}
+        # servers not heard from lately, and child sites, each have a share of the slots:
+        # thousands of hung servers or one slow link must never hold every slot
+        self.shares = SlotShares(max_in_flight, silent_after)
         self._claims = 0
         self._next_due: float | None = None  # as last read: when work is due next
         self._notified = False  # other workers and the CLI wake us (NOTIFY, inotify)
-        self._held_back = False  # due work waits for a free slot (see _claim)
         self.sender = Sender(db, key, session)  # an agent, or a child site for its servers
         self.inputs = InstallInputs(db, key, self.peers.location_label, silent_after, heard)
 
@@ -151,7 +144,7 @@ class Despooler:
         """How long to wait for a wake-up: until due work, at most ``safety``; else ``poll``."""
         if not self._notified:
             return self.poll
-        if self._next_due is None or self._held_back:
+        if self._next_due is None or self.shares.held_back:
             return self.safety
         return min(self.safety, max(0.005, self._next_due - time.time()))
 
@@ -164,67 +157,18 @@ class Despooler:
             claims = await self.db(functools.partial(self._claim, lease))
             for c, silent in claims:
                 self._spawn(c, silent)
-            if not claims or self._held_back:
+            if not claims or self.shares.held_back:
                 return
 
     def _claim(self, lease: str, store: Store) -> list[tuple[Claim, bool]]:
-        """Up to a batch of due instructions, within the free slots: this site's own
-        servers first, then each child site's within its share. Each comes with whether
-        its server counts as silent (decided here, once)."""
+        """Due instructions within the free slots and their shares (site/slot_shares.py)."""
         now = time.time()
         due = self._next_due = store.next_due_at()  # a plain read: no lock when idle
-        self._held_back = False
+        self.shares.held_back = False
         if due is None or due > now:
             return []
-        free = min(CLAIM_BATCH, self.max_in_flight - len(self.in_flight))
-        service = Service(store)
-        after = self.silent_after()
-        claims = [(c, _silent(c, now, after)) for c in self._claim_own(service, lease, free, now)]
-        if len(claims) < free:
-            claims += [
-                (c, False) for c in self._claim_children(service, lease, free - len(claims), now)
-            ]
-        return claims
-
-    def _claim_own(self, service: Service, lease: str, free: int, now: float) -> list[Claim]:
-        """This site's own servers: first up to the room left for servers not heard from
-        lately, then, for the rest, only servers that were."""
-        silent_room = max(0, self.silent_cap - len(self.in_flight_silent))
-        first = min(free, silent_room)
-        claims = (
-            service.claim_ready(lease, self.lease, first, now, None, OWN_SERVERS) if first else []
-        )
-        after = self.silent_after()
-        silent = sum(1 for c in claims if _silent(c, now, after))
-        # the rest, of servers heard from lately (unless the first took fewer than it might:
-        # then nothing else is due)
-        if free > len(claims) and (first == 0 or len(claims) == first):
-            claims += service.claim_ready(
-                lease, self.lease, free - len(claims), now, now - after, OWN_SERVERS
-            )
-        # due work we may not take now (silent servers at their cap) waits for a free slot
-        self._held_back = len(claims) < free and silent >= silent_room
-        return claims
-
-    def _claim_children(self, service: Service, lease: str, free: int, now: float) -> list[Claim]:
-        """The servers behind child sites, each child within its share of the slots (heard
-        from or not: a child's attempts all wait on its one link)."""
-        claims: list[Claim] = []
-        names = service.store.child_site_names()
-        turn = self._claims % len(names) if names else 0  # a different child first each pass
-        for child in names[turn:] + names[:turn]:
-            room = self.child_cap - len(self.in_flight_child.get(child, ()))
-            if room <= 0:  # its due work, if any, waits for one of its own to end
-                self._held_back = True
-                continue
-            taken = service.claim_ready(lease, self.lease, min(room, free), now, None, child)
-            claims += taken
-            free -= len(taken)
-            if len(taken) == room or free == 0:
-                self._held_back = True  # more may be due, for this child or the next
-            if free == 0:
-                break
-        return claims
+        free = self.max_in_flight - len(self.in_flight)
+        return self.shares.claim(Service(store), lease, self.lease, free, now)
 
     def _spawn(self, c: Claim, silent: bool) -> None:
         if c.instruction_id in self.in_flight:  # cannot happen with leases; never run twice
@@ -232,18 +176,12 @@ class Despooler:
             return
         task = asyncio.create_task(self._attempt(c), name=f"instruction {c.instruction_id}")
         self.in_flight[c.instruction_id] = task
-        if silent:
-            self.in_flight_silent.add(c.instruction_id)
-        found = behind_child(c.server)
-        if found is not None:
-            self.in_flight_child.setdefault(found[0], set()).add(c.instruction_id)
+        self.shares.started(c, silent)
 
         def done(t: asyncio.Task[None]) -> None:
             if self.in_flight.get(c.instruction_id) is t:
                 del self.in_flight[c.instruction_id]
-                self.in_flight_silent.discard(c.instruction_id)
-                if found is not None:
-                    self.in_flight_child[found[0]].discard(c.instruction_id)
+                self.shares.ended(c)
                 self.wake.set()  # a slot is free: look for work at once
 
         task.add_done_callback(done)
@@ -437,11 +375,6 @@ def _mark_installed(
     instruction_id: int, lease: str, final: tuple[int, int, int, int], store: Store
 ) -> None:
     Service(store).mark_installed(instruction_id, lease, time.time(), final)
-
-
-def _silent(c: Claim, now: float, after: float) -> bool:
-    """Whether the claim's server has not been heard from lately (likely unreachable)."""
-    return c.server_last_seen is None or c.server_last_seen < now - after
 
 
 @dataclass
