@@ -6,7 +6,8 @@ are kept here as rows of ``servers`` named ``CHILD/SERVER`` (a grandchild's
 ``CHILD/GRANDCHILD/SERVER``), so a job's instructions name them like any other; their
 ``last_seen`` is put on the parent's clock (a report says how long ago, not when), so clocks
 that differ between sites do not make a server look stale or ahead. A child's server is
-online here while the child is (its reports arrive) and its child heard from it lately.
+online here while the child is (its reports arrive) and its child judges it online (or,
+for a child that does not say, heard from it lately).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 from packdist.config_values import format_rate
 from packdist.core.schedule import Schedule
-from packdist.protocol.hierarchy import ChildReport
+from packdist.protocol.hierarchy import ChildReport, ReportedServer
 from packdist.service.fleet import FleetUseCases
 from packdist.service.jobs import UNFINISHED, ended
 from packdist.states import InstructionState
@@ -88,6 +89,14 @@ class ChildSiteView:
             "windows": self.schedule.text(),
             "servers": [s.to_json(refs) for s in self.servers],
         }
+
+
+def _heard_ago(s: ReportedServer) -> float:
+    """How long ago the server counts as heard from here. One its child judges online (the
+    child knows its own fleet's heartbeat pace, which grows with the fleet) counts as heard
+    as of the report, so a large child's servers stay online here between their heartbeats."""
+    assert s.seen_ago is not None
+    return min(s.seen_ago, REPORT_INTERVAL) if s.online else s.seen_ago
 
 
 def child_view(
@@ -179,7 +188,7 @@ class HierarchyUseCases(FleetUseCases):
             woken = 0
             for s in report.servers:
                 name = f"{child.name}/{s.name}"
-                seen = None if s.seen_ago is None else now - s.seen_ago
+                seen = None if s.seen_ago is None else now - _heard_ago(s)
                 row = kept.get(name)
                 store.put_child_server(name, child.name, child.url, seen, s.disk_free, now, row)
                 gained = False

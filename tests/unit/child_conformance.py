@@ -58,6 +58,25 @@ class ChildSitesConformance:
         assert later.state == "offline"
         assert not any(s.online for s in later.servers)
 
+    def test_a_server_its_child_judges_online_is_online_here_between_its_heartbeats(
+        self, store: Store
+    ) -> None:
+        """A large child's agents heartbeat less often than a small site's bound; the child
+        knows its pace and says which are online: that judgment holds here too."""
+        service = Service(store)
+        service.add_child("br", "https://br.test:8700", "hash-br", T0)
+        report = _report(
+            ReportedServer("dp1", True, 40.0, None, ()),  # heard 40 s ago, within br's pace
+            ReportedServer("dp2", False, 40.0, None, ()),
+        )
+        service.record_child_report(_child(store), report, T0 + 100)
+        (view,) = service.child_sites(T0 + 101)
+        assert [(s.name, s.online) for s in view.servers] == [("br/dp1", True), ("br/dp2", False)]
+        assert [s.last_seen for s in view.servers] == [T0 + 97, T0 + 60]
+        # and the despooler counts dp1 as heard from: its work is not held back as silent
+        (dp1,) = [s for s in store.list_servers() if s.name == "br/dp1"]
+        assert dp1.last_seen == T0 + 97
+
     def test_a_child_that_returns_is_told_in_the_events(self, store: Store) -> None:
         service = Service(store)
         service.add_child("br", "https://br.test:8700", "hash-br", T0)
