@@ -9,7 +9,7 @@ No host forwards between its legs: the servers cannot reach hq, so every byte th
 crossed the WAN to br first. The tests read what crossed from the kernel's counters of br's
 WAN leg (every frame br received on it), and hold packdist to the issue's bounds: a package
 crosses once for all the servers behind br (1.1x), a pulled cable or a SIGKILLed branch
-resends little of it (1.15x), a window's close and reopen at most 5% of it.
+or central site resends little of it (1.15x), a window's close and reopen at most 5% of it.
 """
 
 from __future__ import annotations
@@ -334,6 +334,25 @@ def test_a_branch_site_killed_mid_transfer_resumes_where_it_stopped(
     wan.check("branch SIGKILLed half-way", package, 1.15)
     held = _chunks_held_at_each_fetch(sites, mark, 3)  # the restarted br kept what it had
     assert len(held) >= 2 and held[-1] >= 50, held
+
+
+def test_a_central_site_killed_mid_transfer_resumes_where_it_stopped(
+    sites: Hierarchy, tmp_path: Path
+) -> None:
+    """hq SIGKILLed with the package half across: its instruction's lease runs out and a
+    new attempt takes it over after the restart; br kept every chunk it had received and
+    asks only for the rest."""
+    src, package = _package(sites, tmp_path, 6, 16 * MiB)
+    mark = sites.br.log_path.stat().st_size
+    wan = WanMeter(sites)
+    job = _to_branch_servers(sites, 6)
+    _wait_crossed(sites, wan, package // 2, job)
+    sites.hq.kill()
+    sites.hq.start()
+    _assert_installed_behind_br(sites, job, 6, src)
+    wan.check("central site SIGKILLed half-way", package, 1.15)
+    held = _chunks_held_at_each_fetch(sites, mark, 6)
+    assert len(held) >= 2 and held[-1] >= 40, held
 
 
 def test_a_window_closing_mid_transfer_pauses_it_and_reopening_finishes_it(
