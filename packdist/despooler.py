@@ -35,10 +35,12 @@ from packdist.errors import (
     RemoteError,
     TransferError,
 )
+from packdist.protocol.agent_api import AgentClient
 from packdist.protocol.messages import InstallStatus
 from packdist.retry import RetryPolicy
-from packdist.sender import Sender, WindowClosed, behind_child
+from packdist.sender import Sender, TargetClient, WindowClosed, behind_child
 from packdist.service import Service
+from packdist.service.activation import ACTIVATE
 from packdist.site import cadence
 from packdist.site.install_inputs import InstallInputs, chunk_fault
 from packdist.site.library import ContentLibrary
@@ -286,7 +288,7 @@ class Despooler:
         repair = bool(c.options.get("repair"))  # a flag of the job: every attempt reads it
         token, peers = await self._peers(c)
         status: InstallStatus | None = await client.install(
-            manifest, signature, repair, peers, token
+            manifest, signature, repair, peers, token, c.job_id
         )
         moved_at, last_mark = time.monotonic(), None
         while not progress.lost:
@@ -302,9 +304,12 @@ class Despooler:
                         f"{c.server} reported package id {status.package_id[:12]}…,"
                         f" expected {c.package_id[:12]}…"
                     )
+                activate = bool(c.options.get(ACTIVATE))
+                if activate:  # installed and verified: now make it the active version
+                    await _activate(client, c)
                 final = (progress.received, progress.total, progress.from_peers, progress.done)
                 await self.results(
-                    functools.partial(_mark_installed, c.instruction_id, c.lease, final)
+                    functools.partial(_mark_installed, c.instruction_id, c.lease, final, activate)
                 )
                 self.inputs.installed(c.package_id, c.server)
                 if self.on_installed is not None:
@@ -330,7 +335,7 @@ class Despooler:
             status = await client.status(c.package_id, wait=LONG_POLL)
             if status is None:  # the agent restarted and forgot: ask again, it resumes
                 token, peers = await self._peers(c)
-                status = await client.install(manifest, signature, repair, peers, token)
+                status = await client.install(manifest, signature, repair, peers, token, c.job_id)
 
     async def _remove(self, c: Claim) -> None:
         """A removal: one call; the agent answers once the version is out of ``packages/``
@@ -372,9 +377,26 @@ class Despooler:
 
 
 def _mark_installed(
-    instruction_id: int, lease: str, final: tuple[int, int, int, int], store: Store
+    instruction_id: int,
+    lease: str,
+    final: tuple[int, int, int, int],
+    activated: bool,
+    store: Store,
 ) -> None:
-    Service(store).mark_installed(instruction_id, lease, time.time(), final)
+    service = Service(store)
+    mark = service.mark_activated if activated else service.mark_installed
+    mark(instruction_id, lease, time.time(), final)
+
+
+async def _activate(client: TargetClient, c: Claim) -> None:
+    if not isinstance(client, AgentClient):  # the service refuses such jobs; older ones
+        raise RemoteError(
+            f"activation behind a child site is not supported yet ({c.server})",
+            kind=ErrorKind.REFUSED,
+        )
+    answer = await client.activate(c.package_id, c.package_ref)
+    if answer.package != c.package_ref:
+        raise RemoteError(f"{c.server} activated {answer.package}, not {c.package_ref}")
 
 
 @dataclass

@@ -52,6 +52,7 @@ class Install:
     peers: list[Peer] = field(default_factory=list)  # where else chunks may come from
     me: str = ""  # this server's name, as the site and the peers know it
     bytes_from_peers: int = 0  # of bytes_wire, what came from peers
+    job: str = ""  # the site's job that asked for it (its later attempts join it)
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

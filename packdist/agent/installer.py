@@ -100,6 +100,7 @@ class Installer(FetchStage):
         repair: bool = False,
         peers: list[Peer] | None = None,
         me: str = "",
+        job: str = "",
     ) -> Install:
         """Begin (or join) the install of a signed manifest; never blocks on the network.
 
@@ -130,12 +131,18 @@ class Installer(FetchStage):
             current.state is InstallState.INSTALLING
             or (
                 current.state is InstallState.INSTALLED
-                # our look at installed.json may predate the end of that very install
-                and ((installed and not repair) or (current.ended_at or 0.0) >= checked_at)
+                # the same job asking again (its attempt was cut), or our look at
+                # installed.json may predate the end of that very install
+                and (
+                    (installed and not repair and current.job == job)
+                    or (current.ended_at or 0.0) >= checked_at
+                )
             )
         ):
             return current
-        inst = Install(pid, manifest.ref, manifest.total_size, peers=peers or [], me=me)
+        # another job asking for a version held already is answered afresh: the bytes of
+        # the install that brought it here are not its own
+        inst = Install(pid, manifest.ref, manifest.total_size, peers=peers or [], me=me, job=job)
         self.installs[pid] = inst
         if installed and not repair:
             inst.bytes_present = manifest.total_size

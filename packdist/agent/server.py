@@ -17,6 +17,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from packdist.agent import activation
+from packdist.agent.activation import refuse_removal_of_active
 from packdist.agent.home import DEFAULT_CACHE_LIMIT, AgentHome, is_package_id
 from packdist.agent.inputs import expect_handler, no_route, query_seconds, read_json
 from packdist.agent.installer import Installer, InstallState
@@ -45,6 +47,8 @@ from packdist.http import (
 )
 from packdist.protocol.chunk_stream import ChunkStreams, StreamStop
 from packdist.protocol.messages import (
+    ActivateAnswer,
+    ActivateRequest,
     InstallRequest,
     RemoveRequest,
 )
@@ -140,6 +144,7 @@ class Agent:
 
     async def start(self) -> None:
         self.home.prepare()
+        activation.clear_leftovers(self.home)
         self.installer.recover()
         self.installer.trim_cache()  # the limit may have changed since the last run
         link = self.link
@@ -193,6 +198,7 @@ class Agent:
         )
         app.router.add_post("/v1/validate", self.validate, expect_handler=expect_handler)
         app.router.add_post("/v1/remove", self.remove, expect_handler=expect_handler)
+        app.router.add_post("/v1/activate", self.activate, expect_handler=expect_handler)
         app.router.add_post(PEER_CHUNKS_PATH, self.peer_chunks, expect_handler=expect_handler)
         # last: every other path, so that expect_handler covers those too
         app.router.add_route("*", "/{anything:.*}", no_route, expect_handler=expect_handler)
@@ -243,6 +249,7 @@ class Agent:
                 repair=repair,
                 peers=peers,
                 me=self.server_name or "",
+                job=asked.job,
             )
         except IntegrityError as exc:  # a bad signature or manifest: the request's fault
             raise UserError(f"install refused: {exc.message}") from exc
@@ -264,6 +271,7 @@ class Agent:
                 return error_response(
                     409, f"{ref} is being installed on this agent; removal refused until it ends"
                 )
+        refuse_removal_of_active(self.home, ref)
         self.installer.removing.add(ref)  # no install of it starts until this ends
         try:
             was = await asyncio.to_thread(self.home.remove_version, ref, pid)
@@ -281,6 +289,18 @@ class Agent:
         return web.json_response(
             {"package_id": pid, "package": ref, "state": "removed", "was": was}
         )
+
+    async def activate(self, request: web.Request) -> web.Response:
+        """Make an installed version the active one (``packages/NAME/current``):
+        ``{"package_id": ID, "package": "NAME@VERSION"}``; answers the version active
+        before. Refused (400) for a version this agent does not hold."""
+        asked = ActivateRequest.from_json(await read_json(request))
+        done = await asyncio.to_thread(
+            activation.activate, self.home, asked.package, asked.package_id
+        )
+        if done.previous != done.package.partition("@")[2]:
+            log.info("%s is active (was %s)", done.package, done.previous or "none")
+        return web.json_response(ActivateAnswer(done.package, done.previous).to_json())
 
     async def validate(self, request: web.Request) -> web.Response:
         """Re-hash installed trees against their manifests: ``{"package_ids": [...]}`` (all

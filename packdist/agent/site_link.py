@@ -17,6 +17,7 @@ import logging
 import uuid
 from typing import Any
 
+from packdist.agent.activation import active_packages
 from packdist.agent.home import ENROLLMENT, AgentHome
 from packdist.agent.identity import AgentIdentity, SiteIdentityChanged, SiteKeyChanged
 from packdist.agent.peering import PeerService
@@ -152,6 +153,7 @@ class SiteLink:
             boot_id=self.boot_id,
             disk_free=self.home.free_bytes(),
             installed=sorted(set(self.home.installed().values())),
+            active=sorted(set(active_packages(self.home).values())),
         )
 
     async def heartbeat_loop(self, enrolled_now: bool) -> None:

@@ -16,12 +16,14 @@ from packdist.errors import PackdistError, UserError
 #: each command and where it lives: a command's module is imported when it runs (or help
 #: lists it), so ``status`` does not pay for the agent's and the site server's imports
 COMMANDS = {
+    "activate": ("activate_cmds", "activate"),
     "agent": ("agent_cmds", "agent"),
     "distribute": ("job_cmds", "distribute"),
     "events": ("event_cmds", "events"),
     "job": ("job_cmds", "job"),
     "operator": ("operator_cmds", "operator"),
     "package": ("package_cmds", "package"),
+    "rollback": ("activate_cmds", "rollback"),
     "server": ("server_cmds", "server"),
     "site": ("site_cmds", "site"),
     "status": ("status_cmds", "status"),

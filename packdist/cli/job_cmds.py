@@ -19,9 +19,9 @@ from packdist.cli.common import (
     resolve_home,
 )
 from packdist.cli.job_view import RateMeter, _job_table, _plain_line
+from packdist.cli.targets import choose_targets, one_target_option, target_options
 from packdist.core.names import parse_ref
-from packdist.errors import NoTargets, NotFound, UserError
-from packdist.protocol.hierarchy import check_reported_name  # CHILD/SERVER too
+from packdist.errors import NotFound, UserError
 from packdist.service import Service
 from packdist.service.jobs import named
 from packdist.site.home import SiteHome
@@ -153,15 +153,7 @@ def _wait(
 @click.command()
 @home_option
 @click.argument("ref")
-@click.option("--to", "to", help="Comma-separated server names.")
-@click.option("--group", "group", help="Every server of this group.")
-@click.option("--all", "all_servers", is_flag=True, help="Every server.")
-@click.option(
-    "--site",
-    "child",
-    metavar="CHILD",
-    help="Every server of this child site and of its own children.",
-)
+@target_options()
 @click.option(
     "--max-attempts", type=click.IntRange(min=1), help="Give a target up after N attempts."
 )
@@ -196,33 +188,14 @@ def distribute(
     """Distribute NAME@VERSION to servers: one instruction per target."""
     if timeout is not None and not wait:
         raise UserError("--timeout needs --wait")
-    chosen = [x for x in (to, group, all_servers or None, child) if x]
-    if len(chosen) != 1:
-        raise UserError("choose the targets with exactly one of --to, --group, --all or --site")
+    one_target_option(to, group, all_servers, child)
     name, version = parse_ref(ref)
     store = SiteHome.open(resolve_home()).store()
     try:
         pkg = store.find_package(name, version)
         if pkg is None:
             raise NotFound(f"no package {name}@{version}")
-        if to:
-            targets = [check_reported_name(s.strip()) for s in to.split(",") if s.strip()]
-            if not targets:
-                raise NoTargets("--to names no server")
-        elif group:
-            targets = store.servers_in_group(group)
-            if not targets:
-                raise NoTargets(f"group {group} has no servers")
-        elif child:
-            if store.child_site(child) is None:
-                raise NotFound(f"no child site named {child} (see 'packdist site children')")
-            targets = [n for n in store.server_names() if n.startswith(f"{child}/")]
-            if not targets:
-                raise NoTargets(f"child site {child} has reported no servers yet")
-        else:
-            targets = store.server_names()
-            if not targets:
-                raise NoTargets("there are no servers (add one with 'packdist server add')")
+        targets = choose_targets(store, to, group, all_servers, child)
         options = {"peers": False} if no_peers else {}
         job_id = Service(store, operator_name()).distribute(
             pkg.id, targets, time.time(), max_attempts, deadline, options

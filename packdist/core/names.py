@@ -33,7 +33,15 @@ def check_package_name(value: str) -> str:
     return _check("package name", value)
 
 
+#: ``packages/NAME/current`` names the active version on a server: no version is called so
+CURRENT = "current"
+
+
 def check_version(value: str) -> str:
+    if value == CURRENT:
+        raise InvalidName(
+            f"version {CURRENT!r} is reserved: packages/NAME/{CURRENT} names the active version"
+        )
     return _check("version", value)
 
 

@@ -1,5 +1,5 @@
 """The site's client of an agent: "install this signed manifest", "how far are you?",
-"stop", "remove this version", "re-hash what you hold"."""
+"stop", "remove this version", "make this version active", "re-hash what you hold"."""
 
 from __future__ import annotations
 
@@ -11,7 +11,13 @@ from packdist.auth import site_assertion
 from packdist.core.signing import SigningKey
 from packdist.errors import RemoteError, UserError
 from packdist.http import CONTROL, HOLDER_HEADER, Timeouts, request
-from packdist.protocol.messages import InstallRequest, InstallStatus, RemoveRequest
+from packdist.protocol.messages import (
+    ActivateAnswer,
+    ActivateRequest,
+    InstallRequest,
+    InstallStatus,
+    RemoveRequest,
+)
 
 #: a validation answers once every byte is re-hashed: allow it time
 VALIDATE = Timeouts(connect=3.0, read=3600.0, total=3600.0)
@@ -38,8 +44,9 @@ class AgentClient:
         repair: bool = False,
         peers: list[dict[str, Any]] | None = None,
         peer_token: str = "",
+        job: str = "",
     ) -> InstallStatus:
-        body = InstallRequest(manifest, signature, repair, peers or [], peer_token).to_json()
+        body = InstallRequest(manifest, signature, repair, peers or [], peer_token, job).to_json()
         url = f"{self.base_url}/v1/install"
         async with request(
             self._session,
@@ -73,6 +80,22 @@ class AgentClient:
         ) as resp:
             data: dict[str, Any] = await resp.json()
             return data
+
+    async def activate(self, package_id: str, ref: str) -> ActivateAnswer:
+        """Make ``ref`` (installed there) the active version of its package on the agent."""
+        url = f"{self.base_url}/v1/activate"
+        async with request(
+            self._session,
+            "POST",
+            url,
+            json=ActivateRequest(package_id, ref).to_json(),
+            headers=self._headers("POST", url),
+            timeouts=CONTROL,
+        ) as resp:
+            try:
+                return ActivateAnswer.from_json(await resp.json())
+            except UserError as exc:
+                raise RemoteError(f"{self.server} answered: {exc.message}") from exc
 
     async def status(self, package_id: str, wait: float = 0.0) -> InstallStatus | None:
         """The agent's view of an install; None if it does not know it (it restarted).

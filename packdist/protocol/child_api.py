@@ -71,9 +71,10 @@ class ChildClient:
         repair: bool = False,
         peers: list[dict[str, Any]] | None = None,
         peer_token: str = "",
+        job: str = "",
     ) -> InstallStatus:
         """Have the child install the package on the server (peers are the child's own
-        business: none are passed on)."""
+        business: none are passed on; the child's own job asks its agent)."""
         body = {**InstallRequest(manifest, signature, repair).to_json(), "server": self.server}
         url = f"{self.base_url}{RELAY}/install"
         async with request(self._session, "POST", url, json=body, **self._call("POST", url)) as r:

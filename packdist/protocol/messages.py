@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from packdist.errors import ErrorKind, PackdistError, UserError, kind_named
 
@@ -56,12 +56,17 @@ class InstallRequest:
     #: the credential for every peer of ``peers`` that brings none of its own (one signature
     #: per install, not one per peer, and not repeated in each entry)
     peer_token: str = ""
+    #: the job asking: its later attempts join the install once it ended (its bytes are
+    #: theirs); another job's request for a version held already is answered afresh
+    job: str = ""
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
             "manifest": base64.b64encode(self.manifest).decode(),
             "signature": base64.b64encode(self.signature).decode(),
         }
+        if self.job:
+            body["job"] = self.job
         if self.repair:
             body["repair"] = True
         if self.peers:
@@ -83,8 +88,11 @@ class InstallRequest:
         token = body.get("peer_token", "")
         if not isinstance(token, str):
             raise UserError(f"malformed {what}: peer_token must be a string")
+        job = body.get("job", "")
+        if not isinstance(job, str) or len(job) > 64:
+            raise UserError(f"malformed {what}: job must be a job id")
         manifest, signature = _b64(body, "manifest", what), _b64(body, "signature", what)
-        return cls(manifest, signature, repair, peers, token)
+        return cls(manifest, signature, repair, peers, token, job)
 
 
 @dataclass(frozen=True)
@@ -140,6 +148,7 @@ class Heartbeat:
     boot_id: str
     disk_free: int | None
     installed: list[str]  # package ids held, verified
+    active: list[str] = field(default_factory=list)  # of those, the active versions' ids
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -158,7 +167,10 @@ class Heartbeat:
         installed = body.get("installed", [])
         if not isinstance(installed, list) or not all(isinstance(x, str) for x in installed):
             raise UserError("heartbeat installed must be a list of strings")
-        return cls(boot_id, disk_free, installed[:MAX_INSTALLED])
+        active = body.get("active", [])  # an older agent sends none
+        if not isinstance(active, list) or not all(isinstance(x, str) for x in active):
+            raise UserError("heartbeat active must be a list of strings")
+        return cls(boot_id, disk_free, installed[:MAX_INSTALLED], active[:MAX_INSTALLED])
 
 
 @dataclass(frozen=True)
@@ -168,14 +180,16 @@ class RemoveRequest:
     package_id: str
     package: str  # NAME@VERSION
 
+    what = "remove request"
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, body: Any) -> RemoveRequest:
+    def from_json(cls, body: Any) -> Self:
         from packdist.core.names import parse_ref
 
-        body = _object(body, "remove request")
+        body = _object(body, cls.what)
         pid, ref = body.get("package_id"), body.get("package")
         try:
             if not isinstance(pid, str) or len(pid) != 64 or not _is_hex(pid):
@@ -184,8 +198,37 @@ class RemoveRequest:
                 raise UserError("package must be NAME@VERSION")
             name, version = parse_ref(ref)
         except PackdistError as exc:
-            raise UserError(f"malformed remove request: {exc.message}") from None
+            raise UserError(f"malformed {cls.what}: {exc.message}") from None
         return cls(pid, f"{name}@{version}")
+
+
+@dataclass(frozen=True)
+class ActivateRequest(RemoveRequest):
+    """The site to an agent: make this installed version the active one of its package
+    (``POST /v1/activate``; ``packages/NAME/current``)."""
+
+    what = "activate request"
+
+
+@dataclass(frozen=True)
+class ActivateAnswer:
+    """The agent's answer: the version now active, and the one active before."""
+
+    package: str  # NAME@VERSION
+    previous: str | None  # VERSION, or None: no version was active
+
+    def to_json(self) -> dict[str, Any]:
+        return {"state": "active", "package": self.package, "previous": self.previous}
+
+    @classmethod
+    def from_json(cls, body: Any) -> ActivateAnswer:
+        body = _object(body, "activate answer")
+        package, previous = body.get("package"), body.get("previous")
+        if body.get("state") != "active" or not isinstance(package, str):
+            raise UserError("an activate answer says state active and names the package")
+        if previous is not None and not isinstance(previous, str):
+            raise UserError("an activate answer's previous is a version or null")
+        return cls(package, previous)
 
 
 def _is_hex(text: str) -> bool:

@@ -9,7 +9,8 @@ decides in Python which instructions an event applies to, and words its events a
                  Service        jobs (distribute, remove, supersede, cancel, retry),
                     │           attempts (claim, settle by failure kind, leases),
                     │           fleet (packages, servers, heartbeats, validation, repairs),
-                    │           hierarchy (child sites, their reports)
+                    │           hierarchy (child sites, their reports),
+                    │           activation (active versions, rollback)
                   Store         named queries, rows mapped by column name; one writer of state
                     │
           SQLite  |  PostgreSQL
@@ -17,12 +18,12 @@ decides in Python which instructions an event applies to, and words its events a
 
 from __future__ import annotations
 
+from packdist.service.activation import ActivationUseCases
 from packdist.service.attempts import STOPPING_KINDS
-from packdist.service.hierarchy import HierarchyUseCases
 from packdist.store.core import Store
 
 
-class Service(HierarchyUseCases):
+class Service(ActivationUseCases):
     """Every use case, on one store (cheap to make: it holds only the store)."""
 
     def __init__(self, store: Store, actor: str | None = None) -> None:

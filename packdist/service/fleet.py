@@ -86,6 +86,7 @@ class FleetUseCases(AttemptUseCases):
         now: float,
         offline_after: float,
         reached_again: bool = False,
+        active: list[str] | None = None,
     ) -> int:
         """Record a heartbeat. If the server was silent (or restarted), wake its retrying
         instructions so they are due now; returns how many were woken. ``reached_again``:
@@ -104,6 +105,8 @@ class FleetUseCases(AttemptUseCases):
             store.record_liveness(server, boot_id, disk_free, now, came_back)
             # What the server holds, as it reports it: only changes are written.
             self.sync_holdings(server, store.holdings(server), installed, now)
+            if came_back and active:  # the agent's own word, after a restart or an absence
+                self.record_reported_active(server, active, now)
             if not came_back and not reached_again:
                 return 0
             woken = len(
@@ -129,6 +132,27 @@ class FleetUseCases(AttemptUseCases):
             if woken:
                 store.notify()
             return woken
+
+    def record_active(self, server: str, package_id: str, now: float) -> str | None:
+        """The agent confirmed ``package_id`` active on ``server``: recorded, with the one
+        it replaced as its previous. Returns the words of the change (None: no change)."""
+        store = self.store
+        pkg = store.package_by_id(package_id)
+        if pkg is None:
+            return None
+        before = store.active_versions(server).get(pkg.name)
+        if not store.set_active(server, pkg.name, package_id, now):
+            return None
+        was = None if before is None else store.package_by_id(before.package_id)
+        return f"{pkg.ref} active on {server}" + (f" (was {was.version})" if was else "")
+
+    def record_reported_active(self, server: str, active: list[str], now: float) -> None:
+        """What a heartbeat says is active (after a restart, or a first heartbeat):
+        taken where it differs from what the site recorded."""
+        for package_id in active:
+            words = self.record_active(server, package_id, now)
+            if words is not None:
+                self.store.add_event("active", words, server=server, now=now)
 
     def record_validation(
         self, server: str, package_id: str, problems: list[dict[str, str]], now: float

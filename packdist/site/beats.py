@@ -137,6 +137,7 @@ class Beats:
                     now,
                     offline_after,
                     reached_again,
+                    beat.active,
                 ),
                 counted=True,
             )

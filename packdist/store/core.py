@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from packdist.store.activations import ActivationQueries
 from packdist.store.catalog import CatalogQueries
 from packdist.store.children import ChildQueries
 from packdist.store.db import Database
@@ -19,7 +20,14 @@ from packdist.store.reports import ReportQueries
 from packdist.store.summaries import SummaryQueries
 
 
-class Store(CatalogQueries, ChildQueries, InstructionQueries, SummaryQueries, ReportQueries):
+class Store(
+    ActivationQueries,
+    CatalogQueries,
+    ChildQueries,
+    InstructionQueries,
+    SummaryQueries,
+    ReportQueries,
+):
     def __init__(self, db: Database) -> None:
         self.db = db
 

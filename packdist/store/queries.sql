@@ -588,3 +588,24 @@ INSERT INTO schema_version (version) VALUES (:version)
 
 -- name: notify [postgresql]
 SELECT pg_notify(:channel, '')
+
+-- === active versions ========================================================================
+
+-- name: active_of_server
+SELECT server, name, package_id, previous_id, since FROM server_active WHERE server = :server
+
+-- name: active_of_package
+SELECT server, name, package_id, previous_id, since FROM server_active
+WHERE name = :name AND server IN (:servers)
+
+-- name: active_exists
+SELECT 1 AS found FROM server_active WHERE server = :server AND name = :name
+
+-- name: switch_active
+-- the version active until now becomes the previous one
+UPDATE server_active SET previous_id = package_id, package_id = :package_id, since = :now
+WHERE server = :server AND name = :name AND package_id != :package_id
+
+-- name: insert_active
+INSERT INTO server_active (server, name, package_id, previous_id, since)
+VALUES (:server, :name, :package_id, NULL, :now)

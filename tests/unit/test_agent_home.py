@@ -409,6 +409,35 @@ def test_two_requests_at_once_make_one_install(home: AgentHome) -> None:
     assert sum(calls) == len(pkg.chunks)  # every chunk fetched once
 
 
+def test_another_job_asking_for_a_version_held_is_answered_afresh_with_nothing_sent(
+    home: AgentHome,
+) -> None:
+    """The job that brought the version joins its finished install (a cut attempt asking
+    again sees the bytes it moved); a later job sees only that it is there."""
+    pkg = v(6)
+    calls: list[int] = []
+
+    async def main() -> tuple[Install, Install, Install]:
+        installer = Installer(home, serve(pkg, calls=calls))
+        signers = TrustedSigners(KEY.public)
+        data, signature = pkg.manifest.canonical(), pkg.signed.signature
+        first = await installer.start(data, signature, signers, job="job1")
+        await first.finished.wait()
+        again = await installer.start(data, signature, signers, job="job1")
+        later = await installer.start(data, signature, signers, job="job2")
+        return first, again, later
+
+    first, again, later = asyncio.run(main())
+    assert again is first and first.bytes_wire > 0
+    assert later is not first
+    assert (later.state, later.bytes_wire, later.bytes_present) == (
+        InstallState.INSTALLED,
+        0,
+        pkg.manifest.total_size,
+    )
+    assert sum(calls) == len(pkg.chunks)  # fetched once
+
+
 # --- error wording ------------------------------------------------------------------------
 
 

@@ -278,9 +278,11 @@ def test_an_install_sends_no_repair_flag_and_no_peers_when_there_are_none(tmp_pa
             job_id = r.service().distribute(r.package_id, ["dp1"], time.time())
             return await drive(r, job_id, done)
 
-    (i,) = asyncio.run(scenario()).instructions
+    job = asyncio.run(scenario())
+    (i,) = job.instructions
     (body,) = agent.bodies
-    assert sorted(body) == ["manifest", "signature"]
+    assert sorted(body) == ["job", "manifest", "signature"]
+    assert body["job"] == job.id  # the job asking: its later attempts join the install
     assert (i.bytes_sent, i.bytes_total, i.bytes_from_peers, i.bytes_done) == (0, 0, 0, 0)
 
 

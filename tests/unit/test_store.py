@@ -41,6 +41,7 @@ for _suite in ("tests.unit.store_conformance", "tests.unit.child_conformance"):
     if _suite not in sys.modules:  # else pytest warns: too late to rewrite
         pytest.register_assert_rewrite(_suite)
 
+from tests.unit.activation_conformance import ActivationConformance  # noqa: E402
 from tests.unit.child_conformance import ChildSitesConformance  # noqa: E402
 from tests.unit.store_conformance import (  # noqa: E402
     T0,
@@ -111,7 +112,11 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
 
 
 class TestStoreConformance(
-    StoreConformance, WakeupConformance, PeersConformance, ChildSitesConformance
+    StoreConformance,
+    WakeupConformance,
+    PeersConformance,
+    ChildSitesConformance,
+    ActivationConformance,
 ):
     """The whole suite, once per backend in ``BACKENDS``."""
 

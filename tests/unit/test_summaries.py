@@ -305,6 +305,7 @@ DROP_SQLITE = (
     "ALTER TABLE servers DROP COLUMN child",  # and version 12's
     "ALTER TABLE instructions DROP COLUMN phase",
     "DROP TABLE child_sites",
+    "DROP TABLE server_active",  # and version 13's
     "PRAGMA user_version=7",
 )
 DROP_POSTGRESQL = (
@@ -326,6 +327,7 @@ DROP_POSTGRESQL = (
     "ALTER TABLE servers DROP COLUMN child",  # and version 12's
     "ALTER TABLE instructions DROP COLUMN phase",
     "DROP TABLE child_sites",
+    "DROP TABLE server_active",  # and version 13's
     "DELETE FROM schema_version WHERE version >= 8",
 )
 

@@ -1,0 +1,92 @@
+"""Which version of each package is active on this server: ``packages/NAME/current``, a
+symbolic link to ``VERSION`` (relative, so the home can move), switched atomically.
+
+The switch makes the new link under a temporary name beside it and renames it over
+``current``: a reader (a service started from ``packages/app/current/bin``) sees the old
+version or the new one, never neither. The folder is synced after the rename, so an
+activation the site was told of survives a power cut. Only a version installed here (in
+``installed.json`` with its tree in place) can be made active, and the active version is
+not removed from under its users (:func:`refuse_removal_of_active`).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from packdist.agent.home import AgentHome
+from packdist.core.fsutil import fsync_dir
+from packdist.core.names import CURRENT, check_version
+from packdist.errors import InvalidName, PackdistError, UserError
+
+TEMPORARY_PREFIX = ".current-"  # packages/NAME/.current-<hex>: a link on its way in
+
+
+@dataclass(frozen=True)
+class Activated:
+    package: str  # NAME@VERSION, now active
+    previous: str | None  # the version active before (None: none was)
+
+
+def active_version(home: AgentHome, name: str) -> str | None:
+    """The version ``packages/NAME/current`` points to, if it is an installed version's."""
+    link = home.packages / name / CURRENT
+    try:
+        target = os.readlink(link)
+    except (FileNotFoundError, OSError):
+        return None
+    try:
+        version = check_version(target)
+    except InvalidName:
+        return None  # not a link this agent made
+    return version if (link.parent / version).is_dir() else None
+
+
+def active_packages(home: AgentHome) -> dict[str, str]:
+    """NAME@VERSION -> package id of every active version (for the heartbeat)."""
+    held = home.installed()
+    active: dict[str, str] = {}
+    for ref, pid in held.items():
+        name, _, version = ref.partition("@")
+        if active_version(home, name) == version:
+            active[ref] = pid
+    return active
+
+
+def activate(home: AgentHome, ref: str, package_id: str) -> Activated:
+    """Make ``ref`` the active version of its package. Refused (the request is wrong, the
+    same again fails) unless this agent holds that version with that package id."""
+    name, _, version = ref.partition("@")
+    if home.installed().get(ref) != package_id:
+        raise UserError(f"{ref} is not installed on this agent: install it before activating")
+    folder = home.packages / name
+    previous = active_version(home, name)
+    if previous == version:
+        return Activated(ref, previous)
+    temporary = folder / f"{TEMPORARY_PREFIX}{secrets.token_hex(8)}"
+    try:
+        os.symlink(version, temporary)
+        os.rename(temporary, folder / CURRENT)
+        fsync_dir(folder)
+    except OSError as exc:
+        Path(temporary).unlink(missing_ok=True)
+        raise PackdistError(f"cannot activate {ref}: {exc.strerror or exc}") from exc
+    return Activated(ref, previous)
+
+
+def refuse_removal_of_active(home: AgentHome, ref: str) -> None:
+    """The active version stays until another is activated: its users run from it."""
+    name, _, version = ref.partition("@")
+    if active_version(home, name) == version:
+        raise UserError(
+            f"{ref} is the active version of {name} on this agent: activate another version"
+            " before removing it"
+        )
+
+
+def clear_leftovers(home: AgentHome) -> None:
+    """Temporary links a crash left between making and renaming them."""
+    for link in home.packages.glob(f"*/{TEMPORARY_PREFIX}*"):
+        link.unlink(missing_ok=True)
