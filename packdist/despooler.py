@@ -35,10 +35,9 @@ from packdist.errors import (
     RemoteError,
     TransferError,
 )
-from packdist.protocol.agent_api import AgentClient
 from packdist.protocol.messages import InstallStatus
 from packdist.retry import RetryPolicy
-from packdist.sender import Sender, TargetClient, WindowClosed, behind_child
+from packdist.sender import Sender, WindowClosed, activate, behind_child
 from packdist.service import Service
 from packdist.service.activation import ACTIVATE
 from packdist.site import cadence
@@ -304,12 +303,12 @@ class Despooler:
                         f"{c.server} reported package id {status.package_id[:12]}…,"
                         f" expected {c.package_id[:12]}…"
                     )
-                activate = bool(c.options.get(ACTIVATE))
-                if activate:  # installed and verified: now make it the active version
-                    await _activate(client, c)
+                activating = bool(c.options.get(ACTIVATE))
+                if activating:  # installed and verified: now make it the active version
+                    await activate(client, c)
                 final = (progress.received, progress.total, progress.from_peers, progress.done)
                 await self.results(
-                    functools.partial(_mark_installed, c.instruction_id, c.lease, final, activate)
+                    functools.partial(_mark_installed, c.instruction_id, c.lease, final, activating)
                 )
                 self.inputs.installed(c.package_id, c.server)
                 if self.on_installed is not None:
@@ -386,17 +385,6 @@ def _mark_installed(
     service = Service(store)
     mark = service.mark_activated if activated else service.mark_installed
     mark(instruction_id, lease, time.time(), final)
-
-
-async def _activate(client: TargetClient, c: Claim) -> None:
-    if not isinstance(client, AgentClient):  # the service refuses such jobs; older ones
-        raise RemoteError(
-            f"activation behind a child site is not supported yet ({c.server})",
-            kind=ErrorKind.REFUSED,
-        )
-    answer = await client.activate(c.package_id, c.package_ref)
-    if answer.package != c.package_ref:
-        raise RemoteError(f"{c.server} activated {answer.package}, not {c.package_ref}")
 
 
 @dataclass

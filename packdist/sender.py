@@ -16,7 +16,7 @@ import aiohttp
 from packdist.core import tls
 from packdist.core.schedule import Schedule
 from packdist.core.signing import SigningKey
-from packdist.errors import Busy, ConnectError
+from packdist.errors import Busy, ConnectError, ErrorKind, RemoteError
 from packdist.protocol.agent_api import AgentClient
 from packdist.protocol.child_api import ChildClient
 from packdist.site.store_runner import StoreRunner
@@ -76,3 +76,15 @@ class Sender:
             raise ConnectError(f"child site {name} reported an unusable authority: {exc}") from exc
         self._tls[name] = (record.ca, context)
         return context
+
+
+async def activate(client: TargetClient, c: Claim) -> None:
+    """Make the claim's version, installed there, the active one on its server."""
+    if not isinstance(client, AgentClient):  # the service refuses such jobs; older ones
+        raise RemoteError(
+            f"activation behind a child site is not supported yet ({c.server})",
+            kind=ErrorKind.REFUSED,
+        )
+    answer = await client.activate(c.package_id, c.package_ref)
+    if answer.package != c.package_ref:
+        raise RemoteError(f"{c.server} activated {answer.package}, not {c.package_ref}")
