@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import secrets
 from dataclasses import dataclass
-from pathlib import Path
 
 from packdist.agent.home import AgentHome
 from packdist.core.fsutil import fsync_dir
@@ -35,7 +34,7 @@ def active_version(home: AgentHome, name: str) -> str | None:
     link = home.packages / name / CURRENT
     try:
         target = os.readlink(link)
-    except (FileNotFoundError, OSError):
+    except OSError:  # no link (or not a link)
         return None
     try:
         version = check_version(target)
@@ -44,15 +43,12 @@ def active_version(home: AgentHome, name: str) -> str | None:
     return version if (link.parent / version).is_dir() else None
 
 
-def active_packages(home: AgentHome) -> dict[str, str]:
-    """NAME@VERSION -> package id of every active version (for the heartbeat)."""
-    held = home.installed()
-    active: dict[str, str] = {}
-    for ref, pid in held.items():
-        name, _, version = ref.partition("@")
-        if active_version(home, name) == version:
-            active[ref] = pid
-    return active
+def active_packages(home: AgentHome, held: dict[str, str]) -> dict[str, str]:
+    """Of ``held`` (NAME@VERSION -> package id, as ``installed()`` says), the active
+    versions (for the heartbeat): one look at each package's link."""
+    names = {ref.partition("@")[0] for ref in held}
+    active = {f"{name}@{v}" for name in names if (v := active_version(home, name)) is not None}
+    return {ref: pid for ref, pid in held.items() if ref in active}
 
 
 def activate(home: AgentHome, ref: str, package_id: str) -> Activated:
@@ -71,7 +67,7 @@ def activate(home: AgentHome, ref: str, package_id: str) -> Activated:
         os.rename(temporary, folder / CURRENT)
         fsync_dir(folder)
     except OSError as exc:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise PackdistError(f"cannot activate {ref}: {exc.strerror or exc}") from exc
     return Activated(ref, previous)
 

@@ -149,11 +149,12 @@ class SiteLink:
 
     def heartbeat_payload(self) -> Heartbeat:
         """What a heartbeat says (reads the disk: run it in a thread)."""
+        held = self.home.installed()  # one read of installed.json for both lists
         return Heartbeat(
             boot_id=self.boot_id,
             disk_free=self.home.free_bytes(),
-            installed=sorted(set(self.home.installed().values())),
-            active=sorted(set(active_packages(self.home).values())),
+            installed=sorted(set(held.values())),
+            active=sorted(set(active_packages(self.home, held).values())),
         )
 
     async def heartbeat_loop(self, enrolled_now: bool) -> None:

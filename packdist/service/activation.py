@@ -96,7 +96,9 @@ class ActivationUseCases(HierarchyUseCases):
             self.mark_installed(instruction_id, owner, now, final_bytes)
             row = store.instruction(instruction_id)
             assert row is not None
-            job = store.get_job(str(row["job_id"]))
-            words = self.record_active(str(row["server"]), job.package_id, now)
+            server, job_id = str(row["server"]), str(row["job_id"])
+            # the package from the instruction's row: not the whole job with its
+            # instructions (thousands), once per server
+            words = self.record_active(server, str(row["package_id"]), now)
             if words is not None:
-                store.add_event("active", words, job.id, str(row["server"]), now=now)
+                store.add_event("active", words, job_id, server, now=now)

@@ -38,7 +38,7 @@ class SlotShares:
         self.held_back = False
         free = min(CLAIM_BATCH, free)
         after = self.silent_after()
-        own = self._claim_own(service, lease, lease_seconds, free, now)
+        own = self._claim_own(service, lease, lease_seconds, free, now, after)
         claims = [(c, silent(c, now, after)) for c in own]
         if len(claims) < free:
             children = self._claim_children(service, lease, lease_seconds, free - len(claims), now)
@@ -59,7 +59,13 @@ class SlotShares:
             self.by_child.get(found[0], set()).discard(c.instruction_id)
 
     def _claim_own(
-        self, service: Service, lease: str, lease_seconds: float, free: int, now: float
+        self,
+        service: Service,
+        lease: str,
+        lease_seconds: float,
+        free: int,
+        now: float,
+        after: float,
     ) -> list[Claim]:
         """This site's own servers: first up to the room left for servers not heard from
         lately, then, for the rest, only servers that were."""
@@ -70,7 +76,6 @@ class SlotShares:
             if first
             else []
         )
-        after = self.silent_after()
         quiet = sum(1 for c in claims if silent(c, now, after))
         # the rest, of servers heard from lately (unless the first took fewer than it might:
         # then nothing else is due)

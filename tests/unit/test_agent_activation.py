@@ -37,7 +37,7 @@ def test_activating_points_current_at_the_version_and_says_which_was_active(
     assert (link / "bin" / "run").read_text() == "1.0"
     assert activation.activate(home, "app@2.0", PID2).previous == "1.0"
     assert (link / "bin" / "run").read_text() == "2.0"
-    assert activation.active_packages(home) == {"app@2.0": PID2}
+    assert activation.active_packages(home, home.installed()) == {"app@2.0": PID2}
     # the same again changes nothing
     assert activation.activate(home, "app@2.0", PID2).previous == "2.0"
 
@@ -85,7 +85,7 @@ def test_a_link_the_agent_did_not_make_counts_as_no_active_version(tmp_path: Pat
     home = _home(tmp_path)
     os.symlink("/etc", home.packages / "app" / "current")
     assert activation.active_version(home, "app") is None
-    assert activation.active_packages(home) == {}
+    assert activation.active_packages(home, home.installed()) == {}
     activation.activate(home, "app@1.0", PID1)  # and it is replaced by a real activation
     assert activation.active_version(home, "app") == "1.0"
 
