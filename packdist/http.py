@@ -56,6 +56,7 @@ from packdist.errors import (
     DiskFull,
     ErrorKind,
     Forbidden,
+    HealthCheckFailed,
     NotFound,
     Overloaded,
     PackdistError,
@@ -292,6 +293,8 @@ def status_of(exc: PackdistError) -> int:
         return 400
     if isinstance(exc, DiskFull):
         return 507
+    if isinstance(exc, HealthCheckFailed):
+        return 422
     if isinstance(exc, RemoteTimeout):
         return 504
     if isinstance(exc, TransferError):

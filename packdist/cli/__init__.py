@@ -24,6 +24,7 @@ COMMANDS = {
     "operator": ("operator_cmds", "operator"),
     "package": ("package_cmds", "package"),
     "rollback": ("activate_cmds", "rollback"),
+    "rollout": ("rollout_cmds", "rollout"),
     "server": ("server_cmds", "server"),
     "site": ("site_cmds", "site"),
     "status": ("status_cmds", "status"),

@@ -52,6 +52,7 @@ from packdist.site.home import SiteHome
 from packdist.site.package_pull import PackagePulls
 from packdist.site.parent_link import Joined, ParentLink, load_joined
 from packdist.site.relay import Relay
+from packdist.site.rollout_driver import rollout_loop
 from packdist.site.serving_tls import SiteTLS, dialing_context, renewal_loop
 from packdist.site.store_runner import StoreRunner
 from packdist.site.validation import validation_loop
@@ -236,7 +237,10 @@ class SiteServer:
         despooler = asyncio.create_task(self.despooler.run(), name="despooler")
         flusher = asyncio.create_task(self.beats.flush_loop(), name="liveness")
         lag = asyncio.create_task(self.admission.watch_lag(), name="loop lag")
-        background = [despooler, flusher, lag]
+        rollouts = asyncio.create_task(
+            rollout_loop(self.db, self.despooler.wake.set), name="rollouts"
+        )
+        background = [despooler, flusher, lag, rollouts]
         self.children.on_woken = lambda n: self.despooler.wake.set()
         if self.parent is not None:
             ca = self.certificates.authority.pem.decode()

@@ -17,6 +17,7 @@ from packdist.store.children import ChildQueries
 from packdist.store.db import Database
 from packdist.store.instructions import InstructionQueries
 from packdist.store.reports import ReportQueries
+from packdist.store.rollouts import RolloutQueries
 from packdist.store.summaries import SummaryQueries
 
 
@@ -27,6 +28,7 @@ class Store(
     InstructionQueries,
     SummaryQueries,
     ReportQueries,
+    RolloutQueries,
 ):
     def __init__(self, db: Database) -> None:
         self.db = db

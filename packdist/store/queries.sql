@@ -589,6 +589,50 @@ INSERT INTO schema_version (version) VALUES (:version)
 -- name: notify [postgresql]
 SELECT pg_notify(:channel, '')
 
+-- === rollouts ===============================================================================
+
+-- name: insert_rollout
+INSERT INTO rollouts (id, package_id, state, error_threshold, wave_timeout, options, schedule,
+                      why, created_at, updated_at)
+VALUES (:id, :package_id, :state, :error_threshold, :wave_timeout, :options, :schedule,
+        NULL, :now, :now)
+
+-- name: insert_wave
+INSERT INTO rollout_waves (rollout, number, servers, state) VALUES (:rollout, :number, :servers, :state)
+
+-- name: rollout_by_id
+SELECT r.*, p.name, p.version FROM rollouts r JOIN packages p ON p.id = r.package_id
+WHERE r.id = :id
+
+-- name: rollouts_newest
+SELECT r.*, p.name, p.version FROM rollouts r JOIN packages p ON p.id = r.package_id
+ORDER BY r.created_at DESC, r.id LIMIT :limit
+
+-- name: rollouts_in_states
+SELECT r.*, p.name, p.version FROM rollouts r JOIN packages p ON p.id = r.package_id
+WHERE r.state IN (:states) ORDER BY r.created_at, r.id
+
+-- name: waves_of_rollout
+SELECT * FROM rollout_waves WHERE rollout = :rollout ORDER BY number
+
+-- name: waves_of_rollouts
+SELECT * FROM rollout_waves WHERE rollout IN (:rollouts) ORDER BY rollout, number
+
+-- name: set_rollout_why
+UPDATE rollouts SET why = :why WHERE id = :id
+
+-- name: rollout_transition
+-- THE one statement that sets a rollout's state (packdist.states.ROLLOUT_TRANSITIONS)
+UPDATE rollouts SET state = :to_state, updated_at = :now{assignments}
+WHERE id = :id AND state IN (:from_states)
+RETURNING id
+
+-- name: wave_transition
+-- THE one statement that sets a wave's state (packdist.states.WAVE_TRANSITIONS)
+UPDATE rollout_waves SET state = :to_state{assignments}
+WHERE rollout = :rollout AND number = :number AND state IN (:from_states)
+RETURNING number
+
 -- === active versions ========================================================================
 
 -- name: active_of_server
