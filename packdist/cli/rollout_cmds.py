@@ -23,8 +23,8 @@ from packdist.service import Service
 from packdist.service.rollout_plan import parse_waves
 from packdist.service.rollouts import DEFAULT_HEALTH_TIMEOUT, DEFAULT_WAVE_TIMEOUT, RolloutPlan
 from packdist.site.home import SiteHome
+from packdist.site.rollout_views import rollout_json, wave_counts
 from packdist.store.base import Store
-from packdist.store.rollouts import RolloutRecord
 
 
 @click.group()
@@ -162,7 +162,7 @@ def _command(text: str | None) -> list[str] | None:
 @json_option
 def show(rollout_id: str, as_json: bool) -> None:
     """A rollout, wave by wave."""
-    found, counts = _read(lambda s: _with_counts(s, Service(s).get_rollout(rollout_id)))
+    found, counts = _read(lambda s: (r := Service(s).get_rollout(rollout_id), wave_counts(s, r)))
     if as_json:
         print_json(rollout_json(found, counts))
         return
@@ -252,39 +252,7 @@ def _read(fn: Any) -> Any:
         store.close()
 
 
-def _with_counts(
-    store: Store, found: RolloutRecord
-) -> tuple[RolloutRecord, dict[str, dict[str, int]]]:
-    return found, store.job_counts([w.job_id for w in found.waves if w.job_id])
-
-
 def _names(servers: list[str]) -> str:
     return (
         ", ".join(servers) if len(servers) <= 3 else f"{', '.join(servers[:2])} +{len(servers) - 2}"
     )
-
-
-def rollout_json(
-    r: RolloutRecord, counts: dict[str, dict[str, int]] | None = None
-) -> dict[str, Any]:
-    """As ``rollout show --json`` prints it (the contract's fields first)."""
-    waves = []
-    for w in r.waves:
-        doc: dict[str, Any] = {"servers": list(w.servers), "state": w.state.value, "job": w.job_id}
-        if counts is not None and w.job_id:
-            doc["counts"] = {k: v for k, v in counts.get(w.job_id, {}).items() if v}
-        doc["started_at"] = iso(w.started_at) if w.started_at else None
-        doc["failed"] = w.failed
-        waves.append(doc)
-    return {
-        "id": r.id,
-        "package": r.package_ref,
-        "state": r.state.value,
-        "waves": waves,
-        "why": r.why,
-        "error_threshold": r.error_threshold,
-        "wave_timeout": r.wave_timeout,
-        "activate": bool(r.options.get("activate")),
-        "schedule": Schedule.from_json(r.schedule).text(),
-        "created_at": iso(r.created_at),
-    }

@@ -14,6 +14,7 @@ them, see :mod:`packdist.site.operator`):
 * ``GET /metrics`` — Prometheus text; open to anyone if ``metrics.auth = false``.
 * ``POST /api/jobs/{id}/cancel``, ``POST /api/jobs/{id}/retry`` — role operator or admin;
   see :mod:`packdist.site.operator_api`.
+* ``GET /rollouts``, ``GET /rollouts/{id}`` and their API: :mod:`packdist.site.rollout_pages`.
 * ``GET /static/dashboard.{css,js}`` — open.
 """
 
@@ -42,6 +43,7 @@ from packdist.site.operator import (
     named_in,
 )
 from packdist.site.operator_api import Caller, OperatorApi, action_buttons
+from packdist.site.rollout_pages import RolloutPages
 from packdist.states import InstructionState
 from packdist.store.base import Store
 
@@ -389,4 +391,5 @@ def setup(app: web.Application, site: SiteServer) -> Dashboard:
     dashboard = Dashboard(site)
     dashboard.routes(app)
     OperatorApi(dashboard).routes(app)
+    RolloutPages(dashboard).routes(app)
     return dashboard

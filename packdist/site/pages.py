@@ -38,7 +38,7 @@ def _when(stamp: str | None, now: float) -> str:
     return f'<time datetime="{h(stamp)}" title="{h(stamp)}">{h(ago(_epoch(stamp), now))}</time>'
 
 
-def _badge(word: str) -> str:
+def badge(word: str) -> str:
     cls = word.replace(" ", "-")
     return f'<span class="badge s-{h(cls)}">{h(word)}</span>'
 
@@ -70,6 +70,7 @@ def page(title: str, site: str, body: str, logged_in: bool = True, refresh: bool
     nav = ""
     if logged_in:
         nav = (
+            '<a href="/rollouts" class="nav">Rollouts</a>'
             '<span id="conn" class="conn" role="status">live updates start in a moment</span>'
             '<form method="post" action="/logout" class="logout">'
             '<button type="submit">Log out</button></form>'
@@ -150,7 +151,7 @@ def _matrix(doc: dict[str, Any]) -> str:
         for s in servers:
             c = doc["matrix"][ref][s]
             word = c["word"]
-            label = _badge(word)
+            label = badge(word)
             if c.get("job"):
                 label = f'<a href="/jobs/{h(c["job"])}">{label}</a>'
             shown = c["detail"] and word != "installed"
@@ -178,7 +179,7 @@ def _tally(doc: dict[str, Any]) -> str:
     for ref in doc["packages"]:
         words = doc["tally"].get(ref, {})
         parts = " ".join(
-            f'<span class="count" data-word="{h(w)}">{_badge(w)} {n:,}</span>'
+            f'<span class="count" data-word="{h(w)}">{badge(w)} {n:,}</span>'
             for w, n in sorted(words.items(), key=lambda kv: -kv[1])
         )
         rows.append(
@@ -231,7 +232,7 @@ def job_block(job: dict[str, Any], now: float, link: bool = True, more: str = ""
         rows.append(
             f'<tr data-server="{h(i["server"])}" data-state="{h(i["state"])}">'
             f'<th scope="row">{h(i["server"])}</th>'
-            f'<td class="state">{_badge(i["state"])}</td>'
+            f'<td class="state">{badge(i["state"])}</td>'
             f"{bar}"
             f'<td class="num">{h(i["attempts"])}</td>'
             f'<td class="next">{h(nxt)}</td>'
@@ -250,7 +251,7 @@ def job_block(job: dict[str, Any], now: float, link: bool = True, more: str = ""
     return (
         f'<article class="job" id="job-{h(job["id"])}" data-state="{h(job["state"])}"'
         f' data-action="{h(job.get("action", "install"))}">'
-        f'<h3>{title} <span class="pkg">{h(what)}</span> {_badge(job["state"])}'
+        f'<h3>{title} <span class="pkg">{h(what)}</span> {badge(job["state"])}'
         f' <span class="muted">{done:,}/{total:,} {goal}{moved}'
         f" · created {_when(job['created_at'], now)}</span></h3>"
         '<table class="instructions"><thead><tr><th scope="col">server</th>'
@@ -265,7 +266,7 @@ def job_block(job: dict[str, Any], now: float, link: bool = True, more: str = ""
 def _counts(counts: dict[str, int]) -> str:
     """Per state, how many of the job's instructions are in it (the states it has)."""
     parts = [
-        f'<span class="count" data-state="{h(state)}">{_badge(state)} {n:,}</span>'
+        f'<span class="count" data-state="{h(state)}">{badge(state)} {n:,}</span>'
         for state, n in counts.items()
         if n
     ]
@@ -301,7 +302,7 @@ def child_sites_block(children: list[dict[str, Any]]) -> str:
         link += f", {c['waiting']}" if c["waiting"] else ""
         rows.append(
             f'<tr data-child="{h(c["name"])}"><th scope="row">{h(c["name"])}</th>'
-            f"<td>{_badge(c['state'] if c['state'] != 'never reported' else 'offline')}</td>"
+            f"<td>{badge(c['state'] if c['state'] != 'never reported' else 'offline')}</td>"
             f'<td title="{h(c["last_seen"] or "never")}">{h(c["last_seen_ago"])}</td>'
             f'<td class="num">{c["servers_online"]} of {c["servers_total"]}</td><td>{h(link)}</td>'
             f'<td class="muted">{h(c["url"])}</td></tr>'
@@ -324,7 +325,7 @@ def _servers(servers: list[dict[str, Any]]) -> str:
         pkgs = ", ".join(s["installed"]) or "none"
         rows.append(
             f'<tr data-server="{h(s["name"])}"><th scope="row">{h(s["name"])}</th>'
-            f"<td>{_badge('online' if s['online'] else 'offline')}</td>"
+            f"<td>{badge('online' if s['online'] else 'offline')}</td>"
             f'<td title="{h(s["last_seen"] or "never")}">{h(s["last_seen_ago"])}</td>'
             f'<td class="num">{h(disk)}</td><td>{h(pkgs)}</td>'
             f"<td>{h(', '.join(s['groups']))}</td>"
@@ -413,8 +414,11 @@ def _pager(job: dict[str, Any], page: dict[str, Any]) -> str:
     return " · ".join(parts)
 
 
-def not_found_page(site: str, what: str) -> str:
-    body = (
+def not_found_page_body(what: str) -> str:
+    return (
         f'<main class="narrow"><h1>Not found</h1><p>{h(what)}</p><p><a href="/">back</a></p></main>'
     )
-    return page("packdist: not found", site, body)
+
+
+def not_found_page(site: str, what: str) -> str:
+    return page("packdist: not found", site, not_found_page_body(what))

@@ -618,6 +618,11 @@ SELECT * FROM rollout_waves WHERE rollout = :rollout ORDER BY number
 -- name: waves_of_rollouts
 SELECT * FROM rollout_waves WHERE rollout IN (:rollouts) ORDER BY rollout, number
 
+-- name: rollout_events
+-- a rollout's own events: every one of them words its id first
+SELECT id, at, job_id, server, kind, message, actor FROM events
+WHERE kind = 'rollout' AND message LIKE :prefix ORDER BY id DESC LIMIT :limit
+
 -- name: set_rollout_why
 UPDATE rollouts SET why = :why WHERE id = :id
 

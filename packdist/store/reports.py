@@ -13,7 +13,7 @@ _SERVER_BATCH = 500  # names per query (SQLite's placeholders are limited)
 NO_LIMIT = 2**62  # a LIMIT both dialects take as "every row"
 
 
-def _event(row: Row) -> EventRecord:
+def event_record(row: Row) -> EventRecord:
     return EventRecord(
         id=row["id"],
         at=row["at"],
@@ -108,7 +108,7 @@ class ReportQueries:
             rows = self.db.rows("events_after", after=after_id, limit=most)
         else:
             rows = self.db.rows("job_events_after", after=after_id, job_id=job_id, limit=most)
-        return [_event(r) for r in rows]
+        return [event_record(r) for r in rows]
 
     def recent_events(self, limit: int, job_id: str | None = None) -> list[EventRecord]:
         """The newest ``limit`` events (of one job if given), oldest first."""
@@ -116,7 +116,7 @@ class ReportQueries:
             rows = self.db.rows("newest_events", limit=limit)
         else:
             rows = self.db.rows("newest_job_events", limit=limit, job_id=job_id)
-        return [_event(r) for r in reversed(rows)]
+        return [event_record(r) for r in reversed(rows)]
 
     def metrics_totals(self, transfer_bounds: tuple[float, ...]) -> MetricsTotals:
         instructions = {s.value: 0 for s in S}

@@ -18,6 +18,8 @@ from packdist import states
 from packdist.errors import InvalidTransition
 from packdist.states import RolloutState, WaveState
 from packdist.store.db import Database, Row
+from packdist.store.records import EventRecord
+from packdist.store.reports import event_record
 
 #: the columns besides ``state`` each kind of event may set
 ROLLOUT_SETS = frozenset({"why"})
@@ -115,6 +117,12 @@ class RolloutQueries:
         for w in self.db.rows("waves_of_rollouts", rollouts=[r["id"] for r in rows]):
             waves.setdefault(w["rollout"], []).append(w)
         return [_rollout(r, waves.get(r["id"], [])) for r in rows]
+
+    def rollout_events(self, rollout_id: str, limit: int = 100) -> list[EventRecord]:
+        """The rollout's own events (created, waves started and judged, paused, resumed),
+        oldest first."""
+        rows = self.db.rows("rollout_events", prefix=f"rollout {rollout_id}%", limit=limit)
+        return [event_record(r) for r in reversed(rows)]
 
     def set_rollout_why(self, rollout_id: str, why: str | None) -> None:
         """Why a rollout waits (a closed window), whatever its state; None: it does not."""

@@ -58,6 +58,7 @@ def test_an_operator_pauses_and_resumes_a_rollout(cluster: h.Cluster) -> None:
         "rollout", "create", "app@2.0", "--to", "dp3,dp1", "--waves", "1,100%",
         "--error-threshold", "100",
     )["rollout"]  # fmt: skip
+    h.wait_until(lambda: _show(cluster, rid)["waves"][0]["job"], 15, message="wave 1 started")
     assert site.cli("rollout", "pause", rid).stdout.strip() == f"rollout {rid} paused"
     assert _show(cluster, rid)["state"] == "paused"
     assert "is paused: cannot pause it" in _refused(cluster, "rollout", "pause", rid)
@@ -103,3 +104,35 @@ def test_a_rollout_that_cannot_work_is_refused_in_one_line_and_records_nothing(
 
 def test_an_unknown_rollout_is_named_in_the_refusal(cluster: h.Cluster) -> None:
     assert "no rollout r0000" in _refused(cluster, "rollout", "show", "r0000")
+
+
+def test_the_rollout_page_shows_its_waves_and_only_an_operator_may_pause_it(
+    cluster: h.Cluster,
+) -> None:
+    from tests.integration.test_operators import add_operator, bearer, call
+
+    site = cluster.site
+    rid = site.json(
+        "rollout", "create", "app@2.0", "--to", "dp3,dp2", "--waves", "1,100%",
+        "--error-threshold", "100",
+    )["rollout"]  # fmt: skip
+    viewer, ops = add_operator(site, "vera", "viewer"), add_operator(site, "olga", "operator")
+    h.wait_until(lambda: _show(cluster, rid)["waves"][0]["job"], 15, message="wave 1 started")
+    status, _, page = call(site, "GET", f"/rollouts/{rid}", bearer(viewer))
+    assert status == 200
+    text = page.decode()
+    assert f"Rollout {rid}" in text and "app@2.0" in text and "dp3" in text
+    assert "Pause rollout" not in text  # a viewer sees no buttons...
+    status, _, _ = call(site, "POST", f"/api/rollouts/{rid}/pause", bearer(viewer))
+    assert status == 403  # ...and its request changes nothing
+    assert _show(cluster, rid)["state"] == "running"
+    status, _, page = call(site, "GET", f"/rollouts/{rid}", bearer(ops))
+    assert "Pause rollout" in page.decode() and "Cancel rollout" in page.decode()
+    status, _, body = call(site, "POST", f"/api/rollouts/{rid}/pause", bearer(ops))
+    assert status == 200, body
+    assert _show(cluster, rid)["state"] == "paused"
+    status, _, listing = call(site, "GET", "/api/rollouts", bearer(viewer))
+    assert status == 200 and rid in listing.decode()
+    status, _, page = call(site, "GET", f"/rollouts/{rid}", bearer(viewer))
+    assert f"rollout {rid} paused by olga" in page.decode()
+    site.cli("rollout", "cancel", rid)

@@ -308,6 +308,7 @@ DROP_SQLITE = (
     "DROP TABLE server_active",  # and version 13's
     "DROP TABLE rollout_waves",  # and version 15's
     "DROP TABLE rollouts",
+    "DROP INDEX events_rollouts",
     "PRAGMA user_version=7",
 )
 DROP_POSTGRESQL = (
@@ -332,6 +333,7 @@ DROP_POSTGRESQL = (
     "DROP TABLE server_active",  # and version 13's
     "DROP TABLE rollout_waves",  # and version 15's
     "DROP TABLE rollouts",
+    "DROP INDEX events_rollouts",
     "DELETE FROM schema_version WHERE version >= 8",
 )
 

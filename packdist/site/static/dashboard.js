@@ -22,7 +22,8 @@
       .then(function (r) {
         var d = r.doc;
         if (r.status === 200) {
-          out.textContent = "cancelled" in d ? d.cancelled + " instruction(s) cancelled by " + d.by
+          out.textContent = "message" in d ? d.message
+            : "cancelled" in d ? d.cancelled + " instruction(s) cancelled by " + d.by
             : d.queued + " instruction(s) queued again by " + d.by;
         } else {
           out.textContent = d.error || "the site answered " + r.status;

@@ -25,3 +25,7 @@ CREATE TABLE rollout_waves (
     PRIMARY KEY (rollout, number)
 );
 CREATE INDEX rollouts_unfinished ON rollouts (state) WHERE state IN ('running', 'paused')
+
+;
+-- the rollout pages read a rollout's own events (kind rollout) without a scan of them all
+CREATE INDEX events_rollouts ON events (id) WHERE kind = 'rollout'
