@@ -24,6 +24,7 @@ from cryptography import x509
 
 from packdist.auth import token_fingerprint
 from packdist.core import tls
+from packdist.demo_rollout import rollout_story
 
 PACKDIST = [sys.executable, "-m", "packdist"]
 
@@ -295,6 +296,7 @@ def main() -> int:
             print(f"  {line}")
         say("The job's timeline, as the dashboard shows it")
         demo.run("events", "--job", job)
+        rollout_story(demo, src)
         branch_office(demo, src)
         print(f"\ndemo finished in {time.monotonic() - started:.0f}s")
         return 0

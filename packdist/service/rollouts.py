@@ -28,7 +28,7 @@ from packdist.service.activation import (
 )
 from packdist.service.jobs import named
 from packdist.service.rollout_plan import WaveSize, cut_waves, judge, spread_locations
-from packdist.states import RolloutState, WaveState
+from packdist.states import InstructionState, RolloutState, WaveState
 from packdist.store.rollouts import RolloutRecord, WaveRecord
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ __all__ = [
 
 DEFAULT_WAVE_TIMEOUT = 1800.0  # seconds: a wave whose servers never report is judged then
 ROLLOUT = "rollout"  # job option: the rollout a wave's job belongs to
+CAUSES_SHOWN = 3  # servers whose error a failed wave's words quote
 
 
 @dataclass(frozen=True)
@@ -241,7 +242,7 @@ class RolloutUseCases(ActivationUseCases):
         )
         why = (
             f"wave {wave.number} failed: {verdict.failed} of {n} server(s){timed_out}"
-            f" (threshold {rollout.error_threshold:g}%)"
+            f" (threshold {rollout.error_threshold:g}%){self._causes(wave.job_id, bool(timed_out))}"
         )
         if rollout.state is RolloutState.RUNNING:
             store.apply_rollout("halt", rollout.id, now, why=why)
@@ -250,3 +251,18 @@ class RolloutUseCases(ActivationUseCases):
             store.set_rollout_why(rollout.id, why)
         store.add_event("rollout", f"rollout {rollout.id}: {why}", wave.job_id, now=now)
         return True
+
+    def _causes(self, job_id: str | None, timed_out: bool) -> str:
+        """``: dp3: <its last error>; dp7: …`` for the first servers that failed a wave
+        (those still not installed too, when its timeout passed): the cause in words,
+        where the operator looks first."""
+        if job_id is None:
+            return ""
+        wanted = {InstructionState.FAILED, InstructionState.CANCELLED}
+        if timed_out:
+            wanted |= set(states.RECEIVING)
+        rows = self.store.job_instructions_page(job_id, wanted, limit=CAUSES_SHOWN)
+        words = [
+            f"{r['server']}: {r['last_error'] or (r['state'] + ', no error yet')}" for r in rows
+        ]
+        return f": {'; '.join(words)}" if words else ""

@@ -84,7 +84,9 @@ class RolloutConformance:
         service.advance_rollouts(T0 + 2)
         rollout = service.get_rollout(rid)
         assert rollout.state is RolloutState.PAUSED
-        assert rollout.why == "wave 1 failed: 1 of 2 server(s) (threshold 0%)"
+        assert rollout.why == (
+            "wave 1 failed: 1 of 2 server(s) (threshold 0%): dp2: health check failed"
+        )
         assert _waves(store, rid) == [WaveState.FAILED, WaveState.WAITING]
         for later in range(3, 30):
             service.advance_rollouts(T0 + later)
