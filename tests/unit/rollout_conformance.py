@@ -5,6 +5,8 @@ mark installed or failed), with an explicit clock."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from packdist.core.schedule import Schedule
@@ -15,7 +17,7 @@ from packdist.service.rollout_plan import parse_waves
 from packdist.service.rollouts import HEALTH_CHECK, ROLLOUT, RolloutPlan
 from packdist.states import RolloutState, WaveState
 from packdist.store.base import PackageRecord, Store
-from tests.unit.store_conformance import LEASE, T0, add_server
+from tests.unit.store_conformance import LEASE, T0, Backend, add_server
 
 SERVERS = [f"dp{n}" for n in range(1, 11)]
 
@@ -221,3 +223,36 @@ class RolloutConformance:
         rollout = service.get_rollout(service.create_rollout(plan, T0))
         first = set(rollout.waves[0].servers)
         assert first & {"s7", "s8"} and len(first & {"s1", "s2", "s3", "s4", "s5", "s6"}) == 3
+
+    def test_two_site_workers_advancing_one_rollout_at_once_start_each_wave_once(
+        self, backend: Backend, store: Store, pkg: PackageRecord
+    ) -> None:
+        _fleet(store)
+        servers = SERVERS[:5]
+        rid = Service(store).create_rollout(
+            RolloutPlan(pkg.id, servers, parse_waves("1,2,3,4,100%")), T0
+        )
+        other = backend.open()  # a second site worker: its own connection
+        barrier = threading.Barrier(2)
+        errors: list[BaseException] = []
+
+        def advance(s: Store, now: float) -> None:
+            try:
+                barrier.wait(5)
+                Service(s).advance_rollouts(now)
+            except BaseException as exc:  # seen by the test, not lost in the thread
+                errors.append(exc)
+
+        for step in range(12):
+            now = T0 + 10 * step
+            threads = [threading.Thread(target=advance, args=(s, now)) for s in (store, other)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(10)
+            _settle(store, now + 1)
+        assert errors == []
+        assert Service(store).get_rollout(rid).state is RolloutState.SUCCEEDED
+        jobs = store.list_jobs()
+        assert len(jobs) == 5  # one per wave, never two
+        assert sorted(i.server for j in jobs for i in store.get_job(j.id).instructions) == servers
