@@ -135,7 +135,7 @@ def create(
     sizes_text = ", ".join(str(len(w.servers)) for w in made.waves)
     click.echo(
         f"rollout {rollout_id}: {made.package_ref} to {len(made.servers)} server(s)"
-        f" in {len(made.waves)} waves ({sizes_text}); the first starts when 'site serve' runs"
+        f" in {len(made.waves)} waves ({sizes_text}); 'site serve' starts the first within a second"
     )
 
 
