@@ -15,6 +15,7 @@ them, see :mod:`packdist.site.operator`):
 * ``POST /api/jobs/{id}/cancel``, ``POST /api/jobs/{id}/retry`` — role operator or admin;
   see :mod:`packdist.site.operator_api`.
 * ``GET /rollouts``, ``GET /rollouts/{id}`` and their API: :mod:`packdist.site.rollout_pages`.
+* ``GET /servers/{name}`` and its API: :mod:`packdist.site.server_pages`.
 * ``GET /static/dashboard.{css,js}`` — open.
 """
 
@@ -44,6 +45,7 @@ from packdist.site.operator import (
 )
 from packdist.site.operator_api import Caller, OperatorApi, action_buttons
 from packdist.site.rollout_pages import RolloutPages
+from packdist.site.server_pages import ServerPages
 from packdist.states import InstructionState
 from packdist.store.base import Store
 
@@ -392,4 +394,5 @@ def setup(app: web.Application, site: SiteServer) -> Dashboard:
     dashboard.routes(app)
     OperatorApi(dashboard).routes(app)
     RolloutPages(dashboard).routes(app)
+    ServerPages(dashboard).routes(app)
     return dashboard

@@ -8,39 +8,20 @@ from the store goes through :func:`h` (``html.escape``); nothing here ever sees 
 
 from __future__ import annotations
 
-import datetime as dt
-import html
 import string
 from typing import Any
 
 from packdist.core.fsutil import human_bytes
 from packdist.core.timefmt import ago
-from packdist.site.views import EVENT_TITLES, JOB_PAGE
+from packdist.site.html_bits import _epoch, badge, h, server_link, when
+from packdist.site.timeline import events_block
+from packdist.site.views import JOB_PAGE
 from packdist.states import DONE
 
+# re-exported: these lived here before html_bits.py and timeline.py
+__all__ = ["badge", "events_block", "h", "server_link", "when"]
+
 REFRESH_WITHOUT_JS = 10  # seconds
-
-
-def h(value: Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
-
-
-def _epoch(stamp: str | None) -> float | None:
-    if not stamp:
-        return None
-    return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-
-
-def _when(stamp: str | None, now: float) -> str:
-    """``<time>`` with the ISO stamp as tooltip and "12s ago" as text."""
-    if not stamp:
-        return '<span class="muted">never</span>'
-    return f'<time datetime="{h(stamp)}" title="{h(stamp)}">{h(ago(_epoch(stamp), now))}</time>'
-
-
-def badge(word: str) -> str:
-    cls = word.replace(" ", "-")
-    return f'<span class="badge s-{h(cls)}">{h(word)}</span>'
 
 
 _PAGE = string.Template(
@@ -144,7 +125,7 @@ def _matrix(doc: dict[str, Any]) -> str:
     if not doc["packages"] or not servers:
         missing = "no packages yet" if not doc["packages"] else "no servers yet"
         return f'<section><h2>Packages &times; servers</h2><p class="muted">{missing}</p></section>'
-    head = "".join(f'<th scope="col">{h(s)}</th>' for s in servers)
+    head = "".join(f'<th scope="col">{server_link(s)}</th>' for s in servers)
     rows = []
     for ref in doc["packages"]:
         cells = []
@@ -231,7 +212,7 @@ def job_block(job: dict[str, Any], now: float, link: bool = True, more: str = ""
             )
         rows.append(
             f'<tr data-server="{h(i["server"])}" data-state="{h(i["state"])}">'
-            f'<th scope="row">{h(i["server"])}</th>'
+            f'<th scope="row">{server_link(i["server"])}</th>'
             f'<td class="state">{badge(i["state"])}</td>'
             f"{bar}"
             f'<td class="num">{h(i["attempts"])}</td>'
@@ -253,7 +234,7 @@ def job_block(job: dict[str, Any], now: float, link: bool = True, more: str = ""
         f' data-action="{h(job.get("action", "install"))}">'
         f'<h3>{title} <span class="pkg">{h(what)}</span> {badge(job["state"])}'
         f' <span class="muted">{done:,}/{total:,} {goal}{moved}'
-        f" · created {_when(job['created_at'], now)}</span></h3>"
+        f" · created {when(job['created_at'], now)}</span></h3>"
         '<table class="instructions"><thead><tr><th scope="col">server</th>'
         '<th scope="col">state</th><th scope="col">progress</th><th scope="col">bytes</th>'
         '<th scope="col" title="bytes received on the wire from the site / from peers">'
@@ -324,7 +305,7 @@ def _servers(servers: list[dict[str, Any]]) -> str:
         disk = human_bytes(s["disk_free"]) if s["disk_free"] is not None else "-"
         pkgs = ", ".join(s["installed"]) or "none"
         rows.append(
-            f'<tr data-server="{h(s["name"])}"><th scope="row">{h(s["name"])}</th>'
+            f'<tr data-server="{h(s["name"])}"><th scope="row">{server_link(s["name"])}</th>'
             f"<td>{badge('online' if s['online'] else 'offline')}</td>"
             f'<td title="{h(s["last_seen"] or "never")}">{h(s["last_seen_ago"])}</td>'
             f'<td class="num">{h(disk)}</td><td>{h(pkgs)}</td>'
@@ -341,22 +322,6 @@ def _servers(servers: list[dict[str, Any]]) -> str:
         f'<th scope="col">url</th></tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
         "</section>"
     )
-
-
-def events_block(events: list[dict[str, Any]], now: float, title: str = "Events") -> str:
-    if not events:
-        return f'<section><h2>{h(title)}</h2><p class="muted">nothing yet</p></section>'
-    items = []
-    for e in reversed(events):  # newest first
-        job = f'<a href="/jobs/{h(e["job"])}">job {h(e["job"])}</a>' if e["job"] else ""
-        server = f'<span class="server">{h(e["server"])}</span>' if e["server"] else ""
-        kind = EVENT_TITLES.get(e["kind"], e["kind"])
-        items.append(
-            f'<li class="event k-{h(e["kind"])}" data-kind="{h(e["kind"])}">'
-            f'{_when(e["at"], now)} <span class="kind">{h(kind)}</span> {job} {server}'
-            f' <span class="msg">{h(e["message"])}</span></li>'
-        )
-    return f'<section><h2>{h(title)}</h2><ol class="events">{"".join(items)}</ol></section>'
 
 
 # --- pages ------------------------------------------------------------------------------------

@@ -20,10 +20,11 @@ from aiohttp import web
 from packdist.errors import NotFound
 from packdist.service import Service
 from packdist.site import pages
+from packdist.site.html_bits import badge, h
 from packdist.site.operator import Role
 from packdist.site.operator_api import Caller, check_not_forged, require
-from packdist.site.pages import h
 from packdist.site.rollout_views import rollout_doc, rollout_json
+from packdist.site.timeline import events_block
 from packdist.site.views import event_json
 from packdist.states import RolloutState
 from packdist.store.base import Store
@@ -150,7 +151,7 @@ def list_content(docs: list[dict[str, Any]]) -> str:
         started = sum(1 for w in d["waves"] if w["job"])
         rows.append(
             f'<tr><td><a href="/rollouts/{h(d["id"])}">{h(d["id"])}</a></td>'
-            f'<td class="pkg">{h(d["package"])}</td><td>{pages.badge(d["state"])}</td>'
+            f'<td class="pkg">{h(d["package"])}</td><td>{badge(d["state"])}</td>'
             f"<td>{started}/{len(d['waves'])} started</td>"
             f'<td class="muted">{h(d["why"] or "")}</td></tr>'
         )
@@ -179,7 +180,7 @@ def _bar(counts: dict[str, int], total: int) -> str:
 def rollout_content(doc: dict[str, Any], now: float) -> str:
     head = (
         f'<section><h1>Rollout {h(doc["id"])} <span class="pkg">{h(doc["package"])}</span>'
-        f" {pages.badge(doc['state'])}</h1>"
+        f" {badge(doc['state'])}</h1>"
         + (f'<p class="why">{h(doc["why"])}</p>' if doc["why"] else "")
         + f'<p class="muted">error threshold {doc["error_threshold"]:g}%, wave timeout'
         f" {doc['wave_timeout']:g}s, windows: {h(doc['schedule'])}"
@@ -199,7 +200,7 @@ def rollout_content(doc: dict[str, Any], now: float) -> str:
         )
         job = f'<a href="/jobs/{h(w["job"])}">job {h(w["job"])}</a>' if w["job"] else ""
         rows.append(
-            f"<tr><td>{n}</td><td>{pages.badge(w['state'])}</td><td>{len(servers)}</td>"
+            f"<tr><td>{n}</td><td>{badge(w['state'])}</td><td>{len(servers)}</td>"
             f'<td class="bar">{_bar(w.get("counts") or {}, len(servers))}</td>'
             f'<td>{job}</td><td class="servers">{h(shown)}</td></tr>'
         )
@@ -208,7 +209,7 @@ def rollout_content(doc: dict[str, Any], now: float) -> str:
         "<th>progress</th><th>job</th><th>which</th></tr></thead>"
         f"<tbody>{''.join(rows)}</tbody></table></section>"
     )
-    return head + waves + pages.events_block(doc.get("events", []), now, "Timeline")
+    return head + waves + events_block(doc.get("events", []), now, "Timeline")
 
 
 def _json(doc: dict[str, Any]) -> web.Response:

@@ -589,6 +589,18 @@ INSERT INTO schema_version (version) VALUES (:version)
 -- name: notify [postgresql]
 SELECT pg_notify(:channel, '')
 
+-- === one server's page ======================================================================
+
+-- name: server_instructions_newest
+SELECT i.id, i.job_id, i.state, i.attempts, i.last_error, i.error_kind, i.next_attempt_at,
+    i.updated_at, j.action, p.name, p.version
+FROM instructions i JOIN jobs j ON j.id = i.job_id JOIN packages p ON p.id = j.package_id
+WHERE i.server = :server ORDER BY i.id DESC LIMIT :limit
+
+-- name: server_events_newest
+SELECT id, at, job_id, server, kind, message, actor FROM events WHERE server = :server
+ORDER BY id DESC LIMIT :limit
+
 -- === rollouts ===============================================================================
 
 -- name: insert_rollout

@@ -1,0 +1,67 @@
+"""The dashboard's pages for a fleet, on a real site over HTTPS: a server's own page (its
+heartbeat, labels, groups, what it holds and which version is active, its instructions
+with their causes, its timeline), and the timeline folding a server's repeated failures."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from tests import harness as h
+from tests.integration.test_operators import add_operator, bearer, call
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[h.Cluster]:
+    root = tmp_path_factory.mktemp("fleet-pages")
+    site = h.make_site(root)
+    agents = h.add_agents(site, root, ["dp1"])
+    site.add_server("dp9", "https://127.0.0.1:9", groups=["edge"])  # never heard from
+    c = h.Cluster(site, agents)
+    try:
+        h.start_all([site, *agents.values()])
+        src = h.make_tree(root / "src", {"a.bin": 40_000}, seed=1)
+        site.create_package(src, "app", "1.0")
+        yield c
+    finally:
+        c.close()
+
+
+def test_a_servers_page_shows_what_it_holds_and_its_instructions(cluster: h.Cluster) -> None:
+    site = cluster.site
+    site.cli("activate", "app@1.0", "--to", "dp1", "--wait", "--timeout", "60")
+    viewer = add_operator(site, "vic", "viewer")
+    status, _, body = call(site, "GET", "/servers/dp1", bearer(viewer))
+    page = body.decode()
+    assert status == 200
+    assert "Server dp1" in page and "online" in page
+    assert "app@1.0" in page and "active" in page
+    status, _, body = call(site, "GET", "/api/servers/dp1", bearer(viewer))
+    doc = json.loads(body)
+    assert (doc["installed"], doc["active"], doc["online"]) == (["app@1.0"], ["app@1.0"], True)
+    assert doc["instructions"][0]["state"] == "installed"
+    assert any("active on dp1" in e["message"] for e in doc["events"])
+
+
+def test_an_unreachable_servers_page_says_why_and_folds_its_retries(cluster: h.Cluster) -> None:
+    site = cluster.site
+    job = site.distribute("app@1.0", ["dp9"])
+    h.wait_until(
+        lambda: h.instruction(site.job(job), "dp9")["attempts"] >= 3, 60, message="3 attempts"
+    )
+    viewer = add_operator(site, "val", "viewer")
+    status, _, body = call(site, "GET", "/servers/dp9", bearer(viewer))
+    page = body.decode()
+    assert status == 200 and "offline" in page and "edge" in page
+    error = h.instruction(site.job(job), "dp9")["last_error"]
+    assert error and "127.0.0.1:9" in page
+    assert "earlier attempt" in page and "failed the same way" in page  # folded, not 3 lines
+    site.cli("job", "cancel", job)
+
+
+def test_an_unknown_server_has_a_page_that_says_so(cluster: h.Cluster) -> None:
+    viewer = add_operator(cluster.site, "vin", "viewer")
+    status, _, body = call(cluster.site, "GET", "/servers/nosuch", bearer(viewer))
+    assert status == 404 and "no server named nosuch" in body.decode()
