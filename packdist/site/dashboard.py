@@ -16,6 +16,7 @@ them, see :mod:`packdist.site.operator`):
   see :mod:`packdist.site.operator_api`.
 * ``GET /rollouts``, ``GET /rollouts/{id}`` and their API: :mod:`packdist.site.rollout_pages`.
 * ``GET /servers/{name}`` and its API: :mod:`packdist.site.server_pages`.
+* ``GET /search?q=`` and its API: :mod:`packdist.site.search_page`.
 * ``GET /static/dashboard.{css,js}`` — open.
 """
 
@@ -45,6 +46,7 @@ from packdist.site.operator import (
 )
 from packdist.site.operator_api import Caller, OperatorApi, action_buttons
 from packdist.site.rollout_pages import RolloutPages
+from packdist.site.search_page import SearchPage
 from packdist.site.server_pages import ServerPages
 from packdist.states import InstructionState
 from packdist.store.base import Store
@@ -395,4 +397,5 @@ def setup(app: web.Application, site: SiteServer) -> Dashboard:
     OperatorApi(dashboard).routes(app)
     RolloutPages(dashboard).routes(app)
     ServerPages(dashboard).routes(app)
+    SearchPage(dashboard).routes(app)
     return dashboard

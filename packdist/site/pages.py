@@ -13,6 +13,7 @@ from typing import Any
 
 from packdist.core.fsutil import human_bytes
 from packdist.core.timefmt import ago
+from packdist.site.causes_block import causes_block
 from packdist.site.html_bits import _epoch, badge, h, server_link, when
 from packdist.site.timeline import events_block
 from packdist.site.views import JOB_PAGE
@@ -51,6 +52,9 @@ def page(title: str, site: str, body: str, logged_in: bool = True, refresh: bool
     nav = ""
     if logged_in:
         nav = (
+            '<form method="get" action="/search" class="search" role="search">'
+            '<input type="search" name="q" placeholder="server, package or job" aria-label="Search">'
+            "</form>"
             '<a href="/rollouts" class="nav">Rollouts</a>'
             '<span id="conn" class="conn" role="status">live updates start in a moment</span>'
             '<form method="post" action="/logout" class="logout">'
@@ -340,8 +344,10 @@ def overview_content(doc: dict[str, Any], now: float) -> str:
 
 def job_content(doc: dict[str, Any], now: float) -> str:
     more = _pager(doc["job"], doc.get("page") or {})
-    return job_block(doc["job"], now, link=False, more=more) + events_block(
-        doc["events"], now, "Timeline"
+    return (
+        causes_block(doc["job"]["id"], doc.get("causes") or [], doc.get("troubled", 0))
+        + job_block(doc["job"], now, link=False, more=more)
+        + events_block(doc["events"], now, "Timeline")
     )
 
 

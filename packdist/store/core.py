@@ -18,6 +18,7 @@ from packdist.store.db import Database
 from packdist.store.instructions import InstructionQueries
 from packdist.store.reports import ReportQueries
 from packdist.store.rollouts import RolloutQueries
+from packdist.store.search import SearchQueries
 from packdist.store.server_history import ServerHistoryQueries
 from packdist.store.summaries import SummaryQueries
 
@@ -31,6 +32,7 @@ class Store(
     ReportQueries,
     RolloutQueries,
     ServerHistoryQueries,
+    SearchQueries,
 ):
     def __init__(self, db: Database) -> None:
         self.db = db

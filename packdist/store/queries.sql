@@ -601,6 +601,19 @@ WHERE i.server = :server ORDER BY i.id DESC LIMIT :limit
 SELECT id, at, job_id, server, kind, message, actor FROM events WHERE server = :server
 ORDER BY id DESC LIMIT :limit
 
+-- === search ==================================================================================
+
+-- name: search_servers
+SELECT name FROM servers WHERE removed = 0 AND name LIKE :pattern ESCAPE '\' ORDER BY name
+LIMIT :limit
+
+-- name: search_packages
+SELECT id, name, version FROM packages WHERE name LIKE :pattern ESCAPE '\' OR version = :text
+ORDER BY name, created_at DESC LIMIT :limit
+
+-- name: search_jobs
+SELECT id FROM jobs WHERE id LIKE :prefix ESCAPE '\' ORDER BY created_at DESC LIMIT :limit
+
 -- === rollouts ===============================================================================
 
 -- name: insert_rollout

@@ -65,3 +65,22 @@ def test_an_unknown_server_has_a_page_that_says_so(cluster: h.Cluster) -> None:
     viewer = add_operator(cluster.site, "vin", "viewer")
     status, _, body = call(cluster.site, "GET", "/servers/nosuch", bearer(viewer))
     assert status == 404 and "no server named nosuch" in body.decode()
+
+
+def test_search_finds_servers_packages_and_jobs_and_goes_straight_to_one(
+    cluster: h.Cluster,
+) -> None:
+    site = cluster.site
+    viewer = add_operator(site, "vim", "viewer")
+    status, _, body = call(site, "GET", "/api/search?q=dp", bearer(viewer))
+    doc = json.loads(body)
+    assert status == 200 and doc["servers"] == ["dp1", "dp9"]
+    status, _, body = call(site, "GET", "/api/search?q=app", bearer(viewer))
+    assert json.loads(body)["packages"] == ["app@1.0"]
+    status, headers, _ = call(site, "GET", "/search?q=dp9", bearer(viewer))
+    assert (status, headers["Location"]) == (303, "/servers/dp9")
+    job = site.jobs()[0]["id"]
+    status, headers, _ = call(site, "GET", f"/search?q={job}", bearer(viewer))
+    assert (status, headers["Location"]) == (303, f"/jobs/{job}")
+    status, _, body = call(site, "GET", "/search?q=%25_nothing", bearer(viewer))
+    assert status == 200 and "none" in body.decode()  # wildcards taken literally

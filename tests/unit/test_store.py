@@ -43,6 +43,7 @@ for _suite in ("tests.unit.store_conformance", "tests.unit.child_conformance"):
 
 from tests.unit.activation_conformance import ActivationConformance  # noqa: E402
 from tests.unit.child_conformance import ChildSitesConformance  # noqa: E402
+from tests.unit.fleet_conformance import FleetPagesConformance  # noqa: E402
 from tests.unit.rollout_conformance import RolloutConformance  # noqa: E402
 from tests.unit.store_conformance import (  # noqa: E402
     T0,
@@ -118,6 +119,7 @@ class TestStoreConformance(
     PeersConformance,
     ChildSitesConformance,
     RolloutConformance,
+    FleetPagesConformance,
     ActivationConformance,
 ):
     """The whole suite, once per backend in ``BACKENDS``."""
