@@ -17,6 +17,7 @@ them, see :mod:`packdist.site.operator`):
 * ``GET /rollouts``, ``GET /rollouts/{id}`` and their API: :mod:`packdist.site.rollout_pages`.
 * ``GET /servers/{name}`` and its API: :mod:`packdist.site.server_pages`.
 * ``GET /search?q=`` and its API: :mod:`packdist.site.search_page`.
+* ``GET /packages/{NAME@VERSION}`` and its API: :mod:`packdist.site.package_pages`.
 * ``GET /static/dashboard.{css,js}`` — open.
 """
 
@@ -45,6 +46,7 @@ from packdist.site.operator import (
     named_in,
 )
 from packdist.site.operator_api import Caller, OperatorApi, action_buttons
+from packdist.site.package_pages import PackagePages
 from packdist.site.rollout_pages import RolloutPages
 from packdist.site.search_page import SearchPage
 from packdist.site.server_pages import ServerPages
@@ -398,4 +400,5 @@ def setup(app: web.Application, site: SiteServer) -> Dashboard:
     RolloutPages(dashboard).routes(app)
     ServerPages(dashboard).routes(app)
     SearchPage(dashboard).routes(app)
+    PackagePages(dashboard).routes(app)
     return dashboard

@@ -38,3 +38,8 @@ def server_link(name: str) -> str:
 def badge(word: str) -> str:
     cls = word.replace(" ", "-")
     return f'<span class="badge s-{h(cls)}">{h(word)}</span>'
+
+
+def package_link(ref: str) -> str:
+    """A package version's name, linked to its page across the fleet."""
+    return f'<a class="pkg" href="/packages/{h(quote(ref, safe="@"))}">{h(ref)}</a>'

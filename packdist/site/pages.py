@@ -14,7 +14,7 @@ from typing import Any
 from packdist.core.fsutil import human_bytes
 from packdist.core.timefmt import ago
 from packdist.site.causes_block import causes_block
-from packdist.site.html_bits import _epoch, badge, h, server_link, when
+from packdist.site.html_bits import _epoch, badge, h, package_link, server_link, when
 from packdist.site.timeline import events_block
 from packdist.site.views import JOB_PAGE
 from packdist.states import DONE
@@ -146,7 +146,8 @@ def _matrix(doc: dict[str, Any]) -> str:
                 f' title="{h(c["detail"])}">{label}{why}</td>'
             )
         rows.append(
-            f'<tr data-package="{h(ref)}"><th scope="row">{h(ref)}</th>{"".join(cells)}</tr>'
+            f'<tr data-package="{h(ref)}"><th scope="row">{package_link(ref)}</th>'
+            f"{''.join(cells)}</tr>"
         )
     return (
         f'<section><h2>Packages &times; servers</h2>{_tally(doc)}<div class="scroll"><table class="matrix">'
@@ -168,7 +169,8 @@ def _tally(doc: dict[str, Any]) -> str:
             for w, n in sorted(words.items(), key=lambda kv: -kv[1])
         )
         rows.append(
-            f'<tr data-package="{h(ref)}"><th scope="row">{h(ref)}</th><td>{parts or "-"}</td></tr>'
+            f'<tr data-package="{h(ref)}"><th scope="row">{package_link(ref)}</th>'
+            f"<td>{parts or '-'}</td></tr>"
         )
     return (
         f'<p class="muted">{len(doc["servers"]):,} of {total:,} servers shown: those that'

@@ -601,6 +601,19 @@ WHERE i.server = :server ORDER BY i.id DESC LIMIT :limit
 SELECT id, at, job_id, server, kind, message, actor FROM events WHERE server = :server
 ORDER BY id DESC LIMIT :limit
 
+-- === one package's servers ===================================================================
+
+-- name: newest_instructions_of_package
+SELECT n.package_id, i.server, i.state, i.job_id, i.attempts, i.last_error,
+    i.next_attempt_at, i.bytes_sent, i.bytes_total, i.updated_at, j.action, i.error_kind
+FROM newest_instructions n JOIN servers s ON s.name = n.server
+JOIN instructions i ON i.id = n.instruction_id JOIN jobs j ON j.id = i.job_id
+WHERE s.removed = 0 AND n.package_id = :package_id
+
+-- name: holdings_of_package
+SELECT sp.server, sp.package_id, sp.corrupt FROM server_packages sp
+JOIN servers s ON s.name = sp.server WHERE s.removed = 0 AND sp.package_id = :package_id
+
 -- === search ==================================================================================
 
 -- name: search_servers

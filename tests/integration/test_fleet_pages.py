@@ -84,3 +84,27 @@ def test_search_finds_servers_packages_and_jobs_and_goes_straight_to_one(
     assert (status, headers["Location"]) == (303, f"/jobs/{job}")
     status, _, body = call(site, "GET", "/search?q=%25_nothing", bearer(viewer))
     assert status == 200 and "none" in body.decode()  # wildcards taken literally
+
+
+def test_a_packages_page_counts_its_servers_by_state_and_drills_down_to_them(
+    cluster: h.Cluster,
+) -> None:
+    site = cluster.site
+    job = site.distribute("app@1.0", ["dp1", "dp9"])
+    h.wait_until(
+        lambda: h.instruction(site.job(job), "dp9")["state"] == "retrying", 60, message="retry"
+    )
+    viewer = add_operator(site, "vip", "viewer")
+    status, _, body = call(site, "GET", "/api/packages/app@1.0", bearer(viewer))
+    doc = json.loads(body)
+    assert status == 200
+    assert doc["counts"] == {"installed": 1, "retrying": 1}
+    status, _, body = call(site, "GET", "/api/packages/app@1.0?word=retrying", bearer(viewer))
+    doc = json.loads(body)
+    assert [s["server"] for s in doc["servers"]] == ["dp9"]
+    assert "127.0.0.1:9" in doc["servers"][0]["detail"]
+    status, _, body = call(site, "GET", "/packages/app@1.0", bearer(viewer))
+    assert status == 200 and 'href="/packages/app@1.0?word=retrying"' in body.decode()
+    status, _, _ = call(site, "GET", "/packages/app@9.9", bearer(viewer))
+    assert status == 404
+    site.cli("job", "cancel", job)
