@@ -37,12 +37,17 @@ from packdist.store.base import Claim
 from packdist.store.sqlite import SQLiteStore
 from tests.pgcluster import Cluster
 
-for _suite in ("tests.unit.store_conformance", "tests.unit.child_conformance"):
+for _suite in (
+    "tests.unit.store_conformance",
+    "tests.unit.child_conformance",
+    "tests.unit.client_conformance",
+):
     if _suite not in sys.modules:  # else pytest warns: too late to rewrite
         pytest.register_assert_rewrite(_suite)
 
 from tests.unit.activation_conformance import ActivationConformance  # noqa: E402
 from tests.unit.child_conformance import ChildSitesConformance  # noqa: E402
+from tests.unit.client_conformance import ClientsConformance  # noqa: E402
 from tests.unit.store_conformance import (  # noqa: E402
     T0,
     Backend,
@@ -117,6 +122,7 @@ class TestStoreConformance(
     PeersConformance,
     ChildSitesConformance,
     ActivationConformance,
+    ClientsConformance,
 ):
     """The whole suite, once per backend in ``BACKENDS``."""
 

@@ -306,6 +306,8 @@ DROP_SQLITE = (
     "ALTER TABLE instructions DROP COLUMN phase",
     "DROP TABLE child_sites",
     "DROP TABLE server_active",  # and version 13's
+    "DROP TABLE clients",  # and version 14's
+    "DROP TABLE client_totals",
     "PRAGMA user_version=7",
 )
 DROP_POSTGRESQL = (
@@ -328,6 +330,8 @@ DROP_POSTGRESQL = (
     "ALTER TABLE instructions DROP COLUMN phase",
     "DROP TABLE child_sites",
     "DROP TABLE server_active",  # and version 13's
+    "DROP TABLE clients",  # and version 14's
+    "DROP TABLE client_totals",
     "DELETE FROM schema_version WHERE version >= 8",
 )
 
