@@ -25,8 +25,9 @@
 * Client credentials: the same again, handed by the site to a client (``packdist fetch``)
   with its sources. ``role`` is ``client`` and ``sub`` names the client, so an agent takes
   it without a certificate (a client has none) yet a server's own credential, which names
-  no role, still needs that server's certificate; it lives ``CLIENT_TTL`` (a fetch that
-  takes longer asks the site again, and a client removed meanwhile is refused there).
+  no role, still needs that server's certificate; it lives ``CLIENT_TTL``, and a fetch
+  asks the site for a new one at half that age, so a client removed meanwhile is refused
+  by the site at once and by agents once the one it holds expires.
   Client tokens are made and kept as enrollment tokens are (:func:`new_token`).
 """
 
@@ -50,7 +51,7 @@ ASSERTION_TTL = 30.0  # seconds a site credential lives
 PEER_TTL = 4 * 3600.0  # seconds a peer credential lives: long enough for one transfer (a
 # longer one falls back to the site for what is left; its next attempt gets new ones)
 PEER_CHUNKS_PATH = "/v1/peer/chunks"
-CLIENT_TTL = 600.0  # seconds a client credential lives
+CLIENT_TTL = 120.0  # seconds a client credential lives (a fetch renews it at half its life)
 CLIENT_ROLE = "client"  # the role claim of a client credential
 ANY_PEER = "*"  # the audience of a peer credential: no server's name can be this
 CLOCK_SKEW = 60.0  # how far ahead of the agent's clock the site's may be

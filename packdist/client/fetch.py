@@ -92,7 +92,13 @@ def fetch(
             if plan.missing:
                 streams = ChunkStreams(link.tls(), TIMEOUTS)
                 try:
-                    ask = Requester(streams, manifest.id.hex, answer.credential, token)
+                    ask = Requester(
+                        streams,
+                        manifest.id.hex,
+                        answer.credential,
+                        token,
+                        renew=lambda: link.sources(manifest.ref).credential,
+                    )
                     fetch_missing(plan, sources, ask, progress, say)
                 finally:
                     streams.close()

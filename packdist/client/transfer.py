@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from packdist.auth import PEER_CHUNKS_PATH
+from packdist.auth import CLIENT_TTL, PEER_CHUNKS_PATH
 from packdist.client.staging import WritePlan
 from packdist.core.codec import Encoding, decode
 from packdist.core.digest import Digest
-from packdist.errors import IntegrityError, PackdistError, TransferError
+from packdist.errors import AuthError, IntegrityError, PackdistError, TransferError
 from packdist.http import HOLDER_HEADER, MISSING, Frame, Timeouts
 from packdist.protocol.chunk_stream import ChunkStreams, StreamStop
 from packdist.protocol.client_api import Source
@@ -55,11 +56,34 @@ class Requester:
     """How each kind of source is asked: an agent on the peers' route with the site's
     client credential, the site on its chunk route with the client's token."""
 
-    def __init__(self, streams: ChunkStreams, package_id: str, credential: str, token: str) -> None:
+    def __init__(
+        self,
+        streams: ChunkStreams,
+        package_id: str,
+        credential: str,
+        token: str,
+        renew: Callable[[], str] | None = None,
+    ) -> None:
         self.streams = streams
         self.package_id = package_id
         self.credential = credential
         self.token = token
+        #: a new credential from the site (a new sources request), taken once this one is
+        #: half its life old: a long fetch goes on, and a client removed meanwhile is
+        #: refused (AuthError) from then on, by the site and so by the agents
+        self.renew = renew
+        self._issued = time.monotonic()
+
+    def _credential(self) -> str:
+        if self.renew is not None and time.monotonic() - self._issued > CLIENT_TTL / 2:
+            try:
+                self.credential = self.renew()
+                self._issued = time.monotonic()
+            except AuthError:
+                raise
+            except PackdistError as exc:  # the site unreachable: this one lives a while yet
+                log.info("could not renew the client credential: %s", exc.message)
+        return self.credential
 
     def __call__(self, source: Source, digests: list[Digest], stop: StreamStop) -> Iterator[Frame]:
         hexes = [d.hex for d in digests]
@@ -71,7 +95,7 @@ class Requester:
                 yield from self.streams.post(f"{source.url}/v1/chunks", headers, body, stop)
             else:
                 headers = {
-                    "Authorization": f"Bearer {self.credential}",
+                    "Authorization": f"Bearer {self._credential()}",
                     HOLDER_HEADER: f"server/{source.name}",
                 }
                 body = {"package": self.package_id, "digests": hexes, "wait": 0}

@@ -99,16 +99,24 @@ class ClientUseCases(ActivationUseCases):
         return package
 
     def client_fetched(self, client: ClientRecord, report: FetchReport, now: float) -> str:
-        """A client's fetch in place: counted, and an event; returns its words."""
+        """A client's fetch in place: counted, and an event; returns its words. Bytes are
+        counted only for sources that are the site or one of its servers: a report naming
+        others cannot grow the counts of ``/metrics`` without bound."""
         store = self.store
         with store.transaction():
             package = store.package_by_id(report.package_id)
             if package is None:
                 raise NotFound(f"no package {report.package_id[:12]}… on this site")
+            known = {
+                source: n
+                for source, n in report.by_source.items()
+                if source == SITE or store.server_liveness(source) is not None
+            }
+            report = FetchReport(report.package_id, known, report.local, report.seconds)
             words = report_words(client.name, f"{package.name}@{package.version}", report)
             store.count_client(package.id, SITE_SOURCE, fetches=1)
-            for source, n in report.by_source.items():
+            for source, n in known.items():
                 if n > 0:
-                    store.count_client(package.id, source or SITE, nbytes=n)
+                    store.count_client(package.id, source, nbytes=n)
             store.add_event("client", words, now=now)
         return words

@@ -11,7 +11,7 @@ from packdist.protocol.client_api import FetchReport
 from packdist.service import Service
 from packdist.store.base import Store
 from packdist.store.clients import SITE_SOURCE
-from tests.unit.store_conformance import T0, add_package
+from tests.unit.store_conformance import T0, add_package, add_server
 
 
 class ClientsConformance:
@@ -42,14 +42,15 @@ class ClientsConformance:
             assert service.client_asks(client, "app", "2", T0 + n).id == package.id
         with pytest.raises(NotFound):
             service.client_asks(client, "app", "3", T0)
-        words = service.client_fetched(
-            client, FetchReport(package.id, {"dp1": 3 * 2**20, "site": 2**20}, 0, 1.5), T0 + 5
-        )
+        add_server(store, "dp1")
+        told = {"dp1": 3 * 2**20, "site": 2**20, "nobody": 5 * 2**20}
+        words = service.client_fetched(client, FetchReport(package.id, told, 0, 1.5), T0 + 5)
         assert words == "client c1 fetched app@2 (3.0 MiB from dp1, 1.0 MiB from site)"
         totals = {(t.source, t.ref): t for t in store.client_totals()}
         own = totals[SITE_SOURCE, "app@2"]
         assert (own.requests, own.fetches) == (2, 1)
         assert totals["dp1", "app@2"].bytes == 3 * 2**20
         assert totals["site", "app@2"].bytes == 2**20
+        assert ("nobody", "app@2") not in totals  # not one of the site's servers
         seen = store.client_by_token_hash("hash-c1")
         assert seen is not None and seen.last_fetch == T0 + 1

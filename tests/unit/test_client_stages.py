@@ -6,18 +6,20 @@ failed, lying or empty one passed over at once, DIR replaced in one step."""
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from packdist.auth import CLIENT_TTL
 from packdist.client.commit import put_in_place
 from packdist.client.staging import Places, WritePlan, fill_locally, lay_out
-from packdist.client.transfer import Ask, Progress, fetch_missing
+from packdist.client.transfer import Ask, Progress, Requester, fetch_missing
 from packdist.core.digest import Digest
-from packdist.errors import ConnectError, TransferError, UserError
+from packdist.errors import AuthError, ConnectError, PackdistError, TransferError, UserError
 from packdist.http import MISSING, Frame
-from packdist.protocol.chunk_stream import StreamStop
+from packdist.protocol.chunk_stream import ChunkStreams, StreamStop
 from packdist.protocol.client_api import SITE, Source
 from tests.unit.test_agent_home import Package, package, raw_frame, tree_of
 
@@ -163,3 +165,33 @@ def test_a_second_fetch_into_the_same_dir_is_refused_while_one_runs(tmp_path: Pa
     places = Places.of(tmp_path / "app")
     with places.locked(), pytest.raises(UserError, match="another fetch"), places.locked():
         pass
+
+
+def test_a_long_fetch_renews_its_credential_and_a_refused_renewal_stops_it() -> None:
+    streams = ChunkStreams(ssl.create_default_context())
+    try:
+        asked: list[str] = []
+
+        def renew() -> str:
+            asked.append("renew")
+            return "new"
+
+        fresh = Requester(streams, "ab" * 32, "old", "token", renew)
+        list_of = [Digest.of(b"x")]
+        with pytest.raises(PackdistError):  # nobody listens there: but the renewal came first
+            list(fresh(Source("dp1", "http://127.0.0.1:9", None), list_of, StreamStop()))
+        assert asked == [] and fresh.credential == "old"  # young: kept
+        fresh._issued -= CLIENT_TTL
+        with pytest.raises(PackdistError):
+            list(fresh(Source("dp1", "http://127.0.0.1:9", None), list_of, StreamStop()))
+        assert asked == ["renew"] and fresh.credential == "new"
+
+        def refused() -> str:
+            raise AuthError("the site refused the token: unknown or removed client token")
+
+        removed = Requester(streams, "ab" * 32, "old", "token", refused)
+        removed._issued -= CLIENT_TTL
+        with pytest.raises(AuthError, match="removed client"):
+            list(removed(Source("dp1", "http://127.0.0.1:9", None), list_of, StreamStop()))
+    finally:
+        streams.close()
