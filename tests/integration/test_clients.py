@@ -206,3 +206,37 @@ def test_an_interrupted_fetch_resumes_with_the_chunks_it_had(
     assert doc["local"] >= MB, doc  # what the killed fetch had written and verified
     assert doc["local"] + doc["fetched"] >= 8 * MB, doc
     assert time.monotonic() - started < 60
+
+
+def test_a_client_credential_reads_one_package_at_the_agents_and_nothing_else(
+    cluster: h.Cluster, tmp_path: Path
+) -> None:
+    """What the site hands a client: good on the peers' chunk route for its package, no
+    other package and no other route; the site's own routes want the token."""
+    from packdist.client.link import SiteLink
+    from packdist.client.transfer import TIMEOUTS, Requester
+    from packdist.core.manifest import Manifest
+    from packdist.errors import AuthError
+    from packdist.protocol.chunk_stream import ChunkStreams, StreamStop
+
+    site = cluster.site
+    link = SiteLink(site.url, add_client(site, "c6", "a"))
+    answer = link.sources("app@1")
+    digest = next(iter(Manifest.parse(answer.manifest).chunk_sizes()))
+    dp1 = next(s for s in answer.sources if s.name == "dp1")
+    streams = ChunkStreams(link.tls(), TIMEOUTS)
+    try:
+        own = Requester(streams, answer.package_id, answer.credential, link.token)
+        frames = list(own(dp1, [digest], StreamStop()))
+        assert [f.digest for f in frames] == [digest]
+        other = Requester(streams, "cd" * 32, answer.credential, link.token)
+        with pytest.raises(AuthError, match="another package"):
+            list(other(dp1, [digest], StreamStop()))
+    finally:
+        streams.close()
+    auth = {"Authorization": f"Bearer {answer.credential}"}
+    ca = site.ca if site.tls else None
+    code, body = h.http_request("POST", f"{dp1.url}/v1/install", {}, auth, ca=ca)
+    assert code == 401, body
+    code, body = h.http_request("POST", f"{site.url}/v1/client/sources", {}, auth, ca=ca)
+    assert code == 401, body
