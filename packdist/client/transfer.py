@@ -111,14 +111,16 @@ def fetch_missing(
     ask: Ask,
     progress: Progress,
     say: Callable[[str], None] = lambda words: None,
+    slow_after: float = SLOW_AFTER,
 ) -> None:
     """Every chunk still missing in ``plan``, from ``sources`` in order; TransferError
-    naming each source's failure when some are left after the last."""
+    naming each source's failure when some are left after the last. A batch may take
+    ``slow_after`` seconds plus its bytes at ``MIN_RATE``."""
     for source in sources:
         if not plan.missing:
             return
         try:
-            _from_source(plan, source, ask, progress)
+            _from_source(plan, source, ask, progress, slow_after)
         except PackdistError as exc:
             progress.dropped.append((source.name, exc.message))
             left = len(plan.missing)
@@ -131,21 +133,28 @@ def fetch_missing(
         )
 
 
-def _from_source(plan: WritePlan, source: Source, ask: Ask, progress: Progress) -> None:
+def _from_source(
+    plan: WritePlan, source: Source, ask: Ask, progress: Progress, slow_after: float
+) -> None:
     size = SITE_BATCH if source.is_site else AGENT_BATCH
     wanted = list(plan.missing)
     for i in range(0, len(wanted), size):
         batch = [d for d in wanted[i : i + size] if d in plan.missing]
         if batch:
-            _batch(plan, source, ask, progress, batch)
+            _batch(plan, source, ask, progress, batch, slow_after)
 
 
 def _batch(
-    plan: WritePlan, source: Source, ask: Ask, progress: Progress, batch: list[Digest]
+    plan: WritePlan,
+    source: Source,
+    ask: Ask,
+    progress: Progress,
+    batch: list[Digest],
+    slow_after: float,
 ) -> None:
     """One request, bounded in time: a source too slow for it is stopped."""
     stop = StreamStop()
-    budget = SLOW_AFTER + sum(plan.sizes[d] for d in batch) / MIN_RATE
+    budget = slow_after + sum(plan.sizes[d] for d in batch) / MIN_RATE
     timer = threading.Timer(budget, stop.stop)
     timer.daemon = True
     timer.start()

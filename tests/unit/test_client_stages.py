@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -195,3 +196,33 @@ def test_a_long_fetch_renews_its_credential_and_a_refused_renewal_stops_it() -> 
             list(removed(Source("dp1", "http://127.0.0.1:9", None), list_of, StreamStop()))
     finally:
         streams.close()
+
+
+def test_a_slow_source_is_stopped_and_the_rest_comes_from_the_next(tmp_path: Path) -> None:
+    pkg = app(1)
+    places = Places.of(tmp_path / "app")
+
+    def slow(source: Source, digests: list[Digest], stop: StreamStop) -> Iterator[Frame]:
+        for d in digests:  # as a stream does: the stop ends the read it is blocked in
+            for _ in range(50):
+                stop.check()
+                time.sleep(0.01)
+            yield raw_frame(d, pkg.chunks[d])
+
+    plan = staged(places, pkg)
+    progress = Progress()
+    started = time.monotonic()
+    try:
+        fetch_missing(
+            plan,
+            [DP1, DP2],
+            by_source({"dp1": slow, "dp2": holding(pkg)}),
+            progress,
+            slow_after=0.3,
+        )
+    finally:
+        plan.close()
+    assert time.monotonic() - started < 5
+    assert not plan.missing and progress.by_source["dp2"] > 0
+    (why,) = [w for name, w in progress.dropped if name == "dp1"]
+    assert "too slow" in why
