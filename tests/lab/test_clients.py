@@ -1,6 +1,7 @@
 """Clients in the lab: a client takes its bytes from the server at its location, and falls
 back at once to the next source when that server's cable is pulled, before the fetch or
-in the middle of it (Configuration Manager's boundary groups wait 120 minutes by default).
+in the middle of it, or when it is slow (Configuration Manager's boundary groups wait 120
+minutes by default).
 
 Hosts: the site, dp1 (location a), dp2 (location b) and the client ``cl`` (location a),
 each in its network namespace on one bridge. The bytes per source are the fetch's own
@@ -117,3 +118,20 @@ def test_a_client_whose_server_is_unplugged_mid_fetch_finishes_from_the_next(
     assert doc["bytes"]["dp1"] + doc["bytes"]["dp2"] >= SIZE, doc
     assert [d["source"] for d in doc["dropped"]] == ["dp1"], doc
     assert took < DONE_WITHIN, doc
+
+
+def test_a_client_whose_nearest_server_is_slow_takes_the_rest_from_the_next(
+    lab: Lab, cluster: h.Cluster, tmp_path: Path
+) -> None:
+    """dp1's cable at 2 Mbit/s: a batch of chunks (about 8 MiB) takes it over half a minute,
+    longer than a batch may (10 s plus its bytes at 1 MB/s): dropped as slow, not waited on."""
+    token = _token(cluster.site, "c4")
+    lab.shape("dp1", rate="2mbit")
+    started = time.monotonic()
+    doc = _done(_fetch(lab, cluster.site, token, tmp_path / "app"))
+    took = time.monotonic() - started
+    h.assert_same_tree(tmp_path / "src", tmp_path / "app")
+    assert doc["bytes"].get("dp2", 0) > SIZE / 2, doc
+    (dropped,) = doc["dropped"]
+    assert dropped["source"] == "dp1" and "too slow" in dropped["error"], doc
+    assert took < 2 * DONE_WITHIN, doc
