@@ -18,8 +18,10 @@ from packdist.errors import PackdistError, UserError
 COMMANDS = {
     "activate": ("activate_cmds", "activate"),
     "agent": ("agent_cmds", "agent"),
+    "client": ("client_cmds", "client"),
     "distribute": ("job_cmds", "distribute"),
     "events": ("event_cmds", "events"),
+    "fetch": ("client_cmds", "fetch"),
     "job": ("job_cmds", "job"),
     "operator": ("operator_cmds", "operator"),
     "package": ("package_cmds", "package"),

@@ -324,7 +324,7 @@ class Dashboard:
 
         def collect(store: Store) -> str:
             totals = store.metrics_totals(metrics.TRANSFER_BOUNDS)
-            return metrics.render(totals, store.list_servers(), now)
+            return metrics.render(totals, store.list_servers(), now, store.client_totals())
 
         text = await self.site.db(collect)
         return web.Response(

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from packdist.store.activations import ActivationQueries
 from packdist.store.catalog import CatalogQueries
 from packdist.store.children import ChildQueries
+from packdist.store.clients import ClientQueries
 from packdist.store.db import Database
 from packdist.store.instructions import InstructionQueries
 from packdist.store.reports import ReportQueries
@@ -27,6 +28,7 @@ class Store(
     ActivationQueries,
     CatalogQueries,
     ChildQueries,
+    ClientQueries,
     InstructionQueries,
     SummaryQueries,
     ReportQueries,

@@ -696,3 +696,37 @@ WHERE server = :server AND name = :name AND package_id != :package_id
 -- name: insert_active
 INSERT INTO server_active (server, name, package_id, previous_id, since)
 VALUES (:server, :name, :package_id, NULL, :now)
+
+-- === clients ================================================================================
+
+-- name: client_exists
+SELECT name FROM clients WHERE name = :name
+
+-- name: insert_client
+INSERT INTO clients (name, token_hash, labels, created_at) VALUES (:name, :token_hash, :labels, :now)
+
+-- name: delete_client
+DELETE FROM clients WHERE name = :name
+
+-- name: client_by_token
+SELECT name, labels, created_at, last_fetch FROM clients WHERE token_hash = :token_hash
+
+-- name: list_clients
+SELECT name, labels, created_at, last_fetch FROM clients ORDER BY name
+
+-- name: client_fetching
+UPDATE clients SET last_fetch = :now WHERE name = :name
+
+-- name: count_client_totals
+-- a sources request, a fetch reported or the bytes from one source, added to what is counted
+INSERT INTO client_totals (package_id, source, requests, fetches, bytes)
+VALUES (:package_id, :source, :requests, :fetches, :bytes)
+ON CONFLICT (package_id, source) DO UPDATE SET
+    requests = client_totals.requests + excluded.requests,
+    fetches = client_totals.fetches + excluded.fetches,
+    bytes = client_totals.bytes + excluded.bytes
+
+-- name: client_totals
+SELECT t.package_id, p.name || '@' || p.version AS ref, t.source, t.requests, t.fetches, t.bytes
+FROM client_totals t JOIN packages p ON p.id = t.package_id
+ORDER BY t.package_id, t.source

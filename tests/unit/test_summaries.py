@@ -309,6 +309,8 @@ DROP_SQLITE = (
     "DROP TABLE rollout_waves",  # and version 15's
     "DROP TABLE rollouts",
     "DROP INDEX events_rollouts",
+    "DROP TABLE clients",  # and version 14's
+    "DROP TABLE client_totals",
     "PRAGMA user_version=7",
 )
 DROP_POSTGRESQL = (
@@ -334,6 +336,8 @@ DROP_POSTGRESQL = (
     "DROP TABLE rollout_waves",  # and version 15's
     "DROP TABLE rollouts",
     "DROP INDEX events_rollouts",
+    "DROP TABLE clients",  # and version 14's
+    "DROP TABLE client_totals",
     "DELETE FROM schema_version WHERE version >= 8",
 )
 
