@@ -46,6 +46,7 @@ from packdist.site.operator import (
     named_in,
 )
 from packdist.site.operator_api import Caller, OperatorApi, action_buttons
+from packdist.site.package_actions import PackageActions
 from packdist.site.package_pages import PackagePages
 from packdist.site.rollout_pages import RolloutPages
 from packdist.site.search_page import SearchPage
@@ -396,9 +397,6 @@ def setup(app: web.Application, site: SiteServer) -> Dashboard:
     """Add the dashboard, its API and ``/metrics`` to the site's application."""
     dashboard = Dashboard(site)
     dashboard.routes(app)
-    OperatorApi(dashboard).routes(app)
-    RolloutPages(dashboard).routes(app)
-    ServerPages(dashboard).routes(app)
-    SearchPage(dashboard).routes(app)
-    PackagePages(dashboard).routes(app)
+    for part in (OperatorApi, RolloutPages, ServerPages, SearchPage, PackagePages, PackageActions):
+        part(dashboard).routes(app)
     return dashboard

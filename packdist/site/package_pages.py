@@ -15,6 +15,7 @@ from packdist.core.names import parse_ref
 from packdist.errors import NotFound, PackdistError
 from packdist.site import pages, views
 from packdist.site.html_bits import badge, h, server_link
+from packdist.site.package_actions import action_form
 from packdist.store.base import Store
 
 if TYPE_CHECKING:
@@ -135,15 +136,18 @@ class PackagePages:
         app.router.add_get("/api/packages/{ref}", self.api)
 
     async def page(self, request: web.Request) -> web.Response:
-        await self.dashboard._page_guard(request)
+        caller = await self.dashboard._page_guard(request)
         ref, (word, offset), now = request.match_info["ref"], _paging(request), time.time()
         site = self.dashboard.site.site_name
         try:
             doc = await self.dashboard.site.db(lambda s: package_doc(s, ref, now, word, offset))
         except NotFound as exc:
             return self.dashboard._html(pages.not_found_page(site, exc.message), 404)
+        groups = await self.dashboard.site.db(lambda s: s.group_names())
         query = f"?{request.rel_url.query_string}" if request.rel_url.query_string else ""
-        body = pages.live(f"/api/packages/{quote(ref, safe='@')}{query}", package_content(doc))
+        body = action_form(doc["package"], caller, groups) + pages.live(
+            f"/api/packages/{quote(ref, safe='@')}{query}", package_content(doc)
+        )
         return self.dashboard._html(pages.page(f"packdist: {ref}", site, body, refresh=True))
 
     async def api(self, request: web.Request) -> web.Response:

@@ -624,6 +624,10 @@ LIMIT :limit
 SELECT id, name, version FROM packages WHERE name LIKE :pattern ESCAPE '\' OR version = :text
 ORDER BY name, created_at DESC LIMIT :limit
 
+-- name: group_names
+SELECT DISTINCT g.grp FROM server_groups g JOIN servers s ON s.name = g.server
+WHERE s.removed = 0 ORDER BY g.grp LIMIT :limit
+
 -- name: search_jobs
 SELECT id FROM jobs WHERE id LIKE :prefix ESCAPE '\' ORDER BY created_at DESC LIMIT :limit
 

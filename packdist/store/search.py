@@ -33,3 +33,7 @@ class SearchQueries:
             [f"{r['name']}@{r['version']}" for r in packages],
             [r["id"] for r in jobs],
         )
+
+    def group_names(self, limit: int = 500) -> list[str]:
+        """The groups of servers not removed, by name (for a page's choice of targets)."""
+        return [r["grp"] for r in self.db.rows("group_names", limit=limit)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -29,10 +30,23 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[h.Cluster]:
         c.close()
 
 
-def test_a_servers_page_shows_what_it_holds_and_its_instructions(cluster: h.Cluster) -> None:
+@pytest.fixture(scope="module")
+def viewer(cluster: h.Cluster) -> str:
+    """One viewer's password for the module (each new one costs a password check, and the
+    site limits those per address)."""
+    return add_operator(cluster.site, "vic", "viewer")
+
+
+@pytest.fixture(scope="module")
+def ops(cluster: h.Cluster) -> str:
+    return add_operator(cluster.site, "oda", "operator")
+
+
+def test_a_servers_page_shows_what_it_holds_and_its_instructions(
+    cluster: h.Cluster, viewer: str
+) -> None:
     site = cluster.site
     site.cli("activate", "app@1.0", "--to", "dp1", "--wait", "--timeout", "60")
-    viewer = add_operator(site, "vic", "viewer")
     status, _, body = call(site, "GET", "/servers/dp1", bearer(viewer))
     page = body.decode()
     assert status == 200
@@ -45,13 +59,14 @@ def test_a_servers_page_shows_what_it_holds_and_its_instructions(cluster: h.Clus
     assert any("active on dp1" in e["message"] for e in doc["events"])
 
 
-def test_an_unreachable_servers_page_says_why_and_folds_its_retries(cluster: h.Cluster) -> None:
+def test_an_unreachable_servers_page_says_why_and_folds_its_retries(
+    cluster: h.Cluster, viewer: str
+) -> None:
     site = cluster.site
     job = site.distribute("app@1.0", ["dp9"])
     h.wait_until(
         lambda: h.instruction(site.job(job), "dp9")["attempts"] >= 3, 60, message="3 attempts"
     )
-    viewer = add_operator(site, "val", "viewer")
     status, _, body = call(site, "GET", "/servers/dp9", bearer(viewer))
     page = body.decode()
     assert status == 200 and "offline" in page and "edge" in page
@@ -61,17 +76,15 @@ def test_an_unreachable_servers_page_says_why_and_folds_its_retries(cluster: h.C
     site.cli("job", "cancel", job)
 
 
-def test_an_unknown_server_has_a_page_that_says_so(cluster: h.Cluster) -> None:
-    viewer = add_operator(cluster.site, "vin", "viewer")
+def test_an_unknown_server_has_a_page_that_says_so(cluster: h.Cluster, viewer: str) -> None:
     status, _, body = call(cluster.site, "GET", "/servers/nosuch", bearer(viewer))
     assert status == 404 and "no server named nosuch" in body.decode()
 
 
 def test_search_finds_servers_packages_and_jobs_and_goes_straight_to_one(
-    cluster: h.Cluster,
+    cluster: h.Cluster, viewer: str
 ) -> None:
     site = cluster.site
-    viewer = add_operator(site, "vim", "viewer")
     status, _, body = call(site, "GET", "/api/search?q=dp", bearer(viewer))
     doc = json.loads(body)
     assert status == 200 and doc["servers"] == ["dp1", "dp9"]
@@ -87,14 +100,13 @@ def test_search_finds_servers_packages_and_jobs_and_goes_straight_to_one(
 
 
 def test_a_packages_page_counts_its_servers_by_state_and_drills_down_to_them(
-    cluster: h.Cluster,
+    cluster: h.Cluster, viewer: str
 ) -> None:
     site = cluster.site
     job = site.distribute("app@1.0", ["dp1", "dp9"])
     h.wait_until(
         lambda: h.instruction(site.job(job), "dp9")["state"] == "retrying", 60, message="retry"
     )
-    viewer = add_operator(site, "vip", "viewer")
     status, _, body = call(site, "GET", "/api/packages/app@1.0", bearer(viewer))
     doc = json.loads(body)
     assert status == 200
@@ -108,3 +120,36 @@ def test_a_packages_page_counts_its_servers_by_state_and_drills_down_to_them(
     status, _, _ = call(site, "GET", "/packages/app@9.9", bearer(viewer))
     assert status == 404
     site.cli("job", "cancel", job)
+
+
+def test_an_operator_distributes_and_removes_from_the_package_page_and_a_viewer_cannot(
+    cluster: h.Cluster, viewer: str, ops: str, tmp_path: Path
+) -> None:
+    site = cluster.site
+    site.create_package(h.make_tree(tmp_path / "tool", {"t.bin": 9_000}, seed=7), "tool", "1")
+    _, _, page = call(site, "GET", "/packages/tool@1", bearer(viewer))
+    assert "Distribute</button>" not in page.decode()
+    _, _, page = call(site, "GET", "/packages/tool@1", bearer(ops))
+    assert "Distribute</button>" in page.decode() and "group edge" in page.decode()
+
+    def post(who: str, action: str, body: object) -> tuple[int, dict[str, object]]:
+        headers = {**bearer(who), "Content-Type": "application/json"}
+        status, _, answer = call(
+            site, "POST", f"/api/packages/tool@1/{action}", headers, json.dumps(body).encode()
+        )
+        return status, json.loads(answer)
+
+    before = len(site.jobs())
+    assert post(viewer, "distribute", {"to": ["dp1"]})[0] == 403
+    status, doc = post(ops, "distribute", {"to": ["dp1"], "all": True})
+    assert status == 400 and "exactly one of to, group or all" in str(doc["error"])
+    assert len(site.jobs()) == before  # neither made a job
+    status, doc = post(ops, "distribute", {"to": ["dp1"]})
+    assert status == 200 and doc["by"] == "oda", doc
+    assert site.wait_job(str(doc["job"]), 60) == 0
+    assert cluster.agents["dp1"].has_package("tool", "1")
+    status, doc = post(ops, "remove", {"to": ["dp1"]})
+    assert site.wait_job(str(doc["job"]), 60) == 0
+    assert not cluster.agents["dp1"].has_package("tool", "1")
+    words = [e["message"] for e in site.json("events", "--job", str(doc["job"]))]
+    assert any(w.endswith("by oda") for w in words), words
