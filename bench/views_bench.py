@@ -109,6 +109,7 @@ def _fleet_pages(store: Any, job_id: str) -> dict[str, float]:
     """The fleet's pages as the dashboard builds them (view, HTML, JSON), in process."""
     from packdist.site import pages, views
     from packdist.site.package_pages import package_content, package_doc
+    from packdist.site.server_list import Filters, servers_content, servers_doc
     from packdist.site.server_pages import server_content, server_doc
 
     def job_page() -> None:
@@ -126,7 +127,15 @@ def _fleet_pages(store: Any, job_id: str) -> dict[str, float]:
         doc = server_doc(store, "sim00075", now)  # retrying: a page with a cause
         json.dumps({**doc, "html": server_content(doc, now)})
 
+    def server_list(state: str | None) -> None:
+        now = time.time()
+        f = Filters(state=state)
+        doc = servers_doc(store, f, "site", now)
+        json.dumps({**doc, "html": servers_content(doc, f, now)})
+
     return {
+        "server_list_page_s": _best(lambda: server_list(None)),
+        "server_list_offline_s": _best(lambda: server_list("offline")),
         "job_page_s": _best(job_page),
         "package_page_s": _best(lambda: package_page(None)),
         "package_retrying_s": _best(lambda: package_page("retrying")),
@@ -201,6 +210,8 @@ ROWS = (
     ("python start-up (s)", "python_startup_s"),
     ("overview, in process (s)", "overview_s"),
     ("metrics, in process (s)", "metrics_s"),
+    ("servers page, in process (s)", "server_list_page_s"),
+    ("servers page, the offline ones (s)", "server_list_offline_s"),
     ("job page with its causes, in process (s)", "job_page_s"),
     ("package page, in process (s)", "package_page_s"),
     ("package page, the retrying servers (s)", "package_retrying_s"),

@@ -15,6 +15,7 @@ them, see :mod:`packdist.site.operator`):
 * ``POST /api/jobs/{id}/cancel``, ``POST /api/jobs/{id}/retry`` — role operator or admin;
   see :mod:`packdist.site.operator_api`.
 * ``GET /rollouts``, ``GET /rollouts/{id}`` and their API: :mod:`packdist.site.rollout_pages`.
+* ``GET /servers?state=&group=&location=&child=&q=`` and its API: :mod:`packdist.site.server_list`.
 * ``GET /servers/{name}`` and its API: :mod:`packdist.site.server_pages`.
 * ``GET /search?q=`` and its API: :mod:`packdist.site.search_page`.
 * ``GET /packages/{NAME@VERSION}`` and its API: :mod:`packdist.site.package_pages`.
@@ -50,6 +51,7 @@ from packdist.site.package_actions import PackageActions
 from packdist.site.package_pages import PackagePages
 from packdist.site.rollout_pages import RolloutPages
 from packdist.site.search_page import SearchPage
+from packdist.site.server_list import ServerList
 from packdist.site.server_pages import ServerPages
 from packdist.states import InstructionState
 from packdist.store.base import Store
@@ -397,6 +399,14 @@ def setup(app: web.Application, site: SiteServer) -> Dashboard:
     """Add the dashboard, its API and ``/metrics`` to the site's application."""
     dashboard = Dashboard(site)
     dashboard.routes(app)
-    for part in (OperatorApi, RolloutPages, ServerPages, SearchPage, PackagePages, PackageActions):
+    for part in (
+        OperatorApi,
+        RolloutPages,
+        ServerList,
+        ServerPages,
+        SearchPage,
+        PackagePages,
+        PackageActions,
+    ):
         part(dashboard).routes(app)
     return dashboard

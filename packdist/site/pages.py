@@ -55,6 +55,7 @@ def page(title: str, site: str, body: str, logged_in: bool = True, refresh: bool
             '<form method="get" action="/search" class="search" role="search">'
             '<input type="search" name="q" placeholder="server, package or job" aria-label="Search">'
             "</form>"
+            '<a href="/servers" class="nav">Servers</a>'
             '<a href="/rollouts" class="nav">Rollouts</a>'
             '<span id="conn" class="conn" role="status">live updates start in a moment</span>'
             '<form method="post" action="/logout" class="logout">'

@@ -153,3 +153,23 @@ def test_an_operator_distributes_and_removes_from_the_package_page_and_a_viewer_
     assert not cluster.agents["dp1"].has_package("tool", "1")
     words = [e["message"] for e in site.json("events", "--job", str(doc["job"]))]
     assert any(w.endswith("by oda") for w in words), words
+
+
+def test_the_servers_list_filters_by_state_group_and_name(cluster: h.Cluster, viewer: str) -> None:
+    site = cluster.site
+
+    def names(query: str) -> list[str]:
+        status, _, body = call(site, "GET", f"/api/servers?{query}", bearer(viewer))
+        assert status == 200, body
+        return [s["name"] for s in json.loads(body)["servers"]]
+
+    assert names("") == ["dp1", "dp9"]
+    assert names("state=offline") == ["dp9"]
+    assert names("state=online") == ["dp1"]
+    assert names("group=edge") == ["dp9"]
+    assert names("q=DP1") == ["dp1"]
+    assert names("state=online&group=edge") == []
+    status, _, body = call(site, "GET", "/servers?state=offline", bearer(viewer))
+    assert status == 200 and "1 of 2 servers match" in body.decode()
+    status, _, _ = call(site, "GET", "/api/servers?state=sideways", bearer(viewer))
+    assert status == 400
