@@ -73,16 +73,17 @@ class RolloutPages:
         except NotFound as exc:
             return self._page("packdist: not found", pages.not_found_page_body(exc.message), 404)
         now = time.time()
-        body = buttons(doc, caller) + pages.live(
-            f"/api/rollouts/{quote(rollout_id)}", rollout_content(doc, now)
+        body = pages.live(
+            f"/api/rollouts/{quote(rollout_id)}", buttons(doc, caller) + rollout_content(doc, now)
         )
         return self._page(f"packdist: rollout {rollout_id}", body)
 
     async def rollout_api(self, request: web.Request) -> web.Response:
-        await self.dashboard.api_guard(request)
+        caller = await self.dashboard.api_guard(request)
         rollout_id = request.match_info["rollout_id"]
         doc = await self._read(lambda s: _one_doc(s, rollout_id))
-        return _json({**doc, "html": rollout_content(doc, time.time())})
+        # the buttons are part of the live page: they follow the rollout's state
+        return _json({**doc, "html": buttons(doc, caller) + rollout_content(doc, time.time())})
 
     async def act(self, request: web.Request) -> web.Response:
         verb = request.path.rsplit("/", 1)[1]
