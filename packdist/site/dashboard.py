@@ -15,6 +15,8 @@ them, see :mod:`packdist.site.operator`):
 * ``POST /api/jobs/{id}/cancel``, ``POST /api/jobs/{id}/retry`` — role operator or admin;
   see :mod:`packdist.site.operator_api`.
 * ``GET /rollouts``, ``GET /rollouts/{id}`` and their API: :mod:`packdist.site.rollout_pages`.
+* ``GET /api/live?src=/api/…`` — the live part of a page, pushed as server-sent events:
+  :mod:`packdist.site.live_feed`.
 * ``GET /servers?state=&group=&location=&child=&q=`` and its API: :mod:`packdist.site.server_list`.
 * ``GET /servers/{name}`` and its API: :mod:`packdist.site.server_pages`.
 * ``GET /search?q=`` and its API: :mod:`packdist.site.search_page`.
@@ -39,6 +41,7 @@ from packdist.config import Settings
 from packdist.errors import AuthError, NotFound, RateLimited, UserError
 from packdist.site import metrics, pages, views
 from packdist.site.gate import PasswordGate
+from packdist.site.live_feed import LiveStreams
 from packdist.site.operator import (
     CredentialCache,
     OperatorCredential,
@@ -409,4 +412,5 @@ def setup(app: web.Application, site: SiteServer) -> Dashboard:
         PackageActions,
     ):
         part(dashboard).routes(app)
+    LiveStreams(dashboard, site.feed).routes(app)
     return dashboard

@@ -53,6 +53,7 @@ from packdist.site.client_desk import ClientDesk
 from packdist.site.content_routes import ContentRoutes, Reader
 from packdist.site.enrollment import CertificateDesk
 from packdist.site.home import SiteHome
+from packdist.site.live_feed import ChangeFeed
 from packdist.site.package_pull import PackagePulls
 from packdist.site.parent_link import Joined, ParentLink, load_joined
 from packdist.site.relay import Relay
@@ -61,6 +62,7 @@ from packdist.site.serving_tls import SiteTLS, dialing_context, renewal_loop
 from packdist.site.store_runner import StoreRunner
 from packdist.site.validation import validation_loop
 from packdist.store.base import ServerRecord
+from packdist.store.wakeup import follow
 
 log = logging.getLogger("packdist.site")
 
@@ -92,6 +94,7 @@ class SiteServer:
         self.site_name = ""
         self._despooler: Despooler | None = None
         self.beats = Beats(self.db)  # heartbeats: interval, liveness, shedding
+        self.feed = ChangeFeed()  # what the dashboard's live pages wait on
         self.certificates = CertificateDesk(home.authority(), self.beats)
         self.content = ContentRoutes(self.beats, self.db, self.library, self.upload, self._reader)
         #: ``site serve --parent URL --token T``: this site reports to its parent
@@ -256,6 +259,10 @@ class SiteServer:
             rollout_loop(self.db, self.despooler.wake.set), name="rollouts"
         )
         background = [despooler, flusher, lag, rollouts]
+        self.feed.attach(asyncio.get_running_loop())
+        following = follow(self.db.store, self.feed.bump_threadsafe)  # SQLite: its file
+        if following is None:  # PostgreSQL: no file to follow; the pages look on a beat
+            background.append(asyncio.create_task(_beat(self.feed), name="live pages"))
         self.children.on_woken = lambda n: self.despooler.wake.set()
         if self.parent is not None:
             ca = self.certificates.authority.pem.decode()
@@ -282,8 +289,16 @@ class SiteServer:
             await asyncio.gather(*background, return_exceptions=True)
             await self.beats.flush()
             await self.despooler.shutdown()
+            if following is not None:
+                following.close()
             await session.close()
             self.db.close()
+
+
+async def _beat(feed: ChangeFeed, every: float = 1.5) -> None:
+    while True:
+        await asyncio.sleep(every)
+        feed.bump()
 
 
 def _listen_host(listen: str) -> str:

@@ -4,9 +4,13 @@ with their causes, its timeline), and the timeline folding a server's repeated f
 
 from __future__ import annotations
 
+import http.client
 import json
+import ssl
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -92,7 +96,8 @@ def test_search_finds_servers_packages_and_jobs_and_goes_straight_to_one(
     assert json.loads(body)["packages"] == ["app@1.0"]
     status, headers, _ = call(site, "GET", "/search?q=dp9", bearer(viewer))
     assert (status, headers["Location"]) == (303, "/servers/dp9")
-    job = site.jobs()[0]["id"]
+    job = site.distribute("app@1.0", ["dp9"])
+    site.cli("job", "cancel", job)
     status, headers, _ = call(site, "GET", f"/search?q={job}", bearer(viewer))
     assert (status, headers["Location"]) == (303, f"/jobs/{job}")
     status, _, body = call(site, "GET", "/search?q=%25_nothing", bearer(viewer))
@@ -173,3 +178,43 @@ def test_the_servers_list_filters_by_state_group_and_name(cluster: h.Cluster, vi
     assert status == 200 and "1 of 2 servers match" in body.decode()
     status, _, _ = call(site, "GET", "/api/servers?state=sideways", bearer(viewer))
     assert status == 400
+
+
+def _events(site: h.Site, path: str, headers: dict[str, str]) -> Iterator[str]:
+    """The data of each server-sent event of ``path``, as they come."""
+    parts = urlsplit(site.url)
+    assert parts.hostname is not None and parts.port is not None
+    context = ssl.create_default_context(cafile=str(site.ca))
+    conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=20, context=context)
+    try:
+        conn.request("GET", path, headers=headers)
+        resp = conn.getresponse()
+        assert resp.status == 200, resp.read()[:300]
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        data: list[str] = []
+        while line := resp.fp.readline().decode():
+            if line.startswith("data: "):
+                data.append(line[6:].rstrip("\n"))
+            elif line == "\n" and data:
+                yield json.loads("\n".join(data))
+                data = []
+    finally:
+        conn.close()
+
+
+def test_a_live_page_is_pushed_when_it_changes(cluster: h.Cluster, viewer: str) -> None:
+    site = cluster.site
+    job = site.distribute("app@1.0", ["dp9"])  # never answers: it stays retrying
+    stream = _events(site, f"/api/live?src=/api/jobs/{job}", bearer(viewer))
+    first = next(stream)
+    assert f"job-{job}" in first and "cancelled" not in first
+    started = time.monotonic()
+    site.cli("job", "cancel", job)
+    for html in stream:  # pushed, not asked for: the first page that differs
+        if 'data-state="cancelled"' in html:
+            break
+    assert time.monotonic() - started < 10
+    status, _, body = call(site, "GET", "/api/live?src=https://elsewhere/api/x", bearer(viewer))
+    assert status == 400 and b"one of this site's /api/ pages" in body
+    status, _, _ = call(site, "GET", f"/api/live?src=/api/jobs/{job}")
+    assert status == 401  # the stream needs a credential, as the page does

@@ -84,6 +84,35 @@
       });
   }
 
+  function swap(html) {
+    if (html !== last) {
+      live.innerHTML = html;  // rendered and escaped by the site
+      last = html;
+    }
+    lastOk = new Date();
+    say("live · updated " + lastOk.toLocaleTimeString(), "ok");
+  }
+
+  // Pushed: the site sends the page's live part when it changes (server-sent events). The
+  // browser reconnects by itself after a cut; where the stream cannot be had (no
+  // EventSource, the site turned it away, logged out), the page asks every 1.5 s instead.
+  function stream() {
+    var es = new window.EventSource("/api/live?src=" + encodeURIComponent(src));
+    var opened = false;
+    es.onopen = function () { opened = true; };
+    es.onmessage = function (ev) { swap(JSON.parse(ev.data)); };
+    es.addEventListener("gone", function () { es.close(); window.setTimeout(tick, 0); });
+    es.onerror = function () {
+      if (!opened || es.readyState === window.EventSource.CLOSED) {
+        es.close();  // never opened (refused, 401, 503): ask instead, which says why
+        window.setTimeout(tick, 1500);
+        return;
+      }
+      var since = lastOk ? " since " + lastOk.toLocaleTimeString() : "";
+      say("not updating" + since + ": reconnecting", "lost");
+    };
+  }
+
   say("live", "ok");
-  window.setTimeout(tick, 1500);
+  if (window.EventSource) { stream(); } else { window.setTimeout(tick, 1500); }
 })();
