@@ -15,7 +15,7 @@ from typing import Any
 
 from packdist.core.fsutil import human_bytes
 from packdist.core.timefmt import ago
-from packdist.site.views import EVENT_TITLES, JOB_PAGE
+from packdist.site.views import EVENT_TITLES, JOB_PAGE, cancelled_why
 from packdist.states import DONE
 
 REFRESH_WITHOUT_JS = 10  # seconds
@@ -214,7 +214,7 @@ def job_block(job: dict[str, Any], now: float, link: bool = True, more: str = ""
         if i["state"] == "retrying" and i["next_attempt_at"]:
             due = _epoch(i["next_attempt_at"]) or now
             nxt = "due now" if due <= now else f"next attempt {ago(due, now)}"
-        err = i["last_error"] or ""
+        err = cancelled_why(i["last_error"]) if i["state"] == "cancelled" else i["last_error"] or ""
         if removal:  # no bytes travel: the bar says done or not
             bar = (
                 f'<td class="bar">{"done" if i["state"] == goal else "-"}</td>'

@@ -16,6 +16,7 @@ from packdist.store.catalog import CatalogQueries
 from packdist.store.children import ChildQueries
 from packdist.store.db import Database
 from packdist.store.instructions import InstructionQueries
+from packdist.store.presence import PresenceQueries
 from packdist.store.reports import ReportQueries
 from packdist.store.summaries import SummaryQueries
 
@@ -25,6 +26,7 @@ class Store(
     CatalogQueries,
     ChildQueries,
     InstructionQueries,
+    PresenceQueries,
     SummaryQueries,
     ReportQueries,
 ):

@@ -609,3 +609,23 @@ WHERE server = :server AND name = :name AND package_id != :package_id
 -- name: insert_active
 INSERT INTO server_active (server, name, package_id, previous_id, since)
 VALUES (:server, :name, :package_id, NULL, :now)
+
+-- newcomer
+-- === site workers seen ======================================================================
+
+-- name: site_worker_seen
+INSERT INTO site_workers (worker, started_at, last_seen, stopped_at)
+VALUES (:worker, :now, :now, NULL)
+ON CONFLICT (worker) DO UPDATE SET last_seen = excluded.last_seen, stopped_at = NULL
+
+-- name: site_worker_stopped
+UPDATE site_workers SET last_seen = :now, stopped_at = :now WHERE worker = :worker
+
+-- name: site_workers_forgotten
+-- workers of long ago (each restart is a new one)
+DELETE FROM site_workers WHERE last_seen < :before
+
+-- name: site_workers_seen
+SELECT max(last_seen) AS last_seen, count(*) AS workers,
+       sum(CASE WHEN stopped_at IS NULL AND last_seen >= :since THEN 1 ELSE 0 END) AS running
+FROM site_workers

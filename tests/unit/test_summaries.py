@@ -306,6 +306,7 @@ DROP_SQLITE = (
     "ALTER TABLE instructions DROP COLUMN phase",
     "DROP TABLE child_sites",
     "DROP TABLE server_active",  # and version 13's
+    "DROP TABLE site_workers",  # and version 16's
     "PRAGMA user_version=7",
 )
 DROP_POSTGRESQL = (
@@ -328,6 +329,7 @@ DROP_POSTGRESQL = (
     "ALTER TABLE instructions DROP COLUMN phase",
     "DROP TABLE child_sites",
     "DROP TABLE server_active",  # and version 13's
+    "DROP TABLE site_workers",  # and version 16's
     "DELETE FROM schema_version WHERE version >= 8",
 )
 

@@ -1,0 +1,45 @@
+"""The store's record of the site's own processes: each ``site serve`` worker and when it
+last said it runs, so that a command run in the site's home can tell that none does.
+
+Plain reads and writes by intent; what counts as running is decided in
+:mod:`packdist.service.presence`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from packdist.store.db import Database
+
+FORGET_AFTER = 7 * 86400.0  # seconds after which a worker's row is dropped
+
+
+@dataclass(frozen=True)
+class WorkersSeen:
+    last_seen: float | None  # the latest any worker said it runs (None: never served)
+    running: int  # workers not stopped that said so since the time asked about
+
+
+class PresenceQueries:
+    db: Database
+
+    def site_worker_seen(self, worker: str, now: float) -> None:
+        """``worker`` (``host:pid``) runs: it said so at ``now``."""
+        self.db.run("site_worker_seen", worker=worker, now=now)
+
+    def site_worker_started(self, worker: str, now: float) -> None:
+        """``worker`` starts: seen now, and rows of workers long gone dropped."""
+        with self.db.transaction():
+            self.db.run("site_workers_forgotten", before=now - FORGET_AFTER)
+            self.db.run("site_worker_seen", worker=worker, now=now)
+
+    def site_worker_stopped(self, worker: str, now: float) -> None:
+        """``worker`` stopped cleanly."""
+        self.db.run("site_worker_stopped", worker=worker, now=now)
+
+    def site_workers_seen(self, since: float) -> WorkersSeen:
+        rows = self.db.rows("site_workers_seen", since=since)
+        row = rows[0] if rows else None
+        if row is None or not row["workers"]:
+            return WorkersSeen(None, 0)
+        return WorkersSeen(row["last_seen"], int(row["running"] or 0))
