@@ -1,0 +1,182 @@
+"""What a new user could not find out (issue 17, item 3), each tried through the real
+``packdist`` command and real processes, as a new user would."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import harness as h
+from tests.conftest import run_packdist
+
+START = "start `packdist site serve`"
+
+
+@pytest.fixture(scope="module")
+def idle(tmp_path_factory: pytest.TempPathFactory) -> h.Site:
+    """A site with a package and a server that nothing serves: its site server never ran."""
+    root = tmp_path_factory.mktemp("idle")
+    site = h.make_site(root)
+    site.create_package(h.make_tree(root / "tree"), "app", "1.0")
+    site.add_server("dp1", "https://127.0.0.1:1")
+    return site
+
+
+def test_distribute_with_no_site_server_ever_run_says_to_start_one(idle: h.Site) -> None:
+    proc = idle.cli("distribute", "app@1.0", "--to", "dp1")
+    assert f"packdist: no site server has run yet: {START}" in proc.stderr.splitlines()
+    doc = json.loads(idle.cli("distribute", "app@1.0", "--to", "dp1", "--json").stdout)
+    assert doc["site_server"] == {
+        "running": False,
+        "last_seen": None,
+        "message": f"no site server has run yet: {START}",
+    }
+    assert doc["instructions"][0]["server"] == "dp1"  # what the contract fixes is all there
+
+
+def test_job_show_wait_and_status_with_no_site_server_promise_no_next_attempt(
+    idle: h.Site,
+) -> None:
+    job = idle.json("distribute", "app@1.0", "--to", "dp1")["job"]
+    shown = idle.cli("job", "show", job).stdout
+    assert "no site server has run yet: start `packdist site serve`" in shown
+    assert "no site server" in shown.split("dp1", 1)[1]  # its row: no "in 13s"
+    doc = idle.json("job", "show", job)
+    assert doc["site_server"]["running"] is False
+    assert {"id", "package", "state", "instructions"} <= set(doc)
+
+    waited = idle.cli("job", "wait", job, "--timeout", "0.3", check=False)
+    assert waited.returncode == 75
+    lines = waited.stderr.splitlines()
+    assert f"packdist: no site server has run yet: {START}" == lines[0]
+    assert lines[-1] == (
+        f"packdist: timed out after 0.3s; the job goes on: `packdist job wait {job}` again"
+    )
+    assert "Traceback" not in waited.stderr
+
+    status = idle.cli("status")
+    assert status.stderr.splitlines() == [f"packdist: no site server has run yet: {START}"]
+    doc = idle.json("status")
+    assert doc["site_server"]["running"] is False
+    assert doc["cells"]["app@1.0"]["dp1"]["detail"] == "waiting for a site server to run"
+
+
+def test_commands_after_the_site_server_stopped_say_since_when_it_was_seen(
+    tmp_path: Path,
+) -> None:
+    site = h.make_site(tmp_path)
+    site.create_package(h.make_tree(tmp_path / "tree"), "app", "1.0")
+    site.add_server("dp1", "https://127.0.0.1:1")
+    site.start()
+    try:
+        running = site.cli("distribute", "app@1.0", "--to", "dp1")
+        assert "no site server" not in running.stderr
+        assert site.json("status")["site_server"]["running"] is True
+    finally:
+        site.stop()
+    proc = site.cli("distribute", "app@1.0", "--to", "dp1")
+    line = proc.stderr.splitlines()[-1]
+    assert line.startswith("packdist: no site server has been seen for "), line
+    assert line.endswith(f"s: {START}"), line
+    assert site.json("status")["site_server"]["last_seen"] is not None
+
+
+def _one_line_refusal(proc: subprocess.CompletedProcess[str], words: str) -> str:
+    assert proc.returncode != 0, proc
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert words in lines[0], lines[0]
+    return lines[0]
+
+
+def _serve(*args: str, home: Path, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    return run_packdist(home, *args, check=False, timeout=timeout)
+
+
+TOKEN = "pdt_" + "A" * 43
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (
+            ("agent", "serve", "--listen", "127.0.0.1:1", "--site", "localhost:8700"),
+            "--site / PACKDIST_SITE 'localhost:8700' is not a URL: give https://HOST:PORT",
+        ),
+        (
+            ("agent", "serve", "--listen", "127.0.0.1", "--site", "https://localhost:8700"),
+            "--listen '127.0.0.1' must be HOST:PORT with a port between 1 and 65535",
+        ),
+        (
+            ("agent", "serve", "--listen", "127.0.0.1:1", "--site", "https://h:x"),
+            "its port is not a number",
+        ),
+    ],
+)
+def test_agent_serve_with_a_bad_site_url_or_listen_address_fails_at_once(
+    tmp_path: Path, args: tuple[str, ...], words: str
+) -> None:
+    proc = _serve(*args, "--token", TOKEN, home=tmp_path / "agent")
+    _one_line_refusal(proc, words)
+
+
+def test_site_serve_with_a_listen_address_without_port_fails_at_once(idle: h.Site) -> None:
+    proc = _serve("site", "serve", "--listen", "127.0.0.1", home=idle.home)
+    _one_line_refusal(proc, "--listen must be HOST:PORT")
+
+
+def test_site_serve_on_a_port_in_use_says_so_in_one_line_and_never_listening(
+    idle: h.Site,
+) -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        proc = _serve("site", "serve", "--listen", f"127.0.0.1:{port}", home=idle.home)
+    _one_line_refusal(proc, f"cannot listen on 127.0.0.1:{port}: address already in use")
+    assert idle.json("status")["site_server"]["last_seen"] is None  # nothing started
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[h.Cluster]:
+    """A running site and one running agent, dp1."""
+    root = tmp_path_factory.mktemp("served")
+    cluster = h.start_cluster(root, ["dp1"])
+    try:
+        h.wait_until(lambda: cluster.site.server_seen("dp1"), 30, message="dp1 enrolled")
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def test_a_second_site_server_on_a_sqlite_home_is_refused(served: h.Cluster) -> None:
+    site = served.site
+    port = h.free_port()
+    proc = _serve("site", "serve", "--listen", f"127.0.0.1:{port}", home=site.home)
+    line = _one_line_refusal(proc, "another site server is running on this home (pid ")
+    assert str(site.proc.pid if site.proc else "?") in line
+    assert site.healthy()
+
+
+def test_a_second_agent_on_an_agent_home_is_refused(served: h.Cluster) -> None:
+    agent = served.agents["dp1"]
+    proc = _serve(
+        "agent",
+        "serve",
+        "--listen",
+        f"127.0.0.1:{h.free_port()}",
+        "--site",
+        served.site.url,
+        "--token",
+        agent.token,
+        home=agent.home,
+    )
+    line = _one_line_refusal(proc, "another agent is running on this home (pid ")
+    assert str(agent.proc.pid if agent.proc else "?") in line
+    assert agent.healthy()
