@@ -103,6 +103,8 @@ class FleetUseCases(AttemptUseCases):
                 or seen["boot_id"] != boot_id
             )
             store.record_liveness(server, boot_id, disk_free, now, came_back)
+            if came_back:  # its next silence is a going offline again
+                store.mark_server_online(server)
             # What the server holds, as it reports it: only changes are written.
             self.sync_holdings(server, store.holdings(server), installed, now)
             if came_back and active:  # the agent's own word, after a restart or an absence
@@ -132,6 +134,18 @@ class FleetUseCases(AttemptUseCases):
             if woken:
                 store.notify()
             return woken
+
+    def record_offline(self, names: list[str], before: float, now: float) -> list[str]:
+        """Servers this site process stopped hearing from (none since ``before``): each
+        not marked yet is marked offline, with one ``server`` event; returns those."""
+        store = self.store
+        with store.transaction():
+            gone = store.mark_servers_offline(names, before, now)
+            for name, last_seen in gone:
+                silent = f"{now - last_seen:.0f}s" if last_seen is not None else "ever"
+                message = f"server {name} went offline: no heartbeat for {silent}"
+                store.add_event("server", message, server=name, now=now)
+        return [name for name, _ in gone]
 
     def record_active(self, server: str, package_id: str, now: float) -> str | None:
         """The agent confirmed ``package_id`` active on ``server``: recorded, with the one

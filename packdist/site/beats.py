@@ -247,6 +247,23 @@ class Beats:
         if dropped:
             log.info("%d enrollment token(s) no longer valid: refused from now on", len(dropped))
 
+    async def offline(self) -> None:
+        """Servers this process stopped hearing from: each gets its "went offline" event
+        (once, whichever worker sees it first); a server this process never heard from is
+        not its to judge."""
+        now = time.time()
+        silent = self.liveness.went_silent(now)
+        if not silent:
+            return
+        before = now - self.cadence.offline_after()
+        try:
+            gone = await self.db(lambda s: Service(s).record_offline(silent, before, now))
+        except Exception as exc:  # not said: its return is still told
+            _log_failure("recording %d server(s) offline failed: %s", len(silent), exc)
+            return
+        for name in gone:
+            log.info("%s went offline", name)
+
     async def running(self) -> None:
         """Say in the store that this site process runs (commands read it)."""
         now = time.time()
@@ -268,6 +285,7 @@ class Beats:
         while True:
             await asyncio.sleep(FLUSH_EVERY)
             await self.flush()
+            await self.offline()
             if time.monotonic() - said >= SEEN_EVERY:
                 said = time.monotonic()
                 await self.running()

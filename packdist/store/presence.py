@@ -1,5 +1,6 @@
-"""The store's record of the site's own processes: each ``site serve`` worker and when it
-last said it runs, so that a command run in the site's home can tell that none does.
+"""The store's record of who runs: each ``site serve`` worker and when it last said it
+runs, so that a command run in the site's home can tell that none does; and which servers
+went offline (marked once, so their event is written once).
 
 Plain reads and writes by intent; what counts as running is decided in
 :mod:`packdist.service.presence`.
@@ -43,3 +44,18 @@ class PresenceQueries:
         if row is None or not row["workers"]:
             return WorkersSeen(None, 0)
         return WorkersSeen(row["last_seen"], int(row["running"] or 0))
+
+    def mark_servers_offline(
+        self, names: list[str], before: float, now: float
+    ) -> list[tuple[str, float]]:
+        """Of ``names``, those not heard from since ``before`` and not marked yet, marked
+        offline at ``now``: ``(name, last_seen)`` of each (once per going offline, whichever
+        worker saw it first)."""
+        if not names:
+            return []
+        rows = self.db.rows("mark_servers_offline", names=names, before=before, now=now)
+        return sorted((r["name"], r["last_seen"]) for r in rows)
+
+    def mark_server_online(self, name: str) -> bool:
+        """The server is heard from again: True if it was marked offline."""
+        return self.db.run("mark_server_online", name=name) > 0

@@ -629,3 +629,14 @@ DELETE FROM site_workers WHERE last_seen < :before
 SELECT max(last_seen) AS last_seen, count(*) AS workers,
        sum(CASE WHEN stopped_at IS NULL AND last_seen >= :since THEN 1 ELSE 0 END) AS running
 FROM site_workers
+
+-- === servers gone offline ===================================================================
+
+-- name: mark_servers_offline
+-- once per going offline: a server already marked (by another worker) is not again
+UPDATE servers SET offline_at = :now
+WHERE name IN (:names) AND removed = 0 AND offline_at IS NULL AND last_seen < :before
+RETURNING name, last_seen
+
+-- name: mark_server_online
+UPDATE servers SET offline_at = NULL WHERE name = :name AND offline_at IS NOT NULL

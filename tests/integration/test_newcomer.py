@@ -180,3 +180,55 @@ def test_a_second_agent_on_an_agent_home_is_refused(served: h.Cluster) -> None:
     line = _one_line_refusal(proc, "another agent is running on this home (pid ")
     assert str(agent.proc.pid if agent.proc else "?") in line
     assert agent.healthy()
+
+
+def test_a_cancelled_cell_says_cancelled_by_operator_not_its_last_error(
+    served: h.Cluster,
+) -> None:
+    site = served.site
+    site.add_server("gone", "https://127.0.0.1:1")  # nothing answers there
+    tree = site.home.parent / "tree-cancel"
+    site.create_package(h.make_tree(tree), "cancelme", "1.0")
+    job = site.distribute("cancelme@1.0", ["gone"])
+    h.wait_until(
+        lambda: site.job(job)["instructions"][0]["last_error"], 30, message="a failed attempt"
+    )
+    site.cli("job", "cancel", job)
+    doc = site.job(job)
+    cause = doc["instructions"][0]["last_error"]
+    assert cause and "cancelled" not in cause  # the JSON keeps the cause
+    shown = site.cli("job", "show", job).stdout
+    assert "cancelled by operator" in shown
+    assert cause not in shown
+    status = site.cli("status").stdout
+    assert "cancelme@1.0 on gone: cancelled (job" in status
+    assert "cancelled by operator" in status.split("cancelme@1.0 on gone", 1)[1]
+    code, page = site.operator_get(f"/jobs/{job}")
+    assert code == 200
+    assert b"cancelled by operator" in page
+    site.cli("server", "remove", "gone")
+
+
+def test_a_server_that_stops_heartbeating_gets_one_went_offline_event(
+    served: h.Cluster,
+) -> None:
+    site, agent = served.site, served.agents["dp1"]
+
+    def offline_events() -> list[str]:
+        return [
+            e["message"]
+            for e in site.json("events", "--limit", "200")
+            if e["server"] == "dp1" and "went offline" in e["message"]
+        ]
+
+    assert offline_events() == []
+    agent.stop()
+    try:
+        h.wait_until(lambda: offline_events(), 30, message="dp1 went offline")
+        events = offline_events()
+        assert len(events) == 1
+        assert events[0].startswith("server dp1 went offline: no heartbeat for ")
+    finally:
+        agent.start()
+    h.wait_until(lambda: site.server_seen("dp1"), 30, message="dp1 back")
+    assert len(offline_events()) == 1

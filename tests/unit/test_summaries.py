@@ -307,6 +307,7 @@ DROP_SQLITE = (
     "DROP TABLE child_sites",
     "DROP TABLE server_active",  # and version 13's
     "DROP TABLE site_workers",  # and version 16's
+    "ALTER TABLE servers DROP COLUMN offline_at",
     "PRAGMA user_version=7",
 )
 DROP_POSTGRESQL = (
@@ -330,6 +331,7 @@ DROP_POSTGRESQL = (
     "DROP TABLE child_sites",
     "DROP TABLE server_active",  # and version 13's
     "DROP TABLE site_workers",  # and version 16's
+    "ALTER TABLE servers DROP COLUMN offline_at",
     "DELETE FROM schema_version WHERE version >= 8",
 )
 

@@ -7,4 +7,8 @@ CREATE TABLE site_workers (
     started_at REAL NOT NULL,
     last_seen  REAL NOT NULL,
     stopped_at REAL                         -- stopped cleanly (NULL: running, or killed)
-)
+);
+
+-- servers.offline_at: when the site recorded that the server went offline (its event
+-- written once); cleared when it comes back
+ALTER TABLE servers ADD COLUMN offline_at REAL
