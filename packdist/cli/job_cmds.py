@@ -23,6 +23,7 @@ from packdist.cli.targets import choose_targets, one_target_option, target_optio
 from packdist.core.names import parse_ref
 from packdist.errors import NotFound, UserError
 from packdist.service import Service
+from packdist.service.fleet import refusals_shown
 from packdist.service.jobs import named
 from packdist.service.presence import SitePresence, site_presence
 from packdist.site.home import SiteHome
@@ -52,6 +53,15 @@ def _presence() -> SitePresence:
     store = SiteHome.open(resolve_home()).store()
     try:
         return site_presence(store, time.time())
+    finally:
+        store.close()
+
+
+def _refusals() -> dict[str, str]:
+    """server -> the agent refused lately as that server's, in words."""
+    store = SiteHome.open(resolve_home()).store()
+    try:
+        return refusals_shown(store, time.time())
     finally:
         store.close()
 
@@ -291,7 +301,13 @@ def job_show(job_id: str, state: str | None, limit: int | None, offset: int, as_
     more = f"… {rest:,} more; use --limit/--offset" if rest > 0 else ""
     presence = _presence() if j.state is JobState.ACTIVE else None
     halted = None if presence is None else presence.message
-    Console().print(_job_table(j, time.time(), more=more, halted=halted))
+    console = Console()
+    console.print(_job_table(j, time.time(), more=more, halted=halted))
+    if j.state is JobState.ACTIVE:  # why a server may not answer: its agent is refused
+        waiting = {i.server for i in j.instructions if i.state not in TERMINAL}
+        for server, words in _refusals().items():
+            if server in waiting:
+                console.print(words, style="yellow", markup=False, highlight=False)
 
 
 @job.command("wait")

@@ -32,6 +32,7 @@ from packdist.service.presence import SEEN_EVERY
 from packdist.serving import open_connections
 from packdist.site.cadence import OFFLINE_INTERVALS, SILENT_AFTER, Admission, Cadence
 from packdist.site.liveness import FLUSH_EVERY, TOKEN_CHECK_EVERY, Liveness
+from packdist.site.refusals import Refusals
 from packdist.site.store_runner import StoreRunner
 from packdist.store.base import ServerRecord
 
@@ -63,6 +64,7 @@ class Beats:
         self.cadence = Cadence()
         self.admission = Admission()
         self.liveness = Liveness(self.cadence.offline_after)
+        self.refusals = Refusals(db)  # agents refused for a wrong token, told to operators
         self._enrolled = 0
         self._started = time.monotonic()
         # the common answer, encoded once for the interval and the removed servers it says
@@ -105,6 +107,7 @@ class Beats:
         if server is None:
             server = await self.store_call(lambda s: s.server_by_token_hash(token_hash), counted)
             if server is None:
+                await self.refusals.refused(request)
                 raise AuthError("unknown or revoked enrollment token")
             self.liveness.remember_token(token_hash, server)
         # a certificate presented with the token must be that server's: one server's token

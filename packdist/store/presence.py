@@ -21,6 +21,14 @@ class WorkersSeen:
     running: int  # workers not stopped that said so since the time asked about
 
 
+@dataclass(frozen=True)
+class Refusal:
+    server: str  # the server the agent was taken for
+    at: float
+    remote: str  # the address it called from
+    reason: str  # "wrong" (a token of no server) or "revoked" (an earlier token of it)
+
+
 class PresenceQueries:
     db: Database
 
@@ -59,3 +67,25 @@ class PresenceQueries:
     def mark_server_online(self, name: str) -> bool:
         """The server is heard from again: True if it was marked offline."""
         return self.db.run("mark_server_online", name=name) > 0
+
+    def replace_token_hash(self, name: str, token_hash: str) -> bool:
+        """A new enrollment token for an enrolled server (the old one void); False if no
+        such server is enrolled."""
+        return self.db.run("replace_token_hash", name=name, token_hash=token_hash) > 0
+
+    def servers_with_url_port(self, port: int) -> list[tuple[str, str]]:
+        """``(name, url)`` of the enrolled servers whose URL ends in ``:port``."""
+        rows = self.db.rows("servers_with_url_port", pattern=f"%:{port}")
+        return [(r["name"], r["url"]) for r in rows]
+
+    def agent_refused(self, server: str, at: float, remote: str, reason: str) -> None:
+        """An agent taken for ``server``'s was refused (the latest kept)."""
+        self.db.run("agent_refused", server=server, at=at, remote=remote, reason=reason)
+
+    def agents_refused_since(self, since: float) -> dict[str, Refusal]:
+        """The servers whose agent was refused since ``since``, with the latest refusal."""
+        rows = self.db.rows("agents_refused_since", since=since)
+        return {r["server"]: Refusal(r["server"], r["at"], r["remote"], r["reason"]) for r in rows}
+
+    def refusals_forgotten(self, server: str) -> None:
+        self.db.run("refusals_forgotten", server=server)

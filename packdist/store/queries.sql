@@ -640,3 +640,23 @@ RETURNING name, last_seen
 
 -- name: mark_server_online
 UPDATE servers SET offline_at = NULL WHERE name = :name AND offline_at IS NOT NULL
+
+-- === enrollment tokens re-issued, agents refused ============================================
+
+-- name: replace_token_hash
+UPDATE servers SET token_hash = :token_hash WHERE name = :name AND removed = 0
+
+-- name: servers_with_url_port
+-- the servers whose URL ends in this port (an agent refused is told by its address)
+SELECT name, url FROM servers WHERE removed = 0 AND url LIKE :pattern
+
+-- name: agent_refused
+INSERT INTO refused_agents (server, at, remote, reason) VALUES (:server, :at, :remote, :reason)
+ON CONFLICT (server) DO UPDATE
+SET at = excluded.at, remote = excluded.remote, reason = excluded.reason
+
+-- name: agents_refused_since
+SELECT server, at, remote, reason FROM refused_agents WHERE at >= :since ORDER BY server
+
+-- name: refusals_forgotten
+DELETE FROM refused_agents WHERE server = :server

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -232,3 +233,81 @@ def test_a_server_that_stops_heartbeating_gets_one_went_offline_event(
         agent.start()
     h.wait_until(lambda: site.server_seen("dp1"), 30, message="dp1 back")
     assert len(offline_events()) == 1
+
+
+def test_an_agent_with_a_revoked_token_is_shown_at_the_site_and_backs_off(
+    served: h.Cluster,
+) -> None:
+    site, agent = served.site, served.agents["dp1"]
+    site.create_package(h.make_tree(site.home.parent / "tree-token"), "tok", "1.0")
+    agent.stop()
+    job = site.distribute("tok@1.0", ["dp1"])
+    old = agent.token
+    new = site.json("server", "token", "dp1")["token"]
+    assert new != old
+    assert site.job(job)["state"] == "active"  # nothing of dp1's work was cancelled
+    h.wait_until(  # the running site drops the old token it kept (within 5 s)
+        lambda: "no longer valid: refused from now on" in site.log_tail(200),
+        15,
+        message="the old token dropped",
+    )
+
+    agent.start()  # with the old token: refused
+    try:
+
+        def refused() -> str | None:
+            found = {s["name"]: s for s in site.json("server", "list")["servers"]}
+            return found["dp1"]["refused"]
+
+        h.wait_until(refused, 30, message="dp1's refusal shown")
+        words = refused()
+        assert words is not None
+        assert words.startswith("dp1: an agent tried to enroll with a wrong token at ")
+        assert words in site.cli("server", "list").stdout
+        assert words in site.cli("job", "show", job).stdout
+        code, page = site.operator_get("/")  # the dashboard's events
+        assert code == 200 and words.encode() in page
+        h.wait_until(
+            lambda: agent.log_tail(200).count("trying again, less and less often") >= 1,
+            20,
+            message="the agent said why",
+        )
+        time.sleep(7)  # 2 s, 4 s: two more refusals, said nowhere again
+        log = agent.log_tail(400)
+        assert log.count("the site refuses this agent: ") == 1, log
+        assert log.count("site refused this agent") == 0
+    finally:
+        agent.stop()
+    agent.token = new
+    agent.start()
+    assert site.wait_job(job, 60) == 0  # the new token: the work goes on
+
+
+def test_a_home_enrolled_as_one_server_refuses_another_servers_token(
+    served: h.Cluster,
+) -> None:
+    site, agent = served.site, served.agents["dp1"]
+    other = site.add_server("dp9", f"https://127.0.0.1:{h.free_port()}")
+    agent.stop()
+    try:
+        proc = _serve(
+            "agent",
+            "serve",
+            "--listen",
+            agent.listen,
+            "--site",
+            site.url,
+            "--token",
+            other,
+            home=agent.home,
+            timeout=60,
+        )
+        assert proc.returncode != 0
+        assert "Traceback" not in proc.stderr
+        assert proc.stderr.splitlines()[-1] == (
+            f"packdist: this agent's home ({agent.home}) is enrolled as dp1, but the token is"
+            " dp9's: give dp1's token, or start dp9's agent with a home of its own (--home)"
+        )
+    finally:
+        agent.start()
+        site.cli("server", "remove", "dp9")

@@ -308,6 +308,7 @@ DROP_SQLITE = (
     "DROP TABLE server_active",  # and version 13's
     "DROP TABLE site_workers",  # and version 16's
     "ALTER TABLE servers DROP COLUMN offline_at",
+    "DROP TABLE refused_agents",
     "PRAGMA user_version=7",
 )
 DROP_POSTGRESQL = (
@@ -332,6 +333,7 @@ DROP_POSTGRESQL = (
     "DROP TABLE server_active",  # and version 13's
     "DROP TABLE site_workers",  # and version 16's
     "ALTER TABLE servers DROP COLUMN offline_at",
+    "DROP TABLE refused_agents",
     "DELETE FROM schema_version WHERE version >= 8",
 )
 

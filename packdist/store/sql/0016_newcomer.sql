@@ -12,3 +12,14 @@ CREATE TABLE site_workers (
 -- servers.offline_at: when the site recorded that the server went offline (its event
 -- written once); cleared when it comes back
 ALTER TABLE servers ADD COLUMN offline_at REAL
+;
+
+-- refused_agents: the latest agent refused for a wrong or revoked token, of each server
+-- it could be told to be (the name it claimed, or its address and port being the
+-- server's URL); shown by server list, job show and the dashboard
+CREATE TABLE refused_agents (
+    server   TEXT PRIMARY KEY REFERENCES servers(name) ON DELETE CASCADE,
+    at       REAL NOT NULL,
+    remote   TEXT NOT NULL,                 -- the address it called from
+    reason   TEXT NOT NULL
+)
