@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from packdist.cli.common import home_option, resolve_home
+from packdist.cli.common import home_option, resolve_home, token_file_option, token_from
 from packdist.core.homelock import lock_home
 from packdist.core.names import check_site_url
 from packdist.core.rates import parse_rate, parse_size
@@ -35,8 +35,12 @@ def agent() -> None:
     " answers is used).",
 )
 @click.option(
-    "--token", required=True, envvar="PACKDIST_TOKEN", help="Enrollment token from 'server add'."
+    "--token",
+    envvar="PACKDIST_TOKEN",
+    help="Enrollment token from 'server add' (env PACKDIST_TOKEN or --token-file keep it out"
+    " of the process list).",
 )
+@token_file_option
 @click.option(
     "--download-limit",
     default="0",
@@ -70,7 +74,8 @@ def agent() -> None:
 def agent_serve(
     listen: str,
     site_url: str,
-    token: str,
+    token: str | None,
+    token_file: str | None,
     download_limit: str,
     upload_limit: str,
     cache_limit: str,
@@ -81,6 +86,9 @@ def agent_serve(
     from packdist.auth import looks_like_token
     from packdist.process import check_bindable
 
+    token = token_from(token, token_file)
+    if token is None:
+        raise UserError("agent serve needs its token: --token, PACKDIST_TOKEN or --token-file")
     if not looks_like_token(token.strip()):  # never echoed: it may be a real secret mistyped
         raise UserError(
             "--token / PACKDIST_TOKEN is not an enrollment token ('server add' prints one)"

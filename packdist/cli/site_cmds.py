@@ -12,7 +12,14 @@ from rich.table import Table
 
 from packdist import config
 from packdist.cli.child_cmds import site_add_child, site_children, site_set_child
-from packdist.cli.common import home_option, json_option, print_json, resolve_home
+from packdist.cli.common import (
+    home_option,
+    json_option,
+    print_json,
+    resolve_home,
+    token_file_option,
+    token_from,
+)
 from packdist.core.homelock import lock_home
 from packdist.errors import UserError
 from packdist.site import operator
@@ -128,10 +135,13 @@ def site_init(name: str | None, store_url: str | None, as_json: bool) -> None:
     envvar="PACKDIST_PARENT_TOKEN",
     metavar="TOKEN",
     help="With --parent: the token 'packdist site add-child' printed at the parent"
-    " (env PACKDIST_PARENT_TOKEN, which keeps it out of the process list).",
+    " (env PACKDIST_PARENT_TOKEN or --token-file keep it out of the process list).",
 )
+@token_file_option
 @setting_options
-def site_serve(parent: str | None, token: str | None, **values: Any) -> None:
+def site_serve(
+    parent: str | None, token: str | None, token_file: str | None, **values: Any
+) -> None:
     """Run the site server (API, despooler, dashboard) until SIGTERM/SIGINT.
 
     Settings come from the flags, else PACKDIST_* variables, else HOME/packdist.toml, else
@@ -140,6 +150,7 @@ def site_serve(parent: str | None, token: str | None, **values: Any) -> None:
     from packdist.site.parent_link import check_parent
     from packdist.site.server import run_site
 
+    token = token_from(token, token_file)
     if (parent is None) != (token is None):
         raise UserError("--parent and --token go together: the parent's URL and this site's token")
     if parent is not None and token is not None:

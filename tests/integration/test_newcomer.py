@@ -311,3 +311,66 @@ def test_a_home_enrolled_as_one_server_refuses_another_servers_token(
     finally:
         agent.start()
         site.cli("server", "remove", "dp9")
+
+
+def test_agent_serve_takes_its_token_from_a_file_out_of_the_process_list(
+    served: h.Cluster, tmp_path: Path
+) -> None:
+    agent = served.agents["dp1"]
+    token_file = tmp_path / "token"
+    token_file.write_text(agent.token + "\n")
+    agent.stop()
+    token = agent.token
+    try:
+        agent.token = ""
+        agent.proc = None
+        command = [a for a in agent.command() if a not in ("--token", "")]
+        start = agent.log_path.stat().st_size
+        with agent.log_path.open("ab") as log:
+            agent.proc = subprocess.Popen(
+                [*command, "--token-file", str(token_file)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        agent.wait_ready()
+        with open(f"/proc/{agent.proc.pid}/cmdline", "rb") as f:
+            assert token.encode() not in f.read()
+        h.wait_until(
+            lambda: b"enrolled as dp1" in agent.log_path.read_bytes()[start:],
+            30,
+            message="enrolled with the token of the file",
+        )
+    finally:
+        agent.stop()
+        agent.token = token
+        agent.start()
+    both = _serve(
+        "agent",
+        "serve",
+        "--site",
+        served.site.url,
+        "--token",
+        token,
+        "--token-file",
+        str(token_file),
+        home=tmp_path / "other",
+    )
+    _one_line_refusal(both, "give the token once: --token (or its variable) or --token-file")
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (("server", "add", "dpx", "--url", "dpx.example:8701"), "must start with http://"),
+        (("site", "add-child", "br", "--url", "br.example:8700"), "must start with http://"),
+        (
+            ("site", "serve", "--listen", "127.0.0.1:1", "--parent", "hq:8700", "--token", TOKEN),
+            "--parent 'hq:8700' must be a URL starting with https://",
+        ),
+    ],
+)
+def test_a_url_without_scheme_is_refused_at_once_wherever_a_url_is_taken(
+    idle: h.Site, args: tuple[str, ...], words: str
+) -> None:
+    _one_line_refusal(_serve(*args, home=idle.home), words)
