@@ -19,13 +19,15 @@ from packdist.cli.common import (
     resolve_home,
 )
 from packdist.cli.job_view import RateMeter, _job_table, _plain_line
+from packdist.cli.site_words import presence as _presence
+from packdist.cli.site_words import refusals as _refusals
+from packdist.cli.site_words import warn_if_no_site
 from packdist.cli.targets import choose_targets, one_target_option, target_options
 from packdist.core.names import parse_ref
 from packdist.errors import NotFound, UserError
 from packdist.service import Service
-from packdist.service.fleet import refusals_shown
 from packdist.service.jobs import named
-from packdist.service.presence import SitePresence, site_presence
+from packdist.service.presence import site_presence
 from packdist.site.home import SiteHome
 from packdist.site.views import job_counts, job_json
 from packdist.states import TERMINAL, InstructionState, JobState
@@ -48,30 +50,6 @@ def _load(
         store.close()
 
 
-def _presence() -> SitePresence:
-    """Whether a site server runs on this home's store (one small read)."""
-    store = SiteHome.open(resolve_home()).store()
-    try:
-        return site_presence(store, time.time())
-    finally:
-        store.close()
-
-
-def _refusals() -> dict[str, str]:
-    """server -> the agent refused lately as that server's, in words."""
-    store = SiteHome.open(resolve_home()).store()
-    try:
-        return refusals_shown(store, time.time())
-    finally:
-        store.close()
-
-
-def warn_if_no_site(presence: SitePresence) -> None:
-    """With no site server running, nothing moves: say so, on stderr."""
-    if presence.message is not None:
-        click.echo(f"packdist: {presence.message}", err=True)
-
-
 def wait_for(job_id: str, timeout: float | None, quiet: bool = False, told: bool = False) -> int:
     """Wait until every instruction is terminal; returns the exit code of ``job wait``.
     With no site server running, says so first (unless ``told`` already); timed out, says
@@ -80,9 +58,10 @@ def wait_for(job_id: str, timeout: float | None, quiet: bool = False, told: bool
     watcher = watch(store)  # read sees the site's latest commits); watched before the first
     try:  # look, so a commit after it always wakes us
         store.get_job(job_id)  # an unknown job: NotFound before anything is said
+        presence = site_presence(store, time.time())
         if not told:
-            warn_if_no_site(site_presence(store, time.time()))
-        code = _wait(store, watcher, job_id, timeout, quiet)
+            warn_if_no_site(presence)
+        code = _wait(store, watcher, job_id, timeout, quiet, presence.message)
     finally:
         if watcher is not None:
             watcher.close()
@@ -131,7 +110,12 @@ def _pause(watcher: StoreWatcher | None, most: float, gap: float, last_look: flo
 
 
 def _wait(
-    store: Store, watcher: StoreWatcher | None, job_id: str, timeout: float | None, quiet: bool
+    store: Store,
+    watcher: StoreWatcher | None,
+    job_id: str,
+    timeout: float | None,
+    quiet: bool,
+    halted: str | None = None,
 ) -> int:
     deadline = None if timeout is None else time.monotonic() + timeout
     console = Console(stderr=True)
@@ -165,18 +149,20 @@ def _wait(
         meter = RateMeter()
         meter.add(job, time.monotonic())
         with Live(
-            _job_table(job, time.time(), meter), console=console, refresh_per_second=4
+            _job_table(job, time.time(), meter, halted=halted),
+            console=console,
+            refresh_per_second=4,
         ) as view:
             done = step()
             while not done and (deadline is None or time.monotonic() < deadline):
                 meter.add(job, time.monotonic())
-                view.update(_job_table(job, time.time(), meter))
+                view.update(_job_table(job, time.time(), meter, halted=halted))
                 looks += 1
                 heard = pause(looks, LIVE_REFRESH)  # redrawn meanwhile: rates and ages move
                 if heard or time.monotonic() - looked_at >= SAFETY:  # a look a second anyway
                     done = step()
             meter.add(job, time.monotonic())
-            view.update(_job_table(job, time.time(), meter))
+            view.update(_job_table(job, time.time(), meter, halted=halted))
     else:
         while not step():
             if deadline is not None and time.monotonic() >= deadline:
