@@ -272,7 +272,7 @@ def test_an_agent_with_a_revoked_token_is_shown_at_the_site_and_backs_off(
             20,
             message="the agent said why",
         )
-        time.sleep(7)  # 2 s, 4 s: two more refusals, said nowhere again
+        time.sleep(3)  # 2 s later: one more refusal, said nowhere again
         log = agent.log_tail(400)
         assert log.count("the site refuses this agent: ") == 1, log
         assert log.count("site refused this agent") == 0
