@@ -15,6 +15,7 @@ from typing import Any
 
 from packdist.core.fsutil import human_bytes
 from packdist.core.timefmt import ago
+from packdist.site.notices import notices_block
 from packdist.site.views import EVENT_TITLES, JOB_PAGE, cancelled_why
 from packdist.states import DONE
 
@@ -364,6 +365,7 @@ def events_block(events: list[dict[str, Any]], now: float, title: str = "Events"
 def overview_content(doc: dict[str, Any], now: float) -> str:
     return (
         _summary(doc["summary"])
+        + notices_block(doc.get("refused_agents", []))
         + _matrix(doc)
         + _jobs(doc["jobs"], now)
         + _servers(doc["servers"])

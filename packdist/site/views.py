@@ -13,6 +13,7 @@ from typing import Any
 from packdist.core.timefmt import ago, iso
 from packdist.errors import ErrorKind
 from packdist.service import Service
+from packdist.service.fleet import refusals_shown
 from packdist.site.cadence import SILENT_AFTER, offline_after_for
 from packdist.site.liveness import FLUSH_EVERY
 from packdist.states import InstructionState
@@ -341,6 +342,8 @@ def overview(store: Store, now: float, servers_shown: int = OVERVIEW_SERVERS) ->
         "jobs": [job_json(preview(store, j)) for j in jobs],
         "events": [event_json(e) for e in store.recent_events(RECENT_EVENTS)],
         "child_sites": child_sites(store, now, servers=False),
+        # agents refused lately for a wrong token, in words (a line each)
+        "refused_agents": list(refusals_shown(store, now).values()),
     }
 
 

@@ -265,8 +265,10 @@ def test_an_agent_with_a_revoked_token_is_shown_at_the_site_and_backs_off(
         assert words.startswith("dp1: an agent tried to enroll with a wrong token at ")
         assert words in site.cli("server", "list").stdout
         assert words in site.cli("job", "show", job).stdout
-        code, page = site.operator_get("/")  # the dashboard's events
-        assert code == 200 and words.encode() in page
+        code, page = site.operator_get("/")  # the dashboard: a notice, and its events
+        assert code == 200 and page.count(words.encode()) == 2
+        code, body = site.operator_get("/api/overview")
+        assert code == 200 and json.loads(body)["refused_agents"] == [words]
         h.wait_until(
             lambda: agent.log_tail(200).count("trying again, less and less often") >= 1,
             20,
