@@ -80,7 +80,15 @@ mutation: $(STAMP)
 	  || { tail -c 3000 .mutmut-cache/run.log; exit 1; }
 	$(BIN)/python -m tests.mutation_score
 
-demo: $(STAMP)
+# the demo needs only packdist itself: no test tools, no system packages
+DEMO_STAMP := $(VENV)/.runtime
+$(DEMO_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
 	$(BIN)/python -m packdist.demo
 
 # The benchmarks' own anchors, installed the same way (as root, with apt-get) only for

@@ -31,8 +31,10 @@ from bench.common import REPO, packdist_argv, run_child, run_quiet, scratch
 DESCRIPTION = "job show, status, overview and metrics with N servers and one job to all"
 
 
-def _seed(home: Path, servers: int) -> str:
-    """A site with ``servers`` servers and one job to all of them, moved along; its id."""
+def _seed(home: Path, servers: int, history: int = 0) -> str:
+    """A site with ``servers`` servers and one job to all of them, moved along; its id.
+    ``history``: as many older versions, each sent to every server (``history`` x
+    ``servers`` more instructions, left pending: the history the pages must not read)."""
     from packdist.auth import hash_token
     from packdist.errors import ErrorKind
     from packdist.service import Service
@@ -68,6 +70,18 @@ def _seed(home: Path, servers: int) -> str:
                     )
                 elif share < 80:
                     service.mark_failed(c.instruction_id, c.lease, "disk full", now, ErrorKind.DISK)
+        for n in range(history):
+            old = tree.parent / f"old-{n}"
+            (old / "bin").mkdir(parents=True)
+            (old / "bin" / "old").write_bytes(f"old {n}\n".encode() * 100)
+            run_quiet(
+                packdist_argv(
+                    "--home", home, "package", "create", old, "--name", f"old{n}", "--version", "1"
+                )
+            )
+            found = store.find_package(f"old{n}", "1")
+            assert found is not None
+            service.distribute(found.id, names, now - 3600 * (n + 1))
     finally:
         store.close()
     return job_id
@@ -82,7 +96,55 @@ def _cli(home: Path, *args: str) -> tuple[float, int]:
     return best, size
 
 
-def _in_process(home: Path) -> dict[str, float]:
+def _best(fn: Any) -> float:
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _fleet_pages(store: Any, job_id: str) -> dict[str, float]:
+    """The fleet's pages as the dashboard builds them (view, HTML, JSON), in process."""
+    from packdist.site import pages, views
+    from packdist.site.package_pages import package_content, package_doc
+    from packdist.site.server_list import Filters, servers_content, servers_doc
+    from packdist.site.server_pages import server_content, server_doc
+
+    def job_page() -> None:
+        now = time.time()
+        doc = views.job_page(store, job_id, now)
+        json.dumps({**doc, "html": pages.job_content(doc, now)})
+
+    def package_page(word: str | None) -> None:
+        now = time.time()
+        doc = package_doc(store, "app@1", now, word, 0)
+        json.dumps({**doc, "html": package_content(doc)})
+
+    def server_page() -> None:
+        now = time.time()
+        doc = server_doc(store, "sim00075", now)  # retrying: a page with a cause
+        json.dumps({**doc, "html": server_content(doc, now)})
+
+    def server_list(state: str | None) -> None:
+        now = time.time()
+        f = Filters(state=state)
+        doc = servers_doc(store, f, "site", now)
+        json.dumps({**doc, "html": servers_content(doc, f, now)})
+
+    return {
+        "server_list_page_s": _best(lambda: server_list(None)),
+        "server_list_offline_s": _best(lambda: server_list("offline")),
+        "job_page_s": _best(job_page),
+        "package_page_s": _best(lambda: package_page(None)),
+        "package_retrying_s": _best(lambda: package_page("retrying")),
+        "server_page_s": _best(server_page),
+        "search_s": _best(lambda: store.search("sim0007")),
+    }
+
+
+def _in_process(home: Path, job_id: str) -> dict[str, float]:
     from packdist.site import metrics, pages, views
     from packdist.site.home import SiteHome
 
@@ -106,19 +168,24 @@ def _in_process(home: Path) -> dict[str, float]:
             )
             best = min(best, time.perf_counter() - t0)
         out["metrics_s"], out["metrics_bytes"] = best, len(text.encode())
+        out.update(_fleet_pages(store, job_id))
     finally:
         store.close()
     return out
 
 
-def measure(servers: int) -> dict[str, Any]:
+def measure(servers: int, history: int = 0) -> dict[str, Any]:
     work = scratch(prefix="views-")
     home = work / "site"
     try:
         run_quiet(packdist_argv("--home", home, "site", "init", "--name", "bench"))
         t0 = time.perf_counter()
-        job = _seed(home, servers)
-        out: dict[str, Any] = {"servers": servers, "seed_s": time.perf_counter() - t0}
+        job = _seed(home, servers, history)
+        out: dict[str, Any] = {
+            "servers": servers,
+            "instructions": servers * (1 + history),
+            "seed_s": time.perf_counter() - t0,
+        }
         for key, args in (
             ("job_show", ("job", "show", job, "--json")),
             ("job_show_human", ("job", "show", job)),
@@ -128,7 +195,7 @@ def measure(servers: int) -> dict[str, Any]:
         ):
             out[f"{key}_s"], out[f"{key}_bytes"] = _cli(home, *args)
         out["python_startup_s"] = _cli(home, "--help")[0]
-        out.update(_in_process(home))
+        out.update(_in_process(home, job))
         return out
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -143,6 +210,13 @@ ROWS = (
     ("python start-up (s)", "python_startup_s"),
     ("overview, in process (s)", "overview_s"),
     ("metrics, in process (s)", "metrics_s"),
+    ("servers page, in process (s)", "server_list_page_s"),
+    ("servers page, the offline ones (s)", "server_list_offline_s"),
+    ("job page with its causes, in process (s)", "job_page_s"),
+    ("package page, in process (s)", "package_page_s"),
+    ("package page, the retrying servers (s)", "package_retrying_s"),
+    ("server page, in process (s)", "server_page_s"),
+    ("search, in process (s)", "search_s"),
 )
 SIZES = (
     ("job show --json", "job_show_bytes"),
@@ -155,16 +229,22 @@ SIZES = (
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench views", description=DESCRIPTION)
     parser.add_argument("--servers", type=int, default=10_000)
+    parser.add_argument(
+        "--history", type=int, default=9, help="older versions sent to every server (default 9)"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     os.environ.pop("PACKDIST_HOME", None)
-    out = measure(args.servers)
+    out = measure(args.servers, args.history)
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
-    print(f"{out['servers']:,} servers, one job to all (seeded in {out['seed_s']:.1f}s)")
+    print(
+        f"{out['servers']:,} servers, one job to all, {out['instructions']:,} instructions"
+        f" (seeded in {out['seed_s']:.1f}s)"
+    )
     for label, key in ROWS:
-        print(f"  {label:<28} {out[key]:8.2f}")
+        print(f"  {label:<42} {out[key]:8.3f}")
     for label, key in SIZES:
-        print(f"  {label + ' (KiB)':<28} {out[key] / 1024:8.0f}")
+        print(f"  {label + ' (KiB)':<42} {out[key] / 1024:8.0f}")
     return 0

@@ -22,6 +22,13 @@
   (up to 72) peers offered cost the site more than the rest of an install at fleet scale.
   What it allows is what the site means ("``sub`` may read ``pkg``"): a peer that sees it
   is itself a holder or a receiver of that very package, so passing it on gains nothing.
+* Client credentials: the same again, handed by the site to a client (``packdist fetch``)
+  with its sources. ``role`` is ``client`` and ``sub`` names the client, so an agent takes
+  it without a certificate (a client has none) yet a server's own credential, which names
+  no role, still needs that server's certificate; it lives ``CLIENT_TTL``, and a fetch
+  asks the site for a new one at half that age, so a client removed meanwhile is refused
+  by the site at once and by agents once the one it holds expires.
+  Client tokens are made and kept as enrollment tokens are (:func:`new_token`).
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ ASSERTION_TTL = 30.0  # seconds a site credential lives
 PEER_TTL = 4 * 3600.0  # seconds a peer credential lives: long enough for one transfer (a
 # longer one falls back to the site for what is left; its next attempt gets new ones)
 PEER_CHUNKS_PATH = "/v1/peer/chunks"
+CLIENT_TTL = 120.0  # seconds a client credential lives (a fetch renews it at half its life)
+CLIENT_ROLE = "client"  # the role claim of a client credential
 ANY_PEER = "*"  # the audience of a peer credential: no server's name can be this
 CLOCK_SKEW = 60.0  # how far ahead of the agent's clock the site's may be
 _TOKEN = re.compile(re.escape(TOKEN_PREFIX) + r"[A-Za-z0-9_-]{43}(\.[A-Za-z0-9_-]{43})?")
@@ -180,4 +189,21 @@ def peer_assertion(key: SigningKey, subject: str, package_id: str, now: float | 
     """A credential for server ``subject`` to fetch chunks of one package from its peers."""
     return site_assertion(
         key, ANY_PEER, "POST", PEER_CHUNKS_PATH, now, ttl=PEER_TTL, sub=subject, pkg=package_id
+    )
+
+
+def client_assertion(
+    key: SigningKey, client: str, package_id: str, now: float | None = None
+) -> str:
+    """A credential for client ``client`` to fetch chunks of one package from agents."""
+    return site_assertion(
+        key,
+        ANY_PEER,
+        "POST",
+        PEER_CHUNKS_PATH,
+        now,
+        ttl=CLIENT_TTL,
+        sub=client,
+        pkg=package_id,
+        role=CLIENT_ROLE,
     )

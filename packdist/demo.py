@@ -24,6 +24,7 @@ from cryptography import x509
 
 from packdist.auth import token_fingerprint
 from packdist.core import tls
+from packdist.demo_rollout import rollout_story
 
 PACKDIST = [sys.executable, "-m", "packdist"]
 
@@ -295,12 +296,41 @@ def main() -> int:
             print(f"  {line}")
         say("The job's timeline, as the dashboard shows it")
         demo.run("events", "--job", job)
+        rollout_story(demo, src)
         branch_office(demo, src)
         print(f"\ndemo finished in {time.monotonic() - started:.0f}s")
+        if sys.stdin.isatty() and sys.stdout.isatty():
+            explore(demo)
+        else:
+            print(f"(no terminal: everything stopped; the homes stay in {root})")
         return 0
     finally:
         demo.stop_all()
-        shutil.rmtree(root, ignore_errors=True)
+
+
+def explore(demo: Demo) -> None:
+    """On a terminal: leave the site and agents running to look around, until Ctrl-C."""
+    doc = json.loads(demo.run("site", "operator-password", "--json", show=False))
+    say("Everything keeps running on loopback: look around")
+    print(
+        f"  dashboard: {demo.site_url}/   operator {doc['operator']}, password {doc['operator_password']}"
+    )
+    print(
+        f"  (the browser will not know the site's authority: {demo.site_home / 'tls' / 'ca.pem'})"
+    )
+    command = Path(sys.executable).parent / "packdist"  # the venv's, when not on PATH
+    if shutil.which("packdist") == str(command) or not command.exists():
+        command = Path("packdist")
+    for n, args in enumerate(("status", "rollout list", "events", "job list")):
+        print(f"  {'try:' if n == 0 else '    '}  {command} --home {demo.site_home} {args}")
+    print(f"  the homes stay in {demo.root} after Ctrl-C")
+    print("Ctrl-C stops the site and the agents.", flush=True)
+    try:
+        while all(p.poll() is None for p in demo.procs.values()):
+            time.sleep(1)
+        print("a process of the demo stopped; stopping the rest")
+    except KeyboardInterrupt:
+        print("\nstopping the site and the agents")
 
 
 if __name__ == "__main__":

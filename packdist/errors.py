@@ -44,6 +44,7 @@ class ErrorKind(StrEnum):
     AUTH = "auth"  # a credential was refused
     DISK = "disk"  # not enough space on the server
     REFUSED = "refused"  # the request itself is wrong (unknown, invalid): the same again fails
+    HEALTH = "health"  # the version installed but failed its health check there
     INTERNAL = "internal"  # a bug in packdist
 
 
@@ -186,6 +187,12 @@ class DiskFull(PackdistError):
     """Disk full."""
 
     kind = ErrorKind.DISK
+
+
+class HealthCheckFailed(PackdistError):
+    """The health check failed."""
+
+    kind = ErrorKind.HEALTH
 
 
 class InternalError(PackdistError):

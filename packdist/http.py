@@ -56,6 +56,7 @@ from packdist.errors import (
     DiskFull,
     ErrorKind,
     Forbidden,
+    HealthCheckFailed,
     NotFound,
     Overloaded,
     PackdistError,
@@ -296,6 +297,8 @@ def status_of(exc: PackdistError) -> int:
         return 400
     if isinstance(exc, DiskFull):
         return 507
+    if isinstance(exc, HealthCheckFailed):
+        return 422
     if isinstance(exc, RemoteTimeout):
         return 504
     if isinstance(exc, TransferError):
@@ -338,6 +341,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 HEADER_MARKS = struct.Struct(">BII")  # encoding, chunk size, payload length; after the digest
 HEADER_SIZE = DIGEST_SIZE + HEADER_MARKS.size
 ERROR_MARK = 0xFF  # in the encoding byte: an error frame, its payload a UTF-8 message
+#: in the encoding byte of a peer's stream: "not here (yet)", an empty payload (see
+#: packdist.agent.sources; packdist fetch reads agents' streams too)
+MISSING = 0xFE
 MAX_PAYLOAD = 64 * 1024 * 1024  # no frame is larger (chunks are at most a few MiB)
 MAX_ERROR_BYTES = 2000  # of an error frame's message, what is kept
 

@@ -19,6 +19,7 @@ from packdist.core.signing import SigningKey
 from packdist.errors import Busy, ConnectError, ErrorKind, RemoteError
 from packdist.protocol.agent_api import AgentClient
 from packdist.protocol.child_api import ChildClient
+from packdist.service.activation import DEFAULT_HEALTH_TIMEOUT, HEALTH_CHECK, HEALTH_TIMEOUT
 from packdist.site.store_runner import StoreRunner
 from packdist.store.records import ChildSiteRecord, Claim
 
@@ -85,6 +86,8 @@ async def activate(client: TargetClient, c: Claim) -> None:
             f"activation behind a child site is not supported yet ({c.server})",
             kind=ErrorKind.REFUSED,
         )
-    answer = await client.activate(c.package_id, c.package_ref)
+    check = c.options.get(HEALTH_CHECK) or ()
+    timeout = float(c.options.get(HEALTH_TIMEOUT, DEFAULT_HEALTH_TIMEOUT))
+    answer = await client.activate(c.package_id, c.package_ref, tuple(check), timeout)
     if answer.package != c.package_ref:
         raise RemoteError(f"{c.server} activated {answer.package}, not {c.package_ref}")

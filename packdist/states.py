@@ -126,3 +126,43 @@ def job_state(states: Iterable[InstructionState], action: str = "install") -> Jo
     if any(s is S.FAILED for s in states):
         return JobState.FAILED
     return JobState.CANCELLED
+
+
+class RolloutState(StrEnum):
+    RUNNING = "running"  # its waves start one after the other, each once the last is done
+    PAUSED = "paused"  # no wave starts (a wave failed, or an operator paused it); started
+    #                    waves' instructions keep running: no server loses its instruction
+    SUCCEEDED = "succeeded"  # every wave started and was judged (terminal)
+    CANCELLED = "cancelled"  # an operator cancelled it (terminal)
+
+
+class WaveState(StrEnum):
+    WAITING = "waiting"  # not started: the wave before is under way, or the rollout paused
+    RUNNING = "running"  # its job is under way and the wave is not judged yet
+    SUCCEEDED = "succeeded"  # installed everywhere, or failures within the error threshold
+    FAILED = "failed"  # more of it failed than the error threshold allows (terminal)
+    CANCELLED = "cancelled"  # its rollout was cancelled first (terminal)
+
+
+R, W = RolloutState, WaveState
+
+#: event -> (states a rollout may start from, state it leads to); applied by the store's one
+#: writer of rollouts (:meth:`packdist.store.rollouts.RolloutQueries.apply_rollout`).
+ROLLOUT_TRANSITIONS: dict[str, tuple[frozenset[RolloutState], RolloutState]] = {
+    "pause": (frozenset({R.RUNNING}), R.PAUSED),  # an operator paused it
+    "halt": (frozenset({R.RUNNING}), R.PAUSED),  # a wave failed past the threshold
+    "resume": (frozenset({R.PAUSED}), R.RUNNING),  # an operator let it go on
+    "finish": (frozenset({R.RUNNING}), R.SUCCEEDED),  # its last wave was judged
+    "cancel": (frozenset({R.RUNNING, R.PAUSED}), R.CANCELLED),
+}
+
+#: the same for the waves of a rollout
+WAVE_TRANSITIONS: dict[str, tuple[frozenset[WaveState], WaveState]] = {
+    "start": (frozenset({W.WAITING}), W.RUNNING),  # its job was created
+    "pass": (frozenset({W.RUNNING}), W.SUCCEEDED),
+    "fail": (frozenset({W.RUNNING}), W.FAILED),
+    "cancel": (frozenset({W.WAITING, W.RUNNING}), W.CANCELLED),
+}
+
+ROLLOUT_DONE: frozenset[RolloutState] = frozenset({R.SUCCEEDED, R.CANCELLED})
+WAVE_JUDGED: frozenset[WaveState] = frozenset({W.SUCCEEDED, W.FAILED, W.CANCELLED})

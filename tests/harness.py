@@ -441,9 +441,16 @@ class Site(Component):
     def json(self, *args: str) -> Any:
         return run_json(self.home, *args)
 
-    def add_server(self, name: str, url: str, groups: Iterable[str] = ()) -> str:
+    def add_server(
+        self,
+        name: str,
+        url: str,
+        groups: Iterable[str] = (),
+        labels: dict[str, str] | None = None,
+    ) -> str:
         """Register a server; returns its enrollment token."""
         extra = [a for g in groups for a in ("--group", g)]
+        extra += [a for k, v in (labels or {}).items() for a in ("--label", f"{k}={v}")]
         doc = self.json("server", "add", name, "--url", url, *extra)
         assert doc["name"] == name, doc
         return str(doc["token"])
@@ -635,6 +642,7 @@ def add_agents(
     port: int | None = None,
     site_url: str | None = None,
     site_urls: dict[str, str] | None = None,
+    labels: dict[str, dict[str, str]] | None = None,
 ) -> dict[str, Agent]:
     """Register one server per name and build its agent (home ``root/agent-NAME``).
 
@@ -656,7 +664,7 @@ def add_agents(
             site_url=(site_urls or {}).get(name) or site_url or site.url,
             tls=site.tls,
         )
-        agent.token = site.add_server(name, agent.url)
+        agent.token = site.add_server(name, agent.url, labels=(labels or {}).get(name))
         agents[name] = agent
     return agents
 
@@ -677,6 +685,7 @@ def start_lab_cluster(
     site_port: int = 8700,
     agent_port: int = 8701,
     timeout: float = 60,
+    labels: dict[str, dict[str, str]] | None = None,
 ) -> Cluster:
     """The site (host ``site``) and one agent per server, each in its lab namespace,
     running and enrolled (13 processes on 2 cores take a while: ``timeout``)."""
@@ -688,6 +697,7 @@ def start_lab_cluster(
         hosts={s: lab.addr(s) for s in servers},
         netns={s: lab.ns(s) for s in servers},
         port=agent_port,
+        labels=labels,
     )
     cluster = Cluster(site, agents)
     try:
@@ -706,6 +716,7 @@ def start_cluster(
     servers: Iterable[str] = ("dp1", "dp2", "dp3"),
     throttle: dict[str, float] | None = None,
     tls: bool | None = None,
+    labels: dict[str, dict[str, str]] | None = None,
 ) -> Cluster:
     """Site + one running agent per server name, all on 127.0.0.1.
 
@@ -717,7 +728,9 @@ def start_cluster(
         n: ThrottledProxy(site.host, site.port, rate, site.tls)
         for n, rate in (throttle or {}).items()
     }
-    agents = add_agents(site, root, servers, site_urls={n: p.url for n, p in proxies.items()})
+    agents = add_agents(
+        site, root, servers, site_urls={n: p.url for n, p in proxies.items()}, labels=labels
+    )
     cluster = Cluster(site, agents, proxies)
     try:
         for p in proxies.values():

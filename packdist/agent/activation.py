@@ -11,14 +11,17 @@ not removed from under its users (:func:`refuse_removal_of_active`).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 from dataclasses import dataclass
 
+from packdist.agent.health_check import run_health_check
 from packdist.agent.home import AgentHome
 from packdist.core.fsutil import fsync_dir
 from packdist.core.names import CURRENT, check_version
 from packdist.errors import InvalidName, PackdistError, UserError
+from packdist.protocol.messages import ActivateRequest
 
 TEMPORARY_PREFIX = ".current-"  # packages/NAME/.current-<hex>: a link on its way in
 
@@ -70,6 +73,20 @@ def activate(home: AgentHome, ref: str, package_id: str) -> Activated:
         temporary.unlink(missing_ok=True)
         raise PackdistError(f"cannot activate {ref}: {exc.strerror or exc}") from exc
     return Activated(ref, previous)
+
+
+async def activate_checked(home: AgentHome, asked: ActivateRequest) -> Activated:
+    """:func:`activate`, once the request's health check passed in the installed tree (a
+    failure keeps the version active until now: the switch never happens). A version
+    already active is not checked again: it is the one in use."""
+    ref, name, version = asked.package, *asked.package.partition("@")[::2]
+    if asked.check and active_version(home, name) != version:
+        if home.installed().get(ref) != asked.package_id:
+            raise UserError(f"{ref} is not installed on this agent: install it before activating")
+        await run_health_check(
+            home.packages / name / version, ref, list(asked.check), asked.check_timeout
+        )
+    return await asyncio.to_thread(activate, home, ref, asked.package_id)
 
 
 def refuse_removal_of_active(home: AgentHome, ref: str) -> None:

@@ -4,7 +4,8 @@ A peer asks for chunks of one package (``{"package": id, "digests": [hex, ...], 
 seconds}``) with a peer credential the site signed for it and for that package
 (:func:`packdist.auth.peer_assertion`); over TLS it must present the certificate the site
 signed for the same server (a credential lifted off one server is no good from another),
-and neither is taken once the site says it removed that server. The agent answers with a chunk stream
+and neither is taken once the site says it removed that server. A client's credential
+(``role`` client: ``packdist fetch``) is taken without a certificate. The agent answers with a chunk stream
 (:mod:`packdist.http` framing): each chunk raw, in the order asked, read from the installed
 tree or, while the package is still being received here, from its staging tree once the
 chunk has landed and been verified. A chunk that does not land within ``wait`` seconds is
@@ -31,6 +32,7 @@ from aiohttp import web
 from packdist.agent.home import AgentHome
 from packdist.agent.inputs import read_json, seconds
 from packdist.agent.sources import MISSING, PEER_CHUNK_MAX, Pulse
+from packdist.auth import CLIENT_ROLE
 from packdist.core.codec import Encoding
 from packdist.core.digest import Digest
 from packdist.core.manifest import Manifest
@@ -119,10 +121,17 @@ class PeerService:
         package_id, digests, wait = _parse(await read_json(request))
         if claims.get("pkg") != package_id or not claims.get("sub"):
             raise AuthError("credential is for another package")
-        if claims["sub"] in self.revoked:  # the site removed it after signing this
+        # a client's (packdist fetch) comes without a certificate: it has none, and the
+        # site named it a client when it signed this; a server's shows its own
+        client = claims.get("role") == CLIENT_ROLE
+        if not client and claims["sub"] in self.revoked:  # removed after this was signed
             raise AuthError(f"server {claims['sub']} was removed from the site")
         # over TLS a peer shows its certificate, and it is the credential's
-        if request.secure and not holds(presented(request), f"server/{claims['sub']}"):
+        if (
+            not client
+            and request.secure
+            and not holds(presented(request), f"server/{claims['sub']}")
+        ):
             raise AuthError(
                 f"the peer credential of {claims['sub']} came without that server's certificate"
             )

@@ -298,11 +298,10 @@ class Agent:
     async def activate(self, request: web.Request) -> web.Response:
         """Make an installed version the active one (``packages/NAME/current``):
         ``{"package_id": ID, "package": "NAME@VERSION"}``; answers the version active
-        before. Refused (400) for a version this agent does not hold."""
+        before. Refused (400) for a version this agent does not hold; 422 (kind ``health``)
+        when its health check (``"check": [program, args...]``) fails."""
         asked = ActivateRequest.from_json(await read_json(request))
-        done = await asyncio.to_thread(
-            activation.activate, self.home, asked.package, asked.package_id
-        )
+        done = await activation.activate_checked(self.home, asked)
         if done.previous != done.package.partition("@")[2]:
             log.info("%s is active (was %s)", done.package, done.previous or "none")
         return web.json_response(ActivateAnswer(done.package, done.previous).to_json())

@@ -35,10 +35,9 @@ from packdist.auth import PEER_CHUNKS_PATH
 from packdist.core.digest import Digest
 from packdist.errors import TransferError, UserError
 from packdist.http import HOLDER_HEADER, Frame, Timeouts
+from packdist.http import MISSING as MISSING  # its home is packdist/http.py now
 from packdist.protocol.chunk_stream import ChunkStreams, StreamStop
 
-#: the encoding byte of a frame that says "not here (yet)"
-MISSING = 0xFE
 #: how long a peer holds a request while its own transfer of the package makes no progress
 PEER_WAIT = 3.0
 #: the longest a peer holds a request for any one chunk (under the requester's read timeout,

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from packdist.agent.bases import BaseChunk
 from packdist.core.digest import Digest
+from packdist.core.fsutil import pread as pread  # their home is core/fsutil.py now
+from packdist.core.fsutil import pwrite_fd as pwrite_fd
 from packdist.core.manifest import Manifest
 from packdist.errors import TransferError
 
@@ -76,22 +78,3 @@ class WritePlan:
             for fd in self._fds.values():
                 os.close(fd)
             self._fds.clear()
-
-
-def pread(path: Path | str, offset: int, size: int) -> bytes | None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        data = os.pread(fd, size, offset)
-    finally:
-        os.close(fd)
-    return data if len(data) == size else None
-
-
-def pwrite_fd(fd: int, offset: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view, offset = view[n:], offset + n

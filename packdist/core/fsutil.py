@@ -257,3 +257,24 @@ def tree_bytes(path: Path | str) -> int:
     except FileNotFoundError:
         return 0
     return total
+
+
+def pread(path: Path | str, offset: int, size: int) -> bytes | None:
+    """``size`` bytes of ``path`` at ``offset``; None when it cannot be read or is shorter."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        data = os.pread(fd, size, offset)
+    finally:
+        os.close(fd)
+    return data if len(data) == size else None
+
+
+def pwrite_fd(fd: int, offset: int, data: bytes | memoryview) -> None:
+    """All of ``data`` written at ``offset`` of ``fd`` (``pwrite`` may write less at once)."""
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n

@@ -81,16 +81,24 @@ class AgentClient:
             data: dict[str, Any] = await resp.json()
             return data
 
-    async def activate(self, package_id: str, ref: str) -> ActivateAnswer:
-        """Make ``ref`` (installed there) the active version of its package on the agent."""
+    async def activate(
+        self, package_id: str, ref: str, check: tuple[str, ...] = (), check_timeout: float = 60.0
+    ) -> ActivateAnswer:
+        """Make ``ref`` (installed there) the active version of its package on the agent,
+        once its health check ``check`` (if any) passed there."""
         url = f"{self.base_url}/v1/activate"
+        timeouts = CONTROL
+        if check:  # the agent answers once the check ended: give it the check's time
+            timeouts = Timeouts(
+                CONTROL.connect, CONTROL.read + check_timeout, (CONTROL.total or 0) + check_timeout
+            )
         async with request(
             self._session,
             "POST",
             url,
-            json=ActivateRequest(package_id, ref).to_json(),
+            json=ActivateRequest(package_id, ref, check, check_timeout).to_json(),
             headers=self._headers("POST", url),
-            timeouts=CONTROL,
+            timeouts=timeouts,
         ) as resp:
             try:
                 return ActivateAnswer.from_json(await resp.json())

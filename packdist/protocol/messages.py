@@ -202,12 +202,41 @@ class RemoveRequest:
         return cls(pid, f"{name}@{version}")
 
 
+MAX_CHECK_WORDS = 64  # a health check's program and arguments, at most
+MAX_CHECK_CHARS = 4096
+
+
 @dataclass(frozen=True)
 class ActivateRequest(RemoveRequest):
     """The site to an agent: make this installed version the active one of its package
-    (``POST /v1/activate``; ``packages/NAME/current``)."""
+    (``POST /v1/activate``; ``packages/NAME/current``), once ``check`` (a program of the
+    package and its arguments; empty: none) exited 0 in its tree within ``check_timeout``."""
+
+    check: tuple[str, ...] = ()
+    check_timeout: float = 60.0
 
     what = "activate request"
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"package_id": self.package_id, "package": self.package}
+        if self.check:
+            doc |= {"check": list(self.check), "check_timeout": self.check_timeout}
+        return doc
+
+    @classmethod
+    def from_json(cls, body: Any) -> Self:
+        plain = super().from_json(body)  # its package, worded as an activate request
+        check, timeout = body.get("check", []), body.get("check_timeout", 60.0)
+        if (
+            not isinstance(check, list)
+            or len(check) > MAX_CHECK_WORDS
+            or not all(isinstance(w, str) for w in check)
+            or sum(len(w) for w in check) > MAX_CHECK_CHARS
+        ):
+            raise UserError(f"malformed {cls.what}: check must be a short list of words")
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+            raise UserError(f"malformed {cls.what}: check_timeout must be seconds")
+        return cls(plain.package_id, plain.package, tuple(check), float(timeout))
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,9 @@ decides in Python which instructions an event applies to, and words its events a
                     │           attempts (claim, settle by failure kind, leases),
                     │           fleet (packages, servers, heartbeats, validation, repairs),
                     │           hierarchy (child sites, their reports),
-                    │           activation (active versions, rollback)
+                    │           activation (active versions, rollback),
+                    │           rollouts (waves, error thresholds, pause/resume/cancel),
+                    │           clients (registered, their sources nearest first, fetches)
                   Store         named queries, rows mapped by column name; one writer of state
                     │
           SQLite  |  PostgreSQL
@@ -18,12 +20,13 @@ decides in Python which instructions an event applies to, and words its events a
 
 from __future__ import annotations
 
-from packdist.service.activation import ActivationUseCases
 from packdist.service.attempts import STOPPING_KINDS
+from packdist.service.clients import ClientUseCases
+from packdist.service.rollouts import RolloutUseCases
 from packdist.store.core import Store
 
 
-class Service(ActivationUseCases):
+class Service(RolloutUseCases, ClientUseCases):
     """Every use case, on one store (cheap to make: it holds only the store)."""
 
     def __init__(self, store: Store, actor: str | None = None) -> None:

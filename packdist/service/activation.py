@@ -17,6 +17,10 @@ from packdist.errors import NoTargets, NotFound, UserError
 from packdist.service.hierarchy import HierarchyUseCases
 
 ACTIVATE = "activate"  # the job option: install, then make it the active version
+HEALTH_CHECK = "health_check"  # job option: a program of the package the agent runs in the
+#                                 installed tree before the switch ([path, args...])
+HEALTH_TIMEOUT = "health_timeout"  # job option: seconds the health check may take
+DEFAULT_HEALTH_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True)
@@ -37,13 +41,17 @@ class ActivationUseCases(HierarchyUseCases):
         deadline: float | None = None,
     ) -> str:
         """A job that installs the version where it is missing and makes it active."""
+        self.refuse_behind_child(servers)
+        return self.add_job(package_id, servers, max_attempts, deadline, {ACTIVATE: True}, now)
+
+    @staticmethod
+    def refuse_behind_child(servers: list[str]) -> None:
         behind = [s for s in servers if "/" in s]  # CHILD/SERVER: this site's own have no "/"
         if behind:
             raise UserError(
                 f"activation behind a child site is not supported yet: {', '.join(behind[:5])}"
                 + (f" and {len(behind) - 5} more" if len(behind) > 5 else "")
             )
-        return self.add_job(package_id, servers, max_attempts, deadline, {ACTIVATE: True}, now)
 
     def rollback(self, name: str, servers: list[str], now: float) -> Rollback:
         """Make the version active before the current one active again on each server: a

@@ -19,7 +19,8 @@ from packdist.store.records import ANY_SERVER, Claim
 
 #: kinds of failure that the same attempt again cannot mend: the instruction stops (failed,
 #: with the cause) until an operator fixes the cause and retries the job
-STOPPING_KINDS = frozenset({ErrorKind.INTEGRITY, ErrorKind.REFUSED})
+# a failed health check too: the same version fails it again (a rollout counts it failed)
+STOPPING_KINDS = frozenset({ErrorKind.INTEGRITY, ErrorKind.REFUSED, ErrorKind.HEALTH})
 
 LEASE_EXPIRED = "attempt interrupted: its despooler worker stopped or stalled (lease expired)"
 

@@ -14,6 +14,11 @@ them, see :mod:`packdist.site.operator`):
 * ``GET /metrics`` — Prometheus text; open to anyone if ``metrics.auth = false``.
 * ``POST /api/jobs/{id}/cancel``, ``POST /api/jobs/{id}/retry`` — role operator or admin;
   see :mod:`packdist.site.operator_api`.
+* ``GET /rollouts``, ``GET /rollouts/{id}`` and their API: :mod:`packdist.site.rollout_pages`.
+* ``GET /servers?state=&group=&location=&child=&q=`` and its API: :mod:`packdist.site.server_list`.
+* ``GET /servers/{name}`` and its API: :mod:`packdist.site.server_pages`.
+* ``GET /search?q=`` and its API: :mod:`packdist.site.search_page`.
+* ``GET /packages/{NAME@VERSION}`` and its API: :mod:`packdist.site.package_pages`.
 * ``GET /static/dashboard.{css,js}`` — open.
 """
 
@@ -42,6 +47,12 @@ from packdist.site.operator import (
     named_in,
 )
 from packdist.site.operator_api import Caller, OperatorApi, action_buttons
+from packdist.site.package_actions import PackageActions
+from packdist.site.package_pages import PackagePages
+from packdist.site.rollout_pages import RolloutPages
+from packdist.site.search_page import SearchPage
+from packdist.site.server_list import ServerList
+from packdist.site.server_pages import ServerPages
 from packdist.states import InstructionState
 from packdist.store.base import Store
 
@@ -316,7 +327,7 @@ class Dashboard:
 
         def collect(store: Store) -> str:
             totals = store.metrics_totals(metrics.TRANSFER_BOUNDS)
-            return metrics.render(totals, store.list_servers(), now)
+            return metrics.render(totals, store.list_servers(), now, store.client_totals())
 
         text = await self.site.db(collect)
         return web.Response(
@@ -388,5 +399,14 @@ def setup(app: web.Application, site: SiteServer) -> Dashboard:
     """Add the dashboard, its API and ``/metrics`` to the site's application."""
     dashboard = Dashboard(site)
     dashboard.routes(app)
-    OperatorApi(dashboard).routes(app)
+    for part in (
+        OperatorApi,
+        RolloutPages,
+        ServerList,
+        ServerPages,
+        SearchPage,
+        PackagePages,
+        PackageActions,
+    ):
+        part(dashboard).routes(app)
     return dashboard

@@ -9,16 +9,21 @@ answers, survives restarts, and never disagrees with ``job show``:
 * ``packdist_events_total{kind}`` — the event timeline, counted by kind;
 * ``packdist_transfer_seconds`` — histogram of successful attempts, claim to verified install;
 * ``packdist_servers``, ``packdist_servers_online`` and per server ``packdist_server_up``,
-  ``packdist_server_disk_free_bytes``, ``packdist_server_last_heartbeat_seconds``.
+  ``packdist_server_disk_free_bytes``, ``packdist_server_last_heartbeat_seconds``;
+* ``packdist_client_source_requests_total{package}``, ``packdist_client_fetches_total{package}``
+  and ``packdist_client_bytes_total{package,source}`` — what clients (``packdist fetch``)
+  asked for, fetched, and took from each server (or the site).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from packdist.site.views import online as is_online
 from packdist.site.views import online_after
 from packdist.store.base import MetricsTotals, ServerRecord
+from packdist.store.clients import SITE_SOURCE, ClientTotal
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 TRANSFER_BOUNDS: tuple[float, ...] = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
@@ -52,7 +57,12 @@ class _Out:
             self.lines.append(f"{name} {_num(value)}")
 
 
-def render(totals: MetricsTotals, servers: list[ServerRecord], now: float) -> str:
+def render(
+    totals: MetricsTotals,
+    servers: list[ServerRecord],
+    now: float,
+    clients: Sequence[ClientTotal] = (),
+) -> str:
     out = _Out()
     out.family("packdist_instructions", "gauge", "Instructions by state.")
     for state, n in totals.instructions.items():
@@ -103,4 +113,22 @@ def render(totals: MetricsTotals, servers: list[ServerRecord], now: float) -> st
     for s in servers:
         if s.last_seen is not None:
             out.sample("packdist_server_last_heartbeat_seconds", s.last_seen, server=s.name)
+    _clients(out, clients)
     return "\n".join(out.lines) + "\n"
+
+
+def _clients(out: _Out, clients: Sequence[ClientTotal]) -> None:
+    own = [c for c in clients if c.source == SITE_SOURCE]
+    name = "packdist_client_source_requests_total"
+    out.family(name, "counter", "Sources requests of clients (packdist fetch), by package.")
+    for c in own:
+        out.sample(name, c.requests, package=c.ref)
+    name = "packdist_client_fetches_total"
+    out.family(name, "counter", "Fetches clients reported complete, by package.")
+    for c in own:
+        out.sample(name, c.fetches, package=c.ref)
+    name = "packdist_client_bytes_total"
+    out.family(name, "counter", "Bytes clients fetched, by package and source.")
+    for c in clients:
+        if c.source != SITE_SOURCE:
+            out.sample(name, c.bytes, package=c.ref, source=c.source)

@@ -8,40 +8,22 @@ from the store goes through :func:`h` (``html.escape``); nothing here ever sees 
 
 from __future__ import annotations
 
-import datetime as dt
-import html
 import string
 from typing import Any
 
 from packdist.core.fsutil import human_bytes
 from packdist.core.timefmt import ago
+from packdist.site.causes_block import causes_block
+from packdist.site.html_bits import _epoch, badge, h, package_link, server_link, when
 from packdist.site.notices import notices_block
-from packdist.site.views import EVENT_TITLES, JOB_PAGE, cancelled_why
+from packdist.site.timeline import events_block
+from packdist.site.views import JOB_PAGE, cancelled_why
 from packdist.states import DONE
 
+# re-exported: these lived here before html_bits.py and timeline.py
+__all__ = ["badge", "events_block", "h", "server_link", "when"]
+
 REFRESH_WITHOUT_JS = 10  # seconds
-
-
-def h(value: Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
-
-
-def _epoch(stamp: str | None) -> float | None:
-    if not stamp:
-        return None
-    return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-
-
-def _when(stamp: str | None, now: float) -> str:
-    """``<time>`` with the ISO stamp as tooltip and "12s ago" as text."""
-    if not stamp:
-        return '<span class="muted">never</span>'
-    return f'<time datetime="{h(stamp)}" title="{h(stamp)}">{h(ago(_epoch(stamp), now))}</time>'
-
-
-def _badge(word: str) -> str:
-    cls = word.replace(" ", "-")
-    return f'<span class="badge s-{h(cls)}">{h(word)}</span>'
 
 
 _PAGE = string.Template(
@@ -71,6 +53,11 @@ def page(title: str, site: str, body: str, logged_in: bool = True, refresh: bool
     nav = ""
     if logged_in:
         nav = (
+            '<form method="get" action="/search" class="search" role="search">'
+            '<input type="search" name="q" placeholder="server, package or job" aria-label="Search">'
+            "</form>"
+            '<a href="/servers" class="nav">Servers</a>'
+            '<a href="/rollouts" class="nav">Rollouts</a>'
             '<span id="conn" class="conn" role="status">live updates start in a moment</span>'
             '<form method="post" action="/logout" class="logout">'
             '<button type="submit">Log out</button></form>'
@@ -144,14 +131,14 @@ def _matrix(doc: dict[str, Any]) -> str:
     if not doc["packages"] or not servers:
         missing = "no packages yet" if not doc["packages"] else "no servers yet"
         return f'<section><h2>Packages &times; servers</h2><p class="muted">{missing}</p></section>'
-    head = "".join(f'<th scope="col">{h(s)}</th>' for s in servers)
+    head = "".join(f'<th scope="col">{server_link(s)}</th>' for s in servers)
     rows = []
     for ref in doc["packages"]:
         cells = []
         for s in servers:
             c = doc["matrix"][ref][s]
             word = c["word"]
-            label = _badge(word)
+            label = badge(word)
             if c.get("job"):
                 label = f'<a href="/jobs/{h(c["job"])}">{label}</a>'
             shown = c["detail"] and word != "installed"
@@ -161,7 +148,8 @@ def _matrix(doc: dict[str, Any]) -> str:
                 f' title="{h(c["detail"])}">{label}{why}</td>'
             )
         rows.append(
-            f'<tr data-package="{h(ref)}"><th scope="row">{h(ref)}</th>{"".join(cells)}</tr>'
+            f'<tr data-package="{h(ref)}"><th scope="row">{package_link(ref)}</th>'
+            f"{''.join(cells)}</tr>"
         )
     return (
         f'<section><h2>Packages &times; servers</h2>{_tally(doc)}<div class="scroll"><table class="matrix">'
@@ -179,11 +167,12 @@ def _tally(doc: dict[str, Any]) -> str:
     for ref in doc["packages"]:
         words = doc["tally"].get(ref, {})
         parts = " ".join(
-            f'<span class="count" data-word="{h(w)}">{_badge(w)} {n:,}</span>'
+            f'<span class="count" data-word="{h(w)}">{badge(w)} {n:,}</span>'
             for w, n in sorted(words.items(), key=lambda kv: -kv[1])
         )
         rows.append(
-            f'<tr data-package="{h(ref)}"><th scope="row">{h(ref)}</th><td>{parts or "-"}</td></tr>'
+            f'<tr data-package="{h(ref)}"><th scope="row">{package_link(ref)}</th>'
+            f"<td>{parts or '-'}</td></tr>"
         )
     return (
         f'<p class="muted">{len(doc["servers"]):,} of {total:,} servers shown: those that'
@@ -231,8 +220,8 @@ def job_block(job: dict[str, Any], now: float, link: bool = True, more: str = ""
             )
         rows.append(
             f'<tr data-server="{h(i["server"])}" data-state="{h(i["state"])}">'
-            f'<th scope="row">{h(i["server"])}</th>'
-            f'<td class="state">{_badge(i["state"])}</td>'
+            f'<th scope="row">{server_link(i["server"])}</th>'
+            f'<td class="state">{badge(i["state"])}</td>'
             f"{bar}"
             f'<td class="num">{h(i["attempts"])}</td>'
             f'<td class="next">{h(nxt)}</td>'
@@ -251,9 +240,9 @@ def job_block(job: dict[str, Any], now: float, link: bool = True, more: str = ""
     return (
         f'<article class="job" id="job-{h(job["id"])}" data-state="{h(job["state"])}"'
         f' data-action="{h(job.get("action", "install"))}">'
-        f'<h3>{title} <span class="pkg">{h(what)}</span> {_badge(job["state"])}'
+        f'<h3>{title} <span class="pkg">{h(what)}</span> {badge(job["state"])}'
         f' <span class="muted">{done:,}/{total:,} {goal}{moved}'
-        f" · created {_when(job['created_at'], now)}</span></h3>"
+        f" · created {when(job['created_at'], now)}</span></h3>"
         '<table class="instructions"><thead><tr><th scope="col">server</th>'
         '<th scope="col">state</th><th scope="col">progress</th><th scope="col">bytes</th>'
         '<th scope="col" title="bytes received on the wire from the site / from peers">'
@@ -266,7 +255,7 @@ def job_block(job: dict[str, Any], now: float, link: bool = True, more: str = ""
 def _counts(counts: dict[str, int]) -> str:
     """Per state, how many of the job's instructions are in it (the states it has)."""
     parts = [
-        f'<span class="count" data-state="{h(state)}">{_badge(state)} {n:,}</span>'
+        f'<span class="count" data-state="{h(state)}">{badge(state)} {n:,}</span>'
         for state, n in counts.items()
         if n
     ]
@@ -302,7 +291,7 @@ def child_sites_block(children: list[dict[str, Any]]) -> str:
         link += f", {c['waiting']}" if c["waiting"] else ""
         rows.append(
             f'<tr data-child="{h(c["name"])}"><th scope="row">{h(c["name"])}</th>'
-            f"<td>{_badge(c['state'] if c['state'] != 'never reported' else 'offline')}</td>"
+            f"<td>{badge(c['state'] if c['state'] != 'never reported' else 'offline')}</td>"
             f'<td title="{h(c["last_seen"] or "never")}">{h(c["last_seen_ago"])}</td>'
             f'<td class="num">{c["servers_online"]} of {c["servers_total"]}</td><td>{h(link)}</td>'
             f'<td class="muted">{h(c["url"])}</td></tr>'
@@ -324,8 +313,8 @@ def _servers(servers: list[dict[str, Any]]) -> str:
         disk = human_bytes(s["disk_free"]) if s["disk_free"] is not None else "-"
         pkgs = ", ".join(s["installed"]) or "none"
         rows.append(
-            f'<tr data-server="{h(s["name"])}"><th scope="row">{h(s["name"])}</th>'
-            f"<td>{_badge('online' if s['online'] else 'offline')}</td>"
+            f'<tr data-server="{h(s["name"])}"><th scope="row">{server_link(s["name"])}</th>'
+            f"<td>{badge('online' if s['online'] else 'offline')}</td>"
             f'<td title="{h(s["last_seen"] or "never")}">{h(s["last_seen_ago"])}</td>'
             f'<td class="num">{h(disk)}</td><td>{h(pkgs)}</td>'
             f"<td>{h(', '.join(s['groups']))}</td>"
@@ -341,22 +330,6 @@ def _servers(servers: list[dict[str, Any]]) -> str:
         f'<th scope="col">url</th></tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
         "</section>"
     )
-
-
-def events_block(events: list[dict[str, Any]], now: float, title: str = "Events") -> str:
-    if not events:
-        return f'<section><h2>{h(title)}</h2><p class="muted">nothing yet</p></section>'
-    items = []
-    for e in reversed(events):  # newest first
-        job = f'<a href="/jobs/{h(e["job"])}">job {h(e["job"])}</a>' if e["job"] else ""
-        server = f'<span class="server">{h(e["server"])}</span>' if e["server"] else ""
-        kind = EVENT_TITLES.get(e["kind"], e["kind"])
-        items.append(
-            f'<li class="event k-{h(e["kind"])}" data-kind="{h(e["kind"])}">'
-            f'{_when(e["at"], now)} <span class="kind">{h(kind)}</span> {job} {server}'
-            f' <span class="msg">{h(e["message"])}</span></li>'
-        )
-    return f'<section><h2>{h(title)}</h2><ol class="events">{"".join(items)}</ol></section>'
 
 
 # --- pages ------------------------------------------------------------------------------------
@@ -376,8 +349,10 @@ def overview_content(doc: dict[str, Any], now: float) -> str:
 
 def job_content(doc: dict[str, Any], now: float) -> str:
     more = _pager(doc["job"], doc.get("page") or {})
-    return job_block(doc["job"], now, link=False, more=more) + events_block(
-        doc["events"], now, "Timeline"
+    return (
+        causes_block(doc["job"]["id"], doc.get("causes") or [], doc.get("troubled", 0))
+        + job_block(doc["job"], now, link=False, more=more)
+        + events_block(doc["events"], now, "Timeline")
     )
 
 
@@ -415,8 +390,11 @@ def _pager(job: dict[str, Any], page: dict[str, Any]) -> str:
     return " · ".join(parts)
 
 
-def not_found_page(site: str, what: str) -> str:
-    body = (
+def not_found_page_body(what: str) -> str:
+    return (
         f'<main class="narrow"><h1>Not found</h1><p>{h(what)}</p><p><a href="/">back</a></p></main>'
     )
-    return page("packdist: not found", site, body)
+
+
+def not_found_page(site: str, what: str) -> str:
+    return page("packdist: not found", site, not_found_page_body(what))

@@ -15,6 +15,9 @@ Routes (JSON unless noted):
   :mod:`packdist.site.cadence`).
 * ``POST /v1/chunks``, ``GET /v1/chunks/{digest}``, ``GET /v1/packages/{id}/manifest`` —
   enrollment token: a package's content; see :mod:`packdist.site.content_routes`.
+* ``POST /v1/client/sources``, ``POST /v1/client/report`` — a client's token: where to
+  fetch a package from, nearest first, and what a fetch took; see
+  :mod:`packdist.site.client_desk` (the chunk routes take a client's token too).
 * ``POST /v1/child/report`` — a child site's token: its servers (see
   :mod:`packdist.site.children`).
 * the dashboard, its JSON API and ``/metrics`` — operator credential; see
@@ -47,12 +50,14 @@ from packdist.serving import guard, serve_until_stopped
 from packdist.site import dashboard
 from packdist.site.beats import Beats, json_body
 from packdist.site.children import ChildDesk
+from packdist.site.client_desk import ClientDesk
 from packdist.site.content_routes import ContentRoutes, Reader
 from packdist.site.enrollment import CertificateDesk
 from packdist.site.home import SiteHome
 from packdist.site.package_pull import PackagePulls
 from packdist.site.parent_link import Joined, ParentLink, load_joined
 from packdist.site.relay import Relay
+from packdist.site.rollout_driver import rollout_loop
 from packdist.site.serving_tls import SiteTLS, dialing_context, renewal_loop
 from packdist.site.store_runner import StoreRunner
 from packdist.site.validation import validation_loop
@@ -97,6 +102,12 @@ class SiteServer:
         if self.parent is not None:
             self.parent.on_joined = self._joined
         self.children = ChildDesk(self.db, self.key.public.hex, lambda: self.beats.trusted)
+        self.clients = ClientDesk(
+            self.db,
+            self.key,
+            self.settings.peers_location_label,
+            heard=self.beats.liveness.last_heard,
+        )
         self.relay: Relay | None = None  # a child site: what its parent's sender calls
         if self.parent is not None:
             link = self.parent
@@ -144,6 +155,7 @@ class SiteServer:
         app.router.add_post("/v1/agent/heartbeat", self.heartbeat)
         self.content.routes(app)
         self.children.routes(app)
+        self.clients.routes(app)
         if self.relay is not None:
             self.relay.routes(app)
         dashboard.setup(app, self)
@@ -154,14 +166,18 @@ class SiteServer:
 
     async def _reader(self, request: web.Request) -> Reader:
         """Who asks for a package's content: an agent, else a child site this site sends
-        packages to (with its link's bandwidth and windows); AuthError for anyone else."""
+        packages to (with its link's bandwidth and windows), else a client (``packdist
+        fetch``: one package's chunks per request); AuthError for anyone else."""
         try:
             return Reader((await self.beats.agent(request)).name)
         except AuthError:
             child = await self.children.child_or_none(request)
-            if child is None:
+            if child is not None:
+                return self.children.reader(child)
+            client = await self.clients.client_or_none(request)
+            if client is None:
                 raise
-            return self.children.reader(child)
+            return self.clients.reader(client)
 
     # --- routes ---------------------------------------------------------------------------
 
@@ -237,7 +253,10 @@ class SiteServer:
         despooler = asyncio.create_task(self.despooler.run(), name="despooler")
         flusher = asyncio.create_task(self.beats.flush_loop(), name="liveness")
         lag = asyncio.create_task(self.admission.watch_lag(), name="loop lag")
-        background = [despooler, flusher, lag]
+        rollouts = asyncio.create_task(
+            rollout_loop(self.db, self.despooler.wake.set), name="rollouts"
+        )
+        background = [despooler, flusher, lag, rollouts]
         self.children.on_woken = lambda n: self.despooler.wake.set()
         if self.parent is not None:
             ca = self.certificates.authority.pem.decode()

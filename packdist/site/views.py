@@ -15,6 +15,7 @@ from packdist.errors import ErrorKind
 from packdist.service import Service
 from packdist.service.fleet import refusals_shown
 from packdist.site.cadence import SILENT_AFTER, offline_after_for
+from packdist.site.causes import causes_json, job_causes
 from packdist.site.liveness import FLUSH_EVERY
 from packdist.states import InstructionState
 from packdist.store.base import EventRecord, JobRecord, ServerRecord, StatusCell, Store
@@ -386,6 +387,7 @@ def job_page(
     """One job, one page of its instructions (in ``state`` if given) and its timeline."""
     job = store.get_job(job_id, None if state is None else [state], limit, offset)
     counts = job_counts(job)
+    causes, troubled = job_causes(store, job_id)
     return {
         "site": store.site_name(),
         "generated_at": iso(now),
@@ -397,4 +399,6 @@ def job_page(
             "matching": counts[state.value] if state is not None else job.total,
         },
         "events": [event_json(e) for e in store.recent_events(1000, job_id)],
+        "causes": causes_json(causes),
+        "troubled": troubled,
     }

@@ -14,10 +14,14 @@ from contextlib import contextmanager
 from packdist.store.activations import ActivationQueries
 from packdist.store.catalog import CatalogQueries
 from packdist.store.children import ChildQueries
+from packdist.store.clients import ClientQueries
 from packdist.store.db import Database
 from packdist.store.instructions import InstructionQueries
 from packdist.store.presence import PresenceQueries
 from packdist.store.reports import ReportQueries
+from packdist.store.rollouts import RolloutQueries
+from packdist.store.search import SearchQueries
+from packdist.store.server_history import ServerHistoryQueries
 from packdist.store.summaries import SummaryQueries
 
 
@@ -25,10 +29,14 @@ class Store(
     ActivationQueries,
     CatalogQueries,
     ChildQueries,
+    ClientQueries,
     InstructionQueries,
     PresenceQueries,
     SummaryQueries,
     ReportQueries,
+    RolloutQueries,
+    ServerHistoryQueries,
+    SearchQueries,
 ):
     def __init__(self, db: Database) -> None:
         self.db = db

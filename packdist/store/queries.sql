@@ -589,6 +589,97 @@ INSERT INTO schema_version (version) VALUES (:version)
 -- name: notify [postgresql]
 SELECT pg_notify(:channel, '')
 
+-- === one server's page ======================================================================
+
+-- name: server_instructions_newest
+SELECT i.id, i.job_id, i.state, i.attempts, i.last_error, i.error_kind, i.next_attempt_at,
+    i.updated_at, j.action, p.name, p.version
+FROM instructions i JOIN jobs j ON j.id = i.job_id JOIN packages p ON p.id = j.package_id
+WHERE i.server = :server ORDER BY i.id DESC LIMIT :limit
+
+-- name: server_events_newest
+SELECT id, at, job_id, server, kind, message, actor FROM events WHERE server = :server
+ORDER BY id DESC LIMIT :limit
+
+-- === one package's servers ===================================================================
+
+-- name: newest_instructions_of_package
+SELECT n.package_id, i.server, i.state, i.job_id, i.attempts, i.last_error,
+    i.next_attempt_at, i.bytes_sent, i.bytes_total, i.updated_at, j.action, i.error_kind
+FROM newest_instructions n JOIN servers s ON s.name = n.server
+JOIN instructions i ON i.id = n.instruction_id JOIN jobs j ON j.id = i.job_id
+WHERE s.removed = 0 AND n.package_id = :package_id
+
+-- name: holdings_of_package
+SELECT sp.server, sp.package_id, sp.corrupt FROM server_packages sp
+JOIN servers s ON s.name = sp.server WHERE s.removed = 0 AND sp.package_id = :package_id
+
+-- === search ==================================================================================
+
+-- name: search_servers
+SELECT name FROM servers WHERE removed = 0 AND name LIKE :pattern ESCAPE '\' ORDER BY name
+LIMIT :limit
+
+-- name: search_packages
+SELECT id, name, version FROM packages WHERE name LIKE :pattern ESCAPE '\' OR version = :text
+ORDER BY name, created_at DESC LIMIT :limit
+
+-- name: group_names
+SELECT DISTINCT g.grp FROM server_groups g JOIN servers s ON s.name = g.server
+WHERE s.removed = 0 ORDER BY g.grp LIMIT :limit
+
+-- name: search_jobs
+SELECT id FROM jobs WHERE id LIKE :prefix ESCAPE '\' ORDER BY created_at DESC LIMIT :limit
+
+-- === rollouts ===============================================================================
+
+-- name: insert_rollout
+INSERT INTO rollouts (id, package_id, state, error_threshold, wave_timeout, options, schedule,
+                      why, created_at, updated_at)
+VALUES (:id, :package_id, :state, :error_threshold, :wave_timeout, :options, :schedule,
+        NULL, :now, :now)
+
+-- name: insert_wave
+INSERT INTO rollout_waves (rollout, number, servers, state) VALUES (:rollout, :number, :servers, :state)
+
+-- name: rollout_by_id
+SELECT r.*, p.name, p.version FROM rollouts r JOIN packages p ON p.id = r.package_id
+WHERE r.id = :id
+
+-- name: rollouts_newest
+SELECT r.*, p.name, p.version FROM rollouts r JOIN packages p ON p.id = r.package_id
+ORDER BY r.created_at DESC, r.id LIMIT :limit
+
+-- name: rollouts_in_states
+SELECT r.*, p.name, p.version FROM rollouts r JOIN packages p ON p.id = r.package_id
+WHERE r.state IN (:states) ORDER BY r.created_at, r.id
+
+-- name: waves_of_rollout
+SELECT * FROM rollout_waves WHERE rollout = :rollout ORDER BY number
+
+-- name: waves_of_rollouts
+SELECT * FROM rollout_waves WHERE rollout IN (:rollouts) ORDER BY rollout, number
+
+-- name: rollout_events
+-- a rollout's own events: every one of them words its id first
+SELECT id, at, job_id, server, kind, message, actor FROM events
+WHERE kind = 'rollout' AND message LIKE :prefix ORDER BY id DESC LIMIT :limit
+
+-- name: set_rollout_why
+UPDATE rollouts SET why = :why WHERE id = :id
+
+-- name: rollout_transition
+-- THE one statement that sets a rollout's state (packdist.states.ROLLOUT_TRANSITIONS)
+UPDATE rollouts SET state = :to_state, updated_at = :now{assignments}
+WHERE id = :id AND state IN (:from_states)
+RETURNING id
+
+-- name: wave_transition
+-- THE one statement that sets a wave's state (packdist.states.WAVE_TRANSITIONS)
+UPDATE rollout_waves SET state = :to_state{assignments}
+WHERE rollout = :rollout AND number = :number AND state IN (:from_states)
+RETURNING number
+
 -- === active versions ========================================================================
 
 -- name: active_of_server
@@ -610,8 +701,6 @@ WHERE server = :server AND name = :name AND package_id != :package_id
 INSERT INTO server_active (server, name, package_id, previous_id, since)
 VALUES (:server, :name, :package_id, NULL, :now)
 
--- newcomer
--- === site workers seen ======================================================================
 
 -- name: site_worker_seen
 INSERT INTO site_workers (worker, started_at, last_seen, stopped_at)
@@ -660,3 +749,40 @@ SELECT server, at, remote, reason FROM refused_agents WHERE at >= :since ORDER B
 
 -- name: refusals_forgotten
 DELETE FROM refused_agents WHERE server = :server
+=======
+-- === clients ================================================================================
+
+-- name: client_exists
+SELECT name FROM clients WHERE name = :name
+
+-- name: insert_client
+INSERT INTO clients (name, token_hash, labels, created_at) VALUES (:name, :token_hash, :labels, :now)
+
+-- name: delete_client
+DELETE FROM clients WHERE name = :name
+
+-- name: client_by_token
+SELECT name, labels, created_at, last_fetch FROM clients WHERE token_hash = :token_hash
+
+-- name: list_clients
+SELECT name, labels, created_at, last_fetch FROM clients ORDER BY name
+
+-- name: client_fetching
+UPDATE clients SET last_fetch = :now WHERE name = :name
+
+-- name: count_client_totals
+-- a sources request, a fetch reported or the bytes from one source, added to what is counted
+INSERT INTO client_totals (package_id, source, requests, fetches, bytes)
+VALUES (:package_id, :source, :requests, :fetches, :bytes)
+ON CONFLICT (package_id, source) DO UPDATE SET
+    requests = client_totals.requests + excluded.requests,
+    fetches = client_totals.fetches + excluded.fetches,
+    bytes = client_totals.bytes + excluded.bytes
+
+-- name: client_totals
+SELECT t.package_id, p.name || '@' || p.version AS ref, t.source, t.requests, t.fetches, t.bytes
+FROM client_totals t JOIN packages p ON p.id = t.package_id
+ORDER BY t.package_id, t.source
+
+-- newcomer
+-- === site workers seen ===============================================================

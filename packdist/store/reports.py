@@ -13,7 +13,7 @@ _SERVER_BATCH = 500  # names per query (SQLite's placeholders are limited)
 NO_LIMIT = 2**62  # a LIMIT both dialects take as "every row"
 
 
-def _event(row: Row) -> EventRecord:
+def event_record(row: Row) -> EventRecord:
     return EventRecord(
         id=row["id"],
         at=row["at"],
@@ -59,6 +59,13 @@ class ReportQueries:
             matrix.setdefault(c.package_ref, {})[c.server] = word
         return matrix
 
+    def package_cells(self, package_id: str) -> list[StatusCell]:
+        """:meth:`status_cells` of one package, on every server not removed (two reads by
+        the package: its newest instructions, its copies)."""
+        holdings = self.db.rows("holdings_of_package", package_id=package_id)
+        newest = self.db.rows("newest_instructions_of_package", package_id=package_id)
+        return self._cells(holdings, {(r["server"], r["package_id"]): r for r in newest})
+
     def status_cells(self, servers: list[str] | None = None) -> list[StatusCell]:
         """Every (package, server) pair that has an instruction or an installed copy, for
         servers not removed (or for ``servers``); ordered by package ref, then server."""
@@ -67,10 +74,13 @@ class ReportQueries:
             if servers is None
             else self._of_servers("holdings_of_servers", servers)
         )
+        return self._cells(holdings, self._newest_instructions(servers))
+
+    def _cells(self, holdings: list[Row], newest: dict[tuple[str, str], Row]) -> list[StatusCell]:
         installed = {(r["server"], r["package_id"]): r["corrupt"] for r in holdings}
         refs = self.package_refs()  # type: ignore[attr-defined]
         cells = []
-        for (server, pid), r in self._newest_instructions(servers).items():
+        for (server, pid), r in newest.items():
             cells.append(
                 StatusCell(
                     refs.get(pid, pid[:12]),
@@ -108,7 +118,7 @@ class ReportQueries:
             rows = self.db.rows("events_after", after=after_id, limit=most)
         else:
             rows = self.db.rows("job_events_after", after=after_id, job_id=job_id, limit=most)
-        return [_event(r) for r in rows]
+        return [event_record(r) for r in rows]
 
     def recent_events(self, limit: int, job_id: str | None = None) -> list[EventRecord]:
         """The newest ``limit`` events (of one job if given), oldest first."""
@@ -116,7 +126,7 @@ class ReportQueries:
             rows = self.db.rows("newest_events", limit=limit)
         else:
             rows = self.db.rows("newest_job_events", limit=limit, job_id=job_id)
-        return [_event(r) for r in reversed(rows)]
+        return [event_record(r) for r in reversed(rows)]
 
     def metrics_totals(self, transfer_bounds: tuple[float, ...]) -> MetricsTotals:
         instructions = {s.value: 0 for s in S}

@@ -181,3 +181,71 @@ def test_an_operator_cancels_a_job_from_its_page_and_the_event_names_them(
         assert [e["by"] for e in events if e["kind"] == "cancelled"] == ["olga"]
     finally:
         site.close()
+
+
+def _no_clipped_column(page: Any) -> None:
+    """Nothing wider than the window at 1024 px: no table cut off, no page that scrolls
+    sideways (a wide table scrolls inside its own box)."""
+    overflow = page.evaluate(
+        """() => {
+          const wide = document.documentElement.scrollWidth > window.innerWidth + 1;
+          const cut = [...document.querySelectorAll("table")].filter(t => {
+            const box = t.closest(".scroll") || t.parentElement;
+            return t.getBoundingClientRect().right > window.innerWidth + 1
+              && getComputedStyle(box).overflowX === "visible";
+          }).map(t => t.className || t.parentElement.tagName);
+          return {wide, cut};
+        }"""
+    )
+    assert overflow == {"wide": False, "cut": []}, overflow
+
+
+def test_the_fleet_pages_at_1024_px_act_for_an_operator_and_show_a_viewer_no_buttons(
+    tmp_path: Path, browser_page: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    page = browser_page
+    page.set_viewport_size({"width": 1024, "height": 900})
+    site = h.make_site(tmp_path)
+    site.add_server("dp1", f"http://127.0.0.1:{h.free_port()}", groups=["web"])  # never answers
+    site.add_server("dp2", f"http://127.0.0.1:{h.free_port()}", groups=["web"])
+    try:
+        site.start()
+        site.create_package(h.make_tree(tmp_path / "src", {"a.txt": 10}, seed=3), "app", "1.0")
+        olga = site.json("operator", "add", "olga", "--role", "operator")["password"]
+        vera = site.json("operator", "add", "vera", "--role", "viewer")["password"]
+        page.goto(f"{site.url}/login?next=/packages/app@1.0")
+        page.fill("#password", olga)
+        page.click("button[type=submit]")
+        page.wait_for_url(f"{site.url}/packages/app@1.0")
+        page.select_option("select[name=target]", "group:web")
+        page.click("button[data-post$='/distribute']")
+        expect(page.locator(".action-result")).to_contain_text(
+            "app@1.0 to dp1, dp2 by olga", timeout=10_000
+        )
+        # the page updates itself: both servers show up, retrying, with the cause
+        expect(page.locator("main#live")).to_contain_text("connection refused", timeout=15_000)
+        _no_clipped_column(page)
+        rollout = site.json("rollout", "create", "app@1.0", "--to", "dp1,dp2", "--waves", "1,2")
+        page.goto(f"{site.url}/rollouts/{rollout['rollout']}")
+        page.click("button[data-post$='/pause']")
+        expect(page.locator(".action-result")).to_contain_text(
+            f"rollout {rollout['rollout']} paused by olga", timeout=10_000
+        )
+        _no_clipped_column(page)
+        page.screenshot(path=str(ARTIFACTS / "dashboard-rollout-1024.png"), full_page=True)
+        for path in ("/servers", "/servers/dp1", "/search?q=dp", "/"):
+            page.goto(f"{site.url}{path}")
+            _no_clipped_column(page)
+        page.click("form.logout button")
+        page.goto(f"{site.url}/login?next=/packages/app@1.0")
+        page.fill("#password", vera)
+        page.click("button[type=submit]")
+        page.wait_for_url(f"{site.url}/packages/app@1.0")
+        assert page.locator("button[data-post]").count() == 0  # a viewer: no buttons
+        page.goto(f"{site.url}/rollouts/{rollout['rollout']}")
+        assert page.locator("button[data-post]").count() == 0
+        page.screenshot(path=str(ARTIFACTS / "dashboard-viewer-1024.png"), full_page=True)
+    finally:
+        site.close()

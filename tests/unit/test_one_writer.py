@@ -32,14 +32,15 @@ def sets_state(sql: str) -> bool:
 SQL_IN_PYTHON = re.compile(r"\b(UPDATE|INSERT\s+INTO|DELETE\s+FROM)\s+\w+", re.IGNORECASE)
 
 
-def test_only_the_transition_query_sets_an_instruction_state() -> None:
+def test_only_the_transition_queries_set_a_state() -> None:
     setting = {
         name
         for name in queries.names()
         for dialect in ("sqlite", "postgresql")
         if sets_state(text_or_empty(name, dialect))
     }
-    assert setting == {"transition"}
+    # an instruction's, a rollout's and a wave's: each applies only its table's events
+    assert setting == {"transition", "rollout_transition", "wave_transition"}
     assert sets_state("UPDATE instructions SET attempts = 1, state = 'failed' WHERE id = 1")
     assert not sets_state("UPDATE instructions SET lease_owner = NULL WHERE state = 'sending'")
 
@@ -94,5 +95,32 @@ def test_applying_an_event_changes_only_instructions_in_its_source_states(
         assert [r["id"] for r in changed] == ids[:1]
         states_now = {i.id: i.state for i in store.get_job(job_id).instructions}
         assert states_now == {ids[0]: "cancelled", ids[1]: "pending"}
+    finally:
+        store.close()
+
+
+def test_a_rollout_event_from_a_state_it_does_not_start_from_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    from packdist.errors import InvalidTransition
+    from packdist.service import Service
+    from packdist.service.rollout_plan import parse_waves
+    from packdist.service.rollouts import RolloutPlan
+    from packdist.states import RolloutState
+
+    store = SQLiteStore(tmp_path / "site.db")
+    try:
+        store.init_site("s", T0)
+        pkg = add_package(store, "app")
+        add_server(store, "dp1")
+        rid = Service(store).create_rollout(RolloutPlan(pkg.id, ["dp1"], parse_waves("1")), T0)
+        with pytest.raises(InvalidTransition):
+            store.apply_rollout("resume", rid, T0)  # running: resume starts only from paused
+        with pytest.raises(InvalidTransition):
+            store.apply_wave("pass", rid, 1)  # waiting: only a running wave is judged
+        with pytest.raises(ValueError, match="may not set"):
+            store.apply_rollout("pause", rid, T0, package_id="sneaked in")
+        rollout = store.rollout(rid)
+        assert rollout is not None and rollout.state is RolloutState.RUNNING
     finally:
         store.close()

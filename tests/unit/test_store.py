@@ -37,12 +37,19 @@ from packdist.store.base import Claim
 from packdist.store.sqlite import SQLiteStore
 from tests.pgcluster import Cluster
 
-for _suite in ("tests.unit.store_conformance", "tests.unit.child_conformance"):
+for _suite in (
+    "tests.unit.store_conformance",
+    "tests.unit.child_conformance",
+    "tests.unit.client_conformance",
+):
     if _suite not in sys.modules:  # else pytest warns: too late to rewrite
         pytest.register_assert_rewrite(_suite)
 
 from tests.unit.activation_conformance import ActivationConformance  # noqa: E402
 from tests.unit.child_conformance import ChildSitesConformance  # noqa: E402
+from tests.unit.client_conformance import ClientsConformance  # noqa: E402
+from tests.unit.fleet_conformance import FleetPagesConformance  # noqa: E402
+from tests.unit.rollout_conformance import RolloutConformance  # noqa: E402
 from tests.unit.store_conformance import (  # noqa: E402
     T0,
     Backend,
@@ -116,7 +123,10 @@ class TestStoreConformance(
     WakeupConformance,
     PeersConformance,
     ChildSitesConformance,
+    RolloutConformance,
+    FleetPagesConformance,
     ActivationConformance,
+    ClientsConformance,
 ):
     """The whole suite, once per backend in ``BACKENDS``."""
 

@@ -309,6 +309,11 @@ DROP_SQLITE = (
     "DROP TABLE site_workers",  # and version 16's
     "ALTER TABLE servers DROP COLUMN offline_at",
     "DROP TABLE refused_agents",
+    "DROP TABLE rollout_waves",  # and version 15's
+    "DROP TABLE rollouts",
+    "DROP INDEX events_rollouts",
+    "DROP TABLE clients",  # and version 14's
+    "DROP TABLE client_totals",
     "PRAGMA user_version=7",
 )
 DROP_POSTGRESQL = (
@@ -334,6 +339,11 @@ DROP_POSTGRESQL = (
     "DROP TABLE site_workers",  # and version 16's
     "ALTER TABLE servers DROP COLUMN offline_at",
     "DROP TABLE refused_agents",
+    "DROP TABLE rollout_waves",  # and version 15's
+    "DROP TABLE rollouts",
+    "DROP INDEX events_rollouts",
+    "DROP TABLE clients",  # and version 14's
+    "DROP TABLE client_totals",
     "DELETE FROM schema_version WHERE version >= 8",
 )
 

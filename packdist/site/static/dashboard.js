@@ -12,17 +12,28 @@
     if (question && !window.confirm(question)) { return; }
     var out = btn.parentNode.querySelector(".action-result");
     btn.disabled = true;
-    fetch(btn.getAttribute("data-post"), {
+    var request = {
       method: "POST", credentials: "same-origin", cache: "no-store",
       headers: { "Accept": "application/json", "X-Packdist-Action": "1" }
-    })
+    };
+    if (btn.getAttribute("data-form")) {  // a package's form: the targets as JSON
+      var form = btn.closest("form");
+      var target = form.elements.target.value;
+      var body = target === "all" ? { all: true }
+        : target === "to" ? { to: form.elements.servers.value.split(",") }
+        : { group: target.slice(6) };
+      request.headers["Content-Type"] = "application/json";
+      request.body = JSON.stringify(body);
+    }
+    fetch(btn.getAttribute("data-post"), request)
       .then(function (resp) {
         return resp.json().then(function (doc) { return { status: resp.status, doc: doc }; });
       })
       .then(function (r) {
         var d = r.doc;
         if (r.status === 200) {
-          out.textContent = "cancelled" in d ? d.cancelled + " instruction(s) cancelled by " + d.by
+          out.textContent = "message" in d ? d.message
+            : "cancelled" in d ? d.cancelled + " instruction(s) cancelled by " + d.by
             : d.queued + " instruction(s) queued again by " + d.by;
         } else {
           out.textContent = d.error || "the site answered " + r.status;

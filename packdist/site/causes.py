@@ -1,0 +1,81 @@
+"""A job's trouble grouped by cause, for its dashboard page: "412 servers: connection refused
+by <server>", not 412 lines that differ only in an address.
+
+The words of a failure name the server they happened at (its URL, its address, its name),
+so two servers failing the same way never have the same words. Here those parts are set
+aside to find the cause they share; the kind (``error_kind``, stored as data) and the state
+come first, so two causes of different kinds are never merged, whatever their words. One
+example keeps the whole words of one server.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from packdist.states import InstructionState
+from packdist.store.base import Store
+
+S = InstructionState
+TROUBLED = frozenset({S.RETRYING, S.FAILED, S.CANCELLED})
+MOST_READ = 20_000  # troubled instructions read for the grouping (the count says if more)
+SHOWN = 12  # causes shown, the largest first
+
+_URL = re.compile(r"\bhttps?://[^\s,;)]+")
+_ADDRESS = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b|\[[0-9a-f:]+\](?::\d+)?", re.I)
+_SECONDS = re.compile(r"\b\d+(?:\.\d+)?s\b")
+
+
+@dataclass(frozen=True)
+class Cause:
+    state: str
+    kind: str | None
+    words: str  # what the servers share, their own parts set aside
+    servers: int
+    example_server: str
+    example: str  # one server's whole words
+
+
+def shared_words(server: str, words: str) -> str:
+    """``words`` with what names its server set aside."""
+    text = _URL.sub("<server>", words)
+    text = _ADDRESS.sub("<address>", text)
+    text = _SECONDS.sub("Ns", text)
+    if server:
+        text = re.sub(rf"(?<![\w.-]){re.escape(server)}(?![\w.-])", "<server>", text)
+    return text
+
+
+def job_causes(store: Store, job_id: str) -> tuple[list[Cause], int]:
+    """The largest causes of the job's retrying, failed and cancelled instructions, and
+    how many such instructions there are in all."""
+    rows = store.job_instructions_page(job_id, TROUBLED, limit=MOST_READ)
+    groups: dict[tuple[str, str | None, str], list[Any]] = {}
+    for r in rows:
+        words = r["last_error"] or (
+            "cancelled" if r["state"] == S.CANCELLED else "no error recorded"
+        )
+        key = (str(r["state"]), r["error_kind"], shared_words(str(r["server"]), words))
+        entry = groups.setdefault(key, [0, str(r["server"]), words])
+        entry[0] += 1
+    causes = [
+        Cause(state, kind, words, n, server, example)
+        for (state, kind, words), (n, server, example) in groups.items()
+    ]
+    causes.sort(key=lambda c: (-c.servers, c.state, c.words))
+    counts = store.job_counts([job_id])[job_id]
+    return causes[:SHOWN], sum(counts.get(s.value, 0) for s in TROUBLED)
+
+
+def causes_json(causes: list[Cause]) -> list[dict[str, Any]]:
+    return [
+        {
+            "state": c.state,
+            "kind": c.kind,
+            "cause": c.words,
+            "servers": c.servers,
+            "example": {"server": c.example_server, "error": c.example},
+        }
+        for c in causes
+    ]
