@@ -97,6 +97,10 @@ HEARTBEAT = Timeouts(connect=2.0, read=3.0, total=4.0)
 #: not enough, since every server holds one (an agent on the site's machine must not pass
 #: for the site, nor one server for another at a reused address).
 HOLDER_HEADER = "X-Packdist-Holder"
+#: what an agent says of itself to its site, for an operator's sake when its token is
+#: refused: the server it was enrolled as (if it was), and the port it serves on
+CLAIM_HEADER = "X-Packdist-Server"
+PORT_HEADER = "X-Packdist-Port"
 
 
 class WrongHolder(AuthError):

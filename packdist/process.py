@@ -13,9 +13,14 @@ import asyncio
 import errno
 import gc
 import logging
+import os
 import resource
+import socket
 import time
 from typing import Any
+
+from packdist.core.names import check_listen
+from packdist.errors import UserError
 
 log = logging.getLogger("packdist.process")
 
@@ -102,3 +107,22 @@ def quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> AcceptErrors:
     handler = AcceptErrors()
     loop.set_exception_handler(handler)
     return handler
+
+
+def check_bindable(listen: str) -> None:
+    """UserError, one line, when ``listen`` cannot be bound (a port in use, an address not
+    of this machine): said before the server says it listens, and before it starts its
+    work. Bound with SO_REUSEADDR, as the server binds, then let go at once."""
+    host, port = check_listen(listen)
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise UserError(f"cannot listen on {listen}: {exc.strerror}") from None
+    for family, kind, proto, _, address in found:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                words = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+                raise UserError(f"cannot listen on {listen}: {words}") from None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -206,9 +207,13 @@ async def serving(
 
 
 async def serve_until_stopped(
-    app: web.Application, listen: str, tls: ssl.SSLContext | None = None
+    app: web.Application,
+    listen: str,
+    tls: ssl.SSLContext | None = None,
+    on_listening: Callable[[], None] | None = None,
 ) -> None:
-    """Serve ``app`` on ``listen`` (HTTPS with ``tls``) until SIGTERM or SIGINT."""
+    """Serve ``app`` on ``listen`` (HTTPS with ``tls``) until SIGTERM or SIGINT;
+    ``on_listening`` once the address is bound (what tells the user it listens)."""
     try:
         host, port = split_listen(listen)
     except ValueError as exc:
@@ -220,6 +225,9 @@ async def serve_until_stopped(
     try:
         async with serving(app, host, port, tls):
             log.info("listening on %s (%s)", listen, "https" if tls is not None else "plain http")
+            if on_listening is not None:
+                on_listening()
             await stop.wait()
-    except OSError as exc:
-        raise UserError(f"cannot listen on {listen}: {exc.strerror or exc}") from exc
+    except OSError as exc:  # asyncio's words carry the address again: the system's alone
+        words = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+        raise UserError(f"cannot listen on {listen}: {words}") from exc

@@ -23,6 +23,7 @@ from packdist.agent.home import DEFAULT_CACHE_LIMIT, AgentHome, is_package_id
 from packdist.agent.inputs import expect_handler, no_route, query_seconds, read_json
 from packdist.agent.installer import Installer, InstallState
 from packdist.agent.peering import PeerService
+from packdist.agent.refused import HomeOfAnotherServer
 from packdist.agent.signers import TrustedSigners
 from packdist.agent.site_link import ENROLL_RETRY, SiteLink
 from packdist.agent.sources import PEER_TIMEOUTS, Peer, peer_chunks
@@ -34,6 +35,7 @@ from packdist.auth import (
     check_site_assertion,
 )
 from packdist.core.digest import Digest
+from packdist.core.names import split_listen
 from packdist.core.signing import VerifyKey
 from packdist.errors import AuthError, IntegrityError, PackdistError, UserError
 from packdist.http import (
@@ -160,6 +162,9 @@ class Agent:
         try:  # enroll before serving when the site answers, so no install finds us unready
             await asyncio.wait_for(link.enroll(), timeout=FIRST_ENROLL_WAIT)
             enrolled = True
+        except HomeOfAnotherServer:  # the site answered: this home is not that server's
+            await self.stop()
+            raise
         except (PackdistError, TimeoutError) as exc:
             why = exc.message if isinstance(exc, PackdistError) else "no answer"
             log.warning("not enrolled yet (%s); serving and retrying in the background", why)
@@ -373,6 +378,7 @@ def run_agent(
     logging.getLogger("packdist").setLevel(logging.INFO)
     home = AgentHome(root, cache_limit=cache_limit)
     agent = Agent(home, site_url, token, limits, plain_http)
+    agent.link.port = split_listen(listen)[1]  # said to the site (see agent/refused.py)
     if plain_http:
         log.warning("serving plain HTTP (--plain-http): traffic can be read on the path")
 

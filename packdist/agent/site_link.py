@@ -21,6 +21,7 @@ from packdist.agent.activation import active_packages
 from packdist.agent.home import ENROLLMENT, AgentHome
 from packdist.agent.identity import AgentIdentity, SiteIdentityChanged, SiteKeyChanged
 from packdist.agent.peering import PeerService
+from packdist.agent.refused import HomeOfAnotherServer, Refused, check_same_server
 from packdist.agent.signers import TrustedSigners
 from packdist.agent.transport import AgentTransport
 from packdist.auth import token_fingerprint, token_secret
@@ -60,6 +61,8 @@ class SiteLink:
         self.pace = HeartbeatPace()
         self.identity = AgentIdentity(home.root)
         self.peers = peers  # told which servers the site removed
+        self.port: int | None = None  # the port the agent serves on (said to the site)
+        self.refused = Refused()  # the site refusing the token: backing off, said once
         self._load_pinned(site_url)
         self.transport = AgentTransport(self.identity, plain_http, self.site_ca)
 
@@ -90,9 +93,11 @@ class SiteLink:
 
     async def enroll(self) -> None:
         assert self.site is not None
+        self.site.say_who(self.server_name, self.port)
         # the site's authority pinned (and checked) before the token is sent to it
         self.site_ca = await self.transport.discover(self.site, self.site_ca)
         answer = await self.site.hello()
+        check_same_server(self.home.root, self.server_name, answer)
         key_hex = answer["site_public_key"]
         if self.site_key is not None and self.site_key.hex != key_hex:
             raise SiteKeyChanged(
@@ -119,6 +124,7 @@ class SiteLink:
                 "trusted_keys": list(above),
             }
         )
+        self.site.say_who(self.server_name, self.port)
         log.info("enrolled as %s with site %s", self.server_name, answer["site"])
 
     async def renew_certificate(self) -> None:
@@ -174,6 +180,7 @@ class SiteLink:
                 await self.renew_certificate()
                 payload = await asyncio.to_thread(self.heartbeat_payload)
                 answer = await self.site.heartbeat(payload)
+                self.refused.accepted()
                 wait = pace.answered(answer)
                 revoked = revoked_of(answer)
                 if revoked is not None:  # removed servers: their peer credentials are void
@@ -183,12 +190,12 @@ class SiteLink:
                 wait = pace.shed(exc.retry_after)
                 if pace.sheds == 1:  # one line per busy spell, not one per heartbeat
                     log.info("site busy (%s); heartbeats back off", exc.message)
-            except (SiteKeyChanged, SiteIdentityChanged) as exc:
+            except (SiteKeyChanged, SiteIdentityChanged, HomeOfAnotherServer) as exc:
                 enrolled_now = False  # nothing more for this site until it is ours again
                 wait = STRANGER_RETRY  # an operator's matter: not a log line every 2 s
                 log.error("%s", exc.message)
-            except AuthError as exc:
-                log.warning("site refused this agent: %s", exc.message)
+            except AuthError as exc:  # backing off to a minute, said once per cause
+                wait = self.refused.again(exc.message, self.server_name)
             except PackdistError as exc:
                 wait = pace.failed() if enrolled_now else ENROLL_RETRY
                 log.warning("site unreachable: %s", exc.message)

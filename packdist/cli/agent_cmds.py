@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import click
 
-from packdist.cli.common import home_option, resolve_home
+from packdist.cli.common import home_option, resolve_home, token_file_option, token_from
+from packdist.core.homelock import lock_home
+from packdist.core.names import check_site_url
 from packdist.core.rates import parse_rate, parse_size
 from packdist.errors import UserError
 
@@ -33,8 +35,12 @@ def agent() -> None:
     " answers is used).",
 )
 @click.option(
-    "--token", required=True, envvar="PACKDIST_TOKEN", help="Enrollment token from 'server add'."
+    "--token",
+    envvar="PACKDIST_TOKEN",
+    help="Enrollment token from 'server add' (env PACKDIST_TOKEN or --token-file keep it out"
+    " of the process list).",
 )
+@token_file_option
 @click.option(
     "--download-limit",
     default="0",
@@ -68,7 +74,8 @@ def agent() -> None:
 def agent_serve(
     listen: str,
     site_url: str,
-    token: str,
+    token: str | None,
+    token_file: str | None,
     download_limit: str,
     upload_limit: str,
     cache_limit: str,
@@ -77,11 +84,17 @@ def agent_serve(
     """Serve installs for the site until SIGTERM/SIGINT."""
     from packdist.agent.server import Limits, run_agent
     from packdist.auth import looks_like_token
+    from packdist.process import check_bindable
 
+    token = token_from(token, token_file)
+    if token is None:
+        raise UserError("agent serve needs its token: --token, PACKDIST_TOKEN or --token-file")
     if not looks_like_token(token.strip()):  # never echoed: it may be a real secret mistyped
         raise UserError(
             "--token / PACKDIST_TOKEN is not an enrollment token ('server add' prints one)"
         )
+    for url in site_url.split(","):
+        check_site_url(url, "--site / PACKDIST_SITE")
     limits = Limits(download=parse_rate(download_limit), upload=parse_rate(upload_limit))
     try:
         cache_bytes = parse_size(cache_limit)
@@ -95,8 +108,11 @@ def agent_serve(
             " and changed on the path; for a lab on loopback only",
             err=True,
         )
+    root = resolve_home()
+    _lock = lock_home(root, "agent")  # one agent per home, until this process ends
+    check_bindable(listen)  # a port in use: one line, before anything starts
     run_agent(
-        resolve_home(),
+        root,
         listen,
         site_url.rstrip("/"),
         token.strip(),
@@ -104,3 +120,4 @@ def agent_serve(
         cache_bytes,
         plain_http,
     )
+    del _lock

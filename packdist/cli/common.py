@@ -13,6 +13,7 @@ import click
 import orjson
 
 from packdist.core.timefmt import ago, iso
+from packdist.errors import UserError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -81,3 +82,30 @@ def operator_name() -> str:
         return getpass.getuser()
     except (KeyError, OSError):  # no name for this uid (a container's)
         return f"uid {os.getuid()}"
+
+
+def token_file_option(f: F) -> F:
+    """``--token-file PATH``: the token read from a file (kept out of the process list, as
+    the environment variable of ``--token`` does)."""
+    return click.option(
+        "--token-file",
+        type=click.Path(dir_okay=False),
+        metavar="PATH",
+        help="Read the token from this file (not shown in the process list, unlike --token).",
+    )(f)
+
+
+def token_from(token: str | None, token_file: str | None) -> str | None:
+    """The token given by ``--token`` (or its variable) or ``--token-file``; UserError, one
+    line, for both, or a file that cannot be read."""
+    if token_file is None:
+        return token
+    if token is not None:
+        raise UserError("give the token once: --token (or its variable) or --token-file")
+    try:
+        text = Path(token_file).read_text(encoding="utf-8", errors="replace").strip()
+    except OSError as exc:
+        raise UserError(f"--token-file {token_file}: {exc.strerror or exc}") from None
+    if not text:
+        raise UserError(f"--token-file {token_file} is empty")
+    return text

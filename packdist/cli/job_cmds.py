@@ -19,11 +19,15 @@ from packdist.cli.common import (
     resolve_home,
 )
 from packdist.cli.job_view import RateMeter, _job_table, _plain_line
+from packdist.cli.site_words import presence as _presence
+from packdist.cli.site_words import refusals as _refusals
+from packdist.cli.site_words import warn_if_no_site
 from packdist.cli.targets import choose_targets, one_target_option, target_options
 from packdist.core.names import parse_ref
 from packdist.errors import NotFound, UserError
 from packdist.service import Service
 from packdist.service.jobs import named
+from packdist.service.presence import site_presence
 from packdist.site.home import SiteHome
 from packdist.site.views import job_counts, job_json
 from packdist.states import TERMINAL, InstructionState, JobState
@@ -46,16 +50,29 @@ def _load(
         store.close()
 
 
-def wait_for(job_id: str, timeout: float | None, quiet: bool = False) -> int:
-    """Wait until every instruction is terminal; returns the exit code of ``job wait``."""
+def wait_for(job_id: str, timeout: float | None, quiet: bool = False, told: bool = False) -> int:
+    """Wait until every instruction is terminal; returns the exit code of ``job wait``.
+    With no site server running, says so first (unless ``told`` already); timed out, says
+    that the job goes on."""
     store = SiteHome.open(resolve_home()).store()  # one store for every look (WAL: each
     watcher = watch(store)  # read sees the site's latest commits); watched before the first
     try:  # look, so a commit after it always wakes us
-        return _wait(store, watcher, job_id, timeout, quiet)
+        store.get_job(job_id)  # an unknown job: NotFound before anything is said
+        presence = site_presence(store, time.time())
+        if not told:
+            warn_if_no_site(presence)
+        code = _wait(store, watcher, job_id, timeout, quiet, presence.message)
     finally:
         if watcher is not None:
             watcher.close()
         store.close()
+    if code == EXIT_TIMEOUT:
+        click.echo(
+            f"packdist: timed out after {timeout:g}s; the job goes on:"
+            f" `packdist job wait {job_id}` again",
+            err=True,
+        )
+    return code
 
 
 #: without a watcher of the store (PostgreSQL, or no inotify here), seconds between two
@@ -93,7 +110,12 @@ def _pause(watcher: StoreWatcher | None, most: float, gap: float, last_look: flo
 
 
 def _wait(
-    store: Store, watcher: StoreWatcher | None, job_id: str, timeout: float | None, quiet: bool
+    store: Store,
+    watcher: StoreWatcher | None,
+    job_id: str,
+    timeout: float | None,
+    quiet: bool,
+    halted: str | None = None,
 ) -> int:
     deadline = None if timeout is None else time.monotonic() + timeout
     console = Console(stderr=True)
@@ -127,18 +149,20 @@ def _wait(
         meter = RateMeter()
         meter.add(job, time.monotonic())
         with Live(
-            _job_table(job, time.time(), meter), console=console, refresh_per_second=4
+            _job_table(job, time.time(), meter, halted=halted),
+            console=console,
+            refresh_per_second=4,
         ) as view:
             done = step()
             while not done and (deadline is None or time.monotonic() < deadline):
                 meter.add(job, time.monotonic())
-                view.update(_job_table(job, time.time(), meter))
+                view.update(_job_table(job, time.time(), meter, halted=halted))
                 looks += 1
                 heard = pause(looks, LIVE_REFRESH)  # redrawn meanwhile: rates and ages move
                 if heard or time.monotonic() - looked_at >= SAFETY:  # a look a second anyway
                     done = step()
             meter.add(job, time.monotonic())
-            view.update(_job_table(job, time.time(), meter))
+            view.update(_job_table(job, time.time(), meter, halted=halted))
     else:
         while not step():
             if deadline is not None and time.monotonic() >= deadline:
@@ -201,18 +225,22 @@ def distribute(
             pkg.id, targets, time.time(), max_attempts, deadline, options
         )
         job = store.get_job(job_id)
+        presence = site_presence(store, time.time())
     finally:
         store.close()
     code = EXIT_OK
-    if wait:
-        code = wait_for(job_id, timeout, quiet=as_json)
-        job = _load(job_id)
-    if as_json:
-        print_json({"job": job_id, **{k: v for k, v in job_json(job).items() if k != "id"}})
-    else:
+    if not as_json:
         click.echo(f"job {job_id}: {pkg.ref} to {named([i.server for i in job.instructions])}")
-        if wait:
-            click.echo(f"job {job_id} {job.state.value}")
+    warn_if_no_site(presence)
+    if wait:
+        code = wait_for(job_id, timeout, quiet=as_json, told=presence.message is not None)
+        job = _load(job_id)
+        presence = _presence()
+    if as_json:
+        doc = {k: v for k, v in job_json(job).items() if k != "id"}
+        print_json({"job": job_id, **doc, "site_server": presence.json()})
+    elif wait:
+        click.echo(f"job {job_id} {job.state.value}")
     if code:
         sys.exit(code)
 
@@ -249,6 +277,7 @@ def job_show(job_id: str, state: str | None, limit: int | None, offset: int, as_
         if state is not None or limit is not None or offset:
             matching = doc["counts"][state] if state is not None else j.total
             doc["page"] = {"state": state, "offset": offset, "limit": limit, "matching": matching}
+        doc["site_server"] = _presence().json()
         print_json(doc)
         return
     page = HUMAN_PAGE if limit is None else limit
@@ -256,7 +285,15 @@ def job_show(job_id: str, state: str | None, limit: int | None, offset: int, as_
     matching = job_counts(j)[state] if state is not None else j.total
     rest = matching - offset - len(j.instructions)
     more = f"… {rest:,} more; use --limit/--offset" if rest > 0 else ""
-    Console().print(_job_table(j, time.time(), more=more))
+    presence = _presence() if j.state is JobState.ACTIVE else None
+    halted = None if presence is None else presence.message
+    console = Console()
+    console.print(_job_table(j, time.time(), more=more, halted=halted))
+    if j.state is JobState.ACTIVE:  # why a server may not answer: its agent is refused
+        waiting = {i.server for i in j.instructions if i.state not in TERMINAL}
+        for server, words in _refusals().items():
+            if server in waiting:
+                console.print(words, style="yellow", markup=False, highlight=False)
 
 
 @job.command("wait")
@@ -273,7 +310,7 @@ def job_wait(job_id: str, timeout: float | None, as_json: bool) -> None:
     code = wait_for(job_id, timeout, quiet=as_json)
     j = _load(job_id)
     if as_json:
-        print_json(job_json(j))
+        print_json({**job_json(j), "site_server": _presence().json()})
     else:
         click.echo(_plain_line(j))
     sys.exit(code)

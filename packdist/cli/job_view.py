@@ -13,7 +13,7 @@ from rich.text import Text
 
 from packdist.cli.common import ago
 from packdist.core.fsutil import human_bytes
-from packdist.site.views import job_counts
+from packdist.site.views import cancelled_why, job_counts
 from packdist.states import DONE
 from packdist.store.base import InstructionRecord, JobRecord
 
@@ -62,11 +62,18 @@ def _rate_text(rate: float | None) -> str:
     return f"{human_bytes(rate)}/s" if rate else "-"
 
 
-def _job_table(job: JobRecord, now: float, meter: RateMeter | None = None, more: str = "") -> Group:
+def _job_table(
+    job: JobRecord,
+    now: float,
+    meter: RateMeter | None = None,
+    more: str = "",
+    halted: str | None = None,
+) -> Group:
     """The job as operators follow it: a title, one row per server and a total (progress,
     bytes, rate when ``meter`` is given, next attempt), then the last error of each server
     in words, on lines of their own so they are never cut at 80 columns. A job read in
-    part (a page): its counts per state, the rows of that page, and ``more``."""
+    part (a page): its counts per state, the rows of that page, and ``more``. ``halted``:
+    no site server runs (what to say): no next attempt is promised."""
     removal = job.action == "remove"
     goal = DONE[job.action].value
     counts = job_counts(job)
@@ -105,7 +112,9 @@ def _job_table(job: JobRecord, now: float, meter: RateMeter | None = None, more:
     for i in job.instructions:
         done = _shown(i)
         nxt = ""
-        if i.state.value == "retrying":
+        if halted is not None and i.state.value in ("retrying", "pending"):
+            nxt = "no site server"
+        elif i.state.value == "retrying":
             nxt = "due now" if i.next_attempt_at <= now else ago(i.next_attempt_at, now)
         row: list[RenderableType] = [i.server, _styled(i.state.value), str(i.attempts)]
         if removal:
@@ -136,6 +145,8 @@ def _job_table(job: JobRecord, now: float, meter: RateMeter | None = None, more:
         row += [""]
         table.add_row(*row)
     parts: list[RenderableType] = [title]
+    if halted is not None:
+        parts.append(Text(halted, style="bold yellow"))
     if not whole:
         parts.append(Text("  ".join(f"{s} {n:,}" for s, n in counts.items() if n)))
     parts.append(table)
@@ -147,13 +158,16 @@ def _job_table(job: JobRecord, now: float, meter: RateMeter | None = None, more:
         width = max(len(i.server) for i in where)
         for i in where:
             parts.append(Text(f"  {i.server:<{width}}  {i.phase}"))
-    errors = [i for i in job.instructions if i.last_error]
+    errors = [i for i in job.instructions if i.last_error or i.state.value == "cancelled"]
     if errors:
         parts.append(Text("last error", style="bold"))
         width = max(len(i.server) for i in errors)
         for i in errors:
             line = Text(f"  {i.server:<{width}}  ")
-            line.append(i.last_error or "", style="red" if i.state.value != goal else "")
+            if i.state.value == "cancelled":  # the error before the cancel is not the reason
+                line.append(cancelled_why(i.last_error), style="yellow")
+            else:
+                line.append(i.last_error or "", style="red" if i.state.value != goal else "")
             parts.append(line)
     return Group(*parts)
 

@@ -28,6 +28,7 @@ from packdist.core.names import (
 )
 from packdist.errors import UserError
 from packdist.service import Service
+from packdist.service.fleet import refusals_shown
 from packdist.site.home import SiteHome
 from packdist.site.views import online, online_after
 
@@ -93,6 +94,32 @@ def server_add(
         )
 
 
+@server.command("token")
+@home_option
+@click.argument("name")
+@json_option
+def server_token(name: str, as_json: bool) -> None:
+    """Give a server a new enrollment token (printed once): the old one stops working, on a
+    running site within seconds; the server's work goes on (nothing is cancelled)."""
+    home = SiteHome.open(resolve_home())
+    token = new_token(home.authority().fingerprint)
+    store = home.store()
+    try:
+        Service(store, operator_name()).reissue_token(name, hash_token(token), time.time())
+    finally:
+        store.close()
+    if as_json:
+        print_json({"name": name, "token": token})
+    else:
+        click.echo(
+            f"server {name}: a new enrollment token (shown once; the old one no longer works):"
+        )
+        click.echo(token)
+        click.echo(
+            f"run on {name}: packdist agent serve --listen HOST:PORT --site SITE_URL --token {token}"
+        )
+
+
 @server.command("list")
 @home_option
 @json_option
@@ -102,9 +129,10 @@ def server_list(as_json: bool) -> None:
     store = home.store()
     try:
         servers = store.list_servers()
+        now = time.time()
+        refused = refusals_shown(store, now)
     finally:
         store.close()
-    now = time.time()
     after = online_after(len(servers))
     if as_json:
         print_json(
@@ -118,6 +146,7 @@ def server_list(as_json: bool) -> None:
                         "online": online(s, now, after),
                         "last_seen": iso(s.last_seen),
                         "disk_free": s.disk_free,
+                        "refused": refused.get(s.name),  # an agent refused lately
                     }
                     for s in servers
                 ]
@@ -142,6 +171,8 @@ def server_list(as_json: bool) -> None:
             human_bytes(s.disk_free) if s.disk_free is not None else "-",
         )
     Console().print(table)
+    for words in refused.values():
+        click.echo(words)
 
 
 @server.command("remove")

@@ -12,7 +12,15 @@ from rich.table import Table
 
 from packdist import config
 from packdist.cli.child_cmds import site_add_child, site_children, site_set_child
-from packdist.cli.common import home_option, json_option, print_json, resolve_home
+from packdist.cli.common import (
+    home_option,
+    json_option,
+    print_json,
+    resolve_home,
+    token_file_option,
+    token_from,
+)
+from packdist.core.homelock import lock_home
 from packdist.errors import UserError
 from packdist.site import operator
 from packdist.site.home import SiteHome
@@ -127,17 +135,22 @@ def site_init(name: str | None, store_url: str | None, as_json: bool) -> None:
     envvar="PACKDIST_PARENT_TOKEN",
     metavar="TOKEN",
     help="With --parent: the token 'packdist site add-child' printed at the parent"
-    " (env PACKDIST_PARENT_TOKEN, which keeps it out of the process list).",
+    " (env PACKDIST_PARENT_TOKEN or --token-file keep it out of the process list).",
 )
+@token_file_option
 @setting_options
-def site_serve(parent: str | None, token: str | None, **values: Any) -> None:
+def site_serve(
+    parent: str | None, token: str | None, token_file: str | None, **values: Any
+) -> None:
     """Run the site server (API, despooler, dashboard) until SIGTERM/SIGINT.
 
     Settings come from the flags, else PACKDIST_* variables, else HOME/packdist.toml, else
     the defaults ('packdist site config' shows them)."""
+    from packdist.process import check_bindable
     from packdist.site.parent_link import check_parent
     from packdist.site.server import run_site
 
+    token = token_from(token, token_file)
     if (parent is None) != (token is None):
         raise UserError("--parent and --token go together: the parent's URL and this site's token")
     if parent is not None and token is not None:
@@ -151,26 +164,35 @@ def site_serve(parent: str | None, token: str | None, **values: Any) -> None:
             " parent's https:// URL (or run with --plain-http, for a lab on loopback only)"
         )
     scheme = "http" if settings.plain_http else "https"
+    # one process on a SQLite home (several workers share a PostgreSQL store); held until
+    # this process ends
+    _lock = lock_home(root, "site server") if home.store_url() is None else None
+    check_bindable(settings.listen)  # a port in use: one line, before anything starts
     if settings.plain_http:
         click.echo(
             "packdist site: WARNING: --plain-http: serving without TLS, traffic (tokens"
             " included) can be read and changed on the path; for a lab on loopback only",
             err=True,
         )
-    click.echo(
-        f"packdist site: listening on {scheme}://{settings.listen}; dashboard at"
-        f" {scheme}://{settings.listen}/ (operator credentials: 'site init', 'operator add')",
-        err=True,
-    )
-    if parent is not None and token is not None:
-        click.echo(f"packdist site: a child site of {parent}", err=True)
+
+    def listening() -> None:  # said once the address is bound, not before
+        click.echo(
+            f"packdist site: listening on {scheme}://{settings.listen}; dashboard at"
+            f" {scheme}://{settings.listen}/ (operator credentials: 'site init', 'operator add')",
+            err=True,
+        )
+        if parent is not None and token is not None:
+            click.echo(f"packdist site: a child site of {parent}", err=True)
+
     run_site(
         home,
         settings.listen,
         settings.workers,
         settings,
         None if parent is None or token is None else (parent, token),
+        listening,
     )
+    del _lock
 
 
 @site.command("config")

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from packdist.cli.common import home_option, json_option, print_json, resolve_home
 from packdist.cli.job_view import _styled
+from packdist.service.presence import site_presence
 from packdist.site import views
 from packdist.site.home import SiteHome
 
@@ -25,7 +26,8 @@ def status(as_json: bool) -> None:
     try:
         cells = store.status_cells()  # one read of the holdings and the newest instructions
         matrix = store.status_matrix(cells) if as_json else {}  # the JSON's "packages" only
-        doc = views.status(store, now, read=cells)
+        presence = site_presence(store, now)
+        doc = views.status(store, now, read=cells, halted=not presence.running)
         children = views.child_sites(store, now) if as_json else []
     finally:
         store.close()
@@ -39,9 +41,12 @@ def status(as_json: bool) -> None:
                 "cells": doc["matrix"],
                 "server_details": doc["servers"],
                 "child_sites": children,
+                "site_server": presence.json(),
             }
         )
         return
+    if presence.message is not None:
+        click.echo(f"packdist: {presence.message}", err=True)
     if not packages or not servers:
         click.echo("nothing to show yet: " + ("no packages" if not packages else "no servers"))
         return

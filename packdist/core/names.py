@@ -82,6 +82,31 @@ def split_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def check_listen(listen: str, option: str = "--listen") -> tuple[str, int]:
+    """``split_listen`` for a command's option: UserError, one line, naming it."""
+    try:
+        return split_listen(listen)
+    except ValueError as exc:
+        raise UserError(f"{option} {listen!r} {exc} (e.g. 0.0.0.0:8700)") from None
+
+
+def check_site_url(url: str, option: str = "--site") -> str:
+    """A URL a command dials (``--site``, ``--url``, ``--parent``): ``http(s)://HOST[:PORT]``
+    with nothing after but a path, else UserError, one line, naming the option."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise UserError(
+            f"{option} {url!r} is not a URL: give https://HOST:PORT (or http:// with --plain-http)"
+        )
+    try:
+        parts.port  # noqa: B018 -- raises on a port that is no number
+    except ValueError:
+        raise UserError(f"{option} {url!r}: its port is not a number from 1 to 65535") from None
+    if not parts.hostname:
+        raise UserError(f"{option} {url!r} names no host")
+    return url.strip().rstrip("/")
+
+
 _DNS_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 
 

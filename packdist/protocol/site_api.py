@@ -22,7 +22,7 @@ import aiohttp
 from packdist.core.codec import Encoding
 from packdist.core.digest import Digest
 from packdist.errors import AuthError, Overloaded, PackdistError, RemoteError, TransferError
-from packdist.http import HEARTBEAT, HOLDER_HEADER, Frame, request
+from packdist.http import CLAIM_HEADER, HEARTBEAT, HOLDER_HEADER, PORT_HEADER, Frame, request
 from packdist.protocol.chunk_stream import ChunkStreams, StreamStop
 from packdist.protocol.messages import CertificateAnswer, CertificateRequest, Heartbeat
 from packdist.protocol.pace import (  # re-exported: their home was this module
@@ -77,6 +77,15 @@ class SiteClient:
         self._session = session
         self._liveness = liveness  # a fresh connection per call: enrollment
         self._streams = streams  # chunk streams, read in worker threads
+
+    def say_who(self, server: str | None, port: int | None) -> None:
+        """Say with each request the server this agent was enrolled as and the port it
+        serves on: when its token is refused, the site can tell the operator whose it is."""
+        for header, value in ((CLAIM_HEADER, server), (PORT_HEADER, port)):
+            if value is None:
+                self._auth.pop(header, None)
+            else:
+                self._auth[header] = str(value)
 
     @property
     def base_url(self) -> str:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 from packdist import states
 from packdist.core.digest import Digest
 from packdist.core.manifest import Manifest
+from packdist.core.names import url_host
 from packdist.errors import NotFound
 from packdist.service.attempts import AttemptUseCases
 from packdist.service.jobs import UNFINISHED, ended
+from packdist.store.core import Store
 from packdist.store.records import PackageRecord, describe_problems
 
 
@@ -103,6 +106,8 @@ class FleetUseCases(AttemptUseCases):
                 or seen["boot_id"] != boot_id
             )
             store.record_liveness(server, boot_id, disk_free, now, came_back)
+            if came_back:  # its next silence is a going offline again
+                store.mark_server_online(server)
             # What the server holds, as it reports it: only changes are written.
             self.sync_holdings(server, store.holdings(server), installed, now)
             if came_back and active:  # the agent's own word, after a restart or an absence
@@ -132,6 +137,42 @@ class FleetUseCases(AttemptUseCases):
             if woken:
                 store.notify()
             return woken
+
+    def record_offline(self, names: list[str], before: float, now: float) -> list[str]:
+        """Servers this site process stopped hearing from (none since ``before``): each
+        not marked yet is marked offline, with one ``server`` event; returns those."""
+        store = self.store
+        with store.transaction():
+            gone = store.mark_servers_offline(names, before, now)
+            for name, last_seen in gone:
+                silent = f"{now - last_seen:.0f}s" if last_seen is not None else "ever"
+                message = f"server {name} went offline: no heartbeat for {silent}"
+                store.add_event("server", message, server=name, now=now)
+        return [name for name, _ in gone]
+
+    def reissue_token(self, name: str, token_hash: str, now: float) -> None:
+        """A new enrollment token for ``name``: the old one stops working (a running site
+        refuses it within seconds); the server's work goes on, nothing is cancelled."""
+        store = self.store
+        with store.transaction():
+            if not store.replace_token_hash(name, token_hash):
+                raise NotFound(f"no server named {name}")
+            message = f"server {name}: new enrollment token, the old one no longer works"
+            store.add_event("server", message + self._by(), server=name, now=now, actor=self.actor)
+
+    def record_refused(self, claim: str, remote: str, port: int | None, now: float) -> str | None:
+        """An agent was refused for a token of no server: kept for the server it was taken
+        for (the name it claims, else the one whose URL is its address and port), with an
+        event the first time in a while; returns that server (None: nobody's)."""
+        store = self.store
+        with store.transaction():
+            server = refused_server(store, claim, remote, port)
+            if server is None:
+                return None
+            if server not in store.agents_refused_since(now - REFUSAL_SHOWN):
+                store.add_event("server", refusal_words(server, now), server=server, now=now)
+            store.agent_refused(server, now, remote, "wrong token")
+        return server
 
     def record_active(self, server: str, package_id: str, now: float) -> str | None:
         """The agent confirmed ``package_id`` active on ``server``: recorded, with the one
@@ -190,3 +231,37 @@ class FleetUseCases(AttemptUseCases):
             message = f"{pkg.ref} corrupt on {server}: {words}; repair queued (job {job_id})"
             store.add_event("corrupt", message, job_id, server, now=now)
             return job_id
+
+
+#: seconds a refused agent is shown (server list, job show, the dashboard's events)
+REFUSAL_SHOWN = 600.0
+
+
+def refusal_words(server: str, at: float) -> str:
+    when = time.strftime("%H:%M", time.gmtime(at))
+    return f"{server}: an agent tried to enroll with a wrong token at {when}"
+
+
+def refused_server(store: Store, claim: str, remote: str, port: int | None) -> str | None:
+    """The server a refused agent is taken for: the enrolled one it names, else the one
+    server whose URL is at its address and port."""
+    if claim and store.server(claim) is not None:
+        return claim
+    if port is None:
+        return None
+    local = {"127.0.0.1", "::1", "localhost"}
+    found = []
+    for name, url in store.servers_with_url_port(port):
+        try:
+            host = url_host(url) or ""
+        except ValueError:
+            continue
+        if host == remote or (host in local and remote in local):
+            found.append(name)
+    return found[0] if len(found) == 1 else None
+
+
+def refusals_shown(store: Store, now: float) -> dict[str, str]:
+    """server -> what to say of the agent refused lately as that server's (the latest)."""
+    found = store.agents_refused_since(now - REFUSAL_SHOWN)
+    return {name: refusal_words(name, r.at) for name, r in found.items()}

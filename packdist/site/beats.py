@@ -12,7 +12,9 @@ import asyncio
 import json
 import logging
 import math
+import os
 import resource
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,9 +28,11 @@ from packdist.http import error_response, presented
 from packdist.protocol.messages import Heartbeat
 from packdist.protocol.pace import MAX_INTERVAL, MAX_REVOKED, SHED_MAX
 from packdist.service import Service
+from packdist.service.presence import SEEN_EVERY
 from packdist.serving import open_connections
 from packdist.site.cadence import OFFLINE_INTERVALS, SILENT_AFTER, Admission, Cadence
 from packdist.site.liveness import FLUSH_EVERY, TOKEN_CHECK_EVERY, Liveness
+from packdist.site.refusals import Refusals
 from packdist.site.store_runner import StoreRunner
 from packdist.store.base import ServerRecord
 
@@ -60,6 +64,7 @@ class Beats:
         self.cadence = Cadence()
         self.admission = Admission()
         self.liveness = Liveness(self.cadence.offline_after)
+        self.refusals = Refusals(db)  # agents refused for a wrong token, told to operators
         self._enrolled = 0
         self._started = time.monotonic()
         # the common answer, encoded once for the interval and the removed servers it says
@@ -74,11 +79,15 @@ class Beats:
         #: TOKEN_CHECK_EVERY: a removed server is refused by its peers within seconds)
         self.revoked: list[str] = []
         self.files_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]  # raised at start
+        #: this process, as the store's record of running site workers names it
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
     async def start(self) -> None:
         """The fleet as enrolled, until this process has heard from it (see follow_fleet)."""
         self._enrolled = await self.db(lambda s: len(s.list_servers()))
         await self.read_revoked()
+        now = time.time()
+        await self.db(lambda s: s.site_worker_started(self.worker, now))
         self._started = time.monotonic()
         self.cadence.follow(self._enrolled)
 
@@ -98,6 +107,7 @@ class Beats:
         if server is None:
             server = await self.store_call(lambda s: s.server_by_token_hash(token_hash), counted)
             if server is None:
+                await self.refusals.refused(request)
                 raise AuthError("unknown or revoked enrollment token")
             self.liveness.remember_token(token_hash, server)
         # a certificate presented with the token must be that server's: one server's token
@@ -240,11 +250,48 @@ class Beats:
         if dropped:
             log.info("%d enrollment token(s) no longer valid: refused from now on", len(dropped))
 
+    async def offline(self) -> None:
+        """Servers this process stopped hearing from: each gets its "went offline" event
+        (once, whichever worker sees it first); a server this process never heard from is
+        not its to judge."""
+        now = time.time()
+        silent = self.liveness.went_silent(now)
+        if not silent:
+            return
+        before = now - self.cadence.offline_after()
+        try:
+            gone = await self.db(lambda s: Service(s).record_offline(silent, before, now))
+        except Exception as exc:  # not said: its return is still told
+            _log_failure("recording %d server(s) offline failed: %s", len(silent), exc)
+            return
+        for name in gone:
+            log.info("%s went offline", name)
+
+    async def running(self) -> None:
+        """Say in the store that this site process runs (commands read it)."""
+        now = time.time()
+        try:
+            await self.db(lambda s: s.site_worker_seen(self.worker, now))
+        except Exception as exc:  # said again at the next tick
+            _log_failure("saying that this site worker runs failed (%d): %s", 1, exc)
+
+    async def stopped(self) -> None:
+        """Say in the store that this site process stopped (a clean stop)."""
+        now = time.time()
+        try:
+            await self.db(lambda s: s.site_worker_stopped(self.worker, now))
+        except Exception as exc:
+            _log_failure("saying that this site worker stopped failed (%d): %s", 1, exc)
+
     async def flush_loop(self) -> None:
-        told = checked = time.monotonic()
+        told = checked = said = time.monotonic()
         while True:
             await asyncio.sleep(FLUSH_EVERY)
             await self.flush()
+            await self.offline()
+            if time.monotonic() - said >= SEEN_EVERY:
+                said = time.monotonic()
+                await self.running()
             if time.monotonic() - checked >= TOKEN_CHECK_EVERY:
                 checked = time.monotonic()
                 await self.check_tokens()

@@ -19,6 +19,7 @@ of one query every few seconds however large the fleet. A token not confirmed fo
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -52,6 +53,10 @@ class Liveness:
         self._tokens: dict[str, tuple[ServerRecord, float]] = {}
         self._unreached: set[str] = set()  # a call to them failed since their last heartbeat
         self._dirty: set[str] = set()  # heard since the last write (a batch walks only these)
+        #: servers heard from, least recently first: those that fell silent are found at
+        #: its front, without a walk over the fleet (a server leaves it once gone silent,
+        #: and comes back with its next heartbeat)
+        self._by_time: OrderedDict[str, None] = OrderedDict()
 
     @property
     def offline_after(self) -> float:
@@ -93,12 +98,39 @@ class Liveness:
         seen.last_seen = max(seen.last_seen, now)
         seen.disk_free = beat.disk_free
         self._dirty.add(server)
+        self._heard_now(server)
         return True
+
+    def _heard_now(self, server: str) -> None:
+        self._by_time[server] = None
+        self._by_time.move_to_end(server)
+
+    def went_silent(self, now: float) -> list[str]:
+        """Servers heard from by this process that have been silent longer than the
+        offline bound since: each returned once per silence (at the cost of the servers
+        returned, not of the fleet)."""
+        out: list[str] = []
+        bound = self._offline_after()
+        for _ in range(len(self._by_time)):
+            name = next(iter(self._by_time))
+            seen = self._seen.get(name)
+            if seen is None:  # forgotten (its write failed, or it left)
+                del self._by_time[name]
+                continue
+            if now - seen.last_seen <= bound:
+                break  # everyone behind it was heard from later
+            if now <= seen.excused_until:  # told to wait: not offline yet
+                self._by_time.move_to_end(name)
+                continue
+            del self._by_time[name]
+            out.append(name)
+        return out
 
     def recorded(self, server: str, beat: Heartbeat, now: float) -> None:
         """A heartbeat was recorded in full (the store is up to date for it)."""
         self._dirty.discard(server)
         self._seen[server] = _Seen(now, beat.boot_id, beat.disk_free, frozenset(beat.installed))
+        self._heard_now(server)
 
     def installed(self, server: str, package_id: str) -> None:
         """The site recorded ``server``'s verified install of ``package_id``: its next
@@ -119,6 +151,7 @@ class Liveness:
             seen.last_seen = max(seen.last_seen, now)
             seen.excused_until = max(seen.excused_until, now + told_to_wait)
             self._dirty.add(server)
+            self._heard_now(server)
 
     def take_dirty(self) -> list[tuple[str, float, int | None]]:
         """``(server, last_seen, disk_free)`` heard since the last call, to be written."""
@@ -134,6 +167,7 @@ class Liveness:
         """Record the next heartbeat in full (the last write failed, or the server left)."""
         self._seen.pop(server, None)
         self._dirty.discard(server)
+        self._by_time.pop(server, None)
 
     # --- enrollment tokens ------------------------------------------------------------------
 

@@ -15,8 +15,9 @@ from packdist.core.fsutil import human_bytes
 from packdist.core.timefmt import ago
 from packdist.site.causes_block import causes_block
 from packdist.site.html_bits import _epoch, badge, h, package_link, server_link, when
+from packdist.site.notices import notices_block
 from packdist.site.timeline import events_block
-from packdist.site.views import JOB_PAGE
+from packdist.site.views import JOB_PAGE, cancelled_why
 from packdist.states import DONE
 
 # re-exported: these lived here before html_bits.py and timeline.py
@@ -203,7 +204,7 @@ def job_block(job: dict[str, Any], now: float, link: bool = True, more: str = ""
         if i["state"] == "retrying" and i["next_attempt_at"]:
             due = _epoch(i["next_attempt_at"]) or now
             nxt = "due now" if due <= now else f"next attempt {ago(due, now)}"
-        err = i["last_error"] or ""
+        err = cancelled_why(i["last_error"]) if i["state"] == "cancelled" else i["last_error"] or ""
         if removal:  # no bytes travel: the bar says done or not
             bar = (
                 f'<td class="bar">{"done" if i["state"] == goal else "-"}</td>'
@@ -337,6 +338,7 @@ def _servers(servers: list[dict[str, Any]]) -> str:
 def overview_content(doc: dict[str, Any], now: float) -> str:
     return (
         _summary(doc["summary"])
+        + notices_block(doc.get("refused_agents", []))
         + _matrix(doc)
         + _jobs(doc["jobs"], now)
         + _servers(doc["servers"])

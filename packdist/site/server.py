@@ -30,6 +30,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -221,7 +222,7 @@ class SiteServer:
 
     # --- life cycle -----------------------------------------------------------------------
 
-    async def run(self, listen: str) -> None:
+    async def run(self, listen: str, on_listening: Callable[[], None] | None = None) -> None:
         self.site_name = await self.db(lambda s: s.site_name())
         self.children.site_name = self.site_name
         site_tls = None
@@ -281,7 +282,7 @@ class SiteServer:
             )
         try:
             await serve_until_stopped(
-                self.app(), listen, site_tls.server if site_tls is not None else None
+                self.app(), listen, site_tls.server if site_tls is not None else None, on_listening
             )
         finally:
             for task in background:
@@ -291,6 +292,7 @@ class SiteServer:
             await self.despooler.shutdown()
             if following is not None:
                 following.close()
+            await self.beats.stopped()
             await session.close()
             self.db.close()
 
@@ -314,6 +316,7 @@ def run_site(
     max_in_flight: int,
     settings: Settings | None = None,
     parent: tuple[str, str] | None = None,
+    on_listening: Callable[[], None] | None = None,
 ) -> None:
     logging.getLogger("packdist").setLevel(logging.INFO)
     if max_in_flight < 1:
@@ -327,7 +330,7 @@ def run_site(
         quiet_accept_errors(asyncio.get_running_loop())
         server.beats.files_limit = raise_open_files_limit()
         log.info("open files limit: %d", server.beats.files_limit)
-        await server.run(listen)
+        await server.run(listen, on_listening)
 
     # uvloop: at 10,000 agents, 0.26 ms of CPU per heartbeat instead of 0.32 and 464
     # instructions/s instead of 392 (docs/benchmarks.md); PACKDIST_EVENT_LOOP=asyncio

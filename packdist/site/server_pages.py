@@ -83,8 +83,8 @@ def server_content(doc: dict[str, Any], now: float) -> str:
     rows = []
     for i in doc["instructions"]:
         cause = i["last_error"] or ""
-        if i["state"] == "cancelled":
-            cause = "cancelled" + (f" (last: {cause})" if cause else "")
+        if i["state"] == "cancelled":  # the error before a cancel is not its reason
+            cause = views.cancelled_why(i["last_error"])
         rows.append(
             f'<tr><td><a href="/jobs/{h(i["job"])}">{h(i["job"])}</a></td>'
             f'<td class="pkg">{h(i["package"])}</td><td>{h(i["action"])}</td>'

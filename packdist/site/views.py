@@ -13,6 +13,7 @@ from typing import Any
 from packdist.core.timefmt import ago, iso
 from packdist.errors import ErrorKind
 from packdist.service import Service
+from packdist.service.fleet import refusals_shown
 from packdist.site.cadence import SILENT_AFTER, offline_after_for
 from packdist.site.causes import causes_json, job_causes
 from packdist.site.liveness import FLUSH_EVERY
@@ -66,8 +67,9 @@ def online(server: ServerRecord, now: float, after: float = ONLINE_AFTER) -> boo
     return server.last_seen is not None and now - server.last_seen < after
 
 
-def cell_view(cell: StatusCell | None, now: float) -> dict[str, Any]:
-    """``{"word", "detail", "state", "job", ...}`` of one matrix cell (None: never sent)."""
+def cell_view(cell: StatusCell | None, now: float, halted: bool = False) -> dict[str, Any]:
+    """``{"word", "detail", "state", "job", ...}`` of one matrix cell (None: never sent);
+    ``halted``: no site server runs, so no worker comes and no attempt is due."""
     if cell is None:
         return {"word": "-", "detail": "", "state": None, "job": None}
     state = cell.state
@@ -88,13 +90,14 @@ def cell_view(cell: StatusCell | None, now: float) -> dict[str, Any]:
         return {**base, "word": "installed", "detail": "verified"}
     earlier = f"; last error: {cell.last_error}" if cell.last_error else ""
     if state is S.PENDING:
-        return {**base, "word": "in progress", "detail": f"waiting for a worker{earlier}"}
+        waits = "waiting for a site server to run" if halted else "waiting for a worker"
+        return {**base, "word": "in progress", "detail": f"{waits}{earlier}"}
     if state is S.SENDING:
         pct = 100 * cell.bytes_sent // cell.bytes_total if cell.bytes_total else 0
         detail = f"sending, {pct}%, attempt {cell.attempts}{earlier}"
         return {**base, "word": "in progress", "detail": detail}
     if state is S.RETRYING:
-        when = _due(cell.next_attempt_at, now)
+        when = "no attempt until a site server runs" if halted else _due(cell.next_attempt_at, now)
         word = "corrupt" if is_corruption(cell.error_kind) else "retrying"
         detail = "; ".join(x for x in (cell.last_error or "", when) if x)
         return {**base, "word": word, "detail": detail}
@@ -102,8 +105,22 @@ def cell_view(cell: StatusCell | None, now: float) -> dict[str, Any]:
         word = "corrupt" if is_corruption(cell.error_kind) else "failed"
         return {**base, "word": word, "detail": cell.last_error or ""}
     if state is S.CANCELLED:
-        return {**base, "word": "cancelled", "detail": cell.last_error or ""}
+        return {**base, "word": "cancelled", "detail": cancelled_why(cell.last_error)}
     return {**base, "word": "installed", "detail": "verified"}  # S.INSTALLED, since removed
+
+
+#: the causes the site itself writes when it cancels an instruction (an operator's cancel
+#: leaves the last error as it was: the cause of a failure before it)
+_CANCEL_CAUSES = ("superseded by", "cancelled by", "server removed")
+
+
+def cancelled_why(last_error: str | None) -> str:
+    """Why a cancelled instruction ended, in words: what the site wrote when it cancelled
+    it (superseded, its server removed, a parent's cancel), else an operator's cancel, whose
+    row keeps the error of the attempt before it (``last_error`` in JSON; not the reason)."""
+    if last_error and last_error.startswith(_CANCEL_CAUSES):
+        return last_error
+    return "cancelled by operator"
 
 
 def _due(at: float | None, now: float) -> str:
@@ -214,10 +231,12 @@ def status(
     only: list[str] | None = None,
     read: list[StatusCell] | None = None,
     after: float | None = None,
+    halted: bool = False,
 ) -> dict[str, Any]:
     """The package x server matrix with a word and a reason per cell: of every server, or
     of the servers named in ``only`` (a page); from the cells ``read`` if given. ``after``:
-    the :func:`online_after` of the fleet (worked out here when every server is read)."""
+    the :func:`online_after` of the fleet (worked out here when every server is read).
+    ``halted``: no site server runs (no attempt is promised)."""
     if only is None:
         servers = store.list_servers()
         after = online_after(len(servers)) if after is None else after
@@ -229,7 +248,8 @@ def status(
         read = store.status_cells(only)
     cells = {(c.package_ref, c.server): c for c in read}
     matrix = {
-        p: {s.name: cell_view(cells.get((p, s.name)), now) for s in servers} for p in packages
+        p: {s.name: cell_view(cells.get((p, s.name)), now, halted) for s in servers}
+        for p in packages
     }
     installed: dict[str, list[str]] = {s.name: [] for s in servers}
     for (ref, server), c in sorted(cells.items()):
@@ -323,6 +343,8 @@ def overview(store: Store, now: float, servers_shown: int = OVERVIEW_SERVERS) ->
         "jobs": [job_json(preview(store, j)) for j in jobs],
         "events": [event_json(e) for e in store.recent_events(RECENT_EVENTS)],
         "child_sites": child_sites(store, now, servers=False),
+        # agents refused lately for a wrong token, in words (a line each)
+        "refused_agents": list(refusals_shown(store, now).values()),
     }
 
 

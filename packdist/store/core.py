@@ -17,6 +17,7 @@ from packdist.store.children import ChildQueries
 from packdist.store.clients import ClientQueries
 from packdist.store.db import Database
 from packdist.store.instructions import InstructionQueries
+from packdist.store.presence import PresenceQueries
 from packdist.store.reports import ReportQueries
 from packdist.store.rollouts import RolloutQueries
 from packdist.store.search import SearchQueries
@@ -30,6 +31,7 @@ class Store(
     ChildQueries,
     ClientQueries,
     InstructionQueries,
+    PresenceQueries,
     SummaryQueries,
     ReportQueries,
     RolloutQueries,

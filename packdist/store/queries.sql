@@ -701,6 +701,55 @@ WHERE server = :server AND name = :name AND package_id != :package_id
 INSERT INTO server_active (server, name, package_id, previous_id, since)
 VALUES (:server, :name, :package_id, NULL, :now)
 
+
+-- name: site_worker_seen
+INSERT INTO site_workers (worker, started_at, last_seen, stopped_at)
+VALUES (:worker, :now, :now, NULL)
+ON CONFLICT (worker) DO UPDATE SET last_seen = excluded.last_seen, stopped_at = NULL
+
+-- name: site_worker_stopped
+UPDATE site_workers SET last_seen = :now, stopped_at = :now WHERE worker = :worker
+
+-- name: site_workers_forgotten
+-- workers of long ago (each restart is a new one)
+DELETE FROM site_workers WHERE last_seen < :before
+
+-- name: site_workers_seen
+SELECT max(last_seen) AS last_seen, count(*) AS workers,
+       sum(CASE WHEN stopped_at IS NULL AND last_seen >= :since THEN 1 ELSE 0 END) AS running
+FROM site_workers
+
+-- === servers gone offline ===================================================================
+
+-- name: mark_servers_offline
+-- once per going offline: a server already marked (by another worker) is not again
+UPDATE servers SET offline_at = :now
+WHERE name IN (:names) AND removed = 0 AND offline_at IS NULL AND last_seen < :before
+RETURNING name, last_seen
+
+-- name: mark_server_online
+UPDATE servers SET offline_at = NULL WHERE name = :name AND offline_at IS NOT NULL
+
+-- === enrollment tokens re-issued, agents refused ============================================
+
+-- name: replace_token_hash
+UPDATE servers SET token_hash = :token_hash WHERE name = :name AND removed = 0
+
+-- name: servers_with_url_port
+-- the servers whose URL ends in this port (an agent refused is told by its address)
+SELECT name, url FROM servers WHERE removed = 0 AND url LIKE :pattern
+
+-- name: agent_refused
+INSERT INTO refused_agents (server, at, remote, reason) VALUES (:server, :at, :remote, :reason)
+ON CONFLICT (server) DO UPDATE
+SET at = excluded.at, remote = excluded.remote, reason = excluded.reason
+
+-- name: agents_refused_since
+SELECT server, at, remote, reason FROM refused_agents WHERE at >= :since ORDER BY server
+
+-- name: refusals_forgotten
+DELETE FROM refused_agents WHERE server = :server
+=======
 -- === clients ================================================================================
 
 -- name: client_exists
@@ -734,3 +783,6 @@ ON CONFLICT (package_id, source) DO UPDATE SET
 SELECT t.package_id, p.name || '@' || p.version AS ref, t.source, t.requests, t.fetches, t.bytes
 FROM client_totals t JOIN packages p ON p.id = t.package_id
 ORDER BY t.package_id, t.source
+
+-- newcomer
+-- === site workers seen ===============================================================

@@ -258,6 +258,9 @@ class _ChildSite:
     def __init__(self, answer: dict[str, Any]) -> None:
         self.answer = answer
 
+    def say_who(self, server: str | None, port: int | None) -> None:
+        """What the agent says of itself with each request (for a refusal's sake)."""
+
     async def hello(self) -> dict[str, Any]:
         return {"server": "dp1", "site": "child", "site_public_key": SITE.public.hex, **self.answer}
 

@@ -143,3 +143,38 @@ def test_a_removed_servers_liveness_is_forgotten_with_its_token() -> None:
     assert live.servers() == 1, "a removed server still counted in the fleet"
     assert live.last_heard("dp1") is None
     assert not live.quiet("dp1", beat, 2.0), "its next heartbeat must be recorded in full"
+
+
+def test_a_server_that_stops_heartbeating_goes_offline_once_in_one_event(
+    tmp_path: Path,
+) -> None:
+    store = SQLiteStore(tmp_path / "site.db")
+    try:
+        store.init_site("s", T0)
+        live = Liveness(OFFLINE_AFTER)
+        beat = Heartbeat("boot-1", 1000, [])
+        for n in range(1000):
+            add_server(store, f"dp{n}")
+            Service(store).record_heartbeat(f"dp{n}", "boot-1", 1000, [], T0, OFFLINE_AFTER)
+            live.recorded(f"dp{n}", beat, T0)
+        later = T0 + OFFLINE_AFTER + 1
+        for n in range(1, 1000):  # all but dp0 go on heartbeating
+            assert live.quiet(f"dp{n}", beat, later - 1)
+        store.touch_servers(live.take_dirty())
+        assert live.went_silent(later) == ["dp0"]
+        assert live.went_silent(later + 1) == []  # once per silence
+        before = later - OFFLINE_AFTER
+        assert Service(store).record_offline(["dp0"], before, later) == ["dp0"]
+        assert Service(store).record_offline(["dp0"], before, later) == []  # another worker
+        said = [e.message for e in store.recent_events(100) if e.server == "dp0"]
+        assert said.count("server dp0 went offline: no heartbeat for 8s") == 1
+
+        back = later + 5  # it comes back: recorded in full, and its next silence counts
+        assert not live.quiet("dp0", beat, back)
+        Service(store).record_heartbeat("dp0", "boot-1", 1000, [], back, OFFLINE_AFTER)
+        live.recorded("dp0", beat, back)
+        gone = back + OFFLINE_AFTER + 1
+        assert "dp0" in live.went_silent(gone)
+        assert Service(store).record_offline(["dp0"], gone - OFFLINE_AFTER, gone) == ["dp0"]
+    finally:
+        store.close()

@@ -306,6 +306,9 @@ DROP_SQLITE = (
     "ALTER TABLE instructions DROP COLUMN phase",
     "DROP TABLE child_sites",
     "DROP TABLE server_active",  # and version 13's
+    "DROP TABLE site_workers",  # and version 16's
+    "ALTER TABLE servers DROP COLUMN offline_at",
+    "DROP TABLE refused_agents",
     "DROP TABLE rollout_waves",  # and version 15's
     "DROP TABLE rollouts",
     "DROP INDEX events_rollouts",
@@ -333,6 +336,9 @@ DROP_POSTGRESQL = (
     "ALTER TABLE instructions DROP COLUMN phase",
     "DROP TABLE child_sites",
     "DROP TABLE server_active",  # and version 13's
+    "DROP TABLE site_workers",  # and version 16's
+    "ALTER TABLE servers DROP COLUMN offline_at",
+    "DROP TABLE refused_agents",
     "DROP TABLE rollout_waves",  # and version 15's
     "DROP TABLE rollouts",
     "DROP INDEX events_rollouts",
