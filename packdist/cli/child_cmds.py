@@ -6,7 +6,6 @@ import time
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -17,6 +16,7 @@ from packdist.cli.common import (
     json_option,
     operator_name,
     print_json,
+    print_table,
     resolve_home,
 )
 from packdist.cli.server_cmds import check_url
@@ -180,4 +180,4 @@ def site_children(as_json: bool) -> None:
             f"{up} of {len(c.servers)}",
             escape(link),
         )
-    Console().print(table)
+    print_table(table)

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from packdist.auth import hash_token, new_token
@@ -18,6 +17,7 @@ from packdist.cli.common import (
     json_option,
     operator_name,
     print_json,
+    print_table,
     resolve_home,
 )
 from packdist.core.fsutil import human_bytes
@@ -99,7 +99,7 @@ def client_list(as_json: bool) -> None:
     for c in clients:
         labels = ", ".join(f"{k}={v}" for k, v in c.labels)
         table.add_row(c.name, labels or "-", ago(c.last_fetch, now) if c.last_fetch else "never")
-    Console().print(table)
+    print_table(table)
 
 
 @client.command("remove")

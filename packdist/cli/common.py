@@ -64,7 +64,32 @@ def print_json(doc: Any) -> None:
     sys.stdout.buffer.flush()
 
 
-__all__ = ["ago", "home_option", "iso", "json_option", "print_json", "resolve_home"]
+def folded(table: Any) -> Any:
+    """A rich table that never cuts a cell: a value longer than its column (a URL, an
+    error) folds onto the next line instead of ending in "…" (full values: ``--json``)."""
+    for column in table.columns:
+        column.overflow = "fold"
+        column.no_wrap = False
+    return table
+
+
+def print_table(table: Any) -> None:
+    """:func:`folded` ``table`` on stdout."""
+    from rich.console import Console
+
+    Console().print(folded(table))
+
+
+__all__ = [
+    "ago",
+    "folded",
+    "home_option",
+    "iso",
+    "json_option",
+    "print_json",
+    "print_table",
+    "resolve_home",
+]
 
 
 MAX_OPERATOR_NAME = 64

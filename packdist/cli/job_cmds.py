@@ -11,11 +11,13 @@ from rich.live import Live
 from rich.table import Table
 
 from packdist.cli.common import (
+    folded,
     home_option,
     iso,
     json_option,
     operator_name,
     print_json,
+    print_table,
     resolve_home,
 )
 from packdist.cli.job_view import RateMeter, _job_table, _plain_line
@@ -288,7 +290,7 @@ def job_show(job_id: str, state: str | None, limit: int | None, offset: int, as_
     presence = _presence() if j.state is JobState.ACTIVE else None
     halted = None if presence is None else presence.message
     console = Console()
-    console.print(_job_table(j, time.time(), more=more, halted=halted))
+    console.print(folded(_job_table(j, time.time(), more=more, halted=halted)))
     if j.state is JobState.ACTIVE:  # why a server may not answer: its agent is refused
         waiting = {i.server for i in j.instructions if i.state not in TERMINAL}
         for server, words in _refusals().items():
@@ -345,7 +347,7 @@ def job_list(as_json: bool) -> None:
             f"{done:,}/{j.total:,} done",
             iso(j.created_at),
         )
-    Console().print(table)
+    print_table(table)
 
 
 @job.command("cancel")

@@ -6,10 +6,9 @@ import time
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
-from packdist.cli.common import home_option, iso, json_option, print_json, resolve_home
+from packdist.cli.common import home_option, iso, json_option, print_json, print_table, resolve_home
 from packdist.core.digest import Digest
 from packdist.core.fsutil import human_bytes
 from packdist.core.manifest import EntryType, Manifest
@@ -98,7 +97,7 @@ def package_list(as_json: bool) -> None:
         table.add_column(col)
     for p in records:
         table.add_row(p.ref, human_bytes(p.size), str(p.file_count), p.id[:16], iso(p.created_at))
-    Console().print(table)
+    print_table(table)
 
 
 @package.command("show")

@@ -9,11 +9,17 @@ import time
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from packdist import config
-from packdist.cli.common import home_option, json_option, operator_name, print_json, resolve_home
+from packdist.cli.common import (
+    home_option,
+    json_option,
+    operator_name,
+    print_json,
+    print_table,
+    resolve_home,
+)
 from packdist.cli.targets import choose_targets, one_target_option, target_options
 from packdist.core.names import parse_ref
 from packdist.core.schedule import Schedule
@@ -182,7 +188,7 @@ def show(rollout_id: str, as_json: bool) -> None:
             str(w.failed if w.failed is not None else c.get("failed", 0)) if w.job_id else "-",
             w.job_id or "-",
         )
-    Console().print(table)
+    print_table(table)
 
 
 @rollout.command("list")
@@ -209,7 +215,7 @@ def list_rollouts(as_json: bool) -> None:
             f"{started}/{len(r.waves)} started",
             iso(r.created_at),
         )
-    Console().print(table)
+    print_table(table)
 
 
 def _operator(verb: str, doc: str) -> click.Command:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from packdist.auth import hash_token, new_token
@@ -16,6 +15,7 @@ from packdist.cli.common import (
     json_option,
     operator_name,
     print_json,
+    print_table,
     resolve_home,
 )
 from packdist.core.fsutil import human_bytes
@@ -170,7 +170,7 @@ def server_list(as_json: bool) -> None:
             ago(s.last_seen, now),
             human_bytes(s.disk_free) if s.disk_free is not None else "-",
         )
-    Console().print(table)
+    print_table(table)
     for words in refused.values():
         click.echo(words)
 

@@ -13,6 +13,7 @@ from rich.table import Table
 from packdist import config
 from packdist.cli.child_cmds import site_add_child, site_children, site_set_child
 from packdist.cli.common import (
+    folded,
     home_option,
     json_option,
     print_json,
@@ -238,7 +239,7 @@ def site_config(as_json: bool, **values: Any) -> None:
     console = Console()
     state = "" if loaded.file_exists else " (absent: defaults, environment and flags only)"
     console.print(f"config file: {escape(str(loaded.path))}{state}")
-    console.print(table)
+    console.print(folded(table))
     console.print(
         "from: flag > env > file > default. Each setting section.key is also the variable"
         " PACKDIST_SECTION_KEY and the flag --section-key (e.g. retry.cap: PACKDIST_RETRY_CAP,"

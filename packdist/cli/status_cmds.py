@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from packdist.cli.common import home_option, json_option, print_json, resolve_home
+from packdist.cli.common import folded, home_option, json_option, print_json, resolve_home
 from packdist.cli.job_view import _styled
 from packdist.service.presence import site_presence
 from packdist.site import views
@@ -64,7 +64,7 @@ def status(as_json: bool) -> None:
             if c["word"] not in ("installed", "-") and troubled and c["detail"]:
                 attention.append((p, s, c))
     console = Console()
-    console.print(table)
+    console.print(folded(table))
     if attention:
         console.print()
         console.print("[bold]not installed, and why[/bold]")

@@ -1,0 +1,21 @@
+"""The command line's tables at 80 columns: a value longer than its column folds onto the
+next line rather than being cut with "…" (the full values are in ``--json`` too)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests import harness as h
+from tests.conftest import run_packdist
+
+LONG_URL = "https://distribution-server-in-the-far-branch-office.example.internal:8701"
+
+
+def test_a_long_url_in_the_server_list_is_folded_not_cut_at_80_columns(tmp_path: Path) -> None:
+    site = h.make_site(tmp_path)
+    site.add_server("dp1", LONG_URL, groups=["branch-offices-of-the-northern-region"])
+    out = run_packdist(site.home, "server", "list", env={"COLUMNS": "80"}).stdout
+    assert "…" not in out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    assert "https://distr" in out and "example.internal:8701" in out  # its start and its end
+    assert site.json("server", "list")["servers"][0]["url"] == LONG_URL
