@@ -11,6 +11,7 @@ import time
 import click
 
 from packdist.cli.common import home_option, json_option, operator_name, print_json, resolve_home
+from packdist.cli.durations import Duration
 from packdist.cli.job_cmds import EXIT_OK, _load, wait_for
 from packdist.cli.targets import choose_targets, one_target_option, target_options
 from packdist.core.names import check_package_name, parse_ref
@@ -22,7 +23,7 @@ from packdist.site.views import job_json
 
 WAIT = click.option("--wait", is_flag=True, help="Wait until it is done (exit as 'job wait').")
 TIMEOUT = click.option(
-    "--timeout", type=click.FloatRange(min=0), help="With --wait: seconds to wait at most."
+    "--timeout", type=Duration(), help="With --wait: how long to wait at most (30, 5m, 1h)."
 )
 
 

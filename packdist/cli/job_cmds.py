@@ -20,6 +20,7 @@ from packdist.cli.common import (
     print_table,
     resolve_home,
 )
+from packdist.cli.durations import Duration
 from packdist.cli.job_view import RateMeter, _job_table, _plain_line
 from packdist.cli.site_words import presence as _presence
 from packdist.cli.site_words import refusals as _refusals
@@ -185,8 +186,8 @@ def _wait(
 )
 @click.option(
     "--deadline",
-    type=click.FloatRange(min=1),
-    help="Give targets up N seconds after the job was created.",
+    type=Duration(minimum=1),
+    help="Give targets up this long after the job was created (3600, 90m, 1h, 2d).",
 )
 @click.option(
     "--no-peers",
@@ -195,7 +196,7 @@ def _wait(
 )
 @click.option("--wait", is_flag=True, help="Wait until the job is finished (exit as 'job wait').")
 @click.option(
-    "--timeout", type=click.FloatRange(min=0), help="With --wait: seconds to wait at most."
+    "--timeout", type=Duration(), help="With --wait: how long to wait at most (30, 5m, 1h)."
 )
 @json_option
 def distribute(
@@ -301,7 +302,7 @@ def job_show(job_id: str, state: str | None, limit: int | None, offset: int, as_
 @job.command("wait")
 @home_option
 @click.argument("job_id")
-@click.option("--timeout", type=click.FloatRange(min=0), help="Seconds to wait at most.")
+@click.option("--timeout", type=Duration(), help="How long to wait at most (30, 5m, 1h).")
 @json_option
 def job_wait(job_id: str, timeout: float | None, as_json: bool) -> None:
     """Wait until every instruction is terminal (exit 0 done, 1 failed, 75 timeout).

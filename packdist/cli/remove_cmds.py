@@ -9,6 +9,7 @@ import time
 import click
 
 from packdist.cli.common import home_option, json_option, operator_name, print_json, resolve_home
+from packdist.cli.durations import Duration
 from packdist.cli.job_cmds import EXIT_OK, _load, wait_for
 from packdist.core.names import parse_ref
 from packdist.errors import NoTargets, NotFound, UserError
@@ -34,12 +35,12 @@ from packdist.site.views import job_json
 )
 @click.option(
     "--deadline",
-    type=click.FloatRange(min=1),
+    type=Duration(minimum=1),
     help="Give targets up N seconds after the job was created.",
 )
 @click.option("--wait", is_flag=True, help="Wait until the job is finished (exit as 'job wait').")
 @click.option(
-    "--timeout", type=click.FloatRange(min=0), help="With --wait: seconds to wait at most."
+    "--timeout", type=Duration(), help="With --wait: how long to wait at most (30, 5m, 1h)."
 )
 @json_option
 def package_remove(

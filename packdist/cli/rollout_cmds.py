@@ -20,6 +20,7 @@ from packdist.cli.common import (
     print_table,
     resolve_home,
 )
+from packdist.cli.durations import Duration
 from packdist.cli.targets import choose_targets, one_target_option, target_options
 from packdist.core.names import parse_ref
 from packdist.core.schedule import Schedule
@@ -58,10 +59,10 @@ def rollout() -> None:
 )
 @click.option(
     "--wave-timeout",
-    type=float,
+    type=Duration(minimum=1),
     default=DEFAULT_WAVE_TIMEOUT,
     show_default=True,
-    metavar="SECS",
+    metavar="DURATION",
     help="A server of a wave not installed this long after it started counts as failed.",
 )
 @click.option("--activate", is_flag=True, help="Make the version active on each server.")
@@ -73,7 +74,7 @@ def rollout() -> None:
 )
 @click.option(
     "--health-timeout",
-    type=float,
+    type=Duration(minimum=1),
     default=DEFAULT_HEALTH_TIMEOUT,
     show_default=True,
     metavar="SECS",
