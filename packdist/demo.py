@@ -301,8 +301,9 @@ def main() -> int:
         print(f"\ndemo finished in {time.monotonic() - started:.0f}s")
         if sys.stdin.isatty() and sys.stdout.isatty():
             explore(demo)
-        else:
-            print(f"(no terminal: everything stopped; the homes stay in {root})")
+            return 0
+        print("(no terminal: everything stopped and removed)")
+        shutil.rmtree(root, ignore_errors=True)  # a run by a script leaves no keys behind
         return 0
     finally:
         demo.stop_all()

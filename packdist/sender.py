@@ -91,3 +91,9 @@ async def activate(client: TargetClient, c: Claim) -> None:
     answer = await client.activate(c.package_id, c.package_ref, tuple(check), timeout)
     if answer.package != c.package_ref:
         raise RemoteError(f"{c.server} activated {answer.package}, not {c.package_ref}")
+    if check and not answer.checked:  # an agent too old to know of health checks
+        raise RemoteError(
+            f"{c.server} switched to {c.package_ref} without running its health check"
+            " (its agent is too old for health checks: upgrade it)",
+            kind=ErrorKind.REFUSED,
+        )

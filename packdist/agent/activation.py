@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from packdist.agent.health_check import run_health_check
 from packdist.agent.home import AgentHome
@@ -30,6 +30,7 @@ TEMPORARY_PREFIX = ".current-"  # packages/NAME/.current-<hex>: a link on its wa
 class Activated:
     package: str  # NAME@VERSION, now active
     previous: str | None  # the version active before (None: none was)
+    checked: bool = False  # a health check was asked for, and passed (or was active already)
 
 
 def active_version(home: AgentHome, name: str) -> str | None:
@@ -86,7 +87,8 @@ async def activate_checked(home: AgentHome, asked: ActivateRequest) -> Activated
         await run_health_check(
             home.packages / name / version, ref, list(asked.check), asked.check_timeout
         )
-    return await asyncio.to_thread(activate, home, ref, asked.package_id)
+    done = await asyncio.to_thread(activate, home, ref, asked.package_id)
+    return replace(done, checked=bool(asked.check))
 
 
 def refuse_removal_of_active(home: AgentHome, ref: str) -> None:

@@ -16,7 +16,9 @@ import contextlib
 import os
 import signal
 import stat
+import tempfile
 from pathlib import Path
+from typing import IO
 
 from packdist.errors import HealthCheckFailed
 
@@ -48,42 +50,46 @@ async def run_health_check(tree: Path, ref: str, argv: list[str], timeout: float
     path = program(tree, argv)
     timeout = min(max(timeout, 0.1), MAX_TIMEOUT)
     env = {"PATH": PATH, "PACKDIST_PACKAGE": ref, "PACKDIST_TREE": str(tree), "LANG": "C.UTF-8"}
-    proc = await asyncio.create_subprocess_exec(
-        str(path),
-        *argv[1:],
-        cwd=tree,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,  # its own group: killed with whatever it started
-    )
-    tail = bytearray()
-
-    async def read() -> None:
-        assert proc.stdout is not None
-        while chunk := await proc.stdout.read(65536):
-            tail.extend(chunk)
-            del tail[:-KEEP_OUTPUT]
-
-    try:
-        await asyncio.wait_for(asyncio.gather(read(), proc.wait()), timeout)
-    except TimeoutError:
-        _kill(proc.pid)
-        await proc.wait()
-        raise HealthCheckFailed(
-            f"health check {argv[0]} did not finish within {timeout:g}s{_said(tail)}"
-        ) from None
-    except asyncio.CancelledError:
-        _kill(proc.pid)
-        raise
-    if proc.returncode != 0:
-        how = (
-            f"was killed by signal {-proc.returncode}"
-            if proc.returncode is not None and proc.returncode < 0
-            else f"exited {proc.returncode}"
+    # its output goes to a file, not a pipe: its exit decides, and a daemon it started that
+    # keeps the output open must not hold the agent's answer
+    with tempfile.TemporaryFile() as output:
+        proc = await asyncio.create_subprocess_exec(
+            str(path),
+            *argv[1:],
+            cwd=tree,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=output,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # its own group: killed with whatever it started
         )
-        raise HealthCheckFailed(f"health check {argv[0]} {how}{_said(tail)}")
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+        except TimeoutError:
+            _kill(proc.pid)
+            await proc.wait()
+            raise HealthCheckFailed(
+                f"health check {argv[0]} did not finish within {timeout:g}s{_said(_tail(output))}"
+            ) from None
+        except asyncio.CancelledError:
+            _kill(proc.pid)
+            await asyncio.shield(proc.wait())
+            raise
+        finally:
+            _kill(proc.pid)  # what it left running goes with it
+        if proc.returncode != 0:
+            how = (
+                f"was killed by signal {-proc.returncode}"
+                if proc.returncode is not None and proc.returncode < 0
+                else f"exited {proc.returncode}"
+            )
+            raise HealthCheckFailed(f"health check {argv[0]} {how}{_said(_tail(output))}")
+
+
+def _tail(output: IO[bytes]) -> bytes:
+    size = output.seek(0, os.SEEK_END)
+    output.seek(max(0, size - KEEP_OUTPUT))
+    return output.read()
 
 
 def _kill(pid: int) -> None:
@@ -91,7 +97,7 @@ def _kill(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-def _said(output: bytes | bytearray) -> str:
+def _said(output: bytes) -> str:
     """``: <its last line>`` (what a failing check usually explains itself with)."""
     lines = [line.strip() for line in output.decode(errors="replace").splitlines() if line.strip()]
     return f": {lines[-1][:200]}" if lines else ""

@@ -304,7 +304,8 @@ class Agent:
         done = await activation.activate_checked(self.home, asked)
         if done.previous != done.package.partition("@")[2]:
             log.info("%s is active (was %s)", done.package, done.previous or "none")
-        return web.json_response(ActivateAnswer(done.package, done.previous).to_json())
+        answer = ActivateAnswer(done.package, done.previous, done.checked)
+        return web.json_response(answer.to_json())
 
     async def validate(self, request: web.Request) -> web.Response:
         """Re-hash installed trees against their manifests: ``{"package_ids": [...]}`` (all

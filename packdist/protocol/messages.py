@@ -245,9 +245,11 @@ class ActivateAnswer:
 
     package: str  # NAME@VERSION
     previous: str | None  # VERSION, or None: no version was active
+    checked: bool = False  # the request's health check ran and passed (an older agent: no)
 
     def to_json(self) -> dict[str, Any]:
-        return {"state": "active", "package": self.package, "previous": self.previous}
+        doc = {"state": "active", "package": self.package, "previous": self.previous}
+        return doc | {"checked": True} if self.checked else doc
 
     @classmethod
     def from_json(cls, body: Any) -> ActivateAnswer:
@@ -257,7 +259,7 @@ class ActivateAnswer:
             raise UserError("an activate answer says state active and names the package")
         if previous is not None and not isinstance(previous, str):
             raise UserError("an activate answer's previous is a version or null")
-        return cls(package, previous)
+        return cls(package, previous, body.get("checked") is True)
 
 
 def _is_hex(text: str) -> bool:

@@ -44,6 +44,7 @@ __all__ = [
 DEFAULT_WAVE_TIMEOUT = 1800.0  # seconds: a wave whose servers never report is judged then
 ROLLOUT = "rollout"  # job option: the rollout a wave's job belongs to
 CAUSES_SHOWN = 3  # servers whose error a failed wave's words quote
+MAX_HEALTH_TIMEOUT = 3600.0  # seconds: the agent holds a check no longer
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,16 @@ class RolloutPlan:
     spread: str | None = None  # the location label to spread waves by (targets of a group)
 
 
+def check_health_command(argv: list[str]) -> None:
+    """A health check names a program inside the package by its relative path (the agent
+    checks again, against the tree: this words it before anything is recorded)."""
+    path = argv[0] if argv else ""
+    if not path or path.startswith("/") or ".." in path.split("/") or "\\" in path:
+        raise UserError(
+            f"--health-check {path!r}: name a program inside the package by its relative path"
+        )
+
+
 class RolloutUseCases(ActivationUseCases):
     def create_rollout(self, plan: RolloutPlan, now: float) -> str:
         """Check the plan, cut it into waves, and record the rollout (its first wave starts
@@ -72,6 +83,12 @@ class RolloutUseCases(ActivationUseCases):
             raise UserError("--wave-timeout must be more than 0 seconds")
         if plan.health_check and not plan.activate:
             raise UserError("--health-check needs --activate (it guards the switch)")
+        if plan.health_check:
+            check_health_command(plan.health_check)
+            if not 0 < plan.health_timeout <= MAX_HEALTH_TIMEOUT:
+                raise UserError(
+                    f"--health-timeout must be more than 0 and at most {MAX_HEALTH_TIMEOUT:g}s"
+                )
         store = self.store
         with store.transaction():
             pkg = store.package_by_id(plan.package_id)
@@ -132,25 +149,29 @@ class RolloutUseCases(ActivationUseCases):
         self._operator_event(rollout_id, "resume", None, now)
 
     def cancel_rollout(self, rollout_id: str, now: float) -> int:
-        """End a rollout: no wave starts again, and the unfinished instructions of its
-        started waves are cancelled. Servers that installed keep the version. Returns how
-        many instructions were cancelled."""
+        """End a rollout: no wave starts again, and the unfinished instructions of every
+        wave that started (a failed wave's retries too) are cancelled. Servers that
+        installed keep the version. Returns how many instructions were cancelled."""
         store = self.store
         n = 0
         with store.transaction():
-            rollout = self.get_rollout(rollout_id)
-            self._operator_event(rollout_id, "cancel", f"cancelled{self._by()}", now)
+            rollout = self._operator_event(rollout_id, "cancel", f"cancelled{self._by()}", now)
             for wave in rollout.waves:
                 if wave.state in states.WAVE_TRANSITIONS["cancel"][0]:
                     store.apply_wave("cancel", rollout_id, wave.number, judged_at=now)
-                    if wave.job_id is not None:
-                        n += self.cancel_job(wave.job_id, now)
+                if wave.job_id is not None:
+                    n += self.cancel_job(wave.job_id, now)
         return n
 
-    def _operator_event(self, rollout_id: str, event: str, why: str | None, now: float) -> None:
+    def _operator_event(
+        self, rollout_id: str, event: str, why: str | None, now: float
+    ) -> RolloutRecord:
+        """Apply an operator's event to the rollout as it is now (locked): the rollout."""
         store = self.store
         with store.transaction():
-            rollout = self.get_rollout(rollout_id)
+            rollout = store.lock_rollout(rollout_id)
+            if rollout is None:
+                raise NotFound(f"no rollout {rollout_id} (see 'packdist rollout list')")
             if rollout.state not in states.ROLLOUT_TRANSITIONS[event][0]:
                 raise UserError(f"rollout {rollout_id} is {rollout.state.value}: cannot {event} it")
             store.apply_rollout(event, rollout_id, now, why=why)
@@ -158,6 +179,7 @@ class RolloutUseCases(ActivationUseCases):
             message = f"rollout {rollout_id} {words}{self._by()}"
             store.add_event("rollout", message, now=now, actor=self.actor)
             store.notify()
+        return rollout
 
     # --- the serve loop's part --------------------------------------------------------------
 
@@ -165,12 +187,18 @@ class RolloutUseCases(ActivationUseCases):
         """Judge running waves, pause on failure, start the next wave where one may start,
         finish rollouts whose last wave was judged. Returns how many changes it made."""
         changes = 0
-        for rollout in self.store.rollouts(unfinished_only=True):
+        for listed in self.store.rollouts(unfinished_only=True):
             try:
                 with self.store.transaction():
-                    changes += self._advance(rollout, now)
+                    # as it is now, locked: an operator's pause or cancel that came after
+                    # the list was read holds (it is seen here, or waits for this)
+                    rollout = self.store.lock_rollout(listed.id)
+                    if rollout is not None and rollout.state not in states.ROLLOUT_DONE:
+                        changes += self._advance(rollout, now)
             except InvalidTransition:  # another site worker got there first: its change holds
-                log.debug("rollout %s advanced by another worker", rollout.id)
+                log.debug("rollout %s advanced by another worker", listed.id)
+            except Exception:  # one rollout's fault must not stop the others
+                log.exception("advancing rollout %s failed; the others go on", listed.id)
         return changes
 
     def _advance(self, rollout: RolloutRecord, now: float) -> int:
@@ -190,8 +218,14 @@ class RolloutUseCases(ActivationUseCases):
             return changes
         waiting = [w for w in rollout.waves if w.state is WaveState.WAITING]
         if not waiting:
+            failed = [str(w.number) for w in rollout.waves if w.state is WaveState.FAILED]
             store.apply_rollout("finish", rollout.id, now, why=None)
             message = f"rollout {rollout.id} succeeded: {rollout.package_ref} on every wave"
+            if failed:  # resumed past a failed wave: an operator judged it, say which
+                message = (
+                    f"rollout {rollout.id} succeeded: every wave of {rollout.package_ref}"
+                    f" started; wave {', '.join(failed)} failed and was resumed past"
+                )
             store.add_event("rollout", message, now=now)
             return changes + 1
         closed = Schedule.from_json(rollout.schedule).closed_words(now)
@@ -263,6 +297,7 @@ class RolloutUseCases(ActivationUseCases):
             wanted |= set(states.RECEIVING)
         rows = self.store.job_instructions_page(job_id, wanted, limit=CAUSES_SHOWN)
         words = [
-            f"{r['server']}: {r['last_error'] or (r['state'] + ', no error yet')}" for r in rows
+            f"{r['server']}: {r['last_error'] or (r['state'] if r['state'] == InstructionState.CANCELLED else r['state'] + ', no error yet')}"
+            for r in rows
         ]
         return f": {'; '.join(words)}" if words else ""

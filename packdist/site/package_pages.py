@@ -1,7 +1,7 @@
 """``GET /packages/{NAME@VERSION}?word=W&offset=N`` (and ``/api/packages/…``): one version
 on the whole fleet, in counts per word (installed, in progress, retrying, failed, corrupt,
 cancelled, removing) with a bar, drilling down to one page of the servers in one word,
-each with its cell's detail and job. Two reads by the package, whatever the fleet's size."""
+each with its cell's detail and job. Two reads by the package (each in proportion to the servers sent it)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from packdist.core.names import parse_ref
-from packdist.errors import NotFound, PackdistError
+from packdist.errors import NotFound, PackdistError, UserError
 from packdist.site import pages, views
 from packdist.site.html_bits import badge, h, server_link
 from packdist.site.package_actions import action_form
@@ -119,11 +119,11 @@ def package_content(doc: dict[str, Any]) -> str:
 def _paging(request: web.Request) -> tuple[str | None, int]:
     word = request.query.get("word") or None
     if word is not None and word not in WORDS:
-        raise web.HTTPBadRequest(text=f"word must be one of: {', '.join(WORDS)}")
+        raise UserError(f"word must be one of: {', '.join(WORDS)}")
     try:
         offset = max(0, int(request.query.get("offset", "0")))
     except ValueError:
-        raise web.HTTPBadRequest(text="offset must be a whole number") from None
+        raise UserError("offset must be a whole number") from None
     return word, offset
 
 

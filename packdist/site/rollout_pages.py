@@ -104,7 +104,8 @@ class RolloutPages:
         message = f"rollout {rollout_id} {done} by {caller.name}"
         if verb == "cancel":
             message += f" ({cancelled} unfinished instruction(s) cancelled)"
-        return _json({"rollout": rollout_id, "state": done, "by": caller.name, "message": message})
+        now = await self._read(lambda s: Service(s).get_rollout(rollout_id).state.value)
+        return _json({"rollout": rollout_id, "state": now, "by": caller.name, "message": message})
 
 
 def _list_docs(store: Store) -> list[dict[str, Any]]:

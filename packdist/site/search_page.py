@@ -11,7 +11,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from packdist.site import pages
-from packdist.site.html_bits import h, server_link
+from packdist.site.html_bits import h, package_link, server_link
 from packdist.store.search import Found
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ def results(text: str, found: Found) -> str:
     return (
         f"<section><h1>Search: {h(text)}</h1></section>"
         + block("Servers", [server_link(s) for s in found.servers])
-        + block("Packages", [f'<span class="pkg">{h(p)}</span>' for p in found.packages])
+        + block("Packages", [package_link(p) for p in found.packages])
         + block("Jobs", [f'<a href="/jobs/{h(j)}">job {h(j)}</a>' for j in found.jobs])
     )
 

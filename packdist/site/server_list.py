@@ -16,7 +16,8 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from packdist.core.fsutil import human_bytes
-from packdist.core.timefmt import ago
+from packdist.core.timefmt import ago, iso
+from packdist.errors import UserError
 from packdist.site import pages, views
 from packdist.site.html_bits import badge, h, server_link
 from packdist.store.base import Store
@@ -50,11 +51,11 @@ def filters_of(request: web.Request) -> Filters:
         if k != "offset"
     }
     if got["state"] is not None and got["state"] not in STATES:
-        raise web.HTTPBadRequest(text=f"state must be one of: {', '.join(STATES)}")
+        raise UserError(f"state must be one of: {', '.join(STATES)}")
     try:
         offset = max(0, int(request.query.get("offset", "0")))
     except ValueError:
-        raise web.HTTPBadRequest(text="offset must be a whole number") from None
+        raise UserError("offset must be a whole number") from None
     return Filters(**got, offset=offset)
 
 
@@ -88,7 +89,8 @@ def servers_doc(store: Store, f: Filters, location_label: str, now: float) -> di
             {
                 "name": s.name,
                 "online": up,
-                "last_seen": s.last_seen,
+                "last_seen": iso(s.last_seen),
+                "last_seen_ago": ago(s.last_seen, now),
                 "groups": list(s.groups),
                 "labels": dict(s.labels),
                 "disk_free": s.disk_free,
@@ -118,7 +120,7 @@ def servers_content(doc: dict[str, Any], f: Filters, now: float) -> str:
     rows = "".join(
         f'<tr><th scope="row">{server_link(s["name"])}</th>'
         f"<td>{badge('online' if s['online'] else 'offline')}</td>"
-        f"<td>{h(ago(s['last_seen'], now))}</td>"
+        f"<td>{h(s['last_seen_ago'])}</td>"
         f'<td class="num">{h(human_bytes(s["disk_free"]) if s["disk_free"] is not None else "-")}</td>'
         f"<td>{h(', '.join(s['groups']))}</td>"
         f"<td>{h(', '.join(f'{k}={v}' for k, v in s['labels'].items()))}</td></tr>"

@@ -617,11 +617,13 @@ JOIN servers s ON s.name = sp.server WHERE s.removed = 0 AND sp.package_id = :pa
 -- === search ==================================================================================
 
 -- name: search_servers
-SELECT name FROM servers WHERE removed = 0 AND name LIKE :pattern ESCAPE '\' ORDER BY name
+SELECT name FROM servers WHERE removed = 0 AND lower(name) LIKE lower(:pattern) ESCAPE '\'
+ORDER BY name
 LIMIT :limit
 
 -- name: search_packages
-SELECT id, name, version FROM packages WHERE name LIKE :pattern ESCAPE '\' OR version = :text
+SELECT id, name, version FROM packages
+WHERE lower(name) LIKE lower(:pattern) ESCAPE '\' OR version = :text
 ORDER BY name, created_at DESC LIMIT :limit
 
 -- name: group_names
@@ -629,7 +631,7 @@ SELECT DISTINCT g.grp FROM server_groups g JOIN servers s ON s.name = g.server
 WHERE s.removed = 0 ORDER BY g.grp LIMIT :limit
 
 -- name: search_jobs
-SELECT id FROM jobs WHERE id LIKE :prefix ESCAPE '\' ORDER BY created_at DESC LIMIT :limit
+SELECT id FROM jobs WHERE id LIKE lower(:prefix) ESCAPE '\' ORDER BY created_at DESC LIMIT :limit
 
 -- === rollouts ===============================================================================
 
@@ -664,6 +666,15 @@ SELECT * FROM rollout_waves WHERE rollout IN (:rollouts) ORDER BY rollout, numbe
 -- a rollout's own events: every one of them words its id first
 SELECT id, at, job_id, server, kind, message, actor FROM events
 WHERE kind = 'rollout' AND message LIKE :prefix ORDER BY id DESC LIMIT :limit
+
+-- name: lock_rollout
+-- taken first by every transaction that changes a rollout or its waves: one order of locks
+-- (the rollout, then its waves), and the state read after it is the latest (SQLite's
+-- BEGIN IMMEDIATE already serialises writers)
+SELECT id FROM rollouts WHERE id = :id
+
+-- name: lock_rollout [postgresql]
+SELECT id FROM rollouts WHERE id = :id FOR UPDATE
 
 -- name: set_rollout_why
 UPDATE rollouts SET why = :why WHERE id = :id

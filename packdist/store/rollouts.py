@@ -124,6 +124,14 @@ class RolloutQueries:
         rows = self.db.rows("rollout_events", prefix=f"rollout {rollout_id}%", limit=limit)
         return [event_record(r) for r in reversed(rows)]
 
+    def lock_rollout(self, rollout_id: str) -> RolloutRecord | None:
+        """In a transaction: lock the rollout's row (the first lock of every change to a
+        rollout or its waves: one order, so two workers never deadlock) and read it as it
+        is now."""
+        if self.db.row("lock_rollout", id=rollout_id) is None:
+            return None
+        return self.rollout(rollout_id)
+
     def set_rollout_why(self, rollout_id: str, why: str | None) -> None:
         """Why a rollout waits (a closed window), whatever its state; None: it does not."""
         self.db.run("set_rollout_why", id=rollout_id, why=why)
@@ -159,7 +167,11 @@ class RolloutQueries:
             {**keys, **params, "to_state": to.value, "from_states": sorted(s.value for s in froms)},
         )
         if not changed:
-            raise InvalidTransition(f"{query.split('_')[0]} {keys}: not in {sorted(froms)}")
+            what = " ".join(str(v) for v in keys.values())
+            raise InvalidTransition(
+                f"{query.split('_')[0]} {what} is not {' or '.join(sorted(s.value for s in froms))}"
+                " any more (another worker or operator changed it)"
+            )
 
 
 def _wave(r: Row) -> WaveRecord:

@@ -218,3 +218,23 @@ def test_a_live_page_is_pushed_when_it_changes(cluster: h.Cluster, viewer: str) 
     assert status == 400 and b"one of this site's /api/ pages" in body
     status, _, _ = call(site, "GET", f"/api/live?src=/api/jobs/{job}")
     assert status == 401  # the stream needs a credential, as the page does
+
+
+def test_the_new_writes_with_a_session_cookie_need_the_sites_own_marks(
+    cluster: h.Cluster, ops: str
+) -> None:
+    from tests.integration.test_operators import session_of
+
+    site = cluster.site
+    cookie = session_of(site, ops)
+    body = json.dumps({"to": ["dp1"]}).encode()
+    before = len(site.jobs())
+    for path in ("/api/packages/app@1.0/distribute", "/api/rollouts/r0/pause"):
+        status, _, answer = call(
+            site, "POST", path, {**cookie, "Content-Type": "application/json"}, body
+        )
+        assert status == 403 and b"X-Packdist-Action" in answer, answer  # a forged form
+        marked = {**cookie, "X-Packdist-Action": "1", "Origin": "https://evil.example"}
+        status, _, answer = call(site, "POST", path, marked, body)
+        assert status == 403 and b"another site" in answer, answer
+    assert len(site.jobs()) == before

@@ -256,3 +256,41 @@ class RolloutConformance:
         jobs = store.list_jobs()
         assert len(jobs) == 5  # one per wave, never two
         assert sorted(i.server for j in jobs for i in store.get_job(j.id).instructions) == servers
+
+    def test_cancelling_after_a_failed_wave_cancels_that_waves_retries_too(
+        self, store: Store, pkg: PackageRecord
+    ) -> None:
+        _fleet(store)
+        service = Service(store)
+        plan = RolloutPlan(pkg.id, SERVERS[:4], parse_waves("2,100%"), wave_timeout=60)
+        rid = service.create_rollout(plan, T0)
+        service.advance_rollouts(T0)
+        Service(store).claim_ready("w", LEASE, 100, T0 + 1)  # both under way, never report
+        service.advance_rollouts(T0 + 61)
+        assert service.get_rollout(rid).state is RolloutState.PAUSED
+        assert service.cancel_rollout(rid, T0 + 62) == 2
+        job = store.get_job(service.get_rollout(rid).waves[0].job_id or "")
+        assert {i.state.value for i in job.instructions} == {"cancelled"}
+        assert [w.state for w in service.get_rollout(rid).waves] == [
+            WaveState.FAILED, WaveState.CANCELLED,
+        ]  # fmt: skip
+
+    def test_a_pause_between_the_list_and_the_pass_holds(
+        self, backend: Backend, store: Store, pkg: PackageRecord
+    ) -> None:
+        """A worker lists the rollouts, an operator pauses one (another process), then the
+        worker's pass runs: it reads the rollout again under its lock and starts nothing."""
+        _fleet(store)
+        service = Service(store)
+        rid = service.create_rollout(RolloutPlan(pkg.id, SERVERS, parse_waves("1,100%")), T0)
+        listed = store.rollouts(unfinished_only=True)
+        other = backend.open()
+        Service(other, "ops").pause_rollout(rid, T0 + 1)
+        real = store.rollouts
+        store.rollouts = lambda **_: listed  # type: ignore[method-assign]  # the stale list
+        try:
+            service.advance_rollouts(T0 + 2)
+        finally:
+            store.rollouts = real  # type: ignore[method-assign]
+        assert _waves(store, rid) == [WaveState.WAITING, WaveState.WAITING]
+        assert service.get_rollout(rid).why == "paused by ops"
