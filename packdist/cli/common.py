@@ -67,9 +67,10 @@ def print_json(doc: Any) -> None:
 def folded(table: Any) -> Any:
     """A rich table that never cuts a cell: a value longer than its column (a URL, an
     error) folds onto the next line instead of ending in "…" (full values: ``--json``)."""
-    for column in table.columns:
-        column.overflow = "fold"
-        column.no_wrap = False
+    for part in getattr(table, "renderables", [table]):  # a Group: the tables in it
+        for column in getattr(part, "columns", []):
+            column.overflow = "fold"
+            column.no_wrap = False
     return table
 
 
