@@ -55,7 +55,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
-	$(BIN)/pytest -q -rs $(PYTEST_TMP) tests/unit
+	$(BIN)/pytest -q -rs -n 2 $(PYTEST_TMP) tests/unit
 
 integration: $(STAMP) system-deps
 	$(BIN)/pytest -q -rs $(PYTEST_TMP) tests/integration
@@ -63,8 +63,12 @@ integration: $(STAMP) system-deps
 lab: $(STAMP) system-deps
 	$(BIN)/pytest -q -rs $(PYTEST_TMP) tests/lab
 
+# The unit tier runs on both cores (CPU-bound, its tests share nothing); the tiers of real
+# processes and cables one test at a time (their loose timings, the lab's one set of
+# namespaces). Two runs, one after the other, in the same folder of temporary files.
 test: $(STAMP) system-deps lint typecheck
-	$(BIN)/pytest -q -rs --durations=15 $(PYTEST_TMP) tests
+	$(BIN)/pytest -q -rs -n 2 $(PYTEST_TMP) tests/unit
+	$(BIN)/pytest -q -rs --durations=15 $(PYTEST_TMP) tests/integration tests/lab
 
 # Mutation testing (not part of `make test`): mutmut mutates the rules (states.py, retry.py),
 # the despooler and the service layer one change at a time, and runs the unit tests that
