@@ -14,7 +14,8 @@ from pathlib import Path
 from packdist.agent.home import SWAP_SUFFIX, AgentHome, delete_quietly
 from packdist.agent.install_record import Install
 from packdist.core.fsutil import exchange, fsync_dir, syncfs, write_atomic
-from packdist.core.manifest import EntryType, Manifest
+from packdist.core.manifest import Manifest
+from packdist.core.tree_shape import finish_entries
 
 log = logging.getLogger("packdist.agent")
 
@@ -101,15 +102,7 @@ def settle(home: AgentHome, journal: Path) -> bool:
 def put_in_place(home: AgentHome, inst: Install, manifest: Manifest, staging: Path) -> None:
     """Modes, times and symlinks, ``syncfs``, then one rename (or exchange) of the
     staging tree into ``packages/NAME/VERSION``, journalled (see :func:`recover`)."""
-    for e in manifest.entries:
-        path = staging / e.path
-        if e.type is EntryType.SYMLINK:
-            if not path.is_symlink():
-                os.symlink(e.target, path)
-        elif e.type is EntryType.FILE:
-            os.chmod(path, 0o755 if e.executable else 0o644)
-            os.utime(path, ns=(e.mtime_ns, e.mtime_ns))
-        inst.tick()
+    finish_entries(staging, manifest, inst.tick)
     syncfs(home.root)
     final = home.package_dir(manifest.name, manifest.version)
     final.parent.mkdir(parents=True, exist_ok=True)

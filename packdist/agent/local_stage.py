@@ -17,7 +17,8 @@ from packdist.agent.install_record import Install
 from packdist.agent.write_plan import Location, WritePlan, pread, pwrite_fd
 from packdist.core.digest import Digest
 from packdist.core.fsutil import human_bytes
-from packdist.core.manifest import EntryType, Manifest
+from packdist.core.manifest import Manifest
+from packdist.core.tree_shape import make_shape
 from packdist.errors import DiskFull
 
 RESERVE = 16 * 1024 * 1024  # head room kept free beyond the package itself
@@ -46,18 +47,7 @@ def lay_out(
     tmp = staging.with_name(f"{staging.name}.layout-{secrets.token_hex(4)}")
     tmp.mkdir(mode=0o755)
     try:
-        for e in manifest.entries:
-            path = tmp / e.path
-            if e.type is EntryType.DIR:
-                path.mkdir(mode=0o755)
-            elif e.type is EntryType.FILE:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                try:
-                    if e.size:
-                        os.posix_fallocate(fd, 0, e.size)
-                finally:
-                    os.close(fd)
-            inst.tick()
+        make_shape(tmp, manifest, inst.tick)
         os.rename(tmp, staging)
         return False
     except OSError as exc:

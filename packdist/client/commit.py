@@ -22,19 +22,13 @@ import os
 
 from packdist.client.staging import Places
 from packdist.core.fsutil import exchange, fsync_dir, remove_tree, syncfs, write_atomic
-from packdist.core.manifest import EntryType, Manifest
+from packdist.core.manifest import Manifest
+from packdist.core.tree_shape import finish_entries
 
 
 def put_in_place(places: Places, manifest: Manifest) -> None:
     tree = places.tree
-    for e in manifest.entries:
-        path = tree / e.path
-        if e.type is EntryType.SYMLINK:
-            if not path.is_symlink():
-                os.symlink(e.target, path)
-        elif e.type is EntryType.FILE:
-            os.chmod(path, 0o755 if e.executable else 0o644)
-            os.utime(path, ns=(e.mtime_ns, e.mtime_ns))
+    finish_entries(tree, manifest)
     os.chmod(tree, 0o755)
     syncfs(tree)
     into = places.into

@@ -29,7 +29,8 @@ from pathlib import Path
 
 from packdist.core.digest import Digest
 from packdist.core.fsutil import free_bytes, human_bytes, pread, pwrite_fd, remove_tree
-from packdist.core.manifest import EntryType, Manifest
+from packdist.core.manifest import Manifest
+from packdist.core.tree_shape import make_shape
 from packdist.errors import DiskFull, IntegrityError, UserError
 
 RESERVE = 16 * 1024 * 1024  # head room kept free beyond the package itself
@@ -113,17 +114,7 @@ def lay_out(places: Places, manifest: Manifest) -> bool:
     tmp = staging / f"layout-{secrets.token_hex(4)}"
     tmp.mkdir(mode=0o755)
     try:
-        for e in manifest.entries:
-            path = tmp / e.path
-            if e.type is EntryType.DIR:
-                path.mkdir(mode=0o755)
-            elif e.type is EntryType.FILE:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                try:
-                    if e.size:
-                        os.posix_fallocate(fd, 0, e.size)
-                finally:
-                    os.close(fd)
+        make_shape(tmp, manifest)
         os.rename(tmp, tree)
     except OSError as exc:
         remove_tree(staging)
