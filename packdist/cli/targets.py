@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
-from packdist.errors import NoTargets, NotFound, UserError
-from packdist.protocol.hierarchy import check_reported_name  # CHILD/SERVER too
+from packdist.errors import NoTargets, UserError
+from packdist.service.targets import resolve_targets
 from packdist.store.base import Store
 
 
@@ -58,21 +58,8 @@ def choose_targets(
     has ``--site`` (for the words of that error)."""
     one_target_option(to, group, all_servers, child, child_sites)
     if to:
-        targets = [check_reported_name(s.strip()) for s in to.split(",") if s.strip()]
-        if not targets:
+        names = to.split(",")
+        if not any(n.strip() for n in names):
             raise NoTargets("--to names no server")
-    elif group:
-        targets = store.servers_in_group(group)
-        if not targets:
-            raise NoTargets(f"group {group} has no servers")
-    elif child:
-        if store.child_site(child) is None:
-            raise NotFound(f"no child site named {child} (see 'packdist site children')")
-        targets = [n for n in store.server_names() if n.startswith(f"{child}/")]
-        if not targets:
-            raise NoTargets(f"child site {child} has reported no servers yet")
-    else:
-        targets = store.server_names()
-        if not targets:
-            raise NoTargets("there are no servers (add one with 'packdist server add')")
-    return targets
+        return resolve_targets(store, names=names)
+    return resolve_targets(store, group=group, every=all_servers, child=child)

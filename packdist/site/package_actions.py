@@ -17,9 +17,10 @@ from urllib.parse import quote
 from aiohttp import web
 
 from packdist.core.names import parse_ref
-from packdist.errors import NoTargets, NotFound, UserError
+from packdist.errors import NotFound, UserError
 from packdist.service import Service
 from packdist.service.jobs import named
+from packdist.service.targets import resolve_targets
 from packdist.site.operator import Role
 from packdist.site.operator_api import Caller, check_not_forged, require
 from packdist.store.base import Store
@@ -44,18 +45,14 @@ def targets_of(store: Store, body: Any) -> list[str]:
             raise UserError("to must be a list of server names")
         if len(names) > MAX_NAMES:
             raise UserError(f"to names more than {MAX_NAMES:,} servers: use a group")
-        return [n.strip() for n in names if n.strip()]
+        return resolve_targets(store, names=names)
     if chosen == ["group"]:
-        group = body["group"]
-        if not isinstance(group, str):
+        if not isinstance(body["group"], str):
             raise UserError("group must be a group's name")
-        found = store.servers_in_group(group)
-        if not found:
-            raise NoTargets(f"group {group} has no servers")
-        return found
+        return resolve_targets(store, group=body["group"])
     if body["all"] is not True:
         raise UserError("all must be true")
-    return store.server_names()
+    return resolve_targets(store, every=True)
 
 
 class PackageActions:
