@@ -23,9 +23,17 @@ def wave_counts(store: Store, rollout: RolloutRecord) -> Counts:
 def rollout_json(r: RolloutRecord, counts: Counts | None = None) -> dict[str, Any]:
     """As ``rollout show --json`` prints it (the contract's fields first); with ``counts``,
     each started wave's instructions by state."""
-    waves = []
+    waves, upto = [], 0
     for w in r.waves:
-        doc: dict[str, Any] = {"servers": list(w.servers), "state": w.state.value, "job": w.job_id}
+        upto += len(w.servers)
+        # servers: the ones this wave adds (waves are disjoint); cumulative: how many have
+        # been targeted once it started (the size the --waves option gave)
+        doc: dict[str, Any] = {
+            "servers": list(w.servers),
+            "state": w.state.value,
+            "job": w.job_id,
+            "cumulative": upto,
+        }
         if counts is not None:
             found = counts.get(w.job_id, {}) if w.job_id else {}
             doc["counts"] = {k: v for k, v in found.items() if v}
