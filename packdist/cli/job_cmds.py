@@ -26,7 +26,7 @@ from packdist.cli.site_words import presence as _presence
 from packdist.cli.site_words import refusals as _refusals
 from packdist.cli.site_words import warn_if_no_site
 from packdist.cli.targets import choose_targets, one_target_option, target_options
-from packdist.core.names import parse_ref
+from packdist.core.names import check_package_name, parse_ref
 from packdist.errors import NotFound, UserError
 from packdist.service import Service
 from packdist.service.jobs import named
@@ -38,6 +38,7 @@ from packdist.store.base import JobRecord, Store
 from packdist.store.wakeup import SAFETY, StoreWatcher, watch
 
 EXIT_OK, EXIT_FAILED, EXIT_TIMEOUT = 0, 1, 75
+LOOK_BACK = 10_000  # jobs read for a --state filter (their state comes of their counts)
 HUMAN_PAGE = 50  # rows of ``job show`` (and ``job wait``) on a terminal unless told otherwise
 PLAIN_ROWS = 20  # servers named one by one on the plain line of ``job wait``; more: counts
 
@@ -321,19 +322,37 @@ def job_wait(job_id: str, timeout: float | None, as_json: bool) -> None:
 
 @job.command("list")
 @home_option
+@click.option(
+    "--state",
+    "state",
+    type=click.Choice([s.value for s in JobState]),
+    help="Only the jobs in this state.",
+)
+@click.option("--package", "package", metavar="NAME[@VERSION]", help="Only this package's jobs.")
+@click.option(
+    "--limit", type=click.IntRange(min=1, max=10_000), default=100, show_default=True,
+    help="The newest N jobs at most.",
+)  # fmt: skip
 @json_option
-def job_list(as_json: bool) -> None:
+def job_list(state: str | None, package: str | None, limit: int, as_json: bool) -> None:
     """List recent jobs (each with its counts per state; ``job show`` lists instructions)."""
+    name, version = (None, None)
+    if package is not None:
+        name, _, version = package.partition("@")
+        check_package_name(name)
     store = SiteHome.open(resolve_home()).store()
     try:
-        jobs = store.list_jobs()
+        # a job's state comes of its counts: with --state, look further back, then keep N
+        jobs = store.list_jobs(LOOK_BACK if state else limit, name, version or None)
     finally:
         store.close()
+    if state is not None:
+        jobs = [j for j in jobs if j.state.value == state][:limit]
     if as_json:
         print_json({"jobs": [job_json(j, instructions=False) for j in jobs]})
         return
     if not jobs:
-        click.echo("no jobs yet")
+        click.echo("no jobs yet" if state is None and package is None else "no such jobs")
         return
     table = Table(box=None)
     for col in ("job", "action", "package", "state", "servers", "created"):

@@ -214,6 +214,13 @@ SELECT j.id, j.package_id, j.created_at, j.max_attempts, j.deadline, j.options, 
     p.name, p.version
 FROM jobs j JOIN packages p ON p.id = j.package_id ORDER BY j.created_at DESC LIMIT :limit
 
+-- name: recent_jobs_of_package
+SELECT j.id, j.package_id, j.created_at, j.max_attempts, j.deadline, j.options, j.action,
+    p.name, p.version
+FROM jobs j JOIN packages p ON p.id = j.package_id
+WHERE p.name = :name AND (:version = '' OR p.version = :version)
+ORDER BY j.created_at DESC LIMIT :limit
+
 -- name: instructions_of_job
 SELECT id, job_id, server, state, attempts, last_error, next_attempt_at, bytes_sent,
     bytes_total, updated_at, finished_at, bytes_from_peers, bytes_done, error_kind, phase

@@ -93,9 +93,17 @@ class SummaryQueries:
             return self.db.rows("instructions_of_job_page", **page)
         return self.db.rows("instructions_of_job_in_page", states=wanted, **page)
 
-    def list_jobs(self, limit: int = 100) -> list[JobRecord]:
-        """The newest jobs, newest first, each with its counts and no instruction."""
-        rows = self.db.rows("recent_jobs", limit=limit)
+    def list_jobs(
+        self, limit: int = 100, package: str | None = None, version: str | None = None
+    ) -> list[JobRecord]:
+        """The newest jobs (of package ``package``, of its ``version`` if given), newest
+        first, each with its counts and no instruction."""
+        if package is None:
+            rows = self.db.rows("recent_jobs", limit=limit)
+        else:
+            rows = self.db.rows(
+                "recent_jobs_of_package", name=package, version=version or "", limit=limit
+            )
         counts = self.job_counts(r["id"] for r in rows)
         return [self._job(r, counts[r["id"]], []) for r in rows]
 
