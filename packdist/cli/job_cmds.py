@@ -27,6 +27,7 @@ from packdist.cli.site_words import refusals as _refusals
 from packdist.cli.site_words import warn_if_no_site
 from packdist.cli.targets import choose_targets, one_target_option, target_options
 from packdist.core.names import check_package_name, parse_ref
+from packdist.core.words import counted
 from packdist.errors import NotFound, UserError
 from packdist.service import Service
 from packdist.service.jobs import named
@@ -384,7 +385,7 @@ def job_cancel(job_id: str, as_json: bool) -> None:
     if as_json:
         print_json({"job": job_id, "cancelled": n})
     else:
-        click.echo(f"job {job_id}: {n} instruction(s) cancelled")
+        click.echo(f"job {job_id}: {counted(n, 'instruction')} cancelled")
 
 
 @job.command("retry")
@@ -401,4 +402,4 @@ def job_retry(job_id: str, as_json: bool) -> None:
     if as_json:
         print_json({"job": job_id, "queued": n})
     else:
-        click.echo(f"job {job_id}: {n} instruction(s) queued again")
+        click.echo(f"job {job_id}: {counted(n, 'instruction')} queued again")

@@ -25,6 +25,7 @@ from packdist.cli.targets import choose_targets, one_target_option, target_optio
 from packdist.core.names import parse_ref
 from packdist.core.schedule import Schedule
 from packdist.core.timefmt import iso
+from packdist.core.words import counted
 from packdist.errors import NotFound, UserError
 from packdist.service import Service
 from packdist.service.rollout_plan import parse_waves
@@ -141,7 +142,7 @@ def create(
         return
     sizes_text = ", ".join(str(len(w.servers)) for w in made.waves)
     click.echo(
-        f"rollout {rollout_id}: {made.package_ref} to {len(made.servers)} server(s)"
+        f"rollout {rollout_id}: {made.package_ref} to {counted(len(made.servers), 'server')}"
         f" in {len(made.waves)} waves ({sizes_text}); 'site serve' starts the first within a second"
     )
 
@@ -224,7 +225,7 @@ def _operator(verb: str, doc: str) -> click.Command:
             now = time.time()
             if verb == "cancel":
                 n = service.cancel_rollout(rollout_id, now)
-                return f"rollout {rollout_id} cancelled ({n} unfinished instruction(s) cancelled)"
+                return f"rollout {rollout_id} cancelled ({counted(n, 'unfinished instruction')} cancelled)"
             getattr(service, f"{verb}_rollout")(rollout_id, now)
             return (
                 f"rollout {rollout_id} {verb}d"

@@ -26,6 +26,7 @@ from packdist.core.names import (
     parse_label,
     url_host,
 )
+from packdist.core.words import counted
 from packdist.errors import UserError
 from packdist.service import Service
 from packdist.service.fleet import refusals_shown
@@ -196,5 +197,5 @@ def server_remove(name: str, as_json: bool) -> None:
     if as_json:
         print_json({"name": name, "removed": True, "cancelled": cancelled})
         return
-    extra = f"; {cancelled} unfinished instruction(s) cancelled" if cancelled else ""
+    extra = f"; {counted(cancelled, 'unfinished instruction')} cancelled" if cancelled else ""
     click.echo(f"server {name} removed{extra}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from packdist.core.words import counted
 from packdist.errors import NoTargets, NotFound, UserError
 from packdist.service.hierarchy import HierarchyUseCases
 
@@ -82,7 +83,7 @@ class ActivationUseCases(HierarchyUseCases):
                 job_id = self.activate(package_id, targets, now)
                 store.add_event(
                     "job",
-                    f"rollback of {name} to {pkg.version} on {len(targets)} server(s){self._by()}",
+                    f"rollback of {name} to {pkg.version} on {counted(len(targets), 'server')}{self._by()}",
                     job_id,
                     now=now,
                     actor=self.actor,

@@ -9,6 +9,7 @@ from packdist import states
 from packdist.core.digest import Digest
 from packdist.core.manifest import Manifest
 from packdist.core.names import url_host
+from packdist.core.words import counted
 from packdist.errors import NotFound
 from packdist.service.attempts import AttemptUseCases
 from packdist.service.jobs import UNFINISHED, ended
@@ -121,7 +122,7 @@ class FleetUseCases(AttemptUseCases):
                 if woken:
                     store.add_event(
                         "server",
-                        f"server {server} answers again; {woken} retrying instruction(s) woken",
+                        f"server {server} answers again; {counted(woken, 'retrying instruction')} woken",
                         server=server,
                         now=now,
                     )
@@ -132,7 +133,7 @@ class FleetUseCases(AttemptUseCases):
                 if seen["last_seen"] is not None and seen["boot_id"] != boot_id
                 else "online"
             )
-            woke = f"; {woken} retrying instruction(s) woken" if woken else ""
+            woke = f"; {counted(woken, 'retrying instruction')} woken" if woken else ""
             store.add_event("server", f"server {server} is {why}{woke}", server=server, now=now)
             if woken:
                 store.notify()

@@ -18,6 +18,7 @@ from typing import Any
 
 from packdist.config_values import format_rate
 from packdist.core.schedule import Schedule
+from packdist.core.words import counted
 from packdist.protocol.hierarchy import ChildReport, ReportedServer
 from packdist.service.fleet import FleetUseCases
 from packdist.service.jobs import UNFINISHED, ended
@@ -215,7 +216,7 @@ class HierarchyUseCases(FleetUseCases):
         n = self._remove_server(server, now, f"server removed at child site {child}")
         message = f"server {server} is no longer reported by child site {child}"
         if n:
-            message += f"; {n} unfinished instruction(s) cancelled"
+            message += f"; {counted(n, 'unfinished instruction')} cancelled"
         self.store.add_event("server", message, server=server, now=now)
 
     def _report_events(self, child: ChildSiteRecord, report: ChildReport, now: float) -> None:

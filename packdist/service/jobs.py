@@ -13,6 +13,7 @@ import secrets
 from typing import Any
 
 from packdist import states
+from packdist.core.words import counted
 from packdist.errors import NoTargets, NotFound
 from packdist.states import InstructionState
 from packdist.store.core import Store
@@ -133,7 +134,7 @@ class JobUseCases:
             store.get_job(job_id)
             ids = [r["id"] for r in store.job_instructions(job_id, states.sources("cancel"))]
             n = len(store.apply("cancel", ids, now, **ended(now, None)))
-            message = f"job cancelled ({n} instruction(s)){self._by()}"
+            message = f"job cancelled ({counted(n, 'instruction')}){self._by()}"
             store.add_event("cancelled", message, job_id, now=now, actor=self.actor)
         return n
 
@@ -161,7 +162,7 @@ class JobUseCases:
                 self.supersede(job.package_id, servers, job.action, job_id, now)
             waiting = [r["id"] for r in store.job_instructions(job_id, states.sources("wake"))]
             n = len(revived) + len(store.apply("wake", waiting, now, next_attempt_at=now))
-            message = f"operator retry ({n} instruction(s)){self._by()}"
+            message = f"operator retry ({counted(n, 'instruction')}){self._by()}"
             store.add_event("retry", message, job_id, now=now, actor=self.actor)
             store.notify()
         return n

@@ -18,6 +18,7 @@ from typing import Any
 
 from packdist import states
 from packdist.core.schedule import Schedule
+from packdist.core.words import counted
 from packdist.errors import InvalidTransition, NotFound, UserError
 from packdist.service.activation import (
     ACTIVATE,
@@ -127,8 +128,8 @@ class RolloutUseCases(ActivationUseCases):
             )
             sizes = ", ".join(str(len(w)) for w in waves)
             message = (
-                f"rollout {rollout_id} created: {pkg.ref} to {len(targets)} server(s)"
-                f" in {len(waves)} wave(s) ({sizes}){self._by()}"
+                f"rollout {rollout_id} created: {pkg.ref} to {counted(len(targets), 'server')}"
+                f" in {counted(len(waves), 'wave')} ({sizes}){self._by()}"
             )
             store.add_event("rollout", message, now=now, actor=self.actor)
             store.notify()
@@ -265,7 +266,7 @@ class RolloutUseCases(ActivationUseCases):
         if verdict.passed:
             store.apply_wave("pass", rollout.id, wave.number, judged_at=now, failed=verdict.failed)
             failed = f", {verdict.failed} failed within the threshold" if verdict.failed else ""
-            message = f"rollout {rollout.id}: wave {wave.number} succeeded ({n} server(s){failed})"
+            message = f"rollout {rollout.id}: wave {wave.number} succeeded ({counted(n, 'server')}{failed})"
             store.add_event("rollout", message, wave.job_id, now=now)
             return True
         store.apply_wave("fail", rollout.id, wave.number, judged_at=now, failed=verdict.failed)
@@ -275,7 +276,7 @@ class RolloutUseCases(ActivationUseCases):
             else ""
         )
         why = (
-            f"wave {wave.number} failed: {verdict.failed} of {n} server(s){timed_out}"
+            f"wave {wave.number} failed: {verdict.failed} of {counted(n, 'server')}{timed_out}"
             f" (threshold {rollout.error_threshold:g}%){self._causes(wave.job_id, bool(timed_out))}"
         )
         if rollout.state is RolloutState.RUNNING:

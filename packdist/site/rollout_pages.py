@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from packdist.core.words import counted
 from packdist.errors import NotFound
 from packdist.service import Service
 from packdist.site import pages
@@ -103,7 +104,7 @@ class RolloutPages:
         done = {"pause": "paused", "resume": "resumed", "cancel": "cancelled"}[verb]
         message = f"rollout {rollout_id} {done} by {caller.name}"
         if verb == "cancel":
-            message += f" ({cancelled} unfinished instruction(s) cancelled)"
+            message += f" ({counted(cancelled, 'unfinished instruction')} cancelled)"
         now = await self._read(lambda s: Service(s).get_rollout(rollout_id).state.value)
         return _json({"rollout": rollout_id, "state": now, "by": caller.name, "message": message})
 

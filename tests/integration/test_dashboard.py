@@ -171,7 +171,7 @@ def test_an_operator_cancels_a_job_from_its_page_and_the_event_names_them(
         page.once("dialog", lambda dialog: dialog.accept())
         page.click("button[data-post$='/cancel']")
         expect(page.locator(".action-result")).to_have_text(
-            "1 instruction(s) cancelled by olga", timeout=10_000
+            "1 instruction cancelled by olga", timeout=10_000
         )
         expect(page.locator(f"#job-{job_id}")).to_have_attribute(
             "data-state", "cancelled", timeout=10_000

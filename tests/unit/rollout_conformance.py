@@ -87,7 +87,7 @@ class RolloutConformance:
         rollout = service.get_rollout(rid)
         assert rollout.state is RolloutState.PAUSED
         assert rollout.why == (
-            "wave 1 failed: 1 of 2 server(s) (threshold 0%): dp2: health check failed"
+            "wave 1 failed: 1 of 2 servers (threshold 0%): dp2: health check failed"
         )
         assert _waves(store, rid) == [WaveState.FAILED, WaveState.WAITING]
         for later in range(3, 30):

@@ -201,7 +201,7 @@ def test_cancelling_a_job_ends_its_unfinished_instructions_and_counts_them(
     i = state_of(store, job_id, "dp2")
     assert (i.state, i.finished_at, i.last_error) == (S.CANCELLED, T0 + 3, None)
     assert state_of(store, job_id, "dp1").state is S.INSTALLED
-    assert timeline(store, job_id)[-1] == ("cancelled", None, "job cancelled (1 instruction(s))")
+    assert timeline(store, job_id)[-1] == ("cancelled", None, "job cancelled (1 instruction)")
     with pytest.raises(NotFound):
         service.cancel_job("nosuchjob", T0)
 
@@ -223,7 +223,7 @@ def test_an_operator_retry_revives_ended_work_and_wakes_waiting_retries(
     )
     woken = state_of(store, job_id, second.server)
     assert (woken.state, woken.next_attempt_at) == (S.RETRYING, T0 + 10)
-    assert timeline(store, job_id)[-1] == ("retry", None, "operator retry (2 instruction(s))")
+    assert timeline(store, job_id)[-1] == ("retry", None, "operator retry (2 instructions)")
     # the revived one has its attempts again: a failure now gives up after one more
     (again,) = [c for c in service.claim_ready("w1", LEASE, 2, T0 + 11) if c.server == first.server]
     assert (again.attempts, again.attempts_base) == (2, 1)
@@ -255,7 +255,7 @@ def test_an_operator_retry_with_nothing_to_do_supersedes_nothing(
     removal = service.remove(pkg.id, ["dp1"], T0 + 3)
     assert service.retry_job(install, T0 + 4) == 0
     assert state_of(store, removal).state is S.PENDING
-    assert timeline(store, install)[-1] == ("retry", None, "operator retry (0 instruction(s))")
+    assert timeline(store, install)[-1] == ("retry", None, "operator retry (0 instructions)")
 
 
 def test_a_repair_under_way_is_found_by_its_flag(
@@ -600,7 +600,7 @@ def test_a_first_heartbeat_wakes_the_servers_waiting_retries(
     assert timeline(store)[-1] == (
         "server",
         "dp1",
-        "server dp1 is online; 1 retrying instruction(s) woken",
+        "server dp1 is online; 1 retrying instruction woken",
     )
     assert store.server("dp1").disk_free == 5000  # type: ignore[union-attr]
 

@@ -3,6 +3,7 @@
 // JSON API every 1.5 s, and the header says when the data is stale.
 (function () {
   "use strict";
+  function counted(n, one) { return n + " " + one + (n === 1 ? "" : "s"); }
   // The job page's cancel and retry buttons (shown to operators and admins only): a POST
   // with the header the site requires of a write carried by the session cookie.
   document.addEventListener("click", function (ev) {
@@ -33,8 +34,8 @@
         var d = r.doc;
         if (r.status === 200) {
           out.textContent = "message" in d ? d.message
-            : "cancelled" in d ? d.cancelled + " instruction(s) cancelled by " + d.by
-            : d.queued + " instruction(s) queued again by " + d.by;
+            : "cancelled" in d ? counted(d.cancelled, "instruction") + " cancelled by " + d.by
+            : counted(d.queued, "instruction") + " queued again by " + d.by;
         } else {
           out.textContent = d.error || "the site answered " + r.status;
         }
