@@ -767,7 +767,7 @@ SELECT server, at, remote, reason FROM refused_agents WHERE at >= :since ORDER B
 
 -- name: refusals_forgotten
 DELETE FROM refused_agents WHERE server = :server
-=======
+
 -- === clients ================================================================================
 
 -- name: client_exists
