@@ -30,7 +30,11 @@ def put_in_place(places: Places, manifest: Manifest) -> None:
     tree = places.tree
     finish_entries(tree, manifest)
     os.chmod(tree, 0o755)
+    # the staging place stops naming this version before the swap: after it, what lies
+    # there is DIR's old tree, which a rerun must never take for a half-fetched new one
+    (places.staging / "package").unlink(missing_ok=True)
     syncfs(tree)
+    fsync_dir(places.staging)
     into = places.into
     if not os.path.lexists(into):
         os.rename(tree, into)

@@ -73,12 +73,8 @@ def fetch(
     link = SiteLink(site_url, token)
     with places.locked():
         answer = link.sources(f"{name}@{version}")
-        try:
-            key = VerifyKey.from_hex(answer.site_public_key)
-            signed = SignedManifest.verify(answer.manifest, answer.signature, key)
-        except (PackdistError, ValueError) as exc:
-            why = exc.message if isinstance(exc, PackdistError) else str(exc)
-            raise IntegrityError(f"the manifest of {ref} does not verify: {why}") from exc
+        signed = _verified(ref, answer.manifest, answer.signature,
+                           [answer.site_public_key, *answer.trusted_keys])  # fmt: skip
         manifest = signed.manifest
         if manifest.id.hex != answer.package_id or manifest.ref != f"{name}@{version}":
             raise IntegrityError(f"the site sent the manifest of another package than {ref}")
@@ -123,3 +119,15 @@ def fetch(
     except PackdistError as exc:
         say(f"the fetch is in place, but the site took no report of it: {exc.message}")
     return result
+
+
+def _verified(ref: str, data: bytes, signature: bytes, keys: list[str]) -> SignedManifest:
+    """The manifest, verified by the site's key or one of the sites' above it (a package a
+    child site pulled from its parent keeps the parent's signature)."""
+    why = "no key"
+    for hex_key in keys:
+        try:
+            return SignedManifest.verify(data, signature, VerifyKey.from_hex(hex_key))
+        except (PackdistError, ValueError) as exc:
+            why = exc.message if isinstance(exc, PackdistError) else str(exc)
+    raise IntegrityError(f"the manifest of {ref} does not verify: {why}")

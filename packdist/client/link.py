@@ -19,7 +19,7 @@ import ssl
 from typing import Any
 from urllib.parse import urlsplit
 
-from packdist.auth import token_fingerprint
+from packdist.auth import looks_like_token, token_fingerprint
 from packdist.core import tls
 from packdist.errors import AuthError, ConnectError, PackdistError, RemoteTimeout, UserError
 from packdist.http import Timeouts, answer_error, holds, os_error, peer
@@ -40,6 +40,13 @@ class SiteLink:
     def __init__(self, url: str, token: str, timeouts: Timeouts = CONTROL) -> None:
         if not url.startswith(("http://", "https://")):
             raise UserError(f"--site {url!r} must start with https:// (or http://)")
+        try:
+            urlsplit(url).port  # noqa: B018 (read to check it: a port out of range, in one line)
+        except ValueError as exc:
+            raise UserError(f"--site {url!r}: {exc}") from None
+        token = token.strip()
+        if not looks_like_token(token):  # never echoed: it is a secret even when wrong
+            raise UserError("the token is not a client token (the whole text 'client add' printed)")
         self.url = url.rstrip("/")
         self.token = token
         self.timeouts = timeouts

@@ -116,11 +116,16 @@ def fetch_missing(
     """Every chunk still missing in ``plan``, from ``sources`` in order; TransferError
     naming each source's failure when some are left after the last. A batch may take
     ``slow_after`` seconds plus its bytes at ``MIN_RATE``."""
-    for source in sources:
+    for n, source in enumerate(sources):
         if not plan.missing:
             return
+        last = n == len(sources) - 1
         try:
-            _from_source(plan, source, ask, progress, slow_after)
+            # the last source is never dropped for being slow: with none after it, slow is
+            # better than failing (a stall still ends it: the stream's read timeout)
+            _from_source(plan, source, ask, progress, float("inf") if last else slow_after)
+        except AuthError:
+            raise  # this client was removed, or its credential refused: no source will do
         except PackdistError as exc:
             progress.dropped.append((source.name, exc.message))
             left = len(plan.missing)
@@ -155,9 +160,10 @@ def _batch(
     """One request, bounded in time: a source too slow for it is stopped."""
     stop = StreamStop()
     budget = slow_after + sum(plan.sizes[d] for d in batch) / MIN_RATE
-    timer = threading.Timer(budget, stop.stop)
-    timer.daemon = True
-    timer.start()
+    timer = threading.Timer(budget, stop.stop) if budget != float("inf") else None
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
     asked = set(batch)
     try:
         for frame in ask(source, batch, stop):
@@ -176,7 +182,8 @@ def _batch(
             ) from exc
         raise
     finally:
-        timer.cancel()
+        if timer is not None:
+            timer.cancel()
 
 
 def take(plan: WritePlan, frame: Frame, source: str) -> None:

@@ -69,9 +69,13 @@ class SourcesAnswer:
     #: URL the client asked (which the site cannot know: a proxy, a NAT)
     sources: tuple[Source, ...]
     credential: str  # for the agents among ``sources``
+    #: hex keys of the sites above (a package a child site pulled keeps its parent's
+    #: signature): ``signature`` may verify with one of them instead
+    trusted_keys: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "trusted_keys": list(self.trusted_keys),
             "client": self.client,
             "package_id": self.package_id,
             "manifest": base64.b64encode(self.manifest).decode(),
@@ -113,6 +117,7 @@ class SourcesAnswer:
             site_public_key=texts["site_public_key"],
             sources=tuple(sources),
             credential=texts["credential"],
+            trusted_keys=_keys(body.get("trusted_keys", []), what),
         )
 
 
@@ -154,3 +159,13 @@ class FetchReport:
         if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds < 0:
             raise UserError(f"malformed {what}: seconds")
         return cls(pid, by_source, local, float(seconds))
+
+
+def _keys(value: Any, what: str) -> tuple[str, ...]:
+    if (
+        not isinstance(value, list)
+        or len(value) > MAX_SOURCES
+        or not all(isinstance(k, str) and len(k) <= 128 for k in value)
+    ):
+        raise UserError(f"malformed {what}: trusted_keys must be a short list of keys")
+    return tuple(value)

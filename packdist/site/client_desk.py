@@ -49,8 +49,12 @@ class ClientDesk:
         location_label: str = DEFAULT_LOCATION_LABEL,
         heard: Callable[[str], float | None] = lambda server: None,
         alive_within: float = ALIVE_WITHIN,
+        trusted: Callable[[], list[str]] = list,
     ) -> None:
         self.db = db
+        #: the keys of the sites above this one (a package pulled from a parent keeps the
+        #: parent's signature): the client takes a manifest signed by this site or by them
+        self.trusted = trusted
         self.key = key
         self.location_label = location_label
         self.heard = heard  # the site's own word on when a server was last heard
@@ -109,6 +113,7 @@ class ClientDesk:
             manifest=data,
             signature=signature,
             site_public_key=self.key.public.hex,
+            trusted_keys=tuple(self.trusted()),
             sources=tuple(offered),
             credential=client_assertion(self.key, client.name, package_id, now),
         )

@@ -110,6 +110,7 @@ class SiteServer:
             self.key,
             self.settings.peers_location_label,
             heard=self.beats.liveness.last_heard,
+            trusted=lambda: self.beats.trusted,
         )
         self.relay: Relay | None = None  # a child site: what its parent's sender calls
         if self.parent is not None:
