@@ -91,7 +91,9 @@ def server_add(
         click.echo(f"server {name} added. Its enrollment token (shown once):")
         click.echo(token)
         click.echo(
-            f"run on {name}: packdist agent serve --listen HOST:PORT --site SITE_URL --token {token}"
+            f"run on {name}, with the token in a file only its agent reads (not in the process"
+            " list): packdist agent serve --listen HOST:PORT --site SITE_URL"
+            " --token-file FILE (or PACKDIST_TOKEN in its environment)"
         )
 
 
@@ -117,7 +119,9 @@ def server_token(name: str, as_json: bool) -> None:
         )
         click.echo(token)
         click.echo(
-            f"run on {name}: packdist agent serve --listen HOST:PORT --site SITE_URL --token {token}"
+            f"run on {name}, with the token in a file only its agent reads (not in the process"
+            " list): packdist agent serve --listen HOST:PORT --site SITE_URL"
+            " --token-file FILE (or PACKDIST_TOKEN in its environment)"
         )
 
 

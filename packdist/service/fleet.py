@@ -158,6 +158,7 @@ class FleetUseCases(AttemptUseCases):
         with store.transaction():
             if not store.replace_token_hash(name, token_hash):
                 raise NotFound(f"no server named {name}")
+            store.refusals_forgotten(name)  # the mended token: its refusals are history
             message = f"server {name}: new enrollment token, the old one no longer works"
             store.add_event("server", message + self._by(), server=name, now=now, actor=self.actor)
 
@@ -171,7 +172,8 @@ class FleetUseCases(AttemptUseCases):
             if server is None:
                 return None
             if server not in store.agents_refused_since(now - REFUSAL_SHOWN):
-                store.add_event("server", refusal_words(server, now), server=server, now=now)
+                words = refusal_words(server, now, remote)
+                store.add_event("server", words, server=server, now=now)
             store.agent_refused(server, now, remote, "wrong token")
         return server
 
@@ -238,9 +240,10 @@ class FleetUseCases(AttemptUseCases):
 REFUSAL_SHOWN = 600.0
 
 
-def refusal_words(server: str, at: float) -> str:
+def refusal_words(server: str, at: float, remote: str | None = None) -> str:
     when = time.strftime("%H:%M", time.gmtime(at))
-    return f"{server}: an agent tried to enroll with a wrong token at {when}"
+    where = f" (from {remote})" if remote else ""  # its claim is its own word: where it was
+    return f"{server}: an agent tried to enroll with a wrong token at {when}{where}"
 
 
 def refused_server(store: Store, claim: str, remote: str, port: int | None) -> str | None:
@@ -265,4 +268,12 @@ def refused_server(store: Store, claim: str, remote: str, port: int | None) -> s
 def refusals_shown(store: Store, now: float) -> dict[str, str]:
     """server -> what to say of the agent refused lately as that server's (the latest)."""
     found = store.agents_refused_since(now - REFUSAL_SHOWN)
-    return {name: refusal_words(name, r.at) for name, r in found.items()}
+    if not found:
+        return {}
+    # a server heard from since (its agent with the right token): the refusal is over
+    heard = {s.name: s.last_seen for s in store.servers_named(sorted(found))}
+    return {
+        name: refusal_words(name, r.at, r.remote)
+        for name, r in found.items()
+        if (heard.get(name) or 0.0) < r.at
+    }
