@@ -22,6 +22,7 @@ import errno
 import fcntl
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -100,7 +101,11 @@ def lay_out(places: Places, manifest: Manifest) -> bool:
     is dropped."""
     staging, tree, marker = places.staging, places.tree, places.staging / "package"
     try:
-        if marker.read_text() == manifest.id.hex and tree.is_dir():
+        # resumed only if it is ours as we left it: a real folder (not a link), of this
+        # user, for no one else (DIR's parent may be shared: /tmp), naming this version
+        st = os.lstat(staging)
+        ours = stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077
+        if ours and marker.read_text() == manifest.id.hex and tree.is_dir():
             return True
     except OSError:
         pass

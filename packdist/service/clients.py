@@ -107,12 +107,15 @@ class ClientUseCases(ActivationUseCases):
             package = store.package_by_id(report.package_id)
             if package is None:
                 raise NotFound(f"no package {report.package_id[:12]}… on this site")
+            # at most the package's size from each (a report's numbers are the client's
+            # word: an overflow, or a count inflated without bound, is not taken)
             known = {
-                source: n
+                source: max(0, min(int(n), package.size))
                 for source, n in report.by_source.items()
                 if source == SITE or store.server_liveness(source) is not None
             }
-            report = FetchReport(report.package_id, known, report.local, report.seconds)
+            local = max(0, min(int(report.local), package.size))
+            report = FetchReport(report.package_id, known, local, report.seconds)
             words = report_words(client.name, f"{package.name}@{package.version}", report)
             store.count_client(package.id, SITE_SOURCE, fetches=1)
             for source, n in known.items():

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import resource
+import secrets
 import socket
 import time
 from collections.abc import Callable
@@ -80,7 +81,8 @@ class Beats:
         self.revoked: list[str] = []
         self.files_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]  # raised at start
         #: this process, as the store's record of running site workers names it
-        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        # host:pid and a random part: two containers may share a host name and pid 1
+        self.worker = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
     async def start(self) -> None:
         """The fleet as enrolled, until this process has heard from it (see follow_fleet)."""

@@ -33,7 +33,7 @@ class ClientsConformance:
     def test_sources_requests_and_reported_fetches_are_counted_by_package_and_source(
         self, store: Store
     ) -> None:
-        package = add_package(store, "app", "2")
+        package = add_package(store, "app", "2", content=b"x" * 4 * 2**20)
         service = Service(store)
         service.add_client("c1", "hash-c1", {}, T0)
         client = store.client_by_token_hash("hash-c1")
@@ -52,5 +52,8 @@ class ClientsConformance:
         assert totals["dp1", "app@2"].bytes == 3 * 2**20
         assert totals["site", "app@2"].bytes == 2**20
         assert ("nobody", "app@2") not in totals  # not one of the site's servers
+        service.client_fetched(client, FetchReport(package.id, {"dp1": 2**62}, 0, 1.0), T0 + 6)
+        dp1 = {(t.source, t.ref): t for t in store.client_totals()}["dp1", "app@2"]
+        assert dp1.bytes == 3 * 2**20 + package.size  # a lie counts as the package at most
         seen = store.client_by_token_hash("hash-c1")
         assert seen is not None and seen.last_fetch == T0 + 1
