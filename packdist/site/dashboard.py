@@ -9,18 +9,14 @@ them, see :mod:`packdist.site.operator`):
   its per-server progress (200 by default, those in state S if given), its timeline (HTML).
 * ``GET /login``, ``POST /login``, ``POST /logout`` — the session.
 * ``GET /api/overview``, ``GET /api/jobs/{id}`` — the same pages as JSON data, with the
-  rendered live part in ``"html"`` (what the page's script swaps in every 1.5 s).
+  rendered live part in ``"html"`` (what the page's script swaps in).
 * ``GET /api/events?job=J&after=ID&limit=N`` — the timeline as JSON.
 * ``GET /metrics`` — Prometheus text; open to anyone if ``metrics.auth = false``.
 * ``POST /api/jobs/{id}/cancel``, ``POST /api/jobs/{id}/retry`` — role operator or admin;
   see :mod:`packdist.site.operator_api`.
-* ``GET /rollouts``, ``GET /rollouts/{id}`` and their API: :mod:`packdist.site.rollout_pages`.
-* ``GET /api/live?src=/api/…`` — the live part of a page, pushed as server-sent events:
-  :mod:`packdist.site.live_feed`.
-* ``GET /servers?state=&group=&location=&child=&q=`` and its API: :mod:`packdist.site.server_list`.
-* ``GET /servers/{name}`` and its API: :mod:`packdist.site.server_pages`.
-* ``GET /search?q=`` and its API: :mod:`packdist.site.search_page`.
-* ``GET /packages/{NAME@VERSION}`` and its API: :mod:`packdist.site.package_pages`.
+* the pages of a fleet, each in its module with its API: rollouts (``rollout_pages``),
+  servers (``server_list``, ``server_pages``), search (``search_page``), a package version
+  (``package_pages``, ``package_actions``); the live part pushed (``live_feed``).
 * ``GET /static/dashboard.{css,js}`` — open.
 """
 
@@ -32,14 +28,19 @@ import re
 import time
 from importlib import resources
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from aiohttp import web
 
 from packdist.auth import bearer
 from packdist.config import Settings
-from packdist.errors import AuthError, NotFound, RateLimited, UserError
+from packdist.errors import AuthError, NotFound, RateLimited
 from packdist.site import metrics, pages, views
+from packdist.site.dashboard_inputs import (
+    job_paging,
+    login_fields,
+    query_count,
+)
 from packdist.site.gate import PasswordGate
 from packdist.site.live_feed import LiveStreams
 from packdist.site.operator import (
@@ -56,19 +57,16 @@ from packdist.site.rollout_pages import RolloutPages
 from packdist.site.search_page import SearchPage
 from packdist.site.server_list import ServerList
 from packdist.site.server_pages import ServerPages
-from packdist.states import InstructionState
 from packdist.store.base import Store
 
 if TYPE_CHECKING:
     from packdist.site.server import SiteServer
 
 FAILED_LOGIN_DELAY = 1.0  # seconds; the password is random, this only slows a guesser more
-MAX_JOB_PAGE = 5000  # instructions on one page of a job
 LOGIN_BODY = 4096  # bytes of a login form: a password and a path
 #: seconds one read of the overview serves every dashboard open: each tab refreshes every
 #: 1.5 s, and the read walks every server on the store thread heartbeats and claims share
 OVERVIEW_FRESH = 1.0
-FORM_TYPE = "application/x-www-form-urlencoded"
 #: what a ``next=`` path may be made of: a path and query in plain URL characters (no
 #: whitespace, no control characters, no backslash)
 _SAFE_PATH = re.compile(r"/[A-Za-z0-9\-._~!$&'()*+,;=:@%/?]*")
@@ -215,7 +213,7 @@ class Dashboard:
     async def job_page(self, request: web.Request) -> web.Response:
         caller = await self._page_guard(request)
         job_id = request.match_info["job_id"]
-        state, offset, limit = _job_paging(request)
+        state, offset, limit = job_paging(request)
         now = time.time()
         try:
             doc = await self.site.db(lambda s: views.job_page(s, job_id, now, state, offset, limit))
@@ -252,7 +250,7 @@ class Dashboard:
         return self._html(pages.login_page(self.site.site_name, nxt, configured=configured))
 
     async def login(self, request: web.Request) -> web.Response:
-        password, raw_next = await _login_fields(request)
+        password, raw_next = await login_fields(request)
         nxt = self._next(raw_next)
         operators = await asyncio.to_thread(self.credentials.get)
         if operators is None:
@@ -301,7 +299,7 @@ class Dashboard:
     async def job_api(self, request: web.Request) -> web.Response:
         await self.api_guard(request)
         job_id = request.match_info["job_id"]
-        state, offset, limit = _job_paging(request)
+        state, offset, limit = job_paging(request)
         now = time.time()
         doc = await self.site.db(lambda s: views.job_page(s, job_id, now, state, offset, limit))
         doc["html"] = pages.job_content(doc, now)
@@ -310,8 +308,8 @@ class Dashboard:
     async def events_api(self, request: web.Request) -> web.Response:
         await self.api_guard(request)
         job = request.query.get("job") or None
-        after = _query_count(request, "after", 0)
-        limit = min(max(_query_count(request, "limit", 500), 1), 10_000)
+        after = query_count(request, "after", 0)
+        limit = min(max(query_count(request, "limit", 500), 1), 10_000)
         if after:
             events = await self.site.db(lambda s: s.events(job, after, limit))
         else:
@@ -352,46 +350,8 @@ class Dashboard:
         )
 
 
-def _query_count(request: web.Request, name: str, default: int) -> int:
-    """A non-negative integer of the query, in ASCII digits and small enough for the
-    database (a 20-digit ``after`` once reached SQLite and answered 500)."""
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    if not re.fullmatch(r"[0-9]{1,15}", raw):
-        raise UserError(f"{name} must be a whole number of at most 15 digits")
-    return int(raw)
-
-
-def _job_paging(request: web.Request) -> tuple[InstructionState | None, int, int]:
-    """``?state=S&offset=N&limit=N`` of a job's page: which of its instructions to show."""
-    raw = request.query.get("state") or None
-    if raw is not None and raw not in {s.value for s in InstructionState}:
-        raise UserError(f"state must be one of {', '.join(s.value for s in InstructionState)}")
-    offset = _query_count(request, "offset", 0)
-    limit = min(max(_query_count(request, "limit", views.JOB_PAGE), 1), MAX_JOB_PAGE)
-    return (InstructionState(raw) if raw else None), offset, limit
-
-
 def _client(request: web.Request) -> str:
     return request.remote or "unknown"
-
-
-async def _login_fields(request: web.Request) -> tuple[str, str]:
-    """``(password, next)`` of a login form, or UserError (a 400) saying what is wrong with
-    it. Checked before reading: the type (what a browser sends, UTF-8); the size is bounded
-    by the route's limit (LOGIN_BODY)."""
-    if request.content_type != FORM_TYPE:
-        raise UserError(f"a login is a form: Content-Type {FORM_TYPE}")
-    if request.charset and request.charset.lower() not in ("utf-8", "utf8", "us-ascii"):
-        raise UserError("a login form must be UTF-8")
-    try:
-        text = (await request.read()).decode("utf-8")
-        fields = parse_qs(text, keep_blank_values=True, max_num_fields=8, errors="strict")
-    except ValueError as exc:  # undecodable bytes or escapes, too many fields
-        raise UserError("the login form is not a UTF-8 form") from exc
-    password = fields.get("password", [""])[0]
-    return password, fields.get("next", ["/"])[0]
 
 
 def _see_other(location: str) -> web.Response:
