@@ -302,8 +302,7 @@ def main() -> int:
         if sys.stdin.isatty() and sys.stdout.isatty():
             explore(demo)
             return 0
-        print("(no terminal: everything stopped and removed)")
-        shutil.rmtree(root, ignore_errors=True)  # a run by a script leaves no keys behind
+        print(f"(no terminal: everything stopped; the homes stay in {root} to look at)")
         return 0
     finally:
         demo.stop_all()

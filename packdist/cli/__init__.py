@@ -21,7 +21,7 @@ COMMANDS = {
     "client": ("client_cmds", "client"),
     "distribute": ("job_cmds", "distribute"),
     "events": ("event_cmds", "events"),
-    "fetch": ("client_cmds", "fetch"),
+    "fetch": ("fetch_cmds", "fetch"),
     "job": ("job_cmds", "job"),
     "operator": ("operator_cmds", "operator"),
     "package": ("package_cmds", "package"),

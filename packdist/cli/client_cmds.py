@@ -3,9 +3,7 @@ machine, no home): clients, and what they install packages with."""
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
 import click
 from rich.table import Table
@@ -20,12 +18,10 @@ from packdist.cli.common import (
     print_table,
     resolve_home,
 )
-from packdist.core.fsutil import human_bytes
+from packdist.cli.fetch_cmds import TOKEN_ENV
 from packdist.core.names import check_server_name, parse_label
 from packdist.service import Service
 from packdist.site.home import SiteHome
-
-TOKEN_ENV = "PACKDIST_CLIENT_TOKEN"
 
 
 @click.group()
@@ -64,8 +60,9 @@ def client_add(name: str, label_args: tuple[str, ...], as_json: bool) -> None:
     click.echo(f"client {name} added. Its token (shown once):")
     click.echo(token)
     click.echo(
-        f"run on {name}: packdist fetch NAME@VERSION --into DIR --site SITE_URL --token TOKEN"
-        f" (or the token in {TOKEN_ENV})"
+        f"run on {name}, with the token in {TOKEN_ENV} or a file only it reads (not in the"
+        " process list): packdist fetch NAME@VERSION --into DIR --site SITE_URL"
+        " [--token-file FILE]"
     )
 
 
@@ -114,45 +111,3 @@ def client_remove(name: str) -> None:
     finally:
         store.close()
     click.echo(f"client {name} removed: its token is refused from now on")
-
-
-@click.command("fetch")
-@click.argument("ref", metavar="NAME@VERSION")
-@click.option(
-    "--into",
-    "into",
-    required=True,
-    type=click.Path(path_type=Path, file_okay=False),
-    help="The directory the package is installed as (replaced whole, in one step).",
-)
-@click.option("--site", "site_url", required=True, help="The site's URL (https://HOST:PORT).")
-@click.option(
-    "--token",
-    envvar=TOKEN_ENV,
-    required=True,
-    show_envvar=True,
-    help="The client's token ('client add' printed it).",
-)
-@json_option
-def fetch(ref: str, into: Path, site_url: str, token: str, as_json: bool) -> None:
-    """Install a package into DIR from the nearest servers that hold it (same location
-    label first, then the site's other servers, then the site itself), falling back to
-    the next source at once when one fails; every chunk verified against the signed
-    manifest; resumable; DIR replaced atomically. Needs no home."""
-    from packdist.client.fetch import fetch as run_fetch  # the network stack, only here
-
-    def say(words: str) -> None:
-        click.echo(f"packdist: {words}", err=True)
-
-    result = run_fetch(ref, into, site_url, token, say)
-    if as_json:
-        print_json(result.to_json())
-        return
-    parts = [f"{human_bytes(n)} from {s}" for s, n in result.by_source.items() if n]
-    if result.local:
-        parts.append(f"{human_bytes(result.local)} already here")
-    click.echo(
-        f"{result.ref} in {result.into} ({', '.join(parts) or 'nothing to fetch'};"
-        f" {result.seconds:.1f}s)"
-    )
-    sys.stdout.flush()
