@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import IO
 
 from packdist.errors import HealthCheckFailed
+from packdist.protocol.messages import MAX_CHECK_TIMEOUT
 
 KEEP_OUTPUT = 4096  # bytes of its output kept for the words of a failure
-MAX_TIMEOUT = 3600.0
 PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
@@ -48,7 +48,7 @@ def program(tree: Path, argv: list[str]) -> Path:
 async def run_health_check(tree: Path, ref: str, argv: list[str], timeout: float) -> None:
     """Run the check; HealthCheckFailed (kind ``health``) unless it exits 0 in time."""
     path = program(tree, argv)
-    timeout = min(max(timeout, 0.1), MAX_TIMEOUT)
+    timeout = min(max(timeout, 0.1), MAX_CHECK_TIMEOUT)
     env = {"PATH": PATH, "PACKDIST_PACKAGE": ref, "PACKDIST_TREE": str(tree), "LANG": "C.UTF-8"}
     # its output goes to a file, not a pipe: its exit decides, and a daemon it started that
     # keeps the output open must not hold the agent's answer

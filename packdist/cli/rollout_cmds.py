@@ -29,7 +29,12 @@ from packdist.core.words import counted
 from packdist.errors import NotFound, UserError
 from packdist.service import Service
 from packdist.service.rollout_plan import parse_waves
-from packdist.service.rollouts import DEFAULT_HEALTH_TIMEOUT, DEFAULT_WAVE_TIMEOUT, RolloutPlan
+from packdist.service.rollouts import (
+    DEFAULT_HEALTH_TIMEOUT,
+    DEFAULT_WAVE_TIMEOUT,
+    DONE_WORDS,
+    RolloutPlan,
+)
 from packdist.site.home import SiteHome
 from packdist.site.rollout_views import rollout_json, wave_counts
 from packdist.store.base import Store
@@ -227,11 +232,7 @@ def _operator(verb: str, doc: str) -> click.Command:
                 n = service.cancel_rollout(rollout_id, now)
                 return f"rollout {rollout_id} cancelled ({counted(n, 'unfinished instruction')} cancelled)"
             getattr(service, f"{verb}_rollout")(rollout_id, now)
-            return (
-                f"rollout {rollout_id} {verb}d"
-                if verb != "resume"
-                else f"rollout {rollout_id} resumed"
-            )
+            return f"rollout {rollout_id} {DONE_WORDS[verb]}"
 
         click.echo(_read(act))
 

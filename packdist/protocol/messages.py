@@ -204,6 +204,7 @@ class RemoveRequest:
 
 MAX_CHECK_WORDS = 64  # a health check's program and arguments, at most
 MAX_CHECK_CHARS = 4096
+MAX_CHECK_TIMEOUT = 3600.0  # seconds a health check may be given, at most
 
 
 @dataclass(frozen=True)

@@ -103,6 +103,7 @@ class Verdict:
     passed: bool | None
     failed: int  # servers counted failed
     waiting: int  # servers neither installed nor failed yet
+    timed_out: bool = False  # the wave's timeout passed: its waiting servers counted failed
 
 
 def judge(
@@ -127,7 +128,7 @@ def judge(
     timed_out = now >= started_at + timeout
     failed = ended_badly + (waiting if timed_out else 0)
     if failed * 100 > threshold * total:
-        return Verdict(False, failed, waiting)
+        return Verdict(False, failed, waiting, timed_out)
     if waiting == 0 or timed_out:
-        return Verdict(True, failed, waiting)
-    return Verdict(None, failed, waiting)
+        return Verdict(True, failed, waiting, timed_out)
+    return Verdict(None, failed, waiting, timed_out)

@@ -20,6 +20,7 @@ from packdist import states
 from packdist.core.schedule import Schedule
 from packdist.core.words import counted
 from packdist.errors import InvalidTransition, NotFound, UserError
+from packdist.protocol.messages import MAX_CHECK_TIMEOUT as MAX_HEALTH_TIMEOUT
 from packdist.service.activation import (
     ACTIVATE,
     DEFAULT_HEALTH_TIMEOUT,
@@ -45,7 +46,7 @@ __all__ = [
 DEFAULT_WAVE_TIMEOUT = 1800.0  # seconds: a wave whose servers never report is judged then
 ROLLOUT = "rollout"  # job option: the rollout a wave's job belongs to
 CAUSES_SHOWN = 3  # servers whose error a failed wave's words quote
-MAX_HEALTH_TIMEOUT = 3600.0  # seconds: the agent holds a check no longer
+DONE_WORDS = {"pause": "paused", "resume": "resumed", "cancel": "cancelled"}  # an operator's
 
 
 @dataclass(frozen=True)
@@ -102,12 +103,9 @@ class RolloutUseCases(ActivationUseCases):
                 raise NotFound(f"unknown server(s): {', '.join(unknown[:5])}")
             if plan.activate:
                 self.refuse_behind_child(targets)
-            if plan.spread is not None:
-                label = plan.spread
-                labels = {r.name: dict(r.labels) for r in store.list_servers()}
-                targets = spread_locations(
-                    targets, {s: labels.get(s, {}).get(label, "") for s in targets}
-                )
+            if plan.spread is not None:  # the targets' own labels, not the whole fleet's
+                where = {r.name: r.label(plan.spread) or "" for r in store.servers_named(targets)}
+                targets = spread_locations(targets, where)
             waves = cut_waves(targets, plan.sizes)
             options: dict[str, Any] = {}
             if plan.activate:
@@ -176,8 +174,7 @@ class RolloutUseCases(ActivationUseCases):
             if rollout.state not in states.ROLLOUT_TRANSITIONS[event][0]:
                 raise UserError(f"rollout {rollout_id} is {rollout.state.value}: cannot {event} it")
             store.apply_rollout(event, rollout_id, now, why=why)
-            words = {"pause": "paused", "resume": "resumed", "cancel": "cancelled"}[event]
-            message = f"rollout {rollout_id} {words}{self._by()}"
+            message = f"rollout {rollout_id} {DONE_WORDS[event]}{self._by()}"
             store.add_event("rollout", message, now=now, actor=self.actor)
             store.notify()
         return rollout
@@ -188,18 +185,18 @@ class RolloutUseCases(ActivationUseCases):
         """Judge running waves, pause on failure, start the next wave where one may start,
         finish rollouts whose last wave was judged. Returns how many changes it made."""
         changes = 0
-        for listed in self.store.rollouts(unfinished_only=True):
+        for rollout_id in self.store.unfinished_rollout_ids():
             try:
                 with self.store.transaction():
                     # as it is now, locked: an operator's pause or cancel that came after
                     # the list was read holds (it is seen here, or waits for this)
-                    rollout = self.store.lock_rollout(listed.id)
+                    rollout = self.store.lock_rollout(rollout_id)
                     if rollout is not None and rollout.state not in states.ROLLOUT_DONE:
                         changes += self._advance(rollout, now)
             except InvalidTransition:  # another site worker got there first: its change holds
-                log.debug("rollout %s advanced by another worker", listed.id)
+                log.debug("rollout %s advanced by another worker", rollout_id)
             except Exception:  # one rollout's fault must not stop the others
-                log.exception("advancing rollout %s failed; the others go on", listed.id)
+                log.exception("advancing rollout %s failed; the others go on", rollout_id)
         return changes
 
     def _advance(self, rollout: RolloutRecord, now: float) -> int:
@@ -270,14 +267,11 @@ class RolloutUseCases(ActivationUseCases):
             store.add_event("rollout", message, wave.job_id, now=now)
             return True
         store.apply_wave("fail", rollout.id, wave.number, judged_at=now, failed=verdict.failed)
-        timed_out = (
-            f", {verdict.waiting} not installed after {rollout.wave_timeout:g}s"
-            if (verdict.waiting and now >= wave.started_at + rollout.wave_timeout)
-            else ""
-        )
+        late = verdict.waiting if verdict.timed_out else 0
+        timed_out = f", {late} not installed after {rollout.wave_timeout:g}s" if late else ""
         why = (
             f"wave {wave.number} failed: {verdict.failed} of {counted(n, 'server')}{timed_out}"
-            f" (threshold {rollout.error_threshold:g}%){self._causes(wave.job_id, bool(timed_out))}"
+            f" (threshold {rollout.error_threshold:g}%){self._causes(wave.job_id, bool(late))}"
         )
         if rollout.state is RolloutState.RUNNING:
             store.apply_rollout("halt", rollout.id, now, why=why)
@@ -297,8 +291,10 @@ class RolloutUseCases(ActivationUseCases):
         if timed_out:
             wanted |= set(states.RECEIVING)
         rows = self.store.job_instructions_page(job_id, wanted, limit=CAUSES_SHOWN)
-        words = [
-            f"{r['server']}: {r['last_error'] or (r['state'] if r['state'] == InstructionState.CANCELLED else r['state'] + ', no error yet')}"
-            for r in rows
-        ]
+        words = [f"{r['server']}: {r['last_error'] or _no_error(r['state'])}" for r in rows]
         return f": {'; '.join(words)}" if words else ""
+
+
+def _no_error(state: str) -> str:
+    """What an instruction in ``state`` with no error says of itself."""
+    return state if state == InstructionState.CANCELLED else f"{state}, no error yet"

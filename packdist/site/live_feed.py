@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -122,21 +123,18 @@ class LiveStreams:
         await response.prepare(request)
         self.open += 1
         try:
-            last, quiet = first, 0.0
+            last, written = first, time.monotonic()
             await response.write(_event(first))
             while True:
-                seen = self.feed.version
-                await self.feed.wait(seen, SAFETY_RENDER)
+                await self.feed.wait(self.feed.version, SAFETY_RENDER)
                 await asyncio.sleep(COALESCE)
                 html = await self._render(request, src)
                 if html != last:
                     await response.write(_event(html))
-                    last, quiet = html, 0.0
-                else:
-                    quiet += SAFETY_RENDER if self.feed.version == seen else COALESCE
-                    if quiet >= KEEPALIVE:
-                        await response.write(b": nothing new\n\n")
-                        quiet = 0.0
+                    last, written = html, time.monotonic()
+                elif time.monotonic() - written >= KEEPALIVE:
+                    await response.write(b": nothing new\n\n")
+                    written = time.monotonic()
         except ConnectionResetError:
             pass  # the browser left
         except (web.HTTPException, PackdistError) as exc:  # the page went away, or the

@@ -14,6 +14,7 @@ from aiohttp import web
 from packdist.core.names import parse_ref
 from packdist.errors import NotFound, PackdistError, UserError
 from packdist.site import pages, views
+from packdist.site.dashboard_inputs import query_count
 from packdist.site.html_bits import badge, h, server_link
 from packdist.site.package_actions import action_form
 from packdist.store.base import Store
@@ -120,11 +121,7 @@ def _paging(request: web.Request) -> tuple[str | None, int]:
     word = request.query.get("word") or None
     if word is not None and word not in WORDS:
         raise UserError(f"word must be one of: {', '.join(WORDS)}")
-    try:
-        offset = max(0, int(request.query.get("offset", "0")))
-    except ValueError:
-        raise UserError("offset must be a whole number") from None
-    return word, offset
+    return word, query_count(request, "offset", 0)
 
 
 class PackagePages:

@@ -20,6 +20,7 @@ from aiohttp import web
 from packdist.core.words import counted
 from packdist.errors import NotFound
 from packdist.service import Service
+from packdist.service.rollouts import DONE_WORDS
 from packdist.site import pages
 from packdist.site.html_bits import badge, h
 from packdist.site.operator import Role
@@ -93,20 +94,21 @@ class RolloutPages:
         check_not_forged(request, caller)
         rollout_id = request.match_info["rollout_id"]
 
-        def run(store: Store) -> int:
+        def run(store: Store) -> tuple[int, str]:
+            """The instructions cancelled, and the rollout's state after: one store call."""
             service, now = Service(store, caller.name), time.time()
+            cancelled = 0
             if verb == "cancel":
-                return service.cancel_rollout(rollout_id, now)
-            getattr(service, f"{verb}_rollout")(rollout_id, now)
-            return 0
+                cancelled = service.cancel_rollout(rollout_id, now)
+            else:
+                getattr(service, f"{verb}_rollout")(rollout_id, now)
+            return cancelled, service.get_rollout(rollout_id).state.value
 
-        cancelled = await self._read(run)
-        done = {"pause": "paused", "resume": "resumed", "cancel": "cancelled"}[verb]
-        message = f"rollout {rollout_id} {done} by {caller.name}"
+        cancelled, state = await self._read(run)
+        message = f"rollout {rollout_id} {DONE_WORDS[verb]} by {caller.name}"
         if verb == "cancel":
             message += f" ({counted(cancelled, 'unfinished instruction')} cancelled)"
-        now = await self._read(lambda s: Service(s).get_rollout(rollout_id).state.value)
-        return _json({"rollout": rollout_id, "state": now, "by": caller.name, "message": message})
+        return _json({"rollout": rollout_id, "state": state, "by": caller.name, "message": message})
 
 
 def _list_docs(store: Store) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ from packdist.core.fsutil import human_bytes
 from packdist.core.timefmt import ago, iso
 from packdist.errors import UserError
 from packdist.site import pages, views
+from packdist.site.dashboard_inputs import query_count
 from packdist.site.html_bits import badge, h, server_link
 from packdist.store.base import Store
 
@@ -52,11 +53,7 @@ def filters_of(request: web.Request) -> Filters:
     }
     if got["state"] is not None and got["state"] not in STATES:
         raise UserError(f"state must be one of: {', '.join(STATES)}")
-    try:
-        offset = max(0, int(request.query.get("offset", "0")))
-    except ValueError:
-        raise UserError("offset must be a whole number") from None
-    return Filters(**got, offset=offset)
+    return Filters(**got, offset=query_count(request, "offset", 0))
 
 
 def servers_doc(store: Store, f: Filters, location_label: str, now: float) -> dict[str, Any]:

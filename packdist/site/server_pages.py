@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from packdist.core.fsutil import human_bytes
 from packdist.core.timefmt import iso
 from packdist.errors import NotFound
 from packdist.site import pages, views
@@ -33,13 +34,12 @@ def server_doc(store: Store, name: str, now: float) -> dict[str, Any]:
         raise NotFound(f"no server named {name} (see 'packdist server list')")
     refs = store.package_refs()
     held = sorted(refs.get(pid, pid[:12]) for pid in store.holdings(name))
-    active = {
-        a.name: refs.get(a.package_id, a.package_id[:12])
-        for a in store.active_versions(name).values()
-    }
+    active = [
+        refs.get(a.package_id, a.package_id[:12]) for a in store.active_versions(name).values()
+    ]
     after = views.online_after(store.server_counts(now)[0])
     doc = views.server_json(record, now, held, after)
-    doc["active"] = sorted(active.values())
+    doc["active"] = sorted(active)
     doc["created_at"] = iso(record.created_at)
     doc["instructions"] = [
         {
@@ -58,17 +58,6 @@ def server_doc(store: Store, name: str, now: float) -> dict[str, Any]:
     doc["events"] = [views.event_json(e) for e in store.server_events(name, EVENTS_SHOWN)]
     doc["site"] = store.site_name()
     return doc
-
-
-def _size(n: int | None) -> str:
-    if n is None:
-        return "not reported"
-    size, unit = float(n), "B"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            break
-        size /= 1024
-    return f"{size:,.0f} B" if unit == "B" else f"{size:,.1f} {unit}"
 
 
 def server_content(doc: dict[str, Any], now: float) -> str:
@@ -101,7 +90,7 @@ def server_content(doc: dict[str, Any], now: float) -> str:
         f"<section><h1>Server {h(doc['name'])} {badge('online' if doc['online'] else 'offline')}</h1>"
         f'<dl class="facts"><dt>url</dt><dd>{h(doc["url"])}</dd>'
         f"<dt>heartbeat</dt><dd>{when(doc['last_seen'], now)}</dd>"
-        f"<dt>disk free</dt><dd>{h(_size(doc['disk_free']))}</dd>"
+        f"<dt>disk free</dt><dd>{h(human_bytes(doc['disk_free']) if doc['disk_free'] is not None else 'not reported')}</dd>"
         f"<dt>labels</dt><dd>{h(labels)}</dd><dt>groups</dt><dd>{h(groups)}</dd>"
         f"<dt>enrolled</dt><dd>{when(doc['created_at'], now)}</dd></dl></section>"
         f'<section><h2>Holds</h2><ul class="held">{held or NOTHING_HELD}</ul></section>'

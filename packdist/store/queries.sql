@@ -659,9 +659,8 @@ WHERE r.id = :id
 SELECT r.*, p.name, p.version FROM rollouts r JOIN packages p ON p.id = r.package_id
 ORDER BY r.created_at DESC, r.id LIMIT :limit
 
--- name: rollouts_in_states
-SELECT r.*, p.name, p.version FROM rollouts r JOIN packages p ON p.id = r.package_id
-WHERE r.state IN (:states) ORDER BY r.created_at, r.id
+-- name: rollout_ids_in_states
+SELECT id FROM rollouts WHERE state IN (:states) ORDER BY created_at, id
 
 -- name: waves_of_rollout
 SELECT * FROM rollout_waves WHERE rollout = :rollout ORDER BY number

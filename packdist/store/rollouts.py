@@ -102,21 +102,21 @@ class RolloutQueries:
             return None
         return _rollout(row, self.db.rows("waves_of_rollout", rollout=rollout_id))
 
-    def rollouts(self, unfinished_only: bool = False, limit: int = 100) -> list[RolloutRecord]:
-        """Newest first; with ``unfinished_only``, those running or paused (every one)."""
-        if unfinished_only:
-            rows = self.db.rows(
-                "rollouts_in_states",
-                states=sorted(s.value for s in RolloutState if s not in states.ROLLOUT_DONE),
-            )
-        else:
-            rows = self.db.rows("rollouts_newest", limit=limit)
+    def rollouts(self, limit: int = 100) -> list[RolloutRecord]:
+        """The newest rollouts first, with their waves."""
+        rows = self.db.rows("rollouts_newest", limit=limit)
         if not rows:
             return []
         waves: dict[str, list[Row]] = {}
         for w in self.db.rows("waves_of_rollouts", rollouts=[r["id"] for r in rows]):
             waves.setdefault(w["rollout"], []).append(w)
         return [_rollout(r, waves.get(r["id"], [])) for r in rows]
+
+    def unfinished_rollout_ids(self) -> list[str]:
+        """The ids of the rollouts running or paused, oldest first (the serve loop reads
+        each one again under its lock: the ids are all it needs of this list)."""
+        running = sorted(s.value for s in RolloutState if s not in states.ROLLOUT_DONE)
+        return [r["id"] for r in self.db.rows("rollout_ids_in_states", states=running)]
 
     def rollout_events(self, rollout_id: str, limit: int = 100) -> list[EventRecord]:
         """The rollout's own events (created, waves started and judged, paused, resumed),

@@ -283,14 +283,14 @@ class RolloutConformance:
         _fleet(store)
         service = Service(store)
         rid = service.create_rollout(RolloutPlan(pkg.id, SERVERS, parse_waves("1,100%")), T0)
-        listed = store.rollouts(unfinished_only=True)
+        listed = store.unfinished_rollout_ids()
         other = backend.open()
         Service(other, "ops").pause_rollout(rid, T0 + 1)
-        real = store.rollouts
-        store.rollouts = lambda **_: listed  # type: ignore[method-assign]  # the stale list
+        real = store.unfinished_rollout_ids
+        store.unfinished_rollout_ids = lambda: listed  # type: ignore[method-assign]  # stale
         try:
             service.advance_rollouts(T0 + 2)
         finally:
-            store.rollouts = real  # type: ignore[method-assign]
+            store.unfinished_rollout_ids = real  # type: ignore[method-assign]
         assert _waves(store, rid) == [WaveState.WAITING, WaveState.WAITING]
         assert service.get_rollout(rid).why == "paused by ops"
