@@ -22,9 +22,7 @@ from packdist.cli.common import (
 )
 from packdist.cli.durations import Duration
 from packdist.cli.job_view import RateMeter, _job_table, _plain_line
-from packdist.cli.site_words import presence as _presence
-from packdist.cli.site_words import refusals as _refusals
-from packdist.cli.site_words import warn_if_no_site
+from packdist.cli.site_words import job_and_site, warn_if_no_site
 from packdist.cli.targets import choose_targets, one_target_option, target_options
 from packdist.core.names import check_package_name, parse_ref
 from packdist.core.words import counted
@@ -47,12 +45,7 @@ PLAIN_ROWS = 20  # servers named one by one on the plain line of ``job wait``; m
 def _load(
     job_id: str, state: str | None = None, limit: int | None = None, offset: int = 0
 ) -> JobRecord:
-    store = SiteHome.open(resolve_home()).store()
-    try:
-        states = None if state is None else [InstructionState(state)]
-        return store.get_job(job_id, states, limit, offset)
-    finally:
-        store.close()
+    return job_and_site(job_id, state, limit, offset)[0]
 
 
 def wait_for(job_id: str, timeout: float | None, quiet: bool = False, told: bool = False) -> int:
@@ -239,8 +232,7 @@ def distribute(
     warn_if_no_site(presence)
     if wait:
         code = wait_for(job_id, timeout, quiet=as_json, told=presence.message is not None)
-        job = _load(job_id)
-        presence = _presence()
+        job, presence, _ = job_and_site(job_id)
     if as_json:
         doc = {k: v for k, v in job_json(job).items() if k != "id"}
         print_json({"job": job_id, **doc, "site_server": presence.json()})
@@ -277,26 +269,25 @@ STATE_WORDS = [s.value for s in InstructionState]
 def job_show(job_id: str, state: str | None, limit: int | None, offset: int, as_json: bool) -> None:
     """The job, its counts per state and its instructions (in server order)."""
     if as_json:
-        j = _load(job_id, state, limit, offset)
+        j, presence, _ = job_and_site(job_id, state, limit, offset)
         doc = job_json(j)
         if state is not None or limit is not None or offset:
             matching = doc["counts"][state] if state is not None else j.total
             doc["page"] = {"state": state, "offset": offset, "limit": limit, "matching": matching}
-        doc["site_server"] = _presence().json()
+        doc["site_server"] = presence.json()
         print_json(doc)
         return
     page = HUMAN_PAGE if limit is None else limit
-    j = _load(job_id, state, page, offset)
+    j, presence, refused = job_and_site(job_id, state, page, offset, refusals=True)
     matching = job_counts(j)[state] if state is not None else j.total
     rest = matching - offset - len(j.instructions)
     more = f"… {rest:,} more; use --limit/--offset" if rest > 0 else ""
-    presence = _presence() if j.state is JobState.ACTIVE else None
-    halted = None if presence is None else presence.message
+    halted = presence.message if j.state is JobState.ACTIVE else None
     console = Console()
     console.print(folded(_job_table(j, time.time(), more=more, halted=halted)))
     if j.state is JobState.ACTIVE:  # why a server may not answer: its agent is refused
         waiting = {i.server for i in j.instructions if i.state not in TERMINAL}
-        for server, words in _refusals().items():
+        for server, words in refused.items():
             if server in waiting:
                 console.print(words, style="yellow", markup=False, highlight=False)
 
@@ -313,9 +304,9 @@ def job_wait(job_id: str, timeout: float | None, as_json: bool) -> None:
     otherwise a plain line whenever something changes. --json: no progress, the job's
     document at the end."""
     code = wait_for(job_id, timeout, quiet=as_json)
-    j = _load(job_id)
+    j, presence, _ = job_and_site(job_id)
     if as_json:
-        print_json({**job_json(j), "site_server": _presence().json()})
+        print_json({**job_json(j), "site_server": presence.json()})
     else:
         click.echo(_plain_line(j))
     sys.exit(code)

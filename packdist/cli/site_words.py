@@ -1,5 +1,6 @@
-"""What the commands run in a site's home say of the site's own processes and agents:
-no site server running, agents refused lately (read in one small query each)."""
+"""What the commands run in a site's home say of the site's own processes and agents: no
+site server running, agents refused lately, read with the job a command shows (one opening
+of the store for all)."""
 
 from __future__ import annotations
 
@@ -11,27 +12,31 @@ from packdist.cli.common import resolve_home
 from packdist.service.fleet import refusals_shown
 from packdist.service.presence import SitePresence, site_presence
 from packdist.site.home import SiteHome
-
-
-def presence() -> SitePresence:
-    """Whether a site server runs on this home's store (one small read)."""
-    store = SiteHome.open(resolve_home()).store()
-    try:
-        return site_presence(store, time.time())
-    finally:
-        store.close()
-
-
-def refusals() -> dict[str, str]:
-    """server -> the agent refused lately as that server's, in words."""
-    store = SiteHome.open(resolve_home()).store()
-    try:
-        return refusals_shown(store, time.time())
-    finally:
-        store.close()
+from packdist.states import InstructionState
+from packdist.store.base import JobRecord
 
 
 def warn_if_no_site(presence: SitePresence) -> None:
     """With no site server running, nothing moves: say so, on stderr."""
     if presence.message is not None:
         click.echo(f"packdist: {presence.message}", err=True)
+
+
+def job_and_site(
+    job_id: str,
+    state: str | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+    refusals: bool = False,
+) -> tuple[JobRecord, SitePresence, dict[str, str]]:
+    """The job, whether a site server runs, and (with ``refusals``) the agents refused
+    lately: one opening of the store for all three."""
+    store = SiteHome.open(resolve_home()).store()
+    try:
+        states = None if state is None else [InstructionState(state)]
+        job = store.get_job(job_id, states, limit, offset)
+        now = time.time()
+        refused = refusals_shown(store, now) if refusals else {}
+        return job, site_presence(store, now), refused
+    finally:
+        store.close()
