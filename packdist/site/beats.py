@@ -225,7 +225,7 @@ class Beats:
         except Exception as exc:  # the next heartbeat of each is recorded in full instead
             for name, _, _ in heard:
                 self.liveness.forget(name)
-            _log_failure("writing %d heartbeat(s) failed: %s", len(heard), exc)
+            _log_failure("writing %d heartbeat(s) failed: %s", exc, len(heard))
 
     async def read_revoked(self) -> None:
         """Which servers were removed within a peer credential's life (one query)."""
@@ -246,7 +246,7 @@ class Beats:
         try:
             valid = await self.db(lambda s: s.live_token_hashes(kept))
         except Exception as exc:  # kept until TOKEN_TTL; checked again next time
-            _log_failure("checking %d enrollment token(s) failed: %s", len(kept), exc)
+            _log_failure("checking %d enrollment token(s) failed: %s", exc, len(kept))
             return
         dropped = self.liveness.tokens_checked(kept, valid)
         if dropped:
@@ -264,7 +264,7 @@ class Beats:
         try:
             gone = await self.db(lambda s: Service(s).record_offline(silent, before, now))
         except Exception as exc:  # not said: its return is still told
-            _log_failure("recording %d server(s) offline failed: %s", len(silent), exc)
+            _log_failure("recording %d server(s) offline failed: %s", exc, len(silent))
             return
         for name in gone:
             log.info("%s went offline", name)
@@ -275,7 +275,7 @@ class Beats:
         try:
             await self.db(lambda s: s.site_worker_seen(self.worker, now))
         except Exception as exc:  # said again at the next tick
-            _log_failure("saying that this site worker runs failed (%d): %s", 1, exc)
+            _log_failure("saying that this site worker runs failed: %s", exc)
 
     async def stopped(self) -> None:
         """Say in the store that this site process stopped (a clean stop)."""
@@ -283,7 +283,7 @@ class Beats:
         try:
             await self.db(lambda s: s.site_worker_stopped(self.worker, now))
         except Exception as exc:
-            _log_failure("saying that this site worker stopped failed (%d): %s", 1, exc)
+            _log_failure("saying that this site worker stopped failed: %s", exc)
 
     async def flush_loop(self) -> None:
         told = checked = said = time.monotonic()
@@ -309,7 +309,8 @@ class Beats:
                     )
 
 
-def _log_failure(words: str, n: int, exc: Exception) -> None:
-    """A store's failure in one line; anything else is a bug: with its traceback."""
+def _log_failure(words: str, exc: Exception, *counts: int) -> None:
+    """A store's failure in one line (``words`` takes ``counts``, then the error); anything
+    else is a bug: with its traceback."""
     store = isinstance(exc, StoreError)
-    log.log(logging.WARNING if store else logging.ERROR, words, n, exc, exc_info=not store)
+    log.log(logging.WARNING if store else logging.ERROR, words, *counts, exc, exc_info=not store)
