@@ -83,12 +83,14 @@ def cut_waves(targets: list[str], sizes: list[WaveSize]) -> list[list[str]]:
 
 def spread_locations(servers: list[str], location_of: Mapping[str, str]) -> list[str]:
     """The servers reordered so that every stretch of them spans the locations evenly: one
-    of each location in turn, the largest locations first, each location's own servers in
-    their order. So a wave taken from a group is never one congested branch office."""
+    of each location in turn, each location's own servers in their order. So a wave taken
+    from a group is never one congested branch office."""
     by_location: dict[str, list[str]] = {}
     for s in servers:
         by_location.setdefault(location_of.get(s, ""), []).append(s)
-    queues = sorted(by_location.values(), key=len, reverse=True)
+    # the smaller locations first where positions tie: with three servers at hq and one at
+    # a branch, a wave of two takes one of each
+    queues = sorted(by_location.values(), key=len)
     # each server at its fair position: the i-th of a location of n at (i + 0.5) / n
     slots = sorted(
         ((i + 0.5) / len(q), rank, s) for rank, q in enumerate(queues) for i, s in enumerate(q)

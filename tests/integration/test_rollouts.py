@@ -5,6 +5,7 @@ cable and a failing health check: tests/lab/test_rollouts.py."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -136,3 +137,27 @@ def test_the_rollout_page_shows_its_waves_and_only_an_operator_may_pause_it(
     status, _, page = call(site, "GET", f"/rollouts/{rid}", bearer(viewer))
     assert f"rollout {rid} paused by olga" in page.decode()
     site.cli("rollout", "cancel", rid)
+
+
+def test_waves_from_a_group_spread_across_locations_and_wait_for_their_window(
+    cluster: h.Cluster,
+) -> None:
+    """Through the real command and the running site: the first wave of a group holds a
+    server of each location, and outside its window no wave starts (the site says when)."""
+    site = cluster.site
+    for n, where in enumerate(["hq", "hq", "hq", "branch"], 1):
+        site.add_server(f"lb{n}", "https://127.0.0.1:9", groups=["spread"], labels={"site": where})
+    hour = time.gmtime().tm_hour
+    closed = f"daily {(hour + 2) % 24:02d}:00-{(hour + 3) % 24:02d}:00"  # not now
+    doc = site.json(
+        "rollout", "create", "app@1.0", "--group", "spread", "--waves", "2,100%",
+        "--window", closed,
+    )  # fmt: skip
+    first = set(doc["waves"][0]["servers"])
+    assert "lb4" in first and len(first & {"lb1", "lb2", "lb3"}) == 1, doc["waves"]
+    shown = h.wait_until(
+        lambda: (d := _show(cluster, doc["rollout"]))["why"] and d, 15, message="the window"
+    )
+    assert shown["why"].startswith("waiting for window, opens "), shown
+    assert shown["waves"][0]["job"] is None  # nothing started outside the window
+    site.cli("rollout", "cancel", doc["rollout"])

@@ -96,3 +96,8 @@ def test_a_server_still_not_installed_at_the_timeout_counts_as_failed() -> None:
     verdict = judge(counts, 0, 600, 0, now=600)
     assert (verdict.passed, verdict.failed, verdict.waiting) == (False, 1, 1)
     assert judge(counts, 0, 600, 25, now=600).passed is True  # 1 of 4 within 25%
+
+
+def test_a_small_location_is_in_the_first_small_wave() -> None:
+    where = {"hq1": "hq", "hq2": "hq", "hq3": "hq", "br1": "branch"}
+    assert set(spread_locations(["hq1", "hq2", "hq3", "br1"], where)[:2]) == {"hq1", "br1"}
