@@ -55,6 +55,7 @@ INITIAL: InstructionState = S.PENDING
 
 _LEASE = frozenset({"lease_owner", "lease_expires_at"})
 _ENDED = _LEASE | {"finished_at", "last_error", "error_kind"}
+_CANCELLED = _ENDED | {"cancel_cause"}  # who or what cancelled it, in words
 
 #: event -> the columns besides ``state`` and ``updated_at`` it may set (the store refuses
 #: any other): what each event means for the rest of the row.
@@ -66,12 +67,12 @@ EFFECTS: dict[str, frozenset[str]] = {
     "fail": _ENDED,
     "lease_expired": _LEASE | {"last_error", "error_kind", "next_attempt_at"},
     "handed_back": _LEASE | {"next_attempt_at"},
-    "cancel": _ENDED,
-    "server_removed": _ENDED,
-    "supersede": _ENDED,
-    "supersede_ended": _ENDED,
+    "cancel": _CANCELLED,
+    "server_removed": _CANCELLED,
+    "supersede": _CANCELLED,
+    "supersede_ended": _CANCELLED,
     "operator_retry": frozenset(
-        {"next_attempt_at", "finished_at", "attempts_base", "superseded_by"}
+        {"next_attempt_at", "finished_at", "attempts_base", "superseded_by", "cancel_cause"}
     ),
     "wake": frozenset({"next_attempt_at"}),
 }

@@ -83,6 +83,7 @@ LATER_LOOKS = 0.1
 #: job ends in about three), at most one per ``LATER_LOOKS``: a big job's many commits
 #: are read together
 QUICK_LOOKS = len(FIRST_LOOKS)
+SITE_LOOKS = 2.0  # seconds between two reads of whether a site server runs, while waiting
 LIVE_REFRESH = 0.25  # seconds between two redraws of the live table (rates, ages)
 
 
@@ -125,11 +126,24 @@ def _wait(
     job = store.get_job(job_id, limit=page)
     if page is None and job.total > PLAIN_ROWS:
         page = 0
-    looked_at = time.monotonic()
+    looked_at = presence_at = time.monotonic()
+
+    def recheck_site() -> None:
+        """Whether a site server still runs (or runs again), read every ``SITE_LOOKS``
+        seconds: a site stopped while we wait is said once, as at the start."""
+        nonlocal halted, presence_at
+        if looked_at - presence_at < SITE_LOOKS:
+            return
+        presence_at = looked_at
+        presence = site_presence(store, time.time())
+        if halted is None and not live:  # the live table shows it in its title instead
+            warn_if_no_site(presence)
+        halted = presence.message
 
     def step() -> bool:
         nonlocal job, last_line, looked_at
         job, looked_at = store.get_job(job_id, limit=page), time.monotonic()
+        recheck_site()
         if not live and not quiet:
             line = _plain_line(job)
             if line != last_line:

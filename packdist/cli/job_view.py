@@ -165,7 +165,7 @@ def _job_table(
         for i in errors:
             line = Text(f"  {i.server:<{width}}  ")
             if i.state.value == "cancelled":  # the error before the cancel is not the reason
-                line.append(cancelled_why(i.last_error), style="yellow")
+                line.append(cancelled_why(i.cancel_cause), style="yellow")
             else:
                 line.append(i.last_error or "", style="red" if i.state.value != goal else "")
             parts.append(line)

@@ -12,7 +12,7 @@ from typing import Any
 
 from packdist.errors import ErrorKind
 from packdist.retry import RetryPolicy
-from packdist.service.jobs import JobUseCases, ended
+from packdist.service.jobs import JobUseCases, cancelled, ended
 from packdist.store.db import Row
 from packdist.store.instructions import Plus
 from packdist.store.records import ANY_SERVER, Claim
@@ -298,7 +298,7 @@ class AttemptUseCases(JobUseCases):
         store = self.store
         why = self.superseded_why(str(superseding_job))
         changed = store.apply(
-            "supersede_ended", [instruction_id], now, owner=owner, **ended(now, why)
+            "supersede_ended", [instruction_id], now, owner=owner, **cancelled(now, why)
         )
         for r in changed:
             store.end_attempt(instruction_id, "superseded", now)
@@ -314,5 +314,5 @@ class AttemptUseCases(JobUseCases):
         PostgreSQL the two can cross): cancelled, so only the newest intent runs."""
         store = self.store
         why = self.superseded_why(str(row["superseded_by"]))
-        for r in store.apply("supersede", [row["id"]], now, **ended(now, why)):
+        for r in store.apply("supersede", [row["id"]], now, **cancelled(now, why)):
             store.add_event("cancelled", why, r["job_id"], r["server"], now=now)

@@ -12,7 +12,7 @@ from packdist.core.names import url_host
 from packdist.core.words import counted
 from packdist.errors import NotFound
 from packdist.service.attempts import AttemptUseCases
-from packdist.service.jobs import UNFINISHED, ended
+from packdist.service.jobs import UNFINISHED, cancelled
 from packdist.store.core import Store
 from packdist.store.records import PackageRecord, describe_problems
 
@@ -59,7 +59,7 @@ class FleetUseCases(AttemptUseCases):
         store = self.store
         store.mark_server_removed(name, now)
         ids = store.server_instructions(name, states.sources("server_removed"))
-        return len(store.apply("server_removed", ids, now, **ended(now, why)))
+        return len(store.apply("server_removed", ids, now, **cancelled(now, why)))
 
     def sync_holdings(
         self, server: str, recorded: set[str], reported: Iterable[str], now: float
@@ -151,6 +151,21 @@ class FleetUseCases(AttemptUseCases):
                 store.add_event("server", message, server=name, now=now)
         return [name for name, _ in gone]
 
+    def record_quiet_heartbeats(
+        self, heard: list[tuple[str, float, int | None]], now: float
+    ) -> list[str]:
+        """Write a batch of heartbeats that said nothing new (``(server, last_seen,
+        disk_free)``). A server among them marked offline meanwhile (by a worker that had
+        not heard it, or before this batch's write landed) is online again, with its
+        event, so that its next silence is told too; returns those."""
+        store = self.store
+        with store.transaction():
+            store.touch_servers(heard)
+            back = store.mark_servers_heard([name for name, _, _ in heard])
+            for name in back:
+                store.add_event("server", f"server {name} is online", server=name, now=now)
+        return back
+
     def reissue_token(self, name: str, token_hash: str, now: float) -> None:
         """A new enrollment token for ``name``: the old one stops working (a running site
         refuses it within seconds); the server's work goes on, nothing is cancelled."""
@@ -171,10 +186,9 @@ class FleetUseCases(AttemptUseCases):
             server = refused_server(store, claim, remote, port)
             if server is None:
                 return None
-            if server not in store.agents_refused_since(now - REFUSAL_SHOWN):
+            if store.agent_refused(server, now, remote, "wrong token", now - REFUSAL_SHOWN):
                 words = refusal_words(server, now, remote)
                 store.add_event("server", words, server=server, now=now)
-            store.agent_refused(server, now, remote, "wrong token")
         return server
 
     def record_active(self, server: str, package_id: str, now: float) -> str | None:

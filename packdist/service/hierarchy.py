@@ -21,7 +21,7 @@ from packdist.core.schedule import Schedule
 from packdist.core.words import counted
 from packdist.protocol.hierarchy import ChildReport, ReportedServer
 from packdist.service.fleet import FleetUseCases
-from packdist.service.jobs import UNFINISHED, ended
+from packdist.service.jobs import UNFINISHED, cancelled
 from packdist.states import InstructionState
 from packdist.store.children import ChildServerRow
 from packdist.store.records import ChildSiteRecord
@@ -296,7 +296,9 @@ class HierarchyUseCases(FleetUseCases):
         with store.transaction():
             rows = store.unfinished_of_package(package_id, [server], "install", UNFINISHED)
             ids = [r["id"] for r in rows if _relayed_by(r["options"]) == parent]
-            n = len(store.apply("cancel", ids, now, **ended(now, f"cancelled by parent {parent}")))
+            n = len(
+                store.apply("cancel", ids, now, **cancelled(now, f"cancelled by parent {parent}"))
+            )
             if n:
                 words = f"parent site {parent} cancelled the install on {server}"
                 store.add_event("cancelled", words, server=server, now=now)

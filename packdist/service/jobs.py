@@ -114,7 +114,7 @@ class JobUseCases:
         why = f"superseded by {_noun(action)} job {job_id}"
         found = store.unfinished_of_package(package_id, servers, opposite, UNFINISHED)
         waiting = [r["id"] for r in found if S(r["state"]) in NOT_STARTED]
-        for r in store.apply("supersede", waiting, now, **ended(now, why)):
+        for r in store.apply("supersede", waiting, now, **cancelled(now, why)):
             store.add_event("cancelled", why, r["job_id"], r["server"], now=now)
         under_way = [r for r in found if S(r["state"]) is S.SENDING]
         store.mark_superseded_by([r["id"] for r in under_way], job_id)
@@ -133,7 +133,8 @@ class JobUseCases:
         with store.transaction():
             store.get_job(job_id)
             ids = [r["id"] for r in store.job_instructions(job_id, states.sources("cancel"))]
-            n = len(store.apply("cancel", ids, now, **ended(now, None)))
+            cause = "cancelled by operator" + (f" {self.actor}" if self.actor else "")
+            n = len(store.apply("cancel", ids, now, **cancelled(now, cause, keep_error=True)))
             message = f"job cancelled ({counted(n, 'instruction')}){self._by()}"
             store.add_event("cancelled", message, job_id, now=now, actor=self.actor)
         return n
@@ -156,6 +157,7 @@ class JobUseCases:
                 finished_at=None,
                 attempts_base=CopyOf("attempts"),
                 superseded_by=None,  # the retried intent is the newest now
+                cancel_cause=None,
             )
             servers = sorted(r["server"] for r in revived)
             if servers:  # the retried intent is now the newest: it supersedes the opposite
@@ -193,3 +195,10 @@ def ended(now: float, why: str | None) -> dict[str, Any]:
     if why is not None:
         columns["last_error"] = why
     return columns
+
+
+def cancelled(now: float, cause: str, keep_error: bool = False) -> dict[str, Any]:
+    """The columns of an instruction cancelled now, and what cancelled it, in words, kept
+    as its ``cancel_cause``; ``keep_error``: its last error stays the failure before (an
+    operator's cancel), else the cause is its last error too."""
+    return {**ended(now, None if keep_error else cause), "cancel_cause": cause}

@@ -220,12 +220,16 @@ class Beats:
         heard = self.liveness.take_dirty()
         if not heard:
             return
+        now = time.time()
         try:
-            await self.db(lambda s: s.touch_servers(heard))
+            back = await self.db(lambda s: Service(s).record_quiet_heartbeats(heard, now))
         except Exception as exc:  # the next heartbeat of each is recorded in full instead
             for name, _, _ in heard:
                 self.liveness.forget(name)
             _log_failure("writing %d heartbeat(s) failed: %s", exc, len(heard))
+            return
+        for name in back:
+            log.info("%s is online", name)
 
     async def read_revoked(self) -> None:
         """Which servers were removed within a peer credential's life (one query)."""
@@ -263,7 +267,8 @@ class Beats:
         before = now - self.cadence.offline_after()
         try:
             gone = await self.db(lambda s: Service(s).record_offline(silent, before, now))
-        except Exception as exc:  # not said: its return is still told
+        except Exception as exc:  # judged again at the next tick
+            self.liveness.silent_again(silent)
             _log_failure("recording %d server(s) offline failed: %s", exc, len(silent))
             return
         for name in gone:

@@ -73,9 +73,10 @@ def job_causes(store: Store, job_id: str) -> tuple[list[Cause], int]:
     rows = store.job_instructions_page(job_id, TROUBLED, limit=MOST_READ)
     groups: dict[tuple[str, str | None, str], list[Any]] = {}
     for r in rows:
-        words = r["last_error"] or (
-            "cancelled" if r["state"] == S.CANCELLED else "no error recorded"
-        )
+        if r["state"] == S.CANCELLED:  # its cause, not the failure before an operator's cancel
+            words = r["cancel_cause"] or "cancelled"
+        else:
+            words = r["last_error"] or "no error recorded"
         key = (str(r["state"]), r["error_kind"], shared_words(str(r["server"]), words))
         entry = groups.setdefault(key, [0, str(r["server"]), words])
         entry[0] += 1

@@ -126,6 +126,14 @@ class Liveness:
             out.append(name)
         return out
 
+    def silent_again(self, names: list[str]) -> None:
+        """``went_silent`` returned these, but their going offline could not be recorded:
+        judged again next time, first (they are the longest silent), unless heard since."""
+        for name in reversed(names):
+            if name in self._seen and name not in self._by_time:
+                self._by_time[name] = None
+                self._by_time.move_to_end(name, last=False)
+
     def recorded(self, server: str, beat: Heartbeat, now: float) -> None:
         """A heartbeat was recorded in full (the store is up to date for it)."""
         self._dirty.discard(server)

@@ -204,7 +204,9 @@ def job_block(job: dict[str, Any], now: float, link: bool = True, more: str = ""
         if i["state"] == "retrying" and i["next_attempt_at"]:
             due = _epoch(i["next_attempt_at"]) or now
             nxt = "due now" if due <= now else f"next attempt {ago(due, now)}"
-        err = cancelled_why(i["last_error"]) if i["state"] == "cancelled" else i["last_error"] or ""
+        err = (
+            cancelled_why(i["cancel_cause"]) if i["state"] == "cancelled" else i["last_error"] or ""
+        )
         if removal:  # no bytes travel: the bar says done or not
             bar = (
                 f'<td class="bar">{"done" if i["state"] == goal else "-"}</td>'

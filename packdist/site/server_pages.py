@@ -50,6 +50,7 @@ def server_doc(store: Store, name: str, now: float) -> dict[str, Any]:
             "attempts": int(r["attempts"]),
             "last_error": r["last_error"],
             "error_kind": r["error_kind"],
+            "cancel_cause": r["cancel_cause"],
             "next_attempt_at": iso(r["next_attempt_at"]),
             "updated_at": iso(r["updated_at"]),
         }
@@ -73,7 +74,7 @@ def server_content(doc: dict[str, Any], now: float) -> str:
     for i in doc["instructions"]:
         cause = i["last_error"] or ""
         if i["state"] == "cancelled":  # the error before a cancel is not its reason
-            cause = views.cancelled_why(i["last_error"])
+            cause = views.cancelled_why(i["cancel_cause"])
         rows.append(
             f'<tr><td><a href="/jobs/{h(i["job"])}">{h(i["job"])}</a></td>'
             f'<td class="pkg">{h(i["package"])}</td><td>{h(i["action"])}</td>'

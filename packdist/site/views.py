@@ -105,22 +105,15 @@ def cell_view(cell: StatusCell | None, now: float, halted: bool = False) -> dict
         word = "corrupt" if is_corruption(cell.error_kind) else "failed"
         return {**base, "word": word, "detail": cell.last_error or ""}
     if state is S.CANCELLED:
-        return {**base, "word": "cancelled", "detail": cancelled_why(cell.last_error)}
+        return {**base, "word": "cancelled", "detail": cancelled_why(cell.cancel_cause)}
     return {**base, "word": "installed", "detail": "verified"}  # S.INSTALLED, since removed
 
 
-#: the causes the site itself writes when it cancels an instruction (an operator's cancel
-#: leaves the last error as it was: the cause of a failure before it)
-_CANCEL_CAUSES = ("superseded by", "cancelled by", "server removed")
-
-
-def cancelled_why(last_error: str | None) -> str:
-    """Why a cancelled instruction ended, in words: what the site wrote when it cancelled
-    it (superseded, its server removed, a parent's cancel), else an operator's cancel, whose
-    row keeps the error of the attempt before it (``last_error`` in JSON; not the reason)."""
-    if last_error and last_error.startswith(_CANCEL_CAUSES):
-        return last_error
-    return "cancelled by operator"
+def cancelled_why(cause: str | None) -> str:
+    """Why a cancelled instruction ended, in words: its stored cause (an operator, a newer
+    job, its server removed, a parent's cancel), not its last error (an operator's cancel
+    keeps the failure before it there)."""
+    return cause or "cancelled"
 
 
 def _due(at: float | None, now: float) -> str:
@@ -154,6 +147,7 @@ def instruction_json(i: Any, now: float | None = None) -> dict[str, Any]:
         "attempts": i.attempts,
         "last_error": i.last_error,
         "error_kind": i.error_kind,
+        "cancel_cause": i.cancel_cause,
         "next_attempt_at": iso(i.next_attempt_at) if i.state is S.RETRYING else None,
         "bytes_sent": i.bytes_sent,
         "bytes_from_site": max(0, i.bytes_sent - i.bytes_from_peers),

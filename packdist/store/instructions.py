@@ -59,6 +59,7 @@ def instruction_record(row: Row) -> InstructionRecord:
         bytes_done=row["bytes_done"],
         error_kind=row["error_kind"],
         phase=row["phase"],
+        cancel_cause=row["cancel_cause"],
     )
 
 

@@ -68,6 +68,13 @@ class PresenceQueries:
         """The server is heard from again: True if it was marked offline."""
         return self.db.run("mark_server_online", name=name) > 0
 
+    def mark_servers_heard(self, names: list[str]) -> list[str]:
+        """Of ``names``, whose heartbeats were just written, those marked offline before
+        them: marked online again (returned)."""
+        if not names:
+            return []
+        return sorted(r["name"] for r in self.db.rows("mark_servers_heard", names=names))
+
     def replace_token_hash(self, name: str, token_hash: str) -> bool:
         """A new enrollment token for an enrolled server (the old one void); False if no
         such server is enrolled."""
@@ -78,9 +85,13 @@ class PresenceQueries:
         rows = self.db.rows("servers_with_url_port", pattern=f"%:{port}")
         return [(r["name"], r["url"]) for r in rows]
 
-    def agent_refused(self, server: str, at: float, remote: str, reason: str) -> None:
-        """An agent taken for ``server``'s was refused (the latest kept)."""
-        self.db.run("agent_refused", server=server, at=at, remote=remote, reason=reason)
+    def agent_refused(self, server: str, at: float, remote: str, reason: str, since: float) -> bool:
+        """An agent taken for ``server``'s was refused (the latest kept): True if it is
+        news, no refusal of it having come since ``since`` (whichever worker took it)."""
+        rows = self.db.rows(
+            "agent_refused", server=server, at=at, remote=remote, reason=reason, since=since
+        )
+        return bool(rows and rows[0]["news"])
 
     def agents_refused_since(self, since: float) -> dict[str, Refusal]:
         """The servers whose agent was refused since ``since``, with the latest refusal."""

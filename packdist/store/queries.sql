@@ -223,18 +223,21 @@ ORDER BY j.created_at DESC LIMIT :limit
 
 -- name: instructions_of_job
 SELECT id, job_id, server, state, attempts, last_error, next_attempt_at, bytes_sent,
-    bytes_total, updated_at, finished_at, bytes_from_peers, bytes_done, error_kind, phase
+    bytes_total, updated_at, finished_at, bytes_from_peers, bytes_done, error_kind, phase,
+    cancel_cause
 FROM instructions WHERE job_id = :job_id ORDER BY server
 
 -- name: instructions_of_job_page
 SELECT id, job_id, server, state, attempts, last_error, next_attempt_at, bytes_sent,
-    bytes_total, updated_at, finished_at, bytes_from_peers, bytes_done, error_kind, phase
+    bytes_total, updated_at, finished_at, bytes_from_peers, bytes_done, error_kind, phase,
+    cancel_cause
 FROM instructions WHERE job_id = :job_id ORDER BY server LIMIT :limit OFFSET :offset
 
 -- name: instructions_of_job_in_page
 -- served by the index on (job_id, state, server) for one state
 SELECT id, job_id, server, state, attempts, last_error, next_attempt_at, bytes_sent,
-    bytes_total, updated_at, finished_at, bytes_from_peers, bytes_done, error_kind, phase
+    bytes_total, updated_at, finished_at, bytes_from_peers, bytes_done, error_kind, phase,
+    cancel_cause
 FROM instructions WHERE job_id = :job_id AND state IN (:states) ORDER BY server
 LIMIT :limit OFFSET :offset
 
@@ -413,14 +416,16 @@ JOIN servers s ON s.name = sp.server WHERE s.removed = 0
 -- name: live_newest_instructions
 -- per (server not removed, package): its newest instruction, from the summary of newest
 SELECT n.package_id, i.server, i.state, i.job_id, i.attempts, i.last_error,
-    i.next_attempt_at, i.bytes_sent, i.bytes_total, i.updated_at, j.action, i.error_kind
+    i.next_attempt_at, i.bytes_sent, i.bytes_total, i.updated_at, j.action, i.error_kind,
+    i.cancel_cause
 FROM newest_instructions n JOIN servers s ON s.name = n.server
 JOIN instructions i ON i.id = n.instruction_id JOIN jobs j ON j.id = i.job_id
 WHERE s.removed = 0
 
 -- name: newest_instructions_of_servers
 SELECT n.package_id, i.server, i.state, i.job_id, i.attempts, i.last_error,
-    i.next_attempt_at, i.bytes_sent, i.bytes_total, i.updated_at, j.action, i.error_kind
+    i.next_attempt_at, i.bytes_sent, i.bytes_total, i.updated_at, j.action, i.error_kind,
+    i.cancel_cause
 FROM newest_instructions n JOIN instructions i ON i.id = n.instruction_id
 JOIN jobs j ON j.id = i.job_id WHERE n.server IN (:servers)
 
@@ -600,7 +605,7 @@ SELECT pg_notify(:channel, '')
 
 -- name: server_instructions_newest
 SELECT i.id, i.job_id, i.state, i.attempts, i.last_error, i.error_kind, i.next_attempt_at,
-    i.updated_at, j.action, p.name, p.version
+    i.updated_at, j.action, p.name, p.version, i.cancel_cause
 FROM instructions i JOIN jobs j ON j.id = i.job_id JOIN packages p ON p.id = j.package_id
 WHERE i.server = :server ORDER BY i.id DESC LIMIT :limit
 
@@ -612,7 +617,8 @@ ORDER BY id DESC LIMIT :limit
 
 -- name: newest_instructions_of_package
 SELECT n.package_id, i.server, i.state, i.job_id, i.attempts, i.last_error,
-    i.next_attempt_at, i.bytes_sent, i.bytes_total, i.updated_at, j.action, i.error_kind
+    i.next_attempt_at, i.bytes_sent, i.bytes_total, i.updated_at, j.action, i.error_kind,
+    i.cancel_cause
 FROM newest_instructions n JOIN servers s ON s.name = n.server
 JOIN instructions i ON i.id = n.instruction_id JOIN jobs j ON j.id = i.job_id
 WHERE s.removed = 0 AND n.package_id = :package_id
@@ -747,6 +753,13 @@ RETURNING name, last_seen
 -- name: mark_server_online
 UPDATE servers SET offline_at = NULL WHERE name = :name AND offline_at IS NOT NULL
 
+-- name: mark_servers_heard
+-- of a batch of heartbeats just written, the servers marked offline before the one written
+-- (another worker judged by an older word, or this one's write came late): online again
+UPDATE servers SET offline_at = NULL
+WHERE name IN (:names) AND offline_at IS NOT NULL AND last_seen > offline_at
+RETURNING name
+
 -- === enrollment tokens re-issued, agents refused ============================================
 
 -- name: replace_token_hash
@@ -757,9 +770,16 @@ UPDATE servers SET token_hash = :token_hash WHERE name = :name AND removed = 0
 SELECT name, url FROM servers WHERE removed = 0 AND url LIKE :pattern
 
 -- name: agent_refused
-INSERT INTO refused_agents (server, at, remote, reason) VALUES (:server, :at, :remote, :reason)
+-- the latest refusal kept; news (its event to be written) when none came since :since. In
+-- one statement: two workers refusing the same agent at once take the row in turn (its lock
+-- on PostgreSQL), and the second finds the refusal shown, so one event is written
+INSERT INTO refused_agents (server, at, remote, reason, shown_at)
+VALUES (:server, :at, :remote, :reason, :at)
 ON CONFLICT (server) DO UPDATE
-SET at = excluded.at, remote = excluded.remote, reason = excluded.reason
+SET at = excluded.at, remote = excluded.remote, reason = excluded.reason,
+    shown_at = CASE WHEN refused_agents.at < :since THEN excluded.at
+        ELSE refused_agents.shown_at END
+RETURNING shown_at = at AS news
 
 -- name: agents_refused_since
 SELECT server, at, remote, reason FROM refused_agents WHERE at >= :since ORDER BY server

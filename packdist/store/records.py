@@ -66,6 +66,7 @@ class InstructionRecord:
     bytes_done: int = 0  # of bytes_total, what the server holds so far (the progress)
     error_kind: str | None = None  # the kind of the last failure (packdist.errors.ErrorKind)
     phase: str | None = None  # where the attempt under way is, in its target's words
+    cancel_cause: str | None = None  # who or what cancelled it, in words (None: not cancelled)
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,7 @@ class StatusCell:
     corrupt: str | None = None  # what the last validation found wrong with the copy, in words
     action: str = "install"  # the action of the newest job ("remove": a removal job)
     error_kind: str | None = None  # the kind of the newest instruction's last failure
+    cancel_cause: str | None = None  # who or what cancelled the newest instruction
 
 
 @dataclass(frozen=True)

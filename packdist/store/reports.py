@@ -98,6 +98,7 @@ class ReportQueries:
                     installed.pop((server, pid), None),
                     r["action"],
                     r["error_kind"],
+                    r["cancel_cause"],
                 )
             )
         for (server, pid), corrupt in installed.items():  # held, and no instruction went

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests import harness as h
-from tests.conftest import run_packdist
+from tests.conftest import PACKDIST, run_packdist
 
 START = "start `packdist site serve`"
 
@@ -85,6 +85,29 @@ def test_commands_after_the_site_server_stopped_say_since_when_it_was_seen(
     assert line.startswith("packdist: no site server has been seen for "), line
     assert line.endswith(f"s: {START}"), line
     assert site.json("status")["site_server"]["last_seen"] is not None
+
+
+def test_job_wait_says_so_when_the_site_server_stops_while_it_waits(tmp_path: Path) -> None:
+    site = h.make_site(tmp_path)
+    site.create_package(h.make_tree(tmp_path / "tree"), "app", "1.0")
+    site.add_server("dp1", "https://127.0.0.1:1")  # never reached: the job goes on
+    site.start()
+    try:
+        job = site.json("distribute", "app@1.0", "--to", "dp1", "--json")["job"]
+        waiting = subprocess.Popen(
+            [*PACKDIST, "--home", str(site.home), "job", "wait", job, "--timeout", "6"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(1.0)
+    finally:
+        site.stop()
+    _, err = waiting.communicate(timeout=30)
+    lines = err.splitlines()
+    told = [x for x in lines if x.startswith("packdist: no site server has been seen for ")]
+    assert len(told) == 1, err  # said once, while it waited, not before
+    assert lines[-1].startswith("packdist: timed out after 6s; the job goes on"), err
 
 
 def _one_line_refusal(proc: subprocess.CompletedProcess[str], words: str) -> str:

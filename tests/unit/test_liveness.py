@@ -178,3 +178,18 @@ def test_a_server_that_stops_heartbeating_goes_offline_once_in_one_event(
         assert Service(store).record_offline(["dp0"], gone - OFFLINE_AFTER, gone) == ["dp0"]
     finally:
         store.close()
+
+
+def test_servers_whose_going_offline_could_not_be_written_are_judged_again_next_time() -> None:
+    live = Liveness(OFFLINE_AFTER)
+    beat = Heartbeat("boot-1", 1000, [])
+    for name in ("dp1", "dp2", "dp3"):
+        live.recorded(name, beat, T0)
+    live.recorded("dp3", beat, T0 + 5)
+    later = T0 + OFFLINE_AFTER + 1
+    silent = live.went_silent(later)
+    assert silent == ["dp1", "dp2"]
+    live.recorded("dp2", beat, later + 0.5)  # heard meanwhile: not judged again
+    live.silent_again(silent)  # the store refused the write
+    assert live.went_silent(later + 1) == ["dp1"]
+    assert live.went_silent(later + 2) == []  # once it is written, once per silence

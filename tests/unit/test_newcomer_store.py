@@ -62,6 +62,22 @@ def test_servers_are_marked_offline_once_until_they_come_back(store: Store) -> N
     assert said == ["server dp1 went offline: no heartbeat for 10s"] * 2
 
 
+def test_a_server_marked_offline_while_other_workers_heard_it_is_online_again_at_their_write(
+    store: Store,
+) -> None:
+    add_server(store, "dp1")
+    Service(store).record_heartbeat("dp1", "b", None, [], T0, 7.0)
+    # a worker that heard nothing marks it offline; the worker that heard it writes late
+    assert Service(store).record_offline(["dp1"], T0 + 2, T0 + 10) == ["dp1"]
+    assert Service(store).record_quiet_heartbeats([("dp1", T0 + 11, None)], T0 + 12) == ["dp1"]
+    assert Service(store).record_quiet_heartbeats([("dp1", T0 + 13, None)], T0 + 14) == []
+    # so its next real silence is told again, not lost behind the first
+    assert Service(store).record_offline(["dp1"], T0 + 20, T0 + 30) == ["dp1"]
+    said = [e.message for e in store.recent_events(50) if e.server == "dp1"]
+    assert said.count("server dp1 is online") == 2  # enrolled (its first heartbeat), then back
+    assert said.count("server dp1 went offline: no heartbeat for 17s") == 1
+
+
 def test_a_token_re_issued_voids_the_old_one_and_cancels_nothing(store: Store) -> None:
     add_server(store, "dp1")
     pkg = add_package(store, "app")

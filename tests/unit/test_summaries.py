@@ -306,6 +306,7 @@ DROP_SQLITE = (
     "ALTER TABLE instructions DROP COLUMN phase",
     "DROP TABLE child_sites",
     "DROP TABLE server_active",  # and version 13's
+    "ALTER TABLE instructions DROP COLUMN cancel_cause",  # and version 17's
     "DROP TABLE site_workers",  # and version 16's
     "ALTER TABLE servers DROP COLUMN offline_at",
     "DROP TABLE refused_agents",
@@ -336,6 +337,7 @@ DROP_POSTGRESQL = (
     "ALTER TABLE instructions DROP COLUMN phase",
     "DROP TABLE child_sites",
     "DROP TABLE server_active",  # and version 13's
+    "ALTER TABLE instructions DROP COLUMN cancel_cause",  # and version 17's
     "DROP TABLE site_workers",  # and version 16's
     "ALTER TABLE servers DROP COLUMN offline_at",
     "DROP TABLE refused_agents",
