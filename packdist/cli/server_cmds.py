@@ -22,7 +22,7 @@ from packdist.core.fsutil import human_bytes
 from packdist.core.names import (
     check_group_name,
     check_host,
-    check_server_name,
+    check_new_server_name,
     parse_label,
     url_host,
 )
@@ -69,7 +69,7 @@ def server_add(
     name: str, url: str, groups: tuple[str, ...], label_args: tuple[str, ...], as_json: bool
 ) -> None:
     """Register a distribution server and print its enrollment token."""
-    check_server_name(name)
+    check_new_server_name(name)
     url = check_url(url)
     for g in groups:
         check_group_name(g)

@@ -49,6 +49,20 @@ def check_server_name(value: str) -> str:
     return _check("server name", value)
 
 
+#: names no new server may take: a client's fetch names the site itself so among its sources
+RESERVED_SERVER_NAMES = frozenset({"site"})
+
+
+def check_new_server_name(value: str) -> str:
+    """A name for a server being enrolled: valid, and not one the project reserves."""
+    _check("server name", value)
+    if value.lower() in RESERVED_SERVER_NAMES:
+        raise InvalidName(
+            f"server name {value!r} is reserved: a client's fetch names the site so among its sources"
+        )
+    return value
+
+
 def check_group_name(value: str) -> str:
     return _check("group name", value)
 

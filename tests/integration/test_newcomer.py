@@ -119,6 +119,15 @@ def _one_line_refusal(proc: subprocess.CompletedProcess[str], words: str) -> str
     return lines[0]
 
 
+def test_a_server_cannot_be_enrolled_as_site_the_name_of_the_site_among_a_clients_sources(
+    idle: h.Site,
+) -> None:
+    before = idle.json("server", "list", "--json")
+    proc = idle.cli("server", "add", "Site", "--url", "https://127.0.0.1:9", check=False)
+    _one_line_refusal(proc, "server name 'Site' is reserved")
+    assert idle.json("server", "list", "--json") == before
+
+
 def _serve(*args: str, home: Path, timeout: float = 20) -> subprocess.CompletedProcess[str]:
     return run_packdist(home, *args, check=False, timeout=timeout)
 
