@@ -100,6 +100,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--size-mib", type=int, default=32, help="package size (>= 8)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per row; best time shown")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per job at most")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, site)")
     args = parser.parse_args(argv)
     counts = sorted({int(n) for n in args.servers.split(",") if n.strip()})
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -142,7 +143,10 @@ def main(argv: list[str]) -> int:
     except LabError as exc:
         print(f"bench fanout: the lab failed: {exc} (logs in {work})", file=sys.stderr)
         return 1
-    shutil.rmtree(work, ignore_errors=True)
+    if args.keep:
+        print(f"kept {work} (the site's and the agents' logs)")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
     _report(results, args, len(servers))
     return 1 if any(r.error for r in results) else 0
 
