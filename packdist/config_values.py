@@ -9,9 +9,9 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from packdist.core.fsutil import human_bytes
 from packdist.core.names import check_host, check_label_key, split_listen
 from packdist.core.rates import number_with_unit, parse_rate
+from packdist.core.words import human_bytes
 from packdist.errors import UserError
 
 

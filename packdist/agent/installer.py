@@ -51,8 +51,8 @@ from packdist.agent.peering import ChunkView
 from packdist.agent.signers import TrustedSigners
 from packdist.agent.sources import Peer
 from packdist.agent.write_plan import WritePlan
-from packdist.core.fsutil import human_bytes
 from packdist.core.manifest import Manifest
+from packdist.core.words import human_bytes
 from packdist.errors import (
     Busy,
     DecodeError,

@@ -16,9 +16,9 @@ from packdist.agent.home import AgentHome, delete_quietly
 from packdist.agent.install_record import Install
 from packdist.agent.write_plan import Location, WritePlan, pread, pwrite_fd
 from packdist.core.digest import Digest
-from packdist.core.fsutil import human_bytes
 from packdist.core.manifest import Manifest
 from packdist.core.tree_shape import make_shape
+from packdist.core.words import human_bytes
 from packdist.errors import DiskFull
 
 RESERVE = 16 * 1024 * 1024  # head room kept free beyond the package itself

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from packdist.cli.common import json_option, print_json, token_file_option, token_from
-from packdist.core.fsutil import human_bytes
+from packdist.core.words import human_bytes
 from packdist.errors import UserError
 
 TOKEN_ENV = "PACKDIST_CLIENT_TOKEN"

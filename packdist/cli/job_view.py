@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from packdist.cli.common import ago
-from packdist.core.fsutil import human_bytes
+from packdist.core.words import human_bytes
 from packdist.site.views import cancelled_why, job_counts
 from packdist.states import DONE
 from packdist.store.base import InstructionRecord, JobRecord

@@ -10,9 +10,9 @@ from rich.table import Table
 
 from packdist.cli.common import home_option, iso, json_option, print_json, print_table, resolve_home
 from packdist.core.digest import Digest
-from packdist.core.fsutil import human_bytes
 from packdist.core.manifest import EntryType, Manifest
 from packdist.core.names import parse_ref
+from packdist.core.words import human_bytes
 from packdist.errors import IntegrityError, NotFound
 from packdist.site.home import SiteHome
 from packdist.store.base import PackageRecord

@@ -18,7 +18,6 @@ from packdist.cli.common import (
     print_table,
     resolve_home,
 )
-from packdist.core.fsutil import human_bytes
 from packdist.core.names import (
     check_group_name,
     check_host,
@@ -26,7 +25,7 @@ from packdist.core.names import (
     parse_label,
     url_host,
 )
-from packdist.core.words import counted
+from packdist.core.words import counted, human_bytes
 from packdist.errors import UserError
 from packdist.service import Service
 from packdist.service.fleet import refusals_shown

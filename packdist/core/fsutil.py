@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from packdist.core.words import human_bytes as human_bytes  # its home is core/words.py now
+
 
 def _load_libc() -> ctypes.CDLL:
     """The C library by its usual name first: ``find_library`` runs ``ldconfig`` (about
@@ -126,14 +128,6 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
 def free_bytes(path: Path) -> int:
     st = os.statvfs(path)
     return st.f_bavail * st.f_frsize
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 # --- trees of any depth ----------------------------------------------------------------------

@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 
-from packdist.core.fsutil import human_bytes
+from packdist.core.words import human_bytes
 from packdist.errors import NotFound
 from packdist.protocol.client_api import SITE, FetchReport, Source
 from packdist.service.activation import ActivationUseCases

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from packdist import states
 from packdist.core.digest import Digest
-from packdist.core.manifest import Manifest
 from packdist.core.names import url_host
 from packdist.core.words import counted
 from packdist.errors import NotFound
@@ -15,6 +15,9 @@ from packdist.service.attempts import AttemptUseCases
 from packdist.service.jobs import UNFINISHED, cancelled
 from packdist.store.core import Store
 from packdist.store.records import PackageRecord, describe_problems
+
+if TYPE_CHECKING:
+    from packdist.core.manifest import Manifest
 
 
 class FleetUseCases(AttemptUseCases):

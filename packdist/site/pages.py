@@ -11,8 +11,8 @@ from __future__ import annotations
 import string
 from typing import Any
 
-from packdist.core.fsutil import human_bytes
 from packdist.core.timefmt import ago
+from packdist.core.words import human_bytes
 from packdist.site.causes_block import causes_block
 from packdist.site.html_bits import _epoch, badge, h, package_link, server_link, when
 from packdist.site.notices import notices_block

@@ -15,8 +15,8 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from packdist.core.fsutil import human_bytes
 from packdist.core.timefmt import ago, iso
+from packdist.core.words import human_bytes
 from packdist.errors import UserError
 from packdist.site import pages, views
 from packdist.site.dashboard_inputs import query_count

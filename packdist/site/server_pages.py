@@ -12,8 +12,8 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from packdist.core.fsutil import human_bytes
 from packdist.core.timefmt import iso
+from packdist.core.words import human_bytes
 from packdist.errors import NotFound
 from packdist.site import pages, views
 from packdist.site.html_bits import badge, h, when

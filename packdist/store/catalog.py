@@ -7,11 +7,13 @@ Plain reads and writes by intent; no rule of the domain is decided here (that is
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from packdist import states
 from packdist.core.digest import Digest
-from packdist.core.manifest import Manifest
+
+if TYPE_CHECKING:
+    from packdist.core.manifest import Manifest
 from packdist.errors import AlreadyExists, NotFound, StoreError
 from packdist.store.db import Database, Row
 from packdist.store.records import PackageRecord, ServerRecord, SwarmMember
