@@ -65,7 +65,7 @@ class FetchSchedule:
         have: Container[Digest],
         pace: PeerPace,
     ) -> None:
-        site_first, by_peer = split_work(missing, me, peers)
+        site_first, by_peer = split_work(missing, me, peers, sizes)
         self._sizes = sizes
         self._have = have
         self.pace = pace

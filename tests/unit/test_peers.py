@@ -4,7 +4,9 @@ offers, their credentials, and bandwidth limits."""
 from __future__ import annotations
 
 import asyncio
+import random
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from hypothesis import strategies as st
 from packdist.agent.home import AgentHome
 from packdist.agent.installer import Install, Installer, InstallState
 from packdist.agent.signers import TrustedSigners
-from packdist.agent.sources import MISSING, Peer, split_work
+from packdist.agent.sources import BALANCE_SLACK, MISSING, Peer, owners, split_work
 from packdist.auth import (
     ANY_PEER,
     PEER_CHUNKS_PATH,
@@ -83,12 +85,14 @@ def test_receivers_agree_on_owners(members: list[str]) -> None:
     """Every member of a swarm computes the same owner for each chunk, so each one fetches
     its own share from the site and the others' shares from them."""
     missing = digests(300, seed=len(members))
+    package = {d: 1000 + i % 7 * 100 for i, d in enumerate(missing)}  # the manifest's chunks
     fetched_from_site: list[Digest] = []
     for me in members:
-        site, by_peer = split_work(missing, me, [peer(x) for x in members if x != me])
+        site, by_peer = split_work(missing, me, [peer(x) for x in members if x != me], package)
         fetched_from_site += site
-        for owner, ds in by_peer.items():
-            owner_site, _ = split_work(ds, owner, [peer(x) for x in members if x != owner])
+        for owner, ds in by_peer.items():  # the owner lacks only its share, say
+            others = [peer(x) for x in members if x != owner]
+            owner_site, _ = split_work(ds, owner, others, package)
             assert owner_site == ds, f"{owner} does not fetch what {me} expects it to own"
     # Each chunk leaves the site once.
     assert sorted(fetched_from_site, key=lambda d: d.raw) == sorted(missing, key=lambda d: d.raw)
@@ -99,6 +103,18 @@ def test_work_spreads_over_the_swarm() -> None:
     site, by_peer = split_work(digests(1200), "dp1", [peer(x) for x in members[1:]])
     shares = [len(site), *(len(v) for v in by_peer.values())]
     assert min(shares) > 50 and max(shares) < 150, shares  # ~100 each
+
+
+def test_owners_carry_about_equal_bytes_whatever_the_hash_gives_each() -> None:
+    members = [f"dp{i}" for i in range(1, 13)]
+    rnd = random.Random(7)
+    package = {d: rnd.randint(64 * 1024, 300 * 1024) for d in digests(220)}  # 32 MiB or so
+    load: Counter[str] = Counter()
+    for d, owner in owners(package, reversed(members)).items():  # any order of members
+        load[owner] += package[d]
+    mean = sum(package.values()) / len(members)
+    assert max(load.values()) <= (1 + BALANCE_SLACK) * mean + 300 * 1024, load
+    assert owners(package, members) == owners(package, reversed(members))
 
 
 def test_peer_list_is_validated() -> None:
