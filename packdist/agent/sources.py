@@ -113,15 +113,19 @@ BALANCE_SLACK = 0.05
 
 
 def owners(chunks: Mapping[Digest, int], members: Iterable[str]) -> dict[Digest, str]:
-    """The owner of every chunk of a package (``chunks``: each distinct chunk with its size,
-    in the package's order): the highest-scoring member whose bytes stay within
+    """The owner of every chunk of a package (``chunks``: each distinct chunk with its
+    size): the highest-scoring member whose bytes stay within
     ``1 + BALANCE_SLACK`` times the mean share, else the least loaded. It depends only on
     the package and the set of members, so every member of a swarm computes the same."""
     names = sorted(set(members))
     cap = (1 + BALANCE_SLACK) * sum(chunks.values()) / len(names)
     load = dict.fromkeys(names, 0)
     out: dict[Digest, str] = {}
-    for d, size in chunks.items():
+    # in the order of the digests, not the package's: the chunks that go past a full owner
+    # are then scattered through the package rather than all at its end, which every
+    # member fetches last (a tail owned by a few would wait on their uploads)
+    for d in sorted(chunks, key=lambda c: c.raw):
+        size = chunks[d]
         ranked = sorted(names, key=lambda n: score(d, n), reverse=True)
         owner = next((n for n in ranked if load[n] + size <= cap), None)
         if owner is None:  # the last chunks: whoever has least
