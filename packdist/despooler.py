@@ -316,7 +316,8 @@ class Despooler:
                 log.info("%s installed on %s", c.package_ref, c.server)
                 return
             if status.state == "cancelled":  # stopped there while this attempt runs here
-                raise RemoteError(f"the install was stopped on {c.server}; trying again")
+                why = f": {status.error}" if status.error else ""
+                raise RemoteError(f"the install was stopped on {c.server}{why}; trying again")
             if status.state == "failed":
                 error = status.error or "install failed on the agent"
                 if status.kind is ErrorKind.INTEGRITY:

@@ -22,7 +22,7 @@ from packdist.cli.common import (
 )
 from packdist.cli.durations import Duration
 from packdist.cli.job_view import RateMeter, _job_table, _plain_line
-from packdist.cli.site_words import job_and_site, warn_if_no_site
+from packdist.cli.site_words import SiteWatch, job_and_site, warn_if_no_site
 from packdist.cli.targets import choose_targets, one_target_option, target_options
 from packdist.core.names import check_package_name, parse_ref
 from packdist.core.words import counted
@@ -83,7 +83,6 @@ LATER_LOOKS = 0.1
 #: job ends in about three), at most one per ``LATER_LOOKS``: a big job's many commits
 #: are read together
 QUICK_LOOKS = len(FIRST_LOOKS)
-SITE_LOOKS = 2.0  # seconds between two reads of whether a site server runs, while waiting
 LIVE_REFRESH = 0.25  # seconds between two redraws of the live table (rates, ages)
 
 
@@ -126,24 +125,13 @@ def _wait(
     job = store.get_job(job_id, limit=page)
     if page is None and job.total > PLAIN_ROWS:
         page = 0
-    looked_at = presence_at = time.monotonic()
-
-    def recheck_site() -> None:
-        """Whether a site server still runs (or runs again), read every ``SITE_LOOKS``
-        seconds: a site stopped while we wait is said once, as at the start."""
-        nonlocal halted, presence_at
-        if looked_at - presence_at < SITE_LOOKS:
-            return
-        presence_at = looked_at
-        presence = site_presence(store, time.time())
-        if halted is None and not live:  # the live table shows it in its title instead
-            warn_if_no_site(presence)
-        halted = presence.message
+    looked_at = time.monotonic()
+    site = SiteWatch(store, halted, warn=not live)  # the live table shows it in its title
 
     def step() -> bool:
-        nonlocal job, last_line, looked_at
+        nonlocal job, last_line, looked_at, halted
         job, looked_at = store.get_job(job_id, limit=page), time.monotonic()
-        recheck_site()
+        halted = site.look(looked_at)
         if not live and not quiet:
             line = _plain_line(job)
             if line != last_line:

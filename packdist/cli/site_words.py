@@ -13,7 +13,30 @@ from packdist.service.fleet import refusals_shown
 from packdist.service.presence import SitePresence, site_presence
 from packdist.site.home import SiteHome
 from packdist.states import InstructionState
-from packdist.store.base import JobRecord
+from packdist.store.base import JobRecord, Store
+
+SITE_LOOKS = 2.0  # seconds between two reads of whether a site server runs, while waiting
+
+
+class SiteWatch:
+    """Whether a site server still runs (or runs again) while a command waits, read every
+    ``SITE_LOOKS`` seconds: a site stopped meanwhile is said once, as at the start."""
+
+    def __init__(self, store: Store, halted: str | None, warn: bool) -> None:
+        self.store = store
+        self.halted = halted  # what to say while none runs (None: one runs)
+        self.warn = warn
+        self._looked = time.monotonic()
+
+    def look(self, at: float) -> str | None:
+        """The words of a halted site as of ``at`` (monotonic), read again when due."""
+        if at - self._looked >= SITE_LOOKS:
+            self._looked = at
+            presence = site_presence(self.store, time.time())
+            if self.halted is None and self.warn:
+                warn_if_no_site(presence)
+            self.halted = presence.message
+        return self.halted
 
 
 def warn_if_no_site(presence: SitePresence) -> None:

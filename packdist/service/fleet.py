@@ -158,9 +158,10 @@ class FleetUseCases(AttemptUseCases):
         self, heard: list[tuple[str, float, int | None]], now: float
     ) -> list[str]:
         """Write a batch of heartbeats that said nothing new (``(server, last_seen,
-        disk_free)``). A server among them marked offline meanwhile (by a worker that had
-        not heard it, or before this batch's write landed) is online again, with its
-        event, so that its next silence is told too; returns those."""
+        disk_free)``). A server among them marked offline before the heartbeat written was
+        heard (by a worker that had not heard it) is online again, with its event, so
+        that its next silence is told too; returns those. Its retrying work is not woken:
+        it was never away (a server truly back is recorded in full, and wakes it)."""
         store = self.store
         with store.transaction():
             store.touch_servers(heard)

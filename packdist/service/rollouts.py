@@ -31,6 +31,7 @@ from packdist.service.activation import (
 from packdist.service.jobs import named
 from packdist.service.rollout_plan import WaveSize, cut_waves, judge, spread_locations
 from packdist.states import InstructionState, RolloutState, WaveState
+from packdist.store.db import Row
 from packdist.store.rollouts import RolloutRecord, WaveRecord
 
 log = logging.getLogger(__name__)
@@ -291,10 +292,13 @@ class RolloutUseCases(ActivationUseCases):
         if timed_out:
             wanted |= set(states.RECEIVING)
         rows = self.store.job_instructions_page(job_id, wanted, limit=CAUSES_SHOWN)
-        words = [f"{r['server']}: {r['last_error'] or _no_error(r['state'])}" for r in rows]
+        words = [f"{r['server']}: {_cause(r)}" for r in rows]
         return f": {'; '.join(words)}" if words else ""
 
 
-def _no_error(state: str) -> str:
-    """What an instruction in ``state`` with no error says of itself."""
-    return state if state == InstructionState.CANCELLED else f"{state}, no error yet"
+def _cause(row: Row) -> str:
+    """Why an instruction of a failed wave is not installed: what cancelled it (not the
+    failure before an operator's cancel), its last error, or its state."""
+    if row["state"] == InstructionState.CANCELLED:
+        return str(row["cancel_cause"] or "cancelled")
+    return str(row["last_error"] or f"{row['state']}, no error yet")

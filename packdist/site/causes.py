@@ -77,7 +77,9 @@ def job_causes(store: Store, job_id: str) -> tuple[list[Cause], int]:
             words = r["cancel_cause"] or "cancelled"
         else:
             words = r["last_error"] or "no error recorded"
-        key = (str(r["state"]), r["error_kind"], shared_words(str(r["server"]), words))
+        # a cancel keeps the kind of the failure before it: not its kind
+        kind = None if r["state"] == S.CANCELLED else r["error_kind"]
+        key = (str(r["state"]), kind, shared_words(str(r["server"]), words))
         entry = groups.setdefault(key, [0, str(r["server"]), words])
         entry[0] += 1
     causes = [

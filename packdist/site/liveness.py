@@ -165,7 +165,7 @@ class Liveness:
         """``(server, last_seen, disk_free)`` heard since the last call, to be written."""
         out = []
         names, self._dirty = self._dirty, set()
-        for name in names:
+        for name in sorted(names):  # one lock order for every worker (PostgreSQL rows)
             seen = self._seen.get(name)
             if seen is not None:
                 out.append((name, seen.last_seen, seen.disk_free))

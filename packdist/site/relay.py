@@ -206,7 +206,8 @@ def _installing(
     if state is S.INSTALLED:
         return InstallStatus(pid, "installed", **common)
     if state is S.CANCELLED:
-        return InstallStatus(pid, "cancelled", error=row["last_error"], **common)
+        cause = row["cancel_cause"] or "cancelled"
+        return InstallStatus(pid, "cancelled", error=f"at {here}: {cause}", **common)
     if state in (S.RETRYING, S.FAILED):
         again = f"; {here} retries it" if state is S.RETRYING else ""
         return InstallStatus(

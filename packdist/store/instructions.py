@@ -89,6 +89,8 @@ class InstructionQueries:
         refused = set(sets) - allowed
         if refused:
             raise ValueError(f"event {event} may not set {', '.join(sorted(refused))}")
+        if states.target(event) is InstructionState.CANCELLED and not sets.get("cancel_cause"):
+            raise ValueError(f"event {event} cancels: it must say what cancelled it (cancel_cause)")
         if not ids:
             return []
         params: dict[str, Any] = {

@@ -576,7 +576,8 @@ WHERE server = :server AND package_id = :package_id AND corrupt IS NULL
 -- the newest instruction of this action for this package on this server (a child site says
 -- with it how far the work its parent sent has come)
 SELECT i.id, i.state, i.attempts, i.last_error, i.error_kind, i.bytes_sent, i.bytes_total,
-    i.bytes_done, i.phase, i.updated_at FROM instructions i JOIN jobs j ON j.id = i.job_id
+    i.bytes_done, i.phase, i.updated_at, i.cancel_cause
+FROM instructions i JOIN jobs j ON j.id = i.job_id
 WHERE j.package_id = :package_id AND j.action = :action AND i.server = :server
 ORDER BY i.id DESC LIMIT 1
 
@@ -754,10 +755,10 @@ RETURNING name, last_seen
 UPDATE servers SET offline_at = NULL WHERE name = :name AND offline_at IS NOT NULL
 
 -- name: mark_servers_heard
--- of a batch of heartbeats just written, the servers marked offline before the one written
--- (another worker judged by an older word, or this one's write came late): online again
+-- of a batch of heartbeats just written, the servers marked offline before the heartbeat
+-- written was heard (by a worker that had not heard it): online again
 UPDATE servers SET offline_at = NULL
-WHERE name IN (:names) AND offline_at IS NOT NULL AND last_seen > offline_at
+WHERE name IN (:names) AND removed = 0 AND offline_at IS NOT NULL AND last_seen > offline_at
 RETURNING name
 
 -- === enrollment tokens re-issued, agents refused ============================================

@@ -6,6 +6,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from packdist.service import Service
 from packdist.store.base import PackageRecord, Store
 from tests.unit.store_conformance import LEASE, T0, Backend, add_server
@@ -73,6 +75,17 @@ class FleetPagesConformance:
         (dp1,) = store.get_job(removal).instructions
         assert dp1.cancel_cause == f"superseded by install job {job}"
 
+    def test_no_event_cancels_an_instruction_without_saying_what_cancelled_it(
+        self, store: Store, pkg: PackageRecord
+    ) -> None:
+        add_server(store, "dp1")
+        job = Service(store).distribute(pkg.id, ["dp1"], T0)
+        (i,) = store.get_job(job).instructions
+        for event in ("cancel", "server_removed", "supersede"):
+            with pytest.raises(ValueError, match="what cancelled it"):
+                store.apply(event, [i.id], T0 + 1, finished_at=T0 + 1)
+        assert store.get_job(job).instructions[0].state.value == "pending"
+
     def test_two_workers_refusing_the_same_agent_at_once_write_one_event(
         self, backend: Backend, store: Store
     ) -> None:
@@ -92,6 +105,6 @@ class FleetPagesConformance:
             second.start()  # ...when the second worker's comes
             time.sleep(0.3)
         second.join(10)
-        assert errors == []
+        assert not second.is_alive() and errors == []
         said = [e.message for e in store.recent_events(50) if "wrong token" in e.message]
         assert len(said) == 1

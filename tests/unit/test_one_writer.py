@@ -91,7 +91,7 @@ def test_applying_an_event_changes_only_instructions_in_its_source_states(
         ids = [i.id for i in store.get_job(job_id).instructions]
         # pending instructions cannot be woken (wake starts from retrying only)
         assert store.apply("wake", ids, T0, next_attempt_at=T0) == []
-        changed = store.apply("cancel", ids[:1], T0, finished_at=T0)
+        changed = store.apply("cancel", ids[:1], T0, finished_at=T0, cancel_cause="test")
         assert [r["id"] for r in changed] == ids[:1]
         states_now = {i.id: i.state for i in store.get_job(job_id).instructions}
         assert states_now == {ids[0]: "cancelled", ids[1]: "pending"}

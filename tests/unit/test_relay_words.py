@@ -24,6 +24,7 @@ def _row(state: str, **over: Any) -> dict[str, Any]:
         "bytes_total": 1000,
         "bytes_done": 420,
         "phase": None,
+        "cancel_cause": None,
     }
     row.update(over)
     return row
@@ -72,3 +73,11 @@ def test_only_the_childs_verified_install_reads_as_installed() -> None:
     assert _installing(PKG, _row("installed"), "dp1", JOINED, None).state == "installed"
     for state in ("pending", "sending", "retrying", "failed", "cancelled"):
         assert _installing(PKG, _row(state), "dp1", JOINED, None).state != "installed"
+
+
+def test_a_cancel_at_the_child_reaches_the_parent_with_what_cancelled_it() -> None:
+    row = _row("cancelled", last_error="connect timeout", cancel_cause="cancelled by operator ann")
+    status = _installing(PKG, row, "dp1", JOINED, None)
+    assert status.state == "cancelled"
+    assert status.error is not None and status.error.endswith(": cancelled by operator ann")
+    assert "connect timeout" not in status.error

@@ -182,6 +182,8 @@ def play(store: Store, steps: list[tuple[Any, Any, Any]]) -> None:
                 sets = {"attempts": Plus(1), "lease_owner": "w", "claimed_at": now}
             elif a in ("installed", "removed", "fail", "cancel"):
                 sets = {"finished_at": now, "lease_owner": None}
+            if states.target(a) is states.InstructionState.CANCELLED:
+                sets["cancel_cause"] = f"cancelled by {a}"
             store.apply(a, chosen, now, **sets)
         elif kind == "progress" and ids:
             store.renew_lease(ids[a % len(ids)], "w", now + 30, b, 10_000)
@@ -211,7 +213,7 @@ def fail_half_way(store: Store) -> None:
     before = store.job_counts([job])
     with pytest.raises(RuntimeError), store.transaction():
         ids = [r["id"] for r in store.job_instructions(job, frozenset({states.S.PENDING}))]
-        store.apply("cancel", ids, T0 + 1)
+        store.apply("cancel", ids, T0 + 1, cancel_cause="test")
         assert store.job_counts([job])[job]["cancelled"] == len(SERVERS)  # seen inside
         raise RuntimeError("the use case failed half-way")
     assert store.job_counts([job]) == before
