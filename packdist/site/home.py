@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING
 
 from packdist.core.fsutil import write_atomic
 from packdist.core.names import check_server_name
-from packdist.core.signing import SigningKey
 from packdist.errors import AlreadyExists, UserError
 from packdist.site.library import ContentLibrary
 from packdist.store import Store, is_store_url, open_store
 from packdist.store.postgres import redacted
 
 if TYPE_CHECKING:
+    from packdist.core.signing import SigningKey
     from packdist.site.authority import SiteAuthority
 
 DB_NAME = "site.db"
@@ -79,6 +79,8 @@ class SiteHome:
         root.mkdir(parents=True, exist_ok=True)
         os.chmod(root, 0o700)
         # Keys and library first, database last: the database marks a complete site.
+        from packdist.core.signing import SigningKey  # cryptography: only where needed
+
         SigningKey.generate().save(home.key_path)
         try:
             from packdist.site.authority import SiteAuthority  # x509: only where needed
@@ -115,6 +117,8 @@ class SiteHome:
         return open_store(url if url is not None else self.db_path)
 
     def signing_key(self) -> SigningKey:
+        from packdist.core.signing import SigningKey
+
         return SigningKey.load(self.key_path)
 
     def authority(self) -> SiteAuthority:
