@@ -19,7 +19,7 @@ from packdist.errors import NotFound, UserError
 from packdist.service import Service
 from packdist.service.jobs import named
 from packdist.site.home import SiteHome
-from packdist.site.views import job_json
+from packdist.site.job_docs import job_json
 
 WAIT = click.option("--wait", is_flag=True, help="Wait until it is done (exit as 'job wait').")
 TIMEOUT = click.option(

@@ -7,13 +7,16 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import orjson
 
 from packdist.core.timefmt import ago, iso
 from packdist.errors import UserError
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -74,6 +77,22 @@ def folded(table: Any) -> Any:
     return table
 
 
+#: what makes rich take a pipe for a terminal (or a terminal for a pipe): its own variables
+_TERMINAL_WORDS = ("FORCE_COLOR", "TTY_COMPATIBLE")
+
+
+def stderr_console() -> Console | None:
+    """rich's console on stderr if it is a terminal (as rich decides: a tty, or what its
+    variables say), else None. rich (~25 ms to import) is loaded only where it may be one:
+    ``--wait`` in a script or a pipe does without."""
+    if not sys.stderr.isatty() and not any(w in os.environ for w in _TERMINAL_WORDS):
+        return None
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    return console if console.is_terminal else None
+
+
 def print_table(table: Any) -> None:
     """:func:`folded` ``table`` on stdout."""
     from rich.console import Console
@@ -90,6 +109,7 @@ __all__ = [
     "print_json",
     "print_table",
     "resolve_home",
+    "stderr_console",
 ]
 
 

@@ -6,9 +6,6 @@ import sys
 import time
 
 import click
-from rich.console import Console
-from rich.live import Live
-from rich.table import Table
 
 from packdist.cli.common import (
     folded,
@@ -19,6 +16,7 @@ from packdist.cli.common import (
     print_json,
     print_table,
     resolve_home,
+    stderr_console,
 )
 from packdist.cli.durations import Duration
 from packdist.cli.job_view import RateMeter, _job_table, _plain_line
@@ -27,11 +25,10 @@ from packdist.cli.targets import choose_targets, one_target_option, target_optio
 from packdist.core.names import check_package_name, parse_ref
 from packdist.core.words import counted
 from packdist.errors import NotFound, UserError
-from packdist.service import Service
-from packdist.service.jobs import named
+from packdist.service.jobs import JobUseCases, named
 from packdist.service.presence import site_presence
 from packdist.site.home import SiteHome
-from packdist.site.views import job_counts, job_json
+from packdist.site.job_docs import job_counts, job_json
 from packdist.states import TERMINAL, InstructionState, JobState
 from packdist.store.base import JobRecord, Store
 from packdist.store.wakeup import SAFETY, StoreWatcher, watch
@@ -116,8 +113,8 @@ def _wait(
     halted: str | None = None,
 ) -> int:
     deadline = None if timeout is None else time.monotonic() + timeout
-    console = Console(stderr=True)
-    live = console.is_terminal and not quiet
+    console = None if quiet else stderr_console()
+    live = console is not None
     last_line = ""
     # what each look reads: the counts alone when quiet, a page of rows on a terminal,
     # every row for the plain line of a small job (a big one's line gives counts)
@@ -145,7 +142,9 @@ def _wait(
         return _pause(watcher, most, LATER_LOOKS if looks > QUICK_LOOKS else 0.0, looked_at)
 
     looks = 0
-    if live:
+    if console is not None:
+        from rich.live import Live
+
         meter = RateMeter()
         meter.add(job, time.monotonic())
         with Live(
@@ -221,7 +220,7 @@ def distribute(
             raise NotFound(f"no package {name}@{version}")
         targets = choose_targets(store, to, group, all_servers, child)
         options = {"peers": False} if no_peers else {}
-        job_id = Service(store, operator_name()).distribute(
+        job_id = JobUseCases(store, operator_name()).distribute(
             pkg.id, targets, time.time(), max_attempts, deadline, options
         )
         job = store.get_job(job_id)
@@ -285,6 +284,8 @@ def job_show(job_id: str, state: str | None, limit: int | None, offset: int, as_
     rest = matching - offset - len(j.instructions)
     more = f"… {rest:,} more; use --limit/--offset" if rest > 0 else ""
     halted = presence.message if j.state is JobState.ACTIVE else None
+    from rich.console import Console
+
     console = Console()
     console.print(folded(_job_table(j, time.time(), more=more, halted=halted)))
     if j.state is JobState.ACTIVE:  # why a server may not answer: its agent is refused
@@ -348,6 +349,8 @@ def job_list(state: str | None, package: str | None, limit: int, as_json: bool) 
     if not jobs:
         click.echo("no jobs yet" if state is None and package is None else "no such jobs")
         return
+    from rich.table import Table
+
     table = Table(box=None)
     for col in ("job", "action", "package", "state", "servers", "created"):
         table.add_column(col)
@@ -372,7 +375,7 @@ def job_cancel(job_id: str, as_json: bool) -> None:
     """Cancel every unfinished instruction of the job."""
     store = SiteHome.open(resolve_home()).store()
     try:
-        n = Service(store, operator_name()).cancel_job(job_id, time.time())
+        n = JobUseCases(store, operator_name()).cancel_job(job_id, time.time())
     finally:
         store.close()
     if as_json:
@@ -389,7 +392,7 @@ def job_retry(job_id: str, as_json: bool) -> None:
     """Retry failed and cancelled instructions now (and wake those waiting to retry)."""
     store = SiteHome.open(resolve_home()).store()
     try:
-        n = Service(store, operator_name()).retry_job(job_id, time.time())
+        n = JobUseCases(store, operator_name()).retry_job(job_id, time.time())
     finally:
         store.close()
     if as_json:

@@ -4,18 +4,16 @@ bytes, rates, last errors), and the one-line form of ``job wait`` without a term
 from __future__ import annotations
 
 from collections import deque
-
-from rich.console import Group, RenderableType
-from rich.markup import escape
-from rich.progress_bar import ProgressBar
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING
 
 from packdist.cli.common import ago
 from packdist.core.words import human_bytes
-from packdist.site.views import cancelled_why, job_counts
+from packdist.site.job_docs import cancelled_why, job_counts
 from packdist.states import DONE
 from packdist.store.base import InstructionRecord, JobRecord
+
+if TYPE_CHECKING:  # rich is loaded where a table is drawn: ``--wait`` in a pipe does without
+    from rich.console import Group
 
 
 class RateMeter:
@@ -74,6 +72,11 @@ def _job_table(
     in words, on lines of their own so they are never cut at 80 columns. A job read in
     part (a page): its counts per state, the rows of that page, and ``more``. ``halted``:
     no site server runs (what to say): no next attempt is promised."""
+    from rich.console import Group, RenderableType
+    from rich.progress_bar import ProgressBar
+    from rich.table import Table
+    from rich.text import Text
+
     removal = job.action == "remove"
     goal = DONE[job.action].value
     counts = job_counts(job)
@@ -187,6 +190,8 @@ _STYLES = {
 
 
 def _styled(word: str) -> str:
+    from rich.markup import escape
+
     style = _STYLES.get(word)
     return f"[{style}]{escape(word)}[/{style}]" if style else escape(word)
 

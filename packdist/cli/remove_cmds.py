@@ -11,13 +11,15 @@ import click
 from packdist.cli.common import home_option, json_option, operator_name, print_json, resolve_home
 from packdist.cli.durations import Duration
 from packdist.cli.job_cmds import EXIT_OK, _load, wait_for
-from packdist.core.names import parse_ref
+from packdist.core.names import (
+    check_reported_name,  # CHILD/SERVER too
+    parse_ref,
+)
 from packdist.errors import NoTargets, NotFound, UserError
-from packdist.protocol.hierarchy import check_reported_name  # CHILD/SERVER too
 from packdist.service import Service
 from packdist.service.jobs import named
 from packdist.site.home import SiteHome
-from packdist.site.views import job_json
+from packdist.site.job_docs import job_json
 
 
 @click.command("remove")

@@ -9,7 +9,6 @@ import time
 import click
 
 from packdist.cli.common import resolve_home
-from packdist.service.fleet import refusals_shown
 from packdist.service.presence import SitePresence, site_presence
 from packdist.site.home import SiteHome
 from packdist.states import InstructionState
@@ -59,7 +58,11 @@ def job_and_site(
         states = None if state is None else [InstructionState(state)]
         job = store.get_job(job_id, states, limit, offset)
         now = time.time()
-        refused = refusals_shown(store, now) if refusals else {}
+        refused: dict[str, str] = {}
+        if refusals:  # (the fleet's use cases: only for the table of ``job show``)
+            from packdist.service.fleet import refusals_shown
+
+            refused = refusals_shown(store, now)
         return job, site_presence(store, now), refused
     finally:
         store.close()

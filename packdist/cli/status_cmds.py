@@ -5,9 +5,6 @@ from __future__ import annotations
 import time
 
 import click
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from packdist.cli.common import folded, home_option, json_option, print_json, resolve_home
 from packdist.cli.job_view import _styled
@@ -50,6 +47,10 @@ def status(as_json: bool) -> None:
     if not packages or not servers:
         click.echo("nothing to show yet: " + ("no packages" if not packages else "no servers"))
         return
+    from rich.console import Console  # here: ``status --json`` draws nothing
+    from rich.markup import escape
+    from rich.table import Table
+
     table = Table(box=None, title="package x server", title_justify="left")
     table.add_column("package")
     for s in doc["servers"]:

@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from pyfastcdc import FastCDC
-
 ALGORITHM = "fastcdc2020"
 READ_BUFFER = 4 * 1024 * 1024
 
@@ -53,6 +51,8 @@ class Chunker:
     """
 
     def __init__(self, params: ChunkerParams = DEFAULT_PARAMS) -> None:
+        from pyfastcdc import FastCDC  # here: reading a manifest (the store's) cuts nothing
+
         self.params = params
         self._cdc = FastCDC(params.avg, min_size=params.min, max_size=params.max)
         # Big enough for several max-size chunks, so the tail moved back to the front

@@ -10,7 +10,6 @@ is often 1,024) and no path longer than one name (so ``PATH_MAX`` never bites).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import secrets
@@ -29,7 +28,9 @@ def _load_libc() -> ctypes.CDLL:
     try:
         return ctypes.CDLL("libc.so.6", use_errno=True)
     except OSError:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        from ctypes.util import find_library  # (it loads subprocess: only where needed)
+
+        return ctypes.CDLL(find_library("c") or "libc.so.6", use_errno=True)
 
 
 _libc = _load_libc()

@@ -18,13 +18,15 @@ import posixpath
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from packdist.core.chunking import DEFAULT_PARAMS, ChunkerParams
 from packdist.core.digest import Digest
 from packdist.core.names import check_package_name, check_version
-from packdist.core.signing import SigningKey, VerifyKey
 from packdist.errors import IntegrityError, UserError
+
+if TYPE_CHECKING:  # the keys are given: reading a manifest loads no cryptography
+    from packdist.core.signing import SigningKey, VerifyKey
 
 FORMAT = "packdist-manifest/1"
 MAX_SYMLINK_HOPS = 40  # the kernel's limit (MAXSYMLINKS) on links followed in one lookup

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from typing import Any
 from urllib.parse import urlsplit
 
 from packdist.errors import InvalidName, UserError
@@ -144,3 +145,20 @@ def check_host(host: str) -> str:
 def url_host(url: str) -> str | None:
     """The host of ``url`` (None: it names none); ValueError for a URL that does not parse."""
     return urlsplit(url).hostname
+
+
+#: levels of child sites under one site: a reported name has at most this many parts
+MAX_DEPTH = 8
+
+
+def check_reported_name(name: Any) -> str:
+    """A server's name as a child reports it: ``dp1`` or ``GRANDCHILD/…/dp1``, each part a
+    valid server name; UserError otherwise."""
+    if not isinstance(name, str) or not name:
+        raise UserError("a reported server's name must be a non-empty string")
+    parts = name.split("/")
+    if len(parts) > MAX_DEPTH:
+        raise UserError(f"reported server {name[:80]!r}: more than {MAX_DEPTH} levels of sites")
+    for part in parts:
+        check_server_name(part)
+    return name

@@ -18,28 +18,14 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from packdist.core.names import check_server_name
+from packdist.core.names import MAX_DEPTH, check_reported_name
 from packdist.errors import UserError
 from packdist.protocol.messages import MAX_INSTALLED
 
 REPORT_PATH = "/v1/child/report"
 MAX_REPORTED = 100_000  # servers one report may list (a child's own and its descendants')
-MAX_DEPTH = 8  # levels of child sites under one site: a name has at most this many parts
 MAX_AUTHORITY_PEM = 16 * 1024  # characters of a site authority's PEM (it is under 1 KiB)
 MAX_CHAIN = MAX_DEPTH  # public keys of the sites above one site
-
-
-def check_reported_name(name: Any) -> str:
-    """A server's name as a child reports it: ``dp1`` or ``GRANDCHILD/…/dp1``, each part a
-    valid server name; UserError otherwise."""
-    if not isinstance(name, str) or not name:
-        raise UserError("a reported server's name must be a non-empty string")
-    parts = name.split("/")
-    if len(parts) > MAX_DEPTH:
-        raise UserError(f"reported server {name[:80]!r}: more than {MAX_DEPTH} levels of sites")
-    for part in parts:
-        check_server_name(part)
-    return name
 
 
 @dataclass(frozen=True)

@@ -16,22 +16,30 @@ decides in Python which instructions an event applies to, and words its events a
                   Store         named queries, rows mapped by column name; one writer of state
                     │
           SQLite  |  PostgreSQL
+
+``Service`` (``service/facade.py``) gathers them all; a command that needs only some imports
+them alone (``JobUseCases(store, actor)``): the names below are loaded when first used, so
+that importing ``packdist.service.jobs`` does not load every use case of a site.
 """
 
 from __future__ import annotations
 
-from packdist.service.attempts import STOPPING_KINDS
-from packdist.service.clients import ClientUseCases
-from packdist.service.rollouts import RolloutUseCases
-from packdist.store.core import Store
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from packdist.service.attempts import STOPPING_KINDS
+    from packdist.service.facade import Service
+
+#: each name of the package and the module that holds it
+_WHERE = {"STOPPING_KINDS": "attempts", "Service": "facade"}
 
 
-class Service(RolloutUseCases, ClientUseCases):
-    """Every use case, on one store (cheap to make: it holds only the store)."""
-
-    def __init__(self, store: Store, actor: str | None = None) -> None:
-        self.store = store
-        self.actor = actor  # the operator whose actions these are (None: the site's own)
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{where}"), name)
 
 
 __all__ = ["STOPPING_KINDS", "Service"]

@@ -29,8 +29,11 @@ def _noun(action: str) -> str:
 
 
 class JobUseCases:
-    store: Store
-    actor: str | None
+    """The jobs' use cases on one store; the base of :class:`~packdist.service.Service`."""
+
+    def __init__(self, store: Store, actor: str | None = None) -> None:
+        self.store = store
+        self.actor = actor  # the operator whose actions these are (None: the site's own)
 
     def _by(self) -> str:
         """`` by NAME`` for the words of an operator's event ("" for the site's own)."""

@@ -4,8 +4,8 @@ dashboard's forms both name targets so; the words of what is wrong are said once
 
 from __future__ import annotations
 
+from packdist.core.names import check_reported_name  # CHILD/SERVER too
 from packdist.errors import NoTargets, NotFound
-from packdist.protocol.hierarchy import check_reported_name  # CHILD/SERVER too
 from packdist.store.base import Store
 
 

@@ -15,9 +15,10 @@ from packdist.core.timefmt import ago
 from packdist.core.words import human_bytes
 from packdist.site.causes_block import causes_block
 from packdist.site.html_bits import _epoch, badge, h, package_link, server_link, when
+from packdist.site.job_docs import cancelled_why
 from packdist.site.notices import notices_block
 from packdist.site.timeline import events_block
-from packdist.site.views import JOB_PAGE, cancelled_why
+from packdist.site.views import JOB_PAGE
 from packdist.states import DONE
 
 # re-exported: these lived here before html_bits.py and timeline.py

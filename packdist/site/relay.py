@@ -26,8 +26,8 @@ from typing import Any
 from aiohttp import web
 
 from packdist.auth import bearer, check_site_assertion
+from packdist.core.names import check_reported_name
 from packdist.errors import AuthError, NotFound, UserError
-from packdist.protocol.hierarchy import check_reported_name
 from packdist.protocol.messages import InstallRequest, InstallStatus, RemoveRequest
 from packdist.service import Service
 from packdist.service.jobs import UNFINISHED

@@ -17,6 +17,7 @@ from packdist.core.words import human_bytes
 from packdist.errors import NotFound
 from packdist.site import pages, views
 from packdist.site.html_bits import badge, h, when
+from packdist.site.job_docs import cancelled_why
 from packdist.site.timeline import events_block
 from packdist.store.base import Store
 
@@ -74,7 +75,7 @@ def server_content(doc: dict[str, Any], now: float) -> str:
     for i in doc["instructions"]:
         cause = i["last_error"] or ""
         if i["state"] == "cancelled":  # the error before a cancel is not its reason
-            cause = views.cancelled_why(i["cancel_cause"])
+            cause = cancelled_why(i["cancel_cause"])
         rows.append(
             f'<tr><td><a href="/jobs/{h(i["job"])}">{h(i["job"])}</a></td>'
             f'<td class="pkg">{h(i["package"])}</td><td>{h(i["action"])}</td>'

@@ -12,10 +12,9 @@ from typing import Any
 
 from packdist.core.timefmt import ago, iso
 from packdist.errors import ErrorKind
-from packdist.service import Service
-from packdist.service.fleet import refusals_shown
 from packdist.site.cadence import SILENT_AFTER, offline_after_for
 from packdist.site.causes import causes_json, job_causes
+from packdist.site.job_docs import cancelled_why, job_counts, job_json
 from packdist.site.liveness import FLUSH_EVERY
 from packdist.states import InstructionState
 from packdist.store.base import EventRecord, JobRecord, ServerRecord, StatusCell, Store
@@ -109,13 +108,6 @@ def cell_view(cell: StatusCell | None, now: float, halted: bool = False) -> dict
     return {**base, "word": "installed", "detail": "verified"}  # S.INSTALLED, since removed
 
 
-def cancelled_why(cause: str | None) -> str:
-    """Why a cancelled instruction ended, in words: its stored cause (an operator, a newer
-    job, its server removed, a parent's cancel), not its last error (an operator's cancel
-    keeps the failure before it there)."""
-    return cause or "cancelled"
-
-
 def _due(at: float | None, now: float) -> str:
     """When a retrying instruction's next attempt comes, in words ("" if unknown)."""
     if at is None:
@@ -138,56 +130,6 @@ def _removal_view(cell: StatusCell, base: dict[str, Any], now: float) -> dict[st
         return {**base, "word": "failed", "detail": f"removal failed: {cell.last_error or ''}"}
     # a cancelled removal: the copy stays, and reads as it would without the removal
     return cell_view(replace(cell, action="install"), now)
-
-
-def instruction_json(i: Any, now: float | None = None) -> dict[str, Any]:
-    return {
-        "server": i.server,
-        "state": i.state.value,
-        "attempts": i.attempts,
-        "last_error": i.last_error,
-        "error_kind": i.error_kind,
-        "cancel_cause": i.cancel_cause,
-        "next_attempt_at": iso(i.next_attempt_at) if i.state is S.RETRYING else None,
-        "bytes_sent": i.bytes_sent,
-        "bytes_from_site": max(0, i.bytes_sent - i.bytes_from_peers),
-        "bytes_from_peers": i.bytes_from_peers,
-        "bytes_done": i.bytes_total if i.state is S.INSTALLED else i.bytes_done,
-        "bytes_total": i.bytes_total,
-        "phase": i.phase if i.state is S.SENDING else None,
-        "updated_at": iso(i.updated_at),
-        "finished_at": iso(i.finished_at),
-    }
-
-
-def job_counts(job: JobRecord) -> dict[str, int]:
-    """state -> how many of the job's instructions are in it (every state present)."""
-    if job.counts:
-        return {s.value: job.counts.get(s.value, 0) for s in S}
-    counts = {s.value: 0 for s in S}
-    for i in job.instructions:
-        counts[i.state.value] += 1
-    return counts
-
-
-def job_json(job: JobRecord, instructions: bool = True) -> dict[str, Any]:
-    """The document of ``job show --json`` (CONTRACT.md): the job, its counts per state, and
-    its instructions (those read: every one unless paged; none if not ``instructions``)."""
-    doc: dict[str, Any] = {
-        "id": job.id,
-        "action": job.action,
-        "package": job.package_ref,
-        "package_id": job.package_id,
-        "state": job.state.value,
-        "created_at": iso(job.created_at),
-        "max_attempts": job.max_attempts,
-        "deadline": job.deadline,
-        "targets": job.total,
-        "counts": job_counts(job),
-    }
-    if instructions:
-        doc["instructions"] = [instruction_json(i) for i in job.instructions]
-    return doc
 
 
 def event_json(e: EventRecord) -> dict[str, Any]:
@@ -320,6 +262,8 @@ def overview(store: Store, now: float, servers_shown: int = OVERVIEW_SERVERS) ->
     per package, one page of servers (trouble first) with their cells, the newest jobs with
     their counts and a few instructions each (trouble first), the newest events. What it
     reads grows with packages and the pages, not with the fleet's history."""
+    from packdist.service.fleet import refusals_shown  # (the dashboard's: not the CLI's)
+
     after = online_after(store.server_counts(now)[0])
     online_since = now - after
     total, up = store.server_counts(online_since)
@@ -346,7 +290,9 @@ def child_sites(store: Store, now: float, servers: bool = True) -> list[dict[str
     """The child sites, each with its state, link and servers (times as ISO stamps);
     without ``servers``, only how many are online of how many (the dashboard's overview,
     which must not grow with the fleets behind its children)."""
-    children = Service(store).child_sites(now)
+    from packdist.service.hierarchy import HierarchyUseCases  # (the CLI's status: --json only)
+
+    children = HierarchyUseCases(store).child_sites(now)
     refs = store.package_refs() if children and servers else {}
     docs = []
     for c in children:

@@ -7,14 +7,9 @@ from typing import Any
 
 import pytest
 
+from packdist.core.names import MAX_DEPTH, check_reported_name
 from packdist.errors import UserError
-from packdist.protocol.hierarchy import (
-    MAX_DEPTH,
-    ChildReport,
-    ReportAnswer,
-    ReportedServer,
-    check_reported_name,
-)
+from packdist.protocol.hierarchy import ChildReport, ReportAnswer, ReportedServer
 
 PKG = "ab" * 32
 

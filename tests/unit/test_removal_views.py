@@ -6,8 +6,9 @@ from __future__ import annotations
 from rich.console import Console
 
 from packdist.cli.job_view import _job_table, _plain_line
+from packdist.site.job_docs import job_json
 from packdist.site.pages import job_block
-from packdist.site.views import cell_view, job_json
+from packdist.site.views import cell_view
 from packdist.states import InstructionState, JobState
 from packdist.store.base import InstructionRecord, JobRecord
 from tests.unit.test_views import NOW, cell
