@@ -142,9 +142,9 @@ def split_work(
     chunks: Mapping[Digest, int] | None = None,
 ) -> tuple[list[Digest], dict[str, list[Digest]]]:
     """``(from the site, {peer: from that peer})``, each in the order of ``missing``;
-    ``chunks``: the package's chunks with their sizes, in its order (owners are balanced
-    over all of them, whatever each member already has; default: ``missing``, of equal
-    size)."""
+    ``chunks``: the package's chunks with their sizes, ``missing`` among them (owners are
+    balanced over all of them, whatever each member already has; default: ``missing``, of
+    equal size)."""
     site: list[Digest] = []
     by_peer: dict[str, list[Digest]] = {p.name: [] for p in peers}
     if not peers:
@@ -152,7 +152,7 @@ def split_work(
     owner_of = owners(chunks if chunks is not None else dict.fromkeys(missing, 1), [me, *by_peer])
     holders = [p.name for p in peers if p.holder]
     for d in missing:
-        owner = owner_of.get(d) or max([me, *by_peer], key=lambda n: score(d, n))
+        owner = owner_of[d]
         if owner == me:
             if not holders:
                 site.append(d)
