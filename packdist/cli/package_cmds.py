@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.table import Table
@@ -16,6 +18,9 @@ from packdist.core.words import human_bytes
 from packdist.errors import IntegrityError, NotFound
 from packdist.site.home import SiteHome
 from packdist.store.base import PackageRecord
+
+if TYPE_CHECKING:
+    from packdist.site.delta_prepare import Prepared
 
 
 @click.group()
@@ -49,17 +54,46 @@ def package_create(directory: Path, name: str, version: str, as_json: bool) -> N
 
     home = SiteHome.open(resolve_home())
     started = time.monotonic()
-    record, created = import_tree(home, directory, name, version)
+    deltas: list[Prepared | str] = []
+    record, created = import_tree(home, directory, name, version, prepared=deltas.append)
     took = time.monotonic() - started
     if as_json:
-        print_json({**_record_json(record), "created": created})
+        print_json({**_record_json(record), "created": created, **_deltas_json(deltas)})
     elif created:
         click.echo(
             f"{record.ref} created: {record.file_count} files, {human_bytes(record.size)},"
             f" id {record.id[:16]} ({took:.1f}s)"
         )
+        for line in map(_deltas_words, deltas):
+            if line:
+                click.echo(line)
     else:
         click.echo(f"{record.ref} already exists with the same content (id {record.id[:16]})")
+
+
+def _deltas_words(done: Prepared | str) -> str:
+    """One line on the deltas an import prepared ("" if there was no earlier version)."""
+    if isinstance(done, str):
+        return f"deltas not prepared ({done}): servers' requests will encode them"
+    if not done.against:
+        return ""
+    line = (
+        f"deltas against {done.against}: {done.chunks} new chunks"
+        f" ({human_bytes(done.chunk_bytes)}) encode to {human_bytes(done.delta_bytes)}"
+        f" ({done.seconds:.1f}s)"
+    )
+    if done.skipped:
+        line += f"; {done.skipped} more are encoded when first asked for"
+    return line
+
+
+def _deltas_json(deltas: list[Prepared | str]) -> dict[str, object]:
+    if not deltas:
+        return {}
+    done = deltas[0]
+    if isinstance(done, str):
+        return {"deltas": {"error": done}}
+    return {"deltas": dataclasses.asdict(done)}
 
 
 def _find(home: SiteHome, ref: str) -> tuple[PackageRecord, Manifest]:

@@ -99,6 +99,7 @@ class ContentRoutes:
         self.reader = reader or self._agent
         self.db = db
         self.library = library
+        self.deltas = library.deltas
         self.upload = upload
         #: whether a server's last stream ended sending plain chunks raw (see ``chunks``)
         self._raw: dict[str, bool] = {}
@@ -265,12 +266,32 @@ class ContentRoutes:
                 data = self.library.read(d)
             except PackdistError as exc:
                 return b"".join(parts), sizes, exc.message
-            base = self._base(bases.get(d, ()), base_cache)
-            encoding, payload = codec.encode(data, accept, base)
+            encoding, payload = self._encode(d, data, accept, bases.get(d, ()), base_cache)
             parts.append(frame_header(d, encoding, len(data), len(payload)))
             parts.append(payload)
             sizes += len(data)
         return b"".join(parts), sizes, None
+
+    def _encode(
+        self,
+        digest: Digest,
+        data: bytes,
+        accept: frozenset[Encoding],
+        named: Sequence[Digest],
+        base_cache: _Bases,
+    ) -> tuple[Encoding, bytes]:
+        """``data`` encoded as it pays; against the bases ``named``, the delta kept from an
+        earlier request or the import, else computed now and kept."""
+        if not named or Encoding.ZSTD_BASE not in accept:
+            return codec.encode(data, accept)
+        kept = self.deltas.get(digest, named)
+        if kept is not None:
+            return kept if kept[0] == Encoding.ZSTD_BASE else (Encoding.RAW, data)
+        base = self._base(named, base_cache)
+        encoding, payload = codec.encode(data, accept, base)
+        if base is not None:
+            self.deltas.put(digest, named, encoding, payload)
+        return encoding, payload
 
     def _base(self, digests: Sequence[Digest], cache: _Bases) -> bytes | None:
         """The bytes of an agent's base chunks, if the library holds every one intact (and

@@ -22,14 +22,16 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from packdist.core.chunking import Chunker
 from packdist.core.digest import Digest
 from packdist.core.manifest import ChunkRef, Entry, EntryType, Manifest, SignedManifest
 from packdist.core.names import check_package_name, check_version
-from packdist.errors import AlreadyExists, TreeRefused
+from packdist.errors import AlreadyExists, PackdistError, TreeRefused
 from packdist.service import Service
+from packdist.site.delta_prepare import Prepared, prepare_deltas
 from packdist.site.home import SiteHome
 from packdist.site.import_pipeline import Pipeline
 from packdist.site.library import ContentLibrary
@@ -112,9 +114,18 @@ class _Sync:
 
 
 def import_tree(
-    home: SiteHome, root: Path, name: str, version: str, chunker: Chunker | None = None
+    home: SiteHome,
+    root: Path,
+    name: str,
+    version: str,
+    chunker: Chunker | None = None,
+    prepared: Callable[[Prepared | str], None] | None = None,
 ) -> tuple[PackageRecord, bool]:
-    """Import ``root``; returns the package and whether it was newly created."""
+    """Import ``root``; returns the package and whether it was newly created.
+
+    With ``prepared``, a new version's deltas against the one before are prepared once it
+    is recorded (:mod:`packdist.site.delta_prepare`), and ``prepared`` is told what was
+    done, or in words why it could not be (the import stands either way)."""
     check_package_name(name)
     check_version(version)
     chunker = chunker or Chunker()
@@ -143,6 +154,11 @@ def import_tree(
         except BaseException:
             pipeline.abort(lambda ds: set(ds) - store.known_chunks(ds))
             raise
+        if prepared is not None:
+            try:
+                prepared(prepare_deltas(library, store, manifest, pipeline.written))
+            except (PackdistError, OSError) as exc:
+                prepared(str(exc))
         return record, True
     finally:
         store.close()

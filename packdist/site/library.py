@@ -11,11 +11,15 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from packdist.core import fsutil
 from packdist.core.digest import Digest
 from packdist.core.fsutil import syncfs
 from packdist.errors import HashMismatch, NotFound
+
+if TYPE_CHECKING:
+    from packdist.site.delta_cache import DeltaCache
 
 
 class ContentLibrary:
@@ -30,6 +34,13 @@ class ContentLibrary:
 
     def path(self, digest: Digest) -> Path:
         return self.root / digest.shard / digest.hex
+
+    @property
+    def deltas(self) -> DeltaCache:
+        """Chunks' encodings against base chunks, kept once computed (not chunks)."""
+        from packdist.site.delta_cache import DeltaCache  # zstd: not for every command
+
+        return DeltaCache(self.root / "deltas")
 
     def exists(self, digest: Digest) -> bool:
         return self.path(digest).exists()

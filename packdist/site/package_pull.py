@@ -29,9 +29,9 @@ from packdist.errors import AlreadyExists, BadSignature, PackdistError, Transfer
 from packdist.http import HOLDER_HEADER
 from packdist.protocol.chunk_stream import ChunkStreams, StreamStop
 from packdist.service import Service
+from packdist.site.delta_prepare import earlier_versions, prepare_against
 from packdist.site.library import ContentLibrary
 from packdist.site.store_runner import StoreRunner
-from packdist.store.core import Store
 
 log = logging.getLogger("packdist.site")
 
@@ -99,8 +99,10 @@ class PackagePulls:
 
     async def _run(self, pull: Pull, manifest: Manifest, signature: bytes) -> None:
         try:
-            await self._pull(pull, manifest, signature)
+            prepare = await self._pull(pull, manifest, signature)
             pull.done = True
+            if prepare is not None:  # for this site's own servers: after the parent's wait
+                await self._prepare(pull, manifest, *prepare)
         except PackdistError as exc:
             pull.error = exc
             log.warning("fetching %s from the parent failed: %s", pull.ref, exc.message)
@@ -108,9 +110,32 @@ class PackagePulls:
             log.exception("fetching %s from the parent crashed", pull.ref)
             pull.error = TransferError(f"internal error fetching from the parent: {exc!r}")
 
-    async def _pull(self, pull: Pull, manifest: Manifest, signature: bytes) -> None:
+    async def _prepare(
+        self, pull: Pull, manifest: Manifest, earlier: Manifest, new: dict[Digest, int]
+    ) -> None:
+        """Deltas of the version just held against the one before (best effort: servers'
+        requests encode what is not prepared)."""
+        try:
+            done = await asyncio.to_thread(prepare_against, self.library, manifest, earlier, new)
+        except (PackdistError, OSError) as exc:
+            log.info("%s: deltas not prepared: %s", pull.ref, exc)
+            return
+        if done.chunks:
+            log.info(
+                "%s: deltas against %s prepared for %d chunk(s) in %.1fs",
+                pull.ref,
+                done.against,
+                done.chunks,
+                done.seconds,
+            )
+
+    async def _pull(
+        self, pull: Pull, manifest: Manifest, signature: bytes
+    ) -> tuple[Manifest, dict[Digest, int]] | None:
+        """Fetch and record the package; the earlier version and the new chunks whose deltas
+        are worth preparing, if any."""
         if await self.db(lambda s: s.package_by_id(pull.package_id)) is not None:
-            return  # held already (another worker, an earlier pull that got this far)
+            return None  # held already (another worker, an earlier pull that got this far)
         sizes = manifest.chunk_sizes()
         known = await self.db(lambda s: s.known_chunks(list(sizes)))
         unrecorded = {d: n for d, n in sizes.items() if d not in known}
@@ -125,7 +150,7 @@ class PackagePulls:
                 pull.total,
                 len(sizes) - len(missing),
             )
-        earlier = await self.db(lambda s: _earlier_versions(s, manifest))
+        earlier = await self.db(lambda s: earlier_versions(s, manifest))
         bases = await asyncio.to_thread(self._bases, manifest, missing, earlier)
         stop = StreamStop()
         try:
@@ -148,6 +173,7 @@ class PackagePulls:
             pull.wire,
             time.monotonic() - started,
         )
+        return (earlier[0], {d: sizes[d] for d in missing}) if earlier and missing else None
 
     def _not_on_disk(self, pull: Pull, chunks: dict[Digest, int]) -> list[Digest]:
         """Those of ``chunks`` the library lacks (one an earlier pull wrote counts once it
@@ -244,13 +270,3 @@ class PackagePulls:
             pull.wire += frame.wire_bytes
         if wanted:
             raise TransferError(f"the parent's stream ended with {len(wanted)} chunk(s) missing")
-
-
-def _earlier_versions(store: Store, manifest: Manifest, most: int = 3) -> list[Manifest]:
-    """The newest versions of the same package this site holds (a few: bases are looked
-    for in each, newest first)."""
-    found = [
-        p for p in store.list_packages() if p.name == manifest.name and p.id != manifest.id.hex
-    ]
-    found.sort(key=lambda p: p.created_at, reverse=True)
-    return [Manifest.parse(store.package_manifest(p.id)[0]) for p in found[:most]]

@@ -110,3 +110,34 @@ def test_incompressible_package_does_not_grow(cluster: Make, tmp_path: Path) -> 
     chunks = size // (32 * KiB) + 20  # at most one frame header per min-size chunk, per file
     assert size <= sent <= size + 41 * chunks, f"bytes_sent {sent} of {size}"
     assert carried <= size + 41 * chunks + 64 * KiB, f"the proxy carried {carried} of {size}"
+
+
+def test_a_new_versions_deltas_are_prepared_at_import_and_a_damaged_one_is_made_again(
+    cluster: Make, tmp_path: Path
+) -> None:
+    v1 = h.make_tree(tmp_path / "v1", FILES, seed=3)
+    v2 = tmp_path / "v2"
+    edit_tree(v1, v2)
+    (v2 / "lib/renamed.bin").unlink()  # a moved file's bases are the agent's guess alone
+    c = cluster("dp1", throttle={"dp1": UNLIMITED})
+    distribute(c, v1, "app@1")
+    doc = c.site.create_package(v2, "app", "2")
+    assert doc["deltas"]["against"] == "app@1" and doc["deltas"]["chunks"] > 3, doc
+    kept_root = c.site.home / "library" / "deltas"
+    kept = sorted(p for p in kept_root.rglob("*") if p.is_file())
+    assert len(kept) == doc["deltas"]["chunks"]
+    damaged = kept[0]
+    data = bytearray(damaged.read_bytes())
+    data[-1] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    untouched = {p: p.stat().st_mtime_ns for p in kept[1:]}
+
+    job_id = c.site.distribute("app@2", ["dp1"])
+    assert c.site.wait_job(job_id, 120) == 0, h.describe_job(c.site.job(job_id))
+    h.assert_same_tree(v2, c.agents["dp1"].package_dir("app", "2"))
+    sent = int(str(h.instruction(c.site.job(job_id), "dp1")["bytes_sent"]))
+    assert 0 < sent < 0.03 * tree_bytes(v2), sent
+    after = sorted(p for p in kept_root.rglob("*") if p.is_file())
+    assert after == kept, "the agent named exactly the bases the import foresaw"
+    assert {p: p.stat().st_mtime_ns for p in kept[1:]} == untouched, "read, not made again"
+    assert damaged.read_bytes() != bytes(data), "the damaged delta was made again"
