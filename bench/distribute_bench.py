@@ -15,6 +15,9 @@ Anchors: ``rsync -a`` from an rsync daemon on 127.0.0.1 into an empty folder, an
 followed by ``sync -f`` on the target (like for like: packdist syncs before it reports a
 version installed). Every method starts from an empty target and a warm page cache on the
 source side; repeated, best time reported. ``--no-rsync`` leaves the anchors out.
+
+Memory: each run first finds the VM's memory in the same state, ``idle`` or ``recycled``
+(:mod:`bench.memory`; ``--memory both``, the default, measures every method in each).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from bench.common import (
     scratch,
     settle,
 )
+from bench.memory import STATES, set_memory
 
 DESCRIPTION = (
     "distribute a ~1 GiB package to one server on loopback: packdist (HTTPS and plain HTTP)"
@@ -73,48 +77,62 @@ def main(argv: list[str]) -> int:
         help="packdist over HTTPS (on), plain HTTP (off) or both, alternating (default)",
     )
     parser.add_argument("--no-rsync", action="store_true", help="leave the rsync anchors out")
+    parser.add_argument(
+        "--memory",
+        choices=sorted(STATES),
+        default="both",
+        help="the VM's memory before each run: as an idle machine leaves it (idle), freed a"
+        " moment before (recycled), or both (default; see bench/memory.py)",
+    )
     args = parser.parse_args(argv)
     if not args.no_rsync and shutil.which("rsync") is None:
         print("bench distribute: rsync is not installed (make bench installs it as root)")
         return 2
     tree = generate_tree(args.size_mib)
     work = scratch(WORK_DIR, "distribute-")
-    modes = MODES[args.tls]
-    tallies = {
-        n: Tally(n) for n in [*(LABELS[m] for m in modes), *([] if args.no_rsync else RSYNC)]
-    }
-    runs: dict[str, ModeRuns] = {}
+    modes, states = MODES[args.tls], STATES[args.memory]
+    names = [*(LABELS[m] for m in modes), *([] if args.no_rsync else RSYNC)]
+    tallies = {(n, st): Tally(f"{n}, {st}") for st in states for n in names}
+    setups: dict[str, PackdistSetup] = {}
+    runs: dict[tuple[str, str], ModeRuns] = {}
     daemon: RsyncDaemon | None = None
     try:
         for mode in modes:
             setup = PackdistSetup(work / mode, tls=mode == "tls")
-            runs[mode] = ModeRuns(setup)
+            setups[mode] = setup
             setup.create(tree.root, "1")
             setup.serve()
+            for st in states:
+                runs[mode, st] = ModeRuns(setup)
         if not args.no_rsync:
             daemon = RsyncDaemon({"src": tree.root}, work)
         for r in range(args.repeat):
-            for mode in modes if r % 2 == 0 else modes[::-1]:
-                tallies[LABELS[mode]].runs.append(measure_packdist(tree, runs[mode]))
-            if daemon is not None:
-                for label in RSYNC:
-                    tallies[label].runs.append(measure_rsync(tree, daemon, work, r, label))
+            for st in states if r % 2 == 0 else states[::-1]:
+                for mode in modes if r % 2 == 0 else modes[::-1]:
+                    run = measure_packdist(tree, runs[mode, st], st)
+                    tallies[LABELS[mode], st].runs.append(run)
+                if daemon is not None:
+                    for label in RSYNC:
+                        run = measure_rsync(tree, daemon, work, r, label, st)
+                        tallies[label, st].runs.append(run)
     finally:
-        for mode_runs in runs.values():
-            mode_runs.setup.stop()
+        for setup in setups.values():
+            setup.stop()
         if daemon is not None:
             daemon.stop()
-    report(tree, args.repeat, tallies, runs)
+    for st in states:
+        report(tree, args.repeat, st, tallies, runs)
     shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
-def measure_packdist(tree: TreeInfo, mode: ModeRuns) -> Run:
+def measure_packdist(tree: TreeInfo, mode: ModeRuns, memory: str) -> Run:
     """One timed ``distribute --wait`` to a fresh agent of ``mode``'s site."""
     setup = mode.setup
     settle(tree.root, cold=False)
     read_tree(setup.site / "library")  # warm like rsync's source: packdist reads here
     name = setup.fresh_agent()
+    set_memory(memory, setup.agent_home(name), tree.bytes)
     site0, agent0 = setup.cpu_seconds("site"), setup.cpu_seconds(name)
     run = setup.distribute(name, "1")
     mode.site_cpu.append(setup.cpu_seconds("site") - site0)
@@ -125,11 +143,14 @@ def measure_packdist(tree: TreeInfo, mode: ModeRuns) -> Run:
     return run
 
 
-def measure_rsync(tree: TreeInfo, daemon: RsyncDaemon, work: Path, r: int, label: str) -> Run:
+def measure_rsync(
+    tree: TreeInfo, daemon: RsyncDaemon, work: Path, r: int, label: str, memory: str
+) -> Run:
     synced = label.endswith("+ sync")
     settle(tree.root, cold=False)
     dest = work / f"rsync-{r}-{int(synced)}"
     dest.mkdir()
+    set_memory(memory, dest, tree.bytes)
     cmd = ["rsync", "-a", daemon.url(), str(dest)]
     if synced:
         cmd = ["sh", "-c", 'rsync -a "$0" "$1" && sync -f "$1"', daemon.url(), str(dest)]
@@ -139,26 +160,37 @@ def measure_rsync(tree: TreeInfo, daemon: RsyncDaemon, work: Path, r: int, label
 
 
 def report(
-    tree: TreeInfo, repeat: int, tallies: dict[str, Tally], runs: dict[str, ModeRuns]
+    tree: TreeInfo,
+    repeat: int,
+    memory: str,
+    tallies: dict[tuple[str, str], Tally],
+    runs: dict[tuple[str, str], ModeRuns],
 ) -> None:
     print(
         f"\none package of {tree.bytes / MIB:.0f} MiB ({tree.files} files) to one server over"
-        f" loopback, best of {repeat}"
+        f" loopback, memory {memory} (bench/memory.py), best of {repeat}"
     )
-    anchor = tallies.get(RSYNC[0])
+    mine = {name: t for (name, st), t in tallies.items() if st == memory}
+    anchor, synced = mine.get(RSYNC[0]), mine.get(RSYNC[1])
     rows = []
-    for t in tallies.values():
+    for name, t in mine.items():
         s = t.best.seconds
-        row = [t.name, fmt(s, 2), fmt(tree.bytes / s / 1e6, 0)]
-        rows.append([*row, fmt(anchor.best.seconds / s, 2)] if anchor else row)
-    headers = ["method", "seconds", "MB/s", *(["speed vs rsync -a"] if anchor else [])]
+        row = [name, fmt(s, 2), fmt(tree.bytes / s / 1e6, 0)]
+        if anchor and synced:
+            row += [fmt(anchor.best.seconds / s, 2), fmt(synced.best.seconds / s, 2)]
+        rows.append(row)
+    headers = ["method", "seconds", "MB/s"]
+    if anchor and synced:
+        headers += ["speed vs rsync -a", "vs rsync -a + sync"]
     print(format_table(headers, rows))
-    if len(runs) == 2:
-        print(f"\nthe cost of TLS (anchor: plain HTTP), best of {repeat}")
-        print(format_table(*tls_cost(tallies, runs)))
-    for t in tallies.values():
+    modes = [mode for mode, st in runs if st == memory]
+    if len(modes) == 2:
+        print(f"\nthe cost of TLS (anchor: plain HTTP), memory {memory}, best of {repeat}")
+        print(format_table(*tls_cost(mine, {m: runs[m, memory] for m in modes})))
+    for t in mine.values():
         print(f"  {t.name}: runs {', '.join(fmt(r.seconds, 2) for r in t.runs)} s")
-    for mode, mode_runs in runs.items():
+    for mode in modes:
+        mode_runs = runs[mode, memory]
         site = ", ".join(fmt(c, 2) for c in mode_runs.site_cpu)
         agent = ", ".join(fmt(c, 2) for c in mode_runs.agent_cpu)
         print(f"  {LABELS[mode]}: CPU-seconds of the site {site}; of the agent {agent}")
