@@ -40,11 +40,35 @@ T = TypeVar("T")
 # --- small helpers --------------------------------------------------------------------------
 
 
+_PORTS = random.SystemRandom()  # not the global generator, which tests may seed alike
+
+
+def _ephemeral_ports() -> range:
+    """The ports the kernel hands out on its own (to ``bind(0)`` and outgoing connections)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now (bind to port 0 and ask the kernel)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A TCP port nobody listens on right now, for a process started next to listen on.
+
+    Chosen at random below the kernel's ephemeral range, never by ``bind(0)``: a port the
+    kernel picked is one it may hand to any other process's ``bind(0)`` or outgoing
+    connection between our check and the server's own bind ("address already in use")."""
+    ephemeral = _ephemeral_ports()
+    low, high = (20000, ephemeral.start - 1) if ephemeral.start > 21000 else (10000, 19999)
+    for _ in range(200):
+        port = _PORTS.randint(low, high)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError(f"no free port in {low}-{high} after 200 tries")
 
 
 def wait_until(

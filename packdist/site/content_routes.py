@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +32,7 @@ from packdist.core.cpu import CpuTimes
 from packdist.core.digest import Digest
 from packdist.core.manifest import Manifest
 from packdist.errors import Busy, Forbidden, NotFound, PackdistError, UserError
-from packdist.http import error_frame, frame_header
+from packdist.http import HEADER_SIZE, error_frame, frame_header
 from packdist.ratelimit import Bucket
 from packdist.site.beats import Beats, json_body
 from packdist.site.library import ContentLibrary
@@ -168,24 +168,29 @@ class ContentRoutes:
         if unknown:
             raise NotFound(f"{len(unknown)} chunk(s) not on this site, e.g. {unknown[0].short}…")
         resp = web.StreamResponse(headers={"Content-Type": "application/x-packdist-chunks"})
-        await resp.prepare(request)
+        writer = await resp.prepare(request)  # a StreamResponse sends its headers here
+        transport = request.transport
+        assert writer is not None and transport is not None
         loop = asyncio.get_running_loop()
         groups = [digests[i : i + GROUP_CHUNKS] for i in range(0, len(digests), GROUP_CHUNKS)]
-        reads: deque[asyncio.Future[tuple[bytes, int, str | None]]] = deque()
+        reads: deque[asyncio.Future[tuple[list[bytes], int, int, str | None]]] = deque()
         queue = iter(groups)
 
-        async def send(data: bytes) -> None:
+        async def send(parts: list[bytes]) -> None:
             # In slices: the upload limit (shared by every stream) takes turns at a fine grain,
             # and the write timeout bounds one slice, however slow the limit makes the whole.
-            view = memoryview(data)
-            for i in range(0, len(view), SEND_SLICE):
-                piece = view[i : i + SEND_SLICE]
-                await self.upload.take(len(piece))
+            for piece, n in slices(parts, SEND_SLICE):
+                await self.upload.take(n)
                 if reader.limit is not None:
-                    await reader.limit.take(len(piece))
+                    await reader.limit.take(n)
+                # One HTTP chunk, written as its parts: the chunks' bytes are not copied into
+                # one buffer first (joining them cost 12% of the site's CPU on a fast link).
+                if transport.is_closing():  # the agent went: what aiohttp's write says
+                    raise ConnectionResetError("chunk stream closed by the agent")
+                transport.writelines([b"%x\r\n" % n, *piece, b"\r\n"])
                 # Bounded: an agent that stops reading must not hold this handler forever.
                 async with asyncio.timeout(WRITE_TIMEOUT):
-                    await resp.write(piece)
+                    await writer.drain()
 
         # Plain zstd pays only where the link, not the site, is what the stream waits on.
         # Measured on this very stream, window by window: the share of the time spent
@@ -208,14 +213,14 @@ class ContentRoutes:
                 if not reads:
                     break
                 if words := reader.closed_now():  # a window closed: what was sent is kept
-                    await send(error_frame(f"{server}: {words}"))
+                    await send([error_frame(f"{server}: {words}")])
                     for rest in reads:
                         rest.cancel()
                     break
-                frames, sizes, error = await reads.popleft()
+                frames, wire, sizes, error = await reads.popleft()
                 started = time.monotonic()
                 await send(frames)
-                written += len(frames)
+                written += wire
                 decoded += sizes
                 waited += time.monotonic() - started
                 if decoded >= RATE_SAMPLE:
@@ -230,7 +235,7 @@ class ContentRoutes:
                         self._raw.clear()
                     self._raw[server] = Encoding.ZSTD not in encodings
                 if error is not None:
-                    await send(error_frame(error))
+                    await send([error_frame(error)])
                     break
         except (ConnectionError, TimeoutError) as exc:  # the agent will ask again
             stalled = isinstance(exc, TimeoutError)
@@ -255,22 +260,23 @@ class ContentRoutes:
         accept: frozenset[Encoding],
         bases: dict[Digest, list[Digest]],
         base_cache: _Bases,
-    ) -> tuple[bytes, int, str | None]:
+    ) -> tuple[list[bytes], int, int, str | None]:
         """A group of chunks read from the library, each encoded as it pays (see
-        :mod:`packdist.core.codec`) and framed, as one buffer (one write per group, not two
-        per chunk); the error that stopped it, if any."""
+        :mod:`packdist.core.codec`) and framed: the frames' parts (headers and payloads, in
+        order), their bytes, the chunks' bytes, and the error that stopped it, if any."""
         parts: list[bytes] = []
-        sizes = 0
+        sizes = wire = 0
         for d in group:
             try:
                 data = self.library.read(d)
             except PackdistError as exc:
-                return b"".join(parts), sizes, exc.message
+                return parts, wire, sizes, exc.message
             encoding, payload = self._encode(d, data, accept, bases.get(d, ()), base_cache)
             parts.append(frame_header(d, encoding, len(data), len(payload)))
             parts.append(payload)
             sizes += len(data)
-        return b"".join(parts), sizes, None
+            wire += HEADER_SIZE + len(payload)
+        return parts, wire, sizes, None
 
     def _encode(
         self,
@@ -314,6 +320,25 @@ class ContentRoutes:
         except OSError:
             return None
         return self.library.intact(digest)
+
+
+def slices(parts: list[bytes], most: int) -> Iterator[tuple[list[bytes | memoryview], int]]:
+    """``parts`` in runs of ``most`` bytes (the last one shorter), each with its length; a
+    part split across runs is cut as a view, never copied."""
+    run: list[bytes | memoryview] = []
+    size = 0
+    for part in parts:
+        view = memoryview(part)
+        while view:
+            piece = view[: most - size]
+            run.append(piece if len(piece) < len(part) else part)
+            size += len(piece)
+            view = view[len(piece) :]
+            if size == most:
+                yield run, size
+                run, size = [], 0
+    if run:
+        yield run, size
 
 
 def compress_next(now: bool, rate: float, held: float, idle: float) -> bool:

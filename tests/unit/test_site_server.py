@@ -17,6 +17,8 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from hypothesis import given
+from hypothesis import strategies as st
 
 from packdist.auth import hash_token, new_token
 from packdist.core.manifest import Manifest
@@ -172,3 +174,18 @@ def test_a_chunk_stream_to_an_agent_that_stops_reading_is_dropped(
     assert len(received) < whole  # the stream was cut, not completed
     assert not received.endswith(b"0\r\n\r\n")
     assert any("the agent read nothing" in r.getMessage() for r in caplog.records)
+
+
+@given(
+    st.lists(st.binary(max_size=700), max_size=12),
+    st.integers(min_value=1, max_value=600),
+)
+def test_a_streams_parts_go_in_runs_of_the_slice_whole_and_in_order(
+    parts: list[bytes], most: int
+) -> None:
+    from packdist.site.content_routes import slices
+
+    runs = list(slices(parts, most))
+    assert b"".join(bytes(p) for run, _ in runs for p in run) == b"".join(parts)
+    assert all(n == sum(len(p) for p in run) for run, n in runs)
+    assert all(n == most for _, n in runs[:-1]) and all(0 < n <= most for _, n in runs)
