@@ -69,6 +69,7 @@ from bench.common import (
     scratch,
     settle,
 )
+from bench.memory import set_memory
 
 DESCRIPTION = (
     "import a ~1 GiB tree: packdist package create vs cp -r (+ sync), tar | zstd,"
@@ -88,11 +89,15 @@ class Method:
     synced: str  # how the method makes its output durable ("no" if it does not)
     tool: str = ""  # the program it needs: skipped, with a message, when missing
     chunk_store: bool = False  # an anchor for "x fastest chunk store"
+    prepare: Callable[[Path], None] | None = None  # untimed, in the scratch dir, before
+
+
+def _packdist_site(out: Path) -> None:
+    run_quiet(packdist_argv("--home", out / "home", "site", "init", "--name", "bench"))
 
 
 def _packdist(source: Path, out: Path) -> Run:
     home = out / "home"
-    run_quiet(packdist_argv("--home", home, "site", "init", "--name", "bench"))
     run = run_child(
         packdist_argv(
             "--home",
@@ -127,11 +132,15 @@ def _tar_zstd(source: Path, out: Path) -> Run:
     return run_child(["sh", "-c", script, "sh", source, out / "tree.tar.zst"])
 
 
+def _restic_repo(out: Path) -> None:
+    env = {**os.environ, "RESTIC_PASSWORD": BENCH_PASSWORD}
+    run_quiet(["restic", "--repo", out / "restic", "--cache-dir", out / "cache", "init"], env=env)
+
+
 def _restic(source: Path, out: Path) -> Run:
     repo = out / "restic"
     env = {**os.environ, "RESTIC_PASSWORD": BENCH_PASSWORD}
     cache: list[str | os.PathLike[str]] = ["--cache-dir", out / "cache"]
-    run_quiet(["restic", "--repo", repo, *cache, "init"], env=env)
     return run_child(
         ["restic", "--repo", repo, *cache, "--quiet", "backup", source], env=env, cwd=source
     )
@@ -143,11 +152,18 @@ def _casync(source: Path, out: Path) -> Run:
 
 
 METHODS = [
-    Method("packdist package create", _packdist, synced="syncfs"),
+    Method("packdist package create", _packdist, synced="syncfs", prepare=_packdist_site),
     Method("cp -r", _cp, synced="no"),
     Method("cp -r + sync", _cp_sync, synced="syncfs"),
     Method("tar | zstd -1 -T1", _tar_zstd, synced="no"),
-    Method("restic backup", _restic, synced="fsync", tool="restic", chunk_store=True),
+    Method(
+        "restic backup",
+        _restic,
+        synced="fsync",
+        tool="restic",
+        chunk_store=True,
+        prepare=_restic_repo,
+    ),
     Method("casync make", _casync, synced="no", tool="casync", chunk_store=True),
 ]
 
@@ -184,6 +200,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--cold", action="store_true", help="drop the page cache before each run (root)")
     p.add_argument("--no-drop", action="store_true", help="do not drop the page cache between runs")
     p.add_argument(
+        "--memory",
+        choices=["idle", "recycled"],
+        default="recycled",
+        help="the VM's memory before each run: as an idle machine leaves it, or freed a"
+        " moment before (default; see bench/memory.py)",
+    )
+    p.add_argument(
         "--only", action="append", metavar="METHOD", help="run only methods containing this"
     )
     return p.parse_args(argv)
@@ -211,6 +234,9 @@ def main(argv: list[str]) -> int:
                 out = scratch(runs)
                 try:
                     cache = settle(tree.root, cold=args.cold, drop=not args.no_drop)
+                    if m.prepare is not None:
+                        m.prepare(out)
+                    set_memory(args.memory, out, tree.bytes)
                     run = m.run(tree.root, out)
                     tallies[m.name].runs.append(run)
                     tallies[m.name].extra["out"] = fmt(du_bytes(out) / MIB, 0)
@@ -228,7 +254,7 @@ def main(argv: list[str]) -> int:
         if not args.keep:
             remove_tree(args.size_mib)
     print()
-    print(f"page cache {cache}")
+    print(f"page cache {cache}; memory {args.memory} (bench/memory.py)")
     print(report(tree.bytes, methods, tallies))
     return 0
 

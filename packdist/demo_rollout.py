@@ -52,7 +52,8 @@ def rollout_story(demo: Demo, src: Path) -> None:
     (src2 / "share" / "doc" / "README.txt").write_text("packdist demo package, 2.0\n" * 200)
     (src2 / "bin" / "selftest").write_text(SELFTEST)
     (src2 / "bin" / "selftest").chmod(0o755)
-    demo.run("package", "create", str(src2), "--name", "app", "--version", "2.0", show=False)
+    say("Version 2.0 is imported; its new chunks' deltas against 1.0 are prepared at once")
+    demo.run("package", "create", str(src2), "--name", "app", "--version", "2.0")
     marker = demo.root / "dp3" / "data-not-mounted"
     marker.write_text("")
     say(

@@ -77,9 +77,11 @@ def _deltas_words(done: Prepared | str) -> str:
         return f"deltas not prepared ({done}): servers' requests will encode them"
     if not done.against:
         return ""
+    one = done.chunks == 1
     line = (
-        f"deltas against {done.against}: {done.chunks} new chunks"
-        f" ({human_bytes(done.chunk_bytes)}) encode to {human_bytes(done.delta_bytes)}"
+        f"deltas against {done.against} prepared: {done.chunks}"
+        f" new chunk{'' if one else 's'} ({human_bytes(done.chunk_bytes)})"
+        f" cross{'es' if one else ''} as {human_bytes(done.delta_bytes)}"
         f" ({done.seconds:.1f}s)"
     )
     if done.skipped:
