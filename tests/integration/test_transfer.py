@@ -51,6 +51,13 @@ def edit_tree(v1: Path, v2: Path, seed: int = 5) -> None:
     (v2 / "lib/moved.bin").rename(v2 / "lib/renamed.bin")
 
 
+def two_versions(tmp_path: Path) -> tuple[Path, Path]:
+    """v1, and v2 made from it by :func:`edit_tree`."""
+    v1 = h.make_tree(tmp_path / "v1", FILES, seed=3)
+    edit_tree(v1, tmp_path / "v2")
+    return v1, tmp_path / "v2"
+
+
 def distribute(c: h.Cluster, tree: Path, ref: str) -> tuple[dict[str, object], int]:
     """Create and distribute ``ref`` to dp1; its instruction and the proxy's byte count."""
     name, version = ref.split("@")
@@ -68,9 +75,7 @@ def distribute(c: h.Cluster, tree: Path, ref: str) -> tuple[dict[str, object], i
 def test_next_version_with_one_percent_changed_crosses_under_three_percent(
     cluster: Make, tmp_path: Path
 ) -> None:
-    v1 = h.make_tree(tmp_path / "v1", FILES, seed=3)
-    v2 = tmp_path / "v2"
-    edit_tree(v1, v2)
+    v1, v2 = two_versions(tmp_path)
     size = tree_bytes(v2)
     c = cluster("dp1", throttle={"dp1": UNLIMITED})
     first, _ = distribute(c, v1, "app@1")
@@ -115,9 +120,7 @@ def test_incompressible_package_does_not_grow(cluster: Make, tmp_path: Path) -> 
 def test_a_new_versions_deltas_are_prepared_at_import_and_a_damaged_one_is_made_again(
     cluster: Make, tmp_path: Path
 ) -> None:
-    v1 = h.make_tree(tmp_path / "v1", FILES, seed=3)
-    v2 = tmp_path / "v2"
-    edit_tree(v1, v2)
+    v1, v2 = two_versions(tmp_path)
     (v2 / "lib/renamed.bin").unlink()  # a moved file's bases are the agent's guess alone
     c = cluster("dp1", throttle={"dp1": UNLIMITED})
     distribute(c, v1, "app@1")
