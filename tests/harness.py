@@ -41,6 +41,7 @@ T = TypeVar("T")
 
 
 _PORTS = random.SystemRandom()  # not the global generator, which tests may seed alike
+_HANDED_OUT: set[int] = set()  # a port handed out once is not handed out again here
 
 
 def _ephemeral_ports() -> range:
@@ -62,11 +63,14 @@ def free_port(host: str = "127.0.0.1") -> int:
     low, high = (20000, ephemeral.start - 1) if ephemeral.start > 21000 else (10000, 19999)
     for _ in range(200):
         port = _PORTS.randint(low, high)
+        if port in _HANDED_OUT:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             try:
                 s.bind((host, port))
             except OSError:
                 continue
+            _HANDED_OUT.add(port)
             return port
     raise AssertionError(f"no free port in {low}-{high} after 200 tries")
 

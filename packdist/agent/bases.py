@@ -58,13 +58,23 @@ class _File:
 
 
 def _installed_files(home: AgentHome, name: str) -> list[dict[str, _File]]:
-    """Per installed version, its files by relative path: versions of ``name`` first."""
-    same: list[dict[str, _File]] = []
+    """Per installed version, its files by relative path: versions of ``name`` first, the
+    one put in place last first (most likely the version before the new one: the one the
+    site prepared deltas against, :mod:`packdist.site.delta_prepare`)."""
+    same: list[tuple[float, dict[str, _File]]] = []
     other: list[dict[str, _File]] = []
     for m, root in home.installed_trees():
         files = {path: _File(os.fspath(root / path), cs) for path, cs in files_of(m).items()}
-        (same if m.name == name else other).append(files)
-    return same + other
+        if m.name != name:
+            other.append(files)
+            continue
+        try:
+            placed = os.stat(root).st_mtime
+        except OSError:
+            continue
+        same.append((placed, files))
+    same.sort(key=lambda pair: pair[0], reverse=True)
+    return [files for _, files in same] + other
 
 
 def _renamed(manifest: Manifest, versions: list[dict[str, _File]]) -> dict[str, _File]:

@@ -72,18 +72,19 @@ def package_create(directory: Path, name: str, version: str, as_json: bool) -> N
 
 
 def _deltas_words(done: Prepared | str) -> str:
-    """One line on the deltas an import prepared ("" if there was no earlier version)."""
+    """One line on the deltas an import prepared ("" if there was nothing to prepare)."""
     if isinstance(done, str):
         return f"deltas not prepared ({done}): servers' requests will encode them"
-    if not done.against:
+    if not done.against or not (done.chunks or done.whole or done.skipped):
         return ""
     one = done.chunks == 1
     line = (
         f"deltas against {done.against} prepared: {done.chunks}"
         f" new chunk{'' if one else 's'} ({human_bytes(done.chunk_bytes)})"
-        f" cross{'es' if one else ''} as {human_bytes(done.delta_bytes)}"
-        f" ({done.seconds:.1f}s)"
+        f" cross{'es' if one else ''} as {human_bytes(done.delta_bytes)} ({done.seconds:.1f}s)"
     )
+    if done.whole:
+        line += f"; {done.whole} more cross whole (no delta pays)"
     if done.skipped:
         line += f"; {done.skipped} more are encoded when first asked for"
     return line

@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,8 +35,10 @@ from packdist.errors import Busy, Forbidden, NotFound, PackdistError, UserError
 from packdist.http import HEADER_SIZE, error_frame, frame_header
 from packdist.ratelimit import Bucket
 from packdist.site.beats import Beats, json_body
+from packdist.site.delta_cache import OneAtATime
 from packdist.site.library import ContentLibrary
 from packdist.site.store_runner import StoreRunner
+from packdist.site.stream_writes import BodyWrites, slices
 
 log = logging.getLogger("packdist.site")
 
@@ -100,6 +102,7 @@ class ContentRoutes:
         self.db = db
         self.library = library
         self.deltas = library.deltas
+        self._encodings = OneAtATime()
         self.upload = upload
         #: whether a server's last stream ended sending plain chunks raw (see ``chunks``)
         self._raw: dict[str, bool] = {}
@@ -169,8 +172,12 @@ class ContentRoutes:
             raise NotFound(f"{len(unknown)} chunk(s) not on this site, e.g. {unknown[0].short}…")
         resp = web.StreamResponse(headers={"Content-Type": "application/x-packdist-chunks"})
         writer = await resp.prepare(request)  # a StreamResponse sends its headers here
-        transport = request.transport
-        assert writer is not None and transport is not None
+        assert writer is not None and request.transport is not None
+        body = BodyWrites(
+            request.transport,
+            chunked=bool(getattr(writer, "chunked", False)),
+            secure=request.secure,
+        )
         loop = asyncio.get_running_loop()
         groups = [digests[i : i + GROUP_CHUNKS] for i in range(0, len(digests), GROUP_CHUNKS)]
         reads: deque[asyncio.Future[tuple[list[bytes], int, int, str | None]]] = deque()
@@ -183,11 +190,7 @@ class ContentRoutes:
                 await self.upload.take(n)
                 if reader.limit is not None:
                     await reader.limit.take(n)
-                # One HTTP chunk, written as its parts: the chunks' bytes are not copied into
-                # one buffer first (joining them cost 12% of the site's CPU on a fast link).
-                if transport.is_closing():  # the agent went: what aiohttp's write says
-                    raise ConnectionResetError("chunk stream closed by the agent")
-                transport.writelines([b"%x\r\n" % n, *piece, b"\r\n"])
+                body.write(piece, n)  # as read: not joined into one buffer first
                 # Bounded: an agent that stops reading must not hold this handler forever.
                 async with asyncio.timeout(WRITE_TIMEOUT):
                     await writer.drain()
@@ -251,7 +254,12 @@ class ContentRoutes:
             if stalled and request.transport is not None:
                 request.transport.abort()  # or write_eof would wait on the agent again
             return resp
-        await resp.write_eof()
+        try:
+            async with asyncio.timeout(WRITE_TIMEOUT):  # its drain waits on the agent too
+                await resp.write_eof()
+        except (ConnectionError, TimeoutError):
+            if request.transport is not None:
+                request.transport.abort()
         return resp
 
     def _read_frames(
@@ -290,14 +298,15 @@ class ContentRoutes:
         earlier request or the import, else computed now and kept."""
         if not named or Encoding.ZSTD_BASE not in accept:
             return codec.encode(data, accept)
-        kept = self.deltas.get(digest, named)
-        if kept is not None:
-            return kept if kept[0] == Encoding.ZSTD_BASE else (Encoding.RAW, data)
-        base = self._base(named, base_cache)
-        encoding, payload = codec.encode(data, accept, base)
-        if base is not None:
-            self.deltas.put(digest, named, encoding, payload)
-        return encoding, payload
+        with self._encodings.one(digest, named):  # many agents asking at once: one encodes
+            kept = self.deltas.get(digest, named)
+            if kept is not None:
+                return kept if kept[0] == Encoding.ZSTD_BASE else (Encoding.RAW, data)
+            base = self._base(named, base_cache)
+            encoding, payload = codec.encode(data, accept, base)
+            if base is not None and digest.holds(data):  # never keep a damaged chunk's delta
+                self.deltas.put(digest, named, encoding, payload)
+            return encoding, payload
 
     def _base(self, digests: Sequence[Digest], cache: _Bases) -> bytes | None:
         """The bytes of an agent's base chunks, if the library holds every one intact (and
@@ -320,25 +329,6 @@ class ContentRoutes:
         except OSError:
             return None
         return self.library.intact(digest)
-
-
-def slices(parts: list[bytes], most: int) -> Iterator[tuple[list[bytes | memoryview], int]]:
-    """``parts`` in runs of ``most`` bytes (the last one shorter), each with its length; a
-    part split across runs is cut as a view, never copied."""
-    run: list[bytes | memoryview] = []
-    size = 0
-    for part in parts:
-        view = memoryview(part)
-        while view:
-            piece = view[: most - size]
-            run.append(piece if len(piece) < len(part) else part)
-            size += len(piece)
-            view = view[len(piece) :]
-            if size == most:
-                yield run, size
-                run, size = [], 0
-    if run:
-        yield run, size
 
 
 def compress_next(now: bool, rate: float, held: float, idle: float) -> bool:

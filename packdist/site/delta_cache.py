@@ -19,8 +19,13 @@ A kept delta is an optimisation, never a source of truth:
 * Writes go to a temporary name renamed into place and are never synced: a crash loses
   entries, not correctness. A write that fails (a full disk) is dropped with one log line.
 
+* At most :data:`PER_CHUNK` entries are kept per chunk (a server naming bases in every
+  order cannot fill the disk); beyond that, deltas are encoded at each request, as before.
+
 Entries are small (at most 0.9x their chunk, most a few KiB) and, like the library's
-chunks, are not pruned.
+chunks, are not pruned otherwise. ``library/deltas`` can be deleted at any time (the site
+only encodes again). Its entries sit under a format version (``v1``): a change to how a
+delta is made moves to a new folder, so no entry of the old format is ever read as new.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import blake3
@@ -40,15 +46,20 @@ log = logging.getLogger("packdist.site")
 
 CHECK_SIZE = 32  # bytes of BLAKE3 before the payload
 KEY_SIZE = 16  # bytes of the bases' digest in an entry's name
+FORMAT = "v1"  # how a delta is made: codec.BASE_LEVEL, the bases joined in the order named
+PER_CHUNK = 4  # entries kept per chunk, at most (a version or two of bases, each way)
+
+Key = tuple[Digest, tuple[Digest, ...]]
 
 
 class DeltaCache:
     """The deltas kept under ``root`` (``library/deltas`` of a site), in 256 shards."""
 
+    _failed_once = False  # per process: a full disk would flood the log
+
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._root = os.fspath(root)
-        self._failed_once = False
+        self._root = os.path.join(os.fspath(root), FORMAT)
 
     def _path(self, digest: Digest, bases: Sequence[Digest]) -> str:
         key = blake3.blake3(b"".join(b.raw for b in bases)).hexdigest(length=KEY_SIZE)
@@ -85,14 +96,48 @@ class DeltaCache:
         tmp = f"{path}.{os.getpid()}-{threading.get_native_id()}.tmp"
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
+            if self._entries(digest) >= PER_CHUNK:
+                return
             with open(tmp, "wb") as f:
                 f.write(blake3.blake3(kept).digest() + kept)
             os.rename(tmp, path)
         except OSError as exc:
-            if not self._failed_once:  # once per process: a full disk would flood the log
-                self._failed_once = True
+            if not DeltaCache._failed_once:
+                DeltaCache._failed_once = True
                 log.warning("cannot keep a delta in %s: %s", self._root, exc.strerror or exc)
             try:
                 os.unlink(tmp)
             except OSError:
                 pass
+
+    def _entries(self, digest: Digest) -> int:
+        """Entries kept for ``digest`` (read only on a miss, next to a millisecond of zstd)."""
+        prefix = f"{digest.hex}."
+        with os.scandir(os.path.join(self._root, digest.shard)) as found:
+            return sum(1 for e in found if e.name.startswith(prefix) and "tmp" not in e.name)
+
+
+class OneAtATime:
+    """Lets one thread at a time work on a key: agents asking for the same delta at once
+    wait for the first to encode and keep it, then read it (a fleet's first minute)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._locks: dict[Key, tuple[threading.Lock, int]] = {}
+
+    @contextmanager
+    def one(self, digest: Digest, bases: Sequence[Digest]) -> Iterator[None]:
+        key = (digest, tuple(bases))
+        with self._lock:
+            lock, users = self._locks.get(key, (threading.Lock(), 0))
+            self._locks[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._lock:
+                lock, users = self._locks[key]
+                if users == 1:
+                    del self._locks[key]
+                else:
+                    self._locks[key] = (lock, users - 1)

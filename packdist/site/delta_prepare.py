@@ -40,9 +40,10 @@ class Prepared:
     """What an import's delta preparation did."""
 
     against: str  # NAME@VERSION the deltas are against ("" if there was no earlier version)
-    chunks: int  # new chunks with bases in the earlier version, encoded against them
+    chunks: int  # new chunks with bases in the earlier version whose delta pays
     chunk_bytes: int  # their size
-    delta_bytes: int  # the size of the deltas that pay (the others go raw)
+    delta_bytes: int  # the size of their deltas
+    whole: int  # new chunks with bases that cross whole (no delta pays, or damaged bases)
     skipped: int  # new chunks with bases left for their first request (over the bound)
     seconds: float
 
@@ -65,8 +66,12 @@ def planned_bases(
     same range."""
     files = {path: ([start for start, _, _ in cs], cs) for path, cs in files_of(earlier).items()}
     out: dict[Digest, list[Digest]] = {}
+    seen: set[Digest] = set()
     for path, offset, c in manifest.chunk_places():
-        if c.digest in new and c.digest not in out and path in files:
+        if c.digest not in new or c.digest in seen:
+            continue
+        seen.add(c.digest)  # an agent names bases for a chunk's first place only
+        if path in files:
             found = [d for _, _, d in covering(*files[path], offset, c.size)]
             if found:
                 out[c.digest] = found
@@ -80,7 +85,7 @@ def prepare_deltas(
     against the newest earlier version of the same package, and keep the deltas."""
     earlier = earlier_versions(store, manifest, most=1)
     if not earlier:
-        return Prepared("", 0, 0, 0, 0, 0.0)
+        return Prepared("", 0, 0, 0, 0, 0, 0.0)
     return prepare_against(library, manifest, earlier[0], new)
 
 
@@ -101,24 +106,30 @@ def prepare_against(
     deltas = library.deltas
 
     def encode(item: tuple[Digest, list[Digest]]) -> int:
+        """The delta's size if it pays and is kept, else -1."""
         digest, bases = item
         parts = [library.intact(b) for b in bases]
         if any(p is None for p in parts):
-            return 0  # a damaged base: the agent's request will find out
+            return -1  # a damaged base: the agent's request will find out
         base = b"".join(p for p in parts if p is not None)
         if len(base) > codec.MAX_BASE_BYTES:
-            return 0
-        encoding, payload = codec.encode(library.read(digest), codec.ALL, base)
+            return -1
+        data = library.intact(digest)
+        if data is None:
+            return -1  # never keep a damaged chunk's delta: `package verify` will say
+        encoding, payload = codec.encode(data, codec.ALL, base)
         deltas.put(digest, bases, encoding, payload)
-        return len(payload) if encoding == Encoding.ZSTD_BASE else 0
+        return len(payload) if encoding == Encoding.ZSTD_BASE else -1
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        delta_bytes = sum(pool.map(encode, chosen))
+        sizes = list(pool.map(encode, chosen))
+    paid = [(d, n) for (d, _), n in zip(chosen, sizes, strict=True) if n >= 0]
     return Prepared(
         f"{earlier.name}@{earlier.version}",
-        len(chosen),
-        total,
-        delta_bytes,
+        len(paid),
+        sum(new[d] for d, _ in paid),
+        sum(n for _, n in paid),
+        len(chosen) - len(paid),
         len(plan) - len(chosen),
         time.monotonic() - started,
     )

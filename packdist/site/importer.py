@@ -157,8 +157,8 @@ def import_tree(
         if prepared is not None:
             try:
                 prepared(prepare_deltas(library, store, manifest, pipeline.written))
-            except (PackdistError, OSError) as exc:
-                prepared(str(exc))
+            except Exception as exc:  # the package is recorded: this only costs speed
+                prepared(exc.message if isinstance(exc, PackdistError) else str(exc) or repr(exc))
         return record, True
     finally:
         store.close()

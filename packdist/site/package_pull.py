@@ -117,8 +117,8 @@ class PackagePulls:
         requests encode what is not prepared)."""
         try:
             done = await asyncio.to_thread(prepare_against, self.library, manifest, earlier, new)
-        except (PackdistError, OSError) as exc:
-            log.info("%s: deltas not prepared: %s", pull.ref, exc)
+        except Exception as exc:  # the package is held: this only costs speed
+            log.warning("%s: deltas not prepared: %s", pull.ref, exc)
             return
         if done.chunks:
             log.info(

@@ -521,3 +521,28 @@ def test_the_pinned_site_key_is_kept_when_site_is_spelled_differently(
     agent = Agent(home, "http://localhost:8700", "pdt_x")
     assert agent.site_key is not None and agent.site_key.hex == key_hex
     assert agent.server_name == "dp1"
+
+
+def test_the_bases_named_come_from_the_version_put_in_place_last(home: AgentHome) -> None:
+    from packdist.agent.bases import choose_bases
+
+    common = os.urandom(20_000)
+    old_b = package("app", "b", {"lib/data.bin": b"b" * 4000 + common})  # sorts after "a"
+    old_a = package("app", "a", {"lib/data.bin": b"a" * 4000 + common})
+    new = package("app", "c", {"lib/data.bin": b"c" * 4000 + common})
+    for pkg in (old_a, old_b):
+        inst = asyncio.run(install(Installer(home, serve(pkg)), pkg))
+        assert inst.state is InstallState.INSTALLED, inst.error
+    placed = home.package_dir("app", "a").stat().st_mtime
+    os.utime(home.package_dir("app", "b"), (placed + 10, placed + 10))  # b: in place last
+    wanted = {d: place for d, place in _first_places(new.manifest).items() if d not in old_a.chunks}
+    bases = choose_bases(home, new.manifest, wanted)
+    named = {b.digest for bs in bases.values() for b in bs}
+    assert named and named <= set(old_b.chunks), "the bases are b's, not a's (first by name)"
+
+
+def _first_places(m: Manifest) -> dict[Digest, tuple[str, int, int]]:
+    out: dict[Digest, tuple[str, int, int]] = {}
+    for path, offset, c in m.chunk_places():
+        out.setdefault(c.digest, (path, offset, c.size))
+    return out

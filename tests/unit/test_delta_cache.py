@@ -6,6 +6,8 @@ names."""
 from __future__ import annotations
 
 import random
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from packdist.core.codec import Encoding
 from packdist.core.digest import Digest
 from packdist.core.manifest import Manifest
 from packdist.site import delta_prepare
-from packdist.site.delta_cache import DeltaCache
+from packdist.site.delta_cache import PER_CHUNK, DeltaCache, OneAtATime
 from packdist.site.delta_prepare import Prepared, planned_bases
 from packdist.site.home import SiteHome
 from packdist.site.importer import import_tree
@@ -103,7 +105,7 @@ def test_an_import_prepares_each_new_chunks_delta_against_the_last_version(
     v1, v2 = _trees(tmp_path)
     told: list[Prepared | str] = []
     first, _ = import_tree(home, v1, "app", "1", prepared=told.append)
-    assert told == [Prepared("", 0, 0, 0, 0, 0.0)], "nothing earlier: nothing to prepare"
+    assert told == [Prepared("", 0, 0, 0, 0, 0, 0.0)], "nothing earlier: nothing to prepare"
     second, _ = import_tree(home, v2, "app", "2", prepared=told.append)
     done = told[1]
     assert isinstance(done, Prepared) and done.against == "app@1"
@@ -112,7 +114,7 @@ def test_an_import_prepares_each_new_chunks_delta_against_the_last_version(
     sizes = {c.digest: c.size for _, _, c in m2.chunk_places()}
     new = set(sizes) - old
     plan = planned_bases(m2, m1, new)
-    assert done.chunks == len(plan) and done.skipped == 0
+    assert done.chunks == len(plan) and done.whole == done.skipped == 0
     assert 3 <= len(plan) < len(new), "the edited chunks of big.bin, not new.bin's"
     library = home.library
     delta_bytes = 0
@@ -140,3 +142,43 @@ def test_an_import_prepares_deltas_within_its_bound_and_leaves_the_rest(
     assert isinstance(done, Prepared)
     assert done.chunks == 0 and done.skipped >= 3
     assert not (home.library.root / "deltas").exists()
+
+
+def test_a_chunk_keeps_a_few_deltas_at_most_whatever_bases_are_named(tmp_path: Path) -> None:
+    cache = DeltaCache(tmp_path / "deltas")
+    chunk, *bases = digests(PER_CHUNK + 3)
+    for b in bases:
+        cache.put(chunk, [b], Encoding.ZSTD_BASE, b"delta")
+    assert sum(cache.get(chunk, [b]) is not None for b in bases) == PER_CHUNK
+
+
+def test_agents_asking_for_one_delta_at_once_wait_for_the_first_to_make_it() -> None:
+    gate = OneAtATime()
+    chunk, a, b = digests(3)
+    inside: list[str] = []
+    first_in = threading.Event()
+    release = threading.Event()
+
+    def first() -> None:
+        with gate.one(chunk, [a]):
+            inside.append("first in")
+            first_in.set()
+            release.wait(5)
+            inside.append("first out")
+
+    def second() -> None:
+        with gate.one(chunk, [a]):
+            inside.append("second in")
+
+    t1 = threading.Thread(target=first)
+    t1.start()
+    first_in.wait(5)
+    t2 = threading.Thread(target=second)
+    t2.start()
+    with gate.one(chunk, [b]):  # another delta is not held up
+        inside.append("other")
+    time.sleep(0.05)
+    release.set()
+    t1.join(5)
+    t2.join(5)
+    assert inside == ["first in", "other", "first out", "second in"]

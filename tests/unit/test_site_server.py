@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from packdist.auth import hash_token, new_token
 from packdist.core.manifest import Manifest
+from packdist.http import HEADER_SIZE
 from packdist.service import Service
 from packdist.site.home import SiteHome
 from packdist.site.importer import import_tree
@@ -176,6 +177,67 @@ def test_a_chunk_stream_to_an_agent_that_stops_reading_is_dropped(
     assert any("the agent read nothing" in r.getMessage() for r in caplog.records)
 
 
+def _unchunked(body: bytes) -> bytes:
+    """The payload of an HTTP/1.1 chunked body (strictly: every size line and CRLF)."""
+    out = bytearray()
+    while True:
+        line, _, body = body.partition(b"\r\n")
+        size = int(line, 16)
+        if size == 0:
+            assert body == b"\r\n", "the last chunk, then the end"
+            return bytes(out)
+        out += body[:size]
+        assert body[size : size + 2] == b"\r\n"
+        body = body[size + 2 :]
+
+
+def test_a_chunk_stream_is_the_same_frames_to_http_1_0_and_1_1_clients(
+    site: tuple[SiteHome, str], tmp_path: Path
+) -> None:
+    home, token = site
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "a.bin").write_bytes(os.urandom(3 * 1024 * 1024 + 5))  # slices cut chunks
+    record, _ = import_tree(home, tree, "a", "1")
+    store = home.store()
+    try:
+        manifest = Manifest.parse(store.package_manifest(record.id)[0])
+    finally:
+        store.close()
+    sizes = manifest.chunk_sizes()
+    payload = json.dumps({"digests": [d.hex for d in sizes], "accept": ["raw"]}).encode()
+    server = SiteServer(home)
+
+    def ask(version: str, port: int) -> tuple[bytes, bytes]:
+        request = (
+            f"POST /v1/chunks HTTP/{version}\r\nHost: site\r\nAuthorization: Bearer {token}"
+            f"\r\nContent-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode() + payload
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(request)
+            received = bytearray()
+            while data := sock.recv(1 << 20):
+                received += data
+        head, _, body = bytes(received).partition(b"\r\n\r\n")
+        return head, body
+
+    async def main() -> tuple[tuple[bytes, bytes], tuple[bytes, bytes]]:
+        async with serving(server) as port:
+            return await asyncio.to_thread(ask, "1.0", port), await asyncio.to_thread(
+                ask, "1.1", port
+            )
+
+    try:
+        (head10, body10), (head11, body11) = asyncio.run(main())
+    finally:
+        server.db.close()
+    assert head10.startswith(b"HTTP/1.0 200") and b"chunked" not in head10.lower()
+    assert head11.startswith(b"HTTP/1.1 200") and b"transfer-encoding: chunked" in head11.lower()
+    assert body10 == _unchunked(body11)
+    assert len(body10) == sum(HEADER_SIZE + n for n in sizes.values())  # every frame, whole
+
+
 @given(
     st.lists(st.binary(max_size=700), max_size=12),
     st.integers(min_value=1, max_value=600),
@@ -183,7 +245,7 @@ def test_a_chunk_stream_to_an_agent_that_stops_reading_is_dropped(
 def test_a_streams_parts_go_in_runs_of_the_slice_whole_and_in_order(
     parts: list[bytes], most: int
 ) -> None:
-    from packdist.site.content_routes import slices
+    from packdist.site.stream_writes import slices
 
     runs = list(slices(parts, most))
     assert b"".join(bytes(p) for run, _ in runs for p in run) == b"".join(parts)
