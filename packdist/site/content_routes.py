@@ -176,7 +176,6 @@ class ContentRoutes:
         body = BodyWrites(
             request.transport,
             chunked=bool(getattr(writer, "chunked", False)),
-            secure=request.secure,
         )
         loop = asyncio.get_running_loop()
         groups = [digests[i : i + GROUP_CHUNKS] for i in range(0, len(digests), GROUP_CHUNKS)]
