@@ -114,6 +114,19 @@ def test_a_wellformed_heartbeat_is_recorded(
     assert (status, answer) == (200, {"ok": True, "woken": 0, "interval": 2.0, "trusted_keys": []})
 
 
+def one_file_package(home: SiteHome, tmp_path: Path, size: int) -> Manifest:
+    """The manifest of a package of one file of ``size`` random bytes, imported."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "a.bin").write_bytes(os.urandom(size))
+    record, _ = import_tree(home, tree, "a", "1")
+    store = home.store()
+    try:
+        return Manifest.parse(store.package_manifest(record.id)[0])
+    finally:
+        store.close()
+
+
 # --- a chunk stream nobody reads ----------------------------------------------------------
 
 
@@ -124,15 +137,7 @@ def test_a_chunk_stream_to_an_agent_that_stops_reading_is_dropped(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     home, token = site
-    tree = tmp_path / "tree"
-    tree.mkdir()
-    (tree / "big.bin").write_bytes(os.urandom(32 * 1024 * 1024))
-    record, _ = import_tree(home, tree, "big", "1")
-    store = home.store()
-    try:
-        manifest = Manifest.parse(store.package_manifest(record.id)[0])
-    finally:
-        store.close()
+    manifest = one_file_package(home, tmp_path, 32 * 1024 * 1024)
     digests = [d.hex for d in manifest.chunk_sizes()]
     payload = json.dumps({"digests": digests}).encode()
     request = (
@@ -195,15 +200,7 @@ def test_a_chunk_stream_is_the_same_frames_to_http_1_0_and_1_1_clients(
     site: tuple[SiteHome, str], tmp_path: Path
 ) -> None:
     home, token = site
-    tree = tmp_path / "tree"
-    tree.mkdir()
-    (tree / "a.bin").write_bytes(os.urandom(3 * 1024 * 1024 + 5))  # slices cut chunks
-    record, _ = import_tree(home, tree, "a", "1")
-    store = home.store()
-    try:
-        manifest = Manifest.parse(store.package_manifest(record.id)[0])
-    finally:
-        store.close()
+    manifest = one_file_package(home, tmp_path, 3 * 1024 * 1024 + 5)  # slices cut chunks
     sizes = manifest.chunk_sizes()
     payload = json.dumps({"digests": [d.hex for d in sizes], "accept": ["raw"]}).encode()
     server = SiteServer(home)
