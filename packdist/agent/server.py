@@ -47,7 +47,7 @@ from packdist.http import (
     peer,
     presented,
 )
-from packdist.protocol.chunk_stream import ChunkStreams, StreamStop
+from packdist.protocol.chunk_stream import ChunkStreams, StreamStop, receive_window
 from packdist.protocol.messages import (
     ActivateAnswer,
     ActivateRequest,
@@ -153,8 +153,10 @@ class Agent:
         self.session = new_session(tls=link.transport.client)
         # enrollment and certificate requests: the token is the credential, no certificate
         self.liveness = new_session(fresh_connections=True, tls=link.transport.anonymous)
-        self.streams = ChunkStreams(link.transport.client)  # chunks, read in worker threads
-        self.peer_streams = ChunkStreams(link.transport.client, PEER_TIMEOUTS)
+        window = receive_window(self.limits.download)
+        # chunks, read in worker threads
+        self.streams = ChunkStreams(link.transport.client, receive_buffer=window)
+        self.peer_streams = ChunkStreams(link.transport.client, PEER_TIMEOUTS, window)
         link.site = SiteClient(
             link.site_urls, link.token, self.session, self.liveness, self.streams
         )

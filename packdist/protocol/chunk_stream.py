@@ -93,6 +93,12 @@ def _shut(sock: socket.socket | None) -> None:
             pass
 
 
+def receive_window(download_limit: float) -> int:
+    """The socket receive buffer of a chunk stream under ``download_limit`` bytes/s (0: none,
+    the kernel's own): a quarter second of the limit, at least 64 KiB."""
+    return max(64 * 1024, int(download_limit / 4)) if download_limit > 0 else 0
+
+
 class ChunkStreams:
     """Blocking chunk-stream requests over kept-alive connections, for worker threads.
 
@@ -101,9 +107,16 @@ class ChunkStreams:
     the same origin and the same expected holder (it was checked for that one), and only
     while younger than :data:`IDLE_FOR` idle."""
 
-    def __init__(self, tls: ssl.SSLContext, timeouts: Timeouts = STREAM) -> None:
+    def __init__(
+        self, tls: ssl.SSLContext, timeouts: Timeouts = STREAM, receive_buffer: int = 0
+    ) -> None:
         self._tls = tls
         self._timeouts = timeouts
+        #: bytes of each connection's socket receive buffer (0: the kernel's autotuning); a
+        #: download limit sets it, so that the limit holds on the wire too: a reader held
+        #: back by its limit closes its TCP window instead of letting the sender fill megabytes
+        #: of kernel buffer at full speed
+        self._receive_buffer = receive_buffer
         self._idle: dict[tuple[str, str], list[tuple[float, http.client.HTTPConnection]]] = {}
         self._lock = threading.Lock()
         self._closed = False
@@ -210,6 +223,8 @@ class ChunkStreams:
             raise _translate(exc, url, sent=False) from exc
         assert conn.sock is not None
         conn.sock.settimeout(self._timeouts.read)
+        if self._receive_buffer:
+            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._receive_buffer)
         stop.attach(conn.sock)
         expected = headers.get(HOLDER_HEADER)
         if expected and parts.scheme == "https":  # whom we reached, before the request goes
