@@ -187,6 +187,11 @@ def test_a_package_reaches_every_server_behind_a_child_crossing_its_link_once(
 def test_a_new_version_crosses_to_the_child_as_a_delta_of_the_one_it_holds(
     tree: Hierarchy, tmp_path: Path
 ) -> None:
+    h.wait_until(  # run alone, this test may come first: the child has to report dp1
+        lambda: "br/dp1" in _online(tree.hq),
+        SEEN_WITHIN,
+        message=lambda: f"br/dp1 online at hq: {_online(tree.hq)}\n{tree.logs()}",
+    )
     old = h.make_tree(tmp_path / "src-5", {"data/blob.bin": PACKAGE_BYTES}, seed=5)
     tree.hq.create_package(old, "app", "5.0")
     job = _distribute(tree, "5", "--to", "br/dp1")
