@@ -14,7 +14,7 @@ the file shifts content), within :data:`codec.MAX_BASES` chunks and
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from packdist.core import codec
 from packdist.core.digest import Digest
@@ -46,3 +46,17 @@ def files_of(manifest: Manifest) -> dict[str, list[Placed]]:
     for path, offset, c in manifest.chunk_places():
         files.setdefault(path, []).append((offset, c.size, c.digest))
     return files
+
+
+def joined_bases(digests: Sequence[Digest], read: Callable[[Digest], bytes | None]) -> bytes | None:
+    """The bytes of a delta's bases ``digests``, each as ``read`` gives it verified, in the
+    order named; None if one cannot be read intact, or all of them together exceed
+    :data:`codec.MAX_BASE_BYTES`."""
+    parts = []
+    for d in digests:
+        data = read(d)
+        if data is None:
+            return None
+        parts.append(data)
+    joined = b"".join(parts)
+    return joined if len(joined) <= codec.MAX_BASE_BYTES else None

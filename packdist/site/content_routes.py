@@ -27,6 +27,7 @@ from typing import Any
 from aiohttp import web
 
 from packdist.core import codec
+from packdist.core.bases import joined_bases
 from packdist.core.codec import Encoding
 from packdist.core.cpu import CpuTimes
 from packdist.core.digest import Digest
@@ -312,14 +313,7 @@ class ContentRoutes:
         the request's budget for reading bases is not spent)."""
         if not digests:
             return None
-        parts = []
-        for d in digests:
-            data = cache.get(d, self._read_base)
-            if data is None:
-                return None
-            parts.append(data)
-        joined = b"".join(parts)
-        return joined if len(joined) <= codec.MAX_BASE_BYTES else None
+        return joined_bases(digests, lambda d: cache.get(d, self._read_base))
 
     def _read_base(self, digest: Digest) -> bytes | None:
         try:

@@ -18,7 +18,6 @@ A kept delta is an optimisation, never a source of truth:
   site does not try again for each agent.
 * Writes go to a temporary name renamed into place and are never synced: a crash loses
   entries, not correctness. A write that fails (a full disk) is dropped with one log line.
-
 * At most :data:`PER_CHUNK` entries are kept per chunk (a server naming bases in every
   order cannot fill the disk); beyond that, deltas are encoded at each request, as before.
 
