@@ -164,11 +164,7 @@ def _distribute(tree: Hierarchy, version: str, *targets: str) -> str:
 def test_a_package_reaches_every_server_behind_a_child_crossing_its_link_once(
     tree: Hierarchy, tmp_path: Path
 ) -> None:
-    h.wait_until(
-        lambda: {"br/dp1", "br/dp2", "br/gc/dp9"} <= _online(tree.hq),
-        SEEN_WITHIN,
-        message=lambda: f"every server online at hq: {_online(tree.hq)}\n{tree.logs()}",
-    )
+    _wait_online(tree, "br/dp1", "br/dp2", "br/gc/dp9")
     _package(tree, tmp_path, "1")
     job = _distribute(tree, "1", "--site", "br")
     assert tree.hq.wait_job(job, 120) == 0, h.describe_job(tree.hq.job(job)) + tree.logs()
@@ -187,11 +183,7 @@ def test_a_package_reaches_every_server_behind_a_child_crossing_its_link_once(
 def test_a_new_version_crosses_to_the_child_as_a_delta_of_the_one_it_holds(
     tree: Hierarchy, tmp_path: Path
 ) -> None:
-    h.wait_until(  # run alone, this test may come first: the child has to report dp1
-        lambda: "br/dp1" in _online(tree.hq),
-        SEEN_WITHIN,
-        message=lambda: f"br/dp1 online at hq: {_online(tree.hq)}\n{tree.logs()}",
-    )
+    _wait_online(tree, "br/dp1")  # run alone, this test may come first: br reports dp1
     old = h.make_tree(tmp_path / "src-5", {"data/blob.bin": PACKAGE_BYTES}, seed=5)
     tree.hq.create_package(old, "app", "5.0")
     job = _distribute(tree, "5", "--to", "br/dp1")
@@ -278,6 +270,15 @@ def test_a_closed_window_holds_the_package_at_the_parent_until_it_opens(
 
 def _online(site: h.Site) -> set[str]:
     return {s["name"] for s in site.json("server", "list")["servers"] if s["online"]}
+
+
+def _wait_online(tree: Hierarchy, *names: str) -> None:
+    """Until the top site lists every one of ``names`` online (reported by a child)."""
+    h.wait_until(
+        lambda: set(names) <= _online(tree.hq),
+        SEEN_WITHIN,
+        message=lambda: f"{', '.join(names)} online at hq: {_online(tree.hq)}\n{tree.logs()}",
+    )
 
 
 # --- the command line, no process running ---------------------------------------------------
